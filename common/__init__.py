@@ -1,0 +1,1 @@
+"""Small pieces every package shares: the user-error type, value parsing and atomic file writes."""

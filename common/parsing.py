@@ -1,0 +1,28 @@
+"""Parse values that arrive as strings (YAML, `--key=value`, W&B configs) into typed Python values."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+_TRUE = {"true", "yes", "y", "1", "on", "t"}
+_FALSE = {"false", "no", "n", "0", "off", "f", "none", ""}
+
+
+def parse_bool(value: object, name: str = "value") -> bool:
+    """`True`/`False`, 0/1 and the strings "true", "no", "0", "off"... all become real booleans."""
+    from common.errors import UserError
+
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise UserError(f"{name}={value!r} is not a boolean: use true/false (also yes/no, 1/0)")
+
+
+def nearest(word: str, choices: Iterable[str]) -> str:
+    """A ` (did you mean X?)` suffix for error messages, or '' when nothing is close."""
+    match = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""

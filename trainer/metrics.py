@@ -1,0 +1,36 @@
+"""Metric names, defined once: the loop logs them, the sweep YAMLs optimise them, the report reads them."""
+
+EPOCH = "epoch"
+TRAIN_LOSS = "train_loss"
+TRAIN_ACC = "train_acc"
+VAL_LOSS = "val_loss"
+VAL_ACC = "val_acc"  # the sweep metric
+LR = "lr"
+EPOCH_SECONDS = "epoch_seconds"
+IMAGES_PER_SECOND = "images_per_second"
+
+EPOCH_METRICS = (EPOCH, TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, LR, EPOCH_SECONDS, IMAGES_PER_SECOND)
+
+# Summary keys (summary.json and the W&B run summary).
+STATE = "state"
+BEST_VAL_ACC = "best_val_acc"
+BEST_EPOCH = "best_epoch"
+TRAINABLE_PARAMS = "trainable_params"
+TOTAL_PARAMS = "total_params"
+TRAIN_SECONDS = "train_seconds"
+WEIGHTS_VERSION = "weights_version"
+SPLIT_HASH = "split_hash"
+DEVICE = "device"
+REASON = "reason"
+EPOCHS_COMPLETED = "epochs_completed"
+
+# Run states. A run is "finished" when it trained all epochs or stopped early on its own patience.
+FINISHED = "finished"
+EARLY_STOPPED = "early_stopped"  # stopped by the sweep's early termination (hyperband)
+DIVERGED = "diverged"
+OOM = "oom"
+FAILED = "failed"
+PREEMPTED = "preempted"
+RUNNING = "running"
+STATES = (FINISHED, EARLY_STOPPED, DIVERGED, OOM, FAILED, PREEMPTED, RUNNING)
+SUCCESSFUL_STATES = (FINISHED, EARLY_STOPPED)
