@@ -1,0 +1,135 @@
+"""Train and evaluation transforms on batches of uint8 images, on whatever device the batch lives on.
+
+Two separate, immutable classes: `EvalTransform` has no randomness at all, and `TrainTransform` draws its
+random parameters from a generator the caller passes for each batch (seeded from run seed, epoch and batch
+index), so no code path can give validation augmentation or take it from training, and a resumed run
+draws the same augmentations as an uninterrupted one. Augmentation runs batched on tensors (one
+`grid_sample` per batch for crop + flip + rotation) instead of PIL per image, so it costs almost nothing
+on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from common.preprocessing import Preprocessing
+
+AUGMENT_LEVELS = ("none", "standard", "strong")
+
+
+@dataclass(frozen=True)
+class _Policy:
+    min_area: float  # RandomResizedCrop scale lower bound
+    flip: bool
+    max_rotation_degrees: float
+    color_jitter: float  # brightness/contrast/saturation factors drawn from [1-j, 1+j]
+
+
+_POLICIES = {
+    "standard": _Policy(min_area=0.35, flip=True, max_rotation_degrees=0.0, color_jitter=0.0),
+    "strong": _Policy(min_area=0.08, flip=True, max_rotation_degrees=15.0, color_jitter=0.3),
+}
+
+
+def _to_nchw(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC batches (as stored) become an NCHW view; its strides are channels_last, which is free."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected a uint8 batch of shape (N, H, W, 3), got {tuple(images.shape)} {images.dtype}")
+    return images.permute(0, 3, 1, 2)
+
+
+def _normalize(x: torch.Tensor, pre: Preprocessing, channels_last: bool) -> torch.Tensor:
+    """x holds 0..255 floats; one fused multiply-add per pixel instead of /255, -mean, /std."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in pre.std], device=x.device).view(1, 3, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(pre.mean, pre.std)], device=x.device).view(1, 3, 1, 1)
+    x = torch.addcmul(shift, x, scale)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """Centre crop of `crop_size` from the working-resolution square, then normalisation. Deterministic."""
+
+    pre: Preprocessing
+    channels_last: bool = False
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = _to_nchw(images)
+        size, crop = x.shape[-1], self.pre.crop_size
+        offset = int(round((size - crop) / 2.0))  # torchvision's CenterCrop rounding
+        x = x[..., offset : offset + crop, offset : offset + crop].float()
+        return _normalize(x, self.pre, self.channels_last)
+
+
+@dataclass(frozen=True)
+class TrainTransform:
+    """Random resized crop, flip, rotation and colour jitter per image, by `level`; `none` = EvalTransform."""
+
+    pre: Preprocessing
+    level: str = "standard"
+    channels_last: bool = False
+
+    def __post_init__(self):
+        if self.level not in AUGMENT_LEVELS:
+            raise ValueError(f"augment level {self.level!r} not in {AUGMENT_LEVELS}")
+
+    @property
+    def is_random(self) -> bool:
+        return self.level != "none"
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if not self.is_random:
+            return EvalTransform(self.pre, self.channels_last)(images)
+        policy = _POLICIES[self.level]
+        x = _to_nchw(images).float()
+        batch = x.shape[0]
+        theta = self._affine(batch, policy, generator).to(x.device)
+        grid = F.affine_grid(theta, [batch, 3, self.pre.crop_size, self.pre.crop_size], align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        if policy.color_jitter > 0:
+            x = self._jitter(x, policy.color_jitter, generator)
+        return _normalize(x, self.pre, self.channels_last)
+
+    @staticmethod
+    def _affine(batch: int, policy: _Policy, generator: torch.Generator) -> torch.Tensor:
+        """Per-image 2x3 matrices mapping output to input coordinates in [-1, 1] (RandomResizedCrop semantics)."""
+        uniform = lambda low, high: low + (high - low) * torch.rand(batch, generator=generator)  # noqa: E731
+        area = uniform(policy.min_area, 1.0)
+        log_ratio = uniform(math.log(3 / 4), math.log(4 / 3))
+        ratio = torch.exp(log_ratio)
+        width = torch.sqrt(area * ratio).clamp(max=1.0)
+        height = torch.sqrt(area / ratio).clamp(max=1.0)
+        center_x = (torch.rand(batch, generator=generator) * 2 - 1) * (1 - width)
+        center_y = (torch.rand(batch, generator=generator) * 2 - 1) * (1 - height)
+        flip = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0) if policy.flip else torch.ones(batch)
+        angle = uniform(-1.0, 1.0) * math.radians(policy.max_rotation_degrees)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.stack(
+            [
+                torch.stack([width * cos * flip, -height * sin, center_x], dim=1),
+                torch.stack([width * sin * flip, height * cos, center_y], dim=1),
+            ],
+            dim=1,
+        )
+        return theta
+
+    @staticmethod
+    def _jitter(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+        batch = x.shape[0]
+        factors = (1 - strength + 2 * strength * torch.rand(3, batch, 1, 1, 1, generator=generator)).to(x.device)
+        brightness, contrast, saturation = factors
+        x = x * brightness
+        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        x = (x - gray.mean(dim=(2, 3), keepdim=True)) * contrast + gray.mean(dim=(2, 3), keepdim=True)
+        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        x = gray + (x - gray) * saturation
+        return x.clamp_(0.0, 255.0)
+
+
+def batch_generator(seed: int, epoch: int, batch_index: int) -> torch.Generator:
+    """The augmentation randomness of one batch depends on (seed, epoch, batch) only: resumes reproduce it."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + batch_index)

@@ -1,0 +1,102 @@
+"""Decoded-image cache: every image decoded once to uint8 at the working resolution, in a memory-mapped file.
+
+Keyed by the image list (fingerprint), resolution and interpolation, so every run of a sweep that uses the
+same data and input size shares one file. The cache lives on disk and is read through the page cache, so
+RAM use stays bounded whatever the dataset size. It is built under a file lock (parallel sweep workers
+build it once) into a temporary file that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from common.atomic import write_json
+from data.images import decode_working
+from data.scan import ImageIndex
+
+CACHE_FORMAT_VERSION = 1
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock held for the duration of the block (released if the process dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class DecodedImageCache:
+    """Read-only uint8 array of shape (count, size, size, 3), opened lazily (safe to pickle into workers)."""
+
+    def __init__(self, path: Path, count: int, size: int):
+        self.path, self.count, self.size = Path(path), count, size
+        self._array: np.memmap | None = None
+
+    def __getstate__(self):
+        return {"path": self.path, "count": self.count, "size": self.size, "_array": None}
+
+    @property
+    def array(self) -> np.memmap:
+        if self._array is None:
+            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.count, self.size, self.size, 3))
+        return self._array
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """Gather rows; sorted reads keep the page cache access sequential, then the batch order is restored."""
+        order = np.argsort(indices, kind="stable")
+        gathered = self.array[indices[order]]
+        out = np.empty_like(gathered)
+        out[order] = gathered
+        return out
+
+    @classmethod
+    def build_or_open(
+        cls, index: ImageIndex, size: int, interpolation: str, cache_dir: Path | str, progress: bool | None = None
+    ) -> "DecodedImageCache":
+        cache_dir = Path(cache_dir)
+        stem = f"images-v{CACHE_FORMAT_VERSION}-{index.fingerprint}-{size}-{interpolation}"
+        path, meta_path = cache_dir / f"{stem}.u8", cache_dir / f"{stem}.json"
+        with file_lock(cache_dir / f"{stem}.lock"):
+            if not (path.exists() and meta_path.exists()):
+                _build(index, size, interpolation, path, meta_path, progress)
+        meta = json.loads(meta_path.read_text())
+        return cls(path, meta["count"], meta["size"])
+
+
+def _build(index: ImageIndex, size: int, interpolation: str, path: Path, meta_path: Path, progress: bool | None) -> None:
+    from tqdm import tqdm
+
+    tmp = path.with_suffix(".u8.tmp")
+    count = len(index)
+    out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(count, size, size, 3))
+    started = time.perf_counter()
+
+    def decode(i: int) -> None:
+        out[i] = decode_working(index.absolute(i), size, interpolation)
+
+    show = sys.stderr.isatty() if progress is None else progress
+    # PIL releases the GIL in decode and resize, so threads scale over the (few) cores without IPC copies.
+    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        results = pool.map(decode, range(count), chunksize=16)
+        for _ in tqdm(results, total=count, desc=f"caching {count} images at {size}px", disable=not show, unit="img"):
+            pass
+    out.flush()
+    del out
+    os.replace(tmp, path)
+    seconds = time.perf_counter() - started
+    meta = {"count": count, "size": size, "interpolation": interpolation, "root": str(index.root), "seconds": round(seconds, 2)}
+    write_json(meta_path, meta)
+    print(f"cached {count} decoded images at {size}px in {seconds:.1f}s -> {path}")

@@ -1,0 +1,81 @@
+"""Open any image file as 8-bit RGB, upright, at a working resolution: the one decode path of the harness.
+
+Every consumer (the scan, the decoded-image cache, on-the-fly loading, the test grid) goes through
+`decode_working`, so cached and uncached training see bit-identical pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+_INTERPOLATION = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Grayscale, CMYK, palette, alpha and 16-bit images become 8-bit RGB (alpha composited on white)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if values.max(initial=0) > 255 else 255.0
+        gray = np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_rgb(path: Path | str, min_side: int | None = None) -> Image.Image:
+    """Decode `path` to an upright RGB image whose short side is still at least `min_side`.
+
+    JPEG draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale, which is several times cheaper than
+    decoding a 1000x750 photo in full and then throwing most pixels away.
+    """
+    with Image.open(path) as image:
+        if min_side and image.format == "JPEG":
+            # EXIF rotation may swap width and height, so ask for a square of min_side: both sides stay >= it.
+            image.draft("RGB", (min_side, min_side))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+
+
+def resize_center_square(image: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
+    """Resize the short side to `size` and centre-crop a `size` x `size` square (torchvision's Resize+CenterCrop)."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), _INTERPOLATION[interpolation])
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def decode_working(path: Path | str, size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """The image at `path` as a uint8 array of shape (size, size, 3): upright, RGB, short side resized, centred."""
+    return np.asarray(resize_center_square(open_rgb(path, min_side=size), size, interpolation), dtype=np.uint8)
+
+
+def check_image(path: Path | str) -> str | None:
+    """None when `path` decodes fully, else a short reason. Catches truncated files, not just bad headers."""
+    try:
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (64, 64))  # a cheap full pass over the entropy-coded data
+            image.load()
+            if min(image.size) < 1:
+                return "empty image"
+    except Exception as exc:  # PIL raises many types for bad files; any of them means unusable
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'unreadable'}"
+    return None

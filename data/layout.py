@@ -1,0 +1,53 @@
+"""Find the dataset's train/ and test folders under --data_dir, downloading nature_12K.zip when absent.
+
+Accepted layouts: the nature_12K one (`inaturalist_12K/train`, `inaturalist_12K/val`, the `inaturalist_12K`
+level found automatically), or any folder with `train/` and `val/` or `test/` class sub-folders. The
+`val/` folder of nature_12K is the held-out TEST set; validation data is split from `train/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import UserError
+
+TEST_FOLDER_NAMES = ("test", "val")  # `test/` wins when both exist; nature_12K ships only `val/`
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    root: Path
+    train_dir: Path
+    test_dir: Path | None
+
+
+def find_layout(data_dir: Path) -> DatasetLayout | None:
+    """The first folder at or up to two levels below `data_dir` that holds a `train/` folder."""
+    candidates = [data_dir]
+    for depth in range(2):
+        candidates += sorted(p for c in candidates if c.is_dir() for p in c.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+        candidates = list(dict.fromkeys(candidates))
+    for root in candidates:
+        if (root / "train").is_dir():
+            test_dir = next((root / n for n in TEST_FOLDER_NAMES if (root / n).is_dir()), None)
+            return DatasetLayout(root, root / "train", test_dir)
+    return None
+
+
+def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None = None) -> DatasetLayout:
+    """The dataset layout under `data_dir`; when there is none and `download` is set, fetch nature_12K first."""
+    data_dir = Path(data_dir).expanduser()
+    layout = find_layout(data_dir) if data_dir.exists() else None
+    if layout is None and download:
+        from data.download import NATURE_12K_URL, download_dataset
+
+        download_dataset(data_dir, url or NATURE_12K_URL)
+        layout = find_layout(data_dir)
+    if layout is None:
+        raise UserError(
+            f"no dataset found in {data_dir}: pass --data_dir pointing at the unzipped nature_12K "
+            "(inaturalist_12K/ with train/ and val/) or any folder with train/ and val/ class sub-folders"
+            + ("" if download else ", or drop --download=false to fetch nature_12K.zip")
+        )
+    return layout
