@@ -1,0 +1,183 @@
+"""Data layer: layout detection, scan robustness, the split, the image modes, transforms and stores."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common.errors import UserError
+from common.parsing import parse_bool
+from common.preprocessing import Preprocessing
+from data.augment import EvalTransform, TrainTransform, batch_generator
+from data.cache import DecodedImageCache
+from data.images import decode_working, open_rgb
+from data.layout import locate_dataset
+from data.loading import BatchLoader, DecodingStore
+from data.scan import check_same_classes, scan_folder
+from data.split import stratified_split
+
+PRE = Preprocessing(crop_size=24, resize_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+@pytest.fixture(scope="module")
+def index(nature_dir):
+    return scan_folder(locate_dataset(nature_dir, download=False).train_dir, verbose=False)
+
+
+def test_layout_finds_inaturalist_level_and_uses_val_as_test(nature_dir):
+    layout = locate_dataset(nature_dir, download=False)
+    assert layout.root.name == "inaturalist_12K"
+    assert layout.train_dir.name == "train" and layout.test_dir.name == "val"
+    assert locate_dataset(layout.root, download=False) == layout
+
+
+def test_layout_missing_is_one_line_error(tmp_path):
+    with pytest.raises(UserError) as err:
+        locate_dataset(tmp_path / "nowhere", download=False)
+    assert "--data_dir" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_scan_excludes_bad_files_and_reports_once(nature_dir, capsys, tmp_path):
+    train_dir = locate_dataset(nature_dir, download=False).train_dir
+    index = scan_folder(train_dir, cache_dir=tmp_path)
+    assert {p for p, _ in index.skipped} == {"Amphibia/broken_000.jpg", "Amphibia/notes.txt", "Aves/truncated_000.jpg"}
+    out = capsys.readouterr().out
+    assert out.count("skipped 3 unreadable") == 1
+    assert not any(p in index.paths for p, _ in index.skipped)
+    # A second scan is answered from the cache and finds the same.
+    assert scan_folder(train_dir, cache_dir=tmp_path, verbose=False).paths == index.paths
+    assert len(list(tmp_path.glob("scan-*.json"))) == 1
+
+
+def test_every_image_mode_decodes_to_rgb(index):
+    for i in range(len(index)):
+        array = decode_working(index.absolute(i), 32)
+        assert array.shape == (32, 32, 3) and array.dtype == np.uint8
+
+
+def test_exif_orientation_is_applied(index):
+    image = open_rgb(index.root / "Fungi" / "rotated_000.jpg")
+    assert image.size == (40, 60)  # stored 60x40 landscape, displayed portrait
+    assert min(image.getpixel((20, 2))) > 240  # the white band is on top once rotated
+
+
+def test_empty_class_folder_and_empty_dataset_are_errors(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "a" / "x.png")
+    (tmp_path / "train" / "b").mkdir()
+    with pytest.raises(UserError, match=r"class folder .*b has no readable images"):
+        scan_folder(tmp_path / "train", verbose=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="no class sub-folders"):
+        scan_folder(empty, verbose=False)
+
+
+def test_mismatched_test_classes_are_an_error(nature_dir, tmp_path):
+    layout = locate_dataset(nature_dir, download=False)
+    test_copy = tmp_path / "val"
+    shutil.copytree(layout.test_dir, test_copy)
+    shutil.rmtree(test_copy / "Aves")
+    train = scan_folder(layout.train_dir, verbose=False)
+    with pytest.raises(UserError, match="missing \\['Aves'\\]"):
+        check_same_classes(train, scan_folder(test_copy, verbose=False))
+
+
+def test_split_is_stratified_stable_and_disjoint(index):
+    split = stratified_split(index, val_fraction=0.25, seed=3)
+    assert set(split.train).isdisjoint(split.val)
+    assert len(split.train) + len(split.val) == len(index)
+    for label in range(len(index.classes)):
+        n = int((index.labels == label).sum())
+        assert int((index.labels[split.val] == label).sum()) == round(n * 0.25)
+    again = stratified_split(index, val_fraction=0.25, seed=3)
+    assert np.array_equal(split.train, again.train) and split.hash == again.hash
+    other = stratified_split(index, val_fraction=0.25, seed=4)
+    assert other.hash != split.hash and not np.array_equal(other.val, split.val)
+
+
+def test_subsets_are_nested_and_leave_validation_alone(index):
+    full = stratified_split(index, 0.2, seed=0)
+    half = stratified_split(index, 0.2, seed=0, subset_fraction=0.5)
+    quarter = stratified_split(index, 0.2, seed=0, subset_fraction=0.25)
+    assert np.array_equal(full.val, half.val) and np.array_equal(full.val, quarter.val)
+    assert set(quarter.train) <= set(half.train) <= set(full.train)
+    assert len(quarter.train) < len(half.train) < len(full.train)
+    for label in range(len(index.classes)):  # still stratified
+        assert (index.labels[quarter.train] == label).sum() >= 1
+
+
+def test_split_never_contains_test_images(nature_dir, index):
+    layout = locate_dataset(nature_dir, download=False)
+    assert index.root == layout.train_dir
+    assert all(not (layout.test_dir / p).exists() or (layout.train_dir / p).exists() for p in index.paths)
+
+
+@pytest.mark.parametrize("text,expected", [("false", False), ("no", False), ("0", False), ("off", False), ("True", True), ("yes", True), ("1", True)])
+def test_booleans_from_strings(text, expected):
+    assert parse_bool(text) is expected
+
+
+def test_bad_boolean_is_user_error():
+    with pytest.raises(UserError, match="not a boolean"):
+        parse_bool("maybe", "batch_norm")
+
+
+def _batch(index, n=6):
+    return torch.from_numpy(DecodingStore(index, 32).read(np.arange(n)))
+
+
+def test_eval_transform_is_deterministic_and_normalises(index):
+    batch = _batch(index)
+    transform = EvalTransform(PRE)
+    first, second = transform(batch), transform(batch)
+    assert first.shape == (6, 3, 24, 24) and first.dtype == torch.float32
+    assert torch.equal(first, second)
+    grey = torch.full((1, 32, 32, 3), 128, dtype=torch.uint8)
+    expected = (128 / 255 - PRE.mean[0]) / PRE.std[0]
+    assert torch.allclose(transform(grey)[0, 0], torch.full((24, 24), expected), atol=1e-5)
+
+
+def test_train_transform_augments_per_image_and_reproducibly(index):
+    batch = _batch(index)
+    transform = TrainTransform(PRE, "strong")
+    a = transform(batch, batch_generator(0, 1, 0))
+    b = transform(batch, batch_generator(0, 1, 0))
+    c = transform(batch, batch_generator(0, 2, 0))
+    assert a.shape == (6, 3, 24, 24)
+    assert torch.equal(a, b)  # same (seed, epoch, batch) -> same augmentation, so resumes replay it
+    assert not torch.equal(a, c)
+    assert not torch.allclose(a, EvalTransform(PRE)(batch))
+    none = TrainTransform(PRE, "none")
+    assert not none.is_random and torch.equal(none(batch, batch_generator(0, 1, 0)), EvalTransform(PRE)(batch))
+
+
+def test_channels_last_output(index):
+    out = EvalTransform(PRE, channels_last=True)(_batch(index))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_decoded_cache_matches_decoding_store(index, tmp_path):
+    cache = DecodedImageCache.build_or_open(index, 32, "bilinear", tmp_path, progress=False)
+    order = np.array([5, 0, 9, 3])
+    assert np.array_equal(cache.read(order), DecodingStore(index, 32).read(order))
+    reopened = DecodedImageCache.build_or_open(index, 32, "bilinear", tmp_path, progress=False)
+    assert reopened.path == cache.path and len(list(tmp_path.glob("*.u8"))) == 1
+
+
+def test_batch_loader_order_is_seeded_and_resumable(index):
+    indices = np.arange(len(index))
+    store = DecodingStore(index, 16)
+    loader = BatchLoader(store, indices, index.labels, 8, seed=1, shuffle=True, drop_last=True)
+    epoch0 = [labels for _, labels in loader.epoch(0)]
+    assert len(epoch0) == loader.num_batches() == len(index) // 8
+    assert all(torch.equal(a, b) for a, b in zip(epoch0, [l for _, l in loader.epoch(0)]))
+    tail = [labels for _, labels in loader.epoch(0, start_batch=2)]
+    assert all(torch.equal(a, b) for a, b in zip(epoch0[2:], tail)) and len(tail) == len(epoch0) - 2
+    epoch1 = [labels for _, labels in loader.epoch(1)]
+    assert not all(torch.equal(a, b) for a, b in zip(epoch0, epoch1))

@@ -1,0 +1,273 @@
+"""Download and extraction against a local HTTP server: resume, restart, interruption, zip-slip, corrupt zips."""
+
+from __future__ import annotations
+
+import io
+import re
+import socket
+import stat
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from common.errors import UserError
+from data.download import MARKER_NAME, ZIP_NAME, download_dataset, download_file, safe_extract
+
+CLASSES = ("Amphibia", "Aves")
+
+
+def _tree_files() -> dict[str, bytes]:
+    """A tiny inaturalist_12K tree; contents differ per file so a misplaced byte shows."""
+    files = {}
+    for split in ("train", "val"):
+        for class_name in CLASSES:
+            for index in range(3):
+                name = f"inaturalist_12K/{split}/{class_name}/img_{index}.jpg"
+                files[name] = (name.encode() * 40)[: 500 + index]
+    return files
+
+
+def _zip_bytes(files: dict[str, bytes], extra: list[tuple[zipfile.ZipInfo, bytes]] = ()) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+        for info, data in extra:
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+class _Server:
+    """Serves one payload from 127.0.0.1; `mode` picks how it answers Range requests."""
+
+    def __init__(self, payload: bytes, mode: str = "range"):
+        self.payload = payload
+        self.mode = mode  # range | ignore_range | truncate | stall
+        self.ranges: list[str | None] = []  # the Range header of every request, None when absent
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            timeout = 5  # a stuck client cannot hold a handler thread past the test
+
+            def do_GET(self):
+                server.ranges.append(self.headers.get("Range"))
+                data, wanted = server.payload, self.headers.get("Range")
+                if server.mode == "range" and wanted:
+                    start = int(re.fullmatch(r"bytes=(\d+)-", wanted).group(1))
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                    body = data[start:]
+                else:
+                    self.send_response(200)
+                    body = data
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.mode == "truncate":
+                    body = body[: len(body) // 2]  # promise everything, send half, hang up
+                elif server.mode == "stall":
+                    time.sleep(1.0)  # longer than the client's timeout, bounded so shutdown is quick
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/{ZIP_NAME}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(payload: bytes, mode: str = "range") -> _Server:
+        servers.append(_Server(payload, mode))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def dataset_zip() -> bytes:
+    junk = zipfile.ZipInfo("__MACOSX/inaturalist_12K/._train")
+    return _zip_bytes(_tree_files(), extra=[(junk, b"resource fork")])
+
+
+def _assert_one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message and message
+    return message
+
+
+def test_download_dataset_builds_the_tree_and_a_second_call_is_a_no_op(serve, dataset_zip, tmp_path):
+    server = serve(dataset_zip)
+    dest = tmp_path / "data"
+    assert download_dataset(dest, server.url, progress=False) == dest
+    for name, data in _tree_files().items():
+        assert (dest / name).read_bytes() == data
+    assert (dest / MARKER_NAME).exists()
+    assert not (dest / "__MACOSX").exists()
+    assert sorted(path.name for path in dest.iterdir()) == sorted([MARKER_NAME, ZIP_NAME, "inaturalist_12K"])
+    requests = len(server.ranges)
+    download_dataset(dest, server.url, progress=False)
+    assert len(server.ranges) == requests
+
+
+def test_resume_sends_a_range_request_and_appends(serve, dataset_zip, tmp_path):
+    server = serve(dataset_zip)
+    dest = tmp_path / ZIP_NAME
+    half = len(dataset_zip) // 2
+    Path(f"{dest}.part").write_bytes(dataset_zip[:half])
+    download_file(server.url, dest, progress=True, chunk_bytes=1000)
+    assert server.ranges == [f"bytes={half}-"]
+    assert dest.read_bytes() == dataset_zip
+    assert not Path(f"{dest}.part").exists()
+
+
+def test_a_server_that_ignores_range_still_gives_the_right_file(serve, dataset_zip, tmp_path):
+    server = serve(dataset_zip, mode="ignore_range")
+    dest = tmp_path / ZIP_NAME
+    Path(f"{dest}.part").write_bytes(b"x" * 100)  # bytes that must not survive a restart
+    download_file(server.url, dest, progress=False)
+    assert server.ranges == ["bytes=100-"]
+    assert dest.read_bytes() == dataset_zip
+
+
+def test_a_complete_part_is_finished_by_a_416_answer(serve, dataset_zip, tmp_path):
+    server = serve(dataset_zip)
+    dest = tmp_path / ZIP_NAME
+    Path(f"{dest}.part").write_bytes(dataset_zip)
+    download_file(server.url, dest, progress=False)
+    assert server.ranges == [f"bytes={len(dataset_zip)}-"]
+    assert dest.read_bytes() == dataset_zip
+
+
+def test_an_interrupted_download_keeps_the_part_and_resumes_later(serve, dataset_zip, tmp_path):
+    server = serve(dataset_zip, mode="truncate")
+    dest = tmp_path / ZIP_NAME
+    with pytest.raises(UserError) as error:
+        download_file(server.url, dest, progress=False)
+    message = _assert_one_line(error)
+    assert "resumes" in message and "--data_dir" in message and server.url in message
+    assert not dest.exists()
+    half = len(dataset_zip) // 2
+    assert Path(f"{dest}.part").read_bytes() == dataset_zip[:half]
+
+    server.mode = "range"
+    download_file(server.url, dest, progress=False)
+    assert server.ranges[-1] == f"bytes={half}-"
+    assert dest.read_bytes() == dataset_zip
+
+
+def test_a_stalled_server_times_out_with_a_user_error(serve, dataset_zip, tmp_path):
+    server = serve(dataset_zip, mode="stall")
+    dest = tmp_path / ZIP_NAME
+    with pytest.raises(UserError) as error:
+        download_file(server.url, dest, progress=False, timeout=0.2)
+    assert "--data_dir" in _assert_one_line(error)
+    assert not dest.exists()
+
+
+def test_an_unreachable_host_is_a_one_line_user_error(tmp_path):
+    with socket.socket() as probe:  # a port that was free a moment ago and now has no listener
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(UserError) as error:
+        download_dataset(tmp_path / "data", f"http://127.0.0.1:{port}/{ZIP_NAME}", progress=False)
+    message = _assert_one_line(error)
+    assert "--data_dir" in message and str(port) in message
+    assert not (tmp_path / "data" / MARKER_NAME).exists()
+
+
+def test_an_existing_file_is_not_downloaded_again(serve, dataset_zip, tmp_path):
+    server = serve(dataset_zip)
+    dest = tmp_path / ZIP_NAME
+    dest.write_bytes(b"the user's own copy")
+    assert download_file(server.url, dest) == dest
+    assert server.ranges == [] and dest.read_bytes() == b"the user's own copy"
+
+
+def _symlink_entry() -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo("inaturalist_12K/train/Aves/link")
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        lambda root: zipfile.ZipInfo("../evil.txt"),
+        lambda root: zipfile.ZipInfo("inaturalist_12K/../../evil.txt"),
+        lambda root: zipfile.ZipInfo("..\\evil.txt"),
+        lambda root: zipfile.ZipInfo(f"{root}/evil.txt"),
+        lambda root: zipfile.ZipInfo("C:/evil.txt"),
+        lambda root: _symlink_entry(),
+    ],
+    ids=["dotdot", "nested-dotdot", "backslash-dotdot", "absolute", "drive-letter", "symlink"],
+)
+def test_zip_slip_is_refused_and_nothing_is_written(hostile, tmp_path):
+    info = hostile(tmp_path)
+    zip_path = tmp_path / ZIP_NAME
+    zip_path.write_bytes(_zip_bytes(_tree_files(), extra=[(info, b"../../evil.txt")]))
+    target = tmp_path / "target"
+    with pytest.raises(UserError) as error:
+        safe_extract(zip_path, target)
+    message = _assert_one_line(error)
+    assert str(zip_path) in message and repr(info.filename) in message
+    assert not (tmp_path / "evil.txt").exists()
+    assert not target.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [ZIP_NAME]
+
+
+def test_an_existing_tree_is_left_alone(dataset_zip, tmp_path):
+    zip_path = tmp_path / ZIP_NAME
+    zip_path.write_bytes(dataset_zip)
+    mine = tmp_path / "inaturalist_12K" / "mine.txt"
+    mine.parent.mkdir()
+    mine.write_text("keep me")
+    with pytest.raises(UserError) as error:
+        safe_extract(zip_path, tmp_path)
+    assert "--data_dir" in _assert_one_line(error)
+    assert mine.read_text() == "keep me"
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([ZIP_NAME, "inaturalist_12K"])
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "bad-crc"])
+def test_a_corrupt_zip_is_a_user_error(damage, dataset_zip, tmp_path):
+    if damage == "garbage":
+        data = b"this is not a zip file " * 50
+    elif damage == "truncated":
+        data = dataset_zip[: len(dataset_zip) // 2]
+    else:
+        stored = io.BytesIO()
+        with zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as archive:
+            archive.writestr("inaturalist_12K/train/Aves/a.jpg", b"A" * 1000)
+        data = stored.getvalue().replace(b"A" * 1000, b"B" * 1000, 1)  # same size, wrong CRC
+    zip_path = tmp_path / ZIP_NAME
+    zip_path.write_bytes(data)
+    target = tmp_path / "target"
+    with pytest.raises(UserError) as error:
+        safe_extract(zip_path, target)
+    message = _assert_one_line(error)
+    assert str(zip_path) in message and "delete" in message
+    assert not (target / "inaturalist_12K").exists()
+    assert not target.exists() or list(target.iterdir()) == []  # no staging folder left behind
