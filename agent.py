@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""finetune-sweeps command line.
+
+  python agent.py [run] [--key=value ...] [--config FILE]   one training run (what `wandb agent` launches)
+  python agent.py sweep SWEEP.yaml --count N [--workers N] [--sweep_dir DIR] [--key=value ...]
+                                                             an offline sweep with W&B's own engine, no server
+  python agent.py report SOURCE [--out DIR]                  report of a sweep folder or entity/project/sweep_id
+  python agent.py test RUN_FOLDER [--data_dir=...]           the held-out test set, once, for a chosen run
+  python agent.py models [NAME ...]                          stages and trainable parameters per strategy
+
+A user's mistake ends with one line `error: ...` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from common.errors import UserError
+
+COMMANDS = ("run", "sweep", "report", "test", "models")
+
+
+def _split_option(args: list[str], name: str, default: str | None = None) -> tuple[str | None, list[str]]:
+    """Take `--name=value` / `--name value` out of args (options of a sub-command, not run parameters)."""
+    rest, value, i = [], default, 0
+    while i < len(args):
+        arg = args[i]
+        if arg == f"--{name}" and i + 1 < len(args):
+            value, i = args[i + 1], i + 2
+            continue
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return value, rest
+
+
+def run_config_from_args(args: list[str]):
+    """Defaults < --config FILE < the saved config of a resumed run < --key=value arguments."""
+    from trainer.config import load_yaml_values, parse_cli, parse_run_config
+
+    config_file, args = _split_option(args, "config")
+    cli = parse_cli(args)
+    sources = [load_yaml_values(config_file)] if config_file else []
+    probe = parse_run_config(*sources, cli)
+    if probe.resume:
+        from trainer.record import RunRecord
+        from trainer.run import resolve_run_id
+
+        run_id = resolve_run_id(probe)
+        saved = RunRecord(Path(probe.output_dir) / run_id).read_config() or {}
+        saved.pop("run_id", None)
+        sources = [saved, *sources]
+        cli = {**cli, "run_id": run_id}
+    return parse_run_config(*sources, cli)
+
+
+def command_run(args: list[str]) -> int:
+    from trainer.config import help_text
+    from trainer.run import run_training
+
+    if "--help" in args or "-h" in args:
+        print(__doc__.strip().splitlines()[0] + "\n\nRun parameters (--key=value; YAML strings like 'false' work):" + help_text())
+        return 0
+    return run_training(run_config_from_args(args)).exit_code
+
+
+def command_sweep(args: list[str]) -> int:
+    from sweeper.local import run_local_sweep
+
+    count, args = _split_option(args, "count", "10")
+    workers, args = _split_option(args, "workers", "1")
+    sweep_dir, args = _split_option(args, "sweep_dir")
+    if not args or args[0].startswith("--"):
+        raise UserError("usage: python agent.py sweep SWEEP.yaml --count N [--workers N] [--sweep_dir DIR] [--key=value ...]")
+    try:
+        count_value, worker_value = int(count), int(workers)
+    except ValueError:
+        raise UserError(f"--count={count} and --workers={workers} must be integers") from None
+    from trainer.config import parse_cli
+
+    summary = run_local_sweep(Path(args[0]), count=count_value, workers=worker_value, sweep_dir=Path(sweep_dir) if sweep_dir else None, fixed=parse_cli(args[1:]))
+    return 0 if summary is not None else 1
+
+
+def command_report(args: list[str]) -> int:
+    from report.build import build_report
+
+    out, args = _split_option(args, "out")
+    if len(args) != 1:
+        raise UserError("usage: python agent.py report SOURCE [--out DIR]  (SOURCE: a sweep folder, a runs/ folder, or entity/project/sweep_id)")
+    source = args[0]
+    out_dir = Path(out) if out else (Path(source) / "report" if Path(source).exists() else Path("reports") / source.replace("/", "_"))
+    path = build_report(source, out_dir)
+    print(f"report written to {path}")
+    return 0
+
+
+def command_test(args: list[str]) -> int:
+    from trainer.evaluate import test_run
+
+    data_dir, args = _split_option(args, "data_dir")
+    device, args = _split_option(args, "device", "auto")
+    if len(args) != 1:
+        raise UserError("usage: python agent.py test RUN_FOLDER [--data_dir=DIR] [--device=auto]")
+    result = test_run(Path(args[0]), data_dir=data_dir, device=device)
+    print(f"test accuracy {result['test_acc']:.4f} on {result['num_images']} held-out images -> {Path(args[0]) / 'test'}")
+    return 0
+
+
+def command_models(args: list[str]) -> int:
+    from models import describe_models
+
+    print(describe_models(args or None))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
+    handlers = {"run": command_run, "sweep": command_sweep, "report": command_report, "test": command_test, "models": command_models}
+    try:
+        return handlers[command](argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

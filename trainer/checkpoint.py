@@ -1,0 +1,83 @@
+"""Checkpoints: plain dicts of tensors and numbers, loadable with `torch.load(weights_only=True)`.
+
+A checkpoint holds everything a resumed run needs to continue exactly: model, optimizer, grad scaler,
+loop counters (epoch, batch within the epoch, global step, best so far, running sums), RNG states, and the
+identity of what was trained (config hash, model, weights version, stage names, classes), which is checked
+before anything is loaded: a checkpoint of another config or model is refused, never loaded.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.atomic import write_bytes
+
+FORMAT = 1
+
+
+@dataclass
+class LoopState:
+    """Loop counters; everything here is saved and restored."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches of the current epoch already trained (a mid-epoch checkpoint)
+    step: int = 0  # optimizer steps in total
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    stale_epochs: int = 0  # epochs since val_acc last improved
+    train_seconds: float = 0.0
+    loss_sum: float = 0.0  # running sums of the current epoch
+    correct: int = 0
+    seen: int = 0
+    batch_size: int = 0  # the batch size in use (halved after an out-of-memory retry)
+
+
+def save_checkpoint(path: Path, *, model, optimizer, scaler, state: LoopState, identity: dict[str, Any]) -> None:
+    payload = {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
+        "epoch": state.epoch,
+        "loop": asdict(state),
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "identity": identity,
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+class CheckpointRefused(Exception):
+    """The file is unreadable or belongs to another config/model; the message is the one-line reason."""
+
+
+def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointRefused(f"checkpoint {path} is unreadable ({type(exc).__name__}); starting fresh") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "loop" not in payload:
+        raise CheckpointRefused(f"checkpoint {path} is not a resumable checkpoint of this harness; starting fresh")
+    saved = payload.get("identity", {})
+    for key, value in identity.items():
+        if saved.get(key) != value:
+            raise CheckpointRefused(f"checkpoint {path} was written for {key}={saved.get(key)!r}, this run has {value!r}; starting fresh")
+    return payload
+
+
+def restore(payload: dict[str, Any], *, model, optimizer, scaler) -> LoopState:
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    if scaler is not None and scaler.is_enabled() and payload["scaler"]:
+        scaler.load_state_dict(payload["scaler"])
+    torch.set_rng_state(payload["rng"]["torch"])
+    if payload["rng"]["cuda"] and torch.cuda.is_available() and len(payload["rng"]["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+    names = {f.name for f in fields(LoopState)}
+    return LoopState(**{k: v for k, v in payload["loop"].items() if k in names})

@@ -1,0 +1,281 @@
+"""The typed run config: every parameter once, with its default, allowed values and help, parsed at the edge.
+
+Values flow one way: defaults, then a YAML file or `wandb.config`, then `--key=value` / `--key value` from
+the command line (the form `wandb agent` passes). `parse_run_config` validates everything once and returns
+a frozen `RunConfig`; nothing downstream reads raw dicts or strings like "True". `effective_config`
+normalises away parameters that do not apply (k_layers when the strategy ignores it, scratch CNN options
+for a pretrained backbone), so two configs that train the same thing compare equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from common.errors import UserError
+from common.parsing import nearest, parse_bool
+
+GROUPS = ("data", "model", "freezing", "scratch_cnn", "optimization", "runtime", "record")
+
+
+def _opt(default, help: str, group: str, choices: tuple | None = None, low=None, high=None, effective: bool = True, env: str | None = None):
+    """A config field; `effective` is False for fields that cannot change the trained result (paths, logging)."""
+    meta = {"help": help, "group": group, "choices": choices, "low": low, "high": high, "effective": effective, "env": env}
+    if env:
+        return field(default_factory=lambda: os.environ.get(env, default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_DEFAULT_CACHE = str(Path("~/.cache/finetune-sweeps").expanduser())
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # data
+    data_dir: str = _opt("datasets/nature_12K", "dataset folder: nature_12K (inaturalist_12K/train, val) or any folder with train/ and val/ or test/ class sub-folders", "data", effective=False, env="FINETUNE_DATA_DIR")
+    download: bool = _opt(True, "download nature_12K.zip into data_dir when no dataset is found there", "data", effective=False)
+    val_fraction: float = _opt(0.2, "fraction of train/ held out for validation, per class", "data", low=0.01, high=0.9)
+    split_seed: int = _opt(0, "seed of the train/validation split; keep it fixed across a sweep", "data", low=0)
+    subset_fraction: float = _opt(1.0, "stratified fraction of the training part to use (nested: 0.25 is inside 0.5)", "data", low=0.001, high=1.0)
+    augment: str = _opt("standard", "train augmentation: none, standard (random resized crop + flip), strong (+ rotation, colour jitter)", "data", choices=("none", "standard", "strong"))
+    cache_dir: str = _opt(_DEFAULT_CACHE, "where decoded images and frozen-layer features are cached, shared by all runs", "data", effective=False, env="FINETUNE_CACHE_DIR")
+    image_cache: bool = _opt(True, "decode each image once into a memory-mapped cache instead of every epoch", "data", effective=False)
+    feature_cache: bool = _opt(True, "with augment=none, compute frozen leading stages once and train only the rest", "data", effective=False)
+    num_workers: int = _opt(-1, "data loader worker processes; -1 picks from the CPU count", "data", low=-1, effective=False)
+    # model
+    model: str = _opt("resnet50", "backbone name (python agent.py models lists them) or scratch_cnn", "model")
+    weights: str = _opt("imagenet", "imagenet (the registry's explicit version), a version name like IMAGENET1K_V1, none, or a checkpoint path", "model")
+    aux_loss_weight: float | None = _opt(None, "weight of InceptionV3/GoogLeNet auxiliary losses; empty = the architecture's default, 0 disables", "model", low=0.0, high=1.0)
+    # freezing
+    strategy: str = _opt("last_k", "freezing strategy: head_only, last_k, fraction, norm_and_head, full, gradual (aliases: freeze_all, freeze_partial, freeze_k_percent, freeze_except_bn_and_fc, unfreeze_all)", "freezing")
+    k_layers: int | None = _opt(1, "last_k: number of trailing backbone stages trained with the head", "freezing", low=0)
+    freeze_fraction: float | None = _opt(0.5, "fraction: share of leading backbone stages kept frozen", "freezing", low=0.0, high=1.0)
+    unfreeze_every_epochs: int | None = _opt(1, "gradual: epochs between unfreezing one more stage", "freezing", low=1)
+    bn_mode: str = _opt("freeze", "BatchNorm in frozen stages: freeze (eval mode, statistics fixed) or adapt (statistics follow the data)", "freezing", choices=("freeze", "adapt"))
+    # scratch_cnn
+    filters: int | None = _opt(32, "scratch_cnn: filters of the first conv block", "scratch_cnn", low=1, high=1024)
+    filter_organization: str | None = _opt("double", "scratch_cnn: filters per block: same, double or half of the previous", "scratch_cnn", choices=("same", "double", "half"))
+    kernel_size: int | None = _opt(3, "scratch_cnn: convolution kernel size", "scratch_cnn", low=1, high=11)
+    activation: str | None = _opt("relu", "scratch_cnn: activation", "scratch_cnn", choices=("relu", "gelu", "silu", "mish", "leaky_relu"))
+    batch_norm: bool | None = _opt(True, "scratch_cnn: batch norm after each convolution", "scratch_cnn")
+    dropout: float | None = _opt(0.2, "scratch_cnn: dropout before the output layer", "scratch_cnn", low=0.0, high=0.9)
+    dense_units: int | None = _opt(256, "scratch_cnn: width of the dense layer", "scratch_cnn", low=1)
+    input_size: int | None = _opt(224, "scratch_cnn: input image size in pixels", "scratch_cnn", low=32, high=1024)
+    # optimization
+    optimizer: str = _opt("adamw", "optimizer", "optimization", choices=("adamw", "sgd"))
+    lr: float = _opt(1e-3, "learning rate of the head (and of every layer of scratch_cnn)", "optimization", low=1e-7, high=10.0)
+    backbone_lr_mult: float | None = _opt(0.1, "backbone learning rate = lr x this (discriminative learning rates)", "optimization", low=0.0, high=10.0)
+    layer_decay: float | None = _opt(1.0, "extra factor per stage further from the head (layer-wise lr decay; 1 = off)", "optimization", low=0.01, high=1.0)
+    weight_decay: float = _opt(0.01, "weight decay (not applied to biases and norm layers)", "optimization", low=0.0, high=1.0)
+    momentum: float | None = _opt(0.9, "sgd momentum", "optimization", low=0.0, high=0.999)
+    schedule: str = _opt("cosine", "learning-rate schedule after warmup, stepped per batch", "optimization", choices=("cosine", "onecycle", "constant"))
+    warmup_epochs: float = _opt(1.0, "linear warmup length in epochs (fractions allowed)", "optimization", low=0.0, high=100.0)
+    epochs: int = _opt(10, "training epochs", "optimization", low=1, high=10_000)
+    batch_size: int = _opt(32, "images per batch", "optimization", low=1, high=65_536)
+    label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss", "optimization", low=0.0, high=0.5)
+    grad_clip: float = _opt(1.0, "clip the gradient norm to this; 0 = off", "optimization", low=0.0)
+    patience: int = _opt(5, "early stopping: epochs without a better val_acc before stopping; 0 = off", "optimization", low=0)
+    seed: int = _opt(0, "seed of weight init, data order, augmentation and dropout", "optimization", low=0)
+    # runtime
+    device: str = _opt("auto", "auto (CUDA when available), cpu, cuda or cuda:N", "runtime", effective=False)
+    precision: str = _opt("auto", "auto (bf16 on GPUs that support it, else fp16 with a grad scaler; fp32 on CPU), fp32, bf16, fp16", "runtime", choices=("auto", "fp32", "bf16", "fp16"), effective=False)
+    channels_last: bool = _opt(True, "channels_last memory format on CUDA (faster convolutions)", "runtime", effective=False)
+    compile: bool = _opt(False, "torch.compile the model (CUDA; slower first epoch)", "runtime", effective=False)
+    oom_retry: bool = _opt(True, "on CUDA out-of-memory, retry once at half the batch size", "runtime", effective=False)
+    checkpoint_minutes: float = _opt(10.0, "also checkpoint every N minutes inside long epochs; 0 = only at epoch ends", "runtime", low=0.0, effective=False)
+    # record
+    output_dir: str = _opt("runs", "folder of run folders", "record", effective=False, env="FINETUNE_OUTPUT_DIR")
+    run_id: str = _opt("", "run folder name; empty = WANDB_RUN_ID when set, else a new id. A run id whose run was interrupted resumes it", "record", effective=False)
+    resume: bool = _opt(False, "require resuming run_id (or the latest unfinished run in output_dir) from its last checkpoint", "record", effective=False)
+    checkpoint_store: str = _opt("auto", "where checkpoints also go, to survive the machine: auto (W&B artifacts when the run is online), local (run folder only), wandb, or a folder (e.g. on Google Drive)", "record", effective=False)
+    wandb_mode: str = _opt("auto", "auto (online when logged in, else offline), online, offline, disabled", "record", choices=("auto", "online", "offline", "disabled"), effective=False)
+    wandb_project: str = _opt("finetune-sweeps", "W&B project", "record", effective=False, env="WANDB_PROJECT")
+    wandb_entity: str = _opt("", "W&B entity (team or user); empty = your default", "record", effective=False, env="WANDB_ENTITY")
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunConfig)}
+NULL_STRINGS = {"", "none", "null", "~"}
+
+SCRATCH_FIELDS = tuple(n for n, f in FIELDS.items() if f.metadata["group"] == "scratch_cnn")
+FREEZE_OPTION_FIELDS = ("k_layers", "freeze_fraction", "unfreeze_every_epochs")
+
+
+def _base_type(name: str):
+    hint = typing.get_type_hints(RunConfig)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return (args[0] if args else hint), type(None) in typing.get_args(hint)
+
+
+def parse_value(name: str, raw: Any) -> Any:
+    """One field's value from whatever form it arrived in (YAML scalar, CLI string, numpy scalar)."""
+    if name not in FIELDS:
+        raise UserError(f"unknown parameter {name!r}{nearest(name, FIELDS)}; `python agent.py --help` lists them all")
+    kind, optional = _base_type(name)
+    meta = FIELDS[name].metadata
+    if hasattr(raw, "item") and not isinstance(raw, (str, bytes)):
+        raw = raw.item()  # numpy scalars from the sweep engine
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() in NULL_STRINGS and kind is not str):
+        if optional:
+            return None
+        raise UserError(f"{name} needs a value (default {FIELDS[name].default!r})")
+    try:
+        if kind is bool:
+            value = parse_bool(raw, name)
+        elif kind is int:
+            number = float(raw) if isinstance(raw, str) else raw
+            if isinstance(number, bool) or float(number) != int(float(number)):
+                raise ValueError
+            value = int(number)
+        elif kind is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError
+        else:
+            value = str(raw).strip()
+            if optional and value.lower() in NULL_STRINGS:
+                return None
+    except (TypeError, ValueError):
+        raise UserError(f"{name}={raw!r} is not a valid {kind.__name__}: {meta['help']}") from None
+    choices = meta["choices"]
+    if choices and value not in choices:
+        raise UserError(f"{name}={value!r} is not one of {', '.join(choices)}{nearest(value, choices)}")
+    if meta["low"] is not None and value < meta["low"] or meta["high"] is not None and value > meta["high"]:
+        low = meta["low"] if meta["low"] is not None else "-inf"
+        high = meta["high"] if meta["high"] is not None else "inf"
+        raise UserError(f"{name}={value} is out of range [{low}, {high}]")
+    return value
+
+
+def parse_cli(args: Iterable[str]) -> dict[str, str]:
+    """`--key=value`, `--key value` and bare `--flag` (true) into a dict of strings."""
+    args, values, i = list(args), {}, 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise UserError(f"unexpected argument {arg!r}: parameters are given as --key=value")
+        key, has_value, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if not has_value:
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if nxt is not None and not nxt.startswith("--"):
+                value, i = nxt, i + 1
+            elif key in FIELDS and _base_type(key)[0] is bool:
+                value = "true"
+            else:
+                raise UserError(f"--{key} needs a value: --{key}=VALUE")
+        values[key] = value
+        i += 1
+    return values
+
+
+def load_yaml_values(path: Path | str) -> dict[str, Any]:
+    """A flat YAML mapping of parameters, or a W&B sweep-style `parameters: {name: {value: v}}` block."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"config file {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of parameter: value")
+    if isinstance(data.get("parameters"), dict):
+        data = {k: v.get("value") for k, v in data["parameters"].items() if isinstance(v, dict) and "value" in v}
+    return data
+
+
+def parse_run_config(*sources: Mapping[str, Any]) -> "RunConfig":
+    """Defaults, then each mapping in order (later wins); validated, normalised and frozen."""
+    values: dict[str, Any] = {}
+    for source in sources:
+        for key, raw in source.items():
+            key = key.replace("-", "_")
+            values[key] = parse_value(key, raw)
+    return normalise(RunConfig(**values))
+
+
+def normalise(config: RunConfig) -> RunConfig:
+    """Fill architecture-dependent values and null out parameters that do not apply to this run."""
+    from models.freezing import resolve_strategy
+    from models.registry import get_spec
+
+    spec = get_spec(config.model)
+    changes: dict[str, Any] = {"model": spec.name}
+    if spec.weights_enum is None:  # trained from scratch: no pretrained weights, everything trains
+        if config.weights.lower() in ("imagenet",) or config.weights.upper().startswith("IMAGENET"):
+            changes["weights"] = "none"
+        changes.update(strategy="full", bn_mode="freeze", aux_loss_weight=None, backbone_lr_mult=None, layer_decay=None)
+        changes.update({name: None for name in FREEZE_OPTION_FIELDS})
+        for name in SCRATCH_FIELDS:
+            if getattr(config, name) is None:
+                changes[name] = FIELDS[name].default
+    else:
+        strategy = resolve_strategy(config.strategy)
+        changes["strategy"] = strategy.name
+        for name in FREEZE_OPTION_FIELDS:
+            if name not in strategy.uses:
+                changes[name] = None
+            elif getattr(config, name) is None:
+                changes[name] = FIELDS[name].default
+        changes.update({name: None for name in SCRATCH_FIELDS})
+        if not spec.aux_heads:
+            changes["aux_loss_weight"] = None
+        if strategy.name == "head_only":
+            changes.update(backbone_lr_mult=None, layer_decay=None)
+        else:
+            changes["backbone_lr_mult"] = 0.1 if config.backbone_lr_mult is None else config.backbone_lr_mult
+            changes["layer_decay"] = 1.0 if config.layer_decay is None else config.layer_decay
+    if config.optimizer != "sgd":
+        changes["momentum"] = None
+    elif config.momentum is None:
+        changes["momentum"] = 0.9
+    if config.weights.lower() == "none":
+        changes.setdefault("weights", "none")
+    return dataclasses.replace(config, **changes)
+
+
+def effective_config(config: RunConfig) -> dict[str, Any]:
+    """The fields that determine the trained result (plain values): the identity of a sweep trial."""
+    return {name: getattr(config, name) for name, f in FIELDS.items() if f.metadata["effective"]}
+
+
+def config_hash(config: RunConfig) -> str:
+    text = json.dumps(effective_config(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def help_text() -> str:
+    """`python agent.py --help`: every parameter with its default and allowed values, by group."""
+    lines = []
+    for group in GROUPS:
+        lines.append(f"\n{group}:")
+        for name, f in FIELDS.items():
+            meta = f.metadata
+            if meta["group"] != group:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            allowed = f" {{{', '.join(meta['choices'])}}}" if meta["choices"] else ""
+            bounds = ""
+            if meta["low"] is not None or meta["high"] is not None:
+                bounds = f" [{meta['low'] if meta['low'] is not None else ''}..{meta['high'] if meta['high'] is not None else ''}]"
+            env = f" (env {meta['env']})" if meta["env"] else ""
+            lines.append(f"  --{name}={'' if default is None else default}{allowed}{bounds}{env}\n      {meta['help']}")
+    return "\n".join(lines)

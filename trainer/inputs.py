@@ -1,0 +1,89 @@
+"""Everything between files on disk and model inputs for one run: scan, split, stores, loaders, transforms.
+
+The result, `RunInputs`, hands the loop ready-to-use batches for training and validation. Images come from
+the decoded-image cache (or are decoded on the fly), become tensors on the device, and are augmented there;
+when the frozen-prefix cache applies, training and validation read cached prefix features instead and the
+model runs from stage `start_stage`. Only the train/ folder is read here: the test set is never reachable
+from a training run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from common.preprocessing import Preprocessing
+from data.augment import EvalTransform, TrainTransform, batch_generator
+from data.cache import DecodedImageCache
+from data.layout import locate_dataset
+from data.loading import BatchLoader, DecodingStore, default_num_workers
+from data.scan import ImageIndex, scan_folder
+from data.split import Split, stratified_split
+from trainer.features import build_or_open_features
+
+
+@dataclass
+class DataSplit:
+    index: ImageIndex
+    split: Split
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.index.classes
+
+
+def load_split(config) -> DataSplit:
+    layout = locate_dataset(config.data_dir, download=config.download)
+    index = scan_folder(layout.train_dir, cache_dir=Path(config.cache_dir).expanduser())
+    return DataSplit(index, stratified_split(index, config.val_fraction, config.split_seed, config.subset_fraction))
+
+
+@dataclass
+class RunInputs:
+    train_loader: BatchLoader
+    val_loader: BatchLoader
+    train_input: Callable[[torch.Tensor, int, int], torch.Tensor]  # (batch, epoch, batch index) -> model input
+    eval_input: Callable[[torch.Tensor], torch.Tensor]
+    start_stage: int  # 0 for images; the frozen depth when training on cached prefix features
+    cached_image_store: bool
+
+
+def image_store(index: ImageIndex, pre: Preprocessing, cache_dir: Path, use_cache: bool):
+    if use_cache:
+        return DecodedImageCache.build_or_open(index, pre.resize_size, pre.interpolation, cache_dir)
+    return DecodingStore(index, pre.resize_size, pre.interpolation)
+
+
+def build_inputs(config, data: DataSplit, pre: Preprocessing, model, feature_depth: int, device: torch.device, autocast, batch_size: int) -> RunInputs:
+    cuda = device.type == "cuda"
+    channels_last = cuda and config.channels_last
+    cache_dir = Path(config.cache_dir).expanduser()
+    store = image_store(data.index, pre, cache_dir, config.image_cache)
+    workers = config.num_workers if config.num_workers >= 0 else default_num_workers(decoding=not config.image_cache)
+    if not cuda and config.image_cache and config.num_workers < 0:
+        workers = 0  # on a CPU the gather is a memcpy; worker processes would only compete with the model for cores
+    train_transform = TrainTransform(pre, config.augment, channels_last)
+    eval_transform = EvalTransform(pre, channels_last)
+
+    def to_device(batch: torch.Tensor) -> torch.Tensor:
+        return batch.to(device, non_blocking=True)
+
+    train_input = lambda images, epoch, b: train_transform(to_device(images), batch_generator(config.seed, epoch, b))  # noqa: E731
+    eval_input = lambda images: eval_transform(to_device(images))  # noqa: E731
+    start_stage = 0
+    if feature_depth > 0:
+        key = f"{pre.crop_size}-{pre.resize_size}-{data.index.fingerprint}-{data.split.hash}"
+        both = np.concatenate([data.split.train, data.split.val])
+        store = build_or_open_features(model, feature_depth, store, both, data.index.labels, eval_input, device, autocast, cache_dir, key)
+        workers = 0
+        train_input = lambda features, epoch, b: to_device(features).float()  # noqa: E731
+        eval_input = lambda features: to_device(features).float()  # noqa: E731
+        start_stage = feature_depth
+    common = dict(num_workers=workers, pin_memory=cuda, persistent_workers=cuda)
+    train_loader = BatchLoader(store, data.split.train, data.index.labels, batch_size, seed=config.seed, shuffle=True, drop_last=True, **common)
+    val_loader = BatchLoader(store, data.split.val, data.index.labels, batch_size * 2, **common)
+    return RunInputs(train_loader, val_loader, train_input, eval_input, start_stage, config.image_cache)

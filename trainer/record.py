@@ -1,0 +1,74 @@
+"""The local run record, which never depends on W&B: config.yaml, metrics.jsonl, summary.json, checkpoints.
+
+Every write is atomic (temporary file + rename), so a kill at any moment leaves a readable record. The
+metrics file is rewritten whole each epoch (it is small), which also makes a resumed run's history exact:
+epochs after the checkpoint it resumes from are dropped, never duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common.atomic import write_json, write_text
+from trainer import metrics as M
+
+CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.jsonl", "summary.json"
+LAST_CHECKPOINT, BEST_CHECKPOINT = "last.pt", "best.pt"
+
+
+class RunRecord:
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.history: list[dict[str, Any]] = self._read_metrics()
+        self.summary: dict[str, Any] = self.read_summary(self.folder)
+
+    # config
+    def write_config(self, config: dict[str, Any]) -> None:
+        write_text(self.folder / CONFIG_FILE, yaml.safe_dump(config, sort_keys=True))
+
+    def read_config(self) -> dict[str, Any] | None:
+        path = self.folder / CONFIG_FILE
+        return yaml.safe_load(path.read_text()) if path.exists() else None
+
+    # metrics
+    def _read_metrics(self) -> list[dict[str, Any]]:
+        path = self.folder / METRICS_FILE
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line cannot happen with atomic writes, but never trust a file blindly
+        return rows
+
+    def truncate_history(self, completed_epochs: int) -> None:
+        self.history = [row for row in self.history if row[M.EPOCH] <= completed_epochs]
+        self._write_metrics()
+
+    def append_epoch(self, row: dict[str, Any]) -> None:
+        self.history = [r for r in self.history if r[M.EPOCH] < row[M.EPOCH]] + [row]
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        write_text(self.folder / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history))
+
+    # summary
+    def update_summary(self, **values: Any) -> dict[str, Any]:
+        self.summary.update(values)
+        write_json(self.folder / SUMMARY_FILE, self.summary)
+        return self.summary
+
+    @staticmethod
+    def read_summary(folder: Path) -> dict[str, Any]:
+        path = Path(folder) / SUMMARY_FILE
+        try:
+            return json.loads(path.read_text()) if path.exists() else {}
+        except json.JSONDecodeError:
+            return {}

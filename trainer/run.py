@@ -1,0 +1,283 @@
+"""One training run end to end: set up, resume if there is something to resume, train, record the outcome.
+
+This is the run boundary: whatever happens inside (divergence, CUDA out-of-memory, a bug, a signal), the
+run folder ends with a summary saying what happened and why, and the exit code lets a sweep go on:
+0 for finished, early-stopped, diverged and out-of-memory runs, 128+signal for a preempted run (so W&B
+re-queues it), 1 for an unexpected failure, 2 for a user mistake.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import os
+import secrets
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from common.errors import UserError
+from models import build_model, count_parameters, preprocessing_for
+from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy, validate_options
+from scratch_cnn import ScratchCNNConfig
+from trainer import metrics as M
+from trainer.checkpoint import CheckpointRefused, LoopState, load_checkpoint, restore, save_checkpoint
+from trainer.config import RunConfig, config_hash, effective_config, to_dict
+from trainer.inputs import build_inputs, load_split
+from trainer.loop import Diverged, Loop, autocast_factory, train
+from trainer.optim import build_optimizer
+from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, RunRecord
+from trainer.signals import PREEMPT, GracefulStop
+from trainer.store import make_store
+from trainer.wandb_log import start_logger
+
+EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR = 0, 1, 2
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    folder: Path
+    state: str
+    exit_code: int
+    summary: dict
+
+
+def new_run_id(config: RunConfig) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{config.model}-{stamp}-{secrets.token_hex(2)}"
+
+
+def resolve_run_id(config: RunConfig) -> str:
+    """An explicit run_id, else the one `wandb agent` sets for a (possibly re-queued) trial, else a new one."""
+    if config.run_id:
+        return config.run_id
+    if config.resume:
+        latest = latest_unfinished_run(Path(config.output_dir))
+        if latest is None:
+            raise UserError(f"--resume: no unfinished run with a checkpoint in {config.output_dir}; pass --run_id=ID of the run to resume")
+        return latest
+    return os.environ.get("WANDB_RUN_ID") or new_run_id(config)
+
+
+def latest_unfinished_run(output_dir: Path) -> str | None:
+    candidates = []
+    for folder in output_dir.glob("*/"):
+        summary = RunRecord.read_summary(folder)
+        if (folder / LAST_CHECKPOINT).exists() and summary.get(M.STATE) in (M.PREEMPTED, M.RUNNING, M.FAILED):
+            candidates.append(((folder / LAST_CHECKPOINT).stat().st_mtime, folder.name))
+    return max(candidates)[1] if candidates else None
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={choice} but no CUDA GPU is visible: use --device=cpu or --device=auto")
+    try:
+        return torch.device(choice)
+    except RuntimeError:
+        raise UserError(f"device={choice!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+
+
+def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. fp16 needs a grad scaler; bf16 does not."""
+    if choice == "fp32" or (choice == "auto" and device.type != "cuda"):
+        return None
+    if choice == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # T4/P100 have no bf16
+    if choice == "fp16" and device.type != "cuda":
+        raise UserError("precision=fp16 needs a CUDA GPU: use --precision=bf16 or fp32 on a CPU")
+    return torch.bfloat16 if choice == "bf16" else torch.float16
+
+
+def scratch_config(config: RunConfig) -> ScratchCNNConfig | None:
+    if config.model != "scratch_cnn":
+        return None
+    return ScratchCNNConfig(
+        filters=config.filters, filter_organization=config.filter_organization, kernel_size=config.kernel_size,
+        activation=config.activation, batch_norm=config.batch_norm, dropout=config.dropout,
+        dense_units=config.dense_units, input_size=config.input_size,
+    )
+
+
+def freeze_options(config: RunConfig) -> FreezeOptions:
+    defaults = FreezeOptions()
+    return FreezeOptions(
+        k_layers=config.k_layers if config.k_layers is not None else defaults.k_layers,
+        freeze_fraction=config.freeze_fraction if config.freeze_fraction is not None else defaults.freeze_fraction,
+        unfreeze_every_epochs=config.unfreeze_every_epochs or defaults.unfreeze_every_epochs,
+    )
+
+
+def _min_depth_over_epochs(model, strategy, options, epochs: int) -> int:
+    depths = []
+    for epoch in range(epochs):
+        model.apply_plan(plan_for_epoch(strategy, model.stage_names, options, epoch))
+        depths.append(model.frozen_prefix_depth())
+    return min(depths)
+
+
+def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, batch_size: int, stop) -> tuple[str, LoopState, dict]:
+    """Set up everything and train; returns (state, loop state, summary facts). Raises on failure."""
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    data = load_split(config)
+    scratch = scratch_config(config)
+    model = build_model(config.model, len(data.classes), config.weights, config.aux_loss_weight, config.bn_mode, scratch)
+    pre = preprocessing_for(config.model, config.weights, scratch)
+    strategy, options = resolve_strategy(config.strategy), freeze_options(config)
+    validate_options(strategy, model.stage_names, options, model_name=config.model)
+    identity = {
+        "config_hash": config_hash(config), "model": model.spec.name, "weights_version": model.weights_version,
+        "stage_names": list(model.stage_names), "classes": list(data.classes), "split_hash": data.split.hash,
+    }
+
+    # Depth of the frozen prefix that never trains in this run: cached (augment none) or run without autograd.
+    frozen_depth = _min_depth_over_epochs(model, strategy, options, config.epochs)
+    feature_depth = frozen_depth if (config.augment == "none" and config.feature_cache) else 0
+    model.to(device)
+    if device.type == "cuda" and config.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    store = make_store(config.checkpoint_store, logger, run_id)
+    last_path, best_path = record.folder / LAST_CHECKPOINT, record.folder / BEST_CHECKPOINT
+    payload = None
+    if store.fetch(last_path):
+        try:
+            payload = load_checkpoint(last_path, identity)
+        except CheckpointRefused as refused:
+            if config.resume:
+                raise UserError(str(refused)) from None
+            print(f"warning: {refused}")
+            record.update_summary(resume_refused=str(refused))
+            last_path.replace(last_path.with_name("last.refused.pt"))
+    start_epoch = payload["loop"]["epoch"] if payload else 0
+    model.apply_plan(plan_for_epoch(strategy, model.stage_names, options, start_epoch))
+    optimizer = build_optimizer(model, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    state = LoopState(batch_size=batch_size)
+    if payload:
+        state = restore(payload, model=model, optimizer=optimizer, scaler=scaler)
+        batch_size = state.batch_size or batch_size
+        print(f"resuming run {run_id} from epoch {state.epoch + 1}, batch {state.batch} (best val_acc so far {state.best_val_acc:.4f})")
+    elif config.resume:
+        raise UserError(f"--resume: run {run_id} has no checkpoint in {record.folder} or its store; drop --resume to start it fresh")
+    state.batch_size = batch_size
+    record.truncate_history(state.epoch)
+
+    autocast = autocast_factory(device, dtype)
+    inputs = build_inputs(config, data, pre, model, feature_depth, device, autocast, batch_size)
+    trainable, total = count_parameters(model)
+    facts = {
+        M.TRAINABLE_PARAMS: trainable, M.TOTAL_PARAMS: total, M.WEIGHTS_VERSION: model.weights_version,
+        M.SPLIT_HASH: data.split.hash, M.DEVICE: torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "config_hash": identity["config_hash"], "num_train": len(data.split.train), "num_val": len(data.split.val),
+        "classes": list(data.classes), "batch_size": batch_size, "feature_cache_depth": feature_depth,
+        "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
+    }
+    record.update_summary(**facts, **{M.STATE: M.RUNNING, M.REASON: None})
+    logger.summary(facts)
+
+    def checkpoint(loop_state: LoopState, is_best: bool) -> None:
+        save_checkpoint(last_path, model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity)
+        if is_best:
+            save_checkpoint(best_path, model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity)
+        store.save(last_path)
+
+    forward_fn = torch.compile(model) if (config.compile and device.type == "cuda") else None
+    loop = Loop(
+        config=config, model=model, optimizer=optimizer, scaler=scaler, inputs=inputs, device=device,
+        autocast=autocast, strategy=strategy, freeze_options=options, record=record, logger=logger,
+        checkpoint=checkpoint, stop=stop, inference_prefix=0 if feature_depth else frozen_depth, forward_fn=forward_fn,
+    )
+    try:
+        final_state = train(loop, state)
+    finally:
+        store.close()
+    trainable, total = count_parameters(model)  # gradual unfreezing ends with more trainable parameters
+    facts.update({M.TRAINABLE_PARAMS: trainable, M.TOTAL_PARAMS: total})
+    return final_state, state, facts
+
+
+def run_training(config: RunConfig) -> RunOutcome:
+    run_id = resolve_run_id(config)
+    folder = Path(config.output_dir) / run_id
+    record = RunRecord(folder)
+    config_dict = to_dict(config) | {"run_id": run_id}
+    if config.resume and record.read_config():
+        saved = {k: v for k, v in record.read_config().items() if k in effective_config(config)}
+        changed = {k: v for k, v in effective_config(config).items() if saved.get(k, v) != v}
+        if changed:
+            key, value = next(iter(changed.items()))
+            raise UserError(f"--resume: run {run_id} was trained with {key}={saved[key]!r}, not {value!r}; resume with the same settings or start a new run")
+    record.write_config(config_dict)
+    record.update_summary(run_id=run_id, **{M.STATE: M.RUNNING, M.REASON: None}, started_at=datetime.datetime.now().isoformat(timespec="seconds"))
+    logger = start_logger(config.wandb_mode, config.wandb_project, config.wandb_entity, run_id, config_dict, Path(config.output_dir))
+    print(f"run {run_id}: {config.model} strategy={config.strategy} -> {folder}")
+
+    state_name, reason, exit_code, facts, loop_state = M.FAILED, None, EXIT_FAILED, {}, LoopState()
+    batch_size = config.batch_size
+    with GracefulStop() as stop:
+        while True:
+            try:
+                state_name, loop_state, facts = _attempt(config, run_id, record, logger, batch_size, stop)
+                exit_code = EXIT_OK
+                if state_name == M.PREEMPTED:
+                    if logger.stop_requested_by_sweep():
+                        state_name = M.EARLY_STOPPED  # W&B's hyperband stops runs with SIGTERM too
+                    else:
+                        reason = f"interrupted by signal {stop.signum}; resumes from its checkpoint when relaunched with run_id={run_id}"
+                        exit_code = 128 + (stop.signum or 15)
+                        logger.mark_preempting()
+                break
+            except Diverged as exc:
+                state_name, reason, exit_code = M.DIVERGED, str(exc), EXIT_OK
+                break
+            except torch.OutOfMemoryError as exc:
+                if config.oom_retry and batch_size > 1 and batch_size == config.batch_size:
+                    batch_size //= 2
+                    print(f"warning: CUDA out of memory at batch_size={batch_size * 2}; retrying from scratch at {batch_size}")
+                    _free_cuda()
+                    for stale in (LAST_CHECKPOINT, BEST_CHECKPOINT):
+                        (folder / stale).unlink(missing_ok=True)
+                    record.truncate_history(0)
+                    continue
+                state_name, reason, exit_code = M.OOM, f"CUDA out of memory at batch_size={batch_size}: {str(exc).splitlines()[0]}", EXIT_OK
+                break
+            except UserError as exc:
+                state_name, reason, exit_code = M.FAILED, str(exc), EXIT_USER_ERROR
+                _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
+                raise
+            except Exception as exc:  # the run boundary: record why, let the sweep go on
+                state_name, reason, exit_code = M.FAILED, f"{type(exc).__name__}: {exc}".splitlines()[0], EXIT_FAILED
+                (folder / "error.log").write_text(traceback.format_exc())
+                print(f"run {run_id} failed: {reason} (traceback in {folder / 'error.log'})")
+                break
+    summary = _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
+    return RunOutcome(run_id, folder, state_name, exit_code, summary)
+
+
+def _free_cuda() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _finish(record: RunRecord, logger, state: str, reason: str | None, exit_code: int, facts: dict, loop_state: LoopState) -> dict:
+    summary = record.update_summary(
+        **facts, **{M.STATE: state, M.REASON: reason}, exit_code=exit_code,
+        finished_at=datetime.datetime.now().isoformat(timespec="seconds"),
+    )
+    logger.summary({M.STATE: state, M.REASON: reason})
+    logger.finish(exit_code)
+    best = summary.get(M.BEST_VAL_ACC)
+    print(f"run {record.folder.name}: {state}" + (f", best val_acc {best:.4f} at epoch {summary.get(M.BEST_EPOCH)}" if best is not None and best >= 0 else "") + (f" ({reason})" if reason else ""))
+    return summary

@@ -1,0 +1,56 @@
+"""Turn SIGTERM/SIGINT (Kaggle and Colab cut sessions off) and SIGUSR1 (a sweep's early stop) into flags.
+
+The loop polls the flag after each step, so the current step finishes, a checkpoint is written, and the
+run exits in a state the sweep understands: preempted (re-queued, resumes later) or early-stopped (done).
+A second SIGINT aborts at once, as users expect from Ctrl-C pressed twice.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+
+PREEMPT = "preempt"
+EARLY_STOP = "early_stop"
+
+
+@dataclass
+class StopFlag:
+    reason: str | None = None
+    signum: int | None = None
+
+    def request(self, reason: str, signum: int | None = None) -> None:
+        if self.reason is None:
+            self.reason, self.signum = reason, signum
+
+    def __bool__(self) -> bool:
+        return self.reason is not None
+
+
+class GracefulStop:
+    """Context manager that installs the handlers and restores the previous ones on exit."""
+
+    def __init__(self):
+        self.flag = StopFlag()
+        self._previous: dict[int, object] = {}
+
+    def _on_preempt(self, signum, frame):
+        if signum == signal.SIGINT and self.flag.reason == PREEMPT:
+            raise KeyboardInterrupt  # the second Ctrl-C
+        self.flag.request(PREEMPT, signum)
+
+    def _on_early_stop(self, signum, frame):
+        self.flag.request(EARLY_STOP, signum)
+
+    def __enter__(self) -> StopFlag:
+        handlers = {signal.SIGTERM: self._on_preempt, signal.SIGINT: self._on_preempt, signal.SIGUSR1: self._on_early_stop}
+        for signum, handler in handlers.items():
+            try:
+                self._previous[signum] = signal.signal(signum, handler)
+            except ValueError:  # not the main thread (e.g. a test harness): no handlers, the flag still works
+                pass
+        return self.flag
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,154 @@
+"""The W&B seam of a run: online when logged in, offline otherwise, or disabled; a W&B failure never kills a run.
+
+Everything W&B does for a run goes through `RunLogger`. The base class is the do-nothing logger used when
+W&B is disabled, not installed, or broken; `WandbLogger` wraps a real run and turns every W&B exception
+into one warning, after which it behaves like the base class. API keys are never read or written here:
+W&B finds them itself (`wandb login` or WANDB_API_KEY).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+class RunLogger:
+    """No W&B: every call is a no-op."""
+
+    mode = "disabled"
+    online = False
+
+    def log(self, row: dict[str, Any], step: int) -> None: ...
+    def summary(self, values: dict[str, Any]) -> None: ...
+    def mark_preempting(self) -> None: ...
+    def stop_requested_by_sweep(self) -> bool:
+        return False
+    def log_artifact_file(self, path: Path, name: str, kind: str, aliases: list[str]) -> None: ...
+    def download_artifact_file(self, name: str, filename: str, dest: Path) -> bool:
+        return False
+    def finish(self, exit_code: int = 0) -> None: ...
+
+
+def resolve_mode(requested: str) -> str:
+    """auto -> online when an API key is configured, else offline; WANDB_MODE in the environment wins over auto."""
+    env_mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if requested == "auto" and env_mode in ("online", "offline", "disabled", "dryrun", "run"):
+        return {"dryrun": "offline", "run": "online"}.get(env_mode, env_mode)
+    if requested != "auto":
+        return requested
+    try:
+        import wandb
+
+        return "online" if wandb.api.api_key else "offline"
+    except Exception:
+        return "offline"
+
+
+class WandbLogger(RunLogger):
+    def __init__(self, run, mode: str):
+        self.run, self.mode = run, mode
+        self.online = mode == "online"
+        self._broken = False
+
+    def _guard(self, what: str, call, default=None):
+        if self._broken:
+            return default
+        try:
+            return call()
+        except Exception as exc:  # W&B must never end a training run
+            self._broken = True
+            _warn(f"W&B {what} failed ({type(exc).__name__}: {exc}); the run goes on with its local record only")
+            return default
+
+    def log(self, row, step):
+        self._guard("log", lambda: self.run.log(row, step=step))
+
+    def summary(self, values):
+        self._guard("summary", lambda: self.run.summary.update(values))
+
+    def mark_preempting(self):
+        self._guard("mark_preempting", self.run.mark_preempting)
+
+    def stop_requested_by_sweep(self) -> bool:
+        """Did the sweep's controller ask this run to stop (early termination) rather than the machine going away?"""
+        if not (self.online and self.run.sweep_id):
+            return False
+
+        def ask() -> bool:
+            import wandb
+
+            api = wandb.Api(timeout=10)
+            run = api.run(f"{self.run.entity}/{self.run.project}/{self.run.id}")
+            attrs = getattr(run, "_attrs", {}) or {}
+            return bool(attrs.get("shouldStop") or attrs.get("stopped"))
+
+        try:
+            return ask()
+        except Exception:
+            return False
+
+    def log_artifact_file(self, path, name, kind, aliases):
+        import wandb
+
+        def upload():
+            artifact = wandb.Artifact(name, type=kind)
+            artifact.add_file(str(path))
+            self.run.log_artifact(artifact, aliases=aliases).wait()
+
+        self._guard("artifact upload", upload)
+
+    def download_artifact_file(self, name, filename, dest) -> bool:
+        def download() -> bool:
+            artifact = self.run.use_artifact(f"{name}:latest")
+            folder = artifact.download(root=str(Path(dest).parent / ".artifact_download"))
+            source = Path(folder) / filename
+            if not source.exists():
+                return False
+            os.replace(source, dest)
+            return True
+
+        if not self.online:
+            return False
+        try:
+            return download()
+        except Exception:  # no such artifact yet is the normal case for a new run
+            return False
+
+    def finish(self, exit_code=0):
+        self._guard("finish", lambda: self.run.finish(exit_code=exit_code))
+
+
+def start_logger(mode: str, project: str, entity: str, run_id: str, config: dict[str, Any], folder: Path) -> RunLogger:
+    mode = resolve_mode(mode)
+    if mode == "disabled":
+        return RunLogger()
+    try:
+        import wandb
+    except ImportError:
+        _warn("wandb is not installed; logging locally only")
+        return RunLogger()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run = wandb.init(
+                project=project or None,
+                entity=entity or None,
+                id=run_id,
+                resume="allow",  # a re-queued or resumed trial continues the same W&B run
+                mode=mode,
+                dir=str(folder),
+                config=config,
+                settings=wandb.Settings(init_timeout=90, console="off"),
+            )
+        run.config.update(config, allow_val_change=True)  # normalised values win over the raw sweep values
+        return WandbLogger(run, mode)
+    except Exception as exc:
+        _warn(f"W&B could not start ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); logging locally only")
+        return RunLogger()
