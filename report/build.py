@@ -1,0 +1,112 @@
+"""Build a report folder from a sweep: report.md, its PNG figures and runs.csv, from one computed summary."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from common.atomic import write_bytes, write_text
+from report import plots
+from report.markdown import render
+from report.sources import load_table
+from report.stats import Summary, summarise
+from report.table import CONFIG_HASH, MODEL, STRATEGY, TEST_ACC, RunRecord, RunTable
+from trainer import metrics
+
+REPORT_FILE = "report.md"
+RUNS_CSV = "runs.csv"
+FIGURES = {  # role -> file name, linked relative to report.md
+    "by_strategy": "val_acc_by_strategy.png",
+    "cost": "accuracy_vs_cost.png",
+    "curves": "learning_curves.png",
+    "importance": "importance.png",
+}
+TEST_FIGURES = (("confusion matrix", "confusion.png"), ("prediction grid", "grid.png"))
+
+# The run's outcome and its provenance, after its config, in runs.csv.
+RESULT_COLUMNS = (metrics.BEST_VAL_ACC, metrics.BEST_EPOCH, metrics.EPOCHS_COMPLETED, metrics.TRAIN_SECONDS,
+                  metrics.TRAINABLE_PARAMS, metrics.TOTAL_PARAMS, metrics.WEIGHTS_VERSION, metrics.SPLIT_HASH,
+                  CONFIG_HASH, metrics.DEVICE, metrics.REASON, TEST_ACC)
+
+
+def build_report(source: str, out_dir: Path, top_n: int = 10) -> Path:
+    """Read the sweep once, compute every number once, then write the figures, runs.csv and report.md."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = load_table(source)
+    summary = summarise(table, top_n=top_n)
+    images = _write_figures(summary, out_dir)
+    test_images = _copy_test_figures(summary, out_dir)
+    write_text(out_dir / RUNS_CSV, runs_csv(table))
+    report = out_dir / REPORT_FILE
+    write_text(report, render(summary, images, test_images))
+    return report
+
+
+def _write_figures(summary: Summary, out_dir: Path) -> dict[str, str]:
+    drawers = {
+        "by_strategy": (plots.plot_val_acc_by_strategy, bool(summary.successful)),
+        "cost": (plots.plot_cost, bool(summary.successful)),
+        "curves": (plots.plot_learning_curves, any(r.history for r in summary.best_per_strategy)),
+        "importance": (plots.plot_importance, bool(summary.importance)),
+    }
+    images = {}
+    for role, (draw, has_data) in drawers.items():
+        if has_data:  # an empty figure says less than no figure
+            draw(summary, out_dir / FIGURES[role])
+            images[role] = FIGURES[role]
+    return images
+
+
+def _copy_test_figures(summary: Summary, out_dir: Path) -> dict[str, list[tuple[str, str]]]:
+    """Copy each tested run's figures beside the report, so its links stay relative and portable."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for record in summary.tested:
+        if record.folder is None:
+            continue
+        for caption, name in TEST_FIGURES:
+            figure = record.folder / "test" / name
+            if figure.exists():
+                link = f"test/{record.run_id}/{name}"
+                write_bytes(out_dir / link, figure.read_bytes())
+                found.setdefault(record.run_id, []).append((f"{record.run_id} {caption}", link))
+    return found
+
+
+def csv_columns(table: RunTable) -> list[str]:
+    config_keys = sorted({k for r in table.records for k in r.effective_config} - {MODEL, STRATEGY})
+    return ["run_id", metrics.STATE, MODEL, STRATEGY, *config_keys, *RESULT_COLUMNS]
+
+
+def runs_csv(table: RunTable) -> str:
+    """One row per run (skipped duplicates are not runs): config, outcome and provenance, for tracing."""
+    columns = csv_columns(table)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for record in sorted(table.records, key=lambda r: r.run_id):
+        row = {"run_id": record.run_id, metrics.STATE: record.state, **record.effective_config,
+               **_result(record)}
+        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+    return buffer.getvalue()
+
+
+def _result(record: RunRecord) -> dict:
+    return {
+        metrics.BEST_VAL_ACC: record.best_val_acc, metrics.BEST_EPOCH: record.best_epoch,
+        metrics.EPOCHS_COMPLETED: record.epochs_completed, metrics.TRAIN_SECONDS: record.train_seconds,
+        metrics.TRAINABLE_PARAMS: record.trainable_params, metrics.TOTAL_PARAMS: record.total_params,
+        metrics.WEIGHTS_VERSION: record.summary.get(metrics.WEIGHTS_VERSION),
+        metrics.SPLIT_HASH: record.summary.get(metrics.SPLIT_HASH), CONFIG_HASH: record.summary.get(CONFIG_HASH),
+        metrics.DEVICE: record.summary.get(metrics.DEVICE), metrics.REASON: record.reason, TEST_ACC: record.test_acc,
+    }
+
+
+def _csv_value(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)

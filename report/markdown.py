@@ -1,0 +1,257 @@
+"""Format a `Summary` as report.md: GitHub-readable markdown, images linked relative to the report."""
+
+from __future__ import annotations
+
+import json
+
+from report.stats import MIN_RUNS_FOR_IMPORTANCE, STRATEGY_ORDER, MeanCI, SeedGroup, Summary
+from report.table import CHECKPOINT, NUM_IMAGES, PER_CLASS_ACC, SCRATCH_MODEL, RunRecord, failure_reason
+from trainer import metrics
+
+# Keys a reader looks at first when a config is spelled out; the rest follow alphabetically.
+_CONFIG_FIRST = ("model", "weights", "strategy", "k_layers", "freeze_fraction", "lr", "backbone_lr_mult",
+                 "augment", "epochs", "batch_size", "optimizer", "seed")
+
+
+# --- cell formatting --------------------------------------------------------------------------------
+
+def percent(fraction: float | None) -> str:
+    return "–" if fraction is None else f"{fraction * 100:.2f}%"
+
+
+def points(difference: float | None) -> str:
+    return "–" if difference is None else f"{difference:+.2f} points"
+
+
+def ci_text(ci: MeanCI) -> str:
+    return (f"{ci.mean * 100:.2f}% ± {ci.half_width * 100:.2f} "
+            f"({ci.confidence:.0%} CI [{ci.low * 100:.2f}, {ci.high * 100:.2f}], t with n={ci.n})")
+
+
+def _value(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
+def _cell(value) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(map(_cell, headers)) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def config_text(config: dict) -> str:
+    """Non-null effective keys, the telling ones first: nulls are parameters that do not apply."""
+    keys = [k for k in _CONFIG_FIRST if k in config] + sorted(k for k in config if k not in _CONFIG_FIRST)
+    return ", ".join(f"`{k}={_value(config[k])}`" for k in keys if config[k] is not None)
+
+
+def _epochs(record: RunRecord) -> str:
+    text = f"{_value(record.best_epoch)}/{_value(record.epochs_completed)}"
+    return text + " (early-stopped)" if record.state == metrics.EARLY_STOPPED else text
+
+
+def _strategy(record: RunRecord) -> str:
+    return _value(record.strategy)
+
+
+# --- sections ---------------------------------------------------------------------------------------
+
+def _headline(s: Summary) -> list[str]:
+    out = ["## 1. Headline: fine-tuning against a CNN from scratch", ""]
+    ft, scratch = s.best_fine_tuned, s.best_scratch
+    for label, record in (("Best fine-tuned run", ft), (f"Best {SCRATCH_MODEL} run", scratch)):
+        if record:
+            out.append(f"- **{label}: `{record.run_id}`**, best {metrics.VAL_ACC} **{percent(record.best_val_acc)}** "
+                       f"(epoch {_epochs(record)}). Config: {config_text(record.effective_config)}")
+    if ft and scratch:
+        out.append(f"- **Gap: {points(s.gap_points)}** (best fine-tuned minus best {SCRATCH_MODEL}, single runs).")
+    elif ft:
+        out.append(f"- **No successful {SCRATCH_MODEL} run** in this sweep: there is no scratch baseline to compare "
+                   "against.")
+    elif scratch:
+        out.append(f"- **No successful fine-tuned run** in this sweep: there is nothing to compare {SCRATCH_MODEL} "
+                   "against.")
+    else:
+        out.append("- **No successful run** in this sweep.")
+    out.append("")
+    out += _seeds("fine-tuned", s.seeds_fine_tuned) + _seeds(SCRATCH_MODEL, s.seeds_scratch)
+    if s.seeds_fine_tuned and s.seeds_scratch:
+        gap = (s.seeds_fine_tuned.ci.mean - s.seeds_scratch.ci.mean) * 100
+        out.append(f"- Gap between these seed means: **{points(gap)}**.")
+    out.append("")
+    return out
+
+
+def _seeds(label: str, group: SeedGroup | None) -> list[str]:
+    if group is None:
+        return [f"- Over seeds ({label}): no {label} config was repeated over seeds with finished runs, so the "
+                "numbers above are single runs and carry their seed's luck."]
+    return [f"- Over seeds ({label}): the best config repeated over seeds reaches **{ci_text(group.ci)}** "
+            f"over {len(group.seeds)} seeds ({', '.join(map(_value, group.seeds))}; runs "
+            f"{', '.join(f'`{r.run_id}`' for r in group.records)}). Config: {config_text(group.config)}"]
+
+
+def _leaderboard(s: Summary) -> list[str]:
+    rows = [[rank, f"`{r.run_id}`", _value(r.model), _strategy(r), _value(r.config.get("k_layers")),
+             _value(r.config.get("freeze_fraction")), _value(r.config.get("lr")), _value(r.config.get("augment")),
+             percent(r.best_val_acc), _epochs(r), _seconds(r.train_seconds), _value(r.trainable_params)]
+            for rank, r in enumerate(s.leaderboard, start=1)]
+    return [f"## 2. Leaderboard (top {len(s.leaderboard)} of {len(s.successful)} successful runs)", "",
+            f"Ranked by the **best epoch's** {metrics.VAL_ACC} (not the last epoch's).", "",
+            table(["#", "run", "model", "strategy", "k_layers", "freeze_fraction", "lr", "augment",
+                   f"best {metrics.VAL_ACC}", "best epoch/epochs", "train s", "trainable params"], rows)
+            if rows else "No successful runs.", ""]
+
+
+def _groups(s: Summary, image: str | None) -> list[str]:
+    rows = [[_value(g.model), _value(g.strategy), g.stats.count, percent(g.stats.best), percent(g.stats.mean),
+             "–" if g.stats.std is None else f"{g.stats.std * 100:.2f}", g.early_stopped]
+            for g in s.groups]
+    out = ["## 3. By model and strategy", "",
+           f"Finished runs only; early-stopped runs are counted apart and are not in best/mean/std. Strategies "
+           f"run from least to most trained: {', '.join(STRATEGY_ORDER)}.", "",
+           table(["model", "strategy", "finished runs", "best", "mean", "std (points)", "early-stopped"], rows)
+           if rows else "No successful runs.", ""]
+    if image:
+        out += [f"![val_acc by strategy]({image})", ""]
+    return out
+
+
+def _cost(s: Summary, image: str | None) -> list[str]:
+    out = ["## 4. Cost: Pareto-optimal runs", "",
+           "A run is Pareto-optimal when no other run is at least as accurate for at most the cost, and better "
+           "on one of the two.", ""]
+    for title, front, key in (("training time", s.pareto_seconds, lambda r: r.train_seconds or 0),
+                              ("trainable parameters", s.pareto_params, lambda r: r.trainable_params or 0)):
+        members = sorted((r for r in s.successful if r.run_id in front), key=lambda r: (key(r), r.run_id))
+        rows = [[f"`{r.run_id}`", _value(r.model), _strategy(r), percent(r.best_val_acc), _seconds(r.train_seconds),
+                 _value(r.trainable_params)] for r in members]
+        out += [f"**Against {title}**", "",
+                table(["run", "model", "strategy", f"best {metrics.VAL_ACC}", "train s", "trainable params"], rows)
+                if rows else f"No successful run recorded its {title}.", ""]
+    if image:
+        out += [f"![accuracy against cost]({image})", ""]
+    return out
+
+
+def _importance(s: Summary, image: str | None) -> list[str]:
+    out = ["## 5. Hyperparameter importance", ""]
+    if s.importance is None:
+        return out + [f"Not computed: it needs at least {MIN_RUNS_FOR_IMPORTANCE} successful runs with a "
+                      "parameter that varies.", ""]
+    rows = [[f"`{row.parameter}`", f"{row.importance:.3f}",
+             "–" if row.correlation is None else f"{row.correlation:+.2f}", row.kind,
+             ", ".join(f"`{name}`" for name in row.stands_for) or "–"] for row in s.importance]
+    out += [f"Over the {len(s.successful)} successful runs: random-forest importance for the best "
+            f"{metrics.VAL_ACC} (one-hot categoricals summed), and the Spearman rank correlation for numeric "
+            "parameters. A parameter that only follows another (`weights` follows `model`) is folded into it. "
+            "With few runs, read it as a hint, not a finding.", "",
+            table(["parameter", "importance", "rank correlation", "kind", "also stands for"], rows), ""]
+    if image:
+        out += [f"![hyperparameter importance]({image})", ""]
+    return out
+
+
+def _not_counted(s: Summary) -> list[str]:
+    out = ["## 6. Runs that did not count", ""]
+    counts = [[state, len(records)] for state, records in s.not_counted]
+    counts.append(["duplicate (skipped, never run)", len(s.duplicates)])
+    out += ["None of these enter any mean, spread or interval. Early-stopped runs appear on the leaderboard "
+            "with their best epoch but not in the means.", "", table(["state", "runs"], counts), ""]
+    rows = [[f"`{r.run_id}`", state, _value(r.model), _strategy(r), _value(r.epochs_completed), failure_reason(r)]
+            for state, records in s.not_counted if state != metrics.EARLY_STOPPED for r in records]
+    if rows:
+        out += ["**Failed, diverged, out of memory, preempted, running or without a result**", "",
+                table(["run", "state", "model", "strategy", "epochs", "reason"], rows), ""]
+    stopped = dict(s.not_counted).get(metrics.EARLY_STOPPED, [])
+    if stopped:
+        rows = [[f"`{r.run_id}`", _value(r.model), _strategy(r), percent(r.best_val_acc), _epochs(r),
+                 failure_reason(r)] for r in stopped]
+        out += ["**Early-stopped** (cut short by the sweep; not in means)", "",
+                table(["run", "model", "strategy", f"best {metrics.VAL_ACC}", "best epoch/epochs", "reason"], rows),
+                ""]
+    if s.duplicates:
+        rows = [[f"`{d.run_id}`", f"`{d.duplicate_of}`" if d.duplicate_of else "–"] for d in s.duplicates]
+        count = len(s.duplicates)
+        out += [f"**Skipped duplicates**: {count} trial{'s' if count != 1 else ''} repeated an effective config "
+                "already run; not run, not counted.", "", table(["trial", "duplicate of"], rows), ""]
+    return out
+
+
+def _test(s: Summary, test_images: dict[str, list[tuple[str, str]]]) -> list[str]:
+    out = ["## 7. Held-out test set", ""]
+    if not s.tested:
+        return out + ["No run has been evaluated on the test set (`agent.py test RUN` does that, once, for a "
+                      "chosen run).", ""]
+    out += ["The held-out test set, evaluated **once** per chosen run after all selection was done on "
+            "validation; nothing above was chosen with it.", ""]
+    for record in s.tested:
+        test = record.test or {}
+        out += [f"### `{record.run_id}` ({_value(record.model)}, {_strategy(record)})", "",
+                f"- test_acc **{percent(record.test_acc)}** on {_value(test.get(NUM_IMAGES))} images "
+                f"(best {metrics.VAL_ACC} {percent(record.best_val_acc)}); checkpoint `{_value(test.get(CHECKPOINT))}`",
+                ""]
+        per_class = test.get(PER_CLASS_ACC) or {}
+        if per_class:
+            rows = [[name, percent(accuracy)] for name, accuracy in sorted(per_class.items())]
+            out += [table(["class", "test accuracy"], rows), ""]
+        for caption, link in test_images.get(record.run_id, []):
+            out += [f"![{caption}]({link})", ""]
+    return out
+
+
+def _provenance(s: Summary) -> list[str]:
+    p = s.provenance
+    states = ", ".join(f"{state} {count}" for state, count in sorted(p.states.items()))
+    weights = "; ".join(f"{model}: {', '.join(f'{v} x{c}' for v, c in sorted(versions.items()))}"
+                        for model, versions in sorted(p.weights_versions.items()))
+    hashes = ", ".join(f"`{h}` x{c}" for h, c in sorted(p.split_hashes.items())) or "–"
+    out = ["## 8. Provenance", "",
+           f"- Source: `{p.source}` (sweep `{p.sweep_name}`, metric `{p.metric_name}` {p.metric_goal or ''})",
+           f"- Runs: {p.run_count} ({states}); skipped duplicates: {len(s.duplicates)}",
+           f"- Split hashes of successful runs: {', '.join(f'`{h}` x{c}' for h, c in sorted(p.split_hashes.items())) or '–'}",
+           f"- Weights versions by model: {weights or '–'}",
+           f"- Generated: {p.generated_utc}. Every run's effective config, split hash and weights version is in "
+           "`runs.csv`.", ""]
+    out += _warnings(s) or ["No comparability warnings.", ""]
+    return out
+
+
+def _warnings(s: Summary) -> list[str]:
+    return [line for warning in s.provenance.warnings for line in (f"> **WARNING:** {warning}", "")]
+
+
+def render(summary: Summary, images: dict[str, str], test_images: dict[str, list[tuple[str, str]]]) -> str:
+    """`images` maps a figure's role (by_strategy, cost, curves, importance) to its relative path."""
+    lines = [f"# Sweep report: {summary.provenance.sweep_name}", "",
+             f"{len(summary.table.records)} runs, {len(summary.successful)} successful; accuracies are the "
+             f"best epoch's {metrics.VAL_ACC} on the validation split.", ""]
+    lines += _warnings(summary)
+    lines += _headline(summary)
+    if images.get("curves"):
+        lines += [f"![learning curves]({images['curves']})", ""]
+    lines += _leaderboard(summary)
+    lines += _groups(summary, images.get("by_strategy"))
+    lines += _cost(summary, images.get("cost"))
+    lines += _importance(summary, images.get("importance"))
+    lines += _not_counted(summary)
+    lines += _test(summary, test_images)
+    lines += _provenance(summary)
+    return "\n".join(lines).rstrip() + "\n"

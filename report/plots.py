@@ -1,0 +1,213 @@
+"""PNG figures of a report and of a test evaluation. They draw numbers computed elsewhere, never compute.
+
+Accuracies are fractions in the table and drawn as percent. Agg backend: reports are built on headless
+machines, and a GUI backend there fails at import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from report.stats import Summary, strategy_sort_key  # noqa: E402
+from report.table import RunRecord  # noqa: E402
+from trainer import metrics  # noqa: E402
+
+DPI = 110
+
+
+def _save(figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def _model_colors(models) -> dict:
+    palette = plt.get_cmap("tab10").colors
+    return {model: palette[i % len(palette)] for i, model in enumerate(sorted(set(map(str, models))))}
+
+
+def _strategy_label(record: RunRecord) -> str:
+    return str(record.strategy) if record.strategy is not None else "(none)"
+
+
+# --- report figures ---------------------------------------------------------------------------------
+
+def plot_val_acc_by_strategy(summary: Summary, path: Path) -> Path:
+    """One panel per model: a box over finished runs per strategy, every run a dot; early-stopped runs
+    are hollow and outside the box, as they are outside the means."""
+    models = sorted({str(r.model) for r in summary.successful},
+                    key=lambda m: strategy_sort_key(m, None))
+    columns = min(len(models), 3)
+    rows = -(-len(models) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), sharey=True,
+                                squeeze=False)
+    jitter = np.random.default_rng(0)  # fixed: the same table draws the same figure
+    for axis, model in zip(axes.flat, models):
+        records = [r for r in summary.successful if str(r.model) == model]
+        strategies = sorted({r.strategy for r in records}, key=lambda s: strategy_sort_key(model, s))
+        for position, strategy in enumerate(strategies):
+            members = [r for r in records if r.strategy == strategy]
+            finished = [r.best_val_acc * 100 for r in members if r.is_complete]
+            if finished:
+                axis.boxplot([finished], positions=[position], widths=0.5, showfliers=False,
+                             medianprops={"color": "black"})
+            for record in members:
+                x = position + jitter.uniform(-0.12, 0.12)
+                hollow = not record.is_complete
+                axis.scatter(x, record.best_val_acc * 100, s=28, zorder=3,
+                             facecolors="none" if hollow else "tab:blue", edgecolors="tab:blue")
+        axis.set_xticks(range(len(strategies)))
+        axis.set_xticklabels([str(s) if s is not None else "(none)" for s in strategies], rotation=30,
+                             ha="right")
+        axis.set_title(model)
+        axis.grid(axis="y", alpha=0.3)
+    for axis in axes.flat[len(models):]:
+        axis.set_visible(False)
+    for axis in axes[:, 0]:
+        axis.set_ylabel(f"best {metrics.VAL_ACC} (%)")
+    figure.suptitle("Validation accuracy by freezing strategy (hollow: early-stopped, not in the box)")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_cost(summary: Summary, path: Path) -> Path:
+    """Accuracy against training time and against trainable parameters, Pareto fronts joined."""
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    colors = _model_colors(r.model for r in summary.successful)
+    panels = [
+        (axes[0], lambda r: r.train_seconds, summary.pareto_seconds, "training time (s)"),
+        (axes[1], lambda r: r.trainable_params, summary.pareto_params, "trainable parameters (log)"),
+    ]
+    for axis, cost, front, label in panels:
+        records = [r for r in summary.successful if cost(r) is not None]
+        for model in sorted(colors):
+            members = [r for r in records if str(r.model) == model]
+            if members:
+                axis.scatter([cost(r) for r in members], [r.best_val_acc * 100 for r in members],
+                             color=colors[model], label=model, s=30, alpha=0.8, zorder=2)
+        optimal = sorted((r for r in records if r.run_id in front), key=lambda r: (cost(r), -r.best_val_acc))
+        if optimal:
+            axis.step([cost(r) for r in optimal], [r.best_val_acc * 100 for r in optimal], where="post",
+                      color="black", linewidth=1, zorder=1)
+            axis.scatter([cost(r) for r in optimal], [r.best_val_acc * 100 for r in optimal], s=110,
+                         facecolors="none", edgecolors="black", linewidths=1.5, zorder=3, label="Pareto-optimal")
+            for record in optimal:
+                axis.annotate(record.run_id, (cost(record), record.best_val_acc * 100), fontsize=7,
+                              xytext=(4, -10), textcoords="offset points")
+        costs = [cost(r) for r in records if cost(r) > 0]
+        if costs and (label.startswith("trainable") or max(costs) / min(costs) > 20):
+            axis.set_xscale("log")
+        axis.set_xlabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel(f"best {metrics.VAL_ACC} (%)")
+    axes[1].legend(fontsize=8, loc="lower right")
+    figure.suptitle("Accuracy against cost (up and left is better)")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_learning_curves(summary: Summary, path: Path) -> Path:
+    """The best run of each strategy: val_acc solid, train_acc dashed, the best epoch ringed."""
+    figure, axis = plt.subplots(figsize=(8, 4.8))
+    palette = plt.get_cmap("tab10").colors
+    for index, record in enumerate(summary.best_per_strategy):
+        color = palette[index % len(palette)]
+        epochs = [row[metrics.EPOCH] for row in record.history]
+        val = [row.get(metrics.VAL_ACC) for row in record.history]
+        train = [row.get(metrics.TRAIN_ACC) for row in record.history]
+        name = "scratch_cnn" if record.is_scratch else f"{_strategy_label(record)} ({record.model})"
+        axis.plot(epochs, [np.nan if v is None else v * 100 for v in val], color=color, marker=".",
+                  label=f"{name}, {record.run_id}")
+        if any(t is not None for t in train):
+            axis.plot(epochs, [np.nan if t is None else t * 100 for t in train], color=color,
+                      linestyle="--", alpha=0.7)
+        if record.best_epoch is not None:
+            axis.scatter([record.best_epoch], [record.best_val_acc * 100], s=90, facecolors="none",
+                         edgecolors=color, linewidths=1.5, zorder=3)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+    axis.set_xlabel(metrics.EPOCH)
+    axis.set_ylabel("accuracy (%)")
+    axis.set_title("Best run per strategy: val (solid), train (dashed), best epoch ringed")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_importance(summary: Summary, path: Path) -> Path:
+    rows = list(reversed(summary.importance or []))
+    figure, axis = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.4))
+    names = [row.parameter + (f" (+{len(row.stands_for)})" if row.stands_for else "") for row in rows]
+    axis.barh(names, [row.importance for row in rows], color="tab:blue")
+    for y, row in enumerate(rows):
+        if row.correlation is not None:
+            axis.annotate(f"rank corr {row.correlation:+.2f}", (row.importance, y), xytext=(4, 0),
+                          textcoords="offset points", va="center", fontsize=8)
+    axis.set_xlabel(f"random-forest importance for best {metrics.VAL_ACC}")
+    axis.set_xlim(0, max([row.importance for row in rows] + [0.01]) * 1.35)
+    axis.set_title("Hyperparameter importance (successful runs; +n: parameters folded in)")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+# --- test evaluation figures (called by `agent.py test RUN`) ----------------------------------------
+
+def plot_confusion(matrix: np.ndarray, class_names, path: Path) -> Path:
+    """Rows are true classes, colour is the row-normalised rate (recall per class), text is the count."""
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(class_names):
+        raise ValueError(f"confusion matrix of shape {matrix.shape} does not match {len(class_names)} classes")
+    totals = matrix.sum(axis=1, keepdims=True)
+    rates = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+    size = max(5.0, 0.55 * len(class_names) + 2)
+    figure, axis = plt.subplots(figsize=(size + 1, size))
+    image = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            axis.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=8,
+                      color="white" if rates[i, j] > 0.5 else "black")
+    axis.set_xticks(range(len(class_names)))
+    axis.set_xticklabels(class_names, rotation=45, ha="right")
+    axis.set_yticks(range(len(class_names)))
+    axis.set_yticklabels(class_names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title("Test-set confusion (colour: fraction of the true class; text: count)")
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_prediction_grid(images, true_names, pred_names, path: Path, rows: int = 10, cols: int = 3) -> Path:
+    """A rows x cols grid of test images with their predicted class; wrong ones in red with the truth."""
+    if not len(images) == len(true_names) == len(pred_names):
+        raise ValueError(f"{len(images)} images, {len(true_names)} true and {len(pred_names)} predicted names")
+    figure, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.9 * rows), squeeze=False)
+    shown = list(zip(images, true_names, pred_names))[: rows * cols]
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (image, true_name, pred_name) in zip(axes.flat, shown):
+        axis.imshow(np.asarray(image, dtype=np.uint8))
+        if true_name == pred_name:
+            axis.set_title(str(pred_name), fontsize=9, color="black")
+        else:
+            axis.set_title(f"{pred_name}\n(true: {true_name})", fontsize=9, color="red")
+            for side in axis.spines.values():
+                side.set_visible(True)
+                side.set_color("red")
+                side.set_linewidth(3)
+            axis.axis("on")
+            axis.set_xticks([])
+            axis.set_yticks([])
+    figure.suptitle("Test-set predictions (red: wrong, with the true class)")
+    figure.tight_layout()
+    return _save(figure, path)

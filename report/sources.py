@@ -1,0 +1,212 @@
+"""Read a sweep's runs into a `RunTable`: a local sweep folder, a folder of run folders, or a W&B sweep.
+
+Local run folders are the source of truth; a sweep folder's `table.jsonl` only adds trials that never
+got a folder (failed before starting) and the duplicates the sweep driver skipped. wandb is imported only
+inside `_load_wandb`, so reports from local folders work without it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common.errors import UserError
+from report.table import (CHECKPOINT, DUPLICATE, NUM_IMAGES, PER_CLASS_ACC, TEST_ACC, RunRecord, RunTable,
+                          SkippedDuplicate, finite)
+from trainer import metrics
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+TEST_FILE = Path("test") / "test.json"
+SWEEP_FILE = "sweep.yaml"
+TABLE_FILE = "table.jsonl"
+RUNS_DIR = "runs"
+
+_WANDB_PATH = re.compile(r"^[^/\s]+/[^/\s]+/[^/\s]+$")
+
+# W&B's own run states, for runs whose summary lacks our `state` (killed before the trainer wrote it).
+_WANDB_STATES = {
+    "finished": metrics.FINISHED,
+    "crashed": metrics.FAILED,
+    "failed": metrics.FAILED,
+    "killed": metrics.PREEMPTED,
+    "preempted": metrics.PREEMPTED,
+    "running": metrics.RUNNING,
+    "pending": metrics.RUNNING,
+}
+
+_WHAT_TO_PASS = ("pass a local sweep folder (with sweep.yaml and runs/), a folder of run folders, "
+                 "or a W&B sweep path entity/project/sweep_id")
+
+
+def load_table(source: str) -> RunTable:
+    source = str(source or "").strip()
+    if not source:
+        raise UserError(f"no report source given: {_WHAT_TO_PASS}")
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"report source {source} is a file, not a folder: {_WHAT_TO_PASS}")
+        table = _load_local(path)
+    elif _WANDB_PATH.match(source):
+        table = _load_wandb(source)
+    else:
+        raise UserError(f"report source {source} does not exist: {_WHAT_TO_PASS}")
+    if not table.records and not table.duplicates:
+        raise UserError(f"no runs found in {source}: {_WHAT_TO_PASS}")
+    return table
+
+
+# --- local folders ----------------------------------------------------------------------------------
+
+def _is_run_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / name).exists() for name in (CONFIG_FILE, SUMMARY_FILE, METRICS_FILE))
+
+
+def _load_local(path: Path) -> RunTable:
+    if _is_run_folder(path):  # one run folder: a table of one, no sweep around it
+        run_folders, sweep_dir = [path], None
+    elif (path / RUNS_DIR).is_dir():  # a sweep folder
+        run_folders, sweep_dir = _run_folders(path / RUNS_DIR), path
+    else:  # a folder of run folders; `sweep/runs` passed directly still finds the sweep one level up
+        run_folders = _run_folders(path)
+        sweep_dir = path.parent if (path.parent / SWEEP_FILE).exists() else path
+    sweep = _read_yaml(sweep_dir / SWEEP_FILE) if sweep_dir and (sweep_dir / SWEEP_FILE).exists() else {}
+    metric = sweep.get("metric") or {}
+
+    records = [_read_run_folder(folder) for folder in run_folders]
+    duplicates: list[SkippedDuplicate] = []
+    known = {r.run_id for r in records}
+    for row in _read_jsonl(sweep_dir / TABLE_FILE) if sweep_dir else []:
+        run_id = str(row.get("run_id"))
+        if row.get("state") == DUPLICATE:
+            duplicates.append(SkippedDuplicate(run_id, row.get("duplicate_of"), row.get("config") or {}))
+        elif run_id not in known:  # a trial that failed before it could create its folder
+            summary = {metrics.STATE: row.get("state"), metrics.REASON: row.get("reason")}
+            records.append(RunRecord(run_id, str(row.get("state") or metrics.FAILED), row.get("config") or {},
+                                     summary))
+            known.add(run_id)
+    return RunTable(records=records, name=str(sweep.get("name") or (sweep_dir or path).resolve().name),
+                    source=str(path), metric_name=metric.get("name"), metric_goal=metric.get("goal"),
+                    duplicates=duplicates)
+
+
+def _run_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if _is_run_folder(p))
+
+
+def _read_run_folder(folder: Path) -> RunRecord:
+    config = _read_yaml(folder / CONFIG_FILE) if (folder / CONFIG_FILE).exists() else {}
+    history = _read_jsonl(folder / METRICS_FILE)
+    if (folder / SUMMARY_FILE).exists():
+        summary = _read_json(folder / SUMMARY_FILE)
+        state = str(summary.get(metrics.STATE) or metrics.FAILED)
+    else:
+        # Without a summary nobody recorded how the run ended: say so rather than guess "finished".
+        summary = {metrics.REASON: f"no {SUMMARY_FILE} in {folder}"}
+        state = metrics.FAILED
+    test = _read_json(folder / TEST_FILE) if (folder / TEST_FILE).exists() else None
+    return RunRecord(folder.name, state, config, summary, _sorted_epochs(history), test, folder)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise UserError(f"cannot read {path}: {str(error).splitlines()[0]}")
+    return data if isinstance(data, dict) else {}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path}: {error}; delete or repair the file")
+    return data if isinstance(data, dict) else {}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a run killed mid-append leaves half a last line; the complete epochs still count
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _sorted_epochs(history: list[dict]) -> list[dict]:
+    rows = [{k: row[k] for k in metrics.EPOCH_METRICS if k in row} for row in history]
+    for position, row in enumerate(rows, start=1):
+        row.setdefault(metrics.EPOCH, position)
+    return sorted(rows, key=lambda row: row[metrics.EPOCH])
+
+
+# --- W&B --------------------------------------------------------------------------------------------
+
+def _load_wandb(path: str) -> RunTable:
+    try:
+        import wandb
+    except ImportError:
+        raise UserError(f"{path} looks like a W&B sweep path but wandb is not installed: pip install wandb")
+    try:
+        sweep = wandb.Api().sweep(path)
+        sweep_config = dict(sweep.config or {})
+        # Iterate the paginated collection to its end: a first page alone silently drops runs.
+        records = [_wandb_record(run) for run in sweep.runs]
+        name = getattr(sweep, "name", None) or path
+    except UserError:
+        raise
+    except Exception as error:  # no login, no network, no such sweep: all one message to the user
+        raise UserError(f"cannot read W&B sweep {path}: {_redact(error)}; check the path, network access "
+                        f"and `wandb login` (or the WANDB_API_KEY environment variable)")
+    metric = sweep_config.get("metric") or {}
+    return RunTable(records=records, name=str(name), source=path,
+                    metric_name=metric.get("name"), metric_goal=metric.get("goal"))
+
+
+def _wandb_record(run: Any) -> RunRecord:
+    config = {k: (v["value"] if isinstance(v, dict) and set(v) <= {"value", "desc"} and "value" in v else v)
+              for k, v in dict(run.config).items() if not k.startswith("_")}
+    raw_summary = getattr(run.summary, "_json_dict", None)
+    summary = dict(raw_summary if isinstance(raw_summary, dict) else run.summary)
+    # W&B's own summary `val_acc` is the LAST logged value: keep only our keys, never that one.
+    summary.pop(metrics.VAL_ACC, None)
+    wandb_state = str(getattr(run, "state", "") or "").lower()
+    state = summary.get(metrics.STATE)
+    if state not in metrics.STATES:
+        state = _WANDB_STATES.get(wandb_state, metrics.FAILED)
+        summary.setdefault(metrics.REASON, None)
+        if state != metrics.FINISHED and not summary.get(metrics.REASON):
+            summary[metrics.REASON] = f"W&B state {wandb_state or 'unknown'}"
+    history = _wandb_history(run)
+    test = None
+    if finite(summary.get(TEST_ACC)) is not None:  # a test evaluation logged to the W&B run, if any
+        test = {k: summary[k] for k in (TEST_ACC, PER_CLASS_ACC, NUM_IMAGES, CHECKPOINT) if k in summary}
+    return RunRecord(str(run.id), str(state), config, summary, history, test, None)
+
+
+def _wandb_history(run: Any) -> list[dict]:
+    # scan_history(keys=...) returns only rows holding ALL the keys: ask for every epoch metric first,
+    # then fall back to fewer, so an older trainer that logged fewer keys still yields its curve.
+    for keys in (list(metrics.EPOCH_METRICS), [metrics.EPOCH, metrics.VAL_ACC, metrics.TRAIN_ACC],
+                 [metrics.EPOCH, metrics.VAL_ACC]):
+        rows = [dict(row) for row in run.scan_history(keys=keys)]
+        if rows:
+            return _sorted_epochs(rows)
+    return []
+
+
+def _redact(error: Exception) -> str:
+    """The first line of an error, with anything shaped like an API key removed."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return re.sub(r"[A-Za-z0-9_-]{32,}", "<redacted>", text) or type(error).__name__

@@ -1,0 +1,361 @@
+"""Every number in a report, computed once from the `RunTable`; plots and markdown only format them.
+
+Rules that keep the numbers honest: a run's score is its best epoch's val_acc; the leaderboard, the
+headline and the Pareto fronts rank successful runs (finished or early-stopped by the sweep); means,
+spreads and confidence intervals use finished runs only; nothing crashed, diverged or running enters any.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from report.table import SCRATCH_MODEL, SEED, RunRecord, RunTable, SkippedDuplicate
+from trainer import metrics
+
+# From least to most of the backbone trained, so tables and plots read as a dose-response.
+STRATEGY_ORDER = ("head_only", "norm_and_head", "last_k", "fraction", "gradual", "full")
+# Below this many runs a random forest's importances are noise dressed as a ranking.
+MIN_RUNS_FOR_IMPORTANCE = 4
+CONFIDENCE = 0.95
+# Kept first when one parameter merely follows another (see `_varying_parameters`).
+_PARAMETER_PRIORITY = ("model", "strategy")
+# Order of the "did not count" section: outright failures first, then the runs that were merely cut short.
+NOT_COUNTED_ORDER = (metrics.FAILED, metrics.DIVERGED, metrics.OOM, metrics.PREEMPTED, metrics.RUNNING,
+                     metrics.FINISHED, metrics.EARLY_STOPPED)
+
+
+# --- primitives -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GroupStats:
+    count: int
+    best: float | None
+    mean: float | None
+    std: float | None  # sample standard deviation (ddof=1); None below two runs
+
+
+def group_stats(values: list[float]) -> GroupStats:
+    if not values:
+        return GroupStats(0, None, None, None)
+    array = np.asarray(values, dtype=float)
+    std = float(array.std(ddof=1)) if len(array) >= 2 else None
+    return GroupStats(len(array), float(array.max()), float(array.mean()), std)
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    mean: float
+    half_width: float
+    n: int
+    confidence: float = CONFIDENCE
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half_width
+
+
+def mean_ci(values: list[float], confidence: float = CONFIDENCE) -> MeanCI | None:
+    """Student-t interval of the mean: few seeds, unknown variance. None below two values."""
+    from scipy import stats
+
+    if len(values) < 2:
+        return None
+    array = np.asarray(values, dtype=float)
+    sem = array.std(ddof=1) / math.sqrt(len(array))
+    t = stats.t.ppf(0.5 + confidence / 2, df=len(array) - 1)
+    return MeanCI(float(array.mean()), float(t * sem), len(array), confidence)
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
+    """Ids of the (accuracy, cost) points no other point beats on both: higher-or-equal accuracy at
+    lower-or-equal cost, strictly better on one."""
+    front = set()
+    for run_id, (accuracy, cost) in points.items():
+        dominated = any(
+            other_acc >= accuracy and other_cost <= cost and (other_acc > accuracy or other_cost < cost)
+            for other_id, (other_acc, other_cost) in points.items() if other_id != run_id
+        )
+        if not dominated:
+            front.add(run_id)
+    return front
+
+
+@dataclass(frozen=True)
+class Importance:
+    parameter: str
+    importance: float  # random-forest importance; a categorical's is the sum over its one-hot columns
+    correlation: float | None  # Spearman rank correlation with val_acc, numeric parameters only
+    kind: str  # "numeric" or "categorical"
+    stands_for: tuple[str, ...] = ()  # parameters that only follow this one, folded into it
+
+
+def _varying_parameters(configs: list[dict]) -> dict[str, list[str]]:
+    """Parameters that vary, each with the ones it determines folded in.
+
+    Per-model keys (`weights`, scratch_cnn's `activation`, ...) change exactly when `model` changes; left as
+    features they split one effect among a dozen aliases at random. A parameter whose value is a function of
+    one already kept is folded into it; `model` and `strategy` are kept first, being the question asked.
+    """
+    labels = {k: [json.dumps(c.get(k), sort_keys=True, default=str) for c in configs]
+              for k in {k for c in configs for k in c}}
+    order = [k for k in _PARAMETER_PRIORITY if k in labels] + sorted(set(labels) - set(_PARAMETER_PRIORITY))
+    kept: dict[str, list[str]] = {}
+    for key in order:
+        if len(set(labels[key])) < 2:
+            continue  # fixed across these runs: nothing to attribute
+        owner = next((k for k in kept if _determines(labels[k], labels[key])), None)
+        if owner is None:
+            kept[key] = []
+        else:
+            kept[owner].append(key)
+    return kept
+
+
+def _determines(source: list[str], target: list[str]) -> bool:
+    mapping: dict[str, str] = {}
+    return all(mapping.setdefault(a, b) == b for a, b in zip(source, target))
+
+
+def parameter_importance(records: list[RunRecord]) -> list[Importance] | None:
+    """W&B-style parameter importance of the effective config for the best val_acc.
+
+    Rank correlation, not Pearson: learning rates span decades, and a linear correlation on raw lr is
+    decided by its largest values.
+    """
+    from scipy import stats
+    from sklearn.ensemble import RandomForestRegressor
+
+    if len(records) < MIN_RUNS_FOR_IMPORTANCE:
+        return None
+    target = np.array([r.best_val_acc for r in records], dtype=float)
+    configs = [r.effective_config for r in records]
+    parameters = _varying_parameters(configs)
+    columns, owners, kinds, correlations = [], [], {}, {}
+    for key in parameters:
+        values = [c.get(key) for c in configs]
+        present = [v for v in values if v is not None]
+        if all(isinstance(v, (int, float)) for v in present):
+            numbers = [float(v) if v is not None else math.nan for v in values]
+            finite = [x for x in numbers if not math.isnan(x)]
+            # "Does not apply" (null) must stay apart from every real value: put it below the range.
+            sentinel = min(finite) - (max(finite) - min(finite) or 1.0)
+            columns.append([sentinel if math.isnan(x) else x for x in numbers])
+            owners.append(key)
+            kinds[key] = "numeric"
+            pairs = [(x, y) for x, y in zip(numbers, target) if not math.isnan(x)]
+            correlations[key] = None
+            if len(pairs) >= 3 and len({p[0] for p in pairs}) > 1 and len({p[1] for p in pairs}) > 1:
+                correlations[key] = float(stats.spearmanr([p[0] for p in pairs], [p[1] for p in pairs])[0])
+        else:
+            labels = [json.dumps(v, sort_keys=True, default=str) for v in values]
+            for label in sorted(set(labels)):
+                columns.append([1.0 if x == label else 0.0 for x in labels])
+                owners.append(key)
+            kinds[key] = "categorical"
+            correlations[key] = None
+    if not columns:
+        return None
+    features = np.array(columns, dtype=float).T
+    if np.ptp(target) == 0:
+        column_importance = np.zeros(features.shape[1])
+    else:
+        forest = RandomForestRegressor(n_estimators=100, random_state=0)
+        column_importance = forest.fit(features, target).feature_importances_
+    totals: dict[str, float] = defaultdict(float)
+    for owner, value in zip(owners, column_importance):
+        totals[owner] += float(value)
+    rows = [Importance(k, totals[k], correlations[k], kinds[k], tuple(parameters[k])) for k in kinds]
+    return sorted(rows, key=lambda row: (-row.importance, row.parameter))
+
+
+# --- the report's numbers ---------------------------------------------------------------------------
+
+@dataclass
+class SeedGroup:
+    """One effective config repeated over seeds (finished runs only)."""
+
+    config: dict  # effective config without the seed
+    records: list[RunRecord]
+    ci: MeanCI
+
+    @property
+    def seeds(self) -> list:
+        return sorted({r.config.get(SEED) for r in self.records}, key=str)
+
+
+@dataclass
+class StrategyGroup:
+    model: str | None
+    strategy: str | None
+    stats: GroupStats  # finished runs
+    early_stopped: int  # successful but cut short: shown, not in the numbers
+
+
+@dataclass
+class Provenance:
+    source: str
+    sweep_name: str
+    metric_name: str | None
+    metric_goal: str | None
+    run_count: int
+    states: Counter
+    split_hashes: Counter
+    weights_versions: dict[str, Counter]
+    warnings: list[str]
+    generated_utc: str
+
+
+@dataclass
+class Summary:
+    table: RunTable
+    leaderboard: list[RunRecord]
+    best_fine_tuned: RunRecord | None
+    best_scratch: RunRecord | None
+    gap_points: float | None
+    seeds_fine_tuned: SeedGroup | None
+    seeds_scratch: SeedGroup | None
+    groups: list[StrategyGroup]
+    pareto_seconds: set[str]
+    pareto_params: set[str]
+    importance: list[Importance] | None
+    not_counted: list[tuple[str, list[RunRecord]]]
+    duplicates: list[SkippedDuplicate]
+    tested: list[RunRecord]
+    best_per_strategy: list[RunRecord]  # for the learning curves
+    provenance: Provenance
+    successful: list[RunRecord] = field(default_factory=list)
+
+
+def rank_key(record: RunRecord):
+    """Best val_acc first; ties go to the cheaper run, then the run id, so the order is stable."""
+    seconds = record.train_seconds
+    return (-record.best_val_acc, seconds if seconds is not None else math.inf, record.run_id)
+
+
+def strategy_sort_key(model: str | None, strategy: str | None):
+    """Pretrained models by name, scratch_cnn last; within a model, strategies from least to most trained."""
+    position = STRATEGY_ORDER.index(strategy) if strategy in STRATEGY_ORDER else len(STRATEGY_ORDER)
+    return (model == SCRATCH_MODEL, str(model), position, str(strategy))
+
+
+def summarise(table: RunTable, top_n: int = 10) -> Summary:
+    successful = sorted(table.successful(), key=rank_key)
+    complete = table.complete()
+    fine_tuned = [r for r in successful if not r.is_scratch]
+    scratch = [r for r in successful if r.is_scratch]
+    best_ft = fine_tuned[0] if fine_tuned else None
+    best_scratch = scratch[0] if scratch else None
+    gap = (best_ft.best_val_acc - best_scratch.best_val_acc) * 100 if best_ft and best_scratch else None
+
+    groups = []
+    by_group: dict[tuple, list[RunRecord]] = defaultdict(list)
+    for record in successful:
+        by_group[(record.model, record.strategy)].append(record)
+    for (model, strategy), members in sorted(by_group.items(),
+                                             key=lambda item: strategy_sort_key(*item[0])):
+        values = [r.best_val_acc for r in members if r.is_complete]
+        groups.append(StrategyGroup(model, strategy, group_stats(values),
+                                    sum(r.state == metrics.EARLY_STOPPED for r in members)))
+
+    best_per_strategy: dict[tuple, RunRecord] = {}
+    for record in successful:  # already ranked: the first seen per strategy is its best
+        label = (record.is_scratch, None if record.is_scratch else record.strategy)
+        best_per_strategy.setdefault(label, record)
+
+    not_counted_groups = table.not_counted()
+    ordered_states = [s for s in NOT_COUNTED_ORDER if s in not_counted_groups]
+    ordered_states += sorted(set(not_counted_groups) - set(ordered_states))
+
+    return Summary(
+        table=table,
+        leaderboard=successful[:top_n],
+        best_fine_tuned=best_ft,
+        best_scratch=best_scratch,
+        gap_points=gap,
+        seeds_fine_tuned=_best_seed_group([r for r in complete if not r.is_scratch]),
+        seeds_scratch=_best_seed_group([r for r in complete if r.is_scratch]),
+        groups=groups,
+        pareto_seconds=pareto_front(_points(successful, lambda r: r.train_seconds)),
+        pareto_params=pareto_front(_points(successful, lambda r: r.trainable_params)),
+        importance=parameter_importance(successful),
+        not_counted=[(s, sorted(not_counted_groups[s], key=lambda r: r.run_id)) for s in ordered_states],
+        duplicates=list(table.duplicates),
+        tested=sorted((r for r in table.records if r.test), key=lambda r: r.run_id),
+        best_per_strategy=sorted(best_per_strategy.values(),
+                                 key=lambda r: strategy_sort_key(SCRATCH_MODEL if r.is_scratch else None, r.strategy)),
+        provenance=_provenance(table, successful),
+        successful=successful,
+    )
+
+
+def _points(records: list[RunRecord], cost) -> dict[str, tuple[float, float]]:
+    return {r.run_id: (r.best_val_acc, float(cost(r))) for r in records if cost(r) is not None}
+
+
+def _best_seed_group(records: list[RunRecord]) -> SeedGroup | None:
+    """The config repeated over seeds with the highest mean: the one claim a reader can lean on."""
+    by_config: dict[str, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        by_config[record.config_key(without=(SEED,))].append(record)
+    candidates = []
+    for members in by_config.values():
+        ci = mean_ci([r.best_val_acc for r in members])
+        if ci is not None:
+            config = {k: v for k, v in members[0].effective_config.items() if k != SEED}
+            candidates.append(SeedGroup(config, sorted(members, key=lambda r: r.run_id), ci))
+    return max(candidates, key=lambda g: (g.ci.mean, -g.ci.half_width), default=None)
+
+
+def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
+    warnings = []
+    split_hashes = Counter(str(r.summary.get(metrics.SPLIT_HASH)) for r in successful)
+    known_splits = set(split_hashes) - {"None"}
+    if len(known_splits) > 1:
+        warnings.append(f"runs used {len(known_splits)} different data splits ({_counts(split_hashes)}): "
+                        "their accuracies are measured on different validation sets and are NOT comparable")
+    if "None" in split_hashes:
+        warnings.append(f"{split_hashes['None']} successful runs recorded no {metrics.SPLIT_HASH}: "
+                        "nothing shows which data split they were measured on")
+    weights: dict[str, Counter] = defaultdict(Counter)
+    for record in successful:
+        weights[str(record.model)][str(record.summary.get(metrics.WEIGHTS_VERSION))] += 1
+    for model, versions in sorted(weights.items()):
+        if len(versions) > 1:
+            warnings.append(f"model {model} ran with {len(versions)} different weights versions "
+                            f"({_counts(versions)}): its runs are NOT comparable with each other")
+    for record in successful:
+        from_history = record.history_best_val_acc
+        if from_history is not None and abs(from_history - record.best_val_acc) > 1e-6:
+            warnings.append(f"run {record.run_id}: summary {metrics.BEST_VAL_ACC}={record.best_val_acc:.4f} "
+                            f"but the best logged epoch has {metrics.VAL_ACC}={from_history:.4f}")
+    if table.metric_name not in (None, metrics.VAL_ACC):
+        warnings.append(f"the sweep optimised {table.metric_name!r}, but this report ranks runs by their best "
+                        f"{metrics.VAL_ACC!r}")
+    if table.metric_goal not in (None, "maximize"):
+        warnings.append(f"the sweep's metric goal is {table.metric_goal!r}; {metrics.VAL_ACC} should be maximized")
+    tested = [r.run_id for r in table.records if r.test]
+    if len(tested) > 1:
+        warnings.append(f"{len(tested)} runs were evaluated on the test set ({', '.join(sorted(tested))}): "
+                        "choosing among them by test accuracy turns the test set into a validation set")
+    return Provenance(
+        source=table.source, sweep_name=table.name, metric_name=table.metric_name,
+        metric_goal=table.metric_goal, run_count=len(table.records),
+        states=Counter(r.state for r in table.records), split_hashes=split_hashes,
+        weights_versions=dict(weights), warnings=warnings,
+        generated_utc=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+
+
+def _counts(counter: Counter) -> str:
+    return ", ".join(f"{key} x{count}" for key, count in sorted(counter.items()))
+

@@ -1,0 +1,211 @@
+"""The table of runs a report is computed from: one `RunRecord` per run, whatever the source.
+
+Sources (local folders, W&B) only fill these records; everything downstream reads them through the
+properties here, so "which number is the run's accuracy" is decided in one place: the best epoch's
+`val_acc` (the summary's `best_val_acc`, else the maximum over the logged epochs), never the last epoch's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer import metrics
+from trainer.config import FIELDS
+
+SCRATCH_MODEL = "scratch_cnn"
+
+# Keys of the test record written by `agent.py test RUN` (test/test.json).
+TEST_ACC = "test_acc"
+PER_CLASS_ACC = "per_class_acc"
+NUM_IMAGES = "num_images"
+CHECKPOINT = "checkpoint"
+
+# Summary key not (yet) in trainer.metrics: the hash of the run's effective config.
+CONFIG_HASH = getattr(metrics, "CONFIG_HASH", "config_hash")
+
+SEED = "seed"
+MODEL = "model"
+STRATEGY = "strategy"
+
+# Config keys that say where things are or how fast they go, not what is trained (paths, workers, logging):
+# two runs that differ only there are the same experiment. The trainer's config marks them, once. Any other
+# key counts as effective, so a key unknown here splits seed groups (safe) instead of merging experiments.
+NON_EFFECTIVE_KEYS = frozenset(name for name, f in FIELDS.items() if not f.metadata["effective"])
+
+# Table rows (table.jsonl) with this state are trials the sweep driver skipped as repeats of an earlier
+# config: shown in the report, never counted as runs.
+DUPLICATE = "duplicate"
+
+
+def is_effective_key(key: str) -> bool:
+    # A leading underscore marks W&B's own entries (`_wandb`), never a parameter.
+    return key not in NON_EFFECTIVE_KEYS and not key.startswith("_")
+
+
+def finite(value: Any) -> float | None:
+    """A float for finite numbers; None for missing, NaN, inf, booleans and strings."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    state: str
+    config: dict
+    summary: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    test: dict | None = None
+    folder: Path | None = None
+
+    # --- what the run was -------------------------------------------------------------------------
+    @property
+    def model(self) -> str | None:
+        return self.config.get(MODEL)
+
+    @property
+    def strategy(self) -> str | None:
+        return self.config.get(STRATEGY)
+
+    @property
+    def is_scratch(self) -> bool:
+        return self.model == SCRATCH_MODEL
+
+    @property
+    def effective_config(self) -> dict:
+        return {k: v for k, v in sorted(self.config.items()) if is_effective_key(k)}
+
+    def config_key(self, without: tuple[str, ...] = ()) -> str:
+        """A hashable identity of the effective config (lists and nulls included), minus `without`."""
+        config = {k: v for k, v in self.effective_config.items() if k not in without}
+        return json.dumps(config, sort_keys=True, default=str)
+
+    # --- what the run achieved ---------------------------------------------------------------------
+    def _history_best(self) -> tuple[float | None, int | None]:
+        best, best_epoch = None, None
+        for position, row in enumerate(self.history, start=1):
+            value = finite(row.get(metrics.VAL_ACC))
+            if value is not None and (best is None or value > best):
+                best, best_epoch = value, int(row.get(metrics.EPOCH, position))
+        return best, best_epoch
+
+    @property
+    def best_val_acc(self) -> float | None:
+        value = finite(self.summary.get(metrics.BEST_VAL_ACC))
+        return value if value is not None else self._history_best()[0]
+
+    @property
+    def best_epoch(self) -> int | None:
+        if finite(self.summary.get(metrics.BEST_VAL_ACC)) is not None:
+            epoch = finite(self.summary.get(metrics.BEST_EPOCH))
+            return int(epoch) if epoch is not None else None
+        return self._history_best()[1]
+
+    @property
+    def history_best_val_acc(self) -> float | None:
+        """For the consistency check: the maximum over the logged epochs."""
+        return self._history_best()[0]
+
+    @property
+    def epochs_completed(self) -> int | None:
+        value = finite(self.summary.get(metrics.EPOCHS_COMPLETED))
+        if value is not None:
+            return int(value)
+        return len(self.history) or None
+
+    @property
+    def train_seconds(self) -> float | None:
+        value = finite(self.summary.get(metrics.TRAIN_SECONDS))
+        if value is None and self.history:
+            seconds = [finite(row.get(metrics.EPOCH_SECONDS)) for row in self.history]
+            if all(s is not None for s in seconds):
+                value = sum(seconds)
+        return value
+
+    @property
+    def trainable_params(self) -> int | None:
+        value = finite(self.summary.get(metrics.TRAINABLE_PARAMS))
+        return int(value) if value is not None else None
+
+    @property
+    def total_params(self) -> int | None:
+        value = finite(self.summary.get(metrics.TOTAL_PARAMS))
+        return int(value) if value is not None else None
+
+    @property
+    def reason(self) -> str | None:
+        return self.summary.get(metrics.REASON)
+
+    @property
+    def test_acc(self) -> float | None:
+        return finite(self.test.get(TEST_ACC)) if self.test else None
+
+    @property
+    def is_successful(self) -> bool:
+        """Trained to an end of its own (all epochs, or the sweep's early termination) with a number."""
+        return self.state in metrics.SUCCESSFUL_STATES and self.best_val_acc is not None
+
+    @property
+    def is_complete(self) -> bool:
+        """Finished all its epochs: the runs that enter means, spreads and confidence intervals.
+
+        Early-stopped runs were cut short by the sweep for looking bad; averaging them in would pull
+        every mean down by a schedule, not by a worse config.
+        """
+        return self.state == metrics.FINISHED and self.best_val_acc is not None
+
+
+@dataclass
+class SkippedDuplicate:
+    """A trial the sweep driver did not run because an identical effective config already ran."""
+
+    run_id: str
+    duplicate_of: str | None
+    config: dict
+
+
+@dataclass
+class RunTable:
+    records: list[RunRecord]
+    name: str
+    source: str
+    metric_name: str | None = None
+    metric_goal: str | None = None
+    duplicates: list[SkippedDuplicate] = field(default_factory=list)
+
+    def successful(self) -> list[RunRecord]:
+        return [r for r in self.records if r.is_successful]
+
+    def complete(self) -> list[RunRecord]:
+        return [r for r in self.records if r.is_complete]
+
+    def fine_tuned(self) -> list[RunRecord]:
+        return [r for r in self.successful() if not r.is_scratch]
+
+    def scratch(self) -> list[RunRecord]:
+        return [r for r in self.successful() if r.is_scratch]
+
+    def not_counted(self) -> dict[str, list[RunRecord]]:
+        """Runs outside the means, by state: failures of every kind, running, and early-stopped runs."""
+        groups: dict[str, list[RunRecord]] = defaultdict(list)
+        for record in self.records:
+            if not record.is_complete:
+                groups[record.state].append(record)
+        return dict(groups)
+
+
+def failure_reason(record: RunRecord) -> str:
+    """Why a run is not in the means, in words, for the report."""
+    if record.reason:
+        return str(record.reason)
+    if record.state == metrics.EARLY_STOPPED:
+        return "stopped early by the sweep"
+    if record.state in metrics.SUCCESSFUL_STATES and record.best_val_acc is None:
+        return f"no finite {metrics.BEST_VAL_ACC}"
+    return "no reason recorded"

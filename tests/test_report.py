@@ -1,0 +1,409 @@
+"""The report's numbers equal what the table of runs implies, from a local sweep folder and from W&B.
+
+A synthetic sweep is written by hand so every expected number below can be checked with a pencil: a best
+epoch that is not the last, a config repeated over three seeds, a failed, a diverged (with a tempting
+accuracy) and an early-stopped run, a trial that died before creating its folder, and a skipped duplicate.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from scipy import stats as scipy_stats
+
+from common.errors import UserError
+from report import plots
+from report.build import FIGURES, build_report
+from report.markdown import ci_text, percent, points, render
+from report.sources import load_table
+from report.stats import mean_ci, pareto_front, summarise
+from trainer import metrics
+
+# run_id: (model, strategy, config overrides, val_acc per epoch, train_seconds, trainable params, state, reason)
+RUNS = {
+    "r01": ("resnet50", "head_only", {"lr": 1e-3}, [0.60, 0.72, 0.70], 100, 20_490, "finished", None),
+    "r02": ("resnet50", "last_k", {"k_layers": 2, "lr": 3e-4}, [0.70, 0.81, 0.79], 300, 15_000_000, "finished", None),
+    "r03": ("resnet50", "full", {"lr": 1e-4}, [0.65, 0.80, 0.78], 600, 23_528_522, "finished", None),
+    "r04": ("efficientnet_b0", "last_k", {"k_layers": 1, "lr": 3e-4, "seed": 0}, [0.75, 0.83, 0.82], 250,
+            6_000_000, "finished", None),
+    "r05": ("efficientnet_b0", "last_k", {"k_layers": 1, "lr": 3e-4, "seed": 1}, [0.74, 0.79, 0.785], 260,
+            6_000_000, "finished", None),
+    "r06": ("efficientnet_b0", "last_k", {"k_layers": 1, "lr": 3e-4, "seed": 2}, [0.73, 0.80, 0.81], 255,
+            6_000_000, "finished", None),
+    "r07": ("resnet50", "norm_and_head", {"lr": 1e-3}, [0.66, 0.74, 0.73], 120, 73_000, "finished", None),
+    "r08": ("resnet50", "head_only", {"lr": 1e-2}, [0.62, 0.69, 0.66], 95, 20_490, "finished", None),
+    "r09": ("scratch_cnn", None, {"lr": 1e-3, "dropout": 0.2}, [0.30, 0.45, 0.44], 400, 1_200_000, "finished", None),
+    "r10": ("scratch_cnn", None, {"lr": 1e-3, "dropout": 0.3}, [0.35, 0.48, 0.47], 410, 1_200_000, "finished", None),
+    "r11": ("resnet50", "full", {"lr": 1e-2}, [0.50], 200, 23_528_522, "failed",
+            "RuntimeError: CUDA error: device-side assert triggered"),
+    "r12": ("efficientnet_b0", "full", {"lr": 1e-1}, [0.95], 90, 5_300_000, "diverged", "train_loss is nan at epoch 2"),
+    "r13": ("resnet50", "head_only", {"lr": 1e-1}, [0.50, 0.55], 60, 20_490, "early_stopped", None),
+}
+SUCCESSFUL = [r for r in RUNS if RUNS[r][6] in ("finished", "early_stopped")]
+FINISHED = [r for r in RUNS if RUNS[r][6] == "finished"]
+OOM_REASON = "CUDA out of memory. Tried to allocate 2.00 GiB"
+WEIGHTS = {"resnet50": "IMAGENET1K_V2", "efficientnet_b0": "IMAGENET1K_V1", "scratch_cnn": None}
+SCRATCH_KEYS = ("filters", "filter_organization", "kernel_size", "activation", "batch_norm", "dropout",
+                "dense_units")
+
+
+def make_config(run_id: str) -> dict:
+    model, strategy, overrides, *_ = RUNS[run_id]
+    scratch = model == "scratch_cnn"
+    config = {
+        "model": model, "weights": WEIGHTS[model], "strategy": strategy, "k_layers": None, "freeze_fraction": None,
+        "lr": 1e-3, "backbone_lr_mult": None if scratch else 0.1, "augment": True, "epochs": 3, "batch_size": 32,
+        "seed": 0, "optimizer": "adamw", "label_smoothing": 0.0, **{k: None for k in SCRATCH_KEYS},
+        "data_dir": "/data/nature_12K", "output_dir": f"/tmp/out/{run_id}",
+    }
+    if scratch:
+        config.update(filters=[32, 64, 128], filter_organization="double", kernel_size=3, activation="gelu",
+                      batch_norm=True, dropout=0.2, dense_units=256)
+    config.update(overrides)
+    return config
+
+
+def make_history(run_id: str) -> list[dict]:
+    val, seconds = RUNS[run_id][3], RUNS[run_id][4]
+    return [{metrics.EPOCH: epoch, metrics.TRAIN_LOSS: 1.0 / epoch, metrics.TRAIN_ACC: min(1.0, acc + 0.1),
+             metrics.VAL_LOSS: 1.2 - acc, metrics.VAL_ACC: acc, metrics.LR: 1e-3,
+             metrics.EPOCH_SECONDS: seconds / len(val), metrics.IMAGES_PER_SECOND: 500.0}
+            for epoch, acc in enumerate(val, start=1)]
+
+
+def make_summary(run_id: str) -> dict:
+    model, _, _, val, seconds, trainable, state, reason = RUNS[run_id]
+    best = max(val)
+    return {
+        metrics.STATE: state, metrics.BEST_VAL_ACC: best, metrics.BEST_EPOCH: val.index(best) + 1,
+        metrics.TRAINABLE_PARAMS: trainable, metrics.TOTAL_PARAMS: max(trainable, 23_528_522),
+        metrics.TRAIN_SECONDS: seconds, metrics.WEIGHTS_VERSION: WEIGHTS[model], metrics.SPLIT_HASH: "split-abc123",
+        metrics.DEVICE: "cuda:0", metrics.EPOCHS_COMPLETED: len(val), metrics.REASON: reason,
+        "config_hash": f"hash-{run_id}",
+    }
+
+
+def expected_best(run_id: str) -> float:
+    return max(RUNS[run_id][3])
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweep")
+    (root / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "synthetic", "method": "random", "metric": {"name": metrics.VAL_ACC, "goal": "maximize"},
+        "parameters": {"lr": {"values": [1e-4, 1e-3]}}}))
+    for run_id in RUNS:
+        folder = root / "runs" / run_id
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump(make_config(run_id)))
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in make_history(run_id)))
+        (folder / "summary.json").write_text(json.dumps(make_summary(run_id)))
+    # The held-out test evaluation of the chosen run, drawn by the functions `agent.py test` calls.
+    test_dir = root / "runs" / "r04" / "test"
+    test_dir.mkdir()
+    (test_dir / "test.json").write_text(json.dumps({"test_acc": 0.815, "per_class_acc": {"Aves": 0.83,
+                                                    "Amphibia": 0.80}, "num_images": 2000, "checkpoint": "best.pt"}))
+    plots.plot_confusion(np.array([[8, 2], [1, 9]]), ["Amphibia", "Aves"], test_dir / "confusion.png")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    plots.plot_prediction_grid(images, ["Aves"] * 6, ["Aves", "Amphibia"] * 3, test_dir / "grid.png", rows=2, cols=3)
+    # The sweep driver's table: a stale state for r01 (the folder wins), a trial with no folder, a duplicate.
+    rows = [{"run_id": "r01", "state": "running", "config": make_config("r01"), "reason": None, "duplicate_of": None},
+            {"run_id": "r14", "state": "oom", "config": {**make_config("r12"), "batch_size": 256},
+             "reason": OOM_REASON, "duplicate_of": None},
+            {"run_id": "r15", "state": "duplicate", "config": make_config("r04"), "reason": None,
+             "duplicate_of": "r04"}]
+    (root / "table.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(sweep_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    report = build_report(str(sweep_dir), out)
+    return out, report.read_text()
+
+
+@pytest.fixture(scope="module")
+def summary(sweep_dir):
+    return summarise(load_table(str(sweep_dir)))
+
+
+def section(text: str, number: int) -> str:
+    start = text.index(f"## {number}.")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end >= 0 else None]
+
+
+def table_run_ids(markdown: str) -> list[str]:
+    return re.findall(r"^\| (?:\d+ \| )?`(r\d+)`", markdown, flags=re.MULTILINE)
+
+
+# --- the numbers --------------------------------------------------------------------------------------
+
+def test_table_reads_folders_as_truth_and_keeps_duplicates_apart(summary):
+    table = summary.table
+    by_id = {r.run_id: r for r in table.records}
+    assert sorted(by_id) == sorted([*RUNS, "r14"])  # the duplicate r15 is not a run
+    assert by_id["r01"].state == "finished"  # the folder, not table.jsonl's stale "running"
+    assert by_id["r14"].state == "oom" and by_id["r14"].reason == OOM_REASON
+    assert [(d.run_id, d.duplicate_of) for d in table.duplicates] == [("r15", "r04")]
+    assert sorted(r.run_id for r in table.successful()) == sorted(SUCCESSFUL)
+    assert table.metric_name == metrics.VAL_ACC
+
+
+def test_leaderboard_ranks_by_best_epoch_not_last(summary, built):
+    expected = sorted(SUCCESSFUL, key=lambda r: (-expected_best(r), RUNS[r][4]))[:10]
+    assert [r.run_id for r in summary.leaderboard] == expected
+    assert expected[:3] == ["r04", "r06", "r02"]  # r06 and r02 tie at 0.81; the cheaper run first
+    for record in summary.leaderboard:
+        assert record.best_val_acc == expected_best(record.run_id)
+    assert summary.leaderboard[0].best_epoch == 2  # r04 peaked at epoch 2 of 3
+    text = section(built[1], 2)
+    assert table_run_ids(text) == expected
+    assert f"| `r04` | efficientnet_b0 | last_k | 1 | – | 0.0003 | true | {percent(0.83)} | 2/3 |" in text
+    assert percent(0.82) not in text.split("`r04`")[1].split("\n")[0]  # r04's last epoch, not its best
+    assert "`r12`" not in text and "`r11`" not in text  # diverged at 95 % and failed never rank
+
+
+def test_groups_use_finished_runs_only(summary, built):
+    groups = {(g.model, g.strategy): g for g in summary.groups}
+    head_only = groups[("resnet50", "head_only")]
+    assert (head_only.stats.count, head_only.stats.best, head_only.early_stopped) == (2, 0.72, 1)
+    assert head_only.stats.mean == pytest.approx((0.72 + 0.69) / 2)
+    assert head_only.stats.std == pytest.approx(np.std([0.72, 0.69], ddof=1))
+    full = groups[("resnet50", "full")]
+    assert (full.stats.count, full.stats.best) == (1, 0.80)  # the failed r11 is not in it
+    assert ("efficientnet_b0", "full") not in groups  # only the diverged r12 ran it
+    effnet = groups[("efficientnet_b0", "last_k")]
+    assert effnet.stats.count == 3 and effnet.stats.mean == pytest.approx(np.mean([0.83, 0.79, 0.81]))
+    assert groups[("scratch_cnn", None)].stats.count == 2
+    text = section(built[1], 3)
+    assert f"| resnet50 | head_only | 2 | {percent(0.72)} | {percent(0.705)} |" in text
+
+
+def test_headline_gap_and_seed_interval(summary, built):
+    assert summary.best_fine_tuned.run_id == "r04" and summary.best_scratch.run_id == "r10"
+    assert summary.gap_points == pytest.approx((0.83 - 0.48) * 100)
+    values = [0.83, 0.79, 0.81]
+    half_width = scipy_stats.t.ppf(0.975, df=2) * np.std(values, ddof=1) / math.sqrt(3)
+    group = summary.seeds_fine_tuned
+    assert sorted(r.run_id for r in group.records) == ["r04", "r05", "r06"] and group.seeds == [0, 1, 2]
+    assert group.ci.mean == pytest.approx(np.mean(values)) and group.ci.half_width == pytest.approx(half_width)
+    low, high = scipy_stats.t.interval(0.95, 2, loc=np.mean(values), scale=scipy_stats.sem(values))
+    assert (group.ci.low, group.ci.high) == (pytest.approx(low), pytest.approx(high))
+    assert summary.seeds_scratch is None  # the two scratch runs differ in dropout, not only in seed
+    text = section(built[1], 1)
+    assert points(summary.gap_points) == "+35.00 points" and "+35.00 points" in text
+    assert ci_text(group.ci) in text and "over 3 seeds" in text
+    assert f"no {'scratch_cnn'} config was repeated over seeds" in text
+
+
+def test_mean_ci_needs_two_values():
+    assert mean_ci([0.5]) is None and mean_ci([]) is None
+
+
+def test_pareto_fronts(summary, built):
+    assert summary.pareto_seconds == {"r13", "r08", "r01", "r07", "r04"}
+    assert summary.pareto_params == {"r01", "r07", "r04"}
+    assert pareto_front({"a": (0.5, 1.0), "b": (0.5, 1.0), "c": (0.4, 1.0)}) == {"a", "b"}  # ties both stay
+    text = section(built[1], 4)
+    assert table_run_ids(text) == ["r13", "r08", "r01", "r07", "r04", "r01", "r07", "r04"]
+
+
+def test_importance_over_successful_runs(summary):
+    rows = {row.parameter: row for row in summary.importance}
+    assert {"model", "strategy", "lr", "seed"} <= set(rows) and "data_dir" not in rows
+    assert sum(row.importance for row in rows.values()) == pytest.approx(1.0)
+    assert rows["model"].kind == "categorical" and rows["model"].correlation is None
+    records = summary.successful
+    assert len(records) == len(SUCCESSFUL)
+    expected = scipy_stats.spearmanr([r.config["lr"] for r in records], [r.best_val_acc for r in records])[0]
+    assert rows["lr"].correlation == pytest.approx(expected)
+    assert summarise(summary.table).importance == summary.importance  # fixed random_state
+
+
+def test_runs_that_did_not_count_are_listed_with_reasons(summary, built):
+    assert {state: [r.run_id for r in records] for state, records in summary.not_counted} == {
+        "failed": ["r11"], "diverged": ["r12"], "oom": ["r14"], "early_stopped": ["r13"]}
+    text = section(built[1], 6)
+    for reason in (RUNS["r11"][7], RUNS["r12"][7], OOM_REASON):
+        assert reason in text
+    assert "| early_stopped | 1 |" in text and "| duplicate (skipped, never run) | 1 |" in text
+    assert "| `r15` | `r04` |" in text
+
+
+def test_test_section_and_provenance(built):
+    out, text = built
+    tested = section(text, 7)
+    assert "evaluated **once**" in tested and percent(0.815) in tested and "| Aves | 83.00% |" in tested
+    for name in ("confusion.png", "grid.png"):
+        assert f"](test/r04/{name})" in tested and (out / "test" / "r04" / name).exists()
+    provenance = section(text, 8)
+    assert "`split-abc123` x11" in provenance and "No comparability warnings." in provenance
+
+
+def test_every_figure_is_a_readable_png(built):
+    out, text = built
+    for name in FIGURES.values():
+        assert f"]({name})" in text
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
+            image.verify()
+
+
+def test_runs_csv_one_row_per_run(built):
+    out, _ = built
+    with open(out / "runs.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(RUNS) + 1  # r14 has no folder but ran; r15 was skipped
+    columns = rows[0].keys()
+    for column in ("run_id", "state", "model", "strategy", "k_layers", "lr", "seed", "dropout",
+                   metrics.BEST_VAL_ACC, metrics.BEST_EPOCH, metrics.EPOCHS_COMPLETED, metrics.TRAIN_SECONDS,
+                   metrics.TRAINABLE_PARAMS, metrics.TOTAL_PARAMS, metrics.WEIGHTS_VERSION, metrics.SPLIT_HASH,
+                   metrics.REASON, "test_acc"):
+        assert column in columns
+    assert "data_dir" not in columns and "output_dir" not in columns
+    by_id = {row["run_id"]: row for row in rows}
+    assert float(by_id["r02"][metrics.BEST_VAL_ACC]) == 0.81 and by_id["r04"]["test_acc"] == "0.815"
+    assert by_id["r12"][metrics.REASON] == RUNS["r12"][7]
+
+
+def test_mixed_splits_and_weights_are_flagged(tmp_path, sweep_dir):
+    import shutil
+
+    shutil.copytree(sweep_dir / "runs", tmp_path / "runs")
+    summary_path = tmp_path / "runs" / "r02" / "summary.json"
+    data = json.loads(summary_path.read_text())
+    data.update({metrics.SPLIT_HASH: "other-split", metrics.WEIGHTS_VERSION: "IMAGENET1K_V1"})
+    summary_path.write_text(json.dumps(data))
+    warnings = " ".join(summarise(load_table(str(tmp_path / "runs"))).provenance.warnings)
+    assert "2 different data splits" in warnings and "model resnet50 ran with 2 different weights" in warnings
+
+
+def test_one_sided_and_empty_sweeps_say_so_plainly(tmp_path, sweep_dir):
+    import shutil
+
+    for run_id in ("r09", "r10", "r11"):  # scratch runs and a failure: no fine-tuned result
+        shutil.copytree(sweep_dir / "runs" / run_id, tmp_path / "scratch" / run_id)
+    text = render(summarise(load_table(str(tmp_path / "scratch"))), {}, {})
+    assert "No successful fine-tuned run" in text and "Best scratch_cnn run: `r10`" in text
+    shutil.copytree(sweep_dir / "runs" / "r12", tmp_path / "failed" / "r12")
+    report = build_report(str(tmp_path / "failed"), tmp_path / "out")
+    assert "No successful run" in report.read_text() and not list((tmp_path / "out").glob("*.png"))
+
+
+# --- sources ------------------------------------------------------------------------------------------
+
+class FakeSummary:
+    def __init__(self, data):
+        self._json_dict = data
+
+
+class FakeRun:
+    def __init__(self, run_id: str, wandb_state: str, summary: dict, as_object: bool):
+        self.id = run_id
+        self.state = wandb_state
+        self.config = {**make_config(run_id), "_wandb": {"cli_version": "0.31.0"}}
+        # W&B's summary keeps the LAST logged val_acc; the report must never read it.
+        last = {metrics.VAL_ACC: RUNS[run_id][3][-1], "_runtime": 12.0}
+        data = {**summary, **last}
+        self.summary = FakeSummary(data) if as_object else data
+        self._history = [{**row, "_step": i} for i, row in enumerate(make_history(run_id))]
+
+    def scan_history(self, keys=None):
+        for row in self._history:
+            if keys is None or all(k in row for k in keys):
+                yield {k: row[k] for k in keys} if keys else dict(row)
+
+
+class FakeRuns:
+    """Paginated like the public API: pages are fetched as iteration goes."""
+
+    def __init__(self, runs, per_page):
+        self.runs, self.per_page, self.pages_served = runs, per_page, 0
+
+    def __iter__(self):
+        for start in range(0, len(self.runs), self.per_page):
+            self.pages_served += 1
+            yield from self.runs[start:start + self.per_page]
+
+
+class FakeSweep:
+    def __init__(self, runs):
+        self.name = "synthetic"
+        self.config = {"metric": {"name": metrics.VAL_ACC, "goal": "maximize"}}
+        self.runs = FakeRuns(runs, per_page=7)
+
+
+def fake_wandb(monkeypatch, sweep=None, error=None):
+    """Replace only `wandb.Api`, the network edge; the real wandb module stays imported."""
+    wandb = pytest.importorskip("wandb")
+
+    class Api:
+        def __init__(self, *args, **kwargs):
+            if error:
+                raise error
+
+        def sweep(self, path):
+            assert path == "team/project/abc123"
+            return sweep
+
+    monkeypatch.setattr(wandb, "Api", Api)
+
+
+def test_wandb_source_gives_the_same_numbers(monkeypatch, summary):
+    runs = [FakeRun(run_id, "crashed" if RUNS[run_id][6] == "failed" else "finished", make_summary(run_id),
+                    as_object=i % 2 == 0) for i, run_id in enumerate(RUNS)]
+    sweep = FakeSweep(runs)
+    fake_wandb(monkeypatch, sweep)
+    remote = summarise(load_table("team/project/abc123"))
+    assert sweep.runs.pages_served == 2 and len(remote.table.records) == len(RUNS)
+    assert [(r.run_id, r.best_val_acc, r.best_epoch) for r in remote.leaderboard] == \
+           [(r.run_id, r.best_val_acc, r.best_epoch) for r in summary.leaderboard]
+    assert [(g.model, g.strategy, g.stats, g.early_stopped) for g in remote.groups] == \
+           [(g.model, g.strategy, g.stats, g.early_stopped) for g in summary.groups]
+    assert remote.gap_points == summary.gap_points and remote.seeds_fine_tuned.ci == summary.seeds_fine_tuned.ci
+    assert (remote.pareto_seconds, remote.pareto_params) == (summary.pareto_seconds, summary.pareto_params)
+    assert remote.importance == summary.importance
+    assert len(remote.best_per_strategy[0].history) == 3
+    text = render(remote, {}, {})
+    assert "+35.00 points" in text and table_run_ids(section(text, 2)) == [r.run_id for r in summary.leaderboard]
+
+
+def test_wandb_state_used_when_our_state_is_missing(monkeypatch):
+    partial = {k: v for k, v in make_summary("r11").items() if k not in (metrics.STATE, metrics.REASON)}
+    fake_wandb(monkeypatch, FakeSweep([FakeRun("r11", "crashed", partial, as_object=True),
+                                      FakeRun("r01", "finished", make_summary("r01"), as_object=False)]))
+    records = {r.run_id: r for r in load_table("team/project/abc123").records}
+    assert records["r11"].state == "failed" and records["r11"].reason == "W&B state crashed"
+    assert records["r01"].best_val_acc == 0.72
+
+
+def test_wandb_failure_is_one_line_user_error(monkeypatch):
+    fake_wandb(monkeypatch, error=RuntimeError("api_key not configured (no-tty)\nlong traceback"))
+    with pytest.raises(UserError) as caught:
+        load_table("team/project/abc123")
+    assert "\n" not in str(caught.value) and "wandb login" in str(caught.value)
+
+
+@pytest.mark.parametrize("source", ["", "no/such/folder/here", "missing_folder"])
+def test_missing_source_is_one_line_user_error(tmp_path, source):
+    with pytest.raises(UserError) as caught:
+        build_report(source, tmp_path / "out")
+    message = str(caught.value)
+    assert "\n" not in message and "entity/project/sweep_id" in message
+
+
+def test_empty_folder_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no runs found"):
+        load_table(str(tmp_path))
