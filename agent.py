@@ -100,13 +100,13 @@ def command_report(args: list[str]) -> int:
 
 
 def command_test(args: list[str]) -> int:
-    from trainer.evaluate import test_run
+    from trainer.evaluate import evaluate_on_test_set
 
     data_dir, args = _split_option(args, "data_dir")
     device, args = _split_option(args, "device", "auto")
     if len(args) != 1:
         raise UserError("usage: python agent.py test RUN_FOLDER [--data_dir=DIR] [--device=auto]")
-    result = test_run(Path(args[0]), data_dir=data_dir, device=device)
+    result = evaluate_on_test_set(Path(args[0]), data_dir=data_dir, device=device)
     print(f"test accuracy {result['test_acc']:.4f} on {result['num_images']} held-out images -> {Path(args[0]) / 'test'}")
     return 0
 

@@ -112,6 +112,9 @@ class BatchLoader:
             pin_memory=pin_memory,  # page-locked host memory makes host->GPU copies asynchronous
             persistent_workers=persistent_workers and num_workers > 0,
             prefetch_factor=4 if num_workers else None,
+            # Each iter() draws a worker base seed; from its own generator it never shifts the global RNG that
+            # dropout uses, so a run resumed mid-epoch draws exactly the dropout masks of an uninterrupted one.
+            generator=torch.Generator().manual_seed(0),
         )
 
     def num_batches(self) -> int:

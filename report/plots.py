@@ -209,5 +209,5 @@ def plot_prediction_grid(images, true_names, pred_names, path: Path, rows: int =
             axis.set_xticks([])
             axis.set_yticks([])
     figure.suptitle("Test-set predictions (red: wrong, with the true class)")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.9 * rows)))  # leave room for the title above the first labels
     return _save(figure, path)

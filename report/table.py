@@ -19,14 +19,9 @@ from trainer.config import FIELDS
 
 SCRATCH_MODEL = "scratch_cnn"
 
-# Keys of the test record written by `agent.py test RUN` (test/test.json).
-TEST_ACC = "test_acc"
-PER_CLASS_ACC = "per_class_acc"
-NUM_IMAGES = "num_images"
-CHECKPOINT = "checkpoint"
-
-# Summary key not (yet) in trainer.metrics: the hash of the run's effective config.
-CONFIG_HASH = getattr(metrics, "CONFIG_HASH", "config_hash")
+# Keys of the test record (test/test.json) and of the config hash, defined once in trainer.metrics.
+TEST_ACC, PER_CLASS_ACC, NUM_IMAGES, CHECKPOINT = metrics.TEST_ACC, metrics.PER_CLASS_ACC, metrics.NUM_IMAGES, metrics.CHECKPOINT
+CONFIG_HASH = metrics.CONFIG_HASH
 
 SEED = "seed"
 MODEL = "model"

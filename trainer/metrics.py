@@ -34,3 +34,11 @@ PREEMPTED = "preempted"
 RUNNING = "running"
 STATES = (FINISHED, EARLY_STOPPED, DIVERGED, OOM, FAILED, PREEMPTED, RUNNING)
 SUCCESSFUL_STATES = (FINISHED, EARLY_STOPPED)
+
+CONFIG_HASH = "config_hash"
+
+# The held-out test evaluation (`agent.py test RUN` -> RUN/test/test.json).
+TEST_ACC = "test_acc"
+PER_CLASS_ACC = "per_class_acc"
+NUM_IMAGES = "num_images"
+CHECKPOINT = "checkpoint"

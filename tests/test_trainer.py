@@ -1,0 +1,263 @@
+"""The run end to end on the tiny fixture: record, strategies, resume after SIGTERM, failures, W&B modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+import yaml
+
+from common.errors import UserError
+from common.preprocessing import Preprocessing
+from models import build_model, strategy_names
+from trainer import metrics as M
+from trainer.config import FIELDS, config_hash, help_text, parse_cli, parse_run_config
+from trainer.evaluate import evaluate_on_test_set
+from trainer.run import run_training
+
+SMALL = Preprocessing(crop_size=64, resize_size=72, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+TIMING_KEYS = {M.EPOCH_SECONDS, M.IMAGES_PER_SECOND}
+
+
+@pytest.fixture
+def small_inputs(monkeypatch):
+    """Backbones at 64 px instead of their 224: the same code path, a CPU-friendly cost."""
+    import trainer.run
+
+    real = trainer.run.preprocessing_for
+    monkeypatch.setattr(trainer.run, "preprocessing_for", lambda name, weights, scratch=None: real(name, weights, scratch) if name == "scratch_cnn" else SMALL)
+
+
+@pytest.fixture
+def base(nature_dir, tmp_path):
+    return {
+        "data_dir": str(nature_dir), "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "runs"),
+        "wandb_mode": "disabled", "weights": "none", "batch_size": 8, "epochs": 2, "warmup_epochs": 0.5,
+    }
+
+
+def scratch(base, **overrides):
+    values = {**base, "model": "scratch_cnn", "input_size": 32, "filters": 8, "dense_units": 16, **overrides}
+    return parse_run_config(values)
+
+
+def history(outcome) -> list[dict]:
+    return [json.loads(line) for line in (outcome.folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timing(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def test_scratch_run_writes_a_complete_record(base):
+    outcome = run_training(scratch(base, run_id="rec"))
+    assert outcome.state == M.FINISHED and outcome.exit_code == 0
+    folder = outcome.folder
+    assert {p.name for p in folder.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt"}
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["model"] == "scratch_cnn" and config["k_layers"] is None and config["strategy"] == "full"
+    rows = history(outcome)
+    assert [r[M.EPOCH] for r in rows] == [1, 2] and all(set(M.EPOCH_METRICS) <= set(r) for r in rows)
+    summary = json.loads((folder / "summary.json").read_text())
+    for key in (M.STATE, M.BEST_VAL_ACC, M.BEST_EPOCH, M.TRAINABLE_PARAMS, M.TOTAL_PARAMS, M.TRAIN_SECONDS, M.SPLIT_HASH, M.WEIGHTS_VERSION, M.DEVICE):
+        assert key in summary
+    assert summary[M.BEST_VAL_ACC] == max(r[M.VAL_ACC] for r in rows)
+    assert rows[summary[M.BEST_EPOCH] - 1][M.VAL_ACC] == summary[M.BEST_VAL_ACC]  # the best epoch, not the last
+    for name in ("last.pt", "best.pt"):
+        payload = torch.load(folder / name, weights_only=True)
+        assert isinstance(payload["model"], dict) and isinstance(payload["epoch"], int)
+    assert torch.load(folder / "last.pt", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.parametrize("strategy", strategy_names())
+def test_resnet18_trains_under_every_strategy(base, small_inputs, strategy):
+    config = parse_run_config({**base, "model": "resnet18", "strategy": strategy, "epochs": 1, "augment": "standard", "run_id": strategy})
+    outcome = run_training(config)
+    assert outcome.state == M.FINISHED, outcome.summary.get(M.REASON)
+    trainable, total = outcome.summary[M.TRAINABLE_PARAMS], outcome.summary[M.TOTAL_PARAMS]
+    if strategy == "full":
+        assert trainable == total
+    elif strategy in ("head_only", "gradual"):  # gradual starts with the head alone and this run has one epoch
+        assert trainable == 512 * 3 + 3
+    else:
+        assert 512 * 3 + 3 < trainable < total
+
+
+def test_head_only_run_leaves_backbone_and_bn_buffers_untouched(base, small_inputs):
+    config = parse_run_config({**base, "model": "resnet18", "strategy": "head_only", "augment": "standard", "lr": 0.5, "run_id": "frozen"})
+    torch.manual_seed(config.seed)  # the run builds its model after seeding with the same seed
+    initial = build_model("resnet18", 3, "none").state_dict()
+    outcome = run_training(config)
+    trained = torch.load(outcome.folder / "last.pt", weights_only=True)["model"]
+    backbone = [k for k in initial if not k.startswith("net.fc.")]
+    assert any("running_mean" in k for k in backbone)
+    for key in backbone:
+        assert torch.equal(initial[key], trained[key]), key
+    assert not torch.equal(initial["net.fc.weight"], trained["net.fc.weight"])
+
+
+def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(base, monkeypatch):
+    settings = dict(augment="strong", dropout=0.3, epochs=2)
+    straight = run_training(scratch(base, run_id="straight", **settings))
+
+    import trainer.loop
+
+    class KillAtStep(trainer.loop.EpochProgress):
+        steps = 0
+
+        def update(self, *args, **kwargs):
+            super().update(*args, **kwargs)
+            KillAtStep.steps += 1
+            if KillAtStep.steps == 4:  # the first step of epoch 2: a real signal, mid-epoch
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(trainer.loop, "EpochProgress", KillAtStep)
+    interrupted = run_training(scratch(base, run_id="cut", **settings))
+    assert interrupted.state == M.PREEMPTED and interrupted.exit_code == 128 + signal.SIGTERM
+    assert torch.load(interrupted.folder / "last.pt", weights_only=True)["loop"]["batch"] == 1
+    monkeypatch.setattr(trainer.loop, "EpochProgress", KillAtStep.__mro__[1])
+
+    resumed = run_training(scratch(base, run_id="cut", **settings))
+    assert resumed.state == M.FINISHED
+    assert without_timing(history(resumed)) == without_timing(history(straight))
+    final_a = torch.load(straight.folder / "last.pt", weights_only=True)["model"]
+    final_b = torch.load(resumed.folder / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+def test_explicit_resume_without_checkpoint_is_an_error(base):
+    with pytest.raises(UserError, match="no checkpoint"):
+        run_training(scratch(base, run_id="nothing-here", resume=True))
+
+
+def test_checkpoint_of_another_config_is_refused_and_the_run_starts_fresh(base):
+    run_training(scratch(base, run_id="same-id", epochs=1))
+    outcome = run_training(scratch(base, run_id="same-id", epochs=1, lr=0.02))
+    assert outcome.state == M.FINISHED
+    assert "config_hash" in outcome.summary["resume_refused"]
+    assert [r[M.EPOCH] for r in history(outcome)] == [1]
+
+
+def test_nan_loss_ends_the_run_as_diverged(base, monkeypatch):
+    import trainer.loop
+
+    real = trainer.loop.F.cross_entropy
+    monkeypatch.setattr(trainer.loop.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    outcome = run_training(scratch(base, run_id="nan"))
+    assert outcome.state == M.DIVERGED and outcome.exit_code == 0
+    assert "lower lr" in outcome.summary[M.REASON]
+
+
+def test_out_of_memory_retries_at_half_batch(base, monkeypatch):
+    import trainer.run
+
+    real, calls = trainer.run._attempt, []
+
+    def attempt(config, run_id, record, logger, batch_size, stop):
+        calls.append(batch_size)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(config, run_id, record, logger, batch_size, stop)
+
+    monkeypatch.setattr(trainer.run, "_attempt", attempt)
+    outcome = run_training(scratch(base, run_id="oom"))
+    assert calls == [8, 4] and outcome.state == M.FINISHED and outcome.summary["batch_size"] == 4
+    monkeypatch.setattr(trainer.run, "_attempt", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")))
+    outcome = run_training(scratch(base, run_id="oom2", oom_retry=False))
+    assert outcome.state == M.OOM and outcome.exit_code == 0 and "out of memory" in outcome.summary[M.REASON]
+
+
+def test_unexpected_error_is_recorded_and_does_not_raise(base, monkeypatch):
+    import trainer.run
+
+    monkeypatch.setattr(trainer.run, "build_inputs", lambda *a, **k: 1 / 0)
+    outcome = run_training(scratch(base, run_id="boom"))
+    assert outcome.state == M.FAILED and outcome.exit_code == 1
+    assert "ZeroDivisionError" in outcome.summary[M.REASON]
+    assert "Traceback" in (outcome.folder / "error.log").read_text()
+
+
+def test_wandb_offline_run_is_syncable(base, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE")
+    outcome = run_training(scratch(base, run_id="offline1", epochs=1, wandb_mode="offline"))
+    assert outcome.state == M.FINISHED
+    offline = list((outcome.folder.parent / "wandb").glob("offline-run-*offline1"))
+    assert offline, "an offline run folder for `wandb sync`"
+
+
+def test_a_broken_wandb_never_kills_the_run(base, monkeypatch):
+    import wandb
+
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setattr(wandb, "init", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("server unreachable")))
+    outcome = run_training(scratch(base, run_id="nowandb", epochs=1, wandb_mode="online"))
+    assert outcome.state == M.FINISHED
+
+
+def test_cached_and_uncached_training_agree(base, small_inputs):
+    common = {**base, "model": "resnet18", "strategy": "last_k", "k_layers": 1, "augment": "none", "epochs": 2}
+    cached = run_training(parse_run_config({**common, "run_id": "cached"}))
+    plain = run_training(parse_run_config({**common, "run_id": "plain", "image_cache": False, "feature_cache": False}))
+    images_only = run_training(parse_run_config({**common, "run_id": "images", "feature_cache": False}))
+    assert cached.summary["feature_cache_depth"] == 4 and plain.summary["feature_cache_depth"] == 0
+    # The decoded-image cache holds the very pixels decoding gives: identical training.
+    assert without_timing(history(images_only)) == without_timing(history(plain))
+    # Prefix features are stored in fp16: the same run up to rounding.
+    for a, b in zip(history(cached), history(plain)):
+        assert a[M.TRAIN_LOSS] == pytest.approx(b[M.TRAIN_LOSS], abs=2e-2)
+        assert a[M.VAL_LOSS] == pytest.approx(b[M.VAL_LOSS], abs=2e-2)
+
+
+def test_test_command_writes_accuracy_confusion_and_grid(base):
+    outcome = run_training(scratch(base, run_id="for-test"))
+    result = evaluate_on_test_set(outcome.folder)
+    out = outcome.folder / "test"
+    assert 0.0 <= result[M.TEST_ACC] <= 1.0 and result[M.NUM_IMAGES] == 12
+    assert set(result[M.PER_CLASS_ACC]) == {"Amphibia", "Aves", "Fungi"}
+    assert sum(map(sum, result["confusion"])) == 12
+    assert (out / "confusion.png").stat().st_size > 1000 and (out / "grid.png").stat().st_size > 1000
+    assert json.loads((out / "test.json").read_text())[M.TEST_ACC] == result[M.TEST_ACC]
+
+
+# ---- configuration ------------------------------------------------------------------------------
+
+
+def test_unknown_key_suggests_the_nearest():
+    with pytest.raises(UserError, match="did you mean 'k_layers'"):
+        parse_run_config({"k_layer": 2})
+
+
+def test_bad_values_are_one_line_errors():
+    for values, pattern in [({"lr": "fast"}, "lr='fast' is not a valid float"), ({"epochs": 0}, r"out of range"),
+                            ({"augment": "strnog"}, "did you mean 'strong'"), ({"epochs": 2.5}, "not a valid int"),
+                            ({"model": "resnet5O"}, "resnet50")]:
+        with pytest.raises(UserError, match=pattern) as err:
+            parse_run_config(values)
+        assert "\n" not in str(err.value)
+
+
+def test_strings_from_yaml_and_cli_parse_to_types():
+    config = parse_run_config({"batch_norm": "false", "model": "scratch_cnn"}, parse_cli(["--lr=3e-4", "--epochs", "3", "--image_cache=no", "--compile"]))
+    assert config.batch_norm is False and config.image_cache is False and config.compile is True
+    assert config.lr == 3e-4 and config.epochs == 3
+
+
+def test_parameters_that_do_not_apply_are_normalised_away():
+    a = parse_run_config({"model": "resnet50", "strategy": "head_only", "k_layers": 1, "filters": 64})
+    b = parse_run_config({"model": "resnet50", "strategy": "freeze_all", "k_layers": 3, "filters": 16})
+    assert a.k_layers is None and a.filters is None and a.strategy == "head_only"
+    assert config_hash(a) == config_hash(b)
+    c = parse_run_config({"model": "resnet50", "strategy": "last_k", "k_layers": 3})
+    assert config_hash(c) != config_hash(parse_run_config({"model": "resnet50", "strategy": "last_k", "k_layers": 2}))
+    s = parse_run_config({"model": "scratch_cnn", "strategy": "last_k", "k_layers": 2})
+    assert s.strategy == "full" and s.k_layers is None and s.weights == "none"
+
+
+def test_help_lists_every_parameter_with_default():
+    text = help_text()
+    for name in FIELDS:
+        assert f"--{name}=" in text
+    assert "{adamw, sgd}" in text

@@ -1,0 +1,107 @@
+"""The held-out test evaluation of one chosen run: the only code path that reads the test folder.
+
+`python agent.py test RUN` loads the run's best checkpoint, evaluates it once on the test set (the `val/`
+folder of nature_12K), and writes RUN/test/: test.json (accuracy, per-class accuracy), a confusion-matrix
+plot and a grid of 30 test images (10 rows of 3) with true and predicted labels. Training and sweeps never
+call this, so test accuracy cannot leak into model selection.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.atomic import write_json
+from common.errors import UserError
+from data.augment import EvalTransform
+from data.images import decode_working
+from data.layout import locate_dataset
+from data.loading import BatchLoader, DecodingStore
+from data.scan import scan_folder
+from models import build_model, preprocessing_for
+from trainer import metrics as M
+from trainer.config import parse_run_config
+from trainer.record import BEST_CHECKPOINT, RunRecord
+from trainer.run import resolve_device, resolve_precision, scratch_config
+
+GRID_ROWS, GRID_COLUMNS = 10, 3
+
+
+def _grid_indices(labels: np.ndarray, num_classes: int, seed: int = 0) -> list[int]:
+    """Three images per class for up to ten classes (one class per row), chosen reproducibly."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    classes = list(range(num_classes))[:GRID_ROWS]
+    for label in classes:
+        members = np.flatnonzero(labels == label)
+        rows.extend(rng.choice(members, size=min(GRID_COLUMNS, len(members)), replace=False).tolist())
+    if len(classes) < GRID_ROWS:  # fewer classes than rows: fill with further images
+        rest = [i for i in rng.permutation(len(labels)).tolist() if i not in rows]
+        rows.extend(rest[: GRID_ROWS * GRID_COLUMNS - len(rows)])
+    return rows[: GRID_ROWS * GRID_COLUMNS]
+
+
+def evaluate_on_test_set(run_folder: Path, data_dir: str | None = None, device: str = "auto") -> dict:
+    run_folder = Path(run_folder)
+    record = RunRecord(run_folder) if run_folder.is_dir() else None
+    saved = record.read_config() if record else None
+    checkpoint = run_folder / BEST_CHECKPOINT
+    if not saved or not checkpoint.exists():
+        raise UserError(f"{run_folder} is not a finished run folder (needs config.yaml and {BEST_CHECKPOINT}); pass a folder under runs/ or a sweep's runs/")
+    saved.pop("run_id", None)
+    config = parse_run_config(saved, {"data_dir": data_dir} if data_dir else {})
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    classes = tuple(payload.get("identity", {}).get("classes", ()))
+
+    layout = locate_dataset(config.data_dir, download=config.download)
+    if layout.test_dir is None:
+        raise UserError(f"{layout.root} has no val/ or test/ folder to evaluate on: pass --data_dir with the held-out set")
+    test_index = scan_folder(layout.test_dir, cache_dir=Path(config.cache_dir).expanduser())
+    if classes and test_index.classes != classes:
+        raise UserError(f"test classes in {layout.test_dir} {list(test_index.classes)} differ from the run's {list(classes)}")
+
+    target = resolve_device(device)
+    model = build_model(config.model, len(test_index.classes), str(checkpoint), config.aux_loss_weight, config.bn_mode, scratch_config(config)).to(target).eval()
+    pre = preprocessing_for(config.model, config.weights, scratch_config(config))
+    transform = EvalTransform(pre)
+    autocast_dtype = resolve_precision(config.precision, target)
+    loader = BatchLoader(DecodingStore(test_index, pre.resize_size, pre.interpolation), np.arange(len(test_index)), test_index.labels, 64)
+    predictions = []
+    with torch.inference_mode():
+        for images, _ in loader.epoch(0):
+            with torch.autocast(target.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                predictions.append(model(transform(images.to(target))).argmax(1).cpu())
+    predicted = torch.cat(predictions).numpy()
+    truth = test_index.labels
+    count = len(test_index.classes)
+    confusion = np.zeros((count, count), dtype=np.int64)
+    np.add.at(confusion, (truth, predicted), 1)
+    per_class = {name: float(confusion[i, i] / max(1, confusion[i].sum())) for i, name in enumerate(test_index.classes)}
+    result = {
+        M.TEST_ACC: float((predicted == truth).mean()),
+        M.PER_CLASS_ACC: per_class,
+        M.NUM_IMAGES: int(len(truth)),
+        M.CHECKPOINT: str(checkpoint),
+        "best_epoch": int(payload.get("epoch", 0)),
+        "confusion": confusion.tolist(),
+        "classes": list(test_index.classes),
+        "evaluated_at": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    out = run_folder / "test"
+    write_json(out / "test.json", result)
+
+    from report.plots import plot_confusion, plot_prediction_grid
+
+    plot_confusion(confusion, list(test_index.classes), out / "confusion.png")
+    chosen = _grid_indices(truth, count)
+    images = [decode_working(test_index.absolute(i), 160) for i in chosen]
+    names = test_index.classes
+    rows = min(GRID_ROWS, -(-len(chosen) // GRID_COLUMNS))  # a small test set fills fewer rows
+    plot_prediction_grid(images, [names[truth[i]] for i in chosen], [names[predicted[i]] for i in chosen], out / "grid.png", rows=rows, cols=GRID_COLUMNS)
+    if record is not None:
+        record.update_summary(**{M.TEST_ACC: result[M.TEST_ACC]})
+    return result
+
