@@ -29,7 +29,7 @@ GROUPS = ("data", "model", "freezing", "scratch_cnn", "optimization", "runtime",
 
 def _opt(default, help: str, group: str, choices: tuple | None = None, low=None, high=None, effective: bool = True, env: str | None = None):
     """A config field; `effective` is False for fields that cannot change the trained result (paths, logging)."""
-    meta = {"help": help, "group": group, "choices": choices, "low": low, "high": high, "effective": effective, "env": env}
+    meta = {"help": help, "group": group, "choices": choices, "low": low, "high": high, "effective": effective, "env": env, "default": default}
     if env:
         return field(default_factory=lambda: os.environ.get(env, default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -279,3 +279,28 @@ def help_text() -> str:
             env = f" (env {meta['env']})" if meta["env"] else ""
             lines.append(f"  --{name}={'' if default is None else default}{allowed}{bounds}{env}\n      {meta['help']}")
     return "\n".join(lines)
+
+
+def reference_markdown() -> str:
+    """The README's configuration table, generated so it cannot drift from the code (`python -m trainer.config`)."""
+    rows = ["| parameter | default | allowed | meaning |", "|---|---|---|---|"]
+    for group in GROUPS:
+        rows.append(f"| **{group}** | | | |")
+        for name, f in FIELDS.items():
+            meta = f.metadata
+            if meta["group"] != group:
+                continue
+            default = meta["default"] if name != "cache_dir" else "~/.cache/finetune-sweeps"  # not this machine's home
+            if meta["choices"]:
+                allowed = ", ".join(meta["choices"])
+            elif meta["low"] is not None or meta["high"] is not None:
+                allowed = f"{meta['low'] if meta['low'] is not None else ''} .. {meta['high'] if meta['high'] is not None else ''}"
+            else:
+                allowed = ""
+            env = f" (env `{meta['env']}`)" if meta["env"] else ""
+            rows.append(f"| `{name}` | `{'' if default is None else default}` | {allowed} | {meta['help'].replace('|', '/')}{env} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

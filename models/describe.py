@@ -1,0 +1,72 @@
+"""A plain-text description of every backbone: weights, preprocessing, stages, and what each strategy trains.
+
+Backs `agent.py models`, so a user sees what `k_layers=2` means on each model before spending GPU hours.
+Models are built with random init: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy, strategy_names
+from models.param_groups import count_parameters
+from models.registry import backbone_names, get_spec
+from models.staged import StagedModel
+from models.weights import build_model, preprocessing_for
+
+_FRACTIONS = (0.25, 0.5, 0.75)
+
+
+def _strategy_rows(model: StagedModel) -> list[tuple[str, FreezeOptions]]:
+    n = len(model.stage_names) - 1
+    rows = []
+    for name in strategy_names():
+        uses = resolve_strategy(name).uses
+        if "k_layers" in uses:
+            rows += [(f"{name} k_layers={k}", FreezeOptions(k_layers=k)) for k in range(n + 1)]
+        elif "freeze_fraction" in uses:
+            rows += [(f"{name} freeze_fraction={f}", FreezeOptions(freeze_fraction=f)) for f in _FRACTIONS]
+        elif "unfreeze_every_epochs" in uses:
+            rows.append((f"{name} (at epoch 0)", FreezeOptions()))
+        else:
+            rows.append((name, FreezeOptions()))
+    return rows
+
+
+def describe_model(name: str, num_classes: int = 10) -> str:
+    spec = get_spec(name)
+    model = build_model(name, num_classes, weights="none")
+    lines = [f"{name}: {spec.description}"]
+    if spec.is_scratch:
+        lines.append("  weights: none (trained from scratch)")
+    else:
+        version = f"{spec.weights_enum.__name__}.{spec.default_weights}"
+        lines.append(f"  weights: imagenet = {version}")
+    pre = preprocessing_for(name, "none")
+    lines.append(f"  input: crop {pre.crop_size} px after resizing the short side to {pre.resize_size} px "
+                 f"({pre.interpolation}), mean {pre.mean}, std {pre.std}")
+    if model.spec.aux_heads:
+        aux = ", ".join(f"{a.module} after {a.after_stage}" for a in model.spec.aux_heads)
+        lines.append(f"  aux heads: {aux} (default loss weight {model.aux_loss_weight})")
+    lines.append(f"  stages ({len(model.stage_names) - 1} backbone + head; parameters for {num_classes} classes):")
+    aux_count = sum(p.numel() for aux in spec.aux_heads for _, p in model.aux_parameters(aux))
+    for stage in model.stage_names:
+        count = sum(p.numel() for _, p in model.stage_parameters(stage))
+        if stage == "head" and aux_count:
+            lines.append(f"    {stage:<14} {count - aux_count:>13,}  (+{aux_count:,} in aux heads, trained with it)")
+        else:
+            lines.append(f"    {stage:<14} {count:>13,}")
+    total = count_parameters(model)[1]
+    if spec.is_scratch:
+        lines.append(f"  every strategy trains all {total:,} parameters (no pretrained weights to keep)")
+        return "\n".join(lines)
+    lines.append("  trainable parameters per strategy:")
+    for label, options in _strategy_rows(model):
+        plan = plan_for_epoch(resolve_strategy(label.split()[0]), model.stage_names, options, 0, name)
+        model.apply_plan(plan)
+        trainable = count_parameters(model)[0]
+        lines.append(f"    {label:<32} {trainable:>13,} / {total:,} ({100 * trainable / total:5.1f} %)")
+    return "\n".join(lines)
+
+
+def describe_models(names: list[str] | tuple[str, ...] | None = None, num_classes: int = 10) -> str:
+    """Every registered backbone (or `names`), for a `num_classes`-way head (10: iNaturalist-12K)."""
+    return "\n\n".join(describe_model(name, num_classes) for name in (names or backbone_names()))

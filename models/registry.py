@@ -1,0 +1,110 @@
+"""The backbone registry: what a model is (builder, weights enum, named stages, head location), one entry each.
+
+Freezing, optimizer groups and head replacement all read these entries, so they mean the same thing on every
+architecture; nothing downstream indexes `children()` or matches parameter-name substrings (pitfalls 4, 5, 14).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import Tensor, nn
+
+from common.errors import UserError
+from common.parsing import nearest
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One named block of a model, from stem to head.
+
+    `modules` are dotted paths inside the underlying net whose parameters and buffers belong to this stage; a
+    path may also name a bare `nn.Parameter` (ViT's `class_token`). `forward(net, x)` runs this stage on the
+    previous stage's output.
+    """
+
+    name: str
+    modules: tuple[str, ...]
+    forward: Callable[[nn.Module, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class AuxHead:
+    """An auxiliary classifier fed by a stage's output; trained only while that stage and the head train."""
+
+    module: str
+    after_stage: str
+    final_linear: str
+    default_loss_weight: float
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything the harness needs to know about one architecture.
+
+    `build_net()` builds the 1000-class torchvision net with random init and no download; for the scratch CNN
+    (`weights_enum is None`) it is `build_net(config, num_classes)`. `default_weights` is the explicit enum member
+    that `weights="imagenet"` means (never "DEFAULT", whose meaning changes between torchvision releases).
+    `weights_choices` limits which members may be named (empty: all), for members that do not fit the stages
+    as built (ViT SWAG end-to-end needs 384 px, VGG's features-only file has NaN classifier weights).
+    """
+
+    name: str
+    build_net: Callable[..., nn.Module]
+    weights_enum: type | None
+    default_weights: str | None
+    stages: tuple[Stage, ...]
+    head_linear: str
+    aux_heads: tuple[AuxHead, ...] = ()
+    cpu_friendly: bool = False
+    description: str = ""
+    weights_choices: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        names = [stage.name for stage in self.stages]
+        if not names or names[-1] != "head":
+            raise ValueError(f"{self.name}: the last stage must be named 'head', got {names}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: stage names repeat: {names}")
+        for aux in self.aux_heads:
+            if aux.after_stage not in names[:-1]:
+                raise ValueError(f"{self.name}: aux head {aux.module} follows unknown stage {aux.after_stage!r}")
+        if (self.weights_enum is None) != (self.default_weights is None):
+            raise ValueError(f"{self.name}: weights_enum and default_weights go together")
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(stage.name for stage in self.stages)
+
+    @property
+    def backbone_stage_names(self) -> tuple[str, ...]:
+        """Every stage but the head: what `k_layers` and `freeze_fraction` count."""
+        return self.stage_names[:-1]
+
+    @property
+    def is_scratch(self) -> bool:
+        """No pretrained weights exist, so every freezing strategy means training everything."""
+        return self.weights_enum is None
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def backbone_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        valid = ", ".join(_REGISTRY)
+        raise UserError(f"unknown model {name!r}{nearest(name, _REGISTRY)}; choose one of: {valid}") from None

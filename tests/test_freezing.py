@@ -1,0 +1,407 @@
+"""Freezing strategies, train/eval modes of frozen stages, the frozen-prefix cache depth and optimizer groups.
+
+The pitfalls pinned here: frozen BatchNorm statistics drifting (1), freezing by child index, name substring or
+tensor count (4, 5, 6), and optimizer groups that disagree with `requires_grad` (11).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from common.errors import UserError
+from models import (
+    FreezeOptions,
+    StagedModel,
+    TrainPlan,
+    backbone_names,
+    build_model,
+    build_param_groups,
+    count_parameters,
+    get_spec,
+    groups_for_stages,
+    plan_for_epoch,
+    resolve_strategy,
+    strategy_names,
+    validate_options,
+)
+from scratch_cnn import ScratchCNNConfig
+
+NUM_CLASSES = 5
+SMALL_SCRATCH = ScratchCNNConfig(filters=8, dense_units=32, input_size=64)
+INPUT_SIZE = {"inception_v3": 299, "vit_b_16": 224}
+RESNET_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
+NORMS = (_BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def each_backbone():
+    return [pytest.param(name, marks=() if get_spec(name).cpu_friendly else pytest.mark.slow)
+            for name in backbone_names()]
+
+
+def build(name: str, **kwargs) -> StagedModel:
+    kwargs.setdefault("weights", "none")
+    return build_model(name, NUM_CLASSES, scratch=SMALL_SCRATCH, **kwargs)
+
+
+def images(name: str, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    size = INPUT_SIZE.get(name, 64)
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def plan(model: StagedModel, strategy: str, epoch: int = 0, **options) -> TrainPlan:
+    return plan_for_epoch(resolve_strategy(strategy), model.stage_names, FreezeOptions(**options), epoch,
+                          model.spec.name)
+
+
+def trainable(model: StagedModel) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def top_level(names: set[str], depth: int) -> set[str]:
+    return {".".join(name.split(".")[:depth]) for name in names}
+
+
+# ---- names, aliases, options ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alias, canonical", [
+    ("freeze_all", "head_only"), ("freeze_partial", "last_k"), ("freeze_k_percent", "fraction"),
+    ("freeze_except_bn_and_fc", "norm_and_head"), ("bn_and_head", "norm_and_head"), ("unfreeze_all", "full"),
+    *((name, name) for name in ("head_only", "last_k", "fraction", "norm_and_head", "full", "gradual")),
+])
+def test_aliases_resolve_to_canonical_strategies(alias, canonical):
+    assert resolve_strategy(alias).name == canonical
+
+
+def test_unknown_strategy_suggests_the_nearest_name():
+    with pytest.raises(UserError) as error:
+        resolve_strategy("lastk")
+    assert "did you mean 'last_k'" in str(error.value) and "head_only" in str(error.value)
+
+
+def test_k_layers_out_of_range_is_a_one_line_error_naming_the_stages():
+    with pytest.raises(UserError) as error:
+        plan_for_epoch(resolve_strategy("last_k"), RESNET_STAGES, FreezeOptions(k_layers=9), 0, "resnet50")
+    assert str(error.value) == ("k_layers=9 but resnet50 has 5 backbone stages "
+                                "(stem, layer1, layer2, layer3, layer4); use 0..5")
+    for bad in (-1, True, "2", 6):
+        with pytest.raises(UserError):
+            validate_options(resolve_strategy("freeze_partial"), RESNET_STAGES, FreezeOptions(k_layers=bad))
+    with pytest.raises(UserError):  # the strategy's own function checks too: no negative slicing
+        resolve_strategy("last_k").plan_for_epoch(RESNET_STAGES, FreezeOptions(k_layers=9), 0)
+
+
+def test_options_a_strategy_ignores_are_not_validated_and_bad_ones_it_reads_are():
+    validate_options(resolve_strategy("head_only"), RESNET_STAGES, FreezeOptions(k_layers=99))
+    with pytest.raises(UserError, match="freeze_fraction"):
+        validate_options(resolve_strategy("fraction"), RESNET_STAGES, FreezeOptions(freeze_fraction=1.5))
+    with pytest.raises(UserError, match="unfreeze_every_epochs"):
+        validate_options(resolve_strategy("gradual"), RESNET_STAGES, FreezeOptions(unfreeze_every_epochs=0))
+    assert resolve_strategy("last_k").uses == ("k_layers",)
+    assert resolve_strategy("full").uses == ()
+
+
+# ---- plans ---------------------------------------------------------------------------------------
+
+
+def stages_of(strategy: str, stage_names=RESNET_STAGES, epoch: int = 0, **options) -> set[str]:
+    return set(plan_for_epoch(resolve_strategy(strategy), stage_names, FreezeOptions(**options), epoch)
+               .trainable_stages)
+
+
+def test_plans_on_resnet_stage_names():
+    assert stages_of("head_only") == {"head"}
+    assert stages_of("last_k", k_layers=0) == {"head"}
+    assert stages_of("last_k", k_layers=2) == {"layer3", "layer4", "head"}
+    assert stages_of("last_k", k_layers=5) == set(RESNET_STAGES)
+    assert stages_of("full") == set(RESNET_STAGES)
+    norm = plan_for_epoch(resolve_strategy("norm_and_head"), RESNET_STAGES, FreezeOptions(), 0)
+    assert norm.trainable_stages == {"head"} and norm.train_norm_layers
+
+
+@pytest.mark.parametrize("fraction, frozen", [(0.0, 0), (0.2, 1), (0.25, 1), (0.5, 3), (0.75, 4), (1.0, 5)])
+def test_fraction_freezes_the_rounded_share_of_backbone_stages(fraction, frozen):
+    # 0.5 of 5 stages is 2.5: halves round up, so 3 leading stages are frozen.
+    assert stages_of("fraction", freeze_fraction=fraction) == set(RESNET_STAGES[frozen:])
+
+
+def test_gradual_unfreezes_one_more_stage_from_the_top_every_n_epochs():
+    grown = [stages_of("gradual", epoch=e, unfreeze_every_epochs=2) for e in range(14)]
+    assert grown[0] == grown[1] == {"head"}
+    assert grown[2] == grown[3] == {"layer4", "head"}
+    assert grown[4] == {"layer3", "layer4", "head"}
+    assert grown[10] == grown[13] == set(RESNET_STAGES)
+    assert all(a <= b for a, b in zip(grown, grown[1:]))
+    assert [len(g) for g in (stages_of("gradual", epoch=e) for e in range(7))] == [1, 2, 3, 4, 5, 6, 6]
+
+
+# ---- exactly which tensors train -----------------------------------------------------------------
+
+
+def expected_trainable(model: StagedModel, stage_plan: TrainPlan) -> set[str]:
+    """Computed from the registry's module paths by prefix, independently of StagedModel's bookkeeping."""
+    owner = {}
+    for stage in model.spec.stages:
+        for path in stage.modules:
+            owner[path] = stage.name
+    active_aux = set()
+    trains = stage_plan.trainable_stages
+    for aux in model.spec.aux_heads:
+        if model.aux_loss_weight > 0 and "head" in trains and aux.after_stage in trains:
+            active_aux.add(aux.module)
+    norm_params = {f"net.{m}.{p}" for m, module in model.net.named_modules() if isinstance(module, NORMS)
+                   for p, _ in module.named_parameters(recurse=False)}
+    expected = set()
+    for name, _ in model.net.named_parameters():
+        paths = [path for path in owner if name == path or name.startswith(path + ".")]
+        aux = [a.module for a in model.spec.aux_heads if name.startswith(a.module + ".")]
+        if aux:
+            if aux[0] in active_aux:
+                expected.add(f"net.{name}")
+            continue
+        assert len(paths) == 1, name
+        if owner[paths[0]] in trains or (stage_plan.train_norm_layers and f"net.{name}" in norm_params):
+            expected.add(f"net.{name}")
+    return expected
+
+
+@pytest.mark.parametrize("name", each_backbone())
+def test_each_strategy_trains_exactly_the_tensors_of_its_stages(name):
+    model = build(name)
+    n = len(model.stage_names) - 1
+    cases = [("head_only", {}), ("norm_and_head", {}), ("full", {}), ("gradual", {"epoch": 2})]
+    cases += [("last_k", {"k_layers": k}) for k in range(n + 1)]
+    cases += [("fraction", {"freeze_fraction": f}) for f in (0.25, 0.5, 0.75)]
+    for strategy, options in cases:
+        stage_plan = plan(model, strategy, **options)
+        model.apply_plan(stage_plan)
+        assert trainable(model) == expected_trainable(model, stage_plan), (strategy, options)
+        head = {n for n, _ in model.stage_parameters("head")}
+        assert head <= trainable(model) or model.spec.aux_heads  # the head always trains
+
+
+def test_resnet18_stage_sets_by_name():
+    model = build("resnet18")
+    model.apply_plan(plan(model, "last_k", k_layers=2))
+    assert top_level(trainable(model), 2) == {"net.layer3", "net.layer4", "net.fc"}
+    model.apply_plan(plan(model, "head_only"))
+    assert trainable(model) == {"net.fc.weight", "net.fc.bias"}
+    model.apply_plan(plan(model, "norm_and_head"))
+    bn = {f"net.{m}.{p}" for m, mod in model.net.named_modules() if isinstance(mod, nn.BatchNorm2d)
+          for p in ("weight", "bias")}
+    assert trainable(model) == bn | {"net.fc.weight", "net.fc.bias"}
+    assert not any(name.endswith("conv1.weight") for name in trainable(model))
+
+
+def test_mobilenet_last_stage_is_pre_logits_not_a_tensor_count():
+    model = build("mobilenet_v3_small")
+    model.apply_plan(plan(model, "last_k", k_layers=1))
+    assert trainable(model) == {"net.classifier.0.weight", "net.classifier.0.bias",
+                                "net.classifier.3.weight", "net.classifier.3.bias"}
+    model.apply_plan(plan(model, "last_k", k_layers=2))
+    assert top_level(trainable(model), 3) == {"net.features.12", "net.classifier.0", "net.classifier.3"}
+
+
+@pytest.mark.slow
+def test_heavy_backbones_stage_sets_by_name():
+    vit = build("vit_b_16")
+    vit.apply_plan(plan(vit, "last_k", k_layers=2))
+    assert top_level(trainable(vit), 4) == {"net.encoder.layers.encoder_layer_11", "net.encoder.ln.weight",
+                                            "net.encoder.ln.bias", "net.heads.head.weight", "net.heads.head.bias"}
+    vit.apply_plan(plan(vit, "last_k", k_layers=14))
+    assert {"net.class_token", "net.encoder.pos_embedding"} <= trainable(vit)
+
+    efficientnet = build("efficientnet_v2_s")
+    efficientnet.apply_plan(plan(efficientnet, "head_only"))
+    assert trainable(efficientnet) == {"net.classifier.1.weight", "net.classifier.1.bias"}  # no SE fc1/fc2
+
+    inception = build("inception_v3")
+    inception.apply_plan(plan(inception, "head_only"))
+    assert trainable(inception) == {"net.fc.weight", "net.fc.bias"}  # no AuxLogits.fc
+    inception.apply_plan(plan(inception, "last_k", k_layers=4))  # mixed_6e..mixed_7c: the aux head trains
+    assert any(name.startswith("net.AuxLogits.") for name in trainable(inception))
+
+    vgg = build("vgg16")
+    vgg.apply_plan(plan(vgg, "last_k", k_layers=2))
+    assert top_level(trainable(vgg), 3) == {"net.classifier.0", "net.classifier.3", "net.classifier.6"}
+
+
+# ---- frozen means frozen: parameters and BatchNorm buffers ---------------------------------------
+
+
+def snapshot(model: StagedModel, skip_head: bool = True) -> dict[str, torch.Tensor]:
+    head = {name for name, _ in model.stage_parameters("head")}
+    return {k: v.clone() for k, v in model.state_dict().items()
+            if not (skip_head and (k in head or any(k.startswith(h.rsplit(".", 1)[0] + ".") for h in head)))}
+
+
+def sgd_steps(model: StagedModel, name: str, steps: int, seed: int = 0) -> None:
+    # A large learning rate, momentum and weight decay: anything not frozen would visibly move.
+    optimizer = torch.optim.SGD(build_param_groups(model, lr=5.0, weight_decay=0.1), lr=5.0, momentum=0.9)
+    for step in range(steps):
+        model.train()  # the trainer calls this every epoch; frozen stages must go back to eval
+        x = images(name, seed=seed + step)
+        out = model(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        loss = nn.functional.cross_entropy(logits, torch.arange(len(x)) % NUM_CLASSES)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("name", each_backbone())
+def test_head_only_leaves_every_backbone_parameter_and_buffer_bit_for_bit_unchanged(name):
+    model = build(name)
+    model.apply_plan(plan(model, "head_only"))
+    before = snapshot(model)
+    head_before = model.net.get_submodule(model.spec.head_linear).weight.clone()
+    sgd_steps(model, name, 2)
+    model.train()
+    sgd_steps(model, name, 1, seed=10)
+    after = snapshot(model)
+    assert before.keys() == after.keys() and any("running_mean" in k for k in before) == (name != "vit_b_16" and
+                                                                                          name != "vgg16")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == []
+    assert not torch.equal(head_before, model.net.get_submodule(model.spec.head_linear).weight)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_bn_mode_adapt_moves_running_statistics_but_no_parameter(name):
+    model = build(name, bn_mode="adapt")
+    model.apply_plan(plan(model, "head_only"))
+    before = snapshot(model)
+    sgd_steps(model, name, 2)
+    after = snapshot(model)
+    params = {n for n, _ in model.named_parameters()}
+    assert all(torch.equal(before[k], after[k]) for k in before if k in params)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("running_mean"))
+
+
+def test_norm_and_head_trains_bn_affine_and_statistics_but_not_convolutions():
+    model = build("resnet18")
+    model.apply_plan(plan(model, "norm_and_head"))
+    before = snapshot(model)
+    sgd_steps(model, "resnet18", 2)
+    after = snapshot(model)
+    assert torch.equal(before["net.layer1.0.conv1.weight"], after["net.layer1.0.conv1.weight"])
+    assert not torch.equal(before["net.layer1.0.bn1.weight"], after["net.layer1.0.bn1.weight"])
+    assert not torch.equal(before["net.layer1.0.bn1.running_mean"], after["net.layer1.0.bn1.running_mean"])
+
+
+def test_frozen_stages_stay_in_eval_mode_after_every_train_call():
+    model = build("mobilenet_v3_small")
+    model.apply_plan(plan(model, "head_only"))
+    for _ in range(2):
+        model.train()
+        assert model.training and model.net.classifier[3].training
+        frozen = [m for s in model.stage_names[:-1] for module in model.stage_modules(s) for m in module.modules()]
+        assert frozen and not any(m.training for m in frozen)  # BN and the pre_logits dropout alike
+    model.eval()
+    assert not any(m.training for m in model.modules())
+
+    adapt = build("mobilenet_v3_small", bn_mode="adapt")
+    adapt.apply_plan(plan(adapt, "head_only"))
+    adapt.train()
+    assert all(m.training for m in adapt.net.modules() if isinstance(m, nn.BatchNorm2d))
+    assert not adapt.net.classifier[2].training  # the dropout of a frozen stage stays off
+
+    model.train()
+    model.apply_plan(plan(model, "last_k", k_layers=3))  # a new plan re-applies the modes at once
+    assert model.net.features[12].training and not model.net.features[10].training
+
+
+# ---- the frozen-prefix activation cache ----------------------------------------------------------
+
+
+def test_frozen_prefix_depth_counts_only_deterministic_leading_stages():
+    model = build("resnet18")
+    model.apply_plan(plan(model, "head_only"))
+    assert model.frozen_prefix_depth() == 5
+    model.apply_plan(plan(model, "last_k", k_layers=2))
+    assert model.frozen_prefix_depth() == 3
+    model.apply_plan(plan(model, "full"))
+    assert model.frozen_prefix_depth() == 0
+    model.apply_plan(plan(model, "norm_and_head"))
+    assert model.frozen_prefix_depth() == 0
+    adapt = build("resnet18", bn_mode="adapt")
+    adapt.apply_plan(plan(adapt, "head_only"))
+    assert adapt.frozen_prefix_depth() == 0
+    no_bn = build_model("scratch_cnn", 3, weights="none", bn_mode="adapt",
+                        scratch=ScratchCNNConfig(filters=4, dense_units=8, input_size=32, batch_norm=False))
+    no_bn.apply_plan(plan(no_bn, "head_only"))
+    assert no_bn.frozen_prefix_depth() == 6  # no BatchNorm to adapt: the frozen stages stay deterministic
+
+
+def test_cached_prefix_is_the_same_in_train_mode_and_feeds_the_rest():
+    model = build("resnet18")
+    model.apply_plan(plan(model, "last_k", k_layers=1))
+    depth = model.frozen_prefix_depth()
+    x = images("resnet18")
+    with torch.no_grad():
+        cached = model.train().forward_range(x, 0, depth)
+        again = model.train().forward_range(x, 0, depth)
+        model.eval()
+        assert torch.equal(cached, again) and torch.equal(cached, model.forward_range(x, 0, depth))
+        assert torch.allclose(model(cached, start=depth), model(x), atol=1e-6)
+
+
+# ---- optimizer groups ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", each_backbone())
+def test_optimizer_groups_hold_exactly_the_trainable_parameters(name):
+    model = build(name)
+    for strategy, options in (("head_only", {}), ("last_k", {"k_layers": 2}), ("norm_and_head", {}), ("full", {})):
+        model.apply_plan(plan(model, strategy, **options))
+        groups = build_param_groups(model, lr=0.1, weight_decay=0.05)
+        ids = [id(p) for g in groups for p in g["params"]]
+        assert len(ids) == len(set(ids))
+        assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
+        torch.optim.AdamW(groups)  # the dicts are valid parameter groups
+        trainable_count, total = count_parameters(model)
+        assert trainable_count == sum(p.numel() for g in groups for p in g["params"]) and total >= trainable_count
+
+
+def test_group_learning_rates_follow_backbone_multiplier_and_layer_decay():
+    model = build("resnet18")
+    model.apply_plan(plan(model, "last_k", k_layers=2))
+    groups = build_param_groups(model, lr=0.1, backbone_lr_mult=0.5, layer_decay=0.5, weight_decay=0.01)
+    assert [g["name"] for g in groups] == ["head", "head/no_decay", "layer4", "layer4/no_decay",
+                                           "layer3", "layer3/no_decay"]
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs["head"] == pytest.approx(0.1)
+    assert lrs["layer4"] == pytest.approx(0.1 * 0.5 * 0.5)
+    assert lrs["layer3/no_decay"] == pytest.approx(0.1 * 0.5 * 0.25)
+    assert all(g["initial_lr"] == g["lr"] for g in groups)
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in groups:
+        group_names = [names[id(p)] for p in group["params"]]
+        if group["name"].endswith("/no_decay"):
+            assert group["weight_decay"] == 0.0
+            assert all(n.endswith(".bias") or ".bn" in n or "downsample.1" in n for n in group_names)
+        else:
+            assert group["weight_decay"] == 0.01 and all(p.dim() > 1 for p in group["params"])
+
+
+def test_groups_for_newly_unfrozen_stages_during_gradual_unfreezing():
+    model = build("resnet18")
+    model.apply_plan(plan(model, "gradual", epoch=0))
+    optimizer = torch.optim.SGD(build_param_groups(model, lr=0.1, layer_decay=0.5), lr=0.1)
+    before = set(model.plan.trainable_stages)
+    model.apply_plan(plan(model, "gradual", epoch=1))
+    new = [s for s in reversed(model.stage_names) if s in model.plan.trainable_stages and s not in before]
+    assert new == ["layer4"]
+    for group in groups_for_stages(model, new, lr=0.1, layer_decay=0.5):
+        optimizer.add_param_group(group)
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert in_optimizer == {id(p) for p in model.parameters() if p.requires_grad}
+    assert optimizer.param_groups[-1]["lr"] == pytest.approx(0.05)
+
+
+def test_every_registered_strategy_is_covered_by_these_tests():
+    assert set(strategy_names()) == {"head_only", "last_k", "fraction", "norm_and_head", "full", "gradual"}
