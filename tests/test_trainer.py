@@ -261,3 +261,13 @@ def test_help_lists_every_parameter_with_default():
     for name in FIELDS:
         assert f"--{name}=" in text
     assert "{adamw, sgd}" in text
+
+
+def test_readme_configuration_reference_is_generated_from_the_config():
+    from pathlib import Path
+
+    from trainer.config import reference_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- CONFIG-REFERENCE:START -->")[1].split("<!-- CONFIG-REFERENCE:END -->")[0]
+    assert block.strip() == reference_markdown().strip(), "regenerate it: python -m trainer.config"

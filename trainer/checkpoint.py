@@ -37,7 +37,7 @@ class LoopState:
     batch_size: int = 0  # the batch size in use (halved after an out-of-memory retry)
 
 
-def save_checkpoint(path: Path, *, model, optimizer, scaler, state: LoopState, identity: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, *, model, optimizer, scaler, state: LoopState, identity: dict[str, Any], history: list[dict] | None = None) -> None:
     payload = {
         "format": FORMAT,
         "model": model.state_dict(),
@@ -47,6 +47,9 @@ def save_checkpoint(path: Path, *, model, optimizer, scaler, state: LoopState, i
         "loop": asdict(state),
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "identity": identity,
+        # The per-epoch metrics travel with the checkpoint, so a run resumed on a machine whose disk held
+        # nothing but this file still has its whole history.
+        "history": list(history or []),
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)

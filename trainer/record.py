@@ -48,8 +48,10 @@ class RunRecord:
                 break  # a torn last line cannot happen with atomic writes, but never trust a file blindly
         return rows
 
-    def truncate_history(self, completed_epochs: int) -> None:
-        self.history = [row for row in self.history if row[M.EPOCH] <= completed_epochs]
+    def truncate_history(self, completed_epochs: int, saved: list[dict[str, Any]] | None = None) -> None:
+        """Keep the epochs a resumed run has completed: from the checkpoint's copy when given (a new machine)."""
+        rows = saved if saved is not None else self.history
+        self.history = [row for row in rows if row[M.EPOCH] <= completed_epochs]
         self._write_metrics()
 
     def append_epoch(self, row: dict[str, Any]) -> None:

@@ -167,11 +167,12 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, batch_si
     if payload:
         state = restore(payload, model=model, optimizer=optimizer, scaler=scaler)
         batch_size = state.batch_size or batch_size
+        record.update_summary(**{M.BEST_VAL_ACC: state.best_val_acc, M.BEST_EPOCH: state.best_epoch, M.EPOCHS_COMPLETED: state.epoch}, resumed_from_epoch=state.epoch)
         print(f"resuming run {run_id} from epoch {state.epoch + 1}, batch {state.batch} (best val_acc so far {state.best_val_acc:.4f})")
     elif config.resume:
         raise UserError(f"--resume: run {run_id} has no checkpoint in {record.folder} or its store; drop --resume to start it fresh")
     state.batch_size = batch_size
-    record.truncate_history(state.epoch)
+    record.truncate_history(state.epoch, payload.get("history") if payload else None)
 
     autocast = autocast_factory(device, dtype)
     inputs = build_inputs(config, data, pre, model, feature_depth, device, autocast, batch_size)
@@ -187,9 +188,9 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, batch_si
     logger.summary(facts)
 
     def checkpoint(loop_state: LoopState, is_best: bool) -> None:
-        save_checkpoint(last_path, model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity)
+        save_checkpoint(last_path, model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity, history=record.history)
         if is_best:
-            save_checkpoint(best_path, model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity)
+            save_checkpoint(best_path, model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity, history=record.history)
         store.save(last_path)
 
     forward_fn = torch.compile(model) if (config.compile and device.type == "cuda") else None

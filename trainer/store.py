@@ -82,11 +82,15 @@ class ArtifactStore(LocalStore):
                 final = snapshot.with_name("last.pt.upload")
                 snapshot.replace(final)
                 self.logger.log_artifact_file(final, self.artifact, self.KIND, ["latest"])
-                self._prune()
             except Exception as exc:
                 if not self._warned:
                     self._warned = True
-                    print(f"warning: checkpoint upload to W&B failed ({exc}); local checkpoints are kept", file=sys.stderr)
+                    print(f"warning: checkpoint upload to W&B failed ({type(exc).__name__}: {exc}); local checkpoints are kept", file=sys.stderr)
+                continue
+            try:
+                self._prune()
+            except Exception:
+                pass  # housekeeping: a failed prune costs storage on W&B, never the run
 
     def _prune(self) -> None:
         """Delete all but the newest versions, so a long run does not pile up gigabytes of checkpoints."""

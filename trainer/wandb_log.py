@@ -95,14 +95,12 @@ class WandbLogger(RunLogger):
             return False
 
     def log_artifact_file(self, path, name, kind, aliases):
+        """Raises on failure: the checkpoint store decides what an upload failure means (metric logging goes on)."""
         import wandb
 
-        def upload():
-            artifact = wandb.Artifact(name, type=kind)
-            artifact.add_file(str(path))
-            self.run.log_artifact(artifact, aliases=aliases).wait()
-
-        self._guard("artifact upload", upload)
+        artifact = wandb.Artifact(name, type=kind)
+        artifact.add_file(str(path))
+        self.run.log_artifact(artifact, aliases=aliases).wait()
 
     def download_artifact_file(self, name, filename, dest) -> bool:
         def download() -> bool:

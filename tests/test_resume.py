@@ -1,0 +1,162 @@
+"""Preemption across machines: a trial whose only survivor is its checkpoint store resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer import metrics as M
+from trainer.config import parse_run_config
+from trainer.run import run_training
+from trainer.store import ArtifactStore
+
+TIMING = {M.EPOCH_SECONDS, M.IMAGES_PER_SECOND}
+
+
+def config(nature_dir, machine: Path, **overrides):
+    values = {
+        "data_dir": str(nature_dir), "cache_dir": str(machine / "cache"), "output_dir": str(machine / "runs"),
+        "wandb_mode": "disabled", "model": "scratch_cnn", "input_size": 32, "filters": 8, "dense_units": 16,
+        "batch_size": 8, "epochs": 3, "augment": "strong", "dropout": 0.3, **overrides,
+    }
+    return parse_run_config(values)
+
+
+def rows(outcome):
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in (outcome.folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def sigterm_at_step(monkeypatch):
+    """Send this process a real SIGTERM after the given number of training steps."""
+    import trainer.loop
+
+    original = trainer.loop.EpochProgress
+
+    def arm(step: int):
+        class Kill(original):
+            count = 0
+
+            def update(self, *args, **kwargs):
+                super().update(*args, **kwargs)
+                Kill.count += 1
+                if Kill.count == step:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        monkeypatch.setattr(trainer.loop, "EpochProgress", Kill)
+
+    yield arm
+    monkeypatch.setattr(trainer.loop, "EpochProgress", original)
+
+
+def test_resume_on_a_fresh_machine_from_a_folder_store(nature_dir, tmp_path, sigterm_at_step, monkeypatch):
+    import trainer.loop
+
+    original_progress = trainer.loop.EpochProgress
+    straight = run_training(config(nature_dir, tmp_path / "reference", run_id="ref"))
+
+    store = tmp_path / "drive"
+    sigterm_at_step(5)  # second epoch, second batch
+    machine_a = tmp_path / "machine_a"
+    cut = run_training(config(nature_dir, machine_a, run_id="trial-7", checkpoint_store=str(store)))
+    assert cut.state == M.PREEMPTED
+    shutil.rmtree(machine_a)  # the session is gone; only the store survives
+    monkeypatch.setattr(trainer.loop, "EpochProgress", original_progress)
+
+    resumed = run_training(config(nature_dir, tmp_path / "machine_b", run_id="trial-7", checkpoint_store=str(store)))
+    assert resumed.state == M.FINISHED
+    assert resumed.summary.get("resumed_from_epoch") == 1
+    assert rows(resumed) == rows(straight)  # every epoch once, the same numbers
+    a = torch.load(straight.folder / "last.pt", weights_only=True)["model"]
+    b = torch.load(resumed.folder / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_corrupt_checkpoint_is_refused_with_a_reason_and_the_trial_starts_fresh(nature_dir, tmp_path):
+    folder = tmp_path / "runs" / "broken"
+    folder.mkdir(parents=True)
+    (folder / "last.pt").write_bytes(b"not a checkpoint")
+    outcome = run_training(config(nature_dir, tmp_path, run_id="broken", epochs=1))
+    assert outcome.state == M.FINISHED
+    assert "unreadable" in outcome.summary["resume_refused"]
+    assert (folder / "last.refused.pt").exists()
+
+
+def test_checkpoint_of_another_model_is_never_loaded(nature_dir, tmp_path):
+    first = run_training(config(nature_dir, tmp_path, run_id="same", epochs=1))
+    assert first.state == M.FINISHED
+    other = run_training(config(nature_dir, tmp_path, run_id="same", epochs=1, filters=16))
+    assert other.state == M.FINISHED
+    assert "was written for config_hash" in other.summary["resume_refused"]
+
+
+class FakeArtifactRun:
+    """Stands in for W&B's network side only: artifacts 'uploaded' are kept in a dict, versions counted."""
+
+    entity, project = "me", "proj"
+
+    def __init__(self, fail: bool = False):
+        self.versions: dict[str, list[bytes]] = {}
+        self.fail = fail
+
+    def log_artifact(self, artifact, aliases=None):
+        if self.fail:
+            raise ConnectionError("upload refused")
+        entry = next(iter(artifact.manifest.entries.values()))
+        self.versions.setdefault(artifact.name, []).append(Path(entry.local_path).read_bytes())
+        return type("Logged", (), {"wait": lambda self: None})()
+
+    def use_artifact(self, name):
+        key = name.split(":")[0]
+        if key not in self.versions:
+            raise KeyError(name)
+        data = self.versions[key][-1]
+
+        class Downloaded:
+            def download(self, root):
+                Path(root).mkdir(parents=True, exist_ok=True)
+                (Path(root) / "last.pt.upload").write_bytes(data)
+                return root
+
+        return Downloaded()
+
+
+def test_artifact_store_uploads_in_background_and_a_new_machine_fetches_it(tmp_path, monkeypatch):
+    import wandb
+
+    from trainer.wandb_log import WandbLogger
+
+    monkeypatch.setattr(wandb, "Api", lambda **k: type("Api", (), {"artifacts": lambda self, *a: []})())
+    run = FakeArtifactRun()
+    logger = WandbLogger(run, "online")
+    store = ArtifactStore(logger, "trial-9")
+    checkpoint = tmp_path / "machine_a" / "last.pt"
+    checkpoint.parent.mkdir()
+    torch.save({"epoch": 1}, checkpoint)
+    store.save(checkpoint)
+    torch.save({"epoch": 2}, checkpoint)  # the live file changes; the upload works on its own snapshot
+    store.close()  # waits for queued uploads
+    assert run.versions["checkpoint-trial-9"], "uploaded as an artifact of this run"
+    fresh = tmp_path / "machine_b" / "last.pt"
+    assert ArtifactStore(logger, "trial-9").fetch(fresh)
+    assert torch.load(fresh, weights_only=True)["epoch"] == 1
+
+
+def test_failed_upload_warns_once_and_training_goes_on(tmp_path, capsys):
+    from trainer.wandb_log import WandbLogger
+
+    logger = WandbLogger(FakeArtifactRun(fail=True), "online")
+    store = ArtifactStore(logger, "trial-10")
+    checkpoint = tmp_path / "last.pt"
+    torch.save({"epoch": 1}, checkpoint)
+    store.save(checkpoint)
+    store.close()
+    store.save(checkpoint)  # after a failure the store still accepts saves without raising
+    assert capsys.readouterr().err.count("warning") == 1
+    assert checkpoint.exists()
