@@ -63,7 +63,7 @@ def command_run(args: list[str]) -> int:
     from trainer.run import run_training
 
     if "--help" in args or "-h" in args:
-        print(__doc__.strip().splitlines()[0] + "\n\nRun parameters (--key=value; YAML strings like 'false' work):" + help_text())
+        print(__doc__.strip() + "\n\nRun parameters (--key=value or --key value; strings like 'false' or 'no' work):" + help_text())
         return 0
     return run_training(run_config_from_args(args)).exit_code
 

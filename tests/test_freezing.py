@@ -29,26 +29,10 @@ from models import (
 )
 from scratch_cnn import ScratchCNNConfig
 
-NUM_CLASSES = 5
-SMALL_SCRATCH = ScratchCNNConfig(filters=8, dense_units=32, input_size=64)
-INPUT_SIZE = {"inception_v3": 299, "vit_b_16": 224}
+from model_helpers import INPUT_SIZE, NUM_CLASSES, SMALL_SCRATCH, build, each_backbone, images  # noqa: E402
+
 RESNET_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
 NORMS = (_BatchNorm, nn.LayerNorm, nn.GroupNorm)
-
-
-def each_backbone():
-    return [pytest.param(name, marks=() if get_spec(name).cpu_friendly else pytest.mark.slow)
-            for name in backbone_names()]
-
-
-def build(name: str, **kwargs) -> StagedModel:
-    kwargs.setdefault("weights", "none")
-    return build_model(name, NUM_CLASSES, scratch=SMALL_SCRATCH, **kwargs)
-
-
-def images(name: str, batch: int = 2, seed: int = 0) -> torch.Tensor:
-    size = INPUT_SIZE.get(name, 64)
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def plan(model: StagedModel, strategy: str, epoch: int = 0, **options) -> TrainPlan:

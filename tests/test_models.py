@@ -31,25 +31,9 @@ from models import (
 from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy
 from scratch_cnn import ScratchCNNConfig, build_scratch_cnn
 
-NUM_CLASSES = 5
-SMALL_SCRATCH = ScratchCNNConfig(filters=8, dense_units=32, input_size=64)
-INPUT_SIZE = {"inception_v3": 299, "vit_b_16": 224}  # architectures that need their size; the rest run at 64 px
+from model_helpers import INPUT_SIZE, NUM_CLASSES, SMALL_SCRATCH, build, each_backbone, images  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def each_backbone():
-    return [pytest.param(name, marks=() if get_spec(name).cpu_friendly else pytest.mark.slow)
-            for name in backbone_names()]
-
-
-def build(name: str, **kwargs) -> StagedModel:
-    kwargs.setdefault("weights", "none")
-    return build_model(name, NUM_CLASSES, scratch=SMALL_SCRATCH, **kwargs)
-
-
-def images(name: str, batch: int = 2, seed: int = 0) -> torch.Tensor:
-    size = INPUT_SIZE.get(name, 64)
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 # ---- registry and structure ----------------------------------------------------------------------

@@ -262,30 +262,9 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def help_text() -> str:
-    """`python agent.py --help`: every parameter with its default and allowed values, by group."""
-    lines = []
+def _documented_fields():
+    """(group, name, default as documented, allowed values, env variable, help) for every field, by group."""
     for group in GROUPS:
-        lines.append(f"\n{group}:")
-        for name, f in FIELDS.items():
-            meta = f.metadata
-            if meta["group"] != group:
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            allowed = f" {{{', '.join(meta['choices'])}}}" if meta["choices"] else ""
-            bounds = ""
-            if meta["low"] is not None or meta["high"] is not None:
-                bounds = f" [{meta['low'] if meta['low'] is not None else ''}..{meta['high'] if meta['high'] is not None else ''}]"
-            env = f" (env {meta['env']})" if meta["env"] else ""
-            lines.append(f"  --{name}={'' if default is None else default}{allowed}{bounds}{env}\n      {meta['help']}")
-    return "\n".join(lines)
-
-
-def reference_markdown() -> str:
-    """The README's configuration table, generated so it cannot drift from the code (`python -m trainer.config`)."""
-    rows = ["| parameter | default | allowed | meaning |", "|---|---|---|---|"]
-    for group in GROUPS:
-        rows.append(f"| **{group}** | | | |")
         for name, f in FIELDS.items():
             meta = f.metadata
             if meta["group"] != group:
@@ -294,11 +273,32 @@ def reference_markdown() -> str:
             if meta["choices"]:
                 allowed = ", ".join(meta["choices"])
             elif meta["low"] is not None or meta["high"] is not None:
-                allowed = f"{meta['low'] if meta['low'] is not None else ''} .. {meta['high'] if meta['high'] is not None else ''}"
+                allowed = f"{'' if meta['low'] is None else meta['low']}..{'' if meta['high'] is None else meta['high']}"
             else:
                 allowed = ""
-            env = f" (env `{meta['env']}`)" if meta["env"] else ""
-            rows.append(f"| `{name}` | `{'' if default is None else default}` | {allowed} | {meta['help'].replace('|', '/')}{env} |")
+            yield group, name, "" if default is None else default, allowed, meta["env"], meta["help"]
+
+
+def help_text() -> str:
+    """`python agent.py --help`: every parameter with its default and allowed values, by group."""
+    lines, current = [], None
+    for group, name, default, allowed, env, text in _documented_fields():
+        if group != current:
+            lines.append(f"\n{group}:")
+            current = group
+        allowed = f" {{{allowed}}}" if allowed else ""
+        lines.append(f"  --{name}={default}{allowed}{f' (env {env})' if env else ''}\n      {text}")
+    return "\n".join(lines)
+
+
+def reference_markdown() -> str:
+    """The README's configuration table, generated so it cannot drift from the code (`python -m trainer.config`)."""
+    rows, current = ["| parameter | default | allowed | meaning |", "|---|---|---|---|"], None
+    for group, name, default, allowed, env, text in _documented_fields():
+        if group != current:
+            rows.append(f"| **{group}** | | | |")
+            current = group
+        rows.append(f"| `{name}` | `{default}` | {allowed} | {text.replace('|', '/')}{f' (env `{env}`)' if env else ''} |")
     return "\n".join(rows)
 
 
