@@ -159,13 +159,13 @@ def test_out_of_memory_retries_at_half_batch(base, monkeypatch):
     def attempt(config, run_id, record, logger, batch_size, stop):
         calls.append(batch_size)
         if len(calls) == 1:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(config, run_id, record, logger, batch_size, stop)
 
     monkeypatch.setattr(trainer.run, "_attempt", attempt)
     outcome = run_training(scratch(base, run_id="oom"))
     assert calls == [8, 4] and outcome.state == M.FINISHED and outcome.summary["batch_size"] == 4
-    monkeypatch.setattr(trainer.run, "_attempt", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")))
+    monkeypatch.setattr(trainer.run, "_attempt", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("CUDA out of memory")))
     outcome = run_training(scratch(base, run_id="oom2", oom_retry=False))
     assert outcome.state == M.OOM and outcome.exit_code == 0 and "out of memory" in outcome.summary[M.REASON]
 
@@ -271,3 +271,29 @@ def test_readme_configuration_reference_is_generated_from_the_config():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split("<!-- CONFIG-REFERENCE:START -->")[1].split("<!-- CONFIG-REFERENCE:END -->")[0]
     assert block.strip() == reference_markdown().strip(), "regenerate it: python -m trainer.config"
+
+
+def test_gradual_unfreezing_resumes_exactly_after_sigterm(base, small_inputs, monkeypatch):
+    """Optimizer groups join mid-run under gradual unfreezing; a resume must rebuild them in the same order."""
+    settings = {**base, "model": "resnet18", "strategy": "gradual", "unfreeze_every_epochs": 1, "epochs": 3, "augment": "standard", "lr": 0.01}
+    straight = run_training(parse_run_config({**settings, "run_id": "g-straight"}))
+
+    import trainer.loop
+
+    original = trainer.loop.EpochProgress
+
+    class KillInThirdEpoch(original):
+        steps = 0
+
+        def update(self, *args, **kwargs):
+            super().update(*args, **kwargs)
+            KillInThirdEpoch.steps += 1
+            if KillInThirdEpoch.steps == 7:  # 3 batches per epoch: epoch 3, after its first batch
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(trainer.loop, "EpochProgress", KillInThirdEpoch)
+    assert run_training(parse_run_config({**settings, "run_id": "g-cut"})).state == M.PREEMPTED
+    monkeypatch.setattr(trainer.loop, "EpochProgress", original)
+    resumed = run_training(parse_run_config({**settings, "run_id": "g-cut"}))
+    assert resumed.state == M.FINISHED
+    assert without_timing(history(resumed)) == without_timing(history(straight))

@@ -242,7 +242,7 @@ def run_training(config: RunConfig) -> RunOutcome:
             except Diverged as exc:
                 state_name, reason, exit_code = M.DIVERGED, str(exc), EXIT_OK
                 break
-            except torch.OutOfMemoryError as exc:
+            except torch.cuda.OutOfMemoryError as exc:
                 if config.oom_retry and batch_size > 1 and batch_size == config.batch_size:
                     batch_size //= 2
                     print(f"warning: CUDA out of memory at batch_size={batch_size * 2}; retrying from scratch at {batch_size}")
