@@ -83,7 +83,7 @@ def command_sweep(args: list[str]) -> int:
     from trainer.config import parse_cli
 
     summary = run_local_sweep(Path(args[0]), count=count_value, workers=worker_value, sweep_dir=Path(sweep_dir) if sweep_dir else None, fixed=parse_cli(args[1:]))
-    return 0 if summary is not None else 1
+    return 0 if summary is not None else 130  # None: the sweep was interrupted; rerun the command to continue
 
 
 def command_report(args: list[str]) -> int:

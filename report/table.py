@@ -34,7 +34,7 @@ NON_EFFECTIVE_KEYS = frozenset(name for name, f in FIELDS.items() if not f.metad
 
 # Table rows (table.jsonl) with this state are trials the sweep driver skipped as repeats of an earlier
 # config: shown in the report, never counted as runs.
-DUPLICATE = "duplicate"
+DUPLICATE = metrics.DUPLICATE
 
 
 def is_effective_key(key: str) -> bool:

@@ -33,6 +33,7 @@ FAILED = "failed"
 PREEMPTED = "preempted"
 RUNNING = "running"
 STATES = (FINISHED, EARLY_STOPPED, DIVERGED, OOM, FAILED, PREEMPTED, RUNNING)
+DUPLICATE = "duplicate"  # a sweep trial whose effective config was already trained: recorded, never run
 SUCCESSFUL_STATES = (FINISHED, EARLY_STOPPED)
 
 CONFIG_HASH = "config_hash"

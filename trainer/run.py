@@ -262,7 +262,8 @@ def run_training(config: RunConfig) -> RunOutcome:
                 (folder / "error.log").write_text(traceback.format_exc())
                 print(f"run {run_id} failed: {reason} (traceback in {folder / 'error.log'})")
                 break
-    summary = _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
+        # Still inside the handlers: a signal arriving while W&B finishes cannot kill the run before its record says why.
+        summary = _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
     return RunOutcome(run_id, folder, state_name, exit_code, summary)
 
 

@@ -1,0 +1,44 @@
+"""What a local sweep prints: one line per trial event, and a table of all trials at the end."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from sweeper.table import Trial
+from sweeper.trial import format_value
+from trainer import metrics as M
+
+
+def describe(values: dict[str, Any], names: Iterable[str]) -> str:
+    return " ".join(f"{name}={format_value(values[name])}" for name in names if name in values)
+
+
+def normalised_away(trial: Trial) -> str:
+    """Suggested values the trainer changed or nulled (why a suggestion turned out to be a duplicate)."""
+    # Compared as command-line text: the engine's "true" and the config's True are the same value.
+    changed = [f"{name}={format_value(value)}" for name, value in trial.suggested.items()
+               if name in trial.config and format_value(trial.config[name]) != format_value(value)]
+    return f" (does not apply here: {', '.join(changed)})" if changed else ""
+
+
+def accuracy(value: float | None) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+
+def trial_line(tag: str, trial: Trial, searched: list[str], seconds: float | None = None) -> str:
+    timing = f"  {seconds:.0f}s" if seconds is not None else ""
+    reason = f"  ({trial.reason})" if trial.reason and trial.state != M.FINISHED else ""
+    return f"[{tag}] {trial.run_id} {trial.state}  val_acc {accuracy(trial.best_val_acc)}  {describe(trial.suggested, searched)}{timing}{reason}"
+
+
+def final_table(trials: list[Trial], searched: list[str]) -> str:
+    headers = ["run_id", "state", M.VAL_ACC, *searched, "note"]
+    rows = []
+    for trial in trials:
+        note = f"= {trial.duplicate_of}" if trial.duplicate_of else (trial.reason or "")
+        values = trial.config if trial.config else trial.suggested
+        rows.append([trial.run_id, trial.state, accuracy(trial.best_val_acc),
+                     *(format_value(values[name]) if name in values else "-" for name in searched), note[:80]])
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [headers, *rows]]
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""A sweep definition (a W&B sweep YAML): read it, check it against the run config, pin it to its sweep folder.
+
+The checks are the ones that would otherwise surface hours later: the W&B schema, parameter names that
+`agent.py` does not know (W&B would pass them as `--name=value` and every trial would fail), a metric other
+than the one the trainer logs (the sweep would optimise nothing), and parameters the local driver sets itself.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from common.atomic import write_text
+from common.errors import UserError
+from common.parsing import nearest
+from trainer.config import FIELDS
+from trainer.metrics import VAL_ACC
+
+SWEEP_FILE = "sweep.yaml"
+# Set by the driver for every trial: where its run folder goes and which run it is.
+DRIVER_OWNED = ("output_dir", "run_id", "resume")
+
+
+@dataclass(frozen=True)
+class SweepDefinition:
+    path: Path
+    text: str
+    config: dict
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or self.path.stem)
+
+    @property
+    def parameters(self) -> dict[str, dict]:
+        return self.config["parameters"]
+
+    def searched(self) -> list[str]:
+        """Parameters the engine varies (everything without a single fixed `value`)."""
+        return [name for name, spec in self.parameters.items() if not (isinstance(spec, dict) and "value" in spec)]
+
+
+def definition_problems(config: Any) -> list[str]:
+    """Every reason this sweep config cannot drive `agent.py`; [] when it is fine."""
+    if not isinstance(config, dict):
+        return ["the file must hold a mapping (method, metric, parameters, ...)"]
+    from sweeps import schema_violations_from_proposed_config
+
+    problems = list(schema_violations_from_proposed_config(config))
+    for name, spec in (config.get("parameters") or {}).items():
+        if name in DRIVER_OWNED:
+            problems.append(f"parameter {name!r} is set by the sweep driver for each trial; remove it")
+        elif name not in FIELDS:
+            problems.append(f"parameter {name!r} is not a run parameter{nearest(name, FIELDS)}; `python agent.py --help` lists them")
+        elif isinstance(spec, dict) and "parameters" in spec:
+            problems.append(f"parameter {name!r} is nested; run parameters are flat")
+    metric = config.get("metric")
+    metric_name = metric.get("name") if isinstance(metric, dict) else None
+    if metric_name != VAL_ACC:
+        problems.append(f"metric name is {metric_name!r}; the trainer logs {VAL_ACC!r}: use metric: {{name: {VAL_ACC}, goal: maximize}}")
+    return problems
+
+
+def load_definition(path: Path | str) -> SweepDefinition:
+    path = Path(path)
+    try:
+        text = path.read_text()
+        config = yaml.safe_load(text)
+    except FileNotFoundError:
+        raise UserError(f"sweep file {path} not found; the definitions live in sweeps/*.yaml") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"sweep file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    problems = definition_problems(config)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"sweep file {path}: {problems[0]}{more}")
+    return SweepDefinition(path, text, config)
+
+
+def pin_definition(sweep_dir: Path, definition: SweepDefinition) -> None:
+    """Copy the definition into the sweep folder, or check that the folder's copy is the same sweep.
+
+    Compared as parsed YAML, so comments and formatting may change but a search space may not: a table of
+    trials from one space continued with another would mix two sweeps without saying so.
+    """
+    pinned = sweep_dir / SWEEP_FILE
+    if pinned.exists():
+        try:
+            existing = yaml.safe_load(pinned.read_text())
+        except yaml.YAMLError:
+            existing = None
+        if existing != definition.config:
+            raise UserError(f"{sweep_dir} holds a different sweep ({pinned} differs from {definition.path}); "
+                            f"use --sweep_dir=NEW_DIR for a new sweep, or the original YAML to continue this one")
+        return
+    write_text(pinned, definition.text)
+
+
+def engine_config(definition: SweepDefinition, fixed: Mapping[str, Any]) -> dict:
+    """The config handed to the engine: fixed `--key=value` arguments become constants, out of the search.
+
+    Otherwise the engine would keep varying a parameter that every trial overrides, and every suggestion
+    after the first would be a duplicate.
+    """
+    config = copy.deepcopy(definition.config)
+    for name, value in fixed.items():
+        if name in config["parameters"]:
+            config["parameters"][name] = {"value": value}
+    return config

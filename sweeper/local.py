@@ -1,0 +1,275 @@
+"""The offline sweep driver: W&B's own engine picks the configs, trials run here as `agent.py` subprocesses.
+
+    python agent.py sweep sweeps/tiny.yaml --count 4 [--workers 2] [--sweep_dir DIR] [--key=value ...]
+
+Sweep folder (default sweep_runs/<yaml stem>/):
+    sweep.yaml     the definition, pinned: the folder refuses a different one
+    table.jsonl    one row per trial (see sweeper/table.py), rewritten atomically on every change
+    runs/<run_id>/ the trials' run folders (config.yaml, metrics.jsonl, summary.json, checkpoints, output.log)
+
+`--count N` trains N new distinct effective configs: a suggestion that normalises to an already trained
+config is recorded as a duplicate and fed back to the engine with the original's result, and the engine is
+asked again. Trials left running or preempted by an earlier call are relaunched first, with their run ids,
+and resume from their checkpoints; finished trials are never rerun.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from common.errors import UserError
+from sweeper import console
+from sweeper.definition import DRIVER_OWNED, SweepDefinition, engine_config, load_definition, pin_definition
+from sweeper.engine import runs_to_stop, suggest, sweep_run
+from sweeper.interrupt import DriverInterrupt
+from sweeper.table import DUPLICATE, RUNS_DIR, UNFINISHED, Trial, TrialTable, suggestion_identity
+from sweeper.trial import (LaunchedTrial, has_checkpoint, launch, outcome, read_history, recorded_outcome,
+                           trial_command, visible_gpus)
+from trainer import metrics as M
+from trainer.config import FIELDS, config_hash, effective_config, parse_run_config
+
+POLL_SECONDS = 0.5  # how often finished trials are collected and hyperband is asked
+MAX_CONSECUTIVE_DUPLICATES = 100  # a random/bayes search over a small effective space never ends otherwise
+LOCK_FILE = ".lock"
+
+
+def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: Path | None = None,
+                    fixed: dict[str, str] | None = None) -> dict | None:
+    """Run (or continue) a sweep; returns a short summary, or None when it was interrupted."""
+    if count < 0 or workers < 1:
+        raise UserError(f"--count={count} must be >= 0 and --workers={workers} >= 1")
+    definition = load_definition(sweep_yaml)
+    fixed = check_fixed(fixed or {})
+    sweep_dir = (Path(sweep_dir) if sweep_dir else Path("sweep_runs") / Path(sweep_yaml).stem).resolve()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(sweep_dir):
+        pin_definition(sweep_dir, definition)
+        return LocalSweep(definition, sweep_dir, fixed, workers).run(count)
+
+
+def check_fixed(fixed: Mapping[str, Any]) -> dict[str, str]:
+    """Validate the fixed `--key=value` arguments once, here, rather than in every trial."""
+    fixed = {key.replace("-", "_"): value for key, value in fixed.items()}
+    for key in fixed:
+        if key in DRIVER_OWNED:
+            raise UserError(f"--{key} is set by the sweep for each trial (runs go to SWEEP_DIR/{RUNS_DIR}/RUN_ID); use --sweep_dir=DIR to choose the folder")
+    parse_run_config(fixed)
+    return dict(fixed)
+
+
+@contextlib.contextmanager
+def exclusive(sweep_dir: Path) -> Iterator[None]:
+    """One driver per sweep folder: a second one would relaunch the first one's running trials."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    with open(sweep_dir / LOCK_FILE, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another sweep driver is running on {sweep_dir}; wait for it or stop it first") from None
+        yield
+
+
+class LocalSweep:
+    def __init__(self, definition: SweepDefinition, sweep_dir: Path, fixed: dict[str, str], workers: int):
+        self.definition, self.fixed, self.workers = definition, fixed, workers
+        self.config = engine_config(definition, fixed)
+        self.table = TrialTable(sweep_dir)
+        self.searched = [name for name in definition.searched() if name not in fixed]
+        self.running: dict[str, LaunchedTrial] = {}
+        self.tags: dict[str, str] = {}
+        self.gpus = visible_gpus() if workers > 1 else []
+        self.interrupted = False
+        self._final_histories: dict[str, list[dict]] = {}
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def run(self, count: int) -> dict | None:
+        relaunch = [trial for trial in self.table if trial.state in UNFINISHED and not self._ended_while_away(trial)]
+        new_trials = resumed = 0
+        asking = True
+        with DriverInterrupt(self._on_interrupt) as interrupt:
+            while True:
+                self._collect()
+                if interrupt:
+                    for launched in self.running.values():
+                        launched.send(signal.SIGTERM)  # a trial started while the signal arrived
+                while not interrupt and len(self.running) < self.workers:
+                    if relaunch:
+                        self._start(relaunch.pop(0), "resume")  # resumes from its checkpoint when it has one
+                        resumed += 1
+                    elif asking and new_trials < count:
+                        trial = self._next_trial()
+                        if trial is None:
+                            asking = False
+                            continue
+                        new_trials += 1
+                        tag = f"{new_trials}/{count}"
+                        if trial.state == M.FAILED:  # did not parse: recorded, nothing to run
+                            print(console.trial_line(tag, trial, self.searched), flush=True)
+                        else:
+                            self._start(trial, tag)
+                    else:
+                        break
+                if not self.running:
+                    break
+                self._early_terminate()
+                time.sleep(POLL_SECONDS)
+        print(console.final_table(self.table.trials, self.searched), flush=True)
+        if self.interrupted:
+            unfinished = sum(t.state in UNFINISHED for t in self.table)
+            print(f"sweep interrupted: {unfinished} trial(s) to resume; run the same command again to continue", flush=True)
+            return None
+        return self._summary(new_trials, resumed)
+
+    def _on_interrupt(self, signum: int) -> None:
+        self.interrupted = True
+        print(f"signal {signum}: stopping {len(self.running)} running trial(s) at their next step (they checkpoint)", flush=True)
+        for launched in self.running.values():
+            launched.send(signal.SIGTERM)
+
+    # --- suggestions ------------------------------------------------------------------------------
+
+    def _next_trial(self) -> Trial | None:
+        """The next suggestion that is not a duplicate, recorded in the table; None when the search is done."""
+        run_cap = self.definition.config.get("run_cap")
+        for _ in range(MAX_CONSECUTIVE_DUPLICATES):
+            if run_cap and len(self.table.real()) >= run_cap:
+                print(f"run_cap {run_cap} reached: no new trials", flush=True)
+                return None
+            suggestion = suggest(self.config, self._engine_runs())
+            if suggestion is None:
+                print("the grid is exhausted: every point has been tried", flush=True)
+                return None
+            trial = self._record(suggestion)
+            if not trial.is_duplicate:
+                return trial
+            print(f"[dup] {trial.run_id} = {trial.duplicate_of}: {console.describe(trial.suggested, self.searched)}"
+                  f"{console.normalised_away(trial)}", flush=True)
+        print(f"stopping: the last {MAX_CONSECUTIVE_DUPLICATES} suggestions all repeated trained configs; the effective search space looks exhausted", flush=True)
+        return None
+
+    def _record(self, suggestion: dict[str, Any]) -> Trial:
+        run_id = self.table.new_run_id(self.definition.name)
+        try:
+            run_config = parse_run_config(suggestion, self.fixed)
+        except UserError as exc:
+            # The YAML's space holds an invalid combination: this trial fails, the sweep goes on.
+            original = self.table.find_identity(suggestion_identity(suggestion))
+            if original:
+                return self.table.add(Trial(run_id, DUPLICATE, {}, None, suggestion, duplicate_of=original.run_id))
+            return self.table.add(Trial(run_id, M.FAILED, {}, None, suggestion, reason=f"invalid suggestion: {exc}", fixed=self.fixed))
+        config, identity = effective_config(run_config), config_hash(run_config)
+        original = self.table.find_identity(identity)
+        if original:
+            return self.table.add(Trial(run_id, DUPLICATE, config, identity, suggestion, duplicate_of=original.run_id))
+        return self.table.add(Trial(run_id, M.RUNNING, config, identity, suggestion, fixed=self.fixed))
+
+    def _engine_runs(self, for_stopping: bool = False) -> list:
+        runs = []
+        for trial in self.table:
+            if trial.is_duplicate:
+                if for_stopping:
+                    continue  # a duplicate's history is its original's: counting it twice skews the bands
+                source = self.table.get(trial.duplicate_of) or trial
+                runs.append(sweep_run(trial, self._history(source), source))
+            else:
+                runs.append(sweep_run(trial, self._history(trial)))
+        return runs
+
+    def _history(self, trial: Trial) -> list[dict]:
+        if trial.run_id in self._final_histories:
+            return self._final_histories[trial.run_id]
+        history = read_history(self.table.run_folder(trial))
+        if trial.state not in UNFINISHED and not trial.is_duplicate:
+            self._final_histories[trial.run_id] = history  # it will not change any more
+        return history
+
+    # --- trials -----------------------------------------------------------------------------------
+
+    def _parameters(self, trial: Trial) -> dict[str, Any]:
+        """Suggestion + the fixed arguments it was started with; paths and logging may change on a relaunch."""
+        changeable = {k: v for k, v in self.fixed.items() if not FIELDS[k].metadata["effective"]}
+        return {**trial.suggested, **trial.fixed, **changeable}
+
+    def _ended_while_away(self, trial: Trial) -> bool:
+        """A trial the table says is running but whose own record says it ended (the driver was killed first)."""
+        recorded = recorded_outcome(self.table.run_folder(trial))
+        if recorded is None or recorded.state in UNFINISHED:
+            return False
+        trial.state, trial.reason, trial.exit_code, trial.best_val_acc = recorded.state, recorded.reason, recorded.exit_code, recorded.best_val_acc
+        self.table.save()
+        print(console.trial_line("recorded", trial, self.searched), flush=True)
+        return True
+
+    def _start(self, trial: Trial, tag: str) -> None:
+        folder = self.table.run_folder(trial)
+        resume = has_checkpoint(folder)  # a new trial's run id is new: only a relaunch has one
+        command = trial_command(self._parameters(trial), folder.parent, trial.run_id, resume)
+        trial.state, trial.reason, trial.exit_code = M.RUNNING, None, None
+        self.table.save()
+        try:
+            launched = launch(trial.run_id, folder, command, self._pick_gpu())
+        except OSError as exc:
+            trial.state, trial.reason = M.FAILED, f"could not start {command[0]}: {exc}"
+            self.table.save()
+            print(console.trial_line(tag, trial, self.searched), flush=True)
+            return
+        self.running[trial.run_id], self.tags[trial.run_id] = launched, tag
+        gpu = f" on GPU {launched.gpu}" if launched.gpu is not None else ""
+        print(f"[{tag}] {trial.run_id} {'resuming' if resume else 'started'}{gpu}  "
+              f"{console.describe(trial.suggested, self.searched)}  -> {folder / 'output.log'}", flush=True)
+
+    def _pick_gpu(self) -> str | None:
+        if not self.gpus:
+            return None
+        load = Counter(t.gpu for t in self.running.values())
+        return min(self.gpus, key=lambda gpu: load[gpu])  # one trial per GPU while there are enough
+
+    def _collect(self) -> None:
+        """Record every trial that has exited."""
+        for run_id, launched in list(self.running.items()):
+            if launched.poll() is None:
+                continue
+            del self.running[run_id]
+            result = outcome(launched, self.interrupted)
+            trial = self.table.get(run_id)
+            trial.state, trial.reason, trial.exit_code, trial.best_val_acc = result.state, result.reason, result.exit_code, result.best_val_acc
+            self.table.save()
+            self._final_histories.pop(run_id, None)
+            print(console.trial_line(self.tags.pop(run_id), trial, self.searched, launched.seconds), flush=True)
+
+    def _early_terminate(self) -> None:
+        """Ask hyperband which running trials trail the others; they stop gracefully as early_stopped."""
+        if not self.running or not self.config.get("early_terminate"):
+            return
+        for run_id in runs_to_stop(self.config, self._engine_runs(for_stopping=True)):
+            launched, trial = self.running.get(run_id), self.table.get(run_id)
+            if launched is None or trial is None or not launched.is_training():
+                continue
+            epochs = trial.config.get("epochs")
+            if epochs and len(self._history(trial)) >= epochs:
+                continue  # on its last epoch already: stopping saves nothing
+            if launched.send(signal.SIGUSR1):
+                print(f"[stop] {run_id}: hyperband early termination after {len(self._history(trial))} epoch(s)", flush=True)
+
+    def _summary(self, new_trials: int, resumed: int) -> dict:
+        states = Counter(t.state for t in self.table)
+        goal = (self.definition.config.get("metric") or {}).get("goal", "maximize")
+        # Best among runs that completed: crashed or diverged runs never stand for a config's result.
+        scored = [t for t in self.table.real() if t.state in M.SUCCESSFUL_STATES and t.best_val_acc is not None]
+        pick = min if goal == "minimize" else max
+        best = pick(scored, key=lambda t: t.best_val_acc) if scored else None
+        return {
+            "sweep_dir": str(self.table.sweep_dir), "trials": len(self.table), "new": new_trials, "resumed": resumed,
+            "states": dict(states), "best_run_id": best.run_id if best else None,
+            M.BEST_VAL_ACC: best.best_val_acc if best else None,
+        }

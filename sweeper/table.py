@@ -1,0 +1,108 @@
+"""The trial table of a local sweep (`table.jsonl`): one JSON line per trial, rewritten atomically on every change.
+
+It is the sweep's memory between calls: which suggestions were trained, skipped as duplicates, failed before
+they started, or left running when the driver was killed (those are relaunched with the same run id). The
+run folders under `runs/` stay the source of truth for metrics; the report reads both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from common.atomic import write_text
+from common.errors import UserError
+from trainer import metrics as M
+
+TABLE_FILE = "table.jsonl"
+RUNS_DIR = "runs"
+DUPLICATE = M.DUPLICATE
+UNFINISHED = (M.RUNNING, M.PREEMPTED)
+
+
+@dataclass
+class Trial:
+    run_id: str
+    state: str
+    config: dict[str, Any]  # effective config, plain values ({} when the suggestion did not parse)
+    config_hash: str | None
+    suggested: dict[str, Any]  # the engine's raw values, fed back to it as the run's config
+    reason: str | None = None
+    duplicate_of: str | None = None
+    exit_code: int | None = None
+    best_val_acc: float | None = None
+    # The fixed --key=value arguments it was launched with, so a relaunch resumes the same config.
+    fixed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_duplicate(self) -> bool:
+        return self.state == DUPLICATE
+
+
+class TrialTable:
+    def __init__(self, sweep_dir: Path):
+        self.sweep_dir = Path(sweep_dir)
+        self.path = self.sweep_dir / TABLE_FILE
+        self.trials: list[Trial] = self._read()
+
+    def _read(self) -> list[Trial]:
+        if not self.path.exists():
+            return []
+        known = {f.name for f in dataclasses.fields(Trial)}
+        trials = []
+        for number, line in enumerate(self.path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                trials.append(Trial(**{k: v for k, v in row.items() if k in known}))
+            except (ValueError, TypeError) as exc:
+                raise UserError(f"{self.path} line {number} is not a trial row ({exc}); repair or delete that line") from None
+        return trials
+
+    def save(self) -> None:
+        write_text(self.path, "".join(json.dumps(dataclasses.asdict(t), sort_keys=True) + "\n" for t in self.trials))
+
+    def add(self, trial: Trial) -> Trial:
+        self.trials.append(trial)
+        self.save()
+        return trial
+
+    def __iter__(self) -> Iterator[Trial]:
+        return iter(self.trials)
+
+    def __len__(self) -> int:
+        return len(self.trials)
+
+    def get(self, run_id: str | None) -> Trial | None:
+        return next((t for t in self.trials if t.run_id == run_id), None)
+
+    def real(self) -> list[Trial]:
+        """Trials that stand for a training run of their own (not duplicates)."""
+        return [t for t in self.trials if not t.is_duplicate]
+
+    def find_identity(self, identity: str) -> Trial | None:
+        """The real trial with this config hash (or, for suggestions that did not parse, this suggestion)."""
+        return next((t for t in self.real() if trial_identity(t) == identity), None)
+
+    def run_folder(self, trial: Trial) -> Path:
+        return self.sweep_dir / RUNS_DIR / trial.run_id
+
+    def new_run_id(self, sweep_name: str) -> str:
+        # The random tail keeps ids unique across sweeps with the same name: W&B run ids share a project.
+        slug = re.sub(r"[^A-Za-z0-9_-]+", "-", sweep_name).strip("-") or "trial"
+        return f"{slug}-{len(self.trials) + 1:03d}-{secrets.token_hex(2)}"
+
+
+def suggestion_identity(suggested: dict[str, Any]) -> str:
+    return "invalid:" + json.dumps(suggested, sort_keys=True, default=str)
+
+
+def trial_identity(trial: Trial) -> str:
+    """What makes two trials the same: the effective config hash, or the raw suggestion when it did not parse."""
+    return trial.config_hash or suggestion_identity(trial.suggested)

@@ -1,0 +1,193 @@
+"""One trial as a subprocess: `python agent.py --key=value ...`, its log, its signals, and how it ended.
+
+A trial is the same command `wandb agent` would run, so a local sweep and a W&B sweep train identically,
+and a trial that crashes, diverges or runs out of memory takes nothing down with it but itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Mapping
+
+from trainer import metrics as M
+from trainer.record import LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE
+
+AGENT = Path(__file__).resolve().parents[1] / "agent.py"
+LOG_FILE = "output.log"
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly: the trial parses the value the engine suggested
+    return str(value)
+
+
+def trial_command(parameters: Mapping[str, Any], output_dir: Path, run_id: str, resume: bool) -> list[str]:
+    args = [f"--{name}={format_value(value)}" for name, value in parameters.items()]
+    args += [f"--output_dir={output_dir}", f"--run_id={run_id}"]
+    if resume:
+        args.append("--resume=true")  # refuse to start over silently if the checkpoint does not fit
+    return [sys.executable, str(AGENT), *args]
+
+
+def trial_env(gpu: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    # Offline W&B runs land in the run folders, ready for `wandb sync`; a user's explicit choice wins.
+    env.setdefault("WANDB_MODE", "offline")
+    env["PYTHONUNBUFFERED"] = "1"  # output.log follows the trial live
+    for inherited in ("WANDB_RUN_ID", "WANDB_SWEEP_ID"):
+        env.pop(inherited, None)  # the trial is named by --run_id, not by a W&B agent around us
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids to hand out one per worker; [] with fewer than two GPUs (then every trial sees them all)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if count < 2:
+        return []
+    listed = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return listed[:count] if len(listed) >= count else [str(i) for i in range(count)]
+
+
+@dataclass
+class LaunchedTrial:
+    run_id: str
+    folder: Path
+    process: subprocess.Popen
+    log: IO
+    gpu: str | None
+    started: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.time)
+    signals_sent: set[int] = field(default_factory=set)
+
+    def send(self, signum: int) -> bool:
+        """Send a signal once; False when it was already sent or the process is gone."""
+        if signum in self.signals_sent or self.process.poll() is not None:
+            return False
+        self.signals_sent.add(signum)
+        try:
+            self.process.send_signal(signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def poll(self) -> int | None:
+        code = self.process.poll()
+        if code is not None and not self.log.closed:
+            self.log.close()
+        return code
+
+    def is_training(self) -> bool:
+        """Has it written its metrics since it started? Then the trainer's signal handlers are in place: before
+        that, SIGUSR1 would kill it outright (a relaunched trial shows the history of its previous life)."""
+        try:
+            return (self.folder / METRICS_FILE).stat().st_mtime >= self.started_at
+        except FileNotFoundError:
+            return False
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+def launch(run_id: str, folder: Path, command: list[str], gpu: str | None) -> LaunchedTrial:
+    folder.mkdir(parents=True, exist_ok=True)
+    log = open(folder / LOG_FILE, "a")  # appended: a resumed trial's log continues its first part
+    log.write(f"$ {' '.join(command)}\n")
+    log.flush()
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=trial_env(gpu))
+    return LaunchedTrial(run_id, folder, process, log, gpu)
+
+
+def has_checkpoint(folder: Path) -> bool:
+    return (folder / LAST_CHECKPOINT).exists()
+
+
+def read_history(folder: Path) -> list[dict]:
+    path = folder / METRICS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    return rows
+
+
+def read_summary(folder: Path) -> dict:
+    try:
+        data = json.loads((folder / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def last_error_line(folder: Path) -> str | None:
+    """The `error: ...` line agent.py prints for a user mistake, else the last line of output."""
+    try:
+        lines = [line.strip() for line in (folder / LOG_FILE).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or [None])[-1]
+
+
+@dataclass
+class Outcome:
+    state: str
+    reason: str | None
+    exit_code: int | None
+    best_val_acc: float | None
+
+
+def recorded_outcome(folder: Path) -> Outcome | None:
+    """How the trial ended according to its own summary.json; None while it says running (or says nothing)."""
+    summary = read_summary(folder)
+    state = summary.get(M.STATE)
+    if state not in M.STATES or state == M.RUNNING:
+        return None
+    best = summary.get(M.BEST_VAL_ACC)
+    best = float(best) if isinstance(best, (int, float)) and math.isfinite(best) and best >= 0 else None
+    return Outcome(state, summary.get(M.REASON), summary.get("exit_code"), best)
+
+
+def outcome(trial: LaunchedTrial, driver_interrupted: bool) -> Outcome:
+    """How the trial ended, from its summary.json, its exit code and the signals we sent it."""
+    code = trial.process.returncode
+    killed_by = -code if code is not None and code < 0 else None
+    if killed_by == signal.SIGUSR1 and signal.SIGUSR1 in trial.signals_sent:
+        # The stop arrived after the trainer released its handlers (its last moments): the history is complete.
+        best = max((row[M.VAL_ACC] for row in read_history(trial.folder) if M.VAL_ACC in row), default=None)
+        return Outcome(M.EARLY_STOPPED, "stopped by hyperband early termination", code, best)
+    recorded = recorded_outcome(trial.folder)
+    # A relaunched trial that failed before it wrote anything leaves the summary of its previous life
+    # ("preempted"); its exit code, not a signal's 128+n, shows that the summary is stale.
+    stale = recorded is not None and recorded.state == M.PREEMPTED and code is not None and 0 <= code < 128
+    if recorded is not None and not stale:
+        return Outcome(recorded.state, recorded.reason, code, recorded.best_val_acc)
+    best = None
+    # Killed before it could record how it ended: say what we know instead of guessing "finished".
+    if driver_interrupted or killed_by in (signal.SIGTERM, signal.SIGINT):
+        return Outcome(M.PREEMPTED, f"interrupted (exit {code}) before it could record its state; the next call relaunches it", code, best)
+    if killed_by is not None:
+        detail = " (SIGKILL: out of host memory?)" if killed_by == signal.SIGKILL else ""
+        return Outcome(M.FAILED, f"killed by signal {killed_by}{detail}", code, best)
+    return Outcome(M.FAILED, last_error_line(trial.folder) or f"exit code {code} without a summary", code, best)

@@ -1,0 +1,384 @@
+"""Sweeps: the YAML definitions, the offline driver and the exact command `wandb agent` runs.
+
+Trials are real `agent.py` subprocesses of a tiny CNN at 32 px on the tests' own dataset (an epoch takes a
+fraction of a second); most of a trial's time is importing torch, so each test launches as few as it can.
+The hyperband end-to-end check is `slow`; the driver's side of it is tested with a stand-in process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sweeps
+import yaml
+
+from common.errors import UserError
+from sweeper import engine, run_local_sweep
+from sweeper.definition import definition_problems, load_definition
+from sweeper.local import LocalSweep
+from sweeper.table import DUPLICATE, Trial, TrialTable
+from sweeper.trial import launch
+from trainer import metrics as M
+from trainer.config import FIELDS, parse_run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+YAMLS = sorted((ROOT / "sweeps").glob("*.yaml"))
+
+
+def tiny_definition(**parameters) -> dict:
+    """sweeps/tiny.yaml with some parameters replaced: the tests' sweeps share its tiny, fast settings."""
+    config = yaml.safe_load((ROOT / "sweeps" / "tiny.yaml").read_text())
+    config["parameters"].update(parameters)
+    return config
+
+
+def write_yaml(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixed_args(nature_dir, tmp_path_factory) -> dict[str, str]:
+    return {"data_dir": str(nature_dir), "cache_dir": str(tmp_path_factory.mktemp("cache")), "wandb_mode": "disabled"}
+
+
+def table_rows(sweep_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (sweep_dir / "table.jsonl").read_text().splitlines()]
+
+
+def summary_of(sweep_dir: Path, run_id: str) -> dict:
+    return json.loads((sweep_dir / "runs" / run_id / "summary.json").read_text())
+
+
+# --- the definitions ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
+def test_sweep_yaml_passes_the_wandb_schema(path):
+    config = yaml.safe_load(path.read_text())
+    assert sweeps.schema_violations_from_proposed_config(config) == []
+    assert definition_problems(config) == []
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
+def test_sweep_yaml_speaks_the_run_config(path):
+    config = yaml.safe_load(path.read_text())
+    assert config["metric"]["name"] == M.VAL_ACC
+    assert config["program"] == "agent.py" and "${args}" in config.get("command", ["${args}"])
+    assert "value" in config["parameters"]["split_seed"]  # one split for every trial of a sweep
+    for name, spec in config["parameters"].items():
+        assert name in FIELDS, name
+        values = spec.get("values", [spec["value"]] if "value" in spec else [spec.get("min"), spec.get("max")])
+        for value in values:
+            # A YAML boolean is one the engine can confuse with 0/1 or index 0: booleans are written as strings.
+            assert not isinstance(value, bool), f"{path.name}: {name} value {value!r} must be the string 'true'/'false'"
+            parse_run_config({name: value})  # a typo (unknown model, activation) fails here, not in trial 17
+
+
+def test_definition_problems_name_the_mistake():
+    config = tiny_definition(lrr={"value": 0.1}, output_dir={"value": "x"})
+    config["metric"] = {"name": "val_accuracy", "goal": "maximize"}
+    problems = " | ".join(definition_problems(config))
+    assert "'lrr'" in problems and "'lr'" in problems
+    assert "output_dir" in problems and "set by the sweep driver" in problems
+    assert "val_accuracy" in problems
+
+
+def test_fixed_arguments_are_checked_once(tmp_path, fixed_args):
+    sweep = write_yaml(tmp_path / "s.yaml", tiny_definition())
+    with pytest.raises(UserError, match="set by the sweep"):
+        run_local_sweep(sweep, count=1, sweep_dir=tmp_path / "a", fixed={**fixed_args, "run_id": "x"})
+    with pytest.raises(UserError, match="unknown parameter 'lrr'"):
+        run_local_sweep(sweep, count=1, sweep_dir=tmp_path / "b", fixed={**fixed_args, "lrr": "0.1"})
+
+
+# --- the engine seam ---------------------------------------------------------------------------------
+
+def test_engine_sees_failures_as_failures():
+    def trial(state, exit_code=0):
+        return Trial("r", state, {}, None, {"lr": 0.1}, exit_code=exit_code, best_val_acc=0.5)
+
+    assert engine.engine_state(trial(M.FINISHED)) == sweeps.RunState.finished
+    assert engine.engine_state(trial(M.EARLY_STOPPED)) == sweeps.RunState.finished
+    assert engine.engine_state(trial(M.DIVERGED)) == sweeps.RunState.failed
+    assert engine.engine_state(trial(M.FAILED, 2)) == sweeps.RunState.failed
+    assert engine.engine_state(trial(M.FAILED, 1)) == sweeps.RunState.crashed
+    assert engine.engine_state(trial(M.PREEMPTED, 143)) == sweeps.RunState.preempted
+    run = engine.sweep_run(trial(M.FINISHED), [{M.EPOCH: 1, M.VAL_ACC: 0.5}])
+    assert run.summary_metrics == {M.VAL_ACC: 0.5} and run.config == {"lr": {"value": 0.1}}
+
+
+def test_hyperband_decision_is_the_engines(monkeypatch):
+    config = tiny_definition()
+    config["early_terminate"] = {"type": "hyperband", "min_iter": 2, "eta": 2}
+    good = [{M.EPOCH: e, M.VAL_ACC: 0.8} for e in (1, 2, 3)]
+    runs = [
+        engine.sweep_run(Trial("good-1", M.FINISHED, {}, "a", {}), good),
+        engine.sweep_run(Trial("good-2", M.FINISHED, {}, "b", {}), good),
+        engine.sweep_run(Trial("leading", M.RUNNING, {}, "c", {}), [{M.EPOCH: 1, M.VAL_ACC: 0.7}, {M.EPOCH: 2, M.VAL_ACC: 0.9}]),
+        engine.sweep_run(Trial("trailing", M.RUNNING, {}, "d", {}), [{M.EPOCH: 1, M.VAL_ACC: 0.3}, {M.EPOCH: 2, M.VAL_ACC: 0.3}]),
+        engine.sweep_run(Trial("too-young", M.RUNNING, {}, "e", {}), [{M.EPOCH: 1, M.VAL_ACC: 0.1}]),
+    ]
+    calls = []
+    real_stop_runs = sweeps.stop_runs
+    monkeypatch.setattr(engine.sweeps, "stop_runs", lambda *a, **k: calls.append(a) or real_stop_runs(*a, **k))
+    assert engine.runs_to_stop(config, runs) == ["trailing"]  # maximize: the low val_acc is the one stopped
+    assert len(calls) == 1
+    del config["early_terminate"]
+    assert engine.runs_to_stop(config, runs) == []
+
+
+# --- the offline driver --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def grid_sweep(tmp_path_factory, fixed_args):
+    """A grid whose k_layers does not apply to scratch_cnn, run as --count 3, then --count 2, then once more."""
+    folder = tmp_path_factory.mktemp("grid")
+    definition = tiny_definition(activation={"values": ["relu", "gelu", "silu", "mish", "leaky_relu"]},
+                                 k_layers={"values": [1, 2]}, lr={"value": 0.01}, epochs={"value": 1})
+    sweep = write_yaml(folder / "grid.yaml", definition)
+    sweep_dir = folder / "sweep"
+    phases = []
+    for count, workers in ((3, 2), (2, 2), (2, 1)):
+        summary = run_local_sweep(sweep, count=count, workers=workers, sweep_dir=sweep_dir, fixed=fixed_args)
+        phases.append((summary, table_rows(sweep_dir)))
+    return sweep_dir, phases
+
+
+def test_count_trains_that_many_distinct_configs(grid_sweep):
+    sweep_dir, phases = grid_sweep
+    summary, rows = phases[0]
+    trained = [r for r in rows if r["state"] != DUPLICATE]
+    assert len(trained) == 3 and summary["new"] == 3
+    assert len({r["config_hash"] for r in trained}) == 3
+    for row in trained:
+        assert row["state"] == M.FINISHED and row["exit_code"] == 0
+        run_summary = summary_of(sweep_dir, row["run_id"])
+        assert run_summary[M.STATE] == M.FINISHED and run_summary["config_hash"] == row["config_hash"]
+        assert row["best_val_acc"] == run_summary[M.BEST_VAL_ACC]
+        assert row["config"]["k_layers"] is None  # effective values, normalised
+        assert (sweep_dir / "runs" / row["run_id"] / "output.log").exists()
+    assert yaml.safe_load((sweep_dir / "sweep.yaml").read_text())["parameters"]["k_layers"] == {"values": [1, 2]}
+
+
+def test_duplicates_are_recorded_not_trained(grid_sweep):
+    sweep_dir, phases = grid_sweep
+    rows = phases[-1][1]
+    by_id = {r["run_id"]: r for r in rows}
+    duplicates = [r for r in rows if r["state"] == DUPLICATE]
+    assert duplicates  # k_layers=2 repeats k_layers=1 for every activation
+    for row in duplicates:
+        original = by_id[row["duplicate_of"]]
+        assert original["state"] == M.FINISHED and original["config_hash"] == row["config_hash"]
+        assert row["suggested"]["k_layers"] == 2 and original["suggested"]["k_layers"] == 1
+        assert not (sweep_dir / "runs" / row["run_id"]).exists()
+
+
+def test_a_second_call_continues_the_sweep(grid_sweep):
+    sweep_dir, phases = grid_sweep
+    (first, first_rows), (second, second_rows) = phases[0], phases[1]
+    assert second["new"] == 2 and second["resumed"] == 0
+    assert second_rows[: len(first_rows)] == first_rows  # finished trials are never rerun
+    trained = [r for r in second_rows if r["state"] != DUPLICATE]
+    assert len(trained) == 5 and len({r["config_hash"] for r in trained}) == 5
+    assert {r["config"]["activation"] for r in trained} == {"relu", "gelu", "silu", "mish", "leaky_relu"}
+
+
+def test_an_exhausted_grid_trains_nothing_more(grid_sweep):
+    sweep_dir, phases = grid_sweep
+    summary, rows = phases[2]
+    assert summary["new"] == 0
+    assert [r for r in rows if r["state"] != DUPLICATE] == [r for r in phases[1][1] if r["state"] != DUPLICATE]
+
+
+def test_the_report_reads_the_sweep_folder(grid_sweep):
+    from report.sources import load_table
+    from report.table import DUPLICATE as REPORT_DUPLICATE
+
+    sweep_dir, phases = grid_sweep
+    table = load_table(str(sweep_dir))
+    assert REPORT_DUPLICATE == DUPLICATE
+    assert len(table.records) == 5 and len(table.duplicates) == len(phases[-1][1]) - 5
+    assert table.metric_name == M.VAL_ACC
+
+
+def test_a_folder_refuses_a_different_definition(grid_sweep, tmp_path, fixed_args):
+    sweep_dir, _ = grid_sweep
+    other = write_yaml(tmp_path / "other.yaml", tiny_definition())
+    with pytest.raises(UserError, match="different sweep"):
+        run_local_sweep(other, count=1, sweep_dir=sweep_dir, fixed=fixed_args)
+
+
+def test_a_trial_that_ended_while_the_driver_was_away_is_not_rerun(tmp_path, fixed_args):
+    # The driver was killed after the trial finished but before it updated the table.
+    sweep_dir = tmp_path / "sweep"
+    table = TrialTable(sweep_dir)
+    trial = table.add(Trial("ended", M.RUNNING, {}, "hash", {"activation": "relu", "lr": 0.001}))
+    folder = table.run_folder(trial)
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({M.STATE: M.FINISHED, M.BEST_VAL_ACC: 0.5, "exit_code": 0}))
+    summary = run_local_sweep(write_yaml(tmp_path / "s.yaml", tiny_definition()), count=0, sweep_dir=sweep_dir, fixed=fixed_args)
+    assert summary["resumed"] == 0 and not (folder / "output.log").exists()
+    [row] = table_rows(sweep_dir)
+    assert row["state"] == M.FINISHED and row["best_val_acc"] == 0.5
+
+
+def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path, fixed_args):
+    # filters=0 cannot parse (recorded, never launched); a missing weights file makes agent.py exit 2.
+    definition = tiny_definition(filters={"values": [0, 8]}, weights={"value": str(tmp_path / "missing.pt")},
+                                 activation={"value": "relu"}, lr={"value": 0.01})
+    sweep_dir = tmp_path / "sweep"
+    summary = run_local_sweep(write_yaml(tmp_path / "bad.yaml", definition), count=2, sweep_dir=sweep_dir, fixed=fixed_args)
+    invalid, launched = table_rows(sweep_dir)
+    assert summary is not None and summary["states"] == {M.FAILED: 2}
+    assert invalid["state"] == M.FAILED and "filters=0" in invalid["reason"] and invalid["exit_code"] is None
+    assert launched["state"] == M.FAILED and launched["exit_code"] == 2 and "missing.pt" in launched["reason"]
+    assert summary_of(sweep_dir, launched["run_id"])[M.REASON] == launched["reason"]
+
+
+def write_earlier_trials(table: TrialTable, values: tuple, epochs: int = 3) -> None:
+    """Finished trials (written here, not trained) that reached val_acc 1.0 in every epoch.
+
+    Hyperband compares a trial at its furthest band with the trials that reached that band too: the earlier
+    trials' histories must be as long as the trial could get before the driver looks.
+    """
+    for index, lr in enumerate(values):
+        trial = table.add(Trial(f"earlier-{index}", M.FINISHED, {}, f"hash-{index}", {"lr": lr}, exit_code=0, best_val_acc=1.0))
+        folder = table.run_folder(trial)
+        folder.mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({M.EPOCH: e, M.VAL_ACC: 1.0}) + "\n" for e in range(1, epochs + 1)))
+
+
+def hyperband_definition(**parameters) -> dict:
+    definition = tiny_definition(lr={"values": [1e-7, 1e-6, 1e-5]}, activation={"value": "relu"}, **parameters)
+    definition["early_terminate"] = {"type": "hyperband", "min_iter": 1, "eta": 2}
+    return definition
+
+
+# Stands in for a trial: stops like the trainer does on SIGUSR1, without the seconds of importing torch.
+STAND_IN_TRIAL = """
+import json, pathlib, signal, sys, time
+folder = pathlib.Path(sys.argv[1])
+def stop(*_):
+    (folder / "summary.json").write_text(json.dumps({"state": "early_stopped", "best_val_acc": 0.3, "exit_code": 0}))
+    sys.exit(0)
+signal.signal(signal.SIGUSR1, stop)
+(folder / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_acc": 0.3}) + "\\n")  # trails 1.0
+(folder / "ready").touch()
+time.sleep(60)
+"""
+
+
+def test_the_driver_stops_the_trial_hyperband_names_once(tmp_path):
+    sweep = LocalSweep(load_definition(write_yaml(tmp_path / "hb.yaml", hyperband_definition())), tmp_path / "sweep", {}, workers=1)
+    write_earlier_trials(sweep.table, (1e-6, 1e-5))
+    trailing = sweep.table.add(Trial("trailing", M.RUNNING, {"epochs": 10}, "hash-t", {"lr": 1e-7}))
+    folder = sweep.table.run_folder(trailing)
+    folder.mkdir(parents=True)
+    launched = launch("trailing", folder, [sys.executable, "-c", STAND_IN_TRIAL, str(folder)], None)
+    sweep.running["trailing"], sweep.tags["trailing"] = launched, "1/1"
+    deadline = time.monotonic() + 30
+    while not (folder / "ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    sweep._early_terminate()
+    sweep._early_terminate()  # asked again before the trial has gone: no second signal
+    launched.process.wait(timeout=30)
+    sweep._collect()
+    assert launched.signals_sent == {signal.SIGUSR1}
+    assert sweep.table.get("trailing").state == M.EARLY_STOPPED and not sweep.running
+
+
+@pytest.mark.slow
+def test_hyperband_stops_a_trailing_trial_end_to_end(tmp_path, fixed_args):
+    # After its first epoch a trial at lr=1e-7 trails two earlier trials at val_acc 1.0.
+    sweep_dir = tmp_path / "sweep"
+    write_earlier_trials(TrialTable(sweep_dir), (1e-6, 1e-5), epochs=200)
+    definition = hyperband_definition(epochs={"value": 200}, patience={"value": 0})
+    summary = run_local_sweep(write_yaml(tmp_path / "hb.yaml", definition), count=1, sweep_dir=sweep_dir, fixed=fixed_args)
+    stopped = table_rows(sweep_dir)[-1]
+    assert summary["new"] == 1 and stopped["suggested"]["lr"] == 1e-7
+    assert stopped["state"] == M.EARLY_STOPPED, stopped
+    assert summary_of(sweep_dir, stopped["run_id"])[M.EPOCHS_COMPLETED] < 200
+
+
+def test_an_interrupted_sweep_resumes_without_repeating_anything(tmp_path, fixed_args, capsys):
+    epochs = 12
+    definition = tiny_definition(epochs={"value": epochs}, patience={"value": 0}, activation={"value": "relu"})
+    sweep, sweep_dir = write_yaml(tmp_path / "resume.yaml", definition), tmp_path / "sweep"
+
+    def interrupt_after_first_epoch():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if any(p.read_text().strip() for p in sweep_dir.glob("runs/*/metrics.jsonl")):
+                os.kill(os.getpid(), signal.SIGTERM)  # what Kaggle/Colab send the driver when a session ends
+                return
+            time.sleep(0.05)
+
+    # A stray late SIGTERM must not end pytest itself; the driver installs its own handler while it runs.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        watcher = threading.Thread(target=interrupt_after_first_epoch, daemon=True)
+        watcher.start()
+        assert run_local_sweep(sweep, count=2, sweep_dir=sweep_dir, fixed=fixed_args) is None
+        watcher.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    [interrupted] = table_rows(sweep_dir)
+    assert interrupted["state"] == M.PREEMPTED and interrupted["exit_code"] == 128 + signal.SIGTERM
+    folder = sweep_dir / "runs" / interrupted["run_id"]
+    assert (folder / "last.pt").exists()
+
+    capsys.readouterr()
+    summary = run_local_sweep(sweep, count=1, workers=2, sweep_dir=sweep_dir, fixed=fixed_args)
+    resumed, new = table_rows(sweep_dir)
+    assert summary["resumed"] == 1 and summary["new"] == 1
+    assert resumed["run_id"] == interrupted["run_id"] and resumed["state"] == new["state"] == M.FINISHED
+    assert resumed["config_hash"] != new["config_hash"]
+    history = [json.loads(line)[M.EPOCH] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert history == list(range(1, epochs + 1))  # each epoch once: resumed, not restarted
+    log = (folder / "output.log").read_text()
+    assert log.count(f"epoch 1/{epochs} ") == 1 and "resuming run" in log
+    # Relaunched first, then the new suggestion (which the engine picked knowing the first one runs).
+    lines = capsys.readouterr().out.splitlines()
+    starts = [line.split()[:3] for line in lines if " resuming" in line or " started" in line]
+    assert starts == [["[resume]", resumed["run_id"], "resuming"], ["[1/1]", new["run_id"], "started"]]
+
+
+# --- what `wandb agent` runs -------------------------------------------------------------------------
+
+def expand_command(command: list[str], macros: dict[str, list[str]]) -> list[str]:
+    """The agent's macro expansion (wandb/wandb_agent.py): ${name} becomes the list macros[name]."""
+    expanded = []
+    for part in command:
+        expanded += macros.get(part[2:-1]) or [] if part.startswith("${") and part.endswith("}") else [part]
+    return expanded
+
+
+def test_the_command_wandb_agent_runs_works_unchanged(tmp_path, fixed_args):
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    definition = yaml.safe_load((ROOT / "sweeps" / "tiny.yaml").read_text())
+    suggestion = sweeps.next_run(definition, [], validate=True)
+    macros = create_sweep_command_args({"args": suggestion.config})  # the agent's own `--key=value` formatting
+    macros.update(env=["/usr/bin/env"], interpreter=[sys.executable], program=[definition["program"]])
+    command = expand_command(definition["command"], macros)
+    assert command[:3] == ["/usr/bin/env", sys.executable, "agent.py"]
+    assert "--model=scratch_cnn" in command and "--batch_norm=true" in command
+
+    # Machine-specific settings come from the environment under `wandb agent`, which also names the run.
+    env = {**os.environ, "FINETUNE_DATA_DIR": fixed_args["data_dir"], "FINETUNE_CACHE_DIR": fixed_args["cache_dir"],
+           "FINETUNE_OUTPUT_DIR": str(tmp_path / "runs"), "WANDB_MODE": "disabled", "WANDB_RUN_ID": "agent-run-1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder = tmp_path / "runs" / "agent-run-1"
+    assert json.loads((folder / "summary.json").read_text())[M.STATE] == M.FINISHED
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["lr"] == suggestion.config["lr"]["value"] and config["batch_norm"] is True
