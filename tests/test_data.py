@@ -181,3 +181,18 @@ def test_batch_loader_order_is_seeded_and_resumable(index):
     assert all(torch.equal(a, b) for a, b in zip(epoch0[2:], tail)) and len(tail) == len(epoch0) - 2
     epoch1 = [labels for _, labels in loader.epoch(1)]
     assert not all(torch.equal(a, b) for a, b in zip(epoch0, epoch1))
+
+
+def test_validation_batches_are_identical_every_epoch_and_training_batches_are_not(index):
+    """Pitfalls 2 and 3: validation never sees augmentation, training never loses it, whatever the epoch."""
+    store = DecodingStore(index, 32)
+    val = BatchLoader(store, np.arange(8), index.labels, 4)
+    eval_transform, train_transform = EvalTransform(PRE), TrainTransform(PRE, "standard")
+    first = [eval_transform(images) for images, _ in val.epoch(0)]
+    later = [eval_transform(images) for images, _ in val.epoch(7)]
+    assert all(torch.equal(a, b) for a, b in zip(first, later))
+    train = BatchLoader(store, np.arange(8), index.labels, 8)
+    (images, _), = list(train.epoch(0))
+    assert not torch.equal(train_transform(images, batch_generator(0, 0, 0)), train_transform(images, batch_generator(0, 1, 0)))
+    with pytest.raises(Exception):  # frozen: nobody can switch a transform's behaviour after construction
+        train_transform.level = "none"

@@ -297,3 +297,35 @@ def test_gradual_unfreezing_resumes_exactly_after_sigterm(base, small_inputs, mo
     resumed = run_training(parse_run_config({**settings, "run_id": "g-cut"}))
     assert resumed.state == M.FINISHED
     assert without_timing(history(resumed)) == without_timing(history(straight))
+
+
+def test_training_never_opens_the_test_folder(base, nature_dir, monkeypatch):
+    """Pitfall 7: only `agent.py test` may read val/ of nature_12K; a run and its validation read train/ only."""
+    import PIL.Image
+
+    real_open, opened = PIL.Image.open, []
+
+    def spy(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(PIL.Image, "open", spy)
+    outcome = run_training(scratch(base, run_id="no-peeking", epochs=1, image_cache=False))
+    assert outcome.state == M.FINISHED and opened
+    test_folder = str(nature_dir / "inaturalist_12K" / "val")
+    assert not [p for p in opened if p.startswith(test_folder)]
+
+
+def test_secrets_never_reach_the_run_record(base, monkeypatch):
+    """Pitfall 15: W&B keys come from the environment or `wandb login` and are written nowhere."""
+    monkeypatch.setenv("WANDB_API_KEY", "local-0123456789abcdef0123456789abcdef01234567")
+    outcome = run_training(scratch(base, run_id="secret", epochs=1))
+    for path in outcome.folder.rglob("*"):
+        if path.is_file():
+            assert b"0123456789abcdef0123456789abcdef" not in path.read_bytes(), path
+
+
+def test_summary_records_code_and_weights_provenance(base):
+    outcome = run_training(scratch(base, run_id="provenance", epochs=1))
+    assert outcome.summary["code_version"] and outcome.summary[M.WEIGHTS_VERSION] == "none"
+    assert outcome.summary[M.SPLIT_HASH] and outcome.summary[M.CONFIG_HASH]

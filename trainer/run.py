@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
+from common.provenance import code_version
 from models import build_model, count_parameters, preprocessing_for
 from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy, validate_options
 from scratch_cnn import ScratchCNNConfig
@@ -183,6 +184,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, batch_si
         "config_hash": identity["config_hash"], "num_train": len(data.split.train), "num_val": len(data.split.val),
         "classes": list(data.classes), "batch_size": batch_size, "feature_cache_depth": feature_depth,
         "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
+        "code_version": code_version(), "torch_version": torch.__version__,
     }
     record.update_summary(**facts, **{M.STATE: M.RUNNING, M.REASON: None})
     logger.summary(facts)
