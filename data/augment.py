@@ -10,6 +10,7 @@ on a GPU.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -42,10 +43,24 @@ def _to_nchw(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2)
 
 
+@functools.lru_cache(maxsize=16)
+def _scale_shift(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Built once per device: a tensor made from a Python list on every batch would be a blocking copy."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1).to(device)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, 3, 1, 1).to(device)
+    return scale, shift
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """CPU-drawn random parameters to the batch's device without stalling the GPU queue."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def _normalize(x: torch.Tensor, pre: Preprocessing, channels_last: bool) -> torch.Tensor:
     """x holds 0..255 floats; one fused multiply-add per pixel instead of /255, -mean, /std."""
-    scale = torch.tensor([1.0 / (255.0 * s) for s in pre.std], device=x.device).view(1, 3, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(pre.mean, pre.std)], device=x.device).view(1, 3, 1, 1)
+    scale, shift = _scale_shift(tuple(pre.mean), tuple(pre.std), x.device)
     x = torch.addcmul(shift, x, scale)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
@@ -87,7 +102,7 @@ class TrainTransform:
         policy = _POLICIES[self.level]
         x = _to_nchw(images).float()
         batch = x.shape[0]
-        theta = self._affine(batch, policy, generator).to(x.device)
+        theta = _to_device(self._affine(batch, policy, generator), x.device)
         grid = F.affine_grid(theta, [batch, 3, self.pre.crop_size, self.pre.crop_size], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         if policy.color_jitter > 0:
@@ -120,7 +135,7 @@ class TrainTransform:
     @staticmethod
     def _jitter(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
         batch = x.shape[0]
-        factors = (1 - strength + 2 * strength * torch.rand(3, batch, 1, 1, 1, generator=generator)).to(x.device)
+        factors = _to_device(1 - strength + 2 * strength * torch.rand(3, batch, 1, 1, 1, generator=generator), x.device)
         brightness, contrast, saturation = factors
         x = x * brightness
         gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])

@@ -9,6 +9,8 @@ before anything is loaded: a checkpoint of another config or model is refused, n
 from __future__ import annotations
 
 import io
+import os
+import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,21 @@ def save_checkpoint(path: Path, *, model, optimizer, scaler, state: LoopState, i
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     write_bytes(path, buffer.getvalue())
+
+
+def keep_as(source: Path, target: Path) -> None:
+    """Make `target` the checkpoint `source` is now, without serialising the model a second time.
+
+    A hard link shares the file; `source` is later replaced by rename (a new file), so `target` keeps this
+    version. Filesystems without hard links (some network mounts) get a copy.
+    """
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 class CheckpointRefused(Exception):

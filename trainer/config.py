@@ -88,7 +88,7 @@ class RunConfig:
     # runtime
     device: str = _opt("auto", "auto (CUDA when available), cpu, cuda or cuda:N", "runtime", effective=False)
     precision: str = _opt("auto", "auto (bf16 on GPUs that support it, else fp16 with a grad scaler; fp32 on CPU), fp32, bf16, fp16", "runtime", choices=("auto", "fp32", "bf16", "fp16"), effective=False)
-    channels_last: bool = _opt(True, "channels_last memory format on CUDA (faster convolutions)", "runtime", effective=False)
+    channels_last: bool = _opt(True, "channels_last memory format (faster convolutions on GPUs, and for depthwise ones on CPUs)", "runtime", effective=False)
     compile: bool = _opt(False, "torch.compile the model (CUDA; slower first epoch)", "runtime", effective=False)
     oom_retry: bool = _opt(True, "on CUDA out-of-memory, retry once at half the batch size", "runtime", effective=False)
     checkpoint_minutes: float = _opt(10.0, "also checkpoint every N minutes inside long epochs; 0 = only at epoch ends", "runtime", low=0.0, effective=False)

@@ -60,7 +60,7 @@ def image_store(index: ImageIndex, pre: Preprocessing, cache_dir: Path, use_cach
 
 def build_inputs(config, data: DataSplit, pre: Preprocessing, model, feature_depth: int, device: torch.device, autocast, batch_size: int) -> RunInputs:
     cuda = device.type == "cuda"
-    channels_last = cuda and config.channels_last
+    channels_last = config.channels_last
     cache_dir = Path(config.cache_dir).expanduser()
     store = image_store(data.index, pre, cache_dir, config.image_cache)
     workers = config.num_workers if config.num_workers >= 0 else default_num_workers(decoding=not config.image_cache)

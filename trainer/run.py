@@ -24,7 +24,7 @@ from models import build_model, count_parameters, preprocessing_for
 from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy, validate_options
 from scratch_cnn import ScratchCNNConfig
 from trainer import metrics as M
-from trainer.checkpoint import CheckpointRefused, LoopState, load_checkpoint, restore, save_checkpoint
+from trainer.checkpoint import CheckpointRefused, LoopState, keep_as, load_checkpoint, restore, save_checkpoint
 from trainer.config import RunConfig, config_hash, effective_config, to_dict
 from trainer.inputs import build_inputs, load_split
 from trainer.loop import Diverged, Loop, autocast_factory, train
@@ -114,9 +114,11 @@ def freeze_options(config: RunConfig) -> FreezeOptions:
 
 
 def _min_depth_over_epochs(model, strategy, options, epochs: int) -> int:
+    """Leading stages frozen in every epoch of the run (gradual unfreezing shrinks it over time)."""
+    plans = {plan_for_epoch(strategy, model.stage_names, options, epoch) for epoch in range(epochs)}
     depths = []
-    for epoch in range(epochs):
-        model.apply_plan(plan_for_epoch(strategy, model.stage_names, options, epoch))
+    for plan in plans:
+        model.apply_plan(plan)
         depths.append(model.frozen_prefix_depth())
     return min(depths)
 
@@ -145,7 +147,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, batch_si
     frozen_depth = _min_depth_over_epochs(model, strategy, options, config.epochs)
     feature_depth = frozen_depth if (config.augment == "none" and config.feature_cache) else 0
     model.to(device)
-    if device.type == "cuda" and config.channels_last:
+    if config.channels_last:
         model.to(memory_format=torch.channels_last)
 
     store = make_store(config.checkpoint_store, logger, run_id)
@@ -192,7 +194,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, batch_si
     def checkpoint(loop_state: LoopState, is_best: bool) -> None:
         save_checkpoint(last_path, model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity, history=record.history)
         if is_best:
-            save_checkpoint(best_path, model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity, history=record.history)
+            keep_as(last_path, best_path)
         store.save(last_path)
 
     forward_fn = torch.compile(model) if (config.compile and device.type == "cuda") else None
