@@ -94,7 +94,6 @@ def _build(index: ImageIndex, size: int, interpolation: str, path: Path, meta_pa
         for _ in tqdm(results, total=count, desc=f"caching {count} images at {size}px", disable=not show, unit="img"):
             pass
     out.flush()
-    del out
     os.replace(tmp, path)
     seconds = time.perf_counter() - started
     meta = {"count": count, "size": size, "interpolation": interpolation, "root": str(index.root), "seconds": round(seconds, 2)}

@@ -226,7 +226,7 @@ def _provenance(s: Summary) -> list[str]:
     out = ["## 8. Provenance", "",
            f"- Source: `{p.source}` (sweep `{p.sweep_name}`, metric `{p.metric_name}` {p.metric_goal or ''})",
            f"- Runs: {p.run_count} ({states}); skipped duplicates: {len(s.duplicates)}",
-           f"- Split hashes of successful runs: {', '.join(f'`{h}` x{c}' for h, c in sorted(p.split_hashes.items())) or '–'}",
+           f"- Split hashes of successful runs: {hashes}",
            f"- Weights versions by model: {weights or '–'}",
            f"- Generated: {p.generated_utc}. Every run's effective config, split hash and weights version is in "
            "`runs.csv`.", ""]

@@ -6,7 +6,6 @@ and a trial that crashes, diverges or runs out of memory takes nothing down with
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any, Mapping
 
 from trainer import metrics as M
-from trainer.record import LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE
+from trainer.record import LAST_CHECKPOINT, METRICS_FILE, RunRecord
 
 AGENT = Path(__file__).resolve().parents[1] / "agent.py"
 LOG_FILE = "output.log"
@@ -119,25 +118,8 @@ def has_checkpoint(folder: Path) -> bool:
     return (folder / LAST_CHECKPOINT).exists()
 
 
-def read_history(folder: Path) -> list[dict]:
-    path = folder / METRICS_FILE
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            break
-    return rows
-
-
-def read_summary(folder: Path) -> dict:
-    try:
-        data = json.loads((folder / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+read_history = RunRecord.read_history  # the trainer's own readers: one definition of the record format
+read_summary = RunRecord.read_summary
 
 
 def last_error_line(folder: Path) -> str | None:

@@ -16,11 +16,9 @@ from models import (
     FreezeOptions,
     StagedModel,
     TrainPlan,
-    backbone_names,
     build_model,
     build_param_groups,
     count_parameters,
-    get_spec,
     groups_for_stages,
     plan_for_epoch,
     resolve_strategy,
@@ -29,7 +27,7 @@ from models import (
 )
 from scratch_cnn import ScratchCNNConfig
 
-from model_helpers import INPUT_SIZE, NUM_CLASSES, SMALL_SCRATCH, build, each_backbone, images  # noqa: E402
+from model_helpers import NUM_CLASSES, build, each_backbone, images  # noqa: E402
 
 RESNET_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
 NORMS = (_BatchNorm, nn.LayerNorm, nn.GroupNorm)

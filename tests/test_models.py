@@ -31,7 +31,7 @@ from models import (
 from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy
 from scratch_cnn import ScratchCNNConfig, build_scratch_cnn
 
-from model_helpers import INPUT_SIZE, NUM_CLASSES, SMALL_SCRATCH, build, each_backbone, images  # noqa: E402
+from model_helpers import NUM_CLASSES, build, each_backbone, images  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

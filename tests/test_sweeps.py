@@ -183,7 +183,7 @@ def test_duplicates_are_recorded_not_trained(grid_sweep):
 
 def test_a_second_call_continues_the_sweep(grid_sweep):
     sweep_dir, phases = grid_sweep
-    (first, first_rows), (second, second_rows) = phases[0], phases[1]
+    (_, first_rows), (second, second_rows) = phases[0], phases[1]
     assert second["new"] == 2 and second["resumed"] == 0
     assert second_rows[: len(first_rows)] == first_rows  # finished trials are never rerun
     trained = [r for r in second_rows if r["state"] != DUPLICATE]

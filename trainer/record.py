@@ -24,7 +24,7 @@ class RunRecord:
     def __init__(self, folder: Path | str):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.history: list[dict[str, Any]] = self._read_metrics()
+        self.history: list[dict[str, Any]] = self.read_history(self.folder)
         self.summary: dict[str, Any] = self.read_summary(self.folder)
 
     # config
@@ -36,8 +36,10 @@ class RunRecord:
         return yaml.safe_load(path.read_text()) if path.exists() else None
 
     # metrics
-    def _read_metrics(self) -> list[dict[str, Any]]:
-        path = self.folder / METRICS_FILE
+    @staticmethod
+    def read_history(folder: Path) -> list[dict[str, Any]]:
+        """The epochs recorded in `folder` (read-only: other processes may be writing it)."""
+        path = Path(folder) / METRICS_FILE
         if not path.exists():
             return []
         rows = []
@@ -71,6 +73,7 @@ class RunRecord:
     def read_summary(folder: Path) -> dict[str, Any]:
         path = Path(folder) / SUMMARY_FILE
         try:
-            return json.loads(path.read_text()) if path.exists() else {}
-        except json.JSONDecodeError:
+            data = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, json.JSONDecodeError):
             return {}
+        return data if isinstance(data, dict) else {}

@@ -30,7 +30,7 @@ from trainer.inputs import build_inputs, load_split
 from trainer.loop import Diverged, Loop, autocast_factory, train
 from trainer.optim import build_optimizer
 from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, RunRecord
-from trainer.signals import PREEMPT, GracefulStop
+from trainer.signals import GracefulStop
 from trainer.store import make_store
 from trainer.wandb_log import start_logger
 
