@@ -8,7 +8,6 @@ before anything is loaded: a checkpoint of another config or model is refused, n
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from dataclasses import asdict, dataclass, fields
@@ -17,7 +16,7 @@ from typing import Any
 
 import torch
 
-from common.atomic import write_bytes
+from common.atomic import atomic_write
 
 FORMAT = 1
 
@@ -53,9 +52,7 @@ def save_checkpoint(path: Path, *, model, optimizer, scaler, state: LoopState, i
         # nothing but this file still has its whole history.
         "history": list(history or []),
     }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    write_bytes(path, buffer.getvalue())
+    atomic_write(path, lambda handle: torch.save(payload, handle), mode="wb")
 
 
 def keep_as(source: Path, target: Path) -> None:
