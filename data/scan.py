@@ -31,14 +31,19 @@ class ImageIndex:
     paths: tuple[str, ...]
     labels: np.ndarray = field(repr=False)
     skipped: tuple[tuple[str, str], ...] = ()  # (relative path, reason)
+    listing_key: str = ""  # folder, file names, sizes and mtimes: changes whenever any file does
 
     def __len__(self) -> int:
         return len(self.paths)
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the exact image list (paths and labels); keys the caches."""
-        digest = hashlib.sha256()
+        """Identifies the exact images (where they are, their bytes via size and mtime, and labels); keys the caches.
+
+        Relative paths alone are not enough: two datasets with the same file names (a re-export, another seed
+        of a synthetic set) would share a cache and train on each other's pixels.
+        """
+        digest = hashlib.sha256(self.listing_key.encode())
         for path, label in zip(self.paths, self.labels.tolist()):
             digest.update(f"{path}\t{label}\n".encode())
         return digest.hexdigest()[:16]
@@ -107,7 +112,7 @@ def scan_folder(folder: Path | str, cache_dir: Path | str | None = None, verbose
     if skipped and verbose:
         examples = ", ".join(f"{p} ({r})" for p, r in skipped[:3])
         print(f"warning: skipped {len(skipped)} unreadable file(s) in {folder}: {examples}{' ...' if len(skipped) > 3 else ''}")
-    return ImageIndex(folder, classes, tuple(paths), np.asarray(labels, dtype=np.int64), skipped)
+    return ImageIndex(folder, classes, tuple(paths), np.asarray(labels, dtype=np.int64), skipped, key)
 
 
 def check_same_classes(train: ImageIndex, test: ImageIndex) -> None:

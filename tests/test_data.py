@@ -195,3 +195,17 @@ def test_validation_batches_are_identical_every_epoch_and_training_batches_are_n
     assert not torch.equal(train_transform(images, batch_generator(0, 0, 0)), train_transform(images, batch_generator(0, 1, 0)))
     with pytest.raises(Exception):  # frozen: nobody can switch a transform's behaviour after construction
         train_transform.level = "none"
+
+
+def test_same_file_names_in_another_dataset_never_share_a_cache(tmp_path):
+    """Two datasets with identical names but different pixels must get different cache files."""
+    for name, colour in (("a", (255, 0, 0)), ("b", (0, 0, 255))):
+        for cls in ("x", "y"):
+            (tmp_path / name / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (16, 16), colour).save(tmp_path / name / cls / f"{i}.png")
+    first, second = scan_folder(tmp_path / "a", verbose=False), scan_folder(tmp_path / "b", verbose=False)
+    assert first.paths == second.paths and first.fingerprint != second.fingerprint
+    cache_a = DecodedImageCache.build_or_open(first, 16, "bilinear", tmp_path / "cache", progress=False)
+    cache_b = DecodedImageCache.build_or_open(second, 16, "bilinear", tmp_path / "cache", progress=False)
+    assert cache_a.path != cache_b.path and cache_b.read(np.array([0]))[0, 0, 0, 2] == 255

@@ -108,20 +108,20 @@ class FakeArtifactRun:
     def log_artifact(self, artifact, aliases=None):
         if self.fail:
             raise ConnectionError("upload refused")
-        entry = next(iter(artifact.manifest.entries.values()))
-        self.versions.setdefault(artifact.name, []).append(Path(entry.local_path).read_bytes())
+        (filename, entry), = artifact.manifest.entries.items()
+        self.versions.setdefault(artifact.name, []).append((filename, Path(entry.local_path).read_bytes()))
         return type("Logged", (), {"wait": lambda self: None})()
 
     def use_artifact(self, name):
         key = name.split(":")[0]
         if key not in self.versions:
             raise KeyError(name)
-        data = self.versions[key][-1]
+        filename, data = self.versions[key][-1]
 
         class Downloaded:
             def download(self, root):
                 Path(root).mkdir(parents=True, exist_ok=True)
-                (Path(root) / "last.pt.upload").write_bytes(data)
+                (Path(root) / filename).write_bytes(data)
                 return root
 
         return Downloaded()
@@ -140,12 +140,19 @@ def test_artifact_store_uploads_in_background_and_a_new_machine_fetches_it(tmp_p
     checkpoint.parent.mkdir()
     torch.save({"epoch": 1}, checkpoint)
     store.save(checkpoint)
-    torch.save({"epoch": 2}, checkpoint)  # the live file changes; the upload works on its own snapshot
+    best = checkpoint.with_name("best.pt")
+    torch.save({"epoch": 1, "best": True}, best)
+    store.save(best)
+    torch.save({"epoch": 2}, checkpoint)  # the live file changes; uploads work on their own snapshots
     store.close()  # waits for queued uploads
-    assert run.versions["checkpoint-trial-9"], "uploaded as an artifact of this run"
-    fresh = tmp_path / "machine_b" / "last.pt"
-    assert ArtifactStore(logger, "trial-9").fetch(fresh)
-    assert torch.load(fresh, weights_only=True)["epoch"] == 1
+    assert run.versions["checkpoint-trial-9"] and run.versions["best-trial-9"]
+    assert not list(checkpoint.parent.glob(".upload-*")), "snapshots are removed once uploaded"
+    machine_b = tmp_path / "machine_b"
+    store_b = ArtifactStore(logger, "trial-9")
+    assert store_b.fetch(machine_b / "last.pt") and store_b.fetch(machine_b / "best.pt")
+    store_b.close()
+    assert torch.load(machine_b / "last.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(machine_b / "best.pt", weights_only=True)["best"] is True
 
 
 def test_failed_upload_warns_once_and_training_goes_on(tmp_path, capsys):
@@ -160,3 +167,25 @@ def test_failed_upload_warns_once_and_training_goes_on(tmp_path, capsys):
     store.save(checkpoint)  # after a failure the store still accepts saves without raising
     assert capsys.readouterr().err.count("warning") == 1
     assert checkpoint.exists()
+
+
+def test_a_sweep_stop_is_told_apart_from_a_preemption(monkeypatch):
+    """Under `wandb agent` both arrive as SIGTERM; the server's shouldStop flag tells them apart."""
+    import wandb
+
+    from trainer.wandb_log import WandbLogger
+
+    answers = []
+
+    class Service:
+        def execute_graphql(self, query, variables):
+            answers.append(variables)
+            return {"project": {"run": {"shouldStop": variables["run"] == "stopped-by-hyperband", "stopped": False}}}
+
+    monkeypatch.setattr(wandb, "Api", lambda **k: type("Api", (), {"_service_api": Service()})())
+    run = type("Run", (), {"entity": "me", "project": "proj", "sweep_id": "sw1"})
+    assert WandbLogger(type("R", (run,), {"id": "stopped-by-hyperband"})(), "online").stop_requested_by_sweep()
+    assert not WandbLogger(type("R", (run,), {"id": "cut-off"})(), "online").stop_requested_by_sweep()
+    assert answers[0] == {"entity": "me", "project": "proj", "run": "stopped-by-hyperband"}
+    monkeypatch.setattr(wandb, "Api", lambda **k: (_ for _ in ()).throw(ConnectionError("offline")))
+    assert not WandbLogger(type("R", (run,), {"id": "x"})(), "online").stop_requested_by_sweep()

@@ -156,16 +156,17 @@ def test_out_of_memory_retries_at_half_batch(base, monkeypatch):
 
     real, calls = trainer.run._attempt, []
 
-    def attempt(config, run_id, record, logger, batch_size, stop):
-        calls.append(batch_size)
+    def attempt(config, run_id, record, logger, store, batch_size, stop, fresh=False):
+        calls.append((batch_size, fresh))
         if len(calls) == 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(config, run_id, record, logger, batch_size, stop)
+        return real(config, run_id, record, logger, store, batch_size, stop, fresh)
 
     monkeypatch.setattr(trainer.run, "_attempt", attempt)
     outcome = run_training(scratch(base, run_id="oom"))
-    assert calls == [8, 4] and outcome.state == M.FINISHED and outcome.summary["batch_size"] == 4
-    monkeypatch.setattr(trainer.run, "_attempt", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("CUDA out of memory")))
+    assert calls == [(8, False), (4, True)]  # the retry starts fresh: no checkpoint of the failed attempt
+    assert outcome.state == M.FINISHED and outcome.summary["batch_size"] == 4
+    monkeypatch.setattr(trainer.run, "_attempt", lambda *a, **k: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("CUDA out of memory")))
     outcome = run_training(scratch(base, run_id="oom2", oom_retry=False))
     assert outcome.state == M.OOM and outcome.exit_code == 0 and "out of memory" in outcome.summary[M.REASON]
 

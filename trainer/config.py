@@ -148,7 +148,7 @@ def parse_value(name: str, raw: Any) -> Any:
             value = str(raw).strip()
             if optional and value.lower() in NULL_STRINGS:
                 return None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"{name}={raw!r} is not a valid {kind.__name__}: {meta['help']}") from None
     choices = meta["choices"]
     if choices and value not in choices:

@@ -105,7 +105,8 @@ def train(loop: Loop, state: LoopState) -> str:
         params = [p for g in optimizer.param_groups for p in g["params"]]
         loss_sum = torch.tensor(state.loss_sum, device=loop.device, dtype=torch.float64)
         correct = torch.tensor(state.correct, device=loop.device, dtype=torch.int64)
-        started, images_seen_now = time.perf_counter(), 0
+        started, images_seen_now = time.perf_counter(), 0  # `started` restarts at each checkpoint (train_seconds)
+        epoch_started = started  # never reset: epoch_seconds and images/s cover this session's whole epoch
         lr = optimizer.param_groups[0]["lr"]
         progress = EpochProgress(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch, initial=state.batch)
 
@@ -148,8 +149,8 @@ def train(loop: Loop, state: LoopState) -> str:
 
         if not torch.isfinite(loss_sum):
             raise Diverged(f"training loss became {loss_sum.item()} in epoch {epoch + 1}; lower lr")
-        epoch_seconds = time.perf_counter() - started
-        state.train_seconds += epoch_seconds
+        state.train_seconds += time.perf_counter() - started
+        epoch_seconds = time.perf_counter() - epoch_started
         val_loss, val_acc = evaluate(loop, loop.inputs.val_loader)
         if not math.isfinite(val_loss):
             raise Diverged(f"validation loss became {val_loss} in epoch {epoch + 1}; lower lr")

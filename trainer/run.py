@@ -88,7 +88,8 @@ def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
     if choice == "fp32" or (choice == "auto" and device.type != "cuda"):
         return None
     if choice == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # T4/P100 have no bf16
+        # Native bf16 needs compute capability 8 (A100, H100); is_bf16_supported() also counts slow emulation (T4, P100).
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     if choice == "fp16" and device.type != "cuda":
         raise UserError("precision=fp16 needs a CUDA GPU: use --precision=bf16 or fp32 on a CPU")
     return torch.bfloat16 if choice == "bf16" else torch.float16
@@ -123,8 +124,11 @@ def _min_depth_over_epochs(model, strategy, options, epochs: int) -> int:
     return min(depths)
 
 
-def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, batch_size: int, stop) -> tuple[str, LoopState, dict]:
-    """Set up everything and train; returns (state, loop state, summary facts). Raises on failure."""
+def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, batch_size: int, stop, fresh: bool = False) -> tuple[str, LoopState, dict]:
+    """Set up everything and train; returns (state, loop state, summary facts). Raises on failure.
+
+    `fresh` (a retry after running out of memory) ignores every checkpoint, the store's included.
+    """
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
@@ -150,10 +154,10 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, batch_si
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    store = make_store(config.checkpoint_store, logger, run_id)
     last_path, best_path = record.folder / LAST_CHECKPOINT, record.folder / BEST_CHECKPOINT
     payload = None
-    if store.fetch(last_path):
+    if not fresh and store.fetch(last_path):
+        store.fetch(best_path)  # a new machine also gets the best epoch's weights, for `agent.py test`
         try:
             payload = load_checkpoint(last_path, identity)
         except CheckpointRefused as refused:
@@ -193,9 +197,10 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, batch_si
 
     def checkpoint(loop_state: LoopState, is_best: bool) -> None:
         save_checkpoint(last_path, model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity, history=record.history)
+        store.save(last_path)
         if is_best:
             keep_as(last_path, best_path)
-        store.save(last_path)
+            store.save(best_path)
 
     forward_fn = torch.compile(model) if (config.compile and device.type == "cuda") else None
     loop = Loop(
@@ -203,10 +208,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, batch_si
         autocast=autocast, strategy=strategy, freeze_options=options, record=record, logger=logger,
         checkpoint=checkpoint, stop=stop, inference_prefix=0 if feature_depth else frozen_depth, forward_fn=forward_fn,
     )
-    try:
-        final_state = train(loop, state)
-    finally:
-        store.close()
+    final_state = train(loop, state)
     trainable, total = count_parameters(model)  # gradual unfreezing ends with more trainable parameters
     facts.update({M.TRAINABLE_PARAMS: trainable, M.TOTAL_PARAMS: total})
     return final_state, state, facts
@@ -229,26 +231,33 @@ def run_training(config: RunConfig) -> RunOutcome:
     print(f"run {run_id}: {config.model} strategy={config.strategy} -> {folder}")
 
     state_name, reason, exit_code, facts, loop_state = M.FAILED, None, EXIT_FAILED, {}, LoopState()
-    batch_size = config.batch_size
+    batch_size, retried_oom = config.batch_size, False
+    try:
+        store = make_store(config.checkpoint_store, logger, run_id)
+    except UserError as exc:
+        _finish(record, logger, M.FAILED, str(exc), EXIT_USER_ERROR, {}, loop_state)
+        raise
     with GracefulStop() as stop:
         while True:
             try:
-                state_name, loop_state, facts = _attempt(config, run_id, record, logger, batch_size, stop)
+                state_name, loop_state, facts = _attempt(config, run_id, record, logger, store, batch_size, stop, fresh=retried_oom)
                 exit_code = EXIT_OK
                 if state_name == M.PREEMPTED:
                     if logger.stop_requested_by_sweep():
                         state_name = M.EARLY_STOPPED  # W&B's hyperband stops runs with SIGTERM too
                     else:
+                        # Marked before anything slow: the agent or the platform sends SIGKILL seconds later.
+                        logger.mark_preempting()
                         reason = f"interrupted by signal {stop.signum}; resumes from its checkpoint when relaunched with run_id={run_id}"
                         exit_code = 128 + (stop.signum or 15)
-                        logger.mark_preempting()
+                        record.update_summary(**facts, **{M.STATE: state_name, M.REASON: reason}, exit_code=exit_code)
                 break
             except Diverged as exc:
                 state_name, reason, exit_code = M.DIVERGED, str(exc), EXIT_OK
                 break
             except torch.cuda.OutOfMemoryError as exc:
-                if config.oom_retry and batch_size > 1 and batch_size == config.batch_size:
-                    batch_size //= 2
+                if config.oom_retry and batch_size > 1 and not retried_oom:
+                    retried_oom, batch_size = True, batch_size // 2
                     print(f"warning: CUDA out of memory at batch_size={batch_size * 2}; retrying from scratch at {batch_size}")
                     _free_cuda()
                     for stale in (LAST_CHECKPOINT, BEST_CHECKPOINT):
@@ -267,6 +276,7 @@ def run_training(config: RunConfig) -> RunOutcome:
                 print(f"run {run_id} failed: {reason} (traceback in {folder / 'error.log'})")
                 break
         # Still inside the handlers: a signal arriving while W&B finishes cannot kill the run before its record says why.
+        store.close(timeout=20 if state_name == M.PREEMPTED else 600)
         summary = _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
     return RunOutcome(run_id, folder, state_name, exit_code, summary)
 

@@ -3,14 +3,14 @@
 One small interface: `save(path)` after every local checkpoint, `fetch(dest)` before a run starts.
 - `LocalStore`: the run folder only (the checkpoint is already there).
 - `FolderStore`: a copy in another folder (Google Drive, /kaggle/working), one file per run id.
-- `ArtifactStore`: a W&B artifact per run (`checkpoint-<run id>`), a new version per save, uploaded in a
+- `ArtifactStore`: W&B artifacts per run (`checkpoint-<run id>`, `best-<run id>`), a new version per save, uploaded in a
   background thread so training does not stall; older versions are pruned. An upload that fails warns once
   and the run goes on with its local checkpoints.
 """
 
 from __future__ import annotations
 
-import queue
+import secrets
 import shutil
 import sys
 import threading
@@ -21,6 +21,8 @@ from common.errors import UserError
 
 
 class LocalStore:
+    """The run folder only: `save` has nothing to add, `fetch` finds what is already there."""
+
     name = "local"
 
     def save(self, path: Path) -> None: ...
@@ -28,71 +30,98 @@ class LocalStore:
     def fetch(self, dest: Path) -> bool:
         return dest.exists()
 
-    def close(self) -> None: ...
+    def close(self, timeout: float | None = None) -> None: ...
 
 
 class FolderStore(LocalStore):
+    """A copy of each checkpoint file (last.pt, best.pt) in `<folder>/<run id>/`."""
+
     name = "folder"
 
     def __init__(self, folder: Path | str, run_id: str):
-        self.path = Path(folder).expanduser() / run_id / "last.pt"
+        self.folder = Path(folder).expanduser() / run_id
 
     def save(self, path: Path) -> None:
-        with open(path, "rb") as source:
-            atomic_write(self.path, lambda out: shutil.copyfileobj(source, out, 1 << 20), mode="wb")
+        _copy_atomic(path, self.folder / path.name)
 
     def fetch(self, dest: Path) -> bool:
         if dest.exists():
             return True
-        if not self.path.exists():
+        source = self.folder / dest.name
+        if not source.exists():
             return False
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "rb") as source:
-            atomic_write(dest, lambda out: shutil.copyfileobj(source, out, 1 << 20), mode="wb")
+        _copy_atomic(source, dest)
         return True
 
 
+def _copy_atomic(source: Path, target: Path) -> None:
+    with open(source, "rb") as handle:
+        atomic_write(target, lambda out: shutil.copyfileobj(handle, out, 1 << 20), mode="wb")
+
+
 class ArtifactStore(LocalStore):
+    """One W&B artifact per checkpoint file and run (`checkpoint-<id>`, `best-<id>`), uploaded in the background.
+
+    Each save snapshots the file under a unique name, so an upload never reads a file being written; a newer
+    snapshot of the same file replaces one still waiting, since only the latest matters.
+    """
+
     name = "wandb"
     KIND = "checkpoint"
 
     def __init__(self, logger, run_id: str, keep_versions: int = 1):
-        self.logger, self.artifact = logger, f"checkpoint-{run_id}"
-        self.keep_versions = keep_versions
-        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self.logger, self.run_id, self.keep_versions = logger, run_id, keep_versions
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pending: dict[str, Path] = {}
+        self._closing = False
         self._warned = False
         self._thread = threading.Thread(target=self._worker, daemon=True, name="checkpoint-upload")
         self._thread.start()
 
+    def artifact_name(self, filename: str) -> str:
+        return f"{'best' if filename.startswith('best') else 'checkpoint'}-{self.run_id}"
+
     def save(self, path: Path) -> None:
-        # Upload a snapshot, not the live file: the next checkpoint may replace it while uploading.
-        snapshot = path.with_name(f".upload-{path.name}")
+        snapshot = path.with_name(f".upload-{secrets.token_hex(4)}-{path.name}")
         shutil.copyfile(path, snapshot)
-        try:
-            self._queue.put_nowait(snapshot)
-        except queue.Full:
-            pass  # an upload is still running; the next save will carry a newer checkpoint anyway
+        with self._lock:
+            superseded = self._pending.pop(path.name, None)
+            self._pending[path.name] = snapshot
+        if superseded is not None:
+            superseded.unlink(missing_ok=True)
+        self._wake.set()
 
     def _worker(self) -> None:
         while True:
-            snapshot = self._queue.get()
-            if snapshot is None:
-                return
-            try:
-                final = snapshot.with_name("last.pt.upload")
-                snapshot.replace(final)
-                self.logger.log_artifact_file(final, self.artifact, self.KIND, ["latest"])
-            except Exception as exc:
-                if not self._warned:
-                    self._warned = True
-                    print(f"warning: checkpoint upload to W&B failed ({type(exc).__name__}: {exc}); local checkpoints are kept", file=sys.stderr)
-                continue
-            try:
-                self._prune()
-            except Exception:
-                pass  # housekeeping: a failed prune costs storage on W&B, never the run
+            self._wake.wait()
+            with self._lock:
+                batch, self._pending = self._pending, {}
+                self._wake.clear()
+                closing = self._closing
+            for filename, snapshot in batch.items():
+                self._upload(filename, snapshot)
+            if closing:
+                with self._lock:
+                    if not self._pending:
+                        return
 
-    def _prune(self) -> None:
+    def _upload(self, filename: str, snapshot: Path) -> None:
+        try:
+            self.logger.log_artifact_file(snapshot, self.artifact_name(filename), self.KIND, ["latest"], filename=filename)
+        except Exception as exc:
+            if not self._warned:
+                self._warned = True
+                print(f"warning: checkpoint upload to W&B failed ({type(exc).__name__}: {exc}); local checkpoints are kept", file=sys.stderr)
+            return
+        finally:
+            snapshot.unlink(missing_ok=True)
+        try:
+            self._prune(self.artifact_name(filename))
+        except Exception:
+            pass  # housekeeping: a failed prune costs storage on W&B, never the run
+
+    def _prune(self, artifact: str) -> None:
         """Delete all but the newest versions, so a long run does not pile up gigabytes of checkpoints."""
         import wandb
 
@@ -100,7 +129,7 @@ class ArtifactStore(LocalStore):
         if run is None or not getattr(self.logger, "online", False):
             return
         api = wandb.Api(timeout=30)
-        versions = list(api.artifacts(self.KIND, f"{run.entity}/{run.project}/{self.artifact}"))
+        versions = list(api.artifacts(self.KIND, f"{run.entity}/{run.project}/{artifact}"))
         for version in versions[self.keep_versions :]:
             if "latest" not in (version.aliases or []):
                 version.delete()
@@ -108,11 +137,14 @@ class ArtifactStore(LocalStore):
     def fetch(self, dest: Path) -> bool:
         if dest.exists():
             return True
-        return self.logger.download_artifact_file(self.artifact, "last.pt.upload", dest)
+        return self.logger.download_artifact_file(self.artifact_name(dest.name), dest.name, dest)
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=600)
+    def close(self, timeout: float | None = 600) -> None:
+        """Wait for queued uploads (a preempted run waits briefly: the previous version is already safe)."""
+        with self._lock:
+            self._closing = True
+        self._wake.set()
+        self._thread.join(timeout=timeout)
 
 
 def make_store(choice: str, logger, run_id: str) -> LocalStore:

@@ -19,6 +19,23 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+RUN_STOP_QUERY = """
+query RunStop($entity: String, $project: String!, $run: String!) {
+  project(name: $project, entityName: $entity) { run(name: $run) { shouldStop stopped } }
+}
+"""
+
+
+def _graphql(api, query: str, variables: dict) -> dict:
+    """Run a GraphQL query through the public API object, whichever client this wandb version has."""
+    service = getattr(api, "_service_api", None)
+    if service is not None and hasattr(service, "execute_graphql"):
+        return service.execute_graphql(query, variables=variables)
+    from wandb_gql import gql
+
+    return api.client.execute(gql(query), variable_values=variables)
+
+
 class RunLogger:
     """No W&B: every call is a no-op."""
 
@@ -30,7 +47,7 @@ class RunLogger:
     def mark_preempting(self) -> None: ...
     def stop_requested_by_sweep(self) -> bool:
         return False
-    def log_artifact_file(self, path: Path, name: str, kind: str, aliases: list[str]) -> None: ...
+    def log_artifact_file(self, path: Path, name: str, kind: str, aliases: list[str], filename: str | None = None) -> None: ...
     def download_artifact_file(self, name: str, filename: str, dest: Path) -> bool:
         return False
     def finish(self, exit_code: int = 0) -> None: ...
@@ -77,29 +94,29 @@ class WandbLogger(RunLogger):
         self._guard("mark_preempting", self.run.mark_preempting)
 
     def stop_requested_by_sweep(self) -> bool:
-        """Did the sweep's controller ask this run to stop (early termination) rather than the machine going away?"""
-        if not (self.online and self.run.sweep_id):
-            return False
+        """Did the sweep's controller ask this run to stop (hyperband, or a stop in the UI)?
 
-        def ask() -> bool:
+        `wandb agent` delivers that stop as SIGTERM, exactly like a machine going away; only the server knows
+        which it was. Any failure to ask counts as "no": the run is then treated as preempted.
+        """
+        if not (self.online and getattr(self.run, "sweep_id", None)):
+            return False
+        try:
             import wandb
 
-            api = wandb.Api(timeout=10)
-            run = api.run(f"{self.run.entity}/{self.run.project}/{self.run.id}")
-            attrs = getattr(run, "_attrs", {}) or {}
-            return bool(attrs.get("shouldStop") or attrs.get("stopped"))
-
-        try:
-            return ask()
+            variables = {"entity": self.run.entity, "project": self.run.project, "run": self.run.id}
+            response = _graphql(wandb.Api(timeout=10), RUN_STOP_QUERY, variables)
+            run = ((response or {}).get("project") or {}).get("run") or {}
+            return bool(run.get("shouldStop") or run.get("stopped"))
         except Exception:
             return False
 
-    def log_artifact_file(self, path, name, kind, aliases):
+    def log_artifact_file(self, path, name, kind, aliases, filename=None):
         """Raises on failure: the checkpoint store decides what an upload failure means (metric logging goes on)."""
         import wandb
 
         artifact = wandb.Artifact(name, type=kind)
-        artifact.add_file(str(path))
+        artifact.add_file(str(path), name=filename or Path(path).name)
         self.run.log_artifact(artifact, aliases=aliases).wait()
 
     def download_artifact_file(self, name, filename, dest) -> bool:
