@@ -18,6 +18,7 @@ from common.errors import UserError
 from report.table import (CHECKPOINT, DUPLICATE, NUM_IMAGES, PER_CLASS_ACC, TEST_ACC, RunRecord, RunTable,
                           SkippedDuplicate, finite)
 from trainer import metrics
+from trainer.wandb_log import EFFECTIVE_KEY
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -177,6 +178,11 @@ def _load_wandb(path: str) -> RunTable:
 def _wandb_record(run: Any) -> RunRecord:
     config = {k: (v["value"] if isinstance(v, dict) and set(v) <= {"value", "desc"} and "value" in v else v)
               for k, v in dict(run.config).items() if not k.startswith("_")}
+    # A sweep locks the keys it sets, so they keep their raw values (k_layers for head_only, aliases); the
+    # trainer logs the normalised ones under `effective`, which wins.
+    effective = config.pop(EFFECTIVE_KEY, None)
+    if isinstance(effective, dict):
+        config.update(effective)
     raw_summary = getattr(run.summary, "_json_dict", None)
     summary = dict(raw_summary if isinstance(raw_summary, dict) else run.summary)
     # W&B's own summary `val_acc` is the LAST logged value: keep only our keys, never that one.

@@ -407,3 +407,14 @@ def test_missing_source_is_one_line_user_error(tmp_path, source):
 def test_empty_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no runs found"):
         load_table(str(tmp_path))
+
+
+def test_wandb_source_prefers_the_normalised_config_over_locked_sweep_values(monkeypatch):
+    """A sweep locks the raw values it passed (k_layers=3 for a head-only run); `effective` holds the truth."""
+    from report.sources import _wandb_record
+
+    run = FakeRun("r01", "finished", {metrics.STATE: metrics.FINISHED}, as_object=False)
+    run.config = {**run.config, "strategy": "freeze_all", "k_layers": 3,
+                  "effective": {**make_config("r01"), "strategy": "head_only", "k_layers": None}}
+    config = _wandb_record(run).config
+    assert config["strategy"] == "head_only" and config["k_layers"] is None and "effective" not in config

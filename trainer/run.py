@@ -227,7 +227,7 @@ def run_training(config: RunConfig) -> RunOutcome:
             raise UserError(f"--resume: run {run_id} was trained with {key}={saved[key]!r}, not {value!r}; resume with the same settings or start a new run")
     record.write_config(config_dict)
     record.update_summary(run_id=run_id, **{M.STATE: M.RUNNING, M.REASON: None}, started_at=datetime.datetime.now().isoformat(timespec="seconds"))
-    logger = start_logger(config.wandb_mode, config.wandb_project, config.wandb_entity, run_id, config_dict, Path(config.output_dir))
+    logger = start_logger(config.wandb_mode, config.wandb_project, config.wandb_entity, run_id, config_dict, Path(config.output_dir), effective_config(config))
     print(f"run {run_id}: {config.model} strategy={config.strategy} -> {folder}")
 
     state_name, reason, exit_code, facts, loop_state = M.FAILED, None, EXIT_FAILED, {}, LoopState()

@@ -140,7 +140,11 @@ class WandbLogger(RunLogger):
         self._guard("finish", lambda: self.run.finish(exit_code=exit_code))
 
 
-def start_logger(mode: str, project: str, entity: str, run_id: str, config: dict[str, Any], folder: Path) -> RunLogger:
+EFFECTIVE_KEY = "effective"  # the normalised, result-determining config, logged beside the raw sweep values
+
+
+def start_logger(mode: str, project: str, entity: str, run_id: str, config: dict[str, Any], folder: Path,
+                 effective: dict[str, Any] | None = None) -> RunLogger:
     mode = resolve_mode(mode)
     if mode == "disabled":
         return RunLogger()
@@ -159,10 +163,13 @@ def start_logger(mode: str, project: str, entity: str, run_id: str, config: dict
                 resume="allow",  # a re-queued or resumed trial continues the same W&B run
                 mode=mode,
                 dir=str(folder),
-                config=config,
                 settings=wandb.Settings(init_timeout=90, console="off"),
             )
-        run.config.update(config, allow_val_change=True)  # normalised values win over the raw sweep values
+            # Keys a sweep set are locked (updates to them are ignored with a warning each): add only the others,
+            # and the normalised values under one key of their own.
+            swept = set(run.config.keys())
+            extra = {k: v for k, v in config.items() if k not in swept}
+            run.config.update({**extra, EFFECTIVE_KEY: effective or {}}, allow_val_change=True)
         return WandbLogger(run, mode)
     except Exception as exc:
         _warn(f"W&B could not start ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); logging locally only")
