@@ -96,7 +96,7 @@ class LocalSweep:
         relaunch = [trial for trial in self.table if trial.state in UNFINISHED and not self._ended_while_away(trial)]
         new_trials = resumed = 0
         asking = True
-        with DriverInterrupt(self._on_interrupt) as interrupt:
+        with DriverInterrupt(self._on_interrupt) as interrupt, self._stop_trials_on_error():
             while True:
                 self._collect()
                 if interrupt:
@@ -129,6 +129,21 @@ class LocalSweep:
             print(f"sweep interrupted: {unfinished} trial(s) to resume; run the same command again to continue", flush=True)
             return None
         return self._summary(new_trials, resumed)
+
+    @contextlib.contextmanager
+    def _stop_trials_on_error(self):
+        """If the driver itself fails, its trials checkpoint and stop: no orphan keeps training a run folder."""
+        try:
+            yield
+        except BaseException:
+            for launched in self.running.values():
+                launched.send(signal.SIGTERM)
+            for launched in self.running.values():
+                try:
+                    launched.process.wait(timeout=60)
+                except Exception:
+                    launched.process.kill()
+            raise
 
     def _on_interrupt(self, signum: int) -> None:
         self.interrupted = True

@@ -330,3 +330,13 @@ def test_summary_records_code_and_weights_provenance(base):
     outcome = run_training(scratch(base, run_id="provenance", epochs=1))
     assert outcome.summary["code_version"] and outcome.summary[M.WEIGHTS_VERSION] == "none"
     assert outcome.summary[M.SPLIT_HASH] and outcome.summary[M.CONFIG_HASH]
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused(base):
+    from trainer.record import RunRecord
+
+    config = scratch(base, run_id="busy", epochs=1)
+    with RunRecord(config.output_dir + "/busy").exclusive():  # another process holds it (flock is per open file)
+        with pytest.raises(UserError, match="being trained by another process"):
+            run_training(config)
+    assert run_training(config).state == M.FINISHED

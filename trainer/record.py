@@ -7,13 +7,16 @@ epochs after the checkpoint it resumes from are dropped, never duplicated.
 
 from __future__ import annotations
 
+import fcntl
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from common.atomic import write_json, write_text
+from common.errors import UserError
 from trainer import metrics as M
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.jsonl", "summary.json"
@@ -26,6 +29,21 @@ class RunRecord:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.history: list[dict[str, Any]] = self.read_history(self.folder)
         self.summary: dict[str, Any] = self.read_summary(self.folder)
+
+    @contextmanager
+    def exclusive(self):
+        """Held for the whole run: a second process on the same run folder is refused, never interleaved."""
+        handle = open(self.folder / ".lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise UserError(f"run {self.folder.name} is being trained by another process ({self.folder}); wait for it or use another --run_id") from None
+        try:
+            yield self
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
     # config
     def write_config(self, config: dict[str, Any]) -> None:

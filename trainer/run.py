@@ -216,8 +216,13 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
 
 def run_training(config: RunConfig) -> RunOutcome:
     run_id = resolve_run_id(config)
-    folder = Path(config.output_dir) / run_id
-    record = RunRecord(folder)
+    record = RunRecord(Path(config.output_dir) / run_id)
+    with record.exclusive():
+        return _run(config, run_id, record)
+
+
+def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
+    folder = record.folder
     config_dict = to_dict(config) | {"run_id": run_id}
     if config.resume and record.read_config():
         saved = {k: v for k, v in record.read_config().items() if k in effective_config(config)}
