@@ -5,14 +5,14 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
+from common.errors import UserError
+
 _TRUE = {"true", "yes", "y", "1", "on", "t"}
 _FALSE = {"false", "no", "n", "0", "off", "f", "none", ""}
 
 
 def parse_bool(value: object, name: str = "value") -> bool:
     """`True`/`False`, 0/1 and the strings "true", "no", "0", "off"... all become real booleans."""
-    from common.errors import UserError
-
     if isinstance(value, bool):
         return value
     if isinstance(value, (int, float)) and value in (0, 1):

@@ -115,12 +115,13 @@ def scan_folder(folder: Path | str, cache_dir: Path | str | None = None, verbose
     return ImageIndex(folder, classes, tuple(paths), np.asarray(labels, dtype=np.int64), skipped, key)
 
 
-def check_same_classes(train: ImageIndex, test: ImageIndex) -> None:
-    """The test folder must have exactly the training classes, or labels would silently mean other things."""
-    if train.classes != test.classes:
-        missing = sorted(set(train.classes) - set(test.classes))
-        extra = sorted(set(test.classes) - set(train.classes))
+def check_same_classes(classes: tuple[str, ...], source: str, test: ImageIndex) -> None:
+    """The test folder must have exactly the classes the model was trained on (`source` names where those came
+    from), or labels would silently mean other things."""
+    if tuple(classes) != test.classes:
+        missing = sorted(set(classes) - set(test.classes))
+        extra = sorted(set(test.classes) - set(classes))
         raise UserError(
-            f"class folders of {test.root} do not match {train.root}: "
+            f"class folders of {test.root} do not match {source}: "
             f"missing {missing or 'none'}, extra {extra or 'none'}; both need the same class sub-folders"
         )

@@ -84,7 +84,7 @@ def test_mismatched_test_classes_are_an_error(nature_dir, tmp_path):
     shutil.rmtree(test_copy / "Aves")
     train = scan_folder(layout.train_dir, verbose=False)
     with pytest.raises(UserError, match="missing \\['Aves'\\]"):
-        check_same_classes(train, scan_folder(test_copy, verbose=False))
+        check_same_classes(train.classes, str(train.root), scan_folder(test_copy, verbose=False))
 
 
 def test_split_is_stratified_stable_and_disjoint(index):

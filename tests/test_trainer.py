@@ -340,3 +340,23 @@ def test_a_run_folder_in_use_by_another_process_is_refused(base):
         with pytest.raises(UserError, match="being trained by another process"):
             run_training(config)
     assert run_training(config).state == M.FINISHED
+
+
+def test_stages_unfrozen_later_keep_a_zero_backbone_lr_multiplier():
+    """backbone_lr_mult=0 must stay 0 for stages that gradual unfreezing adds mid-run (not become 1)."""
+    from types import SimpleNamespace
+
+    from models import FreezeOptions, resolve_strategy
+    from trainer.loop import apply_epoch_plan
+    from trainer.optim import build_optimizer
+
+    config = parse_run_config({"model": "resnet18", "strategy": "gradual", "backbone_lr_mult": 0.0, "lr": 0.1})
+    model = build_model("resnet18", 3, "none")
+    loop = SimpleNamespace(config=config, model=model, strategy=resolve_strategy("gradual"), freeze_options=FreezeOptions(unfreeze_every_epochs=1))
+    apply_epoch_plan(loop, 0)
+    loop.optimizer = build_optimizer(model, config)
+    head_groups = len(loop.optimizer.param_groups)
+    apply_epoch_plan(loop, 1)  # layer4 joins the optimizer
+    added = loop.optimizer.param_groups[head_groups:]
+    assert added and all(group["initial_lr"] == 0.0 for group in added)
+    assert loop.optimizer.param_groups[0]["initial_lr"] == 0.1

@@ -20,7 +20,7 @@ from data.augment import EvalTransform
 from data.images import decode_working
 from data.layout import locate_dataset
 from data.loading import BatchLoader, DecodingStore
-from data.scan import scan_folder
+from data.scan import check_same_classes, scan_folder
 from models import build_model, preprocessing_for
 from trainer import metrics as M
 from trainer.config import parse_run_config
@@ -60,8 +60,8 @@ def evaluate_on_test_set(run_folder: Path, data_dir: str | None = None, device: 
     if layout.test_dir is None:
         raise UserError(f"{layout.root} has no val/ or test/ folder to evaluate on: pass --data_dir with the held-out set")
     test_index = scan_folder(layout.test_dir, cache_dir=Path(config.cache_dir).expanduser())
-    if classes and test_index.classes != classes:
-        raise UserError(f"test classes in {layout.test_dir} {list(test_index.classes)} differ from the run's {list(classes)}")
+    if classes:
+        check_same_classes(classes, f"the classes run {run_folder.name} was trained on", test_index)
 
     target = resolve_device(device)
     model = build_model(config.model, len(test_index.classes), str(checkpoint), config.aux_loss_weight, config.bn_mode, scratch_config(config)).to(target).eval()

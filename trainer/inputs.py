@@ -49,7 +49,6 @@ class RunInputs:
     train_input: Callable[[torch.Tensor, int, int], torch.Tensor]  # (batch, epoch, batch index) -> model input
     eval_input: Callable[[torch.Tensor], torch.Tensor]
     start_stage: int  # 0 for images; the frozen depth when training on cached prefix features
-    cached_image_store: bool
 
 
 def image_store(index: ImageIndex, pre: Preprocessing, cache_dir: Path, use_cache: bool):
@@ -86,4 +85,4 @@ def build_inputs(config, data: DataSplit, pre: Preprocessing, model, feature_dep
     common = dict(num_workers=workers, pin_memory=cuda, persistent_workers=cuda)
     train_loader = BatchLoader(store, data.split.train, data.index.labels, batch_size, seed=config.seed, shuffle=True, drop_last=True, **common)
     val_loader = BatchLoader(store, data.split.val, data.index.labels, batch_size * 2, **common)
-    return RunInputs(train_loader, val_loader, train_input, eval_input, start_stage, config.image_cache)
+    return RunInputs(train_loader, val_loader, train_input, eval_input, start_stage)

@@ -19,7 +19,7 @@ from models.freezing import plan_for_epoch
 from models.param_groups import groups_for_stages
 from trainer import metrics as M
 from trainer.checkpoint import LoopState
-from trainer.optim import lr_factor, set_learning_rates
+from trainer.optim import group_options, lr_factor, set_learning_rates
 from trainer.progress import EpochProgress
 from trainer.signals import EARLY_STOP, StopFlag
 
@@ -63,14 +63,11 @@ def split_output(output) -> tuple[torch.Tensor, list[torch.Tensor]]:
 def apply_epoch_plan(loop: Loop, epoch: int) -> None:
     """Set which stages train in this epoch; newly unfrozen stages join the optimizer (gradual unfreezing)."""
     plan = plan_for_epoch(loop.strategy, loop.model.stage_names, loop.freeze_options, epoch)
-    before = set(getattr(loop.model, "plan", None).trainable_stages) if getattr(loop.model, "plan", None) else None
+    before = loop.model.plan.trainable_stages
     loop.model.apply_plan(plan)
-    if before is None:
-        return
     new = [s for s in reversed(loop.model.stage_names) if s in plan.trainable_stages and s not in before]
     if new:
-        config = loop.config
-        for group in groups_for_stages(loop.model, new, lr=config.lr, backbone_lr_mult=config.backbone_lr_mult or 1.0, layer_decay=config.layer_decay or 1.0, weight_decay=config.weight_decay):
+        for group in groups_for_stages(loop.model, new, **group_options(loop.config)):
             loop.optimizer.add_param_group(group)
 
 

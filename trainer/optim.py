@@ -13,14 +13,18 @@ import torch
 from models.param_groups import build_param_groups
 
 
+def group_options(config) -> dict:
+    """Learning-rate options of the parameter groups; null (normalised away) means 1. A 0 multiplier stays 0."""
+    return {
+        "lr": config.lr,
+        "backbone_lr_mult": 1.0 if config.backbone_lr_mult is None else config.backbone_lr_mult,
+        "layer_decay": 1.0 if config.layer_decay is None else config.layer_decay,
+        "weight_decay": config.weight_decay,
+    }
+
+
 def build_optimizer(model, config) -> torch.optim.Optimizer:
-    groups = build_param_groups(
-        model,
-        lr=config.lr,
-        backbone_lr_mult=config.backbone_lr_mult if config.backbone_lr_mult is not None else 1.0,
-        layer_decay=config.layer_decay if config.layer_decay is not None else 1.0,
-        weight_decay=config.weight_decay,
-    )
+    groups = build_param_groups(model, **group_options(config))
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum or 0.0, nesterov=bool(config.momentum))
     return torch.optim.AdamW(groups, lr=config.lr)
