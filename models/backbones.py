@@ -98,6 +98,7 @@ register(BackboneSpec(
     ),
     head_linear="classifier.6",
     description="VGG-16, 138 M parameters (most of them in fc6/fc7)",
+    batch_norm=False,
 ))
 
 _INCEPTION_MIXED = ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c")
@@ -172,6 +173,7 @@ register(BackboneSpec(
     ),
     head_linear="heads.head",
     description="ViT-B/16, 86.6 M parameters, 224 px input, 12 encoder blocks",
+    batch_norm=False,
 ))
 
 register(BackboneSpec(

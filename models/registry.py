@@ -60,6 +60,7 @@ class BackboneSpec:
     cpu_friendly: bool = False
     description: str = ""
     weights_choices: tuple[str, ...] = ()
+    batch_norm: bool = True  # has BatchNorm layers (bn_mode matters); VGG-16 has none, ViT only LayerNorm
 
     def __post_init__(self):
         names = [stage.name for stage in self.stages]

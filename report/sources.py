@@ -208,7 +208,10 @@ def _wandb_history(run: Any) -> list[dict]:
                  [metrics.EPOCH, metrics.VAL_ACC]):
         rows = [dict(row) for row in run.scan_history(keys=keys)]
         if rows:
-            return _sorted_epochs(rows)
+            # Rows come in step order; a run restarted inside the same W&B run (out-of-memory retry, refused
+            # checkpoint) logged its epochs again at later steps, and the last attempt is the run's curve.
+            latest = {row.get(metrics.EPOCH, position): row for position, row in enumerate(rows, start=1)}
+            return _sorted_epochs(list(latest.values()))
     return []
 
 

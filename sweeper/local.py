@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from common.errors import UserError
+from data.layout import locate_dataset
 from sweeper import console
 from sweeper.definition import DRIVER_OWNED, SweepDefinition, engine_config, load_definition, pin_definition
 from sweeper.engine import runs_to_stop, suggest, sweep_run
@@ -49,7 +50,20 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with exclusive(sweep_dir):
         pin_definition(sweep_dir, definition)
+        prepare_dataset(definition, fixed)
         return LocalSweep(definition, sweep_dir, fixed, workers).run(count)
+
+
+def prepare_dataset(definition: SweepDefinition, fixed: Mapping[str, Any]) -> None:
+    """Find the dataset once, before any trial: a wrong --data_dir refuses the sweep instead of failing every
+    trial, and a download (nature_12K when the folder is empty) happens once, not in each parallel trial."""
+    constants = {name: spec["value"] for name, spec in definition.parameters.items()
+                 if isinstance(spec, dict) and "value" in spec}
+    if any(name in definition.searched() and name not in fixed for name in ("data_dir", "download")):
+        return  # the search varies it: each trial finds its own
+    values = {**constants, **fixed}
+    config = parse_run_config({name: values[name] for name in ("data_dir", "download") if name in values})
+    locate_dataset(config.data_dir, download=config.download)
 
 
 def check_fixed(fixed: Mapping[str, Any]) -> dict[str, str]:

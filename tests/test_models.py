@@ -75,6 +75,8 @@ def test_every_parameter_and_module_belongs_to_exactly_one_stage(name):
         holders = [stage for stage, p in paths if module_name == p or module_name.startswith(p + ".")]
         assert len(holders) == 1, f"{module_name} is in stages {holders}"
     assert model.stage_names[-1] == "head"
+    if spec.weights_enum is not None:  # the flag that lets a sweep fold bn_mode away for nets without BatchNorm
+        assert spec.batch_norm == any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 @pytest.mark.parametrize("name", each_backbone())

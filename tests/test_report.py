@@ -418,3 +418,16 @@ def test_wandb_source_prefers_the_normalised_config_over_locked_sweep_values(mon
                   "effective": {**make_config("r01"), "strategy": "head_only", "k_layers": None}}
     config = _wandb_record(run).config
     assert config["strategy"] == "head_only" and config["k_layers"] is None and "effective" not in config
+
+
+def test_wandb_history_keeps_the_last_attempt_of_each_epoch():
+    """An out-of-memory retry re-logs epochs 1.. at later steps of the same W&B run; the curve is the last attempt's."""
+    from report.sources import _wandb_record
+
+    run = FakeRun("r01", "finished", make_summary("r01"), as_object=False)
+    final = make_history("r01")
+    abandoned = [{**row, metrics.VAL_ACC: 0.01} for row in final[:2]]
+    run._history = [{**row, "_step": i} for i, row in enumerate(abandoned + final, start=1)]
+    history = _wandb_record(run).history
+    assert [row[metrics.EPOCH] for row in history] == [1, 2, 3]
+    assert [row[metrics.VAL_ACC] for row in history] == [row[metrics.VAL_ACC] for row in final]

@@ -24,7 +24,7 @@ from common.errors import UserError
 from sweeper import engine, run_local_sweep
 from sweeper.definition import definition_problems, load_definition
 from sweeper.local import LocalSweep
-from sweeper.table import DUPLICATE, Trial, TrialTable
+from sweeper.table import DUPLICATE, RUNS_DIR, Trial, TrialTable
 from sweeper.trial import launch
 from trainer import metrics as M
 from trainer.config import FIELDS, parse_run_config
@@ -98,6 +98,15 @@ def test_fixed_arguments_are_checked_once(tmp_path, fixed_args):
     with pytest.raises(UserError, match="unknown parameter 'lrr'"):
         run_local_sweep(sweep, count=1, sweep_dir=tmp_path / "b", fixed={**fixed_args, "lrr": "0.1"})
 
+
+
+def test_a_sweep_without_its_dataset_refuses_to_start(tmp_path, fixed_args):
+    """Not one failed trial per suggestion: the driver finds the data once, before the first trial."""
+    sweep, sweep_dir = write_yaml(tmp_path / "s.yaml", tiny_definition()), tmp_path / "sweep"
+    with pytest.raises(UserError) as caught:
+        run_local_sweep(sweep, count=3, sweep_dir=sweep_dir, fixed={**fixed_args, "data_dir": str(tmp_path / "empty"), "download": "false"})
+    assert "no dataset found in" in str(caught.value) and "empty" in str(caught.value) and "\n" not in str(caught.value)
+    assert not (sweep_dir / RUNS_DIR).exists() and len(TrialTable(sweep_dir).trials) == 0
 
 # --- the engine seam ---------------------------------------------------------------------------------
 

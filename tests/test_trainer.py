@@ -17,6 +17,7 @@ from trainer import metrics as M
 from trainer.config import FIELDS, config_hash, help_text, parse_cli, parse_run_config
 from trainer.evaluate import evaluate_on_test_set
 from trainer.run import run_training
+from trainer.wandb_log import RunLogger
 
 SMALL = Preprocessing(crop_size=64, resize_size=72, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 TIMING_KEYS = {M.EPOCH_SECONDS, M.IMAGES_PER_SECOND}
@@ -171,6 +172,42 @@ def test_out_of_memory_retries_at_half_batch(base, monkeypatch):
     assert outcome.state == M.OOM and outcome.exit_code == 0 and "out of memory" in outcome.summary[M.REASON]
 
 
+class StepLogger(RunLogger):
+    """W&B's step bookkeeping without W&B: a step at or below the last one is dropped, as W&B drops it."""
+
+    def __init__(self, logged_steps=0, oom_at_log=None):
+        self.steps, self.kept, self._next, self.oom_at_log = [], [], logged_steps + 1 if logged_steps else 0, oom_at_log
+
+    def next_step(self):
+        return self._next
+
+    def log(self, row, step):
+        self.steps.append(step)
+        if len(self.steps) == self.oom_at_log:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if step >= self._next:
+            self.kept.append((step, row[M.EPOCH]))
+            self._next = step + 1
+
+
+def test_a_restart_in_the_same_wandb_run_logs_after_the_earlier_attempt(base, monkeypatch):
+    """W&B drops steps that go backwards: an OOM retry or a refused checkpoint must not log epoch 1 at step 1 again."""
+    import trainer.run
+
+    logger = StepLogger(oom_at_log=2)
+    monkeypatch.setattr(trainer.run, "start_logger", lambda *a, **k: logger)
+    outcome = run_training(scratch(base, run_id="oom-steps", epochs=3))
+    assert outcome.state == M.FINISHED and outcome.summary["batch_size"] == 4
+    assert logger.steps == [1, 2, 2, 3, 4]  # attempt 1 logged epoch 1, died logging epoch 2; the retry follows
+    assert logger.kept == [(1, 1), (2, 1), (3, 2), (4, 3)]  # every epoch of the retry reached W&B
+    assert [r[M.EPOCH] for r in history(outcome)] == [1, 2, 3]
+
+    logger = StepLogger(logged_steps=5)  # a W&B run with history, and no checkpoint anywhere: a fresh start
+    monkeypatch.setattr(trainer.run, "start_logger", lambda *a, **k: logger)
+    run_training(scratch(base, run_id="fresh-in-old-run", epochs=2))
+    assert logger.kept == [(6, 1), (7, 2)]
+
+
 def test_unexpected_error_is_recorded_and_does_not_raise(base, monkeypatch):
     import trainer.run
 
@@ -181,10 +218,11 @@ def test_unexpected_error_is_recorded_and_does_not_raise(base, monkeypatch):
     assert "Traceback" in (outcome.folder / "error.log").read_text()
 
 
-def test_wandb_offline_run_is_syncable(base, monkeypatch):
+def test_wandb_offline_run_is_syncable(base, monkeypatch, capsys):
     monkeypatch.delenv("WANDB_MODE")
     outcome = run_training(scratch(base, run_id="offline1", epochs=1, wandb_mode="offline"))
     assert outcome.state == M.FINISHED
+    assert "W&B" not in capsys.readouterr().err  # every call we make (define_metric, step, log) is real W&B API
     offline = list((outcome.folder.parent / "wandb").glob("offline-run-*offline1"))
     assert offline, "an offline run folder for `wandb sync`"
 
@@ -256,6 +294,41 @@ def test_parameters_that_do_not_apply_are_normalised_away():
     s = parse_run_config({"model": "scratch_cnn", "strategy": "last_k", "k_layers": 2})
     assert s.strategy == "full" and s.k_layers is None and s.weights == "none"
 
+
+
+def same(**a):
+    """Returns a checker: do these settings train the same model as `a` (equal effective-config hash)?"""
+    return lambda **b: config_hash(parse_run_config(a)) == config_hash(parse_run_config(b))
+
+
+def test_equivalent_values_are_written_one_way():
+    # resnet50 has 5 backbone stages: 0.3 and 0.45 both freeze round(1.5)=2 and round(2.25)=2, 0.5 freezes 3
+    fraction = same(model="resnet50", strategy="fraction", freeze_fraction=0.3)
+    assert fraction(model="resnet50", strategy="fraction", freeze_fraction=0.45)
+    assert not fraction(model="resnet50", strategy="fraction", freeze_fraction=0.5)
+    assert parse_run_config({"model": "resnet50", "strategy": "fraction", "freeze_fraction": 0.3}).freeze_fraction == 0.4
+
+    # bn_mode matters only where a frozen stage has BatchNorm
+    for strategy in ("full", "norm_and_head"):
+        assert same(model="resnet50", strategy=strategy, bn_mode="adapt")(model="resnet50", strategy=strategy, bn_mode="freeze")
+    for model in ("vgg16", "vit_b_16"):
+        assert same(model=model, strategy="head_only", bn_mode="adapt")(model=model, strategy="head_only")
+    for strategy in ("head_only", "last_k", "fraction", "gradual"):
+        assert not same(model="resnet50", strategy=strategy, bn_mode="adapt")(model="resnet50", strategy=strategy)
+    assert same(model="resnet50", strategy="last_k", k_layers=5, bn_mode="adapt")(model="resnet50", strategy="last_k", k_layers=5)
+
+    # onecycle warms up over its own first 30%: warmup_epochs changes nothing there, and everything elsewhere
+    assert same(model="resnet50", schedule="onecycle", warmup_epochs=0)(model="resnet50", schedule="onecycle", warmup_epochs=3)
+    assert not same(model="resnet50", schedule="cosine", warmup_epochs=0)(model="resnet50", schedule="cosine", warmup_epochs=3)
+
+    assert same(model="resnet50", weights="IMAGENET1K_V2")(model="resnet50", weights="imagenet")
+    assert not same(model="resnet50", weights="IMAGENET1K_V1")(model="resnet50", weights="imagenet")
+
+
+def test_onecycle_run_trains_with_warmup_folded_away(base):
+    outcome = run_training(scratch(base, run_id="onecycle", schedule="onecycle", warmup_epochs=2))
+    assert outcome.state == M.FINISHED
+    assert yaml.safe_load((outcome.folder / "config.yaml").read_text())["warmup_epochs"] is None
 
 def test_help_lists_every_parameter_with_default():
     text = help_text()

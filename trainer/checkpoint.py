@@ -36,6 +36,7 @@ class LoopState:
     correct: int = 0
     seen: int = 0
     batch_size: int = 0  # the batch size in use (halved after an out-of-memory retry)
+    log_step_offset: int = 0  # W&B steps an earlier attempt in the same W&B run used (epoch e logs at offset + e)
 
 
 def save_checkpoint(path: Path, *, model, optimizer, scaler, state: LoopState, identity: dict[str, Any], history: list[dict] | None = None) -> None:

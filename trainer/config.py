@@ -2,9 +2,11 @@
 
 Values flow one way: defaults, then a YAML file or `wandb.config`, then `--key=value` / `--key value` from
 the command line (the form `wandb agent` passes). `parse_run_config` validates everything once and returns
-a frozen `RunConfig`; nothing downstream reads raw dicts or strings like "True". `effective_config`
-normalises away parameters that do not apply (k_layers when the strategy ignores it, scratch CNN options
-for a pretrained backbone), so two configs that train the same thing compare equal.
+a frozen `RunConfig`; nothing downstream reads raw dicts or strings like "True". `normalise`
+nulls parameters that do not apply (k_layers when the strategy ignores it, scratch CNN options for a
+pretrained backbone, warmup under onecycle, bn_mode where no frozen stage has BatchNorm) and writes
+equivalent values one way (freeze_fraction as the share of stages it freezes, the default weights' name as
+"imagenet"), so two configs that train the same thing compare equal in `effective_config`.
 """
 
 from __future__ import annotations
@@ -239,6 +241,13 @@ def normalise(config: RunConfig) -> RunConfig:
         else:
             changes["backbone_lr_mult"] = 0.1 if config.backbone_lr_mult is None else config.backbone_lr_mult
             changes["layer_decay"] = 1.0 if config.layer_decay is None else config.layer_decay
+        changes.update(_fold_freezing(spec, strategy, dataclasses.replace(config, **changes)))
+        if config.weights == spec.default_weights:  # the explicit name of what "imagenet" means
+            changes["weights"] = "imagenet"
+    if config.schedule == "onecycle":  # onecycle warms up over its own first 30%
+        changes["warmup_epochs"] = None
+    elif config.warmup_epochs is None:
+        changes["warmup_epochs"] = FIELDS["warmup_epochs"].default
     if config.optimizer != "sgd":
         changes["momentum"] = None
     elif config.momentum is None:
@@ -246,6 +255,24 @@ def normalise(config: RunConfig) -> RunConfig:
     if config.weights.lower() == "none":
         changes.setdefault("weights", "none")
     return dataclasses.replace(config, **changes)
+
+
+def _fold_freezing(spec, strategy, config: RunConfig) -> dict[str, Any]:
+    """Values that train the same model written one way: freeze_fraction as the share of stages it freezes,
+    bn_mode as the default where no frozen stage has BatchNorm in eval mode (nothing frozen, norm layers
+    trained by the plan, or a net without BatchNorm)."""
+    from models.freezing import FreezeOptions, frozen_count_for_fraction, plan_for_epoch
+
+    stages = tuple(stage.name for stage in spec.stages)
+    options = FreezeOptions(**{name: getattr(config, name) for name in FREEZE_OPTION_FIELDS if getattr(config, name) is not None})
+    first = plan_for_epoch(strategy, stages, options, 0, spec.name)  # validates; the first epoch freezes most
+    changes: dict[str, Any] = {}
+    if "freeze_fraction" in strategy.uses:
+        n_backbone = len(stages) - 1
+        changes["freeze_fraction"] = round(frozen_count_for_fraction(n_backbone, options.freeze_fraction) / n_backbone, 4)
+    if not spec.batch_norm or first.train_norm_layers or first.trainable_stages >= set(stages):
+        changes["bn_mode"] = FIELDS["bn_mode"].default
+    return changes
 
 
 def effective_config(config: RunConfig) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def train(loop: Loop, state: LoopState) -> str:
     config, model, optimizer = loop.config, loop.model, loop.optimizer
     steps_per_epoch = loop.inputs.train_loader.num_batches()
     total_steps = steps_per_epoch * config.epochs
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    warmup_steps = round((config.warmup_epochs or 0) * steps_per_epoch)  # None under onecycle
     last_checkpoint = time.monotonic()
     aux_weight = model.aux_loss_weight or 0.0
 
@@ -174,7 +174,7 @@ def train(loop: Loop, state: LoopState) -> str:
         )
         # Log before checkpointing: a kill in between replays this epoch on resume, never skips it.
         loop.record.append_epoch(row)
-        loop.logger.log(row, step=epoch + 1)
+        loop.logger.log(row, step=state.log_step_offset + epoch + 1)
         summary = {M.BEST_VAL_ACC: state.best_val_acc, M.BEST_EPOCH: state.best_epoch, M.EPOCHS_COMPLETED: state.epoch, M.TRAIN_SECONDS: round(state.train_seconds, 3)}
         loop.record.update_summary(**summary)
         loop.logger.summary({**summary, M.VAL_ACC: state.best_val_acc})  # the sweep optimises the best, not the last

@@ -179,6 +179,8 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     elif config.resume:
         raise UserError(f"--resume: run {run_id} has no checkpoint in {record.folder} or its store; drop --resume to start it fresh")
     state.batch_size = batch_size
+    if not payload:  # a fresh start in a W&B run that has history already: log after it, not over it
+        state.log_step_offset = max(0, logger.next_step() - 1)
     record.truncate_history(state.epoch, payload.get("history") if payload else None)
 
     autocast = autocast_factory(device, dtype)

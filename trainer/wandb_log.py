@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from trainer.metrics import EPOCH
+
 
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
@@ -43,6 +45,8 @@ class RunLogger:
     online = False
 
     def log(self, row: dict[str, Any], step: int) -> None: ...
+    def next_step(self) -> int:
+        return 0
     def summary(self, values: dict[str, Any]) -> None: ...
     def mark_preempting(self) -> None: ...
     def stop_requested_by_sweep(self) -> bool:
@@ -86,6 +90,10 @@ class WandbLogger(RunLogger):
 
     def log(self, row, step):
         self._guard("log", lambda: self.run.log(row, step=step))
+
+    def next_step(self) -> int:
+        """The step W&B gives the next log: above 0 when this run id already has history (an earlier attempt)."""
+        return int(self._guard("step", lambda: self.run.step, 0) or 0)
 
     def summary(self, values):
         self._guard("summary", lambda: self.run.summary.update(values))
@@ -170,6 +178,10 @@ def start_logger(mode: str, project: str, entity: str, run_id: str, config: dict
             swept = set(run.config.keys())
             extra = {k: v for k, v in config.items() if k not in swept}
             run.config.update({**extra, EFFECTIVE_KEY: effective or {}}, allow_val_change=True)
+            # Charts use the epoch as x axis: a restart inside the same W&B run (out-of-memory retry, refused
+            # checkpoint) logs at steps after the earlier attempt's, since W&B drops steps that go backwards.
+            run.define_metric(EPOCH)
+            run.define_metric("*", step_metric=EPOCH)
         return WandbLogger(run, mode)
     except Exception as exc:
         _warn(f"W&B could not start ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); logging locally only")
