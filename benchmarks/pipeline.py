@@ -42,6 +42,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
+from urllib.parse import urlparse  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -211,11 +212,24 @@ def timed_calls(module, name: str, totals: dict[str, float], key: str):
 
 def harness_config(w: Workload, strategy: str, lr: float, cache_dir: Path, output_dir: Path):
     return parse_run_config({
-        "model": w.model, "weights": "none", "strategy": strategy, "augment": AUGMENT[strategy], "lr": lr,
+        "model": w.model, "weights": "imagenet", "strategy": strategy, "augment": AUGMENT[strategy], "lr": lr,
         "epochs": w.epochs, "batch_size": w.batch_size, "patience": 0, "device": str(w.device),
         "data_dir": str(w.data_root), "download": False, "output_dir": str(output_dir), "cache_dir": str(cache_dir),
         "wandb_mode": "disabled", "checkpoint_store": "local", **({"k_layers": 1} if strategy == "last_k" else {}),
     })
+
+
+def stand_in_imagenet_weights(w: Workload) -> None:
+    """weights=imagenet as users run it (checkpoints then leave out the frozen stages), with no download: a
+    private hub folder holds random values under the weights file's name. Time does not depend on the values."""
+    spec = get_spec(w.model)
+    member = spec.weights_enum[spec.default_weights]
+    hub = w.work_dir / "torch-hub"
+    torch.hub.set_dir(str(hub))
+    path = hub / "checkpoints" / os.path.basename(urlparse(member.url).path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(spec.build_net().state_dict(), path)
 
 
 def harness_run(w: Workload, strategy: str, lr: float, cache_dir: Path, log) -> Timing:
@@ -486,7 +500,7 @@ def render(w: Workload, args, summary: dict, command: str, elapsed: float) -> st
         f"{datetime.date.today().isoformat()}; torch {torch.__version__}; {w.classes} classes x {args.images_per_class} synthetic JPEGs "
         f"(500x375 to 1000x750, {len(w.train_rel)} train / {len(w.val_rel)} validation), {w.epochs} epochs, batch {w.batch_size}, "
         f"crop {w.pre.crop_size} / resize {w.pre.resize_size} for both pipelines (harness: `trainer.run.preprocessing_for` patched), "
-        f"random init (timing does not depend on the weights), harness precision "
+        f"random values in the ImageNet weights file's place (timing does not depend on them; the harness loads them as `weights=imagenet`), harness precision "
         f"{resolve_precision('auto', w.device) or 'fp32'}, naive fp32; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
         f"{args.repeats} repetition(s), medians; whole benchmark {elapsed / 60:.1f} min.", "",
         "| strategy | naive run s | harness first run s | harness later run s | speed-up first | speed-up later | limit first s | limit later s | limit / harness first | limit / harness later | naive train img/s | harness train img/s | model-alone train img/s |",
@@ -547,6 +561,7 @@ def main(argv=None) -> None:
     command = "python benchmarks/pipeline.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     print(f"device {device_name(args.device)}; writing the synthetic dataset (not timed) ...", flush=True)
     w = workload(args)
+    stand_in_imagenet_weights(w)
     print(f"{w.model} at {w.pre.crop_size} px (resize {w.pre.resize_size}); {len(w.train_rel)} train / {len(w.val_rel)} validation "
           f"images; {w.epochs} epochs; batch {w.batch_size}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}", flush=True)
     log_path = w.work_dir / "harness.log"

@@ -83,6 +83,11 @@ class StagedModel(nn.Module):
             paths += [aux.module for aux in self.spec.aux_heads]
         return [m for m in (_resolve(self.net, p) for p in paths) if isinstance(m, nn.Module)]
 
+    def stage_state_keys(self, names) -> list[str]:
+        """state_dict keys (parameters and buffers) of these stages; the head's aux heads are not included."""
+        prefixes = [f"net.{path}" for name in names for path in self._stage(name).modules]
+        return [key for key in self.state_dict() if any(key == p or key.startswith(p + ".") for p in prefixes)]
+
     def aux_parameters(self, aux: AuxHead) -> list[tuple[str, nn.Parameter]]:
         return self._owned_parameters([aux.module])
 

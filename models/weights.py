@@ -118,16 +118,19 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet", aux_loss
     aux_loss_weight = _resolve_aux_loss_weight(spec, aux_loss_weight)
     resolved = resolve_weights(spec, weights)
 
+    state, base = _read_file(resolved.path) if resolved.kind == "file" else ({}, None)
     if spec.is_scratch:
         net = spec.build_net(scratch or ScratchCNNConfig(), num_classes)
     else:
         net = spec.build_net()
         if resolved.kind == "imagenet":
             _load_imagenet(spec, net, resolved.member)
+        elif base:  # a run checkpoint without its frozen stages: they are these ImageNet weights, untouched
+            _load_imagenet(spec, net, _base_member(spec, base, resolved.path))
         for path in head_linear_paths(spec):
             _replace_linear(net, path, num_classes)
     if resolved.kind == "file":
-        _load_file(spec, net, resolved.path)
+        _load_file(spec, net, resolved.path, state, set(base["keys"]) if base and not spec.is_scratch else set())
     return StagedModel(spec, net, num_classes, resolved.version, aux_loss_weight, bn_mode)
 
 
@@ -182,6 +185,38 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
+FROZEN_BASE = "frozen_base"  # checkpoint entry: {"weights": member name, "keys": state_dict keys left out}
+
+
+def _read_file(path: str) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(state dict, frozen_base entry or None) of a local checkpoint or state_dict file."""
+    if not os.path.isfile(path):
+        raise UserError(f"weights file {path} not found; give an existing checkpoint, or --weights=imagenet/none")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except _READ_ERRORS as error:
+        raise UserError(f"cannot read weights file {path} ({_first_line(error)}); expected a file written by "
+                        f"torch.save of a checkpoint or state_dict") from None
+    base = obj.get(FROZEN_BASE) if isinstance(obj, Mapping) else None
+    if base is not None:
+        if not (isinstance(base, Mapping) and isinstance(base.get("weights"), str) and isinstance(base.get("keys"), list)):
+            raise UserError(f"weights file {path} has a malformed {FROZEN_BASE} entry; use the run's checkpoint as written")
+        base = {"weights": base["weights"], "keys": [_strip_net(key) for key in base["keys"]]}
+    return _state_dict_from(obj, path), base
+
+
+def _base_member(spec: BackboneSpec, base: Mapping, path: str):
+    member = getattr(spec.weights_enum, str(base["weights"]).rpartition(".")[2], None) if spec.weights_enum else None
+    if member is None:
+        raise UserError(f"weights file {path} leaves its frozen stages to weights {base['weights']}, which {spec.name} "
+                        f"does not have; load it with the model it was trained with")
+    return member
+
+
+def _strip_net(key: str) -> str:
+    return key[len("net."):] if key.startswith("net.") else key
+
+
 def _state_dict_from(obj: object, path: str) -> dict[str, torch.Tensor]:
     """Our checkpoint ({"model": StagedModel state_dict, ...}) or a plain torchvision state_dict, keys unprefixed."""
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
@@ -201,19 +236,12 @@ def _state_dict_from(obj: object, path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_file(spec: BackboneSpec, net: nn.Module, path: str) -> None:
-    """Load a local checkpoint: every non-head tensor strictly; head tensors only where their shapes fit."""
-    if not os.path.isfile(path):
-        raise UserError(f"weights file {path} not found; give an existing checkpoint, or --weights=imagenet/none")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except _READ_ERRORS as error:
-        raise UserError(f"cannot read weights file {path} ({_first_line(error)}); expected a file written by "
-                        f"torch.save of a checkpoint or state_dict") from None
-    state = _state_dict_from(obj, path)
+def _load_file(spec: BackboneSpec, net: nn.Module, path: str, state: dict[str, torch.Tensor], from_base: set[str]) -> None:
+    """Load a local checkpoint: every non-head tensor strictly (`from_base`: keys already loaded from the
+    ImageNet weights the checkpoint names); head tensors only where their shapes fit."""
     expected = net.state_dict()
     head_keys = {f"{linear}.{kind}" for linear in head_linear_paths(spec) for kind in ("weight", "bias")}
-    missing = sorted(set(expected) - set(state) - head_keys)
+    missing = sorted(set(expected) - set(state) - head_keys - from_base)
     unexpected = sorted(set(state) - set(expected) - head_keys)
     if missing or unexpected:
         raise UserError(f"weights file {path} does not fit {spec.name}: missing keys {missing[:3]}, "

@@ -7,10 +7,13 @@ import os
 import shutil
 import signal
 from pathlib import Path
+from urllib.error import URLError
 
 import pytest
 import torch
 
+from common.preprocessing import Preprocessing
+from models import build_model
 from trainer import metrics as M
 from trainer.config import parse_run_config
 from trainer.run import run_training
@@ -189,3 +192,70 @@ def test_a_sweep_stop_is_told_apart_from_a_preemption(monkeypatch):
     assert answers[0] == {"entity": "me", "project": "proj", "run": "stopped-by-hyperband"}
     monkeypatch.setattr(wandb, "Api", lambda **k: (_ for _ in ()).throw(ConnectionError("offline")))
     assert not WandbLogger(type("R", (run,), {"id": "x"})(), "online").stop_requested_by_sweep()
+
+
+# --- checkpoints without the stages frozen all run ------------------------------------------------
+
+SMALL = Preprocessing(crop_size=64, resize_size=72, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+@pytest.fixture
+def imagenet_hub(tmp_path, monkeypatch):
+    """resnet18 'ImageNet' weights (random, seeded) pre-placed in a temp hub cache; the network is never asked."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(URLError("offline")))
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.manual_seed(123)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), folder / "resnet18-f37072fd.pth")
+    import trainer.run
+
+    monkeypatch.setattr(trainer.run, "preprocessing_for", lambda *a, **k: SMALL)  # 64 px: CPU-sized
+    return folder
+
+
+def test_checkpoints_leave_out_stages_frozen_all_run_and_still_resume_exactly(nature_dir, tmp_path, imagenet_hub, sigterm_at_step, monkeypatch):
+    import trainer.loop
+
+    original_progress = trainer.loop.EpochProgress
+    settings = {"model": "resnet18", "weights": "imagenet", "strategy": "last_k", "k_layers": 1, "augment": "standard",
+                "epochs": 2, "lr": 0.01}
+    lean = run_training(config(nature_dir, tmp_path / "ref", run_id="lean", **settings))
+    whole = run_training(config(nature_dir, tmp_path / "ref", run_id="whole", checkpoint_frozen_stages=True, **settings))
+    assert rows(lean) == rows(whole)  # what is written does not change what is trained
+
+    payload = torch.load(lean.folder / "last.pt", weights_only=True)
+    kept, left_out = set(payload["model"]), set(payload["frozen_base"]["keys"])
+    assert payload["frozen_base"]["weights"] == "ResNet18_Weights.IMAGENET1K_V1"
+    assert kept and all(key.startswith(("net.layer4.", "net.fc.")) for key in kept)  # the trained stage and the head
+    assert any(key.startswith("net.layer3.") for key in left_out) and not kept & left_out
+    whole_payload = torch.load(whole.folder / "last.pt", weights_only=True)
+    assert set(whole_payload["model"]) == kept | left_out and whole_payload["frozen_base"] is None
+    frozen_bytes = sum(whole_payload["model"][key].nbytes for key in left_out)  # 2.8 M parameters
+    assert (lean.folder / "last.pt").stat().st_size < (whole.folder / "last.pt").stat().st_size - 0.99 * frozen_bytes
+
+    # Preempted on machine A; machine B, holding only the store, rebuilds the frozen stages from the weights.
+    store = tmp_path / "drive"
+    sigterm_at_step(3)
+    cut = run_training(config(nature_dir, tmp_path / "machine_a", run_id="lean-cut", checkpoint_store=str(store), **settings))
+    assert cut.state == M.PREEMPTED
+    shutil.rmtree(tmp_path / "machine_a")
+    monkeypatch.setattr(trainer.loop, "EpochProgress", original_progress)
+    resumed = run_training(config(nature_dir, tmp_path / "machine_b", run_id="lean-cut", checkpoint_store=str(store), **settings))
+    assert resumed.state == M.FINISHED and resumed.summary.get("resumed_from_epoch") is not None
+    assert rows(resumed) == rows(lean)
+
+    # `agent.py test` and warm starts load best.pt: the same network as the self-contained file gives.
+    classes = len(lean.summary["classes"])
+    a, b = build_model("resnet18", classes, str(lean.folder / "best.pt")), build_model("resnet18", classes, str(whole.folder / "best.pt"))
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(value, b.state_dict()[key]) for key, value in a.state_dict().items())
+
+
+def test_bn_statistics_that_adapt_are_always_checkpointed(nature_dir, tmp_path, imagenet_hub):
+    outcome = run_training(config(nature_dir, tmp_path, run_id="adapt", model="resnet18", weights="imagenet",
+                                  strategy="head_only", bn_mode="adapt", augment="standard", epochs=1))
+    assert torch.load(outcome.folder / "last.pt", weights_only=True)["frozen_base"] is None

@@ -344,7 +344,7 @@ def test_readme_configuration_reference_is_generated_from_the_config():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split("<!-- CONFIG-REFERENCE:START -->")[1].split("<!-- CONFIG-REFERENCE:END -->")[0]
-    assert block.strip() == reference_markdown().strip(), "regenerate it: python -m trainer.config"
+    assert block.strip() == reference_markdown().strip(), "regenerate it: python -m trainer.config --write"
 
 
 def test_gradual_unfreezing_resumes_exactly_after_sigterm(base, small_inputs, monkeypatch):

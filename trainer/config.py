@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,7 @@ class RunConfig:
     compile: bool = _opt(False, "torch.compile the model (CUDA; slower first epoch)", "runtime", effective=False)
     oom_retry: bool = _opt(True, "on CUDA out-of-memory, retry once at half the batch size", "runtime", effective=False)
     checkpoint_minutes: float = _opt(10.0, "also checkpoint every N minutes inside long epochs; 0 = only at epoch ends", "runtime", low=0.0, effective=False)
+    checkpoint_frozen_stages: bool = _opt(False, "also write stages frozen for the whole run into checkpoints (self-contained files; by default they are left out and loaded from the ImageNet weights they are)", "runtime", effective=False)
     # record
     output_dir: str = _opt("runs", "folder of run folders", "record", effective=False, env="FINETUNE_OUTPUT_DIR")
     run_id: str = _opt("", "run folder name; empty = WANDB_RUN_ID when set, else a new id. A run id whose run was interrupted resumes it", "record", effective=False)
@@ -329,5 +331,17 @@ def reference_markdown() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
-    print(reference_markdown())
+def write_reference(readme: Path) -> None:
+    """Replace the README's table between the CONFIG-REFERENCE markers with the generated one."""
+    start, end = "<!-- CONFIG-REFERENCE:START -->", "<!-- CONFIG-REFERENCE:END -->"
+    text = readme.read_text()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{reference_markdown().strip()}\n{end}{tail}")
+
+
+if __name__ == "__main__":  # python -m trainer.config [--write]: print the table, or update README.md
+    if "--write" in sys.argv[1:]:
+        write_reference(Path(__file__).resolve().parents[1] / "README.md")
+    else:
+        print(reference_markdown())

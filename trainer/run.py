@@ -154,6 +154,12 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
 
+    # Stages frozen all run on ImageNet weights stay those weights: checkpoints leave them out (not random
+    # init or a user's file, which a loader could not rebuild exactly).
+    frozen_base = None
+    on_imagenet = model.weights_version != "none" and not model.weights_version.startswith("file:")
+    if frozen_depth and on_imagenet and not config.checkpoint_frozen_stages:
+        frozen_base = {"weights": model.weights_version, "keys": model.stage_state_keys(model.stage_names[:frozen_depth])}
     last_path, best_path = record.folder / LAST_CHECKPOINT, record.folder / BEST_CHECKPOINT
     payload = None
     if not fresh and store.fetch(last_path):
@@ -198,7 +204,8 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     logger.summary(facts)
 
     def checkpoint(loop_state: LoopState, is_best: bool) -> None:
-        save_checkpoint(last_path, model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity, history=record.history)
+        save_checkpoint(last_path, model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity,
+                        history=record.history, frozen_base=frozen_base)
         store.save(last_path)
         if is_best:
             keep_as(last_path, best_path)

@@ -1,0 +1,29 @@
+"""The benchmark script runs end to end (tiny sizes; its figures are measurements, never asserted here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pipeline_benchmark_runs_and_writes_its_section(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## kept section\n\nfrom another device\n")
+    command = [sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--classes", "2", "--images_per_class", "6",
+               "--epochs", "1", "--batch_size", "4", "--input_size", "32", "--device", "cpu",
+               "--work_dir", str(tmp_path / "work"), "--out", str(results)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = results.read_text()
+    assert "## kept section" in text and "## CPU" in text and "mobilenet_v3_small · 32 px" in text
+    for label in ("head_only (augment none)", "last_k k=1 (augment none)", "full (augment standard)", "6-run mixed sweep"):
+        assert label in text
+    summary = json.loads((tmp_path / "work" / "summary.json").read_text())
+    assert set(summary["rows"]) == {"head_only", "last_k", "full"}
+    for row in summary["rows"].values():
+        assert row["naive_run_seconds"] > 0 and row["harness_first_run_seconds"] > 0 and row["harness_train_images_per_second"] > 0
