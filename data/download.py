@@ -55,7 +55,10 @@ def download_file(
     if dest.exists():
         return dest
     part = dest.with_suffix(dest.suffix + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create {dest.parent} to download into ({error.strerror or error}): pass a --data_dir you can write to") from None
     try:
         _fetch(url, part, _want_progress(progress), timeout, chunk_bytes)
     except (OSError, http.client.HTTPException, _Incomplete) as error:

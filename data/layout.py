@@ -38,10 +38,21 @@ def find_layout(data_dir: Path) -> DatasetLayout | None:
 def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None = None) -> DatasetLayout:
     """The dataset layout under `data_dir`; when there is none and `download` is set, fetch nature_12K first."""
     data_dir = Path(data_dir).expanduser()
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UserError(f"--data_dir={data_dir} is a file, not a folder: pass the folder that holds train/ (or the unzipped nature_12K)")
     layout = find_layout(data_dir) if data_dir.exists() else None
     if layout is None and download:
-        from data.download import NATURE_12K_URL, download_dataset
+        from data.download import NATURE_12K_URL, ZIP_NAME, download_dataset
 
+        # Only into a new or empty folder (or one with our own partial download): a folder of other files is a
+        # wrong --data_dir (a class folder, train/ itself), and 3.6 GB unpacked into it would become a class.
+        others = sorted(p.name for p in data_dir.iterdir() if not p.name.startswith((ZIP_NAME, "."))) if data_dir.exists() else []
+        if others:
+            hint = ("it looks like a train/ or val/ folder of class sub-folders: pass the folder above it"
+                    if data_dir.name in ("train", *TEST_FOLDER_NAMES) or all((data_dir / n).is_dir() for n in others) else
+                    "pass the folder that holds train/ and val/ (or test/), or an empty folder to download nature_12K into")
+            raise UserError(f"no dataset found in {data_dir} (it holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}), "
+                            f"and nature_12K is only downloaded into an empty folder: {hint}")
         download_dataset(data_dir, url or NATURE_12K_URL)
         layout = find_layout(data_dir)
     if layout is None:

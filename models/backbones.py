@@ -167,8 +167,10 @@ register(BackboneSpec(
     stages=(
         Stage("patch_embed", ("conv_proj", "class_token", "encoder.pos_embedding", "encoder.dropout"),
               _vit_patch_embed),
-        *(_stage(f"encoder_{i}", f"encoder.layers.encoder_layer_{i}") for i in range(12)),
-        _stage("final_norm", "encoder.ln"),
+        *(_stage(f"encoder_{i}", f"encoder.layers.encoder_layer_{i}") for i in range(11)),
+        # The final LayerNorm belongs to the last block: last_k with k_layers=1 trains a block, not 1.5 K
+        # norm parameters (which would be a linear probe in all but name).
+        _stage("encoder_11", "encoder.layers.encoder_layer_11", "encoder.ln"),
         Stage("head", ("heads",), _vit_head),
     ),
     head_linear="heads.head",

@@ -31,17 +31,17 @@ def stage_lr(model: StagedModel, stage: str, lr: float, backbone_lr_mult: float 
 
 
 def groups_for_stages(model: StagedModel, stage_names: Iterable[str], lr: float, backbone_lr_mult: float = 1.0,
-                      layer_decay: float = 1.0, weight_decay: float = 0.0) -> list[dict]:
-    """Groups for the given stages, in the order given; the trainer adds these for newly unfrozen stages.
+                      layer_decay: float = 1.0, weight_decay: float = 0.0, exclude: frozenset[int] = frozenset()) -> list[dict]:
+    """Groups for the given stages, in the order given.
 
-    Each stage gives up to two groups, `name` and `name/no_decay`; frozen parameters are left out and empty
-    groups are not returned.
+    Each stage gives up to two groups, `name` and `name/no_decay`; frozen parameters, and those whose id is in
+    `exclude` (already in an optimizer), are left out, and empty groups are not returned.
     """
     no_decay = _no_decay_names(model)
     groups = []
     for stage in stage_names:
         stage_lr_value = stage_lr(model, stage, lr, backbone_lr_mult, layer_decay)
-        trainable = [(name, p) for name, p in model.stage_parameters(stage) if p.requires_grad]
+        trainable = [(name, p) for name, p in model.stage_parameters(stage) if p.requires_grad and id(p) not in exclude]
         for suffix, decay, params in (
             ("", weight_decay, [p for name, p in trainable if name not in no_decay]),
             ("/no_decay", 0.0, [p for name, p in trainable if name in no_decay]),
@@ -66,6 +66,24 @@ def build_param_groups(model: StagedModel, lr: float, backbone_lr_mult: float = 
     groups = groups_for_stages(model, trainable_stage_names(model), lr, backbone_lr_mult, layer_decay, weight_decay)
     assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model.parameters() if p.requires_grad}
     return groups
+
+
+def add_missing_groups(model: StagedModel, optimizer, lr: float, backbone_lr_mult: float = 1.0,
+                       layer_decay: float = 1.0, weight_decay: float = 0.0) -> list[str]:
+    """Give the optimizer every parameter that trains now and is not in it yet (a stage gradual unfreezing
+    opened, or an aux head that became active once its stage trains); returns the new groups' names.
+
+    Afterwards the optimizer holds exactly the parameters with requires_grad: strategies only ever unfreeze.
+    """
+    present = frozenset(id(p) for group in optimizer.param_groups for p in group["params"])
+    groups = groups_for_stages(model, reversed(model.stage_names), lr, backbone_lr_mult, layer_decay, weight_decay, present)
+    for group in groups:
+        optimizer.add_param_group(group)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    if held != trainable:
+        raise RuntimeError(f"optimizer holds {len(held - trainable)} frozen and lacks {len(trainable - held)} trainable parameters")
+    return [group["name"] for group in groups]
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

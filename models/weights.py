@@ -126,7 +126,12 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet", aux_loss
         if resolved.kind == "imagenet":
             _load_imagenet(spec, net, resolved.member)
         elif base:  # a run checkpoint without its frozen stages: they are these ImageNet weights, untouched
-            _load_imagenet(spec, net, _base_member(spec, base, resolved.path))
+            try:
+                _load_imagenet(spec, net, _base_member(spec, base, resolved.path))
+            except UserError as error:
+                raise UserError(f"{resolved.path} holds only the stages its run trained; the frozen ones are "
+                                f"{base['weights']}: {str(error).split('; ')[0]}; put that file there, or train with "
+                                f"--checkpoint_frozen_stages=true for self-contained checkpoints") from None
         for path in head_linear_paths(spec):
             _replace_linear(net, path, num_classes)
     if resolved.kind == "file":

@@ -58,10 +58,27 @@ def definition_problems(config: Any) -> list[str]:
             problems.append(f"parameter {name!r} is not a run parameter{nearest(name, FIELDS)}; `python agent.py --help` lists them")
         elif isinstance(spec, dict) and "parameters" in spec:
             problems.append(f"parameter {name!r} is nested; run parameters are flat")
+        elif isinstance(spec, dict):
+            problems.extend(_value_problems(name, spec))
     metric = config.get("metric")
     metric_name = metric.get("name") if isinstance(metric, dict) else None
+    goal = metric.get("goal") if isinstance(metric, dict) else None
     if metric_name != VAL_ACC:
         problems.append(f"metric name is {metric_name!r}; the trainer logs {VAL_ACC!r}: use metric: {{name: {VAL_ACC}, goal: maximize}}")
+    elif goal != "maximize":  # without a goal the engine minimises: it would search for the worst accuracy
+        problems.append(f"metric goal is {goal!r}; {VAL_ACC} is an accuracy: use metric: {{name: {VAL_ACC}, goal: maximize}}")
+    return problems
+
+
+def _value_problems(name: str, spec: dict) -> list[str]:
+    """Values the engine's Bayesian model would misread: it reads any falsy value as the first of `values`."""
+    values = spec.get("values") if isinstance(spec.get("values"), list) else [spec["value"]] if "value" in spec else []
+    problems = []
+    if any(isinstance(value, bool) for value in values):
+        problems.append(f"parameter {name!r} has a YAML boolean; write it as a string ('true'/'false'): the engine reads false as the first value")
+    elif any(not value for value in values[1:]):
+        falsy = next(value for value in values[1:] if not value)
+        problems.append(f"parameter {name!r} lists {falsy!r} after the first value; put it first: the engine reads it as the first value")
     return problems
 
 

@@ -14,7 +14,14 @@ INPUT_SIZE = {"inception_v3": 299, "vit_b_16": 224}  # architectures that need t
 
 
 def each_backbone():
+    """Every backbone; forward passes of the heavy ones are marked slow."""
     return [pytest.param(name, marks=() if get_spec(name).cpu_friendly else pytest.mark.slow) for name in backbone_names()]
+
+
+def every_backbone():
+    """Every backbone in the default run: for structural checks (stages, heads, which tensors train), which
+    build the net but run no forward pass (about a second each for VGG-16 and ViT-B/16)."""
+    return list(backbone_names())
 
 
 def build(name: str, **kwargs) -> StagedModel:

@@ -271,3 +271,34 @@ def test_a_corrupt_zip_is_a_user_error(damage, dataset_zip, tmp_path):
     assert str(zip_path) in message and "delete" in message
     assert not (target / "inaturalist_12K").exists()
     assert not target.exists() or list(target.iterdir()) == []  # no staging folder left behind
+
+
+def test_locate_downloads_into_an_empty_folder_only(serve, dataset_zip, tmp_path, nature_dir):
+    from data.layout import locate_dataset
+
+    server = serve(dataset_zip)
+    layout = locate_dataset(tmp_path / "new", url=server.url)  # a new folder: nature_12K is fetched into it
+    assert layout.train_dir == tmp_path / "new" / "inaturalist_12K" / "train"
+    fetched = len(server.ranges)
+
+    # --data_dir pointing at train/ (class folders) must not unpack 3.6 GB into it as one more class
+    with pytest.raises(UserError) as error:
+        locate_dataset(nature_dir / "inaturalist_12K" / "train", url=server.url)
+    message = _assert_one_line(error)
+    assert "pass the folder above it" in message and "Amphibia" in message
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "readme.txt").write_text("x")
+    with pytest.raises(UserError, match="only downloaded into an empty folder"):
+        locate_dataset(other, url=server.url)
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        locate_dataset(other / "readme.txt", url=server.url)
+    assert len(server.ranges) == fetched
+
+
+def test_a_folder_that_cannot_be_created_is_a_user_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError) as error:
+        download_file("http://127.0.0.1:9/nature_12K.zip", blocker / "sub" / ZIP_NAME, progress=False)
+    assert "cannot create" in _assert_one_line(error)

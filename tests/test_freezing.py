@@ -16,10 +16,10 @@ from models import (
     FreezeOptions,
     StagedModel,
     TrainPlan,
+    add_missing_groups,
     build_model,
     build_param_groups,
     count_parameters,
-    groups_for_stages,
     plan_for_epoch,
     resolve_strategy,
     strategy_names,
@@ -27,7 +27,7 @@ from models import (
 )
 from scratch_cnn import ScratchCNNConfig
 
-from model_helpers import NUM_CLASSES, build, each_backbone, images  # noqa: E402
+from model_helpers import NUM_CLASSES, build, each_backbone, every_backbone, images  # noqa: E402
 
 RESNET_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
 NORMS = (_BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -150,7 +150,7 @@ def expected_trainable(model: StagedModel, stage_plan: TrainPlan) -> set[str]:
     return expected
 
 
-@pytest.mark.parametrize("name", each_backbone())
+@pytest.mark.parametrize("name", every_backbone())
 def test_each_strategy_trains_exactly_the_tensors_of_its_stages(name):
     model = build(name)
     n = len(model.stage_names) - 1
@@ -334,7 +334,7 @@ def test_cached_prefix_is_the_same_in_train_mode_and_feeds_the_rest():
 # ---- optimizer groups ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", each_backbone())
+@pytest.mark.parametrize("name", every_backbone())
 def test_optimizer_groups_hold_exactly_the_trainable_parameters(name):
     model = build(name)
     for strategy, options in (("head_only", {}), ("last_k", {"k_layers": 2}), ("norm_and_head", {}), ("full", {})):
@@ -374,15 +374,25 @@ def test_groups_for_newly_unfrozen_stages_during_gradual_unfreezing():
     model = build("resnet18")
     model.apply_plan(plan(model, "gradual", epoch=0))
     optimizer = torch.optim.SGD(build_param_groups(model, lr=0.1, layer_decay=0.5), lr=0.1)
-    before = set(model.plan.trainable_stages)
     model.apply_plan(plan(model, "gradual", epoch=1))
-    new = [s for s in reversed(model.stage_names) if s in model.plan.trainable_stages and s not in before]
-    assert new == ["layer4"]
-    for group in groups_for_stages(model, new, lr=0.1, layer_decay=0.5):
-        optimizer.add_param_group(group)
+    assert add_missing_groups(model, optimizer, lr=0.1, layer_decay=0.5) == ["layer4", "layer4/no_decay"]
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert in_optimizer == {id(p) for p in model.parameters() if p.requires_grad}
     assert optimizer.param_groups[-1]["lr"] == pytest.approx(0.05)
+
+
+def test_an_aux_head_joins_the_optimizer_when_its_stage_unfreezes():
+    """GoogLeNet's aux2 reads inception4d: under gradual unfreezing it starts training with that stage."""
+    model = build("googlenet")
+    aux_ids = {id(p) for aux in model.spec.aux_heads for _, p in model.aux_parameters(aux)}
+    model.apply_plan(plan(model, "gradual", epoch=0))
+    optimizer = torch.optim.AdamW(build_param_groups(model, lr=0.1), lr=0.1)
+    for epoch in range(1, len(model.stage_names)):
+        model.apply_plan(plan(model, "gradual", epoch=epoch))
+        add_missing_groups(model, optimizer, lr=0.1)
+        held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        assert held == {id(p) for p in model.parameters() if p.requires_grad}, f"epoch {epoch}"
+    assert aux_ids and aux_ids <= held  # every aux head trains by the end, and is optimised
 
 
 def test_every_registered_strategy_is_covered_by_these_tests():

@@ -31,7 +31,7 @@ from models import (
 from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy
 from scratch_cnn import ScratchCNNConfig, build_scratch_cnn
 
-from model_helpers import NUM_CLASSES, build, each_backbone, images  # noqa: E402
+from model_helpers import NUM_CLASSES, build, each_backbone, every_backbone, images  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_registry_has_the_designed_backbones():
         assert get_spec(name).default_weights != "DEFAULT"
 
 
-@pytest.mark.parametrize("name", each_backbone())
+@pytest.mark.parametrize("name", every_backbone())
 def test_every_parameter_and_module_belongs_to_exactly_one_stage(name):
     model = build(name)
     owners: dict[str, list[str]] = {}
@@ -115,7 +115,7 @@ def test_staged_forward_equals_the_nets_own_forward(name):
             assert torch.allclose(model(prefixes[k], start=k), reference, atol=1e-5, rtol=1e-4), k
 
 
-@pytest.mark.parametrize("name", each_backbone())
+@pytest.mark.parametrize("name", every_backbone())
 def test_head_and_aux_heads_are_replaced_for_num_classes(name):
     model = build(name)
     head = model.net.get_submodule(model.spec.head_linear)

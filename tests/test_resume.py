@@ -12,6 +12,7 @@ from urllib.error import URLError
 import pytest
 import torch
 
+from common.errors import UserError
 from common.preprocessing import Preprocessing
 from models import build_model
 from trainer import metrics as M
@@ -259,3 +260,13 @@ def test_bn_statistics_that_adapt_are_always_checkpointed(nature_dir, tmp_path, 
     outcome = run_training(config(nature_dir, tmp_path, run_id="adapt", model="resnet18", weights="imagenet",
                                   strategy="head_only", bn_mode="adapt", augment="standard", epochs=1))
     assert torch.load(outcome.folder / "last.pt", weights_only=True)["frozen_base"] is None
+
+
+def test_a_lean_checkpoint_without_its_imagenet_file_says_which_file(nature_dir, tmp_path, imagenet_hub):
+    outcome = run_training(config(nature_dir, tmp_path, run_id="lean", model="resnet18", weights="imagenet",
+                                  strategy="head_only", augment="none", epochs=1))
+    (imagenet_hub / "resnet18-f37072fd.pth").unlink()  # another machine, offline, with an empty hub cache
+    with pytest.raises(UserError) as caught:
+        build_model("resnet18", len(outcome.summary["classes"]), str(outcome.folder / "best.pt"))
+    message = str(caught.value)
+    assert "\n" not in message and "resnet18-f37072fd.pth" in message and "--checkpoint_frozen_stages" in message

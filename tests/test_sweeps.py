@@ -391,3 +391,16 @@ def test_the_command_wandb_agent_runs_works_unchanged(tmp_path, fixed_args):
     assert json.loads((folder / "summary.json").read_text())[M.STATE] == M.FINISHED
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert config["lr"] == suggestion.config["lr"]["value"] and config["batch_norm"] is True
+
+
+def test_definitions_the_engine_would_misread_are_refused():
+    base = tiny_definition()
+    no_goal = {**base, "metric": {"name": M.VAL_ACC}}
+    assert any("goal" in p and "maximize" in p for p in definition_problems(no_goal))
+    assert any("goal is 'minimize'" in p for p in definition_problems({**base, "metric": {"name": M.VAL_ACC, "goal": "minimize"}}))
+    booleans = {**base, "parameters": {**base["parameters"], "batch_norm": {"values": [True, False]}}}
+    assert any("'batch_norm'" in p and "string" in p for p in definition_problems(booleans))
+    zero_later = {**base, "parameters": {**base["parameters"], "dropout": {"values": [0.2, 0.0]}}}
+    assert any("'dropout'" in p and "put it first" in p for p in definition_problems(zero_later))
+    zero_first = {**base, "parameters": {**base["parameters"], "dropout": {"values": [0.0, 0.2]}}}
+    assert definition_problems(zero_first) == []

@@ -259,6 +259,16 @@ def test_test_command_writes_accuracy_confusion_and_grid(base):
     assert sum(map(sum, result["confusion"])) == 12
     assert (out / "confusion.png").stat().st_size > 1000 and (out / "grid.png").stat().st_size > 1000
     assert json.loads((out / "test.json").read_text())[M.TEST_ACC] == result[M.TEST_ACC]
+    assert json.loads((outcome.folder / "summary.json").read_text())[M.TEST_ACC] == result[M.TEST_ACC]
+
+    # The same run id trained again with another config starts fresh: the old model's test result leaves with it.
+    retrained = run_training(scratch(base, run_id="for-test", filters=16))
+    assert "config_hash" in retrained.summary["resume_refused"] and M.TEST_ACC not in retrained.summary
+    assert not out.exists() and (outcome.folder / "test.previous" / "test.json").exists()
+
+    (outcome.folder / "best.pt").write_bytes(b"damaged")
+    with pytest.raises(UserError, match="cannot read .*best.pt .*damaged"):
+        evaluate_on_test_set(outcome.folder)
 
 
 # ---- configuration ------------------------------------------------------------------------------
@@ -372,6 +382,22 @@ def test_gradual_unfreezing_resumes_exactly_after_sigterm(base, small_inputs, mo
     assert resumed.state == M.FINISHED
     assert without_timing(history(resumed)) == without_timing(history(straight))
 
+    # Killed while validating epoch 1: the checkpoint is the end of epoch 1, and epoch 2 opens another stage.
+    real_evaluate = trainer.loop.evaluate
+
+    def evaluate_then_kill(*args, **kwargs):
+        result = real_evaluate(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(trainer.loop, "evaluate", evaluate_then_kill)
+    cut = run_training(parse_run_config({**settings, "run_id": "g-epoch-end"}))
+    assert cut.state == M.PREEMPTED and cut.summary[M.EPOCHS_COMPLETED] == 1
+    monkeypatch.setattr(trainer.loop, "evaluate", real_evaluate)
+    resumed = run_training(parse_run_config({**settings, "run_id": "g-epoch-end"}))
+    assert resumed.state == M.FINISHED and resumed.summary["resumed_from_epoch"] == 1
+    assert without_timing(history(resumed)) == without_timing(history(straight))
+
 
 def test_training_never_opens_the_test_folder(base, nature_dir, monkeypatch):
     """Pitfall 7: only `agent.py test` may read val/ of nature_12K; a run and its validation read train/ only."""
@@ -419,17 +445,56 @@ def test_stages_unfrozen_later_keep_a_zero_backbone_lr_multiplier():
     """backbone_lr_mult=0 must stay 0 for stages that gradual unfreezing adds mid-run (not become 1)."""
     from types import SimpleNamespace
 
-    from models import FreezeOptions, resolve_strategy
+    from models import FreezeOptions, plan_for_epoch, resolve_strategy
     from trainer.loop import apply_epoch_plan
     from trainer.optim import build_optimizer
 
     config = parse_run_config({"model": "resnet18", "strategy": "gradual", "backbone_lr_mult": 0.0, "lr": 0.1})
     model = build_model("resnet18", 3, "none")
-    loop = SimpleNamespace(config=config, model=model, strategy=resolve_strategy("gradual"), freeze_options=FreezeOptions(unfreeze_every_epochs=1))
-    apply_epoch_plan(loop, 0)
-    loop.optimizer = build_optimizer(model, config)
+    options = FreezeOptions(unfreeze_every_epochs=1)
+    model.apply_plan(plan_for_epoch(resolve_strategy("gradual"), model.stage_names, options, 0))
+    loop = SimpleNamespace(config=config, model=model, strategy=resolve_strategy("gradual"), freeze_options=options,
+                           optimizer=build_optimizer(model, config))
     head_groups = len(loop.optimizer.param_groups)
     apply_epoch_plan(loop, 1)  # layer4 joins the optimizer
     added = loop.optimizer.param_groups[head_groups:]
     assert added and all(group["initial_lr"] == 0.0 for group in added)
     assert loop.optimizer.param_groups[0]["initial_lr"] == 0.1
+
+
+def test_a_config_path_that_is_a_folder_is_a_one_line_error(tmp_path):
+    from trainer.config import load_yaml_values
+
+    with pytest.raises(UserError, match="cannot read|cannot be read"):
+        load_yaml_values(tmp_path)
+
+
+def test_none_for_a_boolean_means_false_not_the_default():
+    assert parse_run_config({"model": "scratch_cnn", "batch_norm": "none"}).batch_norm is False
+    assert parse_run_config({"model": "scratch_cnn", "batch_norm": None}).batch_norm is True  # YAML null: unset
+
+
+def test_training_batches_are_augmented_and_validation_batches_are_not(base, monkeypatch):
+    """Pitfalls 2 and 3 at the run level: the train transform feeds training, the eval transform validation."""
+    from data.augment import EvalTransform, TrainTransform
+
+    seen = {"train": 0, "eval": 0, "levels": set()}
+    real_train, real_eval = TrainTransform.__call__, EvalTransform.__call__
+
+    def train_call(self, images, generator):
+        seen["train"] += len(images)
+        seen["levels"].add(self.level)
+        return real_train(self, images, generator)
+
+    def eval_call(self, images):
+        seen["eval"] += len(images)
+        return real_eval(self, images)
+
+    monkeypatch.setattr(TrainTransform, "__call__", train_call)
+    monkeypatch.setattr(EvalTransform, "__call__", eval_call)
+    outcome = run_training(scratch(base, run_id="wiring", epochs=2, augment="strong"))
+    assert outcome.state == M.FINISHED
+    num_train, num_val, batch = outcome.summary["num_train"], outcome.summary["num_val"], outcome.summary["batch_size"]
+    assert seen["train"] == 2 * (num_train // batch) * batch  # every training image of both epochs, augmented
+    assert seen["eval"] == 2 * num_val  # validation: the deterministic transform, each epoch
+    assert seen["levels"] == {"strong"}

@@ -130,7 +130,8 @@ def parse_value(name: str, raw: Any) -> Any:
     meta = FIELDS[name].metadata
     if hasattr(raw, "item") and not isinstance(raw, (str, bytes)):
         raw = raw.item()  # numpy scalars from the sweep engine
-    if raw is None or (isinstance(raw, str) and raw.strip().lower() in NULL_STRINGS and kind is not str):
+    # "none" is a value for a boolean (--batch_norm=none is False, as parse_bool reads it), never "unset"
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() in NULL_STRINGS and kind not in (str, bool)):
         if optional:
             return None
         raise UserError(f"{name} needs a value (default {FIELDS[name].default!r})")
@@ -193,6 +194,8 @@ def load_yaml_values(path: Path | str) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise UserError(f"config file {path} not found") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} cannot be read ({type(exc).__name__}): pass a YAML file") from None
     except yaml.YAMLError as exc:
         raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):

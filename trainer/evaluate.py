@@ -53,7 +53,12 @@ def evaluate_on_test_set(run_folder: Path, data_dir: str | None = None, device: 
         raise UserError(f"{run_folder} is not a finished run folder (needs config.yaml and {BEST_CHECKPOINT}); pass a folder under runs/ or a sweep's runs/")
     saved.pop("run_id", None)
     config = parse_run_config(saved, {"data_dir": data_dir} if data_dir else {})
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot read {checkpoint} ({type(exc).__name__}); it is damaged: retrain the run, or restore the file from its checkpoint store") from None
+    if not isinstance(payload, dict):
+        raise UserError(f"{checkpoint} is not a checkpoint of this harness; pass a run folder whose best.pt a run wrote")
     classes = tuple(payload.get("identity", {}).get("classes", ()))
 
     layout = locate_dataset(config.data_dir, download=config.download)
@@ -67,7 +72,8 @@ def evaluate_on_test_set(run_folder: Path, data_dir: str | None = None, device: 
     model = build_model(config.model, len(test_index.classes), str(checkpoint), config.aux_loss_weight, config.bn_mode, scratch_config(config)).to(target).eval()
     pre = preprocessing_for(config.model, config.weights, scratch_config(config))
     transform = EvalTransform(pre)
-    autocast_dtype = resolve_precision(config.precision, target)
+    # The run's precision on a GPU; fp32 on a CPU, where fp16 does not exist and bf16 only slows inference down.
+    autocast_dtype = resolve_precision(config.precision if target.type == "cuda" else "fp32", target)
     loader = BatchLoader(DecodingStore(test_index, pre.resize_size, pre.interpolation), np.arange(len(test_index)), test_index.labels, 64)
     predictions = []
     with torch.inference_mode():

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from models.freezing import plan_for_epoch
-from models.param_groups import groups_for_stages
+from models.param_groups import add_missing_groups
 from trainer import metrics as M
 from trainer.checkpoint import LoopState
 from trainer.optim import group_options, lr_factor, set_learning_rates
@@ -61,14 +61,14 @@ def split_output(output) -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 
 def apply_epoch_plan(loop: Loop, epoch: int) -> None:
-    """Set which stages train in this epoch; newly unfrozen stages join the optimizer (gradual unfreezing)."""
-    plan = plan_for_epoch(loop.strategy, loop.model.stage_names, loop.freeze_options, epoch)
-    before = loop.model.plan.trainable_stages
-    loop.model.apply_plan(plan)
-    new = [s for s in reversed(loop.model.stage_names) if s in plan.trainable_stages and s not in before]
-    if new:
-        for group in groups_for_stages(loop.model, new, **group_options(loop.config)):
-            loop.optimizer.add_param_group(group)
+    """Set which stages train in this epoch; what starts training joins the optimizer (gradual unfreezing)."""
+    advance_plan(loop.model, loop.optimizer, loop.config, loop.strategy, loop.freeze_options, epoch)
+
+
+def advance_plan(model, optimizer, config, strategy, options, epoch: int) -> None:
+    """Apply epoch `epoch`'s plan and add groups for the parameters that newly train (stages, aux heads)."""
+    model.apply_plan(plan_for_epoch(strategy, model.stage_names, options, epoch))
+    add_missing_groups(model, optimizer, **group_options(config))
 
 
 @torch.inference_mode()

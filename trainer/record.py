@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,20 @@ class RunRecord:
         self.summary.update(values)
         write_json(self.folder / SUMMARY_FILE, self.summary)
         return self.summary
+
+    def drop_summary(self, *keys: str) -> None:
+        for key in keys:
+            self.summary.pop(key, None)
+        write_json(self.folder / SUMMARY_FILE, self.summary)
+
+    def set_aside_test_results(self) -> None:
+        """A fresh start in a folder that holds a tested model: its test results leave with it (to test.previous/)."""
+        results = self.folder / "test"
+        if results.exists():
+            previous = self.folder / "test.previous"
+            shutil.rmtree(previous, ignore_errors=True)
+            results.rename(previous)
+        self.drop_summary(M.TEST_ACC)
 
     @staticmethod
     def read_summary(folder: Path) -> dict[str, Any]:

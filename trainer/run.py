@@ -27,7 +27,7 @@ from trainer import metrics as M
 from trainer.checkpoint import CheckpointRefused, LoopState, keep_as, load_checkpoint, restore, save_checkpoint
 from trainer.config import RunConfig, config_hash, effective_config, to_dict
 from trainer.inputs import build_inputs, load_split
-from trainer.loop import Diverged, Loop, autocast_factory, train
+from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, train
 from trainer.optim import build_optimizer
 from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, RunRecord
 from trainer.signals import GracefulStop
@@ -172,9 +172,13 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
             print(f"warning: {refused}")
             record.update_summary(resume_refused=str(refused))
             last_path.replace(last_path.with_name("last.refused.pt"))
-    start_epoch = payload["loop"]["epoch"] if payload else 0
-    model.apply_plan(plan_for_epoch(strategy, model.stage_names, options, start_epoch))
+    # The optimizer's groups grow as stages unfreeze: rebuild them as they were when the checkpoint was
+    # written (the plans of epochs 0..its epoch, in order), so its state loads group for group.
+    saved_plan_epoch = 0 if not payload else max(0, payload["loop"]["epoch"] - (payload["loop"]["batch"] == 0))
+    model.apply_plan(plan_for_epoch(strategy, model.stage_names, options, 0))
     optimizer = build_optimizer(model, config)
+    for epoch in range(1, saved_plan_epoch + 1):
+        advance_plan(model, optimizer, config, strategy, options, epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     state = LoopState(batch_size=batch_size)
     if payload:
@@ -184,6 +188,8 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
         print(f"resuming run {run_id} from epoch {state.epoch + 1}, batch {state.batch} (best val_acc so far {state.best_val_acc:.4f})")
     elif config.resume:
         raise UserError(f"--resume: run {run_id} has no checkpoint in {record.folder} or its store; drop --resume to start it fresh")
+    else:
+        record.set_aside_test_results()  # they were of the model this fresh start replaces
     state.batch_size = batch_size
     if not payload:  # a fresh start in a W&B run that has history already: log after it, not over it
         state.log_step_offset = max(0, logger.next_step() - 1)
@@ -253,6 +259,7 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
         raise
     with GracefulStop() as stop:
         while True:
+            retry_at_half = False
             try:
                 state_name, loop_state, facts = _attempt(config, run_id, record, logger, store, batch_size, stop, fresh=retried_oom)
                 exit_code = EXIT_OK
@@ -271,15 +278,11 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
                 break
             except torch.cuda.OutOfMemoryError as exc:
                 if config.oom_retry and batch_size > 1 and not retried_oom:
-                    retried_oom, batch_size = True, batch_size // 2
+                    retried_oom, batch_size, retry_at_half = True, batch_size // 2, True
                     print(f"warning: CUDA out of memory at batch_size={batch_size * 2}; retrying from scratch at {batch_size}")
-                    _free_cuda()
-                    for stale in (LAST_CHECKPOINT, BEST_CHECKPOINT):
-                        (folder / stale).unlink(missing_ok=True)
-                    record.truncate_history(0)
-                    continue
-                state_name, reason, exit_code = M.OOM, f"CUDA out of memory at batch_size={batch_size}: {str(exc).splitlines()[0]}", EXIT_OK
-                break
+                else:
+                    state_name, reason, exit_code = M.OOM, f"CUDA out of memory at batch_size={batch_size}: {str(exc).splitlines()[0]}", EXIT_OK
+                    break
             except UserError as exc:
                 state_name, reason, exit_code = M.FAILED, str(exc), EXIT_USER_ERROR
                 _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
@@ -289,6 +292,11 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
                 (folder / "error.log").write_text(traceback.format_exc())
                 print(f"run {run_id} failed: {reason} (traceback in {folder / 'error.log'})")
                 break
+            if retry_at_half:  # out of the except block, so the failed attempt's frames and their GPU tensors are gone
+                _free_cuda()
+                for stale in (LAST_CHECKPOINT, BEST_CHECKPOINT):
+                    (folder / stale).unlink(missing_ok=True)
+                record.truncate_history(0)
         # Still inside the handlers: a signal arriving while W&B finishes cannot kill the run before its record says why.
         store.close(timeout=20 if state_name == M.PREEMPTED else 600)
         summary = _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
