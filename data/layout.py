@@ -42,6 +42,7 @@ def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None 
         raise UserError(f"--data_dir={data_dir} is a file, not a folder: pass the folder that holds train/ (or the unzipped nature_12K)")
     layout = find_layout(data_dir) if data_dir.exists() else None
     if layout is None and download:
+        # Extraction is staged and renamed into place whole, so a tree found here is never half-written.
         from data.download import NATURE_12K_URL, ZIP_NAME, download_dataset
 
         # Only into a new or empty folder (or one with our own partial download): a folder of other files is a

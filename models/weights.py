@@ -8,6 +8,7 @@ names (pitfall 14). Nothing here downloads unless the user asked for ImageNet we
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -135,7 +136,12 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet", aux_loss
         for path in head_linear_paths(spec):
             _replace_linear(net, path, num_classes)
     if resolved.kind == "file":
-        _load_file(spec, net, resolved.path, state, set(base["keys"]) if base and not spec.is_scratch else set())
+        from_base = set(base["keys"]) if base and not spec.is_scratch else set()
+        if from_base and base.get("fingerprint") and frozen_fingerprint(net.state_dict(), from_base) != base["fingerprint"]:
+            raise UserError(f"{resolved.path} was trained on other {base['weights']} values than the file in "
+                            f"{os.path.join(torch.hub.get_dir(), 'checkpoints')}: put the original file there (delete "
+                            f"this one and it downloads again), or train with --checkpoint_frozen_stages=true")
+        _load_file(spec, net, resolved.path, state, from_base)
     return StagedModel(spec, net, num_classes, resolved.version, aux_loss_weight, bn_mode)
 
 
@@ -206,12 +212,25 @@ def _read_file(path: str) -> tuple[dict[str, torch.Tensor], dict | None]:
     if base is not None:
         if not (isinstance(base, Mapping) and isinstance(base.get("weights"), str) and isinstance(base.get("keys"), list)):
             raise UserError(f"weights file {path} has a malformed {FROZEN_BASE} entry; use the run's checkpoint as written")
-        base = {"weights": base["weights"], "keys": [_strip_net(key) for key in base["keys"]]}
+        base = {"weights": base["weights"], "keys": [_strip_net(key) for key in base["keys"]], "fingerprint": base.get("fingerprint")}
     return _state_dict_from(obj, path), base
 
 
+def frozen_fingerprint(state: Mapping[str, torch.Tensor], keys) -> str:
+    """sha256 of the tensors under `keys` ("net." prefixes ignored): which ImageNet file the frozen stages came
+    from. torch.hub checks a file's hash only when it downloads it; a replaced file would go unnoticed."""
+    digest = hashlib.sha256()
+    for key in sorted(keys, key=_strip_net):
+        tensor = state[key].detach().to("cpu").contiguous().reshape(-1)
+        digest.update(_strip_net(key).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:24]
+
+
 def _base_member(spec: BackboneSpec, base: Mapping, path: str):
-    member = getattr(spec.weights_enum, str(base["weights"]).rpartition(".")[2], None) if spec.weights_enum else None
+    enum_name, _, member_name = str(base["weights"]).rpartition(".")
+    same_model = spec.weights_enum is not None and enum_name in ("", spec.weights_enum.__name__)
+    member = getattr(spec.weights_enum, member_name, None) if same_model else None
     if member is None:
         raise UserError(f"weights file {path} leaves its frozen stages to weights {base['weights']}, which {spec.name} "
                         f"does not have; load it with the model it was trained with")

@@ -209,9 +209,11 @@ def _wandb_history(run: Any) -> list[dict]:
         rows = [dict(row) for row in run.scan_history(keys=keys)]
         if rows:
             # Rows come in step order; a run restarted inside the same W&B run (out-of-memory retry, refused
-            # checkpoint) logged its epochs again at later steps, and the last attempt is the run's curve.
-            latest = {row.get(metrics.EPOCH, position): row for position, row in enumerate(rows, start=1)}
-            return _sorted_epochs(list(latest.values()))
+            # checkpoint) logged its epochs again from 1 at later steps: the last attempt, from the last point
+            # where the epoch number went back, is the run's curve (an earlier attempt may have run longer).
+            epochs = [row.get(metrics.EPOCH, position) for position, row in enumerate(rows, start=1)]
+            start = max((i for i in range(1, len(rows)) if epochs[i] <= epochs[i - 1]), default=0)
+            return _sorted_epochs(rows[start:])
     return []
 
 

@@ -58,7 +58,7 @@ def definition_problems(config: Any) -> list[str]:
             problems.append(f"parameter {name!r} is not a run parameter{nearest(name, FIELDS)}; `python agent.py --help` lists them")
         elif isinstance(spec, dict) and "parameters" in spec:
             problems.append(f"parameter {name!r} is nested; run parameters are flat")
-        elif isinstance(spec, dict):
+        elif isinstance(spec, dict) and config.get("method") == "bayes":
             problems.extend(_value_problems(name, spec))
     metric = config.get("metric")
     metric_name = metric.get("name") if isinstance(metric, dict) else None
@@ -71,8 +71,8 @@ def definition_problems(config: Any) -> list[str]:
 
 
 def _value_problems(name: str, spec: dict) -> list[str]:
-    """Values the engine's Bayesian model would misread: it reads any falsy value as the first of `values`."""
-    values = spec.get("values") if isinstance(spec.get("values"), list) else [spec["value"]] if "value" in spec else []
+    """Searched values that bayes would misread: its model reads any falsy value as the first of `values`."""
+    values = spec.get("values") if isinstance(spec.get("values"), list) else []
     problems = []
     if any(isinstance(value, bool) for value in values):
         problems.append(f"parameter {name!r} has a YAML boolean; write it as a string ('true'/'false'): the engine reads false as the first value")

@@ -32,7 +32,7 @@ from sweeper.table import DUPLICATE, RUNS_DIR, UNFINISHED, Trial, TrialTable, su
 from sweeper.trial import (LaunchedTrial, has_checkpoint, launch, outcome, read_history, recorded_outcome,
                            trial_command, visible_gpus)
 from trainer import metrics as M
-from trainer.config import FIELDS, config_hash, effective_config, parse_run_config
+from trainer.config import FIELDS, config_hash, effective_config, parse_run_config, parse_value
 
 POLL_SECONDS = 0.5  # how often finished trials are collected and hyperband is asked
 MAX_CONSECUTIVE_DUPLICATES = 100  # a random/bayes search over a small effective space never ends otherwise
@@ -72,7 +72,7 @@ def check_fixed(fixed: Mapping[str, Any]) -> dict[str, str]:
     for key in fixed:
         if key in DRIVER_OWNED:
             raise UserError(f"--{key} is set by the sweep for each trial (runs go to SWEEP_DIR/{RUNS_DIR}/RUN_ID); use --sweep_dir=DIR to choose the folder")
-    parse_run_config(fixed)
+        parse_value(key, fixed[key])  # name, type and range; whether it fits a model is each trial's to say
     return dict(fixed)
 
 

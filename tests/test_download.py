@@ -302,3 +302,4 @@ def test_a_folder_that_cannot_be_created_is_a_user_error(tmp_path):
     with pytest.raises(UserError) as error:
         download_file("http://127.0.0.1:9/nature_12K.zip", blocker / "sub" / ZIP_NAME, progress=False)
     assert "cannot create" in _assert_one_line(error)
+

@@ -426,7 +426,7 @@ def test_wandb_history_keeps_the_last_attempt_of_each_epoch():
 
     run = FakeRun("r01", "finished", make_summary("r01"), as_object=False)
     final = make_history("r01")
-    abandoned = [{**row, metrics.VAL_ACC: 0.01} for row in final[:2]]
+    abandoned = [{**row, metrics.VAL_ACC: 0.01} for row in final + [{**final[-1], metrics.EPOCH: 4}]]  # ran longer
     run._history = [{**row, "_step": i} for i, row in enumerate(abandoned + final, start=1)]
     history = _wandb_record(run).history
     assert [row[metrics.EPOCH] for row in history] == [1, 2, 3]

@@ -270,3 +270,32 @@ def test_a_lean_checkpoint_without_its_imagenet_file_says_which_file(nature_dir,
         build_model("resnet18", len(outcome.summary["classes"]), str(outcome.folder / "best.pt"))
     message = str(caught.value)
     assert "\n" not in message and "resnet18-f37072fd.pth" in message and "--checkpoint_frozen_stages" in message
+
+
+def test_a_lean_checkpoint_refuses_other_values_under_the_weights_name(nature_dir, tmp_path, imagenet_hub):
+    """torch.hub checks a file's hash only when downloading it: a replaced file must not be mixed in silently."""
+    import torchvision
+
+    settings = {"model": "resnet18", "weights": "imagenet", "strategy": "head_only", "augment": "standard", "epochs": 1}
+    first = run_training(config(nature_dir, tmp_path, run_id="lean", **settings))
+    classes = len(first.summary["classes"])
+    with pytest.raises(UserError, match="does not have"):
+        build_model("resnet50", classes, str(first.folder / "best.pt"))  # another model's file
+
+    torch.manual_seed(7)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), imagenet_hub / "resnet18-f37072fd.pth")
+    with pytest.raises(UserError, match="other ResNet18_Weights.IMAGENET1K_V1 values"):
+        build_model("resnet18", classes, str(first.folder / "best.pt"))
+    again = run_training(config(nature_dir, tmp_path, run_id="lean", **settings))  # finished: it would resume
+    assert again.state == M.FINISHED and "other ResNet18_Weights.IMAGENET1K_V1 values" in again.summary["resume_refused"]
+
+
+def test_an_optimizer_state_that_does_not_fit_starts_fresh(nature_dir, tmp_path):
+    """A checkpoint whose optimizer groups differ (written by older code) is refused, not a crash on every relaunch."""
+    first = run_training(config(nature_dir, tmp_path, run_id="groups", epochs=1))
+    payload = torch.load(first.folder / "last.pt", weights_only=True)
+    payload["optimizer"]["param_groups"] = payload["optimizer"]["param_groups"][:-1]
+    torch.save(payload, first.folder / "last.pt")
+    again = run_training(config(nature_dir, tmp_path, run_id="groups", epochs=1))
+    assert again.state == M.FINISHED and "optimizer state does not fit" in again.summary["resume_refused"]
+    assert [r[M.EPOCH] for r in rows(again)] == [1] and (first.folder / "last.refused.pt").exists()

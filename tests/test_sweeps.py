@@ -97,6 +97,11 @@ def test_fixed_arguments_are_checked_once(tmp_path, fixed_args):
         run_local_sweep(sweep, count=1, sweep_dir=tmp_path / "a", fixed={**fixed_args, "run_id": "x"})
     with pytest.raises(UserError, match="unknown parameter 'lrr'"):
         run_local_sweep(sweep, count=1, sweep_dir=tmp_path / "b", fixed={**fixed_args, "lrr": "0.1"})
+    from sweeper.local import check_fixed
+
+    assert check_fixed({"k_layers": "8"}) == {"k_layers": "8"}  # too many for resnet50, right for a ViT sweep
+    with pytest.raises(UserError, match="k_layers"):
+        check_fixed({"k_layers": "-1"})
 
 
 
@@ -394,7 +399,7 @@ def test_the_command_wandb_agent_runs_works_unchanged(tmp_path, fixed_args):
 
 
 def test_definitions_the_engine_would_misread_are_refused():
-    base = tiny_definition()
+    base = {**tiny_definition(), "method": "bayes"}
     no_goal = {**base, "metric": {"name": M.VAL_ACC}}
     assert any("goal" in p and "maximize" in p for p in definition_problems(no_goal))
     assert any("goal is 'minimize'" in p for p in definition_problems({**base, "metric": {"name": M.VAL_ACC, "goal": "minimize"}}))
@@ -404,3 +409,6 @@ def test_definitions_the_engine_would_misread_are_refused():
     assert any("'dropout'" in p and "put it first" in p for p in definition_problems(zero_later))
     zero_first = {**base, "parameters": {**base["parameters"], "dropout": {"values": [0.0, 0.2]}}}
     assert definition_problems(zero_first) == []
+    constant = {**base, "parameters": {**base["parameters"], "download": {"value": False}}}
+    assert definition_problems(constant) == []  # never searched: nothing to misread
+    assert definition_problems({**booleans, "method": "grid"}) == []  # only bayes models past values

@@ -265,6 +265,9 @@ def test_test_command_writes_accuracy_confusion_and_grid(base):
     retrained = run_training(scratch(base, run_id="for-test", filters=16))
     assert "config_hash" in retrained.summary["resume_refused"] and M.TEST_ACC not in retrained.summary
     assert not out.exists() and (outcome.folder / "test.previous" / "test.json").exists()
+    (outcome.folder / "best.previous.pt").replace(outcome.folder / "best.pt")  # the other config's model
+    with pytest.raises(UserError, match="trained with another configuration"):
+        evaluate_on_test_set(outcome.folder)
 
     (outcome.folder / "best.pt").write_bytes(b"damaged")
     with pytest.raises(UserError, match="cannot read .*best.pt .*damaged"):
@@ -339,6 +342,23 @@ def test_onecycle_run_trains_with_warmup_folded_away(base):
     outcome = run_training(scratch(base, run_id="onecycle", schedule="onecycle", warmup_epochs=2))
     assert outcome.state == M.FINISHED
     assert yaml.safe_load((outcome.folder / "config.yaml").read_text())["warmup_epochs"] is None
+    assert 0 <= evaluate_on_test_set(outcome.folder)[M.TEST_ACC] <= 1  # its config.yaml reads back
+
+
+@pytest.mark.parametrize("values", [
+    {"model": "resnet50", "schedule": "onecycle", "warmup_epochs": 3},
+    {"model": "resnet50", "strategy": "fraction", "freeze_fraction": 0.3, "bn_mode": "adapt"},
+    {"model": "vgg16", "strategy": "head_only", "bn_mode": "adapt", "weights": "IMAGENET1K_V1"},
+    {"model": "scratch_cnn", "strategy": "last_k", "batch_norm": "no", "optimizer": "sgd"},
+    {"model": "googlenet", "strategy": "gradual", "aux_loss_weight": 0.2},
+])
+def test_a_normalised_config_reads_back_as_itself(values):
+    """config.yaml is what --resume, agent.py test and --config read: normalising must be a fixed point."""
+    from trainer.config import to_dict
+
+    config = parse_run_config(values)
+    assert parse_run_config(to_dict(config)) == config
+    assert parse_run_config(yaml.safe_load(yaml.safe_dump(to_dict(config)))) == config
 
 def test_help_lists_every_parameter_with_default():
     text = help_text()
@@ -498,3 +518,22 @@ def test_training_batches_are_augmented_and_validation_batches_are_not(base, mon
     assert seen["train"] == 2 * (num_train // batch) * batch  # every training image of both epochs, augmented
     assert seen["eval"] == 2 * num_val  # validation: the deterministic transform, each epoch
     assert seen["levels"] == {"strong"}
+
+
+def test_wandb_logger_next_step_is_after_its_own_last_step():
+    """Inside the process that logged, W&B's run.step is the last step (its row still open), not the next one."""
+    from trainer.wandb_log import WandbLogger
+
+    class Run:
+        step = 0
+
+        def log(self, row, step):
+            Run.step = step
+
+    logger = WandbLogger(Run(), "offline")
+    assert logger.next_step() == 0  # nothing logged: an offset of 0
+    for step in (1, 2, 3):
+        logger.log({M.EPOCH: step}, step=step)
+    assert logger.next_step() == 4
+    Run.step = 9  # a resumed run whose server history goes further
+    assert logger.next_step() == 9

@@ -21,6 +21,7 @@ from common.atomic import atomic_write
 from models.weights import FROZEN_BASE
 
 FORMAT = 1
+FORMAT_LEAN = 2  # with frozen_base: older code, which cannot rebuild the left-out stages, refuses it
 
 
 @dataclass
@@ -50,7 +51,7 @@ def save_checkpoint(path: Path, *, model, optimizer, scaler, state: LoopState, i
         left_out = set(frozen_base["keys"])
         state_dict = {key: value for key, value in state_dict.items() if key not in left_out}
     payload = {
-        "format": FORMAT,
+        "format": FORMAT_LEAN if frozen_base else FORMAT,
         "model": state_dict,
         FROZEN_BASE: frozen_base,
         "optimizer": optimizer.state_dict(),
@@ -90,7 +91,7 @@ def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointRefused(f"checkpoint {path} is unreadable ({type(exc).__name__}); starting fresh") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "loop" not in payload:
+    if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, FORMAT_LEAN) or "loop" not in payload:
         raise CheckpointRefused(f"checkpoint {path} is not a resumable checkpoint of this harness; starting fresh")
     saved = payload.get("identity", {})
     for key, value in identity.items():
@@ -99,13 +100,30 @@ def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def check_frozen_base(payload: dict[str, Any], frozen_base: dict[str, Any] | None, path: Path) -> None:
+    """The stages a checkpoint left out must be the ones this machine's weights file gives."""
+    saved = payload.get(FROZEN_BASE)
+    if not saved:
+        return
+    if not frozen_base or set(saved.get("keys", [])) != set(frozen_base["keys"]):
+        raise CheckpointRefused(f"checkpoint {path} left out stages this run trains or keeps; starting fresh")
+    if saved.get("fingerprint") != frozen_base.get("fingerprint"):
+        raise CheckpointRefused(f"checkpoint {path} was trained on other {saved.get('weights')} values than this machine's "
+                                f"file in the torch hub cache; starting fresh (put the original file there to resume)")
+
+
 def restore(payload: dict[str, Any], *, model, optimizer, scaler) -> LoopState:
+    """Load a checkpoint into the run; CheckpointRefused, with nothing changed, when the optimizer's groups differ
+    (a checkpoint of older code that grouped parameters otherwise)."""
+    try:
+        optimizer.load_state_dict(payload["optimizer"])  # first: it validates before it changes anything
+    except ValueError as exc:
+        raise CheckpointRefused(f"checkpoint's optimizer state does not fit this run ({str(exc).splitlines()[0]}); starting fresh") from None
     left_out = set((payload.get(FROZEN_BASE) or {}).get("keys", []))
     missing, unexpected = model.load_state_dict(payload["model"], strict=False)
     # BatchNorm never reports num_batches_tracked as missing (it keeps its own), so: nothing missing but what was left out.
     if unexpected or not set(missing) <= left_out:  # the identity check makes this unreachable short of a bug
         raise RuntimeError(f"checkpoint does not fit the model: missing {sorted(set(missing) - left_out)[:3]}, unexpected {unexpected[:3]}")
-    optimizer.load_state_dict(payload["optimizer"])
     if scaler is not None and scaler.is_enabled() and payload["scaler"]:
         scaler.load_state_dict(payload["scaler"])
     torch.set_rng_state(payload["rng"]["torch"])

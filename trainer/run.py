@@ -21,10 +21,11 @@ import torch
 from common.errors import UserError
 from common.provenance import code_version
 from models import build_model, count_parameters, preprocessing_for
+from models.weights import frozen_fingerprint
 from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy, validate_options
 from scratch_cnn import ScratchCNNConfig
 from trainer import metrics as M
-from trainer.checkpoint import CheckpointRefused, LoopState, keep_as, load_checkpoint, restore, save_checkpoint
+from trainer.checkpoint import CheckpointRefused, LoopState, check_frozen_base, keep_as, load_checkpoint, restore, save_checkpoint
 from trainer.config import RunConfig, config_hash, effective_config, to_dict
 from trainer.inputs import build_inputs, load_split
 from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, train
@@ -124,6 +125,20 @@ def _min_depth_over_epochs(model, strategy, options, epochs: int) -> int:
     return min(depths)
 
 
+def _optimizer_as_saved(model, config: RunConfig, strategy, options, payload: dict | None):
+    """The optimizer with the groups it had when `payload` was written (a fresh one without a payload).
+
+    Groups grow as stages unfreeze: the plans of epochs 0..the checkpoint's epoch are replayed in order, so a
+    checkpoint's optimizer state loads group for group.
+    """
+    saved_plan_epoch = 0 if not payload else max(0, payload["loop"]["epoch"] - (payload["loop"]["batch"] == 0))
+    model.apply_plan(plan_for_epoch(strategy, model.stage_names, options, 0))
+    optimizer = build_optimizer(model, config)
+    for epoch in range(1, saved_plan_epoch + 1):
+        advance_plan(model, optimizer, config, strategy, options, epoch)
+    return optimizer
+
+
 def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, batch_size: int, stop, fresh: bool = False) -> tuple[str, LoopState, dict]:
     """Set up everything and train; returns (state, loop state, summary facts). Raises on failure.
 
@@ -150,46 +165,54 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     # Depth of the frozen prefix that never trains in this run: cached (augment none) or run without autograd.
     frozen_depth = _min_depth_over_epochs(model, strategy, options, config.epochs)
     feature_depth = frozen_depth if (config.augment == "none" and config.feature_cache) else 0
+    # Stages frozen all run on ImageNet weights stay those weights: checkpoints leave them out (not random
+    # init or a user's file, which a loader could not rebuild exactly), with a fingerprint of the values.
+    lean = None
+    on_imagenet = model.weights_version != "none" and not model.weights_version.startswith("file:")
+    if frozen_depth and on_imagenet:
+        keys = model.stage_state_keys(model.stage_names[:frozen_depth])
+        lean = {"weights": model.weights_version, "keys": keys, "fingerprint": frozen_fingerprint(model.state_dict(), keys)}
+    frozen_base = None if config.checkpoint_frozen_stages else lean
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    # Stages frozen all run on ImageNet weights stay those weights: checkpoints leave them out (not random
-    # init or a user's file, which a loader could not rebuild exactly).
-    frozen_base = None
-    on_imagenet = model.weights_version != "none" and not model.weights_version.startswith("file:")
-    if frozen_depth and on_imagenet and not config.checkpoint_frozen_stages:
-        frozen_base = {"weights": model.weights_version, "keys": model.stage_state_keys(model.stage_names[:frozen_depth])}
     last_path, best_path = record.folder / LAST_CHECKPOINT, record.folder / BEST_CHECKPOINT
+
+    def refuse(refused: CheckpointRefused) -> None:
+        if config.resume:
+            raise UserError(str(refused)) from None
+        print(f"warning: {refused}")
+        record.update_summary(resume_refused=str(refused))
+        last_path.replace(last_path.with_name("last.refused.pt"))
+
     payload = None
     if not fresh and store.fetch(last_path):
         store.fetch(best_path)  # a new machine also gets the best epoch's weights, for `agent.py test`
         try:
             payload = load_checkpoint(last_path, identity)
+            check_frozen_base(payload, lean, last_path)
         except CheckpointRefused as refused:
-            if config.resume:
-                raise UserError(str(refused)) from None
-            print(f"warning: {refused}")
-            record.update_summary(resume_refused=str(refused))
-            last_path.replace(last_path.with_name("last.refused.pt"))
-    # The optimizer's groups grow as stages unfreeze: rebuild them as they were when the checkpoint was
-    # written (the plans of epochs 0..its epoch, in order), so its state loads group for group.
-    saved_plan_epoch = 0 if not payload else max(0, payload["loop"]["epoch"] - (payload["loop"]["batch"] == 0))
-    model.apply_plan(plan_for_epoch(strategy, model.stage_names, options, 0))
-    optimizer = build_optimizer(model, config)
-    for epoch in range(1, saved_plan_epoch + 1):
-        advance_plan(model, optimizer, config, strategy, options, epoch)
+            payload = None
+            refuse(refused)
+    optimizer = _optimizer_as_saved(model, config, strategy, options, payload)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     state = LoopState(batch_size=batch_size)
     if payload:
-        state = restore(payload, model=model, optimizer=optimizer, scaler=scaler)
+        try:
+            state = restore(payload, model=model, optimizer=optimizer, scaler=scaler)
+        except CheckpointRefused as refused:  # nothing was loaded: start fresh
+            payload = None
+            refuse(refused)
+            optimizer = _optimizer_as_saved(model, config, strategy, options, None)
+    if payload:
         batch_size = state.batch_size or batch_size
         record.update_summary(**{M.BEST_VAL_ACC: state.best_val_acc, M.BEST_EPOCH: state.best_epoch, M.EPOCHS_COMPLETED: state.epoch}, resumed_from_epoch=state.epoch)
         print(f"resuming run {run_id} from epoch {state.epoch + 1}, batch {state.batch} (best val_acc so far {state.best_val_acc:.4f})")
     elif config.resume:
         raise UserError(f"--resume: run {run_id} has no checkpoint in {record.folder} or its store; drop --resume to start it fresh")
     else:
-        record.set_aside_test_results()  # they were of the model this fresh start replaces
+        record.set_aside_previous_model()
     state.batch_size = batch_size
     if not payload:  # a fresh start in a W&B run that has history already: log after it, not over it
         state.log_step_offset = max(0, logger.next_step() - 1)

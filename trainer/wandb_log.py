@@ -77,6 +77,7 @@ class WandbLogger(RunLogger):
         self.run, self.mode = run, mode
         self.online = mode == "online"
         self._broken = False
+        self._last_step = 0  # the highest step this process logged
 
     def _guard(self, what: str, call, default=None):
         if self._broken:
@@ -89,11 +90,17 @@ class WandbLogger(RunLogger):
             return default
 
     def log(self, row, step):
+        self._last_step = max(self._last_step, step)
         self._guard("log", lambda: self.run.log(row, step=step))
 
     def next_step(self) -> int:
-        """The step W&B gives the next log: above 0 when this run id already has history (an earlier attempt)."""
-        return int(self._guard("step", lambda: self.run.step, 0) or 0)
+        """The first step free for a new attempt: above 0 when this run id has history (an earlier attempt).
+
+        For a resumed W&B run, `run.step` is the next step; inside the process that logged, it is the last
+        logged step (its row still open), so this process's own highest step counts too.
+        """
+        reported = int(self._guard("step", lambda: self.run.step, 0) or 0)
+        return max(reported, self._last_step + 1) if self._last_step else reported
 
     def summary(self, values):
         self._guard("summary", lambda: self.run.summary.update(values))
