@@ -24,6 +24,7 @@ from typing import Any, Iterator, Mapping
 
 from common.errors import UserError
 from data.layout import locate_dataset
+from models import get_spec, resolve_strategy
 from sweeper import console
 from sweeper.definition import DRIVER_OWNED, SweepDefinition, engine_config, load_definition, pin_definition
 from sweeper.engine import runs_to_stop, suggest, sweep_run
@@ -73,6 +74,10 @@ def check_fixed(fixed: Mapping[str, Any]) -> dict[str, str]:
         if key in DRIVER_OWNED:
             raise UserError(f"--{key} is set by the sweep for each trial (runs go to SWEEP_DIR/{RUNS_DIR}/RUN_ID); use --sweep_dir=DIR to choose the folder")
         parse_value(key, fixed[key])  # name, type and range; whether it fits a model is each trial's to say
+    if "model" in fixed:
+        get_spec(str(fixed["model"]))  # a typo fails here once, not in every trial
+    if "strategy" in fixed:
+        resolve_strategy(str(fixed["strategy"]))
     return dict(fixed)
 
 

@@ -299,3 +299,26 @@ def test_an_optimizer_state_that_does_not_fit_starts_fresh(nature_dir, tmp_path)
     again = run_training(config(nature_dir, tmp_path, run_id="groups", epochs=1))
     assert again.state == M.FINISHED and "optimizer state does not fit" in again.summary["resume_refused"]
     assert [r[M.EPOCH] for r in rows(again)] == [1] and (first.folder / "last.refused.pt").exists()
+
+
+def test_a_store_never_brings_back_the_best_pt_of_a_replaced_model(nature_dir, tmp_path, sigterm_at_step, monkeypatch):
+    import trainer.loop
+
+    original_progress = trainer.loop.EpochProgress
+    store = tmp_path / "drive"
+    settings = {"run_id": "same", "checkpoint_store": str(store), "epochs": 1}
+    first = run_training(config(nature_dir, tmp_path, **settings))
+    assert first.state == M.FINISHED and (first.folder / "best.pt").exists()
+    for copy in [first.folder / "last.pt", *store.rglob("last.pt")]:  # a checkpoint refused on resume
+        payload = torch.load(copy, weights_only=True)
+        payload["optimizer"]["param_groups"] = payload["optimizer"]["param_groups"][:-1]
+        torch.save(payload, copy)
+    sigterm_at_step(2)  # the fresh start is cut off before its first epoch ends: it has no best epoch yet
+    cut = run_training(config(nature_dir, tmp_path, **settings))
+    assert cut.state == M.PREEMPTED and "optimizer state does not fit" in cut.summary["resume_refused"]
+    assert not (cut.folder / "best.pt").exists() and (cut.folder / "best.previous.pt").exists()
+    monkeypatch.setattr(trainer.loop, "EpochProgress", original_progress)
+    sigterm_at_step(1)  # relaunched, and cut off again: the store's old best.pt must stay out
+    again = run_training(config(nature_dir, tmp_path, **settings))
+    assert again.state == M.PREEMPTED and again.summary.get("resumed_from_epoch") == 0
+    assert not (again.folder / "best.pt").exists() and again.summary.get(M.BEST_VAL_ACC, -1) < 0  # no best epoch yet

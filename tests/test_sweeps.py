@@ -102,6 +102,10 @@ def test_fixed_arguments_are_checked_once(tmp_path, fixed_args):
     assert check_fixed({"k_layers": "8"}) == {"k_layers": "8"}  # too many for resnet50, right for a ViT sweep
     with pytest.raises(UserError, match="k_layers"):
         check_fixed({"k_layers": "-1"})
+    with pytest.raises(UserError, match="resnet50"):
+        check_fixed({"model": "resnet5O"})
+    with pytest.raises(UserError, match="last_k"):
+        check_fixed({"strategy": "lastk"})
 
 
 

@@ -107,9 +107,10 @@ def check_frozen_base(payload: dict[str, Any], frozen_base: dict[str, Any] | Non
         return
     if not frozen_base or set(saved.get("keys", [])) != set(frozen_base["keys"]):
         raise CheckpointRefused(f"checkpoint {path} left out stages this run trains or keeps; starting fresh")
-    if saved.get("fingerprint") != frozen_base.get("fingerprint"):
+    if saved.get("fingerprint") and saved["fingerprint"] != frozen_base.get("fingerprint"):
         raise CheckpointRefused(f"checkpoint {path} was trained on other {saved.get('weights')} values than this machine's "
-                                f"file in the torch hub cache; starting fresh (put the original file there to resume)")
+                                f"file in the torch hub cache; starting fresh (to resume instead: put the original file "
+                                f"there and rename last.refused.pt back to last.pt)")
 
 
 def restore(payload: dict[str, Any], *, model, optimizer, scaler) -> LoopState:

@@ -93,11 +93,12 @@ class RunRecord:
             self.summary.pop(key, None)
         write_json(self.folder / SUMMARY_FILE, self.summary)
 
-    def set_aside_previous_model(self) -> None:
+    def set_aside_previous_model(self) -> bool:
         """A fresh start in a folder that holds an earlier model (a refused checkpoint, another config under the
         same run id): its best.pt and test results move aside (best.previous.pt, test.previous/) and its
         figures leave the summary, so nothing of it is ever reported or tested as this run's."""
         results, best = self.folder / "test", self.folder / BEST_CHECKPOINT
+        earlier = results.exists() or best.exists() or M.BEST_VAL_ACC in self.summary
         if results.exists():
             previous = self.folder / "test.previous"
             shutil.rmtree(previous, ignore_errors=True)
@@ -105,6 +106,7 @@ class RunRecord:
         if best.exists():
             best.replace(self.folder / "best.previous.pt")
         self.drop_summary(M.TEST_ACC, M.BEST_VAL_ACC, M.BEST_EPOCH, M.EPOCHS_COMPLETED, "resumed_from_epoch")
+        return earlier
 
     @staticmethod
     def read_summary(folder: Path) -> dict[str, Any]:

@@ -139,6 +139,22 @@ def _optimizer_as_saved(model, config: RunConfig, strategy, options, payload: di
     return optimizer
 
 
+def _fetch_best(store, best_path: Path, identity: dict, best_epoch: int) -> None:
+    """Give a resumed run the best epoch's weights (a new machine has none, `agent.py test` needs them), and only
+    its own: a store may still hold the best.pt of a model that a fresh start replaced."""
+    if best_epoch <= 0 or not store.fetch(best_path):
+        best_path.unlink(missing_ok=True)
+        return
+    try:  # mmap: the tensors are not read, only the small header
+        best = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)
+        ours = best.get("identity") == identity and best.get("epoch") == best_epoch
+    except Exception:
+        ours = False
+    if not ours:
+        print(f"warning: {best_path} is not this run's epoch {best_epoch}; set aside as best.previous.pt")
+        best_path.replace(best_path.with_name("best.previous.pt"))
+
+
 def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, batch_size: int, stop, fresh: bool = False) -> tuple[str, LoopState, dict]:
     """Set up everything and train; returns (state, loop state, summary facts). Raises on failure.
 
@@ -188,7 +204,6 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
 
     payload = None
     if not fresh and store.fetch(last_path):
-        store.fetch(best_path)  # a new machine also gets the best epoch's weights, for `agent.py test`
         try:
             payload = load_checkpoint(last_path, identity)
             check_frozen_base(payload, lean, last_path)
@@ -206,13 +221,14 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
             refuse(refused)
             optimizer = _optimizer_as_saved(model, config, strategy, options, None)
     if payload:
+        _fetch_best(store, best_path, identity, state.best_epoch)
         batch_size = state.batch_size or batch_size
         record.update_summary(**{M.BEST_VAL_ACC: state.best_val_acc, M.BEST_EPOCH: state.best_epoch, M.EPOCHS_COMPLETED: state.epoch}, resumed_from_epoch=state.epoch)
         print(f"resuming run {run_id} from epoch {state.epoch + 1}, batch {state.batch} (best val_acc so far {state.best_val_acc:.4f})")
     elif config.resume:
         raise UserError(f"--resume: run {run_id} has no checkpoint in {record.folder} or its store; drop --resume to start it fresh")
-    else:
-        record.set_aside_previous_model()
+    elif record.set_aside_previous_model():  # W&B's summary too: the sweep reads val_acc from there
+        logger.summary({key: None for key in (M.VAL_ACC, M.BEST_VAL_ACC, M.BEST_EPOCH, M.EPOCHS_COMPLETED, M.TEST_ACC)})
     state.batch_size = batch_size
     if not payload:  # a fresh start in a W&B run that has history already: log after it, not over it
         state.log_step_offset = max(0, logger.next_step() - 1)
