@@ -290,11 +290,21 @@ def test_a_lean_checkpoint_refuses_other_values_under_the_weights_name(nature_di
     assert again.state == M.FINISHED and "other ResNet18_Weights.IMAGENET1K_V1 values" in again.summary["resume_refused"]
 
 
-def test_an_optimizer_state_that_does_not_fit_starts_fresh(nature_dir, tmp_path):
-    """A checkpoint whose optimizer groups differ (written by older code) is refused, not a crash on every relaunch."""
+def _drop_a_group(optimizer: dict) -> None:
+    optimizer["param_groups"] = optimizer["param_groups"][:-1]
+
+
+def _reshape_a_state(optimizer: dict) -> None:
+    slots = next(iter(optimizer["state"].values()))
+    slots["exp_avg"] = torch.zeros(slots["exp_avg"].numel() + 1)
+
+
+@pytest.mark.parametrize("damage", [_drop_a_group, _reshape_a_state])
+def test_an_optimizer_state_that_does_not_fit_starts_fresh(nature_dir, tmp_path, damage):
+    """A checkpoint whose optimizer state differs (written by older code) is refused, not a crash on every relaunch."""
     first = run_training(config(nature_dir, tmp_path, run_id="groups", epochs=1))
     payload = torch.load(first.folder / "last.pt", weights_only=True)
-    payload["optimizer"]["param_groups"] = payload["optimizer"]["param_groups"][:-1]
+    damage(payload["optimizer"])
     torch.save(payload, first.folder / "last.pt")
     again = run_training(config(nature_dir, tmp_path, run_id="groups", epochs=1))
     assert again.state == M.FINISHED and "optimizer state does not fit" in again.summary["resume_refused"]

@@ -117,9 +117,12 @@ def restore(payload: dict[str, Any], *, model, optimizer, scaler) -> LoopState:
     """Load a checkpoint into the run; CheckpointRefused, with nothing changed, when the optimizer's groups differ
     (a checkpoint of older code that grouped parameters otherwise)."""
     try:
-        optimizer.load_state_dict(payload["optimizer"])  # first: it validates before it changes anything
+        optimizer.load_state_dict(payload["optimizer"])  # before the model: the caller rebuilds only the optimizer
     except ValueError as exc:
         raise CheckpointRefused(f"checkpoint's optimizer state does not fit this run ({str(exc).splitlines()[0]}); starting fresh") from None
+    for param, slots in optimizer.state.items():  # groups of equal sizes can still hold other parameters
+        if any(torch.is_tensor(v) and v.dim() > 0 and v.shape != param.shape for v in slots.values()):
+            raise CheckpointRefused("checkpoint's optimizer state does not fit this run (a state of another shape); starting fresh")
     left_out = set((payload.get(FROZEN_BASE) or {}).get("keys", []))
     missing, unexpected = model.load_state_dict(payload["model"], strict=False)
     # BatchNorm never reports num_batches_tracked as missing (it keeps its own), so: nothing missing but what was left out.
