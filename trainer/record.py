@@ -22,6 +22,7 @@ from trainer import metrics as M
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.jsonl", "summary.json"
 LAST_CHECKPOINT, BEST_CHECKPOINT = "last.pt", "best.pt"
+PREVIOUS_BEST = "best.previous.pt"  # the best.pt of a model a fresh start replaced
 
 
 class RunRecord:
@@ -104,7 +105,7 @@ class RunRecord:
             shutil.rmtree(previous, ignore_errors=True)
             results.rename(previous)
         if best.exists():
-            best.replace(self.folder / "best.previous.pt")
+            best.replace(self.folder / PREVIOUS_BEST)
         self.drop_summary(M.TEST_ACC, M.BEST_VAL_ACC, M.BEST_EPOCH, M.EPOCHS_COMPLETED, "resumed_from_epoch")
         return earlier
 

@@ -21,8 +21,8 @@ import torch
 from common.errors import UserError
 from common.provenance import code_version
 from models import build_model, count_parameters, preprocessing_for
-from models.weights import frozen_fingerprint
 from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy, validate_options
+from models.weights import frozen_fingerprint
 from scratch_cnn import ScratchCNNConfig
 from trainer import metrics as M
 from trainer.checkpoint import CheckpointRefused, LoopState, check_frozen_base, keep_as, load_checkpoint, restore, save_checkpoint
@@ -30,7 +30,7 @@ from trainer.config import RunConfig, config_hash, effective_config, to_dict
 from trainer.inputs import build_inputs, load_split
 from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, train
 from trainer.optim import build_optimizer
-from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, RunRecord
+from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_BEST, RunRecord
 from trainer.signals import GracefulStop
 from trainer.store import make_store
 from trainer.wandb_log import start_logger
@@ -151,8 +151,8 @@ def _fetch_best(store, best_path: Path, identity: dict, best_epoch: int) -> None
     except Exception:
         ours = False
     if not ours:
-        print(f"warning: {best_path} is not this run's epoch {best_epoch}; set aside as best.previous.pt")
-        best_path.replace(best_path.with_name("best.previous.pt"))
+        print(f"warning: {best_path} is not this run's epoch {best_epoch}; set aside as {PREVIOUS_BEST}")
+        best_path.replace(best_path.with_name(PREVIOUS_BEST))
 
 
 def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, batch_size: int, stop, fresh: bool = False) -> tuple[str, LoopState, dict]:
