@@ -172,6 +172,28 @@ def test_out_of_memory_retries_at_half_batch(base, monkeypatch):
     assert outcome.state == M.OOM and outcome.exit_code == 0 and "out of memory" in outcome.summary[M.REASON]
 
 
+def test_out_of_memory_retry_replaces_the_failed_attempts_checkpoint_in_the_store(base, tmp_path, monkeypatch):
+    """A preemption before the retry's first checkpoint must resume the retry, not the attempt that ran out of memory."""
+    import trainer.run
+
+    store, seen, real_train = tmp_path / "store", [], trainer.run.train
+
+    def train(loop, state):
+        payload = torch.load(store / "oom-store" / "last.pt", weights_only=True) if (store / "oom-store" / "last.pt").exists() else None
+        seen.append(payload and (payload["loop"]["epoch"], payload["loop"]["batch_size"]))
+        if len(seen) == 1:
+            real_train(loop, state)  # attempt 1 checkpoints its epochs into the store, then runs out of memory
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_train(loop, state)
+
+    monkeypatch.setattr(trainer.run, "train", train)
+    outcome = run_training(scratch(base, run_id="oom-store", checkpoint_store=str(store)))
+    assert outcome.state == M.FINISHED and outcome.summary["batch_size"] == 4
+    assert seen == [None, (0, 4)]  # the retry starts from a checkpoint of its own: epoch 0 at batch size 4
+    resumed = run_training(scratch(base, run_id="oom-store", checkpoint_store=str(store), output_dir=str(tmp_path / "machine_b")))
+    assert resumed.summary["batch_size"] == 4 and resumed.summary["resumed_from_epoch"] == 2
+
+
 class StepLogger(RunLogger):
     """W&B's step bookkeeping without W&B: a step at or below the last one is dropped, as W&B drops it."""
 

@@ -256,6 +256,8 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
             keep_as(last_path, best_path)
             store.save(best_path)
 
+    if fresh:  # the retry's starting point replaces the failed attempt's checkpoint in the store, so a preemption
+        checkpoint(state, is_best=False)  # before the retry's first real checkpoint resumes the retry at its batch size
     forward_fn = torch.compile(model) if (config.compile and device.type == "cuda") else None
     loop = Loop(
         config=config, model=model, optimizer=optimizer, scaler=scaler, inputs=inputs, device=device,
