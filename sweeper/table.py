@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from common.atomic import write_text
 from common.errors import UserError
 from trainer import metrics as M
+from trainer.config import rehash
 
 TABLE_FILE = "table.jsonl"
 RUNS_DIR = "runs"
@@ -104,5 +105,6 @@ def suggestion_identity(suggested: dict[str, Any]) -> str:
 
 
 def trial_identity(trial: Trial) -> str:
-    """What makes two trials the same: the effective config hash, or the raw suggestion when it did not parse."""
-    return trial.config_hash or suggestion_identity(trial.suggested)
+    """What makes two trials the same: the effective config hash (under today's normalisation, so trials of
+    older code still count), or the raw suggestion when it did not parse."""
+    return rehash(trial.config) or trial.config_hash or suggestion_identity(trial.suggested)

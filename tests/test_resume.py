@@ -332,3 +332,30 @@ def test_a_store_never_brings_back_the_best_pt_of_a_replaced_model(nature_dir, t
     again = run_training(config(nature_dir, tmp_path, **settings))
     assert again.state == M.PREEMPTED and again.summary.get("resumed_from_epoch") == 0
     assert not (again.folder / "best.pt").exists() and again.summary.get(M.BEST_VAL_ACC, -1) < 0  # no best epoch yet
+
+
+def test_a_checkpoint_of_code_that_normalised_otherwise_resumes(nature_dir, tmp_path, sigterm_at_step, monkeypatch):
+    """An upgrade that writes equivalent values another way (older code kept warmup_epochs under onecycle) changes
+    the config hash; the checkpoint's saved config, hashed today, still names this run, and nothing else."""
+    import trainer.loop
+    from trainer.config import effective_config
+
+    original_progress = trainer.loop.EpochProgress
+    settings = {"run_id": "upgraded", "schedule": "onecycle", "warmup_epochs": 3}
+    sigterm_at_step(5)
+    cut = run_training(config(nature_dir, tmp_path, **settings))
+    assert cut.state == M.PREEMPTED
+    monkeypatch.setattr(trainer.loop, "EpochProgress", original_progress)
+    last = cut.folder / "last.pt"
+    payload = torch.load(last, weights_only=True)
+    assert payload["config"] == effective_config(config(nature_dir, tmp_path, **settings))
+    payload["identity"]["config_hash"] = "0123456789abcdef"  # what the older code hashed
+    payload["config"] = {**payload["config"], "warmup_epochs": 3.0}  # what it wrote
+    torch.save(payload, last)
+    resumed = run_training(config(nature_dir, tmp_path, **settings))
+    assert resumed.state == M.FINISHED and resumed.summary.get("resumed_from_epoch") == 1
+
+    payload["config"] = {**payload["config"], "lr": 0.5}  # another config is still another config
+    torch.save(payload, last)
+    refused = run_training(config(nature_dir, tmp_path, **settings, epochs=2))
+    assert "config_hash" in refused.summary["resume_refused"]

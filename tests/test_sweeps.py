@@ -153,6 +153,20 @@ def test_hyperband_decision_is_the_engines(monkeypatch):
     assert engine.runs_to_stop(config, runs) == []
 
 
+def test_trials_of_code_that_normalised_otherwise_are_still_found(tmp_path):
+    """Older code kept warmup_epochs under onecycle, so hashed the same trial otherwise: it is still a duplicate."""
+    from trainer.config import config_hash, effective_config
+
+    today = parse_run_config({"model": "resnet50", "schedule": "onecycle", "warmup_epochs": 3})
+    older = {**effective_config(today), "warmup_epochs": 3.0}
+    table = TrialTable(tmp_path)
+    table.add(Trial("old-001", M.FINISHED, older, "0123456789abcdef", {}))
+    assert table.find_identity(config_hash(today)).run_id == "old-001"
+    assert table.find_identity(config_hash(today.replace(lr=0.5))) is None
+    table.add(Trial("gone-002", M.FINISHED, {**older, "lr": 0.5, "removed_field": 1}, "fedcba9876543210", {}))
+    assert table.find_identity("fedcba9876543210").run_id == "gone-002"  # a config that no longer reads keeps its hash
+
+
 # --- the offline driver --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -291,6 +291,22 @@ def test_test_command_writes_accuracy_confusion_and_grid(base):
     with pytest.raises(UserError, match="trained with another configuration"):
         evaluate_on_test_set(outcome.folder)
 
+    # A best.pt of code that normalised equivalent values otherwise: the run's own recorded hash, or its saved
+    # config hashed today, says it is this config.yaml's model.
+    trained = run_training(scratch(base, run_id="for-test", filters=16, epochs=1))
+    payload = torch.load(outcome.folder / "best.pt", weights_only=True)
+    payload["identity"]["config_hash"] = "0123456789abcdef"
+    torch.save(payload, outcome.folder / "best.pt")
+    assert 0 <= evaluate_on_test_set(outcome.folder)[M.TEST_ACC] <= 1  # its config, hashed today
+    del payload["config"]
+    torch.save(payload, outcome.folder / "best.pt")
+    with pytest.raises(UserError, match="trained with another configuration"):
+        evaluate_on_test_set(outcome.folder)
+    record = json.loads((outcome.folder / "summary.json").read_text())
+    (outcome.folder / "summary.json").write_text(json.dumps({**record, "config_hash": "0123456789abcdef"}))
+    assert 0 <= evaluate_on_test_set(outcome.folder)[M.TEST_ACC] <= 1  # the hash the run recorded beside config.yaml
+    assert trained.state == M.FINISHED
+
     (outcome.folder / "best.pt").write_bytes(b"damaged")
     with pytest.raises(UserError, match="cannot read .*best.pt .*damaged"):
         evaluate_on_test_set(outcome.folder)
@@ -376,10 +392,11 @@ def test_onecycle_run_trains_with_warmup_folded_away(base):
 ])
 def test_a_normalised_config_reads_back_as_itself(values):
     """config.yaml is what --resume, agent.py test and --config read: normalising must be a fixed point."""
-    from trainer.config import to_dict
+    from trainer.config import effective_config, rehash, to_dict
 
     config = parse_run_config(values)
     assert parse_run_config(to_dict(config)) == config
+    assert rehash(effective_config(config)) == config_hash(config)  # what sweep tables and checkpoints save
     assert parse_run_config(yaml.safe_load(yaml.safe_dump(to_dict(config)))) == config
 
 def test_help_lists_every_parameter_with_default():

@@ -19,6 +19,7 @@ import torch
 
 from common.atomic import atomic_write
 from models.weights import FROZEN_BASE
+from trainer.config import rehash
 
 FORMAT = 1
 FORMAT_LEAN = 2  # with frozen_base: older code, which cannot rebuild the left-out stages, refuses it
@@ -43,9 +44,11 @@ class LoopState:
 
 
 def save_checkpoint(path: Path, *, model, optimizer, scaler, state: LoopState, identity: dict[str, Any],
-                    history: list[dict] | None = None, frozen_base: dict[str, Any] | None = None) -> None:
+                    history: list[dict] | None = None, frozen_base: dict[str, Any] | None = None,
+                    config: dict[str, Any] | None = None) -> None:
     """`frozen_base` ({"weights": ImageNet member, "keys": [...]}) leaves out stages frozen for the whole run:
-    they are those weights, untouched, and a loader takes them from there (VGG-16 head-only: 0.2 MB, not 528)."""
+    they are those weights, untouched, and a loader takes them from there (VGG-16 head-only: 0.2 MB, not 528).
+    `config` is the effective config behind `identity["config_hash"]`, for code that normalises it otherwise."""
     state_dict = model.state_dict()
     if frozen_base:
         left_out = set(frozen_base["keys"])
@@ -60,6 +63,7 @@ def save_checkpoint(path: Path, *, model, optimizer, scaler, state: LoopState, i
         "loop": asdict(state),
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "identity": identity,
+        "config": config,
         # The per-epoch metrics travel with the checkpoint, so a run resumed on a machine whose disk held
         # nothing but this file still has its whole history.
         "history": list(history or []),
@@ -82,6 +86,19 @@ def keep_as(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
+def identity_mismatch(payload: dict[str, Any], identity: dict[str, Any]) -> str | None:
+    """The first key of `identity` the checkpoint was written for otherwise, or None when it is this run's.
+
+    A config hash from code that normalised equivalent values otherwise still matches when the checkpoint's
+    saved config hashes, today, to this run's.
+    """
+    saved = payload.get("identity") or {}
+    for key, value in identity.items():
+        if saved.get(key) != value and not (key == "config_hash" and rehash(payload.get("config")) == value):
+            return key
+    return None
+
+
 class CheckpointRefused(Exception):
     """The file is unreadable or belongs to another config/model; the message is the one-line reason."""
 
@@ -93,10 +110,9 @@ def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
         raise CheckpointRefused(f"checkpoint {path} is unreadable ({type(exc).__name__}); starting fresh") from None
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, FORMAT_LEAN) or "loop" not in payload:
         raise CheckpointRefused(f"checkpoint {path} is not a resumable checkpoint of this harness; starting fresh")
-    saved = payload.get("identity", {})
-    for key, value in identity.items():
-        if saved.get(key) != value:
-            raise CheckpointRefused(f"checkpoint {path} was written for {key}={saved.get(key)!r}, this run has {value!r}; starting fresh")
+    key = identity_mismatch(payload, identity)
+    if key:
+        raise CheckpointRefused(f"checkpoint {path} was written for {key}={payload['identity'].get(key)!r}, this run has {identity[key]!r}; starting fresh")
     return payload
 
 

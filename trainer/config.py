@@ -12,6 +12,7 @@ equivalent values one way (freeze_fraction as the share of stages it freezes, th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -116,8 +117,13 @@ SCRATCH_FIELDS = tuple(n for n, f in FIELDS.items() if f.metadata["group"] == "s
 FREEZE_OPTION_FIELDS = ("k_layers", "freeze_fraction", "unfreeze_every_epochs")
 
 
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(RunConfig)  # evaluating the string annotations is slow: once per process
+
+
 def _base_type(name: str):
-    hint = typing.get_type_hints(RunConfig)[name]
+    hint = _hints()[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return (args[0] if args else hint), type(None) in typing.get_args(hint)
 
@@ -288,6 +294,18 @@ def effective_config(config: RunConfig) -> dict[str, Any]:
 def config_hash(config: RunConfig) -> str:
     text = json.dumps(effective_config(config), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def rehash(saved: Mapping[str, Any] | None) -> str | None:
+    """The hash an effective config saved by this or older code has under today's normalisation, so a change
+    in how equivalent values are written does not orphan the checkpoints and sweep trials saved before it.
+    None when it no longer reads (a field removed or renamed, a value no longer allowed)."""
+    if not saved or not set(saved) <= set(FIELDS):
+        return None
+    try:
+        return config_hash(parse_run_config(saved))
+    except (UserError, TypeError, ValueError):
+        return None
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from data.loading import BatchLoader, DecodingStore
 from data.scan import check_same_classes, scan_folder
 from models import build_model, preprocessing_for
 from trainer import metrics as M
-from trainer.config import config_hash, parse_run_config
+from trainer.config import config_hash, parse_run_config, rehash
 from trainer.record import BEST_CHECKPOINT, RunRecord
 from trainer.run import resolve_device, resolve_precision, scratch_config
 
@@ -59,8 +59,11 @@ def evaluate_on_test_set(run_folder: Path, data_dir: str | None = None, device: 
         raise UserError(f"cannot read {checkpoint} ({type(exc).__name__}); it is damaged: retrain the run, or restore the file from its checkpoint store") from None
     if not isinstance(payload, dict):
         raise UserError(f"{checkpoint} is not a checkpoint of this harness; pass a run folder whose best.pt a run wrote")
+    # Same training: the hash it was written with is the one the run recorded beside config.yaml, or its saved
+    # config hashes to config.yaml's under today's normalisation.
     trained = payload.get("identity", {}).get("config_hash")
-    if trained and trained != config_hash(config):
+    if trained and trained not in (config_hash(config), record.read_summary(run_folder).get("config_hash")) \
+            and rehash(payload.get("config")) != config_hash(config):
         raise UserError(f"{checkpoint} was trained with another configuration than {run_folder / 'config.yaml'} "
                         f"(config hash {trained} vs {config_hash(config)}); test the run folder that trained it, or train this one again")
     classes = tuple(payload.get("identity", {}).get("classes", ()))

@@ -25,7 +25,8 @@ from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy, val
 from models.weights import frozen_fingerprint
 from scratch_cnn import ScratchCNNConfig
 from trainer import metrics as M
-from trainer.checkpoint import CheckpointRefused, LoopState, check_frozen_base, keep_as, load_checkpoint, restore, save_checkpoint
+from trainer.checkpoint import (CheckpointRefused, LoopState, check_frozen_base, identity_mismatch, keep_as, load_checkpoint, restore,
+                                save_checkpoint)
 from trainer.config import RunConfig, config_hash, effective_config, to_dict
 from trainer.inputs import build_inputs, load_split
 from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, train
@@ -147,7 +148,7 @@ def _fetch_best(store, best_path: Path, identity: dict, best_epoch: int) -> None
         return
     try:  # mmap: the tensors are not read, only the small header
         best = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)
-        ours = best.get("identity") == identity and best.get("epoch") == best_epoch
+        ours = identity_mismatch(best, identity) is None and best.get("epoch") == best_epoch
     except Exception:
         ours = False
     if not ours:
@@ -250,7 +251,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
 
     def checkpoint(loop_state: LoopState, is_best: bool) -> None:
         save_checkpoint(last_path, model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity,
-                        history=record.history, frozen_base=frozen_base)
+                        history=record.history, frozen_base=frozen_base, config=effective_config(config))
         store.save(last_path)
         if is_best:
             keep_as(last_path, best_path)
