@@ -11,6 +11,7 @@ from urllib.error import URLError
 
 import pytest
 import torch
+import yaml
 
 from common.errors import UserError
 from common.preprocessing import Preprocessing
@@ -352,7 +353,9 @@ def test_a_checkpoint_of_code_that_normalised_otherwise_resumes(nature_dir, tmp_
     payload["identity"]["config_hash"] = "0123456789abcdef"  # what the older code hashed
     payload["config"] = {**payload["config"], "warmup_epochs": 3.0}  # what it wrote
     torch.save(payload, last)
-    resumed = run_training(config(nature_dir, tmp_path, **settings))
+    written = yaml.safe_load((cut.folder / "config.yaml").read_text())
+    (cut.folder / "config.yaml").write_text(yaml.safe_dump({**written, "warmup_epochs": 3.0}))  # its config.yaml too
+    resumed = run_training(config(nature_dir, tmp_path, **settings, resume=True))
     assert resumed.state == M.FINISHED and resumed.summary.get("resumed_from_epoch") == 1
 
     payload["config"] = {**payload["config"], "lr": 0.5}  # another config is still another config

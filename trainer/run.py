@@ -27,7 +27,7 @@ from scratch_cnn import ScratchCNNConfig
 from trainer import metrics as M
 from trainer.checkpoint import (CheckpointRefused, LoopState, check_frozen_base, identity_mismatch, keep_as, load_checkpoint, restore,
                                 save_checkpoint)
-from trainer.config import RunConfig, config_hash, effective_config, to_dict
+from trainer.config import RunConfig, config_hash, effective_config, rehash, to_dict
 from trainer.inputs import build_inputs, load_split
 from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, train
 from trainer.optim import build_optimizer
@@ -284,7 +284,7 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
     if config.resume and record.read_config():
         saved = {k: v for k, v in record.read_config().items() if k in effective_config(config)}
         changed = {k: v for k, v in effective_config(config).items() if saved.get(k, v) != v}
-        if changed:
+        if changed and rehash(saved) != config_hash(config):  # not merely written otherwise by older code
             key, value = next(iter(changed.items()))
             raise UserError(f"--resume: run {run_id} was trained with {key}={saved[key]!r}, not {value!r}; resume with the same settings or start a new run")
     record.write_config(config_dict)
