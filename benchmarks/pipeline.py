@@ -58,6 +58,7 @@ from torchvision.datasets import ImageFolder  # noqa: E402
 import trainer.inputs  # noqa: E402
 import trainer.loop  # noqa: E402
 import trainer.run  # noqa: E402
+import trainer.writer  # noqa: E402
 from common.preprocessing import Preprocessing  # noqa: E402
 from data.synthetic import make_image_folder  # noqa: E402
 from models import FreezeOptions, build_model, get_spec, plan_for_epoch, preprocessing_for, resolve_strategy  # noqa: E402
@@ -241,7 +242,9 @@ def harness_run(w: Workload, strategy: str, lr: float, cache_dir: Path, log) -> 
         stack.enter_context(timed_calls(trainer.inputs.DecodedImageCache, "build_or_open", parts, "image cache"))
         stack.enter_context(timed_calls(trainer.inputs, "build_or_open_features", parts, "feature cache"))
         stack.enter_context(timed_calls(trainer.loop, "evaluate", parts, "validation"))
-        stack.enter_context(timed_calls(trainer.run, "save_checkpoint", parts, "checkpoints"))
+        # What checkpoints cost the run: the snapshot, and any wait for a background write still in flight.
+        stack.enter_context(timed_calls(trainer.run, "checkpoint_payload", parts, "checkpoints"))
+        stack.enter_context(timed_calls(trainer.writer.CheckpointWriter, "flush", parts, "checkpoints"))
         stack.enter_context(contextlib.redirect_stdout(log))
         stack.enter_context(contextlib.redirect_stderr(log))
         sync(w.device)

@@ -194,6 +194,57 @@ def test_out_of_memory_retry_replaces_the_failed_attempts_checkpoint_in_the_stor
     assert resumed.summary["batch_size"] == 4 and resumed.summary["resumed_from_epoch"] == 2
 
 
+def test_training_goes_on_while_a_checkpoint_is_written_and_the_file_is_the_snapshot(base, monkeypatch):
+    """The loop waits for a host-memory snapshot, not for the file: the end-of-epoch-1 write here waits until epoch 2
+    has stepped the optimizer, and must still write the weights as they were when epoch 1 ended."""
+    import threading
+
+    import trainer.loop
+    import trainer.run
+
+    steps, stepped = [0], threading.Event()
+    real_payload, real_write, at_submit, checks = trainer.run.checkpoint_payload, trainer.run.write_checkpoint, {}, []
+
+    class Progress(trainer.loop.EpochProgress):
+        def update(self, *args, **kwargs):
+            super().update(*args, **kwargs)
+            steps[0] += 1
+            stepped.set()
+
+    def payload(**parts):
+        snap = real_payload(**parts)
+        at_submit[id(snap)] = (steps[0], {k: v.clone() for k, v in snap["model"].items()})
+        stepped.clear()
+        return snap
+
+    def write(path, snap):
+        submitted_at, weights = at_submit[id(snap)]
+        if snap["loop"]["epoch"] == 1:  # a later step can only happen if the loop did not wait for this write
+            checks.append(stepped.wait(timeout=30) and steps[0] > submitted_at)
+            checks.append(all(torch.equal(weights[k], v) for k, v in snap["model"].items()))
+        real_write(path, snap)
+
+    monkeypatch.setattr(trainer.loop, "EpochProgress", Progress)
+    monkeypatch.setattr(trainer.run, "checkpoint_payload", payload)
+    monkeypatch.setattr(trainer.run, "write_checkpoint", write)
+    outcome = run_training(scratch(base, run_id="background", epochs=2))
+    assert outcome.state == M.FINISHED and checks == [True, True]
+    final = torch.load(outcome.folder / "last.pt", weights_only=True)
+    assert final["loop"]["epoch"] == 2  # close() waited for the last write
+
+
+def test_a_checkpoint_write_that_fails_ends_the_run_with_its_reason(base, monkeypatch):
+    import trainer.run
+
+    def full_disk(path, payload):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer.run, "write_checkpoint", full_disk)
+    outcome = run_training(scratch(base, run_id="full-disk", epochs=2))
+    assert outcome.state == M.FAILED and outcome.exit_code == 1
+    assert "No space left on device" in outcome.summary[M.REASON] and (outcome.folder / "error.log").exists()
+
+
 class StepLogger(RunLogger):
     """W&B's step bookkeeping without W&B: a step at or below the last one is dropped, as W&B drops it."""
 

@@ -43,17 +43,20 @@ class LoopState:
     log_step_offset: int = 0  # W&B steps an earlier attempt in the same W&B run used (epoch e logs at offset + e)
 
 
-def save_checkpoint(path: Path, *, model, optimizer, scaler, state: LoopState, identity: dict[str, Any],
-                    history: list[dict] | None = None, frozen_base: dict[str, Any] | None = None,
-                    config: dict[str, Any] | None = None) -> None:
-    """`frozen_base` ({"weights": ImageNet member, "keys": [...]}) leaves out stages frozen for the whole run:
+def checkpoint_payload(*, model, optimizer, scaler, state: LoopState, identity: dict[str, Any],
+                       history: list[dict] | None = None, frozen_base: dict[str, Any] | None = None,
+                       config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint as it is now, its tensors copied to host memory: training may go on while it is written.
+
+    `frozen_base` ({"weights": ImageNet member, "keys": [...]}) leaves out stages frozen for the whole run:
     they are those weights, untouched, and a loader takes them from there (VGG-16 head-only: 0.2 MB, not 528).
-    `config` is the effective config behind `identity["config_hash"]`, for code that normalises it otherwise."""
+    `config` is the effective config behind `identity["config_hash"]`, for code that normalises it otherwise.
+    """
     state_dict = model.state_dict()
     if frozen_base:
         left_out = set(frozen_base["keys"])
         state_dict = {key: value for key, value in state_dict.items() if key not in left_out}
-    payload = {
+    return snapshot({
         "format": FORMAT_LEAN if frozen_base else FORMAT,
         "model": state_dict,
         FROZEN_BASE: frozen_base,
@@ -67,7 +70,22 @@ def save_checkpoint(path: Path, *, model, optimizer, scaler, state: LoopState, i
         # The per-epoch metrics travel with the checkpoint, so a run resumed on a machine whose disk held
         # nothing but this file still has its whole history.
         "history": list(history or []),
-    }
+    })
+
+
+def snapshot(value: Any) -> Any:
+    """A copy of nested dicts/lists whose tensors are detached host copies (the optimizer steps parameters and
+    its moments in place; a checkpoint written later must not see those steps)."""
+    if torch.is_tensor(value):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: snapshot(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(snapshot(item) for item in value)
+    return value
+
+
+def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda handle: torch.save(payload, handle), mode="wb")
 
 

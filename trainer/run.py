@@ -25,8 +25,8 @@ from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy, val
 from models.weights import frozen_fingerprint
 from scratch_cnn import ScratchCNNConfig
 from trainer import metrics as M
-from trainer.checkpoint import (CheckpointRefused, LoopState, check_frozen_base, identity_mismatch, keep_as, load_checkpoint, restore,
-                                save_checkpoint)
+from trainer.checkpoint import (CheckpointRefused, LoopState, check_frozen_base, checkpoint_payload, identity_mismatch, keep_as,
+                                load_checkpoint, restore, write_checkpoint)
 from trainer.config import RunConfig, config_hash, effective_config, rehash, to_dict
 from trainer.inputs import build_inputs, load_split
 from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, train
@@ -35,6 +35,7 @@ from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_BEST, RunR
 from trainer.signals import GracefulStop
 from trainer.store import make_store
 from trainer.wandb_log import start_logger
+from trainer.writer import CheckpointWriter
 
 EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR = 0, 1, 2
 
@@ -249,23 +250,37 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     record.update_summary(**facts, **{M.STATE: M.RUNNING, M.REASON: None})
     logger.summary(facts)
 
-    def checkpoint(loop_state: LoopState, is_best: bool) -> None:
-        save_checkpoint(last_path, model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity,
-                        history=record.history, frozen_base=frozen_base, config=effective_config(config))
-        store.save(last_path)
-        if is_best:
-            keep_as(last_path, best_path)
-            store.save(best_path)
+    writer = CheckpointWriter()
 
-    if fresh:  # the retry's starting point replaces the failed attempt's checkpoint in the store, so a preemption
-        checkpoint(state, is_best=False)  # before the retry's first real checkpoint resumes the retry at its batch size
-    forward_fn = torch.compile(model) if (config.compile and device.type == "cuda") else None
-    loop = Loop(
-        config=config, model=model, optimizer=optimizer, scaler=scaler, inputs=inputs, device=device,
-        autocast=autocast, strategy=strategy, freeze_options=options, record=record, logger=logger,
-        checkpoint=checkpoint, stop=stop, inference_prefix=0 if feature_depth else frozen_depth, forward_fn=forward_fn,
-    )
-    final_state = train(loop, state)
+    def checkpoint(loop_state: LoopState, is_best: bool) -> None:
+        # The loop waits for the host-memory snapshot only; the file, best.pt and the store follow in the background.
+        payload = checkpoint_payload(model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity,
+                                     history=record.history, frozen_base=frozen_base, config=effective_config(config))
+
+        def write() -> None:
+            write_checkpoint(last_path, payload)
+            store.save(last_path)
+            if is_best:
+                keep_as(last_path, best_path)
+                store.save(best_path)
+
+        writer.submit(write)
+
+    try:
+        if fresh:  # the retry's starting point replaces the failed attempt's checkpoint in the store, so a preemption
+            checkpoint(state, is_best=False)  # before the retry's first real checkpoint resumes the retry at its batch size
+            writer.flush()
+        forward_fn = torch.compile(model) if (config.compile and device.type == "cuda") else None
+        loop = Loop(
+            config=config, model=model, optimizer=optimizer, scaler=scaler, inputs=inputs, device=device,
+            autocast=autocast, strategy=strategy, freeze_options=options, record=record, logger=logger,
+            checkpoint=checkpoint, stop=stop, inference_prefix=0 if feature_depth else frozen_depth, forward_fn=forward_fn,
+        )
+        final_state = train(loop, state)
+    except BaseException:
+        writer.close(quiet=True)  # the last good checkpoint still lands; the run reports its own error
+        raise
+    writer.close()
     trainable, total = count_parameters(model)  # gradual unfreezing ends with more trainable parameters
     facts.update({M.TRAINABLE_PARAMS: trainable, M.TOTAL_PARAMS: total})
     return final_state, state, facts
