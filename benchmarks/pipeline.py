@@ -549,7 +549,7 @@ def render(w: Workload, args, summary: dict, command: str, elapsed: float) -> st
 
 def write_section(path: Path, section: str) -> None:
     """Replace this device/model/size's section of the results file (or add it), keeping the others."""
-    header = "# Benchmark results\n\nWritten by `benchmarks/pipeline.py`; one section per device, model and input size.\n"
+    header = "# Benchmark results\n\nWritten by the scripts in `benchmarks/`; one section per script, device, model and input size.\n"
     text = path.read_text() if path.exists() else header
     title = section.splitlines()[0]
     chunks = text.split("\n## ")

@@ -27,3 +27,17 @@ def test_pipeline_benchmark_runs_and_writes_its_section(tmp_path):
     assert set(summary["rows"]) == {"head_only", "last_k", "full"}
     for row in summary["rows"].values():
         assert row["naive_run_seconds"] > 0 and row["harness_first_run_seconds"] > 0 and row["harness_train_images_per_second"] > 0
+
+
+def test_checkpoint_benchmark_runs_and_writes_its_section(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## kept section\n\nfrom another device\n")
+    command = [sys.executable, str(ROOT / "benchmarks" / "checkpoint.py"), "--model", "mobilenet_v3_small", "--input_size", "32",
+               "--batch_size", "2", "--steps_per_epoch", "1", "--epochs", "2", "--repeats", "1", "--device", "cpu",
+               "--work_dir", str(tmp_path), "--out", str(results)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = results.read_text()
+    assert "## kept section" in text and "## Checkpoints · CPU · mobilenet_v3_small full fine-tuning · 32 px" in text
+    for mode in ("| none |", "| synchronous |", "| background |"):
+        assert mode in text

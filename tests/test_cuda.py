@@ -97,6 +97,24 @@ def test_training_steps_do_not_wait_on_the_gpu(gpu_run, monkeypatch):
     assert later_steps and all(count == 0 for count in later_steps), steps
 
 
+@pytest.mark.parametrize("strategy, augment", [("last_k", "standard"), ("head_only", "none")])
+def test_batches_arrive_in_pinned_memory(gpu_run, monkeypatch, strategy, augment):
+    """A non_blocking copy from pageable memory raises no sync warning, yet is synchronous: check the pinning itself,
+    for image batches and for cached features."""
+    import data.loading
+
+    real, pinned = data.loading.BatchLoader.epoch, []
+
+    def epoch(self, *args, **kwargs):
+        for images, labels in real(self, *args, **kwargs):
+            pinned.append(images.is_pinned() and labels.is_pinned())
+            yield images, labels
+
+    monkeypatch.setattr(data.loading.BatchLoader, "epoch", epoch)
+    outcome = gpu_run(run_id=f"pinned-{strategy}", strategy=strategy, augment=augment, epochs=1)
+    assert outcome.state == M.FINISHED and pinned and all(pinned), pinned
+
+
 @pytest.mark.slow
 def test_compiled_model_trains(gpu_run, monkeypatch):
     import trainer.run
