@@ -18,6 +18,7 @@ from trainer.config import FIELDS, config_hash, help_text, parse_cli, parse_run_
 from trainer.evaluate import evaluate_on_test_set
 from trainer.run import run_training
 from trainer.wandb_log import RunLogger
+from trainer.writer import CheckpointWriter
 
 SMALL = Preprocessing(crop_size=64, resize_size=72, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 TIMING_KEYS = {M.EPOCH_SECONDS, M.IMAGES_PER_SECOND}
@@ -227,6 +228,7 @@ def test_training_goes_on_while_a_checkpoint_is_written_and_the_file_is_the_snap
     monkeypatch.setattr(trainer.loop, "EpochProgress", Progress)
     monkeypatch.setattr(trainer.run, "checkpoint_payload", payload)
     monkeypatch.setattr(trainer.run, "write_checkpoint", write)
+    monkeypatch.setattr(trainer.run, "CheckpointWriter", lambda background: CheckpointWriter(background=True))  # as on a GPU
     outcome = run_training(scratch(base, run_id="background", epochs=2))
     assert outcome.state == M.FINISHED and checks == [True, True]
     final = torch.load(outcome.folder / "last.pt", weights_only=True)

@@ -45,8 +45,9 @@ class LoopState:
 
 def checkpoint_payload(*, model, optimizer, scaler, state: LoopState, identity: dict[str, Any],
                        history: list[dict] | None = None, frozen_base: dict[str, Any] | None = None,
-                       config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The checkpoint as it is now, its tensors copied to host memory: training may go on while it is written.
+                       config: dict[str, Any] | None = None, copy: bool = True) -> dict[str, Any]:
+    """The checkpoint as it is now, its tensors copied to host memory: training may go on while it is written
+    (`copy=False`: the live tensors, for a write that finishes before training goes on).
 
     `frozen_base` ({"weights": ImageNet member, "keys": [...]}) leaves out stages frozen for the whole run:
     they are those weights, untouched, and a loader takes them from there (VGG-16 head-only: 0.2 MB, not 528).
@@ -56,7 +57,7 @@ def checkpoint_payload(*, model, optimizer, scaler, state: LoopState, identity: 
     if frozen_base:
         left_out = set(frozen_base["keys"])
         state_dict = {key: value for key, value in state_dict.items() if key not in left_out}
-    return snapshot({
+    payload = {
         "format": FORMAT_LEAN if frozen_base else FORMAT,
         "model": state_dict,
         FROZEN_BASE: frozen_base,
@@ -70,7 +71,8 @@ def checkpoint_payload(*, model, optimizer, scaler, state: LoopState, identity: 
         # The per-epoch metrics travel with the checkpoint, so a run resumed on a machine whose disk held
         # nothing but this file still has its whole history.
         "history": list(history or []),
-    })
+    }
+    return snapshot(payload) if copy else payload
 
 
 def snapshot(value: Any) -> Any:

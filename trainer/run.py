@@ -250,12 +250,13 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     record.update_summary(**facts, **{M.STATE: M.RUNNING, M.REASON: None})
     logger.summary(facts)
 
-    writer = CheckpointWriter()
+    writer = CheckpointWriter(background=device.type == "cuda")  # a CPU's cores are busy training
 
     def checkpoint(loop_state: LoopState, is_best: bool) -> None:
         # The loop waits for the host-memory snapshot only; the file, best.pt and the store follow in the background.
         payload = checkpoint_payload(model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity,
-                                     history=record.history, frozen_base=frozen_base, config=effective_config(config))
+                                     history=record.history, frozen_base=frozen_base, config=effective_config(config),
+                                     copy=writer.background)
 
         def write() -> None:
             write_checkpoint(last_path, payload)

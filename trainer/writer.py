@@ -10,6 +10,10 @@ most and files are written in order. A write that failed (a full disk) is raised
 run still ends with its reason. `close()` waits for the last write: a run never ends, nor exits on a
 signal, with its final checkpoint unwritten; a SIGKILL during a write leaves the previous file (writes are
 atomic), from which the run resumes, replaying at most the last epoch.
+
+Only GPU runs write in the background. On a CPU the cores that would serialise the checkpoint are the ones
+training; a thread beside PyTorch's OpenMP threads makes them wait on each other, and the loop loses more
+than the write costs (benchmarks/checkpoint.py measures both ways).
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ from typing import Callable
 
 
 class CheckpointWriter:
-    def __init__(self):
+    def __init__(self, background: bool = True):
+        self.background = background
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def submit(self, job: Callable[[], None]) -> None:
         """Run `job` (write the snapshot, then keep/store it) after the previous one, in the background."""
         self.flush()
+        if not self.background:
+            job()
+            return
         self._thread = threading.Thread(target=self._run, args=(job,), daemon=True, name="checkpoint-writer")
         self._thread.start()
 
