@@ -209,7 +209,7 @@ def _failure_message(url: str, part: Path, error: BaseException, timeout: float)
     if kept:
         partial = f"the partial download ({kept} bytes) is kept at {part} and the next run resumes it"
     else:
-        partial = "nothing was saved; run again to retry"
+        partial = "nothing was kept; run again to retry"
     return f"could not download {url}: {reason}; {partial}; to skip the download, {MANUAL_HINT}"
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
+from common.parsing import nearest
 
 TEST_FOLDER_NAMES = ("test", "val")  # `test/` wins when both exist; nature_12K ships only `val/`
 
@@ -41,6 +42,8 @@ def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None 
     if data_dir.exists() and not data_dir.is_dir():
         raise UserError(f"--data_dir={data_dir} is a file, not a folder: pass the folder that holds train/ (or the unzipped nature_12K)")
     layout = find_layout(data_dir) if data_dir.exists() else None
+    if layout is None and not data_dir.exists():
+        _refuse_a_typo(data_dir)
     if layout is None and download:
         # Extraction is staged and renamed into place whole, so a tree found here is never half-written.
         from data.download import NATURE_12K_URL, ZIP_NAME, download_dataset
@@ -54,7 +57,12 @@ def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None 
                     "pass the folder that holds train/ and val/ (or test/), or an empty folder to download nature_12K into")
             raise UserError(f"no dataset found in {data_dir} (it holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}), "
                             f"and nature_12K is only downloaded into an empty folder: {hint}")
-        download_dataset(data_dir, url or NATURE_12K_URL)
+        created = [d for d in (data_dir, *data_dir.parents) if not d.exists()]
+        try:
+            download_dataset(data_dir, url or NATURE_12K_URL)
+        except UserError:
+            _remove_if_empty(created)  # a failed first attempt leaves no empty folders behind
+            raise
         layout = find_layout(data_dir)
     if layout is None:
         raise UserError(
@@ -63,3 +71,30 @@ def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None 
             + ("" if download else ", or drop --download=false to fetch nature_12K.zip")
         )
     return layout
+
+
+def _refuse_a_typo(data_dir: Path) -> None:
+    """A --data_dir that does not exist inside a dataset (beside its train/, or under train/ or val/) is a typo,
+    not a place to download 3.6 GB into."""
+    existing = next(d for d in data_dir.parents if d.exists())
+    inside = [d for d in (existing, *existing.parents) if (d / "train").is_dir() or d.name in ("train", *TEST_FOLDER_NAMES)]
+    if not inside:
+        return
+    root = inside[0] if (inside[0] / "train").is_dir() else inside[0].parent
+    missing = data_dir.relative_to(existing).parts[0]
+    siblings = [p.name for p in existing.iterdir() if p.is_dir()] if existing.is_dir() else []
+    raise UserError(f"--data_dir={data_dir} does not exist: {existing} has no {missing!r}{nearest(missing, siblings)}; "
+                    f"the dataset there is {root}: pass --data_dir={root}")
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders a download created (innermost first) while they hold nothing but an empty .part file."""
+    for folder in folders:
+        for part in folder.glob("*.part") if folder.is_dir() else []:
+            if part.stat().st_size == 0:
+                part.unlink()
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (a partial download to resume) or not ours
+

@@ -293,7 +293,26 @@ def test_locate_downloads_into_an_empty_folder_only(serve, dataset_zip, tmp_path
         locate_dataset(other, url=server.url)
     with pytest.raises(UserError, match="is a file, not a folder"):
         locate_dataset(other / "readme.txt", url=server.url)
+
+    # A --data_dir that does not exist inside a dataset is a typo: named, with the dataset's folder, never created
+    train = nature_dir / "inaturalist_12K" / "train"
+    for typo, missing in ((train / "Amphibai", "'Amphibai' (did you mean 'Amphibia'?)"), (train.parent / "trian", "'trian' (did you mean 'train'?)")):
+        with pytest.raises(UserError) as error:
+            locate_dataset(typo, url=server.url)
+        message = _assert_one_line(error)
+        assert missing in message and f"pass --data_dir={train.parent}" in message and not typo.exists()
     assert len(server.ranges) == fetched
+
+
+def test_a_failed_first_download_leaves_no_folder_behind(tmp_path):
+    from data.layout import locate_dataset
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(UserError, match="nothing was kept"):
+        locate_dataset(tmp_path / "new" / "nature", url=f"http://127.0.0.1:{port}/{ZIP_NAME}")
+    assert list(tmp_path.iterdir()) == []  # neither nature/ nor new/: a typo costs nothing to undo
 
 
 def test_a_folder_that_cannot_be_created_is_a_user_error(tmp_path):
