@@ -93,6 +93,10 @@ def command_report(args: list[str]) -> int:
     if len(args) != 1:
         raise UserError("usage: python agent.py report SOURCE [--out DIR]  (SOURCE: a sweep folder, a runs/ folder, or entity/project/sweep_id)")
     source = args[0]
+    if Path(source).is_file():  # a sweep's YAML is its definition; its results are in its sweep folder
+        hint = f"pass its sweep folder, sweep_runs/{Path(source).stem} by default" if Path(source).suffix in (".yaml", ".yml") else \
+            "pass a sweep folder, a runs/ folder, or entity/project/sweep_id"
+        raise UserError(f"report source {source} is a file, not a folder: {hint}")
     out_dir = Path(out) if out else (Path(source) / "report" if Path(source).exists() else Path("reports") / source.replace("/", "_"))
     path = build_report(source, out_dir)
     print(f"report written to {path}")

@@ -431,3 +431,13 @@ def test_wandb_history_keeps_the_last_attempt_of_each_epoch():
     history = _wandb_record(run).history
     assert [row[metrics.EPOCH] for row in history] == [1, 2, 3]
     assert [row[metrics.VAL_ACC] for row in history] == [row[metrics.VAL_ACC] for row in final]
+
+
+def test_report_of_a_sweep_yaml_points_at_its_folder(tmp_path, capsys):
+    import agent
+
+    sweep_yaml = tmp_path / "tiny.yaml"
+    sweep_yaml.write_text("method: grid\n")
+    assert agent.main(["report", str(sweep_yaml)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file, not a folder" in err and "sweep_runs/tiny" in err
