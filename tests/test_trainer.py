@@ -135,6 +135,36 @@ def test_explicit_resume_without_checkpoint_is_an_error(base):
         run_training(scratch(base, run_id="nothing-here", resume=True))
 
 
+def test_explicit_resume_of_a_damaged_checkpoint_says_what_to_do(base):
+    first = run_training(scratch(base, run_id="damaged", epochs=1))
+    (first.folder / "last.pt").write_bytes(b"truncated")
+    with pytest.raises(UserError) as error:
+        run_training(scratch(base, run_id="damaged", epochs=1, resume=True))
+    assert "unreadable" in str(error.value) and "drop --resume to start the run fresh" in str(error.value)
+    assert "starting fresh" not in str(error.value)
+
+
+def test_ctrl_c_twice_still_leaves_a_record_and_the_run_resumes(base, monkeypatch):
+    import trainer.loop
+
+    class SecondCtrlC(trainer.loop.EpochProgress):
+        steps = 0
+
+        def update(self, *args, **kwargs):
+            super().update(*args, **kwargs)
+            SecondCtrlC.steps += 1
+            if SecondCtrlC.steps == 5:  # epoch 2: what GracefulStop raises on the second SIGINT
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.loop, "EpochProgress", SecondCtrlC)
+    cut = run_training(scratch(base, run_id="twice", epochs=2))
+    assert cut.state == M.PREEMPTED and cut.exit_code == 128 + signal.SIGINT and "interrupted twice" in cut.summary[M.REASON]
+    assert json.loads((cut.folder / "summary.json").read_text())[M.STATE] == M.PREEMPTED
+    monkeypatch.setattr(trainer.loop, "EpochProgress", SecondCtrlC.__mro__[1])
+    resumed = run_training(scratch(base, run_id="twice", epochs=2, resume=True))
+    assert resumed.state == M.FINISHED and resumed.summary["resumed_from_epoch"] == 1
+
+
 def test_checkpoint_of_another_config_is_refused_and_the_run_starts_fresh(base):
     run_training(scratch(base, run_id="same-id", epochs=1))
     outcome = run_training(scratch(base, run_id="same-id", epochs=1, lr=0.02))

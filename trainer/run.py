@@ -12,6 +12,7 @@ import datetime
 import gc
 import os
 import secrets
+import signal
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +200,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
 
     def refuse(refused: CheckpointRefused) -> None:
         if config.resume:
-            raise UserError(str(refused)) from None
+            raise UserError(str(refused).replace("starting fresh", "drop --resume to start the run fresh", 1)) from None
         print(f"warning: {refused}")
         record.update_summary(resume_refused=str(refused))
         last_path.replace(last_path.with_name("last.refused.pt"))
@@ -333,6 +334,10 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
                 break
             except Diverged as exc:
                 state_name, reason, exit_code = M.DIVERGED, str(exc), EXIT_OK
+                break
+            except KeyboardInterrupt:  # Ctrl-C pressed twice: out now, but the record still says what happened
+                state_name, exit_code = M.PREEMPTED, 128 + signal.SIGINT
+                reason = f"interrupted twice (Ctrl-C) before its checkpoint; relaunched with run_id={run_id} it resumes from the last one"
                 break
             except torch.cuda.OutOfMemoryError as exc:
                 if config.oom_retry and batch_size > 1 and not retried_oom:
