@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import write_json
-from data.images import decode_working
+from data.images import DECODE_VERSION, decode_working
 from data.scan import ImageIndex
 
 CACHE_FORMAT_VERSION = 1
@@ -67,7 +67,7 @@ class DecodedImageCache:
         cls, index: ImageIndex, size: int, interpolation: str, cache_dir: Path | str, progress: bool | None = None
     ) -> "DecodedImageCache":
         cache_dir = Path(cache_dir)
-        stem = f"images-v{CACHE_FORMAT_VERSION}-{index.fingerprint}-{size}-{interpolation}"
+        stem = f"images-v{CACHE_FORMAT_VERSION}.{DECODE_VERSION}-{index.fingerprint}-{size}-{interpolation}"
         path, meta_path = cache_dir / f"{stem}.u8", cache_dir / f"{stem}.json"
         with file_lock(cache_dir / f"{stem}.lock"):
             if not (path.exists() and meta_path.exists()):

@@ -11,6 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+# The pixels decode_working gives: caches of decoded images, and of features computed from them, carry it in
+# their keys, so a change in decoding (2: 16-bit images scaled by their format, not their maximum) rebuilds them.
+DECODE_VERSION = 2
+
 _INTERPOLATION = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -24,7 +28,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         values = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if values.max(initial=0) > 255 else 255.0
+        if image.mode.startswith("I;16"):  # 16-bit by format: a dark image stays dark
+            peak = 65535.0
+        else:  # 32-bit int or float (rare): the range is not in the file; guess from the values
+            peak = 65535.0 if values.max(initial=0) > 255 else 1.0 if image.mode == "F" and values.max(initial=0) <= 1 else 255.0
         gray = np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
     if image.mode == "P" and "transparency" in image.info:

@@ -59,6 +59,16 @@ def test_every_image_mode_decodes_to_rgb(index):
         assert array.shape == (32, 32, 3) and array.dtype == np.uint8
 
 
+def test_a_16_bit_image_keeps_its_brightness_whatever_its_own_maximum():
+    from data.images import to_rgb
+
+    def grey(value):
+        return int(np.asarray(to_rgb(Image.fromarray(np.full((4, 4), value, dtype=np.uint16))))[0, 0, 0])
+
+    assert Image.fromarray(np.full((4, 4), 200, dtype=np.uint16)).mode == "I;16"
+    assert (grey(200), grey(300), grey(32896), grey(65535)) == (1, 1, 128, 255)  # dark stays dark, in order
+
+
 def test_exif_orientation_is_applied(index):
     image = open_rgb(index.root / "Fungi" / "rotated_000.jpg")
     assert image.size == (40, 60)  # stored 60x40 landscape, displayed portrait
@@ -209,3 +219,15 @@ def test_same_file_names_in_another_dataset_never_share_a_cache(tmp_path):
     cache_a = DecodedImageCache.build_or_open(first, 16, "bilinear", tmp_path / "cache", progress=False)
     cache_b = DecodedImageCache.build_or_open(second, 16, "bilinear", tmp_path / "cache", progress=False)
     assert cache_a.path != cache_b.path and cache_b.read(np.array([0]))[0, 0, 0, 2] == 255
+
+
+def test_the_split_hash_covers_the_validation_paths(index):
+    """Pitfall 8: the same indices over one renamed validation image are another split."""
+    import dataclasses
+
+    split = stratified_split(index, 0.25, seed=3)
+    val = set(split.val.tolist())
+    renamed = dataclasses.replace(index, paths=tuple(p + "~" if i in val else p for i, p in enumerate(index.paths)))
+    other = stratified_split(renamed, 0.25, seed=3)
+    assert (other.train == split.train).all() and (other.val == split.val).all()
+    assert other.hash != split.hash

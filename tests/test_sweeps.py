@@ -197,6 +197,7 @@ def test_count_trains_that_many_distinct_configs(grid_sweep):
         assert row["best_val_acc"] == run_summary[M.BEST_VAL_ACC]
         assert row["config"]["k_layers"] is None  # effective values, normalised
         assert (sweep_dir / "runs" / row["run_id"] / "output.log").exists()
+        assert not (sweep_dir / "runs" / row["run_id"] / "test").exists() and M.TEST_ACC not in run_summary  # pitfall 7
     assert yaml.safe_load((sweep_dir / "sweep.yaml").read_text())["parameters"]["k_layers"] == {"values": [1, 2]}
 
 

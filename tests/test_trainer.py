@@ -552,7 +552,8 @@ def test_training_never_opens_the_test_folder(base, nature_dir, monkeypatch):
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(PIL.Image, "open", spy)
-    outcome = run_training(scratch(base, run_id="no-peeking", epochs=1, image_cache=False))
+    # num_workers=0: decoding in this process, where the spy sees every open (training and validation too)
+    outcome = run_training(scratch(base, run_id="no-peeking", epochs=1, image_cache=False, num_workers=0))
     assert outcome.state == M.FINISHED and opened
     test_folder = str(nature_dir / "inaturalist_12K" / "val")
     assert not [p for p in opened if p.startswith(test_folder)]
@@ -659,3 +660,98 @@ def test_wandb_logger_next_step_is_after_its_own_last_step():
     assert logger.next_step() == 4
     Run.step = 9  # a resumed run whose server history goes further
     assert logger.next_step() == 9
+
+
+def test_an_augmented_run_never_trains_on_cached_features(base, small_inputs, monkeypatch):
+    """Pitfall 2: cached features are eval-transformed; with augmentation on, every batch goes through TrainTransform."""
+    from data.augment import TrainTransform
+
+    seen, real = [], TrainTransform.__call__
+    monkeypatch.setattr(TrainTransform, "__call__", lambda self, images, g: (seen.append(len(images)), real(self, images, g))[1])
+    outcome = run_training(parse_run_config({**base, "model": "resnet18", "strategy": "head_only", "epochs": 1,
+                                             "augment": "standard", "run_id": "aug"}))
+    assert outcome.state == M.FINISHED and outcome.summary["feature_cache_depth"] == 0
+    assert sum(seen) == (outcome.summary["num_train"] // 8) * 8
+
+
+def test_the_best_epoch_not_the_last_is_what_the_record_best_pt_and_wandb_keep(base, monkeypatch):
+    """val_acc 0.5, 0.8, 0.6: epoch 2 everywhere (summary.json, best.pt, and the W&B summary the sweep optimises)."""
+    import trainer.loop
+    import trainer.run
+
+    accs, summaries = iter([0.5, 0.8, 0.6]), []
+    monkeypatch.setattr(trainer.loop, "evaluate", lambda loop, loader: (1.0, next(accs)))
+
+    class Spy(RunLogger):
+        def summary(self, values):
+            summaries.append(dict(values))
+
+    monkeypatch.setattr(trainer.run, "start_logger", lambda *a, **k: Spy())
+    outcome = run_training(scratch(base, run_id="best", epochs=3, patience=0))
+    assert outcome.state == M.FINISHED
+    assert (outcome.summary[M.BEST_VAL_ACC], outcome.summary[M.BEST_EPOCH]) == (0.8, 2)
+    assert torch.load(outcome.folder / "best.pt", weights_only=True)["loop"]["epoch"] == 2
+    logged = [s[M.VAL_ACC] for s in summaries if s.get(M.VAL_ACC) is not None]
+    assert logged and logged[-1] == 0.8
+
+
+def test_the_learning_rate_schedule_steps_every_batch(base, monkeypatch):
+    """The schedule is a function of the global step, never of the epoch."""
+    import trainer.loop
+    from trainer.optim import lr_factor
+
+    factors, real = [], trainer.loop.set_learning_rates
+    monkeypatch.setattr(trainer.loop, "set_learning_rates", lambda opt, f: (factors.append(f), real(opt, f))[1])
+    outcome = run_training(scratch(base, run_id="sched", epochs=2, warmup_epochs=0, schedule="cosine"))
+    assert outcome.state == M.FINISHED
+    total = 2 * (outcome.summary["num_train"] // 8)
+    assert factors == pytest.approx([lr_factor(s, total, 0, "cosine") for s in range(total)])
+    assert len(set(factors[: total // 2])) == total // 2
+
+
+def test_lr_factor_shapes():
+    from trainer.optim import lr_factor
+
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)  # linear warmup
+    assert lr_factor(9, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)  # cosine midpoint after warmup
+    assert lr_factor(99, 100, 10, "constant") == 1.0
+    assert lr_factor(29, 100, 0, "onecycle") == pytest.approx(1.0)  # onecycle peaks at 30 %
+
+
+@pytest.mark.parametrize("image_cache", [True, False])
+def test_images_reach_the_model_at_the_preprocessings_working_size(base, monkeypatch, image_cache):
+    """Pitfall 10 at run level: cached or decoded, the square the crop is taken from is the preprocessing's resize."""
+    from data.augment import EvalTransform
+    from models import preprocessing_for
+    from scratch_cnn import ScratchCNNConfig
+
+    sizes, real = set(), EvalTransform.__call__
+    monkeypatch.setattr(EvalTransform, "__call__", lambda self, images: (sizes.add(tuple(images.shape[1:3])), real(self, images))[1])
+    outcome = run_training(scratch(base, run_id="geom", epochs=1, image_cache=image_cache))
+    assert outcome.state == M.FINISHED
+    pre = preprocessing_for("scratch_cnn", "none", ScratchCNNConfig(input_size=32))
+    assert sizes == {(pre.resize_size, pre.resize_size)}
+
+
+def test_code_version_is_the_git_commit():
+    import subprocess
+
+    from common.provenance import ROOT, code_version
+
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert code_version().split("+")[0] == head.stdout.strip()
+
+
+def test_secrets_never_reach_the_offline_wandb_files(base, monkeypatch):
+    """Pitfall 15 with W&B on: nothing under output_dir (run folder and wandb/offline-run-*) holds the key."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "local-0123456789abcdef0123456789abcdef01234567")
+    outcome = run_training(scratch(base, run_id="secret2", epochs=1, wandb_mode="offline"))
+    assert outcome.state == M.FINISHED
+    files = [p for p in outcome.folder.parent.rglob("*") if p.is_file()]
+    assert any("offline-run" in str(p) for p in files)
+    for path in files:
+        assert b"0123456789abcdef0123456789abcdef" not in path.read_bytes(), path

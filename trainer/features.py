@@ -19,6 +19,7 @@ import torch
 
 from common.atomic import write_json
 from data.cache import file_lock
+from data.images import DECODE_VERSION
 from data.loading import BatchLoader
 
 FEATURE_FORMAT_VERSION = 1
@@ -63,7 +64,7 @@ class FeatureCache:
 @torch.inference_mode()
 def build_or_open_features(model, depth: int, image_store, indices: np.ndarray, labels: np.ndarray, to_input, device, autocast, cache_dir: Path, key: str, batch_size: int = 64) -> FeatureCache:
     rows = np.unique(indices)
-    stem = f"features-v{FEATURE_FORMAT_VERSION}-{model.spec.name}-d{depth}-{prefix_fingerprint(model, depth)}-{key}"
+    stem = f"features-v{FEATURE_FORMAT_VERSION}.{DECODE_VERSION}-{model.spec.name}-d{depth}-{prefix_fingerprint(model, depth)}-{key}"
     path, meta_path = Path(cache_dir) / f"{stem}.f16", Path(cache_dir) / f"{stem}.json"
     with file_lock(Path(cache_dir) / f"{stem}.lock"):
         if not (path.exists() and meta_path.exists()):
