@@ -11,9 +11,10 @@ run still ends with its reason. `close()` waits for the last write: a run never 
 signal, with its final checkpoint unwritten; a SIGKILL during a write leaves the previous file (writes are
 atomic), from which the run resumes, replaying at most the last epoch.
 
-Only GPU runs write in the background. On a CPU the cores that would serialise the checkpoint are the ones
-training; a thread beside PyTorch's OpenMP threads makes them wait on each other, and the loop loses more
-than the write costs (benchmarks/checkpoint.py measures both ways).
+Only GPU runs write in the background: there the training thread mostly waits for kernels. On a CPU the
+writer shares the cores with PyTorch's OpenMP threads, and the gain is a coin toss: ResNet-50 on 2 cores,
+background / synchronous per-epoch overhead went from 3.1x better to 2x worse between runs of
+benchmarks/checkpoint.py. A CPU run therefore writes in the loop, without the host copy.
 """
 
 from __future__ import annotations
