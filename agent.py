@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from common.errors import UserError
+from common.errors import EXIT_USER_ERROR, UserError
 
 COMMANDS = ("run", "sweep", "report", "test", "models")
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[command](argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

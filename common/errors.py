@@ -1,5 +1,7 @@
 """The one exception type for user mistakes: a single line saying what is wrong, where, and what to do."""
 
+EXIT_USER_ERROR = 2  # agent.py's exit status for a UserError; a sweep reads it as "fix the setup, then retry"
+
 
 class UserError(Exception):
     """A mistake the user can fix (bad config, missing data, no network for a download).

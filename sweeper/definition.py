@@ -17,10 +17,11 @@ import yaml
 from common.atomic import write_text
 from common.errors import UserError
 from common.parsing import nearest
-from trainer.config import FIELDS
+from trainer.config import FIELDS, parse_value
 from trainer.metrics import VAL_ACC
 
 SWEEP_FILE = "sweep.yaml"
+FIXED_FILE = "fixed.yaml"  # the fixed --key=value arguments that change what is trained
 # Set by the driver for every trial: where its run folder goes and which run it is.
 DRIVER_OWNED = ("output_dir", "run_id", "resume")
 
@@ -115,6 +116,23 @@ def pin_definition(sweep_dir: Path, definition: SweepDefinition) -> None:
                             f"use --sweep_dir=NEW_DIR for a new sweep, or the original YAML to continue this one")
         return
     write_text(pinned, definition.text)
+
+
+def pin_fixed(sweep_dir: Path, fixed: Mapping[str, Any]) -> None:
+    """Pin the fixed `--key=value` arguments that change what is trained (epochs, model...) like the definition:
+    a second call with --epochs=1 after --epochs=2 would mix two sweeps in one table. Paths, devices and logging
+    may differ from call to call (another machine)."""
+    effective = {key: parse_value(key, value) for key, value in sorted(fixed.items()) if FIELDS[key].metadata["effective"]}
+    pinned = sweep_dir / FIXED_FILE
+    if not pinned.exists():
+        write_text(pinned, yaml.safe_dump(effective, sort_keys=True))
+        return
+    before = yaml.safe_load(pinned.read_text()) or {}
+    if before != effective:
+        changed = sorted(set(before) ^ set(effective) | {k for k in set(before) & set(effective) if before[k] != effective[k]})
+        was = ", ".join(f"--{k}={before[k]}" if k in before else f"no --{k}" for k in changed)
+        raise UserError(f"{sweep_dir} was started with {was} ({pinned}); pass the same fixed arguments to continue it, "
+                        f"or --sweep_dir=NEW_DIR for a new sweep")
 
 
 def engine_config(definition: SweepDefinition, fixed: Mapping[str, Any]) -> dict:

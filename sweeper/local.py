@@ -7,10 +7,13 @@ Sweep folder (default sweep_runs/<yaml stem>/):
     table.jsonl    one row per trial (see sweeper/table.py), rewritten atomically on every change
     runs/<run_id>/ the trials' run folders (config.yaml, metrics.jsonl, summary.json, checkpoints, output.log)
 
-`--count N` trains N new distinct effective configs: a suggestion that normalises to an already trained
-config is recorded as a duplicate and fed back to the engine with the original's result, and the engine is
-asked again. Trials left running or preempted by an earlier call are relaunched first, with their run ids,
-and resume from their checkpoints; finished trials are never rerun.
+`--count N` is the sweep's size: the folder ends up with N distinct effective configs, so the same command
+run again after an interruption finishes the sweep rather than adding N more (raise N to extend it). A
+suggestion that normalises to an already trained config is recorded as a duplicate and fed back to the
+engine with the original's result, and the engine is asked again. Trials left running or preempted by an
+earlier call are relaunched first, with their run ids, and resume from their checkpoints; finished trials
+are never rerun. A trial that fails on a setup problem (exit code 2: data, weights, a setting this machine
+cannot run) stops the sweep, since every later trial would fail the same way; the next call retries it.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ from common.errors import UserError
 from data.layout import locate_dataset
 from models import get_spec, resolve_strategy
 from sweeper import console
-from sweeper.definition import DRIVER_OWNED, SweepDefinition, engine_config, load_definition, pin_definition
+from sweeper.definition import DRIVER_OWNED, SweepDefinition, engine_config, load_definition, pin_definition, pin_fixed
 from sweeper.engine import runs_to_stop, suggest, sweep_run
 from sweeper.interrupt import DriverInterrupt
-from sweeper.table import DUPLICATE, RUNS_DIR, UNFINISHED, Trial, TrialTable, suggestion_identity
+from sweeper.table import DUPLICATE, RUNS_DIR, UNFINISHED, Trial, TrialTable, failed_on_setup, suggestion_identity
 from sweeper.trial import (LaunchedTrial, has_checkpoint, launch, outcome, read_history, recorded_outcome,
                            trial_command, visible_gpus)
 from trainer import metrics as M
@@ -51,6 +54,7 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with exclusive(sweep_dir):
         pin_definition(sweep_dir, definition)
+        pin_fixed(sweep_dir, fixed)
         prepare_dataset(definition, fixed)
         return LocalSweep(definition, sweep_dir, fixed, workers).run(count)
 
@@ -107,13 +111,16 @@ class LocalSweep:
         self.tags: dict[str, str] = {}
         self.gpus = visible_gpus() if workers > 1 else []
         self.interrupted = False
+        self.setup_failure: Trial | None = None
         self._final_histories: dict[str, list[dict]] = {}
 
     # --- the loop ---------------------------------------------------------------------------------
 
     def run(self, count: int) -> dict | None:
-        relaunch = [trial for trial in self.table if trial.state in UNFINISHED and not self._ended_while_away(trial)]
+        relaunch = [trial for trial in self.table
+                    if (trial.state in UNFINISHED and not self._ended_while_away(trial)) or failed_on_setup(trial)]
         new_trials = resumed = 0
+        earlier = len(self.table.real())  # --count is the sweep's size, across calls
         asking = True
         with DriverInterrupt(self._on_interrupt) as interrupt, self._stop_trials_on_error():
             while True:
@@ -121,17 +128,17 @@ class LocalSweep:
                 if interrupt:
                     for launched in self.running.values():
                         launched.send(signal.SIGTERM)  # a trial started while the signal arrived
-                while not interrupt and len(self.running) < self.workers:
+                while not interrupt and not self.setup_failure and len(self.running) < self.workers:
                     if relaunch:
                         self._start(relaunch.pop(0), "resume")  # resumes from its checkpoint when it has one
                         resumed += 1
-                    elif asking and new_trials < count:
+                    elif asking and earlier + new_trials < count:
                         trial = self._next_trial()
                         if trial is None:
                             asking = False
                             continue
                         new_trials += 1
-                        tag = f"{new_trials}/{count}"
+                        tag = f"{earlier + new_trials}/{count}"
                         if trial.state == M.FAILED:  # did not parse: recorded, nothing to run
                             print(console.trial_line(tag, trial, self.searched), flush=True)
                         else:
@@ -147,6 +154,11 @@ class LocalSweep:
             unfinished = sum(t.state in UNFINISHED for t in self.table)
             print(f"sweep interrupted: {unfinished} trial(s) to resume; run the same command again to continue", flush=True)
             return None
+        if self.setup_failure:
+            raise UserError(f"sweep stopped: trial {self.setup_failure.run_id} failed on a setup problem ({self.setup_failure.reason}); "
+                            f"fix it and run the same command again: that trial is retried, and nothing else is lost")
+        if earlier >= count and not resumed:
+            print(f"the sweep already has {earlier} trial(s), --count {count}: nothing to do; raise --count to extend it", flush=True)
         return self._summary(new_trials, resumed)
 
     @contextlib.contextmanager
@@ -280,6 +292,8 @@ class LocalSweep:
             self.table.save()
             self._final_histories.pop(run_id, None)
             print(console.trial_line(self.tags.pop(run_id), trial, self.searched, launched.seconds), flush=True)
+            if failed_on_setup(trial) and not self.setup_failure:
+                self.setup_failure = trial  # every later trial would fail alike: no new ones start
 
     def _early_terminate(self) -> None:
         """Ask hyperband which running trials trail the others; they stop gracefully as early_stopped."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from common.atomic import write_text
-from common.errors import UserError
+from common.errors import EXIT_USER_ERROR, UserError
 from trainer import metrics as M
 from trainer.config import rehash
 
@@ -98,6 +98,12 @@ class TrialTable:
         # The random tail keeps ids unique across sweeps with the same name: W&B run ids share a project.
         slug = re.sub(r"[^A-Za-z0-9_-]+", "-", sweep_name).strip("-") or "trial"
         return f"{slug}-{len(self.trials) + 1:03d}-{secrets.token_hex(2)}"
+
+
+def failed_on_setup(trial: Trial) -> bool:
+    """A launched trial that ended on a user mistake (exit code 2: data, weights, a setting this machine cannot
+    run): nothing about its config was learned, so a later call retries it once the mistake is fixed."""
+    return trial.state == M.FAILED and trial.exit_code == EXIT_USER_ERROR
 
 
 def suggestion_identity(suggested: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ The hyperband end-to-end check is `slow`; the driver's side of it is tested with
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -171,14 +172,15 @@ def test_trials_of_code_that_normalised_otherwise_are_still_found(tmp_path):
 
 @pytest.fixture(scope="module")
 def grid_sweep(tmp_path_factory, fixed_args):
-    """A grid whose k_layers does not apply to scratch_cnn, run as --count 3, then --count 2, then once more."""
+    """A grid whose k_layers does not apply to scratch_cnn, run as --count 3, then --count 5 (2 more: the count is the
+    sweep's size), then --count 7 (the grid has only 5 distinct configs)."""
     folder = tmp_path_factory.mktemp("grid")
     definition = tiny_definition(activation={"values": ["relu", "gelu", "silu", "mish", "leaky_relu"]},
                                  k_layers={"values": [1, 2]}, lr={"value": 0.01}, epochs={"value": 1})
     sweep = write_yaml(folder / "grid.yaml", definition)
     sweep_dir = folder / "sweep"
     phases = []
-    for count, workers in ((3, 2), (2, 2), (2, 1)):
+    for count, workers in ((3, 2), (5, 2), (7, 1)):
         summary = run_local_sweep(sweep, count=count, workers=workers, sweep_dir=sweep_dir, fixed=fixed_args)
         phases.append((summary, table_rows(sweep_dir)))
     return sweep_dir, phases
@@ -263,17 +265,47 @@ def test_a_trial_that_ended_while_the_driver_was_away_is_not_rerun(tmp_path, fix
     assert row["state"] == M.FINISHED and row["best_val_acc"] == 0.5
 
 
-def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path, fixed_args):
-    # filters=0 cannot parse (recorded, never launched); a missing weights file makes agent.py exit 2.
-    definition = tiny_definition(filters={"values": [0, 8]}, weights={"value": str(tmp_path / "missing.pt")},
+def test_failing_trials_are_recorded_and_a_setup_failure_stops_the_sweep(tmp_path, fixed_args):
+    # filters=0 cannot parse (recorded, never launched, the sweep goes on); a missing weights file makes agent.py
+    # exit 2, a setup problem every later trial would share: the sweep stops there, saying what to fix.
+    definition = tiny_definition(filters={"values": [0, 8, 16]}, weights={"value": str(tmp_path / "missing.pt")},
                                  activation={"value": "relu"}, lr={"value": 0.01})
     sweep_dir = tmp_path / "sweep"
-    summary = run_local_sweep(write_yaml(tmp_path / "bad.yaml", definition), count=2, sweep_dir=sweep_dir, fixed=fixed_args)
-    invalid, launched = table_rows(sweep_dir)
-    assert summary is not None and summary["states"] == {M.FAILED: 2}
+    with pytest.raises(UserError) as stopped:
+        run_local_sweep(write_yaml(tmp_path / "bad.yaml", definition), count=3, sweep_dir=sweep_dir, fixed=fixed_args)
+    invalid, launched = table_rows(sweep_dir)  # the third point never started
+    assert "failed on a setup problem" in str(stopped.value) and "missing.pt" in str(stopped.value) and "retried" in str(stopped.value)
     assert invalid["state"] == M.FAILED and "filters=0" in invalid["reason"] and invalid["exit_code"] is None
     assert launched["state"] == M.FAILED and launched["exit_code"] == 2 and "missing.pt" in launched["reason"]
     assert summary_of(sweep_dir, launched["run_id"])[M.REASON] == launched["reason"]
+
+
+def test_a_trial_that_failed_on_setup_is_retried_once_it_is_fixed(tmp_path, nature_dir, fixed_args):
+    data = tmp_path / "data"
+    shutil.copytree(nature_dir, data)
+    empty = data / "inaturalist_12K" / "train" / "Zebras"
+    empty.mkdir()  # an empty class folder: every trial would fail on it
+    definition = tiny_definition(activation={"values": ["relu", "gelu"]}, lr={"value": 0.01})
+    sweep, sweep_dir, fixed = write_yaml(tmp_path / "s.yaml", definition), tmp_path / "sweep", {**fixed_args, "data_dir": str(data)}
+    with pytest.raises(UserError, match="Zebras"):
+        run_local_sweep(sweep, count=2, sweep_dir=sweep_dir, fixed=fixed)
+    [failed] = table_rows(sweep_dir)
+    empty.rmdir()
+    summary = run_local_sweep(sweep, count=2, sweep_dir=sweep_dir, fixed=fixed)  # the same command, once fixed
+    retried, new = table_rows(sweep_dir)
+    assert retried["run_id"] == failed["run_id"] and retried["state"] == new["state"] == M.FINISHED
+    assert summary["resumed"] == 1 and summary["new"] == 1
+    assert {retried["config"]["activation"], new["config"]["activation"]} == {"relu", "gelu"}
+
+
+def test_fixed_arguments_that_change_what_is_trained_are_pinned(tmp_path, fixed_args):
+    sweep, sweep_dir = write_yaml(tmp_path / "s.yaml", tiny_definition(activation={"value": "relu"})), tmp_path / "sweep"
+    run_local_sweep(sweep, count=0, sweep_dir=sweep_dir, fixed={**fixed_args, "epochs": "2"})
+    for other in ({**fixed_args, "epochs": "1"}, fixed_args):
+        with pytest.raises(UserError, match="was started with --epochs=2"):
+            run_local_sweep(sweep, count=0, sweep_dir=sweep_dir, fixed=other)
+    moved = {**fixed_args, "epochs": "02", "cache_dir": str(tmp_path / "elsewhere")}  # another machine: same sweep
+    assert run_local_sweep(sweep, count=0, sweep_dir=sweep_dir, fixed=moved) is not None
 
 
 def write_earlier_trials(table: TrialTable, values: tuple, epochs: int = 3) -> None:
@@ -370,7 +402,7 @@ def test_an_interrupted_sweep_resumes_without_repeating_anything(tmp_path, fixed
     assert (folder / "last.pt").exists()
 
     capsys.readouterr()
-    summary = run_local_sweep(sweep, count=1, workers=2, sweep_dir=sweep_dir, fixed=fixed_args)
+    summary = run_local_sweep(sweep, count=2, workers=2, sweep_dir=sweep_dir, fixed=fixed_args)  # the same command
     resumed, new = table_rows(sweep_dir)
     assert summary["resumed"] == 1 and summary["new"] == 1
     assert resumed["run_id"] == interrupted["run_id"] and resumed["state"] == new["state"] == M.FINISHED
@@ -382,7 +414,9 @@ def test_an_interrupted_sweep_resumes_without_repeating_anything(tmp_path, fixed
     # Relaunched first, then the new suggestion (which the engine picked knowing the first one runs).
     lines = capsys.readouterr().out.splitlines()
     starts = [line.split()[:3] for line in lines if " resuming" in line or " started" in line]
-    assert starts == [["[resume]", resumed["run_id"], "resuming"], ["[1/1]", new["run_id"], "started"]]
+    assert starts == [["[resume]", resumed["run_id"], "resuming"], ["[2/2]", new["run_id"], "started"]]
+    again = run_local_sweep(sweep, count=2, sweep_dir=sweep_dir, fixed=fixed_args)  # a third time: nothing left to do
+    assert again["new"] == again["resumed"] == 0 and len(table_rows(sweep_dir)) == 2
 
 
 # --- what `wandb agent` runs -------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from common.errors import UserError
+from common.errors import EXIT_USER_ERROR, UserError
 from common.provenance import code_version
 from models import build_model, count_parameters, preprocessing_for
 from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy, validate_options
@@ -38,7 +38,7 @@ from trainer.store import make_store
 from trainer.wandb_log import start_logger
 from trainer.writer import CheckpointWriter
 
-EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR = 0, 1, 2
+EXIT_OK, EXIT_FAILED = 0, 1
 
 
 @dataclass
