@@ -51,7 +51,7 @@ def definition_problems(config: Any) -> list[str]:
         return ["the file must hold a mapping (method, metric, parameters, ...)"]
     from sweeps import schema_violations_from_proposed_config
 
-    problems = list(schema_violations_from_proposed_config(config))
+    problems = []  # ours first: they name the parameter, the schema's messages often do not
     for name, spec in (config.get("parameters") or {}).items():
         if name in DRIVER_OWNED:
             problems.append(f"parameter {name!r} is set by the sweep driver for each trial; remove it")
@@ -59,8 +59,11 @@ def definition_problems(config: Any) -> list[str]:
             problems.append(f"parameter {name!r} is not a run parameter{nearest(name, FIELDS)}; `python agent.py --help` lists them")
         elif isinstance(spec, dict) and "parameters" in spec:
             problems.append(f"parameter {name!r} is nested; run parameters are flat")
-        elif isinstance(spec, dict) and config.get("method") == "bayes":
-            problems.extend(_value_problems(name, spec))
+        elif isinstance(spec, dict):
+            problems.extend(_spec_problems(name, spec))
+            if config.get("method") == "bayes":
+                problems.extend(_value_problems(name, spec))
+    problems.extend(schema_violations_from_proposed_config(config))
     metric = config.get("metric")
     metric_name = metric.get("name") if isinstance(metric, dict) else None
     goal = metric.get("goal") if isinstance(metric, dict) else None
@@ -68,6 +71,27 @@ def definition_problems(config: Any) -> list[str]:
         problems.append(f"metric name is {metric_name!r}; the trainer logs {VAL_ACC!r}: use metric: {{name: {VAL_ACC}, goal: maximize}}")
     elif goal != "maximize":  # without a goal the engine minimises: it would search for the worst accuracy
         problems.append(f"metric goal is {goal!r}; {VAL_ACC} is an accuracy: use metric: {{name: {VAL_ACC}, goal: maximize}}")
+    return problems
+
+
+SPEC_KEYS = ("value", "values", "distribution", "min", "max", "mu", "sigma", "q", "probabilities")
+# Distributions whose min/max are values of the parameter itself (log_uniform's are exponents, normal's unbounded).
+_BOUNDED_BY_VALUES = ("int_uniform", "uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values")
+
+
+def _spec_problems(name: str, spec: dict) -> list[str]:
+    """A misspelled key, or a value the run config refuses, named here rather than failing every trial."""
+    problems = [f"parameter {name!r} has the key {key!r}{nearest(key, SPEC_KEYS)}; a parameter takes {', '.join(SPEC_KEYS[:3])}, ..."
+                for key in spec if key not in SPEC_KEYS]
+    candidates = [spec["value"]] if "value" in spec else list(spec["values"]) if isinstance(spec.get("values"), list) else []
+    if spec.get("distribution", "") in _BOUNDED_BY_VALUES:
+        candidates += [spec[bound] for bound in ("min", "max") if bound in spec]
+    for value in candidates:
+        try:
+            parse_value(name, value)
+        except UserError as exc:
+            problems.append(f"parameter {name!r}: {exc}")
+            break
     return problems
 
 

@@ -92,6 +92,18 @@ def test_definition_problems_name_the_mistake():
     assert "val_accuracy" in problems
 
 
+@pytest.mark.parametrize("parameter, named", [
+    ({"epochs": {"valeu": 2}}, "parameter 'epochs' has the key 'valeu' (did you mean 'value'?)"),
+    ({"activation": {"value": "swish"}}, "parameter 'activation': activation='swish' is not one of"),
+    ({"activation": {"values": ["relu", "gelu", "swish"]}}, "'swish' is not one of"),
+    ({"dropout": {"distribution": "uniform", "min": 0.0, "max": 1.5}}, "parameter 'dropout': dropout=1.5 is out of range"),
+])
+def test_a_value_no_trial_could_run_is_refused_before_the_first_trial(tmp_path, parameter, named):
+    with pytest.raises(UserError) as caught:
+        load_definition(write_yaml(tmp_path / "s.yaml", tiny_definition(**parameter)))
+    assert named in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_fixed_arguments_are_checked_once(tmp_path, fixed_args):
     sweep = write_yaml(tmp_path / "s.yaml", tiny_definition())
     with pytest.raises(UserError, match="set by the sweep"):
