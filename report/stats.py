@@ -251,7 +251,7 @@ def strategy_sort_key(model: str | None, strategy: str | None):
 def summarise(table: RunTable, top_n: int = 10) -> Summary:
     successful = sorted(table.successful(), key=rank_key)
     complete = table.complete()
-    fine_tuned = [r for r in successful if not r.is_scratch]
+    fine_tuned = [r for r in successful if r.is_fine_tuned]  # ImageNet weights; a random-init backbone is not
     scratch = [r for r in successful if r.is_scratch]
     best_ft = fine_tuned[0] if fine_tuned else None
     best_scratch = scratch[0] if scratch else None
@@ -282,7 +282,7 @@ def summarise(table: RunTable, top_n: int = 10) -> Summary:
         best_fine_tuned=best_ft,
         best_scratch=best_scratch,
         gap_points=gap,
-        seeds_fine_tuned=_best_seed_group([r for r in complete if not r.is_scratch]),
+        seeds_fine_tuned=_best_seed_group([r for r in complete if r.is_fine_tuned]),
         seeds_scratch=_best_seed_group([r for r in complete if r.is_scratch]),
         groups=groups,
         pareto_seconds=pareto_front(_points(successful, lambda r: r.train_seconds)),
@@ -333,6 +333,10 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
         if len(versions) > 1:
             warnings.append(f"model {model} ran with {len(versions)} different weights versions "
                             f"({_counts(versions)}): its runs are NOT comparable with each other")
+    random_init = Counter(str(r.model) for r in successful if r.is_random_init)
+    if random_init:
+        warnings.append(f"{sum(random_init.values())} runs of pretrained architectures used weights=none ({_counts(random_init)}): "
+                        "trained from random initialisation, they are not fine-tuned runs and are left out of the headline")
     for record in successful:
         from_history = record.history_best_val_acc
         if from_history is not None and abs(from_history - record.best_val_acc) > 1e-6:

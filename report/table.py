@@ -73,6 +73,16 @@ class RunRecord:
         return self.model == SCRATCH_MODEL
 
     @property
+    def is_random_init(self) -> bool:
+        """A pretrained architecture run with weights=none: trained from scratch, not fine-tuned."""
+        version = self.summary.get(metrics.WEIGHTS_VERSION) or self.config.get("weights")
+        return not self.is_scratch and str(version).lower() == "none"
+
+    @property
+    def is_fine_tuned(self) -> bool:
+        return not self.is_scratch and not self.is_random_init
+
+    @property
     def effective_config(self) -> dict:
         return {k: v for k, v in sorted(self.config.items()) if is_effective_key(k)}
 
@@ -179,12 +189,6 @@ class RunTable:
 
     def complete(self) -> list[RunRecord]:
         return [r for r in self.records if r.is_complete]
-
-    def fine_tuned(self) -> list[RunRecord]:
-        return [r for r in self.successful() if not r.is_scratch]
-
-    def scratch(self) -> list[RunRecord]:
-        return [r for r in self.successful() if r.is_scratch]
 
     def not_counted(self) -> dict[str, list[RunRecord]]:
         """Runs outside the means, by state: failures of every kind, running, and early-stopped runs."""

@@ -290,6 +290,19 @@ def test_mixed_splits_and_weights_are_flagged(tmp_path, sweep_dir):
     assert "2 different data splits" in warnings and "model resnet50 ran with 2 different weights" in warnings
 
 
+def test_a_random_init_backbone_is_not_the_fine_tuned_headline(tmp_path, sweep_dir):
+    import shutil
+
+    shutil.copytree(sweep_dir / "runs", tmp_path / "runs")
+    for name in ("config.yaml", "summary.json"):  # r04, the best run, trained efficientnet_b0 from random init
+        path = tmp_path / "runs" / "r04" / name
+        path.write_text(path.read_text().replace("IMAGENET1K_V1", "none"))
+    summary = summarise(load_table(str(tmp_path / "runs")))
+    assert summary.best_fine_tuned.run_id == "r06" and summary.leaderboard[0].run_id == "r04"  # r06 ties r02, and is cheaper
+    assert any("1 runs of pretrained architectures used weights=none (efficientnet_b0 x1)" in w for w in summary.provenance.warnings)
+    assert summary.seeds_fine_tuned and all(r.run_id != "r04" for r in summary.seeds_fine_tuned.records)
+
+
 def test_one_sided_and_empty_sweeps_say_so_plainly(tmp_path, sweep_dir):
     import shutil
 
