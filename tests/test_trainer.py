@@ -612,6 +612,21 @@ def test_a_config_path_that_is_a_folder_is_a_one_line_error(tmp_path):
         load_yaml_values(tmp_path)
 
 
+def test_a_config_file_names_itself_in_its_errors_and_refuses_a_search_space(tmp_path):
+    from trainer.config import load_yaml_values
+
+    typo = tmp_path / "run.yaml"
+    typo.write_text("model: resnet50\ninput_sz: 64\n")
+    with pytest.raises(UserError, match=r"run.yaml: unknown parameter 'input_sz' \(did you mean 'input_size'\?\)"):
+        load_yaml_values(typo)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("parameters:\n  model: {value: scratch_cnn}\n  activation: {values: [relu, gelu]}\n")
+    with pytest.raises(UserError, match="activation is searched; run it with `python agent.py sweep"):
+        load_yaml_values(sweep)
+    sweep.write_text("parameters:\n  model: {value: scratch_cnn}\n  activation: {value: gelu}\n")
+    assert load_yaml_values(sweep) == {"model": "scratch_cnn", "activation": "gelu"}  # fixed values: fine
+
+
 def test_none_for_a_boolean_means_false_not_the_default():
     assert parse_run_config({"model": "scratch_cnn", "batch_norm": "none"}).batch_norm is False
     assert parse_run_config({"model": "scratch_cnn", "batch_norm": None}).batch_norm is True  # YAML null: unset

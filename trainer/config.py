@@ -207,7 +207,15 @@ def load_yaml_values(path: Path | str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of parameter: value")
     if isinstance(data.get("parameters"), dict):
-        data = {k: v.get("value") for k, v in data["parameters"].items() if isinstance(v, dict) and "value" in v}
+        searched = [k for k, v in data["parameters"].items() if not (isinstance(v, dict) and "value" in v)]
+        if searched:  # one run cannot take a search space: it would silently train the defaults instead
+            raise UserError(f"config file {path} is a sweep whose {', '.join(searched[:3])}{' ...' if len(searched) > 3 else ''} "
+                            f"{'is' if len(searched) == 1 else 'are'} searched; run it with `python agent.py sweep {path}`, "
+                            f"or give --config a file of fixed values")
+        data = {k: v["value"] for k, v in data["parameters"].items()}
+    for key in data:
+        if str(key).replace("-", "_") not in FIELDS:
+            raise UserError(f"config file {path}: unknown parameter {key!r}{nearest(str(key), FIELDS)}; `python agent.py --help` lists them")
     return data
 
 

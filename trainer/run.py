@@ -227,7 +227,8 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
         _fetch_best(store, best_path, identity, state.best_epoch)
         batch_size = state.batch_size or batch_size
         record.update_summary(**{M.BEST_VAL_ACC: state.best_val_acc, M.BEST_EPOCH: state.best_epoch, M.EPOCHS_COMPLETED: state.epoch}, resumed_from_epoch=state.epoch)
-        print(f"resuming run {run_id} from epoch {state.epoch + 1}, batch {state.batch} (best val_acc so far {state.best_val_acc:.4f})")
+        best = f"best val_acc so far {state.best_val_acc:.4f}" if state.best_epoch else "no epoch validated yet"
+        print(f"resuming run {run_id} from epoch {state.epoch + 1}, batch {state.batch} ({best})")
     elif config.resume:
         raise UserError(f"--resume: run {run_id} has no checkpoint in {record.folder} or its store; drop --resume to start it fresh")
     elif record.set_aside_previous_model():  # W&B's summary too: the sweep reads val_acc from there
