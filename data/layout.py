@@ -31,8 +31,11 @@ def find_layout(data_dir: Path) -> DatasetLayout | None:
         candidates = list(dict.fromkeys(candidates))
     for root in candidates:
         if (root / "train").is_dir():
-            test_dir = next((root / n for n in TEST_FOLDER_NAMES if (root / n).is_dir()), None)
-            return DatasetLayout(root, root / "train", test_dir)
+            found = [root / n for n in TEST_FOLDER_NAMES if (root / n).is_dir()]
+            if len(found) > 1:
+                print(f"note: {root} has both test/ and val/: test/ is the held-out test set and val/ is not used "
+                      f"(validation images are split from train/)", flush=True)
+            return DatasetLayout(root, root / "train", found[0] if found else None)
     return None
 
 

@@ -231,3 +231,24 @@ def test_the_split_hash_covers_the_validation_paths(index):
     other = stratified_split(renamed, 0.25, seed=3)
     assert (other.train == split.train).all() and (other.val == split.val).all()
     assert other.hash != split.hash
+
+
+def test_class_folders_the_test_set_lacks_are_named_before_training(nature_dir, tmp_path, capsys):
+    from trainer.inputs import warn_if_test_classes_differ
+
+    test = tmp_path / "val"
+    for name in ("Amphibia", "Aves", "Insecta"):
+        (test / name).mkdir(parents=True)
+    warn_if_test_classes_differ(test, ("Amphibia", "Aves", "Fungi"))
+    out = capsys.readouterr().out
+    assert "missing ['Fungi'], extra ['Insecta']" in out and "agent.py test` will refuse" in out
+    warn_if_test_classes_differ(test, ("Amphibia", "Aves", "Insecta"))
+    assert capsys.readouterr().out == ""
+
+
+def test_a_dataset_with_both_test_and_val_says_which_is_used(tmp_path, capsys):
+    for folder in ("train/a", "val/a", "test/a"):
+        (tmp_path / folder).mkdir(parents=True)
+    layout = locate_dataset(tmp_path, download=False)
+    assert layout.test_dir == tmp_path / "test" and "val/ is not used" in capsys.readouterr().out
+

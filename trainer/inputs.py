@@ -39,7 +39,20 @@ class DataSplit:
 def load_split(config) -> DataSplit:
     layout = locate_dataset(config.data_dir, download=config.download)
     index = scan_folder(layout.train_dir, cache_dir=Path(config.cache_dir).expanduser())
+    warn_if_test_classes_differ(layout.test_dir, index.classes)
     return DataSplit(index, stratified_split(index, config.val_fraction, config.split_seed, config.subset_fraction))
+
+
+def warn_if_test_classes_differ(test_dir: Path | None, classes: tuple[str, ...]) -> None:
+    """Say now, not after hours of training, that `agent.py test` will refuse the test folder. Only folder names
+    are listed: no test image is opened while training."""
+    if test_dir is None:
+        return
+    names = {p.name for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    missing, extra = sorted(set(classes) - names), sorted(names - set(classes))
+    if missing or extra:
+        print(f"warning: the class folders of {test_dir} differ from train/'s (missing {missing or 'none'}, extra {extra or 'none'}): "
+              f"`agent.py test` will refuse that folder until both have the same classes", flush=True)
 
 
 @dataclass
