@@ -13,6 +13,13 @@ def describe(values: dict[str, Any], names: Iterable[str]) -> str:
     return " ".join(f"{name}={format_value(values[name])}" for name in names if name in values)
 
 
+def trained(trial: Trial, names: Iterable[str]) -> str:
+    """The searched values the trial really trains with: normalised, without those that do not apply."""
+    if not trial.config:
+        return describe(trial.suggested, names)
+    return describe({k: v for k, v in trial.config.items() if v is not None}, names)
+
+
 def normalised_away(trial: Trial) -> str:
     """Suggested values the trainer changed or nulled (why a suggestion turned out to be a duplicate)."""
     # Compared as command-line text: the engine's "true" and the config's True are the same value.
@@ -28,7 +35,7 @@ def accuracy(value: float | None) -> str:
 def trial_line(tag: str, trial: Trial, searched: list[str], seconds: float | None = None) -> str:
     timing = f"  {seconds:.0f}s" if seconds is not None else ""
     reason = f"  ({trial.reason})" if trial.reason and trial.state != M.FINISHED else ""
-    return f"[{tag}] {trial.run_id} {trial.state}  val_acc {accuracy(trial.best_val_acc)}  {describe(trial.suggested, searched)}{timing}{reason}"
+    return f"[{tag}] {trial.run_id} {trial.state}  val_acc {accuracy(trial.best_val_acc)}  {trained(trial, searched)}{timing}{reason}"
 
 
 def final_table(trials: list[Trial], searched: list[str]) -> str:

@@ -272,7 +272,7 @@ class LocalSweep:
         self.running[trial.run_id], self.tags[trial.run_id] = launched, tag
         gpu = f" on GPU {launched.gpu}" if launched.gpu is not None else ""
         print(f"[{tag}] {trial.run_id} {'resuming' if resume else 'started'}{gpu}  "
-              f"{console.describe(trial.suggested, self.searched)}  -> {folder / 'output.log'}", flush=True)
+              f"{console.trained(trial, self.searched)}  -> {folder / 'output.log'}", flush=True)
 
     def _pick_gpu(self) -> str | None:
         if not self.gpus:

@@ -278,16 +278,17 @@ def test_a_trial_that_ended_while_the_driver_was_away_is_not_rerun(tmp_path, fix
 
 
 def test_failing_trials_are_recorded_and_a_setup_failure_stops_the_sweep(tmp_path, fixed_args):
-    # filters=0 cannot parse (recorded, never launched, the sweep goes on); a missing weights file makes agent.py
-    # exit 2, a setup problem every later trial would share: the sweep stops there, saying what to fix.
-    definition = tiny_definition(filters={"values": [0, 8, 16]}, weights={"value": str(tmp_path / "missing.pt")},
-                                 activation={"value": "relu"}, lr={"value": 0.01})
+    # k_layers=9 is a valid value, but not for resnet18's 4 stages: that suggestion cannot parse (recorded, never
+    # launched, the sweep goes on); a missing weights file makes agent.py exit 2, a setup problem every later
+    # trial would share: the sweep stops there, saying what to fix.
+    definition = tiny_definition(model={"value": "resnet18"}, strategy={"value": "last_k"}, k_layers={"values": [9, 1, 2]},
+                                 weights={"value": str(tmp_path / "missing.pt")}, activation={"value": "relu"}, lr={"value": 0.01})
     sweep_dir = tmp_path / "sweep"
     with pytest.raises(UserError) as stopped:
         run_local_sweep(write_yaml(tmp_path / "bad.yaml", definition), count=3, sweep_dir=sweep_dir, fixed=fixed_args)
     invalid, launched = table_rows(sweep_dir)  # the third point never started
     assert "failed on a setup problem" in str(stopped.value) and "missing.pt" in str(stopped.value) and "retried" in str(stopped.value)
-    assert invalid["state"] == M.FAILED and "filters=0" in invalid["reason"] and invalid["exit_code"] is None
+    assert invalid["state"] == M.FAILED and "k_layers=9" in invalid["reason"] and invalid["exit_code"] is None
     assert launched["state"] == M.FAILED and launched["exit_code"] == 2 and "missing.pt" in launched["reason"]
     assert summary_of(sweep_dir, launched["run_id"])[M.REASON] == launched["reason"]
 
