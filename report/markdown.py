@@ -146,6 +146,12 @@ def _cost(s: Summary, image: str | None) -> list[str]:
         out += [f"**Against {title}**", "",
                 table(["run", "model", "strategy", f"best {metrics.VAL_ACC}", "train s", "trainable params"], rows)
                 if rows else f"No successful run recorded its {title}.", ""]
+    cache = [r.summary.get(metrics.CACHE_SECONDS) for r in s.successful]
+    cache = [c for c in cache if isinstance(c, (int, float))]
+    if cache:
+        out += [f"*Train s* counts the training steps. Building the caches it reads (decoded images; "
+                f"with `augment=none`, the frozen stages' features) took {sum(cache):.0f} s over these runs, most of it "
+                f"in the first run of each model and depth: the runs after it train on what it built.", ""]
     if image:
         out += [f"![accuracy against cost]({image})", ""]
     return out

@@ -66,6 +66,7 @@ def test_scratch_run_writes_a_complete_record(base):
     summary = json.loads((folder / "summary.json").read_text())
     for key in (M.STATE, M.BEST_VAL_ACC, M.BEST_EPOCH, M.TRAINABLE_PARAMS, M.TOTAL_PARAMS, M.TRAIN_SECONDS, M.SPLIT_HASH, M.WEIGHTS_VERSION, M.DEVICE):
         assert key in summary
+    assert summary[M.CACHE_SECONDS] > 0  # the decoded-image cache was built in this run, outside train_seconds
     assert summary[M.BEST_VAL_ACC] == max(r[M.VAL_ACC] for r in rows)
     assert rows[summary[M.BEST_EPOCH] - 1][M.VAL_ACC] == summary[M.BEST_VAL_ACC]  # the best epoch, not the last
     for name in ("last.pt", "best.pt"):

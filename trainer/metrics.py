@@ -18,6 +18,7 @@ BEST_EPOCH = "best_epoch"
 TRAINABLE_PARAMS = "trainable_params"
 TOTAL_PARAMS = "total_params"
 TRAIN_SECONDS = "train_seconds"
+CACHE_SECONDS = "cache_seconds"  # building (or opening) the decoded-image and feature caches, shared by a sweep
 WEIGHTS_VERSION = "weights_version"
 SPLIT_HASH = "split_hash"
 DEVICE = "device"

@@ -13,6 +13,7 @@ import gc
 import os
 import secrets
 import signal
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,14 +240,16 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     record.truncate_history(state.epoch, payload.get("history") if payload else None)
 
     autocast = autocast_factory(device, dtype)
+    started = time.perf_counter()
     inputs = build_inputs(config, data, pre, model, feature_depth, device, autocast, batch_size)
+    cache_seconds = round(time.perf_counter() - started, 3)
     trainable, total = count_parameters(model)
     facts = {
         M.TRAINABLE_PARAMS: trainable, M.TOTAL_PARAMS: total, M.WEIGHTS_VERSION: model.weights_version,
         M.SPLIT_HASH: data.split.hash, M.DEVICE: torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "config_hash": identity["config_hash"], "num_train": len(data.split.train), "num_val": len(data.split.val),
         "classes": list(data.classes), "batch_size": batch_size, "feature_cache_depth": feature_depth,
-        "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
+        "precision": str(dtype).replace("torch.", "") if dtype else "fp32", M.CACHE_SECONDS: cache_seconds,
         "code_version": code_version(), "torch_version": torch.__version__,
     }
     record.update_summary(**facts, **{M.STATE: M.RUNNING, M.REASON: None})
