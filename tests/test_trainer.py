@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,8 +133,17 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(base, monkeypatch):
 
 
 def test_explicit_resume_without_checkpoint_is_an_error(base):
+    (Path(base["output_dir"]) / "nothing-here").mkdir(parents=True)  # a run folder, but no checkpoint in it
     with pytest.raises(UserError, match="no checkpoint"):
         run_training(scratch(base, run_id="nothing-here", resume=True))
+
+
+def test_resuming_a_run_id_that_does_not_exist_leaves_no_folder(base, tmp_path):
+    with pytest.raises(UserError, match="there is no run 'typo'"):
+        run_training(scratch(base, run_id="typo", resume=True, checkpoint_store="local"))
+    with pytest.raises(UserError, match="there is no run 'typo'"):
+        run_training(scratch(base, run_id="typo", resume=True, checkpoint_store=str(tmp_path / "drive")))
+    assert not (tmp_path / "runs" / "typo").exists()
 
 
 def test_explicit_resume_of_a_damaged_checkpoint_says_what_to_do(base):

@@ -294,7 +294,15 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
 
 def run_training(config: RunConfig) -> RunOutcome:
     run_id = resolve_run_id(config)
-    record = RunRecord(Path(config.output_dir) / run_id)
+    folder = Path(config.output_dir) / run_id
+    in_wandb = config.checkpoint_store == "wandb" or (config.checkpoint_store == "auto" and config.wandb_mode in ("auto", "online"))
+    if config.resume and not folder.is_dir() and not in_wandb:
+        # Nothing local, and a store on disk (or none) can be looked at now: a mistyped run id leaves no run folder.
+        kept = Path(config.checkpoint_store).expanduser() / run_id / LAST_CHECKPOINT if config.checkpoint_store not in ("local", "auto") else None
+        if kept is None or not kept.exists():
+            raise UserError(f"--resume: there is no run {run_id!r} in {config.output_dir}{f' or {kept.parent.parent}' if kept else ''}; "
+                            f"check --run_id (or drop it to resume the latest unfinished run)")
+    record = RunRecord(folder)
     with record.exclusive():
         return _run(config, run_id, record)
 
