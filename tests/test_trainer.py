@@ -765,6 +765,7 @@ def test_code_version_is_the_git_commit():
 
     from common.provenance import ROOT, code_version
 
+    code_version.cache_clear()  # cached per process: a commit made while the suite runs would otherwise differ
     head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     if head.returncode != 0:
         pytest.skip("not a git checkout")
