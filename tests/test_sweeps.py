@@ -380,7 +380,7 @@ def test_hyperband_stops_a_trailing_trial_end_to_end(tmp_path, fixed_args):
     sweep_dir = tmp_path / "sweep"
     write_earlier_trials(TrialTable(sweep_dir), (1e-6, 1e-5), epochs=200)
     definition = hyperband_definition(epochs={"value": 200}, patience={"value": 0})
-    summary = run_local_sweep(write_yaml(tmp_path / "hb.yaml", definition), count=1, sweep_dir=sweep_dir, fixed=fixed_args)
+    summary = run_local_sweep(write_yaml(tmp_path / "hb.yaml", definition), count=3, sweep_dir=sweep_dir, fixed=fixed_args)
     stopped = table_rows(sweep_dir)[-1]
     assert summary["new"] == 1 and stopped["suggested"]["lr"] == 1e-7
     assert stopped["state"] == M.EARLY_STOPPED, stopped
