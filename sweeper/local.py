@@ -13,7 +13,10 @@ suggestion that normalises to an already trained config is recorded as a duplica
 engine with the original's result, and the engine is asked again. Trials left running or preempted by an
 earlier call are relaunched first, with their run ids, and resume from their checkpoints; finished trials
 are never rerun. A trial that fails on a setup problem (exit code 2: data, weights, a setting this machine
-cannot run) stops the sweep, since every later trial would fail the same way; the next call retries it.
+cannot run) stops the sweep while no trial has trained yet, or when it is the third new trial in a row to fail
+so (the data went away), since every later trial would fail the same way. Once trials have trained, a setup
+failure is its own values' (a weights file one searched value names): recorded, and the sweep goes on. Every
+call retries the trials that failed on setup, so fixing the cause and running the same command again is enough.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from trainer.config import FIELDS, config_hash, effective_config, parse_run_conf
 
 POLL_SECONDS = 0.5  # how often finished trials are collected and hyperband is asked
 MAX_CONSECUTIVE_DUPLICATES = 100  # a random/bayes search over a small effective space never ends otherwise
+SETUP_FAILURES_IN_A_ROW = 3  # new trials failing on setup one after the other: the setup broke, not their values
+TRAINED = (*M.SUCCESSFUL_STATES, M.DIVERGED, M.OOM)  # states a trial reaches only past its setup
 LOCK_FILE = ".lock"
 
 
@@ -112,6 +117,8 @@ class LocalSweep:
         self.gpus = visible_gpus() if workers > 1 else []
         self.interrupted = False
         self.setup_failure: Trial | None = None
+        self.setup_streak = 0  # new trials in a row that failed on setup
+        self.retries: set[str] = set()  # run ids of setup failures this call retries
         self._final_histories: dict[str, list[dict]] = {}
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -119,6 +126,7 @@ class LocalSweep:
     def run(self, count: int) -> dict | None:
         relaunch = [trial for trial in self.table
                     if (trial.state in UNFINISHED and not self._ended_while_away(trial)) or failed_on_setup(trial)]
+        self.retries = {trial.run_id for trial in relaunch if failed_on_setup(trial)}
         new_trials = resumed = 0
         earlier = len(self.table.real())  # --count is the sweep's size, across calls
         asking = True
@@ -157,6 +165,10 @@ class LocalSweep:
         if self.setup_failure:
             raise UserError(f"sweep stopped: trial {self.setup_failure.run_id} failed on a setup problem ({self.setup_failure.reason}); "
                             f"fix it and run the same command again: that trial is retried, and nothing else is lost")
+        own = [t.run_id for t in self.table.real() if failed_on_setup(t)]
+        if own:
+            print(f"{len(own)} trial(s) failed on a setup problem of their own values ({', '.join(own)}: see their reason in "
+                  f"table.jsonl); fix it and run the same command again to retry them", flush=True)
         if earlier >= count and not resumed:
             print(f"the sweep already has {earlier} trial(s), --count {count}: nothing to do; raise --count to extend it", flush=True)
         return self._summary(new_trials, resumed)
@@ -259,7 +271,7 @@ class LocalSweep:
     def _start(self, trial: Trial, tag: str) -> None:
         folder = self.table.run_folder(trial)
         resume = has_checkpoint(folder)  # a new trial's run id is new: only a relaunch has one
-        command = trial_command(self._parameters(trial), folder.parent, trial.run_id, resume)
+        command = trial_command(self._parameters(trial), folder.parent, trial.run_id)
         trial.state, trial.reason, trial.exit_code = M.RUNNING, None, None
         self.table.save()
         try:
@@ -292,8 +304,17 @@ class LocalSweep:
             self.table.save()
             self._final_histories.pop(run_id, None)
             print(console.trial_line(self.tags.pop(run_id), trial, self.searched, launched.seconds), flush=True)
-            if failed_on_setup(trial) and not self.setup_failure:
+            if not failed_on_setup(trial):
+                self.setup_streak = 0
+                continue
+            self.setup_streak += run_id not in self.retries  # a retry failing again says nothing new
+            if self.setup_failure:
+                continue
+            if not any(t.state in TRAINED for t in self.table.real()) or self.setup_streak >= SETUP_FAILURES_IN_A_ROW:
                 self.setup_failure = trial  # every later trial would fail alike: no new ones start
+            else:
+                print(f"  {run_id} failed on a setup problem of its own values, not the sweep's (other trials trained): "
+                      f"recorded, the sweep goes on, the next call retries it", flush=True)
 
     def _early_terminate(self) -> None:
         """Ask hyperband which running trials trail the others; they stop gracefully as early_stopped."""

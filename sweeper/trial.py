@@ -33,11 +33,12 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def trial_command(parameters: Mapping[str, Any], output_dir: Path, run_id: str, resume: bool) -> list[str]:
+def trial_command(parameters: Mapping[str, Any], output_dir: Path, run_id: str) -> list[str]:
     args = [f"--{name}={format_value(value)}" for name, value in parameters.items()]
     args += [f"--output_dir={output_dir}", f"--run_id={run_id}"]
-    if resume:
-        args.append("--resume=true")  # refuse to start over silently if the checkpoint does not fit
+    # No --resume: a trial resumes from its checkpoint anyway, and one that no longer fits (damaged, or of
+    # code that built the model otherwise) is set aside as last.refused.pt and the trial trains afresh, as
+    # its config still has to be; --resume would refuse that, and the trial would fail on every call.
     return [sys.executable, str(AGENT), *args]
 
 

@@ -311,6 +311,55 @@ def test_a_trial_that_failed_on_setup_is_retried_once_it_is_fixed(tmp_path, natu
     assert {retried["config"]["activation"], new["config"]["activation"]} == {"relu", "gelu"}
 
 
+def test_a_setup_failure_of_one_searched_value_does_not_stop_the_sweep(tmp_path, fixed_args, capsys):
+    # weights=none trains; a weights file that is missing fails on setup. Other trials trained, so that failure
+    # is its value's: recorded, the sweep goes on, and the next call retries it (fails again: still no stop).
+    missing = str(tmp_path / "missing.pt")
+    definition = tiny_definition(weights={"values": ["none", missing]}, activation={"value": "relu"}, lr={"value": 0.01}, epochs={"value": 1})
+    sweep, sweep_dir = write_yaml(tmp_path / "s.yaml", definition), tmp_path / "sweep"
+    summary = run_local_sweep(sweep, count=2, sweep_dir=sweep_dir, fixed=fixed_args)
+    trained, failed = table_rows(sweep_dir)
+    assert trained["config"]["weights"] == "none" and trained["state"] == M.FINISHED
+    assert failed["config"]["weights"] == missing and failed["state"] == M.FAILED and failed["exit_code"] == 2
+    assert summary["new"] == 2 and summary["best_run_id"] == trained["run_id"]
+    assert "of their own values" in capsys.readouterr().out
+    again = run_local_sweep(sweep, count=2, sweep_dir=sweep_dir, fixed=fixed_args)  # retried, fails alike, no stop
+    assert again["resumed"] == 1 and again["new"] == 0 and [r["state"] for r in table_rows(sweep_dir)] == [M.FINISHED, M.FAILED]
+
+
+def test_new_trials_failing_on_setup_in_a_row_stop_the_sweep_even_after_others_trained(tmp_path, fixed_args):
+    # The data went away mid-sweep (here: every new trial names a missing weights file): after three in a
+    # row the sweep stops instead of burning its whole count on failures.
+    sweep_dir = tmp_path / "sweep"
+    TrialTable(sweep_dir).add(Trial("earlier", M.FINISHED, {}, "hash", {"lr": 0.5}, exit_code=0, best_val_acc=0.5))
+    definition = tiny_definition(weights={"value": str(tmp_path / "missing.pt")}, lr={"values": [0.001, 0.01, 0.1]}, epochs={"value": 1})
+    with pytest.raises(UserError, match="failed on a setup problem"):
+        run_local_sweep(write_yaml(tmp_path / "s.yaml", definition), count=6, sweep_dir=sweep_dir, fixed=fixed_args)
+    rows = table_rows(sweep_dir)
+    assert [(r["state"], r["exit_code"]) for r in rows[1:]] == [(M.FAILED, 2)] * 3  # the fourth point never started
+
+
+def test_a_relaunched_trial_whose_checkpoint_no_longer_fits_trains_afresh(tmp_path, fixed_args):
+    # A preempted trial whose last.pt is damaged (or of code that built the model otherwise) must not fail on
+    # every call: it is set aside and the trial, whose config still has to be trained, starts over.
+    definition = tiny_definition(activation={"value": "relu"}, lr={"value": 0.01}, epochs={"value": 1})
+    sweep, sweep_dir = write_yaml(tmp_path / "s.yaml", definition), tmp_path / "sweep"
+    run_local_sweep(sweep, count=1, sweep_dir=sweep_dir, fixed=fixed_args)
+    table = TrialTable(sweep_dir)
+    [trial] = table.trials
+    trial.state = M.PREEMPTED
+    table.save()
+    folder = table.run_folder(trial)
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, M.STATE: M.PREEMPTED}))
+    (folder / "last.pt").write_bytes(b"not a checkpoint")
+    again = run_local_sweep(sweep, count=1, sweep_dir=sweep_dir, fixed=fixed_args)
+    [row] = table_rows(sweep_dir)
+    assert again["resumed"] == 1 and row["state"] == M.FINISHED and row["exit_code"] == 0
+    assert "unreadable" in summary_of(sweep_dir, row["run_id"])["resume_refused"]
+    assert (folder / "last.refused.pt").read_bytes() == b"not a checkpoint"
+
+
 def test_fixed_arguments_that_change_what_is_trained_are_pinned(tmp_path, fixed_args):
     sweep, sweep_dir = write_yaml(tmp_path / "s.yaml", tiny_definition(activation={"value": "relu"})), tmp_path / "sweep"
     run_local_sweep(sweep, count=0, sweep_dir=sweep_dir, fixed={**fixed_args, "epochs": "2"})
