@@ -360,5 +360,40 @@ def test_a_checkpoint_of_code_that_normalised_otherwise_resumes(nature_dir, tmp_
 
     payload["config"] = {**payload["config"], "lr": 0.5}  # another config is still another config
     torch.save(payload, last)
-    refused = run_training(config(nature_dir, tmp_path, **settings, epochs=2))
+    refused = run_training(config(nature_dir, tmp_path, **settings))  # the same settings: only lr tells it apart
     assert "config_hash" in refused.summary["resume_refused"]
+
+
+def test_a_stop_before_the_best_epoch_was_kept_still_leaves_its_best_pt(nature_dir, tmp_path, monkeypatch):
+    # Ctrl-C pressed twice between writing epoch 2's last.pt (the new best) and keeping it as best.pt: the
+    # resumed run must still end with best.pt of its best epoch, which `agent.py test` evaluates.
+    import trainer.loop
+    import trainer.run
+
+    accuracies = iter([0.5, 0.8, 0.6])
+    monkeypatch.setattr(trainer.loop, "evaluate", lambda loop, loader: (1.0, next(accuracies)))
+    real_keep, kept = trainer.run.keep_as, []
+
+    def keep_as(source, target):
+        kept.append(target)
+        if len(kept) == 2:
+            raise KeyboardInterrupt
+        real_keep(source, target)
+
+    monkeypatch.setattr(trainer.run, "keep_as", keep_as)
+    cut = run_training(config(nature_dir, tmp_path, run_id="cut", patience=0))
+    assert cut.state == M.PREEMPTED
+    assert torch.load(cut.folder / "best.pt", weights_only=True)["epoch"] == 1  # epoch 2 never became best.pt
+    monkeypatch.setattr(trainer.run, "keep_as", real_keep)
+    done = run_training(config(nature_dir, tmp_path, run_id="cut", patience=0, resume=True))
+    assert done.state == M.FINISHED and done.summary[M.BEST_EPOCH] == 2 and done.summary[M.BEST_VAL_ACC] == 0.8
+    assert torch.load(done.folder / "best.pt", weights_only=True)["epoch"] == 2
+
+
+def test_a_checkpoint_without_an_identity_is_refused_with_a_reason(tmp_path):
+    from trainer.checkpoint import CheckpointRefused, load_checkpoint
+
+    path = tmp_path / "last.pt"
+    torch.save({"format": 1, "loop": {}, "model": {}}, path)  # a hand-made or foreign file of our format
+    with pytest.raises(CheckpointRefused, match="was written for config_hash=None"):
+        load_checkpoint(path, {"config_hash": "0123456789abcdef"})

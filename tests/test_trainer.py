@@ -276,6 +276,33 @@ def test_training_goes_on_while_a_checkpoint_is_written_and_the_file_is_the_snap
     assert final["loop"]["epoch"] == 2  # close() waited for the last write
 
 
+def test_ctrl_c_while_a_checkpoint_is_written_still_lets_the_write_finish():
+    # The second Ctrl-C lands in the join that waits for the background write: the write must still finish
+    # (the interrupt is raised after it), and the writer thread is no daemon the interpreter could abandon.
+    import threading
+
+    released, written = threading.Event(), threading.Event()
+    writer = CheckpointWriter(background=True)
+    writer.submit(lambda: (released.wait(30), written.set()))
+    thread, joins = writer._thread, []
+    real_join = thread.join
+
+    def join(*args):
+        joins.append(1)
+        if len(joins) == 1:
+            raise KeyboardInterrupt
+        released.set()
+        real_join(*args)
+
+    thread.join = join
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            writer.close(quiet=True)
+        assert written.is_set() and not thread.daemon and len(joins) == 2
+    finally:
+        released.set()
+
+
 def test_a_checkpoint_write_that_fails_ends_the_run_with_its_reason(base, monkeypatch):
     import trainer.run
 
@@ -404,6 +431,17 @@ def test_test_command_writes_accuracy_confusion_and_grid(base):
     (outcome.folder / "best.pt").write_bytes(b"damaged")
     with pytest.raises(UserError, match="cannot read .*best.pt .*damaged"):
         evaluate_on_test_set(outcome.folder)
+
+
+def test_a_rerun_that_fails_before_training_leaves_no_stale_model_for_the_test_command(base, tmp_path):
+    # The same run id again with another config, failing on setup (a data_dir typo): config.yaml now says gelu,
+    # and best.pt is still the relu model. The test command must refuse to evaluate it as the gelu network.
+    trained = run_training(scratch(base, run_id="rerun", activation="relu", epochs=1))
+    with pytest.raises(UserError):
+        run_training(scratch(base, run_id="rerun", activation="gelu", epochs=1, data_dir=str(tmp_path / "nope"), download=False))
+    assert yaml.safe_load((trained.folder / "config.yaml").read_text())["activation"] == "gelu"
+    with pytest.raises(UserError, match="trained with another configuration"):
+        evaluate_on_test_set(trained.folder, data_dir=base["data_dir"])
 
 
 # ---- configuration ------------------------------------------------------------------------------

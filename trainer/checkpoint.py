@@ -132,7 +132,7 @@ def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
         raise CheckpointRefused(f"checkpoint {path} is not a resumable checkpoint of this harness; starting fresh")
     key = identity_mismatch(payload, identity)
     if key:
-        raise CheckpointRefused(f"checkpoint {path} was written for {key}={payload['identity'].get(key)!r}, this run has {identity[key]!r}; starting fresh")
+        raise CheckpointRefused(f"checkpoint {path} was written for {key}={(payload.get('identity') or {}).get(key)!r}, this run has {identity[key]!r}; starting fresh")
     return payload
 
 

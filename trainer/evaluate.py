@@ -61,12 +61,12 @@ def evaluate_on_test_set(run_folder: Path, data_dir: str | None = None, device: 
         raise UserError(f"{checkpoint} is not a checkpoint of this harness; pass a run folder whose best.pt a run wrote")
     # Same training: the hash it was written with is the one the run recorded beside config.yaml, or its saved
     # config hashes to config.yaml's under today's normalisation.
-    trained = payload.get("identity", {}).get("config_hash")
+    trained = (payload.get("identity") or {}).get("config_hash")
     if trained and trained not in (config_hash(config), record.read_summary(run_folder).get("config_hash")) \
             and rehash(payload.get("config")) != config_hash(config):
         raise UserError(f"{checkpoint} was trained with another configuration than {run_folder / 'config.yaml'} "
                         f"(config hash {trained} vs {config_hash(config)}); test the run folder that trained it, or train this one again")
-    classes = tuple(payload.get("identity", {}).get("classes", ()))
+    classes = tuple((payload.get("identity") or {}).get("classes", ()))
 
     layout = locate_dataset(config.data_dir, download=config.download)
     if layout.test_dir is None:

@@ -143,18 +143,27 @@ def _optimizer_as_saved(model, config: RunConfig, strategy, options, payload: di
     return optimizer
 
 
-def _fetch_best(store, best_path: Path, identity: dict, best_epoch: int) -> None:
+def _fetch_best(store, best_path: Path, last_path: Path, identity: dict, state: LoopState) -> None:
     """Give a resumed run the best epoch's weights (a new machine has none, `agent.py test` needs them), and only
     its own: a store may still hold the best.pt of a model that a fresh start replaced."""
-    if best_epoch <= 0 or not store.fetch(best_path):
+    best_epoch = state.best_epoch
+    if best_epoch <= 0:
         best_path.unlink(missing_ok=True)
         return
-    try:  # mmap: the tensors are not read, only the small header
-        best = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)
-        ours = identity_mismatch(best, identity) is None and best.get("epoch") == best_epoch
-    except Exception:
-        ours = False
-    if not ours:
+    if store.fetch(best_path):
+        try:  # mmap: the tensors are not read, only the small header
+            best = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)
+            same_run, epoch = identity_mismatch(best, identity) is None, best.get("epoch")
+        except Exception:
+            same_run, epoch = False, None
+        if same_run and epoch == best_epoch:
+            return
+    if best_epoch == state.epoch and state.batch == 0:
+        # last.pt is the best epoch itself: the run stopped between writing it and keeping it as best.pt.
+        keep_as(last_path, best_path)
+        store.save(best_path)
+        print(f"note: {best_path} of epoch {best_epoch} was not kept before the run stopped; made again from {last_path.name}")
+    elif best_path.exists():
         print(f"warning: {best_path} is not this run's epoch {best_epoch}; set aside as {PREVIOUS_BEST}")
         best_path.replace(best_path.with_name(PREVIOUS_BEST))
 
@@ -225,7 +234,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
             refuse(refused)
             optimizer = _optimizer_as_saved(model, config, strategy, options, None)
     if payload:
-        _fetch_best(store, best_path, identity, state.best_epoch)
+        _fetch_best(store, best_path, last_path, identity, state)
         batch_size = state.batch_size or batch_size
         record.update_summary(**{M.BEST_VAL_ACC: state.best_val_acc, M.BEST_EPOCH: state.best_epoch, M.EPOCHS_COMPLETED: state.epoch}, resumed_from_epoch=state.epoch)
         best = f"best val_acc so far {state.best_val_acc:.4f}" if state.best_epoch else "no epoch validated yet"
@@ -283,10 +292,10 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
             checkpoint=checkpoint, stop=stop, inference_prefix=0 if feature_depth else frozen_depth, forward_fn=forward_fn,
         )
         final_state = train(loop, state)
+        writer.close()
     except BaseException:
         writer.close(quiet=True)  # the last good checkpoint still lands; the run reports its own error
         raise
-    writer.close()
     trainable, total = count_parameters(model)  # gradual unfreezing ends with more trainable parameters
     facts.update({M.TRAINABLE_PARAMS: trainable, M.TOTAL_PARAMS: total})
     return final_state, state, facts
@@ -317,7 +326,8 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
             key, value = next(iter(changed.items()))
             raise UserError(f"--resume: run {run_id} was trained with {key}={saved[key]!r}, not {value!r}; resume with the same settings or start a new run")
     record.write_config(config_dict)
-    record.update_summary(run_id=run_id, **{M.STATE: M.RUNNING, M.REASON: None}, started_at=datetime.datetime.now().isoformat(timespec="seconds"))
+    # With config.yaml, at once: a rerun that fails before training must not leave the old hash beside a new config.
+    record.update_summary(run_id=run_id, config_hash=config_hash(config), **{M.STATE: M.RUNNING, M.REASON: None}, started_at=datetime.datetime.now().isoformat(timespec="seconds"))
     logger = start_logger(config.wandb_mode, config.wandb_project, config.wandb_entity, run_id, config_dict, Path(config.output_dir), effective_config(config))
     print(f"run {run_id}: {config.model} strategy={config.strategy} -> {folder}")
 

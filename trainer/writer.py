@@ -35,7 +35,8 @@ class CheckpointWriter:
         if not self.background:
             job()
             return
-        self._thread = threading.Thread(target=self._run, args=(job,), daemon=True, name="checkpoint-writer")
+        # Not a daemon: the interpreter never exits with a checkpoint half-written by a thread it abandoned.
+        self._thread = threading.Thread(target=self._run, args=(job,), daemon=False, name="checkpoint-writer")
         self._thread.start()
 
     def _run(self, job: Callable[[], None]) -> None:
@@ -46,9 +47,15 @@ class CheckpointWriter:
 
     def flush(self) -> None:
         """Wait for the write in flight; raise its error, if it failed."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        interrupted = None
+        while self._thread is not None:
+            try:
+                self._thread.join()
+                self._thread = None
+            except KeyboardInterrupt as exc:  # Ctrl-C again: the write still finishes, then the interrupt goes on
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
         if self._error is not None:
             error, self._error = self._error, None
             raise error
