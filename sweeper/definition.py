@@ -17,6 +17,7 @@ import yaml
 from common.atomic import write_text
 from common.errors import UserError
 from common.parsing import nearest
+from sweeper.table import TABLE_FILE
 from trainer.config import FIELDS, parse_value
 from trainer.metrics import VAL_ACC
 
@@ -74,7 +75,7 @@ def definition_problems(config: Any) -> list[str]:
     return problems
 
 
-SPEC_KEYS = ("value", "values", "distribution", "min", "max", "mu", "sigma", "q", "probabilities")
+SPEC_KEYS = ("value", "values", "distribution", "min", "max", "mu", "sigma", "q", "probabilities", "a", "b")
 # Distributions whose min/max are values of the parameter itself (log_uniform's are exponents, normal's unbounded).
 _BOUNDED_BY_VALUES = ("int_uniform", "uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values")
 
@@ -123,14 +124,15 @@ def load_definition(path: Path | str) -> SweepDefinition:
     return SweepDefinition(path, text, config)
 
 
-def pin_definition(sweep_dir: Path, definition: SweepDefinition) -> None:
+def pin_definition(sweep_dir: Path, definition: SweepDefinition, bound: bool = True) -> None:
     """Copy the definition into the sweep folder, or check that the folder's copy is the same sweep.
 
     Compared as parsed YAML, so comments and formatting may change but a search space may not: a table of
-    trials from one space continued with another would mix two sweeps without saying so.
+    trials from one space continued with another would mix two sweeps without saying so. A folder without
+    trials (`bound=False`: an earlier call failed before the first one) takes the definition it is given.
     """
     pinned = sweep_dir / SWEEP_FILE
-    if pinned.exists():
+    if pinned.exists() and bound:
         try:
             existing = yaml.safe_load(pinned.read_text())
         except yaml.YAMLError:
@@ -142,21 +144,33 @@ def pin_definition(sweep_dir: Path, definition: SweepDefinition) -> None:
     write_text(pinned, definition.text)
 
 
-def pin_fixed(sweep_dir: Path, fixed: Mapping[str, Any]) -> None:
+def effective_fixed(fixed: Mapping[str, Any]) -> dict[str, Any]:
+    """The fixed `--key=value` arguments that change what is trained, parsed."""
+    return {key: parse_value(key, value) for key, value in sorted(fixed.items()) if FIELDS[key].metadata["effective"]}
+
+
+def pin_fixed(sweep_dir: Path, fixed: Mapping[str, Any], started_with: Mapping[str, Any] | None = None) -> None:
     """Pin the fixed `--key=value` arguments that change what is trained (epochs, model...) like the definition:
     a second call with --epochs=1 after --epochs=2 would mix two sweeps in one table. Paths, devices and logging
-    may differ from call to call (another machine)."""
-    effective = {key: parse_value(key, value) for key, value in sorted(fixed.items()) if FIELDS[key].metadata["effective"]}
+    may differ from call to call (another machine).
+
+    `started_with`: the fixed arguments of the folder's first trial (None without trials). They bind a folder
+    whose fixed.yaml is missing (written before it existed); a folder without trials takes the ones given.
+    """
+    effective = effective_fixed(fixed)
     pinned = sweep_dir / FIXED_FILE
-    if not pinned.exists():
+    if started_with is None:
         write_text(pinned, yaml.safe_dump(effective, sort_keys=True))
         return
-    before = yaml.safe_load(pinned.read_text()) or {}
+    source = pinned if pinned.exists() else sweep_dir / TABLE_FILE
+    before = (yaml.safe_load(pinned.read_text()) or {}) if pinned.exists() else effective_fixed(started_with)
     if before != effective:
         changed = sorted(set(before) ^ set(effective) | {k for k in set(before) & set(effective) if before[k] != effective[k]})
         was = ", ".join(f"--{k}={before[k]}" if k in before else f"no --{k}" for k in changed)
-        raise UserError(f"{sweep_dir} was started with {was} ({pinned}); pass the same fixed arguments to continue it, "
+        raise UserError(f"{sweep_dir} was started with {was} ({source}); pass the same fixed arguments to continue it, "
                         f"or --sweep_dir=NEW_DIR for a new sweep")
+    if not pinned.exists():
+        write_text(pinned, yaml.safe_dump(effective, sort_keys=True))
 
 
 def engine_config(definition: SweepDefinition, fixed: Mapping[str, Any]) -> dict:

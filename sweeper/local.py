@@ -58,8 +58,9 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
     sweep_dir = (Path(sweep_dir) if sweep_dir else Path("sweep_runs") / Path(sweep_yaml).stem).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with exclusive(sweep_dir):
-        pin_definition(sweep_dir, definition)
-        pin_fixed(sweep_dir, fixed)
+        trials = TrialTable(sweep_dir).real()  # a folder binds to its definition and fixed arguments with its first trial
+        pin_definition(sweep_dir, definition, bound=bool(trials))
+        pin_fixed(sweep_dir, fixed, trials[0].fixed if trials else None)
         prepare_dataset(definition, fixed)
         return LocalSweep(definition, sweep_dir, fixed, workers).run(count)
 

@@ -90,6 +90,8 @@ def test_definition_problems_name_the_mistake():
     assert "'lrr'" in problems and "'lr'" in problems
     assert "output_dir" in problems and "set by the sweep driver" in problems
     assert "val_accuracy" in problems
+    beta = tiny_definition(dropout={"distribution": "beta", "a": 2.0, "b": 5.0})  # every key W&B's schema knows is taken
+    assert definition_problems(beta) == []
 
 
 @pytest.mark.parametrize("parameter, named", [
@@ -362,12 +364,32 @@ def test_a_relaunched_trial_whose_checkpoint_no_longer_fits_trains_afresh(tmp_pa
 
 def test_fixed_arguments_that_change_what_is_trained_are_pinned(tmp_path, fixed_args):
     sweep, sweep_dir = write_yaml(tmp_path / "s.yaml", tiny_definition(activation={"value": "relu"})), tmp_path / "sweep"
-    run_local_sweep(sweep, count=0, sweep_dir=sweep_dir, fixed={**fixed_args, "epochs": "2"})
+    # A folder binds with its first trial; this one's table predates fixed.yaml, so the trial's arguments pin it.
+    TrialTable(sweep_dir).add(Trial("earlier", M.FINISHED, {}, "hash", {"lr": 0.01}, exit_code=0, best_val_acc=0.5,
+                                    fixed={**fixed_args, "epochs": "2"}))
     for other in ({**fixed_args, "epochs": "1"}, fixed_args):
-        with pytest.raises(UserError, match="was started with --epochs=2"):
+        with pytest.raises(UserError, match="was started with --epochs=2 .*table.jsonl"):
             run_local_sweep(sweep, count=0, sweep_dir=sweep_dir, fixed=other)
+    assert not (sweep_dir / "fixed.yaml").exists()
+    run_local_sweep(sweep, count=0, sweep_dir=sweep_dir, fixed={**fixed_args, "epochs": "2"})
+    assert yaml.safe_load((sweep_dir / "fixed.yaml").read_text()) == {"epochs": 2}
+    with pytest.raises(UserError, match="was started with --epochs=2 .*fixed.yaml"):
+        run_local_sweep(sweep, count=0, sweep_dir=sweep_dir, fixed=fixed_args)
     moved = {**fixed_args, "epochs": "02", "cache_dir": str(tmp_path / "elsewhere")}  # another machine: same sweep
     assert run_local_sweep(sweep, count=0, sweep_dir=sweep_dir, fixed=moved) is not None
+
+
+def test_a_folder_without_trials_is_bound_to_nothing(tmp_path, fixed_args):
+    # A first call that failed before any trial (here: a wrong --data_dir) must not bind the folder to its
+    # definition or fixed arguments: the corrected call may change both.
+    sweep_dir = tmp_path / "sweep"
+    first = write_yaml(tmp_path / "first.yaml", tiny_definition(activation={"value": "relu"}))
+    with pytest.raises(UserError):
+        run_local_sweep(first, count=1, sweep_dir=sweep_dir, fixed={**fixed_args, "epochs": "1", "data_dir": str(tmp_path / "nope"), "download": "false"})
+    second = write_yaml(tmp_path / "second.yaml", tiny_definition(activation={"value": "gelu"}))
+    assert run_local_sweep(second, count=0, sweep_dir=sweep_dir, fixed={**fixed_args, "epochs": "2"}) is not None
+    assert yaml.safe_load((sweep_dir / "fixed.yaml").read_text()) == {"epochs": 2}
+    assert yaml.safe_load((sweep_dir / "sweep.yaml").read_text())["parameters"]["activation"] == {"value": "gelu"}
 
 
 def write_earlier_trials(table: TrialTable, values: tuple, epochs: int = 3) -> None:
