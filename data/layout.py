@@ -77,15 +77,26 @@ def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None 
 
 
 def _refuse_a_typo(data_dir: Path) -> None:
-    """A --data_dir that does not exist inside a dataset (beside its train/, or under train/ or val/) is a typo,
-    not a place to download 3.6 GB into."""
+    """A --data_dir that does not exist inside a dataset (beside its train/, or under its train/ or val/, or
+    under one of their class folders) is a typo, not a place to download 3.6 GB into.
+
+    Only the nearest existing folder and the two above it are looked at, and a train/val/test name counts only
+    where the folder above it holds train/: a download into a new folder elsewhere is never refused."""
     existing = next(d for d in data_dir.parents if d.exists())
-    inside = [d for d in (existing, *existing.parents) if (d / "train").is_dir() or d.name in ("train", *TEST_FOLDER_NAMES)]
-    if not inside:
+    if not existing.is_dir():
         return
-    root = inside[0] if (inside[0] / "train").is_dir() else inside[0].parent
+    root = None
+    if (existing / "train").is_dir():
+        root = existing  # beside train/
+    else:
+        for split in (existing, existing.parent):  # under train/ or val/, or under one of their class folders
+            if split.name in ("train", *TEST_FOLDER_NAMES) and (split.parent / "train").is_dir():
+                root = split.parent
+                break
+    if root is None:
+        return
     missing = data_dir.relative_to(existing).parts[0]
-    siblings = [p.name for p in existing.iterdir() if p.is_dir()] if existing.is_dir() else []
+    siblings = [p.name for p in existing.iterdir() if p.is_dir()]
     raise UserError(f"--data_dir={data_dir} does not exist: {existing} has no {missing!r}{nearest(missing, siblings)}; "
                     f"the dataset there is {root}: pass --data_dir={root}")
 

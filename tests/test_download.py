@@ -304,6 +304,20 @@ def test_locate_downloads_into_an_empty_folder_only(serve, dataset_zip, tmp_path
     assert len(server.ranges) == fetched
 
 
+def test_only_a_path_inside_a_dataset_counts_as_a_typo(tmp_path, nature_dir):
+    from data.layout import _refuse_a_typo
+
+    train = nature_dir / "inaturalist_12K" / "train"
+    with pytest.raises(UserError, match=f"pass --data_dir={train.parent}"):
+        _refuse_a_typo(train / "Amphibia" / "extra" / "more")  # under a class folder
+    # New folders for a download, elsewhere: an ancestor named test/, a project that has a train/ further up.
+    (tmp_path / "test" / "runs").mkdir(parents=True)
+    (tmp_path / "project" / "train").mkdir(parents=True)
+    (tmp_path / "project" / "data" / "sets").mkdir(parents=True)
+    for fresh in (tmp_path / "test" / "runs" / "nature", tmp_path / "project" / "data" / "sets" / "nature"):
+        assert _refuse_a_typo(fresh) is None
+
+
 def test_a_failed_first_download_leaves_no_folder_behind(tmp_path):
     from data.layout import locate_dataset
 
