@@ -50,6 +50,7 @@ class TrialTable:
         self.sweep_dir = Path(sweep_dir)
         self.path = self.sweep_dir / TABLE_FILE
         self.trials: list[Trial] = self._read()
+        self._identities: dict[str, str] = {}  # run id -> trial_identity: a trial's config never changes
 
     def _read(self) -> list[Trial]:
         if not self.path.exists():
@@ -89,7 +90,12 @@ class TrialTable:
 
     def find_identity(self, identity: str) -> Trial | None:
         """The real trial with this config hash (or, for suggestions that did not parse, this suggestion)."""
-        return next((t for t in self.real() if trial_identity(t) == identity), None)
+        for trial in self.real():
+            if trial.run_id not in self._identities:
+                self._identities[trial.run_id] = trial_identity(trial)
+            if self._identities[trial.run_id] == identity:
+                return trial
+        return None
 
     def run_folder(self, trial: Trial) -> Path:
         return self.sweep_dir / RUNS_DIR / trial.run_id
