@@ -124,24 +124,28 @@ def load_definition(path: Path | str) -> SweepDefinition:
     return SweepDefinition(path, text, config)
 
 
-def pin_definition(sweep_dir: Path, definition: SweepDefinition, bound: bool = True) -> None:
+def pin_definition(sweep_dir: Path, definition: SweepDefinition, bound: bool = True) -> bool:
     """Copy the definition into the sweep folder, or check that the folder's copy is the same sweep.
 
     Compared as parsed YAML, so comments and formatting may change but a search space may not: a table of
-    trials from one space continued with another would mix two sweeps without saying so. A folder without
-    trials (`bound=False`: an earlier call failed before the first one) takes the definition it is given.
+    trials from one space continued with another would mix two sweeps without saying so. A folder no trial
+    bound yet (`bound=False`, see `binds_folder`) takes the definition it is given; True when that replaced
+    another one.
     """
     pinned = sweep_dir / SWEEP_FILE
-    if pinned.exists() and bound:
+    existed = pinned.exists()
+    if existed:
         try:
             existing = yaml.safe_load(pinned.read_text())
         except yaml.YAMLError:
             existing = None
-        if existing != definition.config:
+        if existing == definition.config:
+            return False
+        if bound:
             raise UserError(f"{sweep_dir} holds a different sweep ({pinned} differs from {definition.path}); "
                             f"use --sweep_dir=NEW_DIR for a new sweep, or the original YAML to continue this one")
-        return
     write_text(pinned, definition.text)
+    return existed
 
 
 def effective_fixed(fixed: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,28 +153,28 @@ def effective_fixed(fixed: Mapping[str, Any]) -> dict[str, Any]:
     return {key: parse_value(key, value) for key, value in sorted(fixed.items()) if FIELDS[key].metadata["effective"]}
 
 
-def pin_fixed(sweep_dir: Path, fixed: Mapping[str, Any], started_with: Mapping[str, Any] | None = None) -> None:
+def pin_fixed(sweep_dir: Path, fixed: Mapping[str, Any], started_with: Mapping[str, Any] | None = None, bound: bool = True) -> bool:
     """Pin the fixed `--key=value` arguments that change what is trained (epochs, model...) like the definition:
     a second call with --epochs=1 after --epochs=2 would mix two sweeps in one table. Paths, devices and logging
     may differ from call to call (another machine).
 
-    `started_with`: the fixed arguments of the folder's first trial (None without trials). They bind a folder
-    whose fixed.yaml is missing (written before it existed); a folder without trials takes the ones given.
+    `started_with`: the fixed arguments of the folder's first trial (None without trials); they stand in for a
+    fixed.yaml that older code did not write. A folder no trial bound yet takes the arguments it is given;
+    True when they replaced others.
     """
     effective = effective_fixed(fixed)
     pinned = sweep_dir / FIXED_FILE
-    if started_with is None:
-        write_text(pinned, yaml.safe_dump(effective, sort_keys=True))
-        return
-    source = pinned if pinned.exists() else sweep_dir / TABLE_FILE
-    before = (yaml.safe_load(pinned.read_text()) or {}) if pinned.exists() else effective_fixed(started_with)
-    if before != effective:
+    before = (yaml.safe_load(pinned.read_text()) or {}) if pinned.exists() else \
+        effective_fixed(started_with) if started_with is not None else None
+    if before is not None and before != effective and bound:
         changed = sorted(set(before) ^ set(effective) | {k for k in set(before) & set(effective) if before[k] != effective[k]})
         was = ", ".join(f"--{k}={before[k]}" if k in before else f"no --{k}" for k in changed)
+        source = pinned if pinned.exists() else sweep_dir / TABLE_FILE
         raise UserError(f"{sweep_dir} was started with {was} ({source}); pass the same fixed arguments to continue it, "
                         f"or --sweep_dir=NEW_DIR for a new sweep")
-    if not pinned.exists():
+    if before != effective or not pinned.exists():
         write_text(pinned, yaml.safe_dump(effective, sort_keys=True))
+    return before is not None and before != effective
 
 
 def engine_config(definition: SweepDefinition, fixed: Mapping[str, Any]) -> dict:

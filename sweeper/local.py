@@ -35,7 +35,7 @@ from sweeper import console
 from sweeper.definition import DRIVER_OWNED, SweepDefinition, engine_config, load_definition, pin_definition, pin_fixed
 from sweeper.engine import runs_to_stop, suggest, sweep_run
 from sweeper.interrupt import DriverInterrupt
-from sweeper.table import DUPLICATE, RUNS_DIR, UNFINISHED, Trial, TrialTable, failed_on_setup, suggestion_identity
+from sweeper.table import DUPLICATE, RUNS_DIR, UNFINISHED, Trial, TrialTable, binds_folder, failed_on_setup, suggestion_identity
 from sweeper.trial import (LaunchedTrial, has_checkpoint, launch, outcome, read_history, recorded_outcome,
                            trial_command, visible_gpus)
 from trainer import metrics as M
@@ -58,9 +58,16 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
     sweep_dir = (Path(sweep_dir) if sweep_dir else Path("sweep_runs") / Path(sweep_yaml).stem).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with exclusive(sweep_dir):
-        trials = TrialTable(sweep_dir).real()  # a folder binds to its definition and fixed arguments with its first trial
-        pin_definition(sweep_dir, definition, bound=bool(trials))
-        pin_fixed(sweep_dir, fixed, trials[0].fixed if trials else None)
+        table = TrialTable(sweep_dir)
+        # The folder is this sweep's from its first trial that got past setup; until then a corrected call may
+        # change the definition and the fixed arguments, and the failed trials of the old ones are dropped.
+        bound, real = any(binds_folder(t) for t in table), table.real()
+        replaced = pin_definition(sweep_dir, definition, bound)
+        replaced |= pin_fixed(sweep_dir, fixed, real[0].fixed if real else None, bound)
+        if replaced and len(table):
+            print(f"note: the {len(real)} earlier trial(s) of {sweep_dir} all failed before training, under another "
+                  f"definition or fixed arguments: dropped", flush=True)
+            table.clear()
         prepare_dataset(definition, fixed)
         return LocalSweep(definition, sweep_dir, fixed, workers).run(count)
 
@@ -305,17 +312,23 @@ class LocalSweep:
             self.table.save()
             self._final_histories.pop(run_id, None)
             print(console.trial_line(self.tags.pop(run_id), trial, self.searched, launched.seconds), flush=True)
-            if not failed_on_setup(trial):
-                self.setup_streak = 0
-                continue
-            self.setup_streak += run_id not in self.retries  # a retry failing again says nothing new
-            if self.setup_failure:
-                continue
-            if not any(t.state in TRAINED for t in self.table.real()) or self.setup_streak >= SETUP_FAILURES_IN_A_ROW:
-                self.setup_failure = trial  # every later trial would fail alike: no new ones start
-            else:
-                print(f"  {run_id} failed on a setup problem of its own values, not the sweep's (other trials trained): "
-                      f"recorded, the sweep goes on, the next call retries it", flush=True)
+            self._judge_setup(trial)
+
+    def _judge_setup(self, trial: Trial) -> None:
+        """After a trial ended: does a setup failure stop the sweep (the sweep's setup is broken) or only this trial
+        (a value of its own)? The sweep's, while no trial has trained, or after SETUP_FAILURES_IN_A_ROW new ones."""
+        if not failed_on_setup(trial):
+            self.setup_streak = 0
+            return
+        self.setup_streak += trial.run_id not in self.retries  # a retry failing again says nothing new
+        if self.setup_failure:
+            return
+        trained = any(t.state in TRAINED for t in self.table.real()) or any(other.is_training() for other in self.running.values())
+        if not trained or self.setup_streak >= SETUP_FAILURES_IN_A_ROW:
+            self.setup_failure = trial  # every later trial would fail alike: no new ones start
+        else:
+            print(f"  {trial.run_id} failed on a setup problem of its own values, not the sweep's (other trials trained): "
+                  f"recorded, the sweep goes on, the next call retries it", flush=True)
 
     def _early_terminate(self) -> None:
         """Ask hyperband which running trials trail the others; they stop gracefully as early_stopped."""

@@ -70,6 +70,10 @@ class TrialTable:
     def save(self) -> None:
         write_text(self.path, "".join(json.dumps(dataclasses.asdict(t), sort_keys=True) + "\n" for t in self.trials))
 
+    def clear(self) -> None:
+        self.trials, self._identities = [], {}
+        self.save()
+
     def add(self, trial: Trial) -> Trial:
         self.trials.append(trial)
         self.save()
@@ -110,6 +114,12 @@ def failed_on_setup(trial: Trial) -> bool:
     """A launched trial that ended on a user mistake (exit code 2: data, weights, a setting this machine cannot
     run): nothing about its config was learned, so a later call retries it once the mistake is fixed."""
     return trial.state == M.FAILED and trial.exit_code == EXIT_USER_ERROR
+
+
+def binds_folder(trial: Trial) -> bool:
+    """A trial that got past its setup (or may have): from then on the folder is this sweep's, pinned. Invalid
+    suggestions and setup failures taught nothing, and a corrected call may still change the definition."""
+    return not (trial.is_duplicate or (trial.state == M.FAILED and trial.exit_code in (None, EXIT_USER_ERROR)))
 
 
 def suggestion_identity(suggested: dict[str, Any]) -> str:

@@ -108,6 +108,10 @@ class LaunchedTrial:
 
 def launch(run_id: str, folder: Path, command: list[str], gpu: str | None) -> LaunchedTrial:
     folder.mkdir(parents=True, exist_ok=True)
+    if read_summary(folder):
+        # A relaunch: its summary says how its previous life ended until the trial writes its own. Marked running
+        # now, a trial killed before that (while it imports torch) is not taken for its previous outcome.
+        RunRecord(folder).update_summary(**{M.STATE: M.RUNNING, M.REASON: None}, exit_code=None)
     log = open(folder / LOG_FILE, "a")  # appended: a resumed trial's log continues its first part
     log.write(f"$ {' '.join(command)}\n")
     log.flush()

@@ -341,6 +341,33 @@ def test_new_trials_failing_on_setup_in_a_row_stop_the_sweep_even_after_others_t
     assert [(r["state"], r["exit_code"]) for r in rows[1:]] == [(M.FAILED, 2)] * 3  # the fourth point never started
 
 
+def test_only_new_setup_failures_in_a_row_stop_a_sweep_that_has_trained(tmp_path):
+    from types import SimpleNamespace
+
+    sweep = LocalSweep(load_definition(write_yaml(tmp_path / "s.yaml", tiny_definition())), tmp_path / "sweep", {}, workers=2)
+    trial = lambda run_id, state, code: sweep.table.add(Trial(run_id, state, {}, f"hash-{run_id}", {"lr": len(sweep.table)}, exit_code=code))
+    failed = lambda run_id: trial(run_id, M.FAILED, 2)
+
+    sweep._judge_setup(failed("first"))  # nothing trained yet: the setup is the sweep's
+    assert sweep.setup_failure.run_id == "first"
+    sweep.setup_failure, sweep.setup_streak = None, 0
+    sweep.running["other"] = SimpleNamespace(is_training=lambda: True)  # a parallel trial past its first epoch
+    sweep._judge_setup(failed("second"))
+    assert sweep.setup_failure is None
+    del sweep.running["other"]
+    sweep._judge_setup(trial("trained", M.FINISHED, 0))  # ends the streak too
+
+    sweep.retries = {"r1", "r2", "r3"}
+    for run_id in ("r1", "r2", "r3", "n1", "n2"):  # retries failing again do not count
+        sweep._judge_setup(failed(run_id))
+    sweep._judge_setup(trial("ok", M.FINISHED, 0))  # a trial that trained ends the streak
+    for run_id in ("n3", "n4"):
+        sweep._judge_setup(failed(run_id))
+    assert sweep.setup_failure is None
+    sweep._judge_setup(failed("n5"))  # the third new one in a row
+    assert sweep.setup_failure.run_id == "n5"
+
+
 def test_a_relaunched_trial_whose_checkpoint_no_longer_fits_trains_afresh(tmp_path, fixed_args):
     # A preempted trial whose last.pt is damaged (or of code that built the model otherwise) must not fail on
     # every call: it is set aside and the trial, whose config still has to be trained, starts over.
@@ -360,6 +387,24 @@ def test_a_relaunched_trial_whose_checkpoint_no_longer_fits_trains_afresh(tmp_pa
     assert again["resumed"] == 1 and row["state"] == M.FINISHED and row["exit_code"] == 0
     assert "unreadable" in summary_of(sweep_dir, row["run_id"])["resume_refused"]
     assert (folder / "last.refused.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_a_retry_interrupted_while_it_starts_is_not_taken_for_its_previous_failure(tmp_path, monkeypatch):
+    # A setup failure retried by the next call, then Ctrl-C while the retry still imports torch: its old
+    # summary (failed, exit 2) must not stand for this launch, or the trial is never retried again.
+    import sweeper.local
+
+    sweep = LocalSweep(load_definition(write_yaml(tmp_path / "s.yaml", tiny_definition())), tmp_path / "sweep", {}, workers=1)
+    bad = sweep.table.add(Trial("bad", M.FAILED, {"lr": 0.01}, "hash-bad", {"lr": 0.01}, exit_code=2, reason="weights file x.pt not found"))
+    folder = sweep.table.run_folder(bad)
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({M.STATE: M.FAILED, M.REASON: bad.reason, "exit_code": 2}))
+    monkeypatch.setattr(sweeper.local, "trial_command", lambda *args: [sys.executable, "-c", "import time; time.sleep(60)"])
+    sweep._start(bad, "resume")
+    sweep._on_interrupt(signal.SIGINT)
+    sweep.running["bad"].process.wait(timeout=30)
+    sweep._collect()
+    assert sweep.table.get("bad").state == M.PREEMPTED  # the next call relaunches it
 
 
 def test_fixed_arguments_that_change_what_is_trained_are_pinned(tmp_path, fixed_args):
@@ -390,6 +435,20 @@ def test_a_folder_without_trials_is_bound_to_nothing(tmp_path, fixed_args):
     assert run_local_sweep(second, count=0, sweep_dir=sweep_dir, fixed={**fixed_args, "epochs": "2"}) is not None
     assert yaml.safe_load((sweep_dir / "fixed.yaml").read_text()) == {"epochs": 2}
     assert yaml.safe_load((sweep_dir / "sweep.yaml").read_text())["parameters"]["activation"] == {"value": "gelu"}
+
+
+def test_a_folder_whose_trials_all_failed_on_setup_takes_the_corrected_arguments(tmp_path, fixed_args, capsys):
+    # "Fix it and run again" must be possible when the fix is a fixed argument that changes what is trained.
+    definition = tiny_definition(activation={"value": "relu"}, lr={"value": 0.01}, epochs={"value": 1})
+    sweep, sweep_dir, typo = write_yaml(tmp_path / "s.yaml", definition), tmp_path / "sweep", str(tmp_path / "typo.pt")
+    with pytest.raises(UserError, match="failed on a setup problem"):
+        run_local_sweep(sweep, count=1, sweep_dir=sweep_dir, fixed={**fixed_args, "weights": typo})
+    summary = run_local_sweep(sweep, count=1, sweep_dir=sweep_dir, fixed={**fixed_args, "weights": "none"})
+    [row] = table_rows(sweep_dir)
+    assert row["state"] == M.FINISHED and row["config"]["weights"] == "none" and summary["new"] == 1
+    assert "all failed before training" in capsys.readouterr().out
+    with pytest.raises(UserError, match="was started with --weights=none"):  # a trained trial binds the folder
+        run_local_sweep(sweep, count=1, sweep_dir=sweep_dir, fixed={**fixed_args, "weights": typo})
 
 
 def write_earlier_trials(table: TrialTable, values: tuple, epochs: int = 3) -> None:
