@@ -68,20 +68,47 @@ def command_run(args: list[str]) -> int:
     return run_training(run_config_from_args(args)).exit_code
 
 
+SWEEP_USAGE = ("usage: python agent.py sweep SWEEP.yaml --count N [--workers N] [--sweep_dir DIR] [--key=value ...]\n"
+               "  --count N      the sweep's size: trials in its folder in all (the same command again finishes it)\n"
+               "  --workers N    trials at once (one GPU each when there are several)\n"
+               "  --sweep_dir    the sweep folder (default sweep_runs/<yaml name>)\n"
+               "  --key=value    fixes a run parameter for every trial (`python agent.py --help` lists them)")
+SWEEP_OPTIONS = ("count", "workers", "sweep_dir")
+USAGES = {
+    "sweep": SWEEP_USAGE,
+    "report": "usage: python agent.py report SOURCE [--out DIR]\n  SOURCE: a sweep folder, a runs/ folder, or entity/project/sweep_id;"
+              " writes report.md, plots and runs.csv (default SOURCE/report)",
+    "test": "usage: python agent.py test RUN_FOLDER [--data_dir=DIR] [--device=auto]\n  evaluates the run's best.pt on the held-out"
+            " test set (val/ of nature_12K, or test/) and writes RUN_FOLDER/test/",
+    "models": "usage: python agent.py models [NAME ...]\n  the registered backbones, their stages and trainable parameters per strategy",
+}
+
+
+def _integer(name: str, value: str | None) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--{name}={value} must be an integer") from None
+
+
 def command_sweep(args: list[str]) -> int:
     from sweeper.local import run_local_sweep
+    from trainer.config import FIELDS, parse_cli
 
-    count, args = _split_option(args, "count", "10")
+    from common.parsing import nearest
+
+    count, args = _split_option(args, "count")
     workers, args = _split_option(args, "workers", "1")
     sweep_dir, args = _split_option(args, "sweep_dir")
     if not args or args[0].startswith("--"):
-        raise UserError("usage: python agent.py sweep SWEEP.yaml --count N [--workers N] [--sweep_dir DIR] [--key=value ...]")
-    try:
-        count_value, worker_value = int(count), int(workers)
-    except ValueError:
-        raise UserError(f"--count={count} and --workers={workers} must be integers") from None
-    from trainer.config import parse_cli
-
+        raise UserError(SWEEP_USAGE.splitlines()[0])
+    for arg in args[1:]:  # a mistyped sweep option is named as one, not as an unknown run parameter
+        key = arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else None
+        if key and key not in FIELDS and nearest(key, SWEEP_OPTIONS):
+            raise UserError(f"unknown option --{key}{nearest(key, SWEEP_OPTIONS)}; {SWEEP_USAGE.splitlines()[0]}")
+    if count is None:
+        raise UserError("--count N is required: the sweep's size, its trials in all (run the same command again to finish it)")
+    count_value, worker_value = _integer("count", count), _integer("workers", workers)
     summary = run_local_sweep(Path(args[0]), count=count_value, workers=worker_value, sweep_dir=Path(sweep_dir) if sweep_dir else None, fixed=parse_cli(args[1:]))
     return 0 if summary is not None else 130  # None: the sweep was interrupted; rerun the command to continue
 
@@ -91,7 +118,7 @@ def command_report(args: list[str]) -> int:
 
     out, args = _split_option(args, "out")
     if len(args) != 1:
-        raise UserError("usage: python agent.py report SOURCE [--out DIR]  (SOURCE: a sweep folder, a runs/ folder, or entity/project/sweep_id)")
+        raise UserError(USAGES["report"].replace("\n ", ";"))
     source = args[0]
     if Path(source).is_file():  # a sweep's YAML is its definition; its results are in its sweep folder
         hint = f"pass its sweep folder, sweep_runs/{Path(source).stem} by default" if Path(source).suffix in (".yaml", ".yml") else \
@@ -109,7 +136,7 @@ def command_test(args: list[str]) -> int:
     data_dir, args = _split_option(args, "data_dir")
     device, args = _split_option(args, "device", "auto")
     if len(args) != 1:
-        raise UserError("usage: python agent.py test RUN_FOLDER [--data_dir=DIR] [--device=auto]")
+        raise UserError(USAGES["test"].splitlines()[0])
     result = evaluate_on_test_set(Path(args[0]), data_dir=data_dir, device=device)
     print(f"test accuracy {result['test_acc']:.4f} on {result['num_images']} held-out images -> {Path(args[0]) / 'test'}")
     return 0
@@ -127,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     handlers = {"run": command_run, "sweep": command_sweep, "report": command_report, "test": command_test, "models": command_models}
+    if command in USAGES and ("--help" in argv or "-h" in argv):
+        print(USAGES[command])
+        return 0
     try:
         return handlers[command](argv)
     except UserError as exc:

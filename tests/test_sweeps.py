@@ -608,3 +608,19 @@ def test_definitions_the_engine_would_misread_are_refused():
     constant = {**base, "parameters": {**base["parameters"], "download": {"value": False}}}
     assert definition_problems(constant) == []  # never searched: nothing to misread
     assert definition_problems({**booleans, "method": "grid"}) == []  # only bayes models past values
+
+
+@pytest.mark.parametrize("argv, code, out, err", [
+    (["sweep", "--help"], 0, "--count N      the sweep's size", ""),
+    (["report", "-h"], 0, "usage: python agent.py report SOURCE", ""),
+    (["test", "--help"], 0, "usage: python agent.py test RUN_FOLDER", ""),
+    (["sweep", "sweeps/tiny.yaml", "--cuont=3"], 2, "", "unknown option --cuont (did you mean 'count'?)"),
+    (["sweep", "sweeps/tiny.yaml"], 2, "", "--count N is required"),  # a default would silently extend a sweep
+    (["sweep", "sweeps/tiny.yaml", "--count", "abc"], 2, "", "--count=abc must be an integer\n"),
+])
+def test_the_sub_commands_answer_help_and_name_their_own_options(argv, code, out, err, capsys):
+    import agent
+
+    assert agent.main(argv) == code
+    captured = capsys.readouterr()
+    assert out in captured.out and err in captured.err and captured.err.count("\n") == (code != 0)
