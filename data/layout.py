@@ -7,6 +7,7 @@ level found automatically), or any folder with `train/` and `val/` or `test/` cl
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,12 @@ def _refuse_a_typo(data_dir: Path) -> None:
     existing = next(d for d in data_dir.parents if d.exists())
     if not existing.is_dir():
         return
+    missing = data_dir.relative_to(existing).parts[0]
+    siblings = [p.name for p in existing.iterdir() if p.is_dir()]
+    close = difflib.get_close_matches(missing, siblings, n=1, cutoff=0.8)
+    if close and find_layout(existing / close[0]) is not None:  # demo_dat beside demo_data, a dataset
+        raise UserError(f"--data_dir={data_dir} does not exist: did you mean {existing / close[0]}? (a dataset is there; "
+                        f"nature_12K is only downloaded into a new folder whose name is not that close to a dataset's)")
     root = None
     if (existing / "train").is_dir():
         root = existing  # beside train/
@@ -95,8 +102,6 @@ def _refuse_a_typo(data_dir: Path) -> None:
                 break
     if root is None:
         return
-    missing = data_dir.relative_to(existing).parts[0]
-    siblings = [p.name for p in existing.iterdir() if p.is_dir()]
     raise UserError(f"--data_dir={data_dir} does not exist: {existing} has no {missing!r}{nearest(missing, siblings)}; "
                     f"the dataset there is {root}: pass --data_dir={root}")
 

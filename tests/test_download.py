@@ -310,6 +310,10 @@ def test_only_a_path_inside_a_dataset_counts_as_a_typo(tmp_path, nature_dir):
     train = nature_dir / "inaturalist_12K" / "train"
     with pytest.raises(UserError, match=f"pass --data_dir={train.parent}"):
         _refuse_a_typo(train / "Amphibia" / "extra" / "more")  # under a class folder
+    for typo, meant in ((nature_dir / "inaturalist_12k", nature_dir / "inaturalist_12K"), (nature_dir.with_name(nature_dir.name + "x"), nature_dir)):
+        with pytest.raises(UserError) as error:  # a dataset's own name, mistyped: not a new folder to download into
+            _refuse_a_typo(typo)
+        assert f"did you mean {meant}?" in str(error.value)
     # New folders for a download, elsewhere: an ancestor named test/, a project that has a train/ further up.
     (tmp_path / "test" / "runs").mkdir(parents=True)
     (tmp_path / "project" / "train").mkdir(parents=True)
