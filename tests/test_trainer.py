@@ -146,6 +146,21 @@ def test_resuming_a_run_id_that_does_not_exist_leaves_no_folder(base, tmp_path):
     assert not (tmp_path / "runs" / "typo").exists()
 
 
+def test_resuming_a_mistyped_run_id_from_the_command_line_touches_nothing(tmp_path, monkeypatch, capsys):
+    # Defaults: wandb_mode auto and checkpoint_store auto, but no W&B credentials, so no W&B store to look in;
+    # the run id is refused before the dataset is looked for (here it would be downloaded) or a folder made.
+    import agent
+
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    runs = tmp_path / "runs"
+    assert agent.main(["--resume", "--run_id=typo", f"--output_dir={runs}", f"--data_dir={tmp_path / 'new_data'}"]) == 2
+    err = capsys.readouterr().err
+    assert "there is no run 'typo'" in err and err.count("\n") == 1
+    assert not runs.exists() and not (tmp_path / "new_data").exists()
+
+
 def test_explicit_resume_of_a_damaged_checkpoint_says_what_to_do(base):
     first = run_training(scratch(base, run_id="damaged", epochs=1))
     (first.folder / "last.pt").write_bytes(b"truncated")
@@ -820,3 +835,18 @@ def test_secrets_never_reach_the_offline_wandb_files(base, monkeypatch):
     assert any("offline-run" in str(p) for p in files)
     for path in files:
         assert b"0123456789abcdef0123456789abcdef" not in path.read_bytes(), path
+
+
+def test_wandb_mode_auto_is_online_only_with_credentials(monkeypatch, tmp_path, capfd):
+    from trainer.wandb_log import resolve_mode
+
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_SILENT")  # a deprecation warning of wandb's would show
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    assert resolve_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_mode("auto") == "online" and resolve_mode("disabled") == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the environment wins over auto
+    assert resolve_mode("auto") == "offline"
+    assert "deprecated" not in capfd.readouterr().err

@@ -52,7 +52,12 @@ class RunRecord:
         write_text(self.folder / CONFIG_FILE, yaml.safe_dump(config, sort_keys=True))
 
     def read_config(self) -> dict[str, Any] | None:
-        path = self.folder / CONFIG_FILE
+        return self.saved_config(self.folder)
+
+    @staticmethod
+    def saved_config(folder: Path) -> dict[str, Any] | None:
+        """The run's config.yaml (read-only: unlike a RunRecord, creates nothing)."""
+        path = Path(folder) / CONFIG_FILE
         return yaml.safe_load(path.read_text()) if path.exists() else None
 
     # metrics

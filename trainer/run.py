@@ -36,7 +36,7 @@ from trainer.optim import build_optimizer
 from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_BEST, RunRecord
 from trainer.signals import GracefulStop
 from trainer.store import make_store
-from trainer.wandb_log import start_logger
+from trainer.wandb_log import resolve_mode, start_logger
 from trainer.writer import CheckpointWriter
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -304,7 +304,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
 def run_training(config: RunConfig) -> RunOutcome:
     run_id = resolve_run_id(config)
     folder = Path(config.output_dir) / run_id
-    in_wandb = config.checkpoint_store == "wandb" or (config.checkpoint_store == "auto" and config.wandb_mode in ("auto", "online"))
+    in_wandb = config.checkpoint_store == "wandb" or (config.checkpoint_store == "auto" and resolve_mode(config.wandb_mode) == "online")
     if config.resume and not folder.is_dir() and not in_wandb:
         # Nothing local, and a store on disk (or none) can be looked at now: a mistyped run id leaves no run folder.
         kept = Path(config.checkpoint_store).expanduser() / run_id / LAST_CHECKPOINT if config.checkpoint_store not in ("local", "auto") else None

@@ -65,11 +65,24 @@ def resolve_mode(requested: str) -> str:
     if requested != "auto":
         return requested
     try:
-        import wandb
-
-        return "online" if wandb.api.api_key else "offline"
+        return "online" if _has_api_key() else "offline"
     except Exception:
         return "offline"
+
+
+def _has_api_key() -> bool:
+    """Whether W&B has credentials, without prompting; newer wandb deprecates (and warns on) `wandb.api`."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import wandb
+
+    try:
+        from wandb.sdk import wandb_setup
+        from wandb.sdk.lib import wbauth
+    except ImportError:  # older wandb: wandb.api is the way, and is not deprecated there
+        return bool(wandb.api.api_key)
+    settings = wandb_setup.singleton().settings
+    return bool(wbauth.session_credentials(host=settings.base_url) or wbauth.read_netrc_auth(host=settings.base_url) or settings.api_key)
 
 
 class WandbLogger(RunLogger):
