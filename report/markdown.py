@@ -76,7 +76,8 @@ def _strategy(record: RunRecord) -> str:
 def _headline(s: Summary) -> list[str]:
     out = ["## 1. Headline: fine-tuning against a CNN from scratch", ""]
     ft, scratch = s.best_fine_tuned, s.best_scratch
-    for label, record in (("Best fine-tuned run", ft), (f"Best {SCRATCH_MODEL} run", scratch)):
+    random_init = ("Best run from random initialisation (`weights=none`, not fine-tuned)", s.best_random_init)
+    for label, record in (("Best fine-tuned run", ft), (f"Best {SCRATCH_MODEL} run", scratch), random_init):
         if record:
             out.append(f"- **{label}: `{record.run_id}`**, best {metrics.VAL_ACC} **{percent(record.best_val_acc)}** "
                        f"(epoch {_epochs(record)}). Config: {config_text(record.effective_config)}")
@@ -88,6 +89,10 @@ def _headline(s: Summary) -> list[str]:
     elif scratch:
         out.append(f"- **No successful fine-tuned run** in this sweep: there is nothing to compare {SCRATCH_MODEL} "
                    "against.")
+    elif s.best_random_init:
+        out.append(f"- **No fine-tuned run and no {SCRATCH_MODEL} run** in this sweep: its successful runs trained "
+                   "pretrained architectures from random initialisation (`weights=none`), which is neither; run them "
+                   "with ImageNet weights to measure fine-tuning.")
     else:
         out.append("- **No successful run** in this sweep.")
     out.append("")

@@ -221,6 +221,7 @@ class Summary:
     leaderboard: list[RunRecord]
     best_fine_tuned: RunRecord | None
     best_scratch: RunRecord | None
+    best_random_init: RunRecord | None  # a pretrained architecture trained from random init (weights=none)
     gap_points: float | None
     seeds_fine_tuned: SeedGroup | None
     seeds_scratch: SeedGroup | None
@@ -281,6 +282,7 @@ def summarise(table: RunTable, top_n: int = 10) -> Summary:
         leaderboard=successful[:top_n],
         best_fine_tuned=best_ft,
         best_scratch=best_scratch,
+        best_random_init=next((r for r in successful if r.is_random_init), None),
         gap_points=gap,
         seeds_fine_tuned=_best_seed_group([r for r in complete if r.is_fine_tuned]),
         seeds_scratch=_best_seed_group([r for r in complete if r.is_scratch]),

@@ -321,6 +321,15 @@ def test_one_sided_and_empty_sweeps_say_so_plainly(tmp_path, sweep_dir):
     report = build_report(str(tmp_path / "failed"), tmp_path / "out")
     assert "No successful run" in report.read_text() and not list((tmp_path / "out").glob("*.png"))
 
+    for run_id in ("r04", "r06"):  # only pretrained architectures from random init (the README's CPU sweep)
+        shutil.copytree(sweep_dir / "runs" / run_id, tmp_path / "random" / run_id)
+        for name in ("config.yaml", "summary.json"):
+            path = tmp_path / "random" / run_id / name
+            path.write_text(path.read_text().replace("IMAGENET1K_V1", "none"))
+    text = render(summarise(load_table(str(tmp_path / "random"))), {}, {})
+    assert "No successful run" not in text and "No fine-tuned run and no scratch_cnn run" in text
+    assert "Best run from random initialisation (`weights=none`, not fine-tuned): `r04`**, best val_acc **83.00%**" in text
+
 
 # --- sources ------------------------------------------------------------------------------------------
 
