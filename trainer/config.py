@@ -236,6 +236,7 @@ def normalise(config: RunConfig) -> RunConfig:
 
     spec = get_spec(config.model)
     changes: dict[str, Any] = {"model": spec.name}
+    strategy = resolve_strategy(config.strategy)  # a typo is one even where the strategy does not apply
     if spec.weights_enum is None:  # trained from scratch: no pretrained weights, everything trains
         if config.weights.lower() in ("imagenet",) or config.weights.upper().startswith("IMAGENET"):
             changes["weights"] = "none"
@@ -245,7 +246,6 @@ def normalise(config: RunConfig) -> RunConfig:
             if getattr(config, name) is None:
                 changes[name] = FIELDS[name].default
     else:
-        strategy = resolve_strategy(config.strategy)
         changes["strategy"] = strategy.name
         for name in FREEZE_OPTION_FIELDS:
             if name not in strategy.uses:
