@@ -775,6 +775,20 @@ def test_the_best_epoch_not_the_last_is_what_the_record_best_pt_and_wandb_keep(b
     assert logged and logged[-1] == 0.8
 
 
+def test_patience_stops_a_run_says_so_and_a_resume_does_not_train_past_it(base, monkeypatch, capsys):
+    import trainer.loop
+
+    accs = iter([0.5, 0.4, 0.3, 0.9, 0.9])
+    monkeypatch.setattr(trainer.loop, "evaluate", lambda loop, loader: (1.0, next(accs)))
+    outcome = run_training(scratch(base, run_id="patient", epochs=5, patience=2))
+    assert outcome.state == M.FINISHED and outcome.summary[M.EPOCHS_COMPLETED] == 3
+    assert "stopped after epoch 3 of 5" in outcome.summary["stopped_by_patience"]
+    capsys.readouterr()
+    again = run_training(scratch(base, run_id="patient", epochs=5, patience=2, resume=True))
+    assert again.state == M.FINISHED and len(history(again)) == 3  # epochs 4 and 5 (0.9) never ran
+    assert "has already trained all it will (3 of 5 epochs" in capsys.readouterr().out
+
+
 def test_the_learning_rate_schedule_steps_every_batch(base, monkeypatch):
     """The schedule is a function of the global step, never of the epoch."""
     import trainer.loop

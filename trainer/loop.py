@@ -88,8 +88,19 @@ def evaluate(loop: Loop, loader) -> tuple[float, float]:
     return (loss_sum.item() / max(1, seen), correct.item() / max(1, seen))
 
 
+def patience_spent(config, state: LoopState) -> bool:
+    return bool(config.patience) and state.stale_epochs >= config.patience
+
+
+def nothing_left(config, state: LoopState) -> bool:
+    """A checkpoint of a run that has trained all it will: every epoch, or until its patience ran out."""
+    return state.epoch >= config.epochs or patience_spent(config, state)
+
+
 def train(loop: Loop, state: LoopState) -> str:
     config, model, optimizer = loop.config, loop.model, loop.optimizer
+    if patience_spent(config, state):  # a resumed run whose patience ran out stays stopped
+        return M.FINISHED
     steps_per_epoch = loop.inputs.train_loader.num_batches()
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = round((config.warmup_epochs or 0) * steps_per_epoch)  # None under onecycle
@@ -180,11 +191,13 @@ def train(loop: Loop, state: LoopState) -> str:
         loop.logger.summary({**summary, M.VAL_ACC: state.best_val_acc})  # the sweep optimises the best, not the last
         loop.checkpoint(state, improved)
         last_checkpoint = time.monotonic()
+        if patience_spent(config, state):  # before a stop request: this run is done, not to be resumed
+            note = f"val_acc did not improve for {config.patience} epochs (patience): stopped after epoch {state.epoch} of {config.epochs}"
+            print(f"early stopping: {note}")
+            loop.record.update_summary(stopped_by_patience=note)
+            break
         if loop.stop:
             return M.EARLY_STOPPED if loop.stop.reason == EARLY_STOP else M.PREEMPTED
-        if config.patience and state.stale_epochs >= config.patience:
-            print(f"early stopping: val_acc has not improved for {config.patience} epochs")
-            break
     return M.FINISHED
 
 

@@ -31,7 +31,7 @@ from trainer.checkpoint import (CheckpointRefused, LoopState, check_frozen_base,
                                 load_checkpoint, restore, write_checkpoint)
 from trainer.config import RunConfig, config_hash, effective_config, rehash, to_dict
 from trainer.inputs import build_inputs, load_split
-from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, train
+from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, nothing_left, train
 from trainer.optim import build_optimizer
 from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_BEST, RunRecord
 from trainer.signals import GracefulStop
@@ -238,7 +238,11 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
         batch_size = state.batch_size or batch_size
         record.update_summary(**{M.BEST_VAL_ACC: state.best_val_acc, M.BEST_EPOCH: state.best_epoch, M.EPOCHS_COMPLETED: state.epoch}, resumed_from_epoch=state.epoch)
         best = f"best val_acc so far {state.best_val_acc:.4f}" if state.best_epoch else "no epoch validated yet"
-        print(f"resuming run {run_id} from epoch {state.epoch + 1}, batch {state.batch} ({best})")
+        if nothing_left(config, state):
+            print(f"run {run_id} has already trained all it will ({state.epoch} of {config.epochs} epochs, {best}): "
+                  f"nothing to train; pass another --run_id to train this config again")
+        else:
+            print(f"resuming run {run_id} from epoch {state.epoch + 1}, batch {state.batch} ({best})")
     elif config.resume:
         raise UserError(f"--resume: run {run_id} has no checkpoint in {record.folder} or its store; drop --resume to start it fresh")
     elif record.set_aside_previous_model():  # W&B's summary too: the sweep reads val_acc from there
