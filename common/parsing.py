@@ -23,6 +23,16 @@ def parse_bool(value: object, name: str = "value") -> bool:
 
 
 def nearest(word: str, choices: Iterable[str]) -> str:
-    """A ` (did you mean X?)` suffix for error messages, or '' when nothing is close."""
-    match = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.5)
+    """A ` (did you mean X?)` suffix for error messages, or '' when nothing is close. Swapped letters are the
+    commonest typo and difflib underrates them: a choice with exactly the word's letters comes first."""
+    choices = [str(c) for c in choices]
+    swapped = [c for c in choices if c != word and sorted(c) == sorted(str(word))]
+    match = swapped or difflib.get_close_matches(str(word), choices, n=1, cutoff=0.5)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parse error in one line, with where it is: `line 4, column 24: expected ',' or ']', but got '}'`."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem

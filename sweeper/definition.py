@@ -16,7 +16,7 @@ import yaml
 
 from common.atomic import write_text
 from common.errors import UserError
-from common.parsing import nearest
+from common.parsing import nearest, yaml_problem
 from sweeper.table import TABLE_FILE
 from trainer.config import FIELDS, parse_value
 from trainer.metrics import VAL_ACC
@@ -53,6 +53,8 @@ def definition_problems(config: Any) -> list[str]:
     from sweeps import schema_violations_from_proposed_config
 
     problems = []  # ours first: they name the parameter, the schema's messages often do not
+    if config.get("method") not in METHODS:
+        problems.append(f"method {config.get('method')!r} is not one of {', '.join(METHODS)}{nearest(str(config.get('method')), METHODS)}")
     for name, spec in (config.get("parameters") or {}).items():
         if name in DRIVER_OWNED:
             problems.append(f"parameter {name!r} is set by the sweep driver for each trial; remove it")
@@ -75,6 +77,7 @@ def definition_problems(config: Any) -> list[str]:
     return problems
 
 
+METHODS = ("grid", "random", "bayes")  # the engine's search methods this driver runs
 SPEC_KEYS = ("value", "values", "distribution", "min", "max", "mu", "sigma", "q", "probabilities", "a", "b")
 # Distributions whose min/max are values of the parameter itself (log_uniform's are exponents, normal's unbounded).
 _BOUNDED_BY_VALUES = ("int_uniform", "uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values")
@@ -116,7 +119,7 @@ def load_definition(path: Path | str) -> SweepDefinition:
     except FileNotFoundError:
         raise UserError(f"sweep file {path} not found; the definitions live in sweeps/*.yaml") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"sweep file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"sweep file {path} is not valid YAML: {yaml_problem(exc)}") from None
     problems = definition_problems(config)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -92,6 +92,17 @@ def test_definition_problems_name_the_mistake():
     assert "val_accuracy" in problems
     beta = tiny_definition(dropout={"distribution": "beta", "a": 2.0, "b": 5.0})  # every key W&B's schema knows is taken
     assert definition_problems(beta) == []
+    typos = {**tiny_definition(lr={"valuse": [0.1, 0.2]}), "method": "bayse"}
+    problems = definition_problems(typos)
+    assert problems[0] == "method 'bayse' is not one of grid, random, bayes (did you mean 'bayes'?)"
+    assert "has the key 'valuse' (did you mean 'values'?)" in problems[1]  # swapped letters, not a dropped one
+
+
+def test_a_sweep_file_that_is_not_yaml_says_where(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("method: grid\nparameters:\n  lr: {values: [0.1, 0.2}\n")
+    with pytest.raises(UserError, match=r"broken.yaml is not valid YAML: line 3, column 25: expected ',' or '\]', but got '}'$"):
+        load_definition(broken)
 
 
 @pytest.mark.parametrize("parameter, named", [

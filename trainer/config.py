@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from common.errors import UserError
-from common.parsing import nearest, parse_bool
+from common.parsing import nearest, parse_bool, yaml_problem
 
 GROUPS = ("data", "model", "freezing", "scratch_cnn", "optimization", "runtime", "record")
 
@@ -203,7 +203,7 @@ def load_yaml_values(path: Path | str) -> dict[str, Any]:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {path} cannot be read ({type(exc).__name__}): pass a YAML file") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"config file {path} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of parameter: value")
     if isinstance(data.get("parameters"), dict):
