@@ -9,8 +9,15 @@ from sweeper.trial import format_value
 from trainer import metrics as M
 
 
+def shown(value: Any) -> str:
+    """A value as a person reads it: floats to 4 significant digits (the exact value is in table.jsonl)."""
+    if isinstance(value, float) and not isinstance(value, bool):
+        return f"{value:.4g}"
+    return format_value(value)
+
+
 def describe(values: dict[str, Any], names: Iterable[str]) -> str:
-    return " ".join(f"{name}={format_value(values[name])}" for name in names if name in values)
+    return " ".join(f"{name}={shown(values[name])}" for name in names if name in values)
 
 
 def trained(trial: Trial, names: Iterable[str]) -> str:
@@ -45,7 +52,7 @@ def final_table(trials: list[Trial], searched: list[str]) -> str:
         note = f"= {trial.duplicate_of}" if trial.duplicate_of else (trial.reason or "")
         values = trial.config if trial.config else trial.suggested
         rows.append([trial.run_id, trial.state, accuracy(trial.best_val_acc),
-                     *(format_value(values[name]) if name in values else "-" for name in searched), note[:80]])
+                     *(shown(values[name]) if name in values else "-" for name in searched), note[:80]])
     widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [headers, *rows]]
     return "\n".join(lines)

@@ -56,6 +56,9 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
     definition = load_definition(sweep_yaml)
     fixed = check_fixed(fixed or {})
     sweep_dir = (Path(sweep_dir) if sweep_dir else Path("sweep_runs") / Path(sweep_yaml).stem).resolve()
+    existed = sweep_dir.exists()
+    if not existed:
+        prepare_dataset(definition, fixed)  # a first call that fails here leaves no sweep folder behind
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with exclusive(sweep_dir):
         table = TrialTable(sweep_dir)
@@ -68,7 +71,8 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
             print(f"note: the {len(real)} earlier trial(s) of {sweep_dir} all failed before training, under another "
                   f"definition or fixed arguments: dropped", flush=True)
             table.clear()
-        prepare_dataset(definition, fixed)
+        if existed:
+            prepare_dataset(definition, fixed)
         return LocalSweep(definition, sweep_dir, fixed, workers).run(count)
 
 
@@ -309,6 +313,8 @@ class LocalSweep:
             result = outcome(launched, self.interrupted)
             trial = self.table.get(run_id)
             trial.state, trial.reason, trial.exit_code, trial.best_val_acc = result.state, result.reason, result.exit_code, result.best_val_acc
+            if trial.state == M.PREEMPTED:  # the trainer's reason speaks of run ids; in a sweep, the command is the way
+                trial.reason = "interrupted; the same sweep command resumes it from its checkpoint"
             self.table.save()
             self._final_histories.pop(run_id, None)
             print(console.trial_line(self.tags.pop(run_id), trial, self.searched, launched.seconds), flush=True)

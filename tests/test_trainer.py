@@ -408,7 +408,7 @@ def test_cached_and_uncached_training_agree(base, small_inputs):
         assert a[M.VAL_LOSS] == pytest.approx(b[M.VAL_LOSS], abs=2e-2)
 
 
-def test_test_command_writes_accuracy_confusion_and_grid(base):
+def test_test_command_writes_accuracy_confusion_and_grid(base, capsys):
     outcome = run_training(scratch(base, run_id="for-test"))
     result = evaluate_on_test_set(outcome.folder)
     out = outcome.folder / "test"
@@ -418,6 +418,9 @@ def test_test_command_writes_accuracy_confusion_and_grid(base):
     assert (out / "confusion.png").stat().st_size > 1000 and (out / "grid.png").stat().st_size > 1000
     assert json.loads((out / "test.json").read_text())[M.TEST_ACC] == result[M.TEST_ACC]
     assert json.loads((outcome.folder / "summary.json").read_text())[M.TEST_ACC] == result[M.TEST_ACC]
+    capsys.readouterr()
+    assert evaluate_on_test_set(outcome.folder)[M.TEST_ACC] == result[M.TEST_ACC]  # again: the same, and it says so
+    assert f"test_acc {result[M.TEST_ACC]}) is replaced" in capsys.readouterr().out
 
     # The same run id trained again with another config starts fresh: the old model's test result leaves with it.
     retrained = run_training(scratch(base, run_id="for-test", filters=16))

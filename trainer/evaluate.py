@@ -9,6 +9,7 @@ call this, so test accuracy cannot leak into model selection.
 from __future__ import annotations
 
 import datetime
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,13 @@ def _grid_indices(labels: np.ndarray, num_classes: int, seed: int = 0) -> list[i
         rest = [i for i in rng.permutation(len(labels)).tolist() if i not in rows]
         rows.extend(rest[: GRID_ROWS * GRID_COLUMNS - len(rows)])
     return rows[: GRID_ROWS * GRID_COLUMNS]
+
+
+def _earlier_result(out: Path) -> dict | None:
+    try:
+        return json.loads((out / "test.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def evaluate_on_test_set(run_folder: Path, data_dir: str | None = None, device: str = "auto") -> dict:
@@ -104,6 +112,10 @@ def evaluate_on_test_set(run_folder: Path, data_dir: str | None = None, device: 
         "evaluated_at": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     out = run_folder / "test"
+    earlier = _earlier_result(out)
+    if earlier:
+        print(f"note: {out / 'test.json'} of {earlier.get('evaluated_at', 'an earlier evaluation')} "
+              f"(test_acc {earlier.get(M.TEST_ACC)}) is replaced; the same best.pt on the same test folder gives the same result")
     write_json(out / "test.json", result)
 
     from report.plots import plot_confusion, plot_prediction_grid
