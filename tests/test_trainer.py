@@ -790,6 +790,9 @@ def test_patience_stops_a_run_says_so_and_a_resume_does_not_train_past_it(base, 
     again = run_training(scratch(base, run_id="patient", epochs=5, patience=2, resume=True))
     assert again.state == M.FINISHED and len(history(again)) == 3  # epochs 4 and 5 (0.9) never ran
     assert "has already trained all it will (3 of 5 epochs" in capsys.readouterr().out
+    monkeypatch.setattr(trainer.loop, "evaluate", lambda loop, loader: (1.0, 0.5))
+    fresh = run_training(scratch(base, run_id="patient", epochs=2, patience=0))  # another config: a fresh start
+    assert fresh.summary[M.EPOCHS_COMPLETED] == 2 and "stopped_by_patience" not in fresh.summary
 
 
 def test_the_learning_rate_schedule_steps_every_batch(base, monkeypatch):

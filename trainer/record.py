@@ -111,7 +111,7 @@ class RunRecord:
             results.rename(previous)
         if best.exists():
             best.replace(self.folder / PREVIOUS_BEST)
-        self.drop_summary(M.TEST_ACC, M.BEST_VAL_ACC, M.BEST_EPOCH, M.EPOCHS_COMPLETED, "resumed_from_epoch")
+        self.drop_summary(M.TEST_ACC, M.BEST_VAL_ACC, M.BEST_EPOCH, M.EPOCHS_COMPLETED, "resumed_from_epoch", "stopped_by_patience")
         return earlier
 
     @staticmethod
