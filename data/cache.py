@@ -8,34 +8,21 @@ build it once) into a temporary file that is renamed into place only when comple
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from common.atomic import write_json
+from common.locks import file_lock
 from data.images import DECODE_VERSION, decode_working
 from data.scan import ImageIndex
 
 CACHE_FORMAT_VERSION = 1
-
-
-@contextmanager
-def file_lock(path: Path):
-    """An exclusive advisory lock held for the duration of the block (released if the process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class DecodedImageCache:

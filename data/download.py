@@ -26,10 +26,12 @@ from tqdm import tqdm
 
 from common.atomic import write_text
 from common.errors import UserError
+from common.locks import file_lock
 
 NATURE_12K_URL = "https://storage.googleapis.com/wandb_datasets/nature_12K.zip"
 ZIP_NAME = "nature_12K.zip"
 MARKER_NAME = ".nature_12K.complete"
+LOCK_NAME = ".nature_12K.download.lock"
 MANUAL_HINT = (
     "download nature_12K.zip yourself, unzip it, and pass --data_dir=/path/to/inaturalist_12K "
     "(or a folder with train/ and val/ class folders)"
@@ -99,13 +101,17 @@ def download_dataset(dest_dir: Path, url: str = NATURE_12K_URL, *, progress: boo
     """Download (resuming) and extract nature_12K.zip into `dest_dir`; a no-op once it has completed."""
     dest_dir = Path(dest_dir)
     marker = dest_dir / MARKER_NAME
-    if marker.exists():
-        log.info("nature_12K is already in %s", dest_dir)
-        return dest_dir
-    zip_path = download_file(url, dest_dir / ZIP_NAME, progress=progress)
-    safe_extract(zip_path, dest_dir)
-    # The marker is written last, so its presence means the whole tree is in place.
-    write_text(marker, f"extracted {zip_path.name} from {url}\n")
+    # One download at a time into a folder: parallel trials or sweeps sharing a data_dir would interleave
+    # their writes into one .part file. The others wait, then find the marker.
+    with file_lock(dest_dir / LOCK_NAME):
+        if marker.exists():
+            log.info("nature_12K is already in %s", dest_dir)
+            return dest_dir
+        zip_path = download_file(url, dest_dir / ZIP_NAME, progress=progress)
+        safe_extract(zip_path, dest_dir)
+        # The marker is written last, so its presence means the whole tree is in place.
+        write_text(marker, f"extracted {zip_path.name} from {url}\n")
+        (dest_dir / LOCK_NAME).unlink(missing_ok=True)  # whoever waits on it finds the marker; so would a newcomer
     tree = dest_dir / "inaturalist_12K"
     log.info("nature_12K is in %s (%s may be deleted)", tree if tree.is_dir() else dest_dir, zip_path)
     return dest_dir

@@ -108,10 +108,13 @@ def _refuse_a_typo(data_dir: Path) -> None:
 
 def _remove_if_empty(folders: list[Path]) -> None:
     """Remove the folders a download created (innermost first) while they hold nothing but an empty .part file."""
+    from data.download import LOCK_NAME
+
     for folder in folders:
         for part in folder.glob("*.part") if folder.is_dir() else []:
             if part.stat().st_size == 0:
                 part.unlink()
+        (folder / LOCK_NAME).unlink(missing_ok=True)
         try:
             folder.rmdir()
         except OSError:

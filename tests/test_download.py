@@ -46,7 +46,7 @@ class _Server:
 
     def __init__(self, payload: bytes, mode: str = "range"):
         self.payload = payload
-        self.mode = mode  # range | ignore_range | truncate | stall
+        self.mode = mode  # range | ignore_range | truncate | stall | slow
         self.ranges: list[str | None] = []  # the Range header of every request, None when absent
         server = self
 
@@ -76,6 +76,8 @@ class _Server:
                     body = body[: len(body) // 2]  # promise everything, send half, hang up
                 elif server.mode == "stall":
                     time.sleep(1.0)  # longer than the client's timeout, bounded so shutdown is quick
+                elif server.mode == "slow":
+                    time.sleep(0.3)  # slow enough for a second downloader to start meanwhile
                 self.wfile.write(body)
 
             def log_message(self, *args):
@@ -130,6 +132,28 @@ def test_download_dataset_builds_the_tree_and_a_second_call_is_a_no_op(serve, da
     requests = len(server.ranges)
     download_dataset(dest, server.url, progress=False)
     assert len(server.ranges) == requests
+
+
+def test_two_downloads_into_one_folder_take_turns(serve, dataset_zip, tmp_path):
+    # Two trials (or sweeps) sharing a data_dir: the second waits for the first and finds the dataset in place,
+    # instead of writing into the same .part file at the same time.
+    server = serve(dataset_zip, mode="slow")
+    dest = tmp_path / "data"
+    results, errors = [], []
+
+    def fetch():
+        try:
+            results.append(download_dataset(dest, server.url, progress=False))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors and results == [dest, dest] and len(server.ranges) == 1
+    assert all((dest / name).read_bytes() == data for name, data in _tree_files().items())
 
 
 def test_resume_sends_a_range_request_and_appends(serve, dataset_zip, tmp_path):

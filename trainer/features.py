@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from common.atomic import write_json
-from data.cache import file_lock
+from common.locks import file_lock
 from data.images import DECODE_VERSION
 from data.loading import BatchLoader
 
