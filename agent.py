@@ -25,12 +25,15 @@ COMMANDS = ("run", "sweep", "report", "test", "models")
 def _split_option(args: list[str], name: str, default: str | None = None) -> tuple[str | None, list[str]]:
     """Take `--name=value` / `--name value` out of args (options of a sub-command, not run parameters)."""
     rest, value, i = [], default, 0
+    spellings = {f"--{name}", f"--{name.replace('_', '-')}"}
     while i < len(args):
         arg = args[i]
-        if arg == f"--{name}" and i + 1 < len(args):
+        if arg in spellings:
+            if i + 1 >= len(args):
+                raise UserError(f"{arg} needs a value: {arg} VALUE or {arg}=VALUE")
             value, i = args[i + 1], i + 2
             continue
-        if arg.startswith(f"--{name}="):
+        if arg.split("=", 1)[0] in spellings and "=" in arg:
             value = arg.split("=", 1)[1]
         else:
             rest.append(arg)
@@ -104,8 +107,9 @@ def command_sweep(args: list[str]) -> int:
         raise UserError(SWEEP_USAGE.splitlines()[0])
     for arg in args[1:]:  # a mistyped sweep option is named as one, not as an unknown run parameter
         key = arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else None
-        if key and key not in FIELDS and nearest(key, SWEEP_OPTIONS):
-            raise UserError(f"unknown option --{key}{nearest(key, SWEEP_OPTIONS)}; {SWEEP_USAGE.splitlines()[0]}")
+        hint = nearest(key, (*SWEEP_OPTIONS, *FIELDS)) if key and key not in FIELDS else ""
+        if any(hint == f" (did you mean {option!r}?)" for option in SWEEP_OPTIONS):
+            raise UserError(f"unknown option --{key}{hint}; {SWEEP_USAGE.splitlines()[0]}")
     if count is None:
         raise UserError("--count N is required: the sweep's size, its trials in all (run the same command again to finish it)")
     count_value, worker_value = _integer("count", count), _integer("workers", workers)

@@ -24,11 +24,19 @@ def parse_bool(value: object, name: str = "value") -> bool:
 
 def nearest(word: str, choices: Iterable[str]) -> str:
     """A ` (did you mean X?)` suffix for error messages, or '' when nothing is close. Swapped letters are the
-    commonest typo and difflib underrates them: a choice with exactly the word's letters comes first."""
-    choices = [str(c) for c in choices]
-    swapped = [c for c in choices if c != word and sorted(c) == sorted(str(word))]
-    match = swapped or difflib.get_close_matches(str(word), choices, n=1, cutoff=0.5)
+    commonest typo and difflib underrates them: a choice one such swap away comes first."""
+    word, choices = str(word), [str(c) for c in choices]
+    swapped = [c for c in choices if _one_swap(word, c)]
+    match = swapped or difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _one_swap(a: str, b: str) -> bool:
+    """b is a with two neighbouring letters swapped (valuse / values)."""
+    if len(a) != len(b) or a == b:
+        return False
+    diff = [i for i in range(len(a)) if a[i] != b[i]]
+    return len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
 
 
 def yaml_problem(exc: Exception) -> str:

@@ -46,6 +46,7 @@ MAX_CONSECUTIVE_DUPLICATES = 100  # a random/bayes search over a small effective
 SETUP_FAILURES_IN_A_ROW = 3  # new trials failing on setup one after the other: the setup broke, not their values
 TRAINED = (*M.SUCCESSFUL_STATES, M.DIVERGED, M.OOM)  # states a trial reaches only past its setup
 LOCK_FILE = ".lock"
+DROPPED_DIR = "dropped"  # run folders of trials a corrected first call dropped
 
 
 def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: Path | None = None,
@@ -69,7 +70,11 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
         replaced |= pin_fixed(sweep_dir, fixed, real[0].fixed if real else None, bound)
         if replaced and len(table):
             print(f"note: the {len(real)} earlier trial(s) of {sweep_dir} all failed before training, under another "
-                  f"definition or fixed arguments: dropped", flush=True)
+                  f"definition or fixed arguments: dropped from the sweep, their folders moved to {DROPPED_DIR}/", flush=True)
+            for trial in table:  # out of runs/, which reports read
+                if table.run_folder(trial).exists():
+                    (sweep_dir / DROPPED_DIR).mkdir(exist_ok=True)
+                    table.run_folder(trial).replace(sweep_dir / DROPPED_DIR / trial.run_id)
             table.clear()
         if existed:
             prepare_dataset(definition, fixed)

@@ -458,6 +458,8 @@ def test_a_folder_whose_trials_all_failed_on_setup_takes_the_corrected_arguments
     [row] = table_rows(sweep_dir)
     assert row["state"] == M.FINISHED and row["config"]["weights"] == "none" and summary["new"] == 1
     assert "all failed before training" in capsys.readouterr().out
+    assert sorted(p.name for p in (sweep_dir / "runs").iterdir()) == [row["run_id"]]  # reports read runs/
+    assert len(list((sweep_dir / "dropped").iterdir())) == 1
     with pytest.raises(UserError, match="was started with --weights=none"):  # a trained trial binds the folder
         run_local_sweep(sweep, count=1, sweep_dir=sweep_dir, fixed={**fixed_args, "weights": typo})
 
@@ -629,6 +631,8 @@ def test_definitions_the_engine_would_misread_are_refused():
     (["sweep", "sweeps/tiny.yaml", "--cuont=3"], 2, "", "unknown option --cuont (did you mean 'count'?)"),
     (["sweep", "sweeps/tiny.yaml"], 2, "", "--count N is required"),  # a default would silently extend a sweep
     (["sweep", "sweeps/tiny.yaml", "--count", "abc"], 2, "", "--count=abc must be an integer\n"),
+    (["sweep", "sweeps/tiny.yaml", "--count"], 2, "", "--count needs a value"),
+    (["sweep", "sweeps/tiny.yaml", "--count=1", "--dropuot=0.1"], 2, "", "'dropuot' (did you mean 'dropout'?)"),  # a run parameter's typo
 ])
 def test_the_sub_commands_answer_help_and_name_their_own_options(argv, code, out, err, capsys):
     import agent

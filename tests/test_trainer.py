@@ -793,6 +793,8 @@ def test_patience_stops_a_run_says_so_and_a_resume_does_not_train_past_it(base, 
     monkeypatch.setattr(trainer.loop, "evaluate", lambda loop, loader: (1.0, 0.5))
     fresh = run_training(scratch(base, run_id="patient", epochs=2, patience=0))  # another config: a fresh start
     assert fresh.summary[M.EPOCHS_COMPLETED] == 2 and "stopped_by_patience" not in fresh.summary
+    last = run_training(scratch(base, run_id="last-epoch", epochs=2, patience=1))  # runs out on the last epoch: cut nothing
+    assert last.summary[M.EPOCHS_COMPLETED] == 2 and "stopped_by_patience" not in last.summary
 
 
 def test_the_learning_rate_schedule_steps_every_batch(base, monkeypatch):
@@ -871,3 +873,12 @@ def test_wandb_mode_auto_is_online_only_with_credentials(monkeypatch, tmp_path, 
     monkeypatch.setenv("WANDB_MODE", "offline")  # the environment wins over auto
     assert resolve_mode("auto") == "offline"
     assert "deprecated" not in capfd.readouterr().err
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY")
+    monkeypatch.setenv("WANDB_IDENTITY_TOKEN_FILE", str(tmp_path / "token"))  # workload identity, no key
+    assert resolve_mode("auto") == "online"
+    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE")
+    import trainer.wandb_log
+
+    monkeypatch.setattr(trainer.wandb_log, "_has_api_key", lambda: 1 / 0)  # wandb's internals moved
+    assert resolve_mode("auto") == "offline" and "could not tell whether W&B credentials are set" in capfd.readouterr().out

@@ -210,7 +210,7 @@ def load_yaml_values(path: Path | str) -> dict[str, Any]:
         searched = [k for k, v in data["parameters"].items() if not (isinstance(v, dict) and "value" in v)]
         if searched:  # one run cannot take a search space: it would silently train the defaults instead
             raise UserError(f"config file {path} is a sweep whose {', '.join(searched[:3])}{' ...' if len(searched) > 3 else ''} "
-                            f"{'is' if len(searched) == 1 else 'are'} searched; run it with `python agent.py sweep {path}`, "
+                            f"{'is' if len(searched) == 1 else 'are'} searched; run it with `python agent.py sweep {path} --count N`, "
                             f"or give --config a file of fixed values")
         data = {k: v["value"] for k, v in data["parameters"].items()}
     for key in data:

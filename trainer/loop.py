@@ -192,9 +192,10 @@ def train(loop: Loop, state: LoopState) -> str:
         loop.checkpoint(state, improved)
         last_checkpoint = time.monotonic()
         if patience_spent(config, state):  # before a stop request: this run is done, not to be resumed
-            note = f"val_acc did not improve for {config.patience} epochs (patience): stopped after epoch {state.epoch} of {config.epochs}"
-            print(f"early stopping: {note}")
-            loop.record.update_summary(stopped_by_patience=note)
+            if state.epoch < config.epochs:  # on the last epoch, patience cut nothing
+                note = f"val_acc did not improve for {config.patience} epochs (patience): stopped after epoch {state.epoch} of {config.epochs}"
+                print(f"early stopping: {note}")
+                loop.record.update_summary(stopped_by_patience=note)
             break
         if loop.stop:
             return M.EARLY_STOPPED if loop.stop.reason == EARLY_STOP else M.PREEMPTED

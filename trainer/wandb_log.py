@@ -66,13 +66,15 @@ def resolve_mode(requested: str) -> str:
         return requested
     try:
         return "online" if _has_api_key() else "offline"
-    except Exception:
+    except Exception as exc:  # wandb moved its internals: say so rather than go offline silently
+        print(f"warning: could not tell whether W&B credentials are set ({type(exc).__name__}: {exc}); logging offline "
+              f"(pass --wandb_mode=online if you are logged in)")
         return "offline"
 
 
 def _has_api_key() -> bool:
     """Whether W&B has credentials, without prompting; newer wandb deprecates (and warns on) `wandb.api`."""
-    if os.environ.get("WANDB_API_KEY"):
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     import wandb
 
