@@ -95,10 +95,9 @@ def _integer(name: str, value: str | None) -> int:
 
 
 def command_sweep(args: list[str]) -> int:
+    from common.parsing import nearest
     from sweeper.local import run_local_sweep
     from trainer.config import FIELDS, parse_cli
-
-    from common.parsing import nearest
 
     count, args = _split_option(args, "count")
     workers, args = _split_option(args, "workers", "1")
