@@ -119,7 +119,8 @@ def failed_on_setup(trial: Trial) -> bool:
 def binds_folder(trial: Trial) -> bool:
     """A trial that got past its setup (or may have): from then on the folder is this sweep's, pinned. Invalid
     suggestions and setup failures taught nothing, and a corrected call may still change the definition."""
-    return not (trial.is_duplicate or (trial.state == M.FAILED and trial.exit_code in (None, EXIT_USER_ERROR)))
+    invalid_suggestion = trial.state == M.FAILED and trial.exit_code is None
+    return not (trial.is_duplicate or invalid_suggestion or failed_on_setup(trial))
 
 
 def suggestion_identity(suggested: dict[str, Any]) -> str:

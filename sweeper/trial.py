@@ -164,11 +164,8 @@ def outcome(trial: LaunchedTrial, driver_interrupted: bool) -> Outcome:
         # The stop arrived after the trainer released its handlers (its last moments): the history is complete.
         best = max((row[M.VAL_ACC] for row in read_history(trial.folder) if M.VAL_ACC in row), default=None)
         return Outcome(M.EARLY_STOPPED, "stopped by hyperband early termination", code, best)
-    recorded = recorded_outcome(trial.folder)
-    # A relaunched trial that failed before it wrote anything leaves the summary of its previous life
-    # ("preempted"); its exit code, not a signal's 128+n, shows that the summary is stale.
-    stale = recorded is not None and recorded.state == M.PREEMPTED and code is not None and 0 <= code < 128
-    if recorded is not None and not stale:
+    recorded = recorded_outcome(trial.folder)  # this launch's: `launch` marked a relaunch's old summary running
+    if recorded is not None:
         return Outcome(recorded.state, recorded.reason, code, recorded.best_val_acc)
     best = None
     # Killed before it could record how it ended: say what we know instead of guessing "finished".
