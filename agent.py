@@ -96,8 +96,12 @@ def _integer(name: str, value: str | None) -> int:
 
 def command_sweep(args: list[str]) -> int:
     from common.parsing import nearest
-    from sweeper.local import run_local_sweep
     from trainer.config import FIELDS, parse_cli
+
+    try:
+        from sweeper.local import run_local_sweep
+    except ImportError as exc:  # installed without the sweep engine (plain `pip install wandb`)
+        raise UserError(f"the sweep command needs the {exc.name!r} package: pip install \"wandb[sweeps]\" (or pip install -e .)") from None
 
     count, args = _split_option(args, "count")
     workers, args = _split_option(args, "workers", "1")

@@ -649,3 +649,14 @@ def test_trial_lines_show_values_as_a_person_reads_them():
     line = console.trial_line("1/4", trial, ["lr", "activation", "batch_norm"])
     assert "lr=0.0001235 activation=gelu batch_norm=true" in line
     assert "0.0001235" in console.final_table([trial], ["lr"])
+
+
+def test_the_sweep_command_without_the_sweep_engine_says_what_to_install(monkeypatch, capsys):
+    import agent
+
+    monkeypatch.setitem(sys.modules, "sweeps", None)  # `pip install wandb` without the [sweeps] extra
+    for name in ("sweeper.local", "sweeper.engine"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert agent.main(["sweep", "sweeps/tiny.yaml", "--count=1"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the 'sweeps' package: pip install \"wandb[sweeps]\"" in err and err.count("\n") == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -377,6 +378,7 @@ def test_unexpected_error_is_recorded_and_does_not_raise(base, monkeypatch):
 
 
 def test_wandb_offline_run_is_syncable(base, monkeypatch, capsys):
+    pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE")
     outcome = run_training(scratch(base, run_id="offline1", epochs=1, wandb_mode="offline"))
     assert outcome.state == M.FINISHED
@@ -386,7 +388,7 @@ def test_wandb_offline_run_is_syncable(base, monkeypatch, capsys):
 
 
 def test_a_broken_wandb_never_kills_the_run(base, monkeypatch):
-    import wandb
+    wandb = pytest.importorskip("wandb")
 
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setattr(wandb, "init", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("server unreachable")))
@@ -850,6 +852,7 @@ def test_code_version_is_the_git_commit():
 
 def test_secrets_never_reach_the_offline_wandb_files(base, monkeypatch):
     """Pitfall 15 with W&B on: nothing under output_dir (run folder and wandb/offline-run-*) holds the key."""
+    pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "local-0123456789abcdef0123456789abcdef01234567")
     outcome = run_training(scratch(base, run_id="secret2", epochs=1, wandb_mode="offline"))
@@ -882,3 +885,19 @@ def test_wandb_mode_auto_is_online_only_with_credentials(monkeypatch, tmp_path, 
 
     monkeypatch.setattr(trainer.wandb_log, "_has_api_key", lambda: 1 / 0)  # wandb's internals moved
     assert resolve_mode("auto") == "offline" and "could not tell whether W&B credentials are set" in capfd.readouterr().out
+
+
+def test_wandb_mode_auto_without_wandb_installed_logs_locally_without_warnings(monkeypatch, capfd, tmp_path):
+    from trainer.wandb_log import RunLogger, resolve_mode, start_logger
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # a key, but nothing to log with
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    assert resolve_mode("auto") == "disabled"
+    logger = start_logger("auto", "p", "", "r1", {}, tmp_path)
+    assert type(logger) is RunLogger
+    out = capfd.readouterr()
+    assert "warning" not in out.out + out.err
+    assert resolve_mode("offline") == "offline"  # asked for explicitly: start_logger says wandb is missing
+    start_logger("offline", "p", "", "r1", {}, tmp_path)
+    assert "wandb is not installed" in "".join(capfd.readouterr())

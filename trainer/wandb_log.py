@@ -8,6 +8,7 @@ W&B finds them itself (`wandb login` or WANDB_API_KEY).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import warnings
@@ -64,6 +65,8 @@ def resolve_mode(requested: str) -> str:
         return {"dryrun": "offline", "run": "online"}.get(env_mode, env_mode)
     if requested != "auto":
         return requested
+    if importlib.util.find_spec("wandb") is None:  # nothing to log to: local records only, and nothing to warn about
+        return "disabled"
     try:
         return "online" if _has_api_key() else "offline"
     except Exception as exc:  # wandb moved its internals: say so rather than go offline silently
