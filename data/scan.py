@@ -58,6 +58,12 @@ def _list_files(folder: Path) -> dict[str, list[os.DirEntry]]:
     classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise UserError(f"{folder} has no class sub-folders: expected {folder}/<class name>/<images>")
+    if len(classes) == 1:  # one class trains to a meaningless 100 %
+        only = folder / classes[0]
+        inner = sorted(e.name for e in os.scandir(only) if e.is_dir() and not e.name.startswith("."))
+        hint = (f"; its sub-folders ({', '.join(inner[:3])}{', ...' if len(inner) > 3 else ''}) look like the classes: "
+                f"move them up into {folder}" if len(inner) > 1 else "; add a folder of images for each further class")
+        raise UserError(f"{folder} has a single class folder ({classes[0]}): a classifier needs at least 2 class sub-folders{hint}")
     listing = {}
     for name in classes:
         entries = []
@@ -73,7 +79,8 @@ def _listing_key(folder: Path, listing: dict[str, list[os.DirEntry]]) -> str:
     for name, entries in listing.items():
         for entry in entries:
             stat = entry.stat()
-            digest.update(f"{entry.path}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+            # Relative to the folder: the same folder reached by a symlink or another spelling shares its caches.
+            digest.update(f"{os.path.relpath(entry.path, folder)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:20]
 
 

@@ -7,6 +7,7 @@ inside `_load_wandb`, so reports from local folders work without it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -83,7 +84,15 @@ def _load_local(path: Path) -> RunTable:
     records = [_read_run_folder(folder) for folder in run_folders]
     duplicates: list[SkippedDuplicate] = []
     known = {r.run_id for r in records}
-    for row in _read_jsonl(sweep_dir / TABLE_FILE) if sweep_dir else []:
+    rows = _read_jsonl(sweep_dir / TABLE_FILE) if sweep_dir else []
+    ended = {str(row.get("run_id")): row for row in rows if row.get("state") not in (None, metrics.RUNNING, DUPLICATE)}
+    for i, record in enumerate(records):
+        # A trial killed outright (a signal, a full disk) could not say so in its folder; the sweep's table did.
+        row = ended.get(record.run_id)
+        if record.state == metrics.RUNNING and row is not None:
+            summary = {**record.summary, metrics.STATE: row["state"], metrics.REASON: row.get("reason")}
+            records[i] = dataclasses.replace(record, state=str(row["state"]), summary=summary)
+    for row in rows:
         run_id = str(row.get("run_id"))
         if row.get("state") == DUPLICATE:
             duplicates.append(SkippedDuplicate(run_id, row.get("duplicate_of"), row.get("config") or {}))
@@ -112,6 +121,12 @@ def _read_run_folder(folder: Path) -> RunRecord:
         summary = {metrics.REASON: f"no {SUMMARY_FILE} in {folder}"}
         state = metrics.FAILED
     test = _read_json(folder / TEST_FILE) if (folder / TEST_FILE).exists() else None
+    tested, best = (test or {}).get("best_epoch"), summary.get(metrics.BEST_EPOCH)
+    if test is not None and tested is not None and best is not None and tested != best:
+        # The run trained on (resumed) after the test and kept a better epoch: that result is not this best.pt's.
+        print(f"warning: {folder / TEST_FILE} tested epoch {tested}, but the run's best epoch is now {best}; "
+              f"left out of the report: run `agent.py test {folder}` again")
+        test = None
     return RunRecord(folder.name, state, config, summary, _sorted_epochs(history), test, folder)
 
 

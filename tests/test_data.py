@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,6 +86,34 @@ def test_empty_class_folder_and_empty_dataset_are_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(UserError, match="no class sub-folders"):
         scan_folder(empty, verbose=False)
+
+
+def test_a_single_class_is_refused_and_classes_one_level_too_deep_are_pointed_at(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "nested" / "images" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "nested" / "images" / name / "x.png")
+    with pytest.raises(UserError, match=r"single class folder \(images\).*sub-folders \(a, b\) look like the classes: move them up into .*nested$"):
+        scan_folder(tmp_path / "nested", verbose=False)  # merged into one class, it would train to 100 %
+    with pytest.raises(UserError, match=r"single class folder \(a\).*add a folder of images for each further class"):
+        scan_folder(_only(tmp_path, "a"), verbose=False)
+
+
+def _only(tmp_path, name):
+    folder = tmp_path / "one"
+    (folder / name).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / name / "x.png")
+    return folder
+
+
+def test_one_folder_reached_by_other_paths_shares_its_caches(nature_dir, tmp_path, monkeypatch):
+    layout = locate_dataset(nature_dir, download=False)
+    link = tmp_path / "link"
+    link.symlink_to(layout.train_dir)
+    monkeypatch.chdir(layout.train_dir.parent)
+    spellings = [layout.train_dir, link, Path(layout.train_dir.name), layout.train_dir / ".." / layout.train_dir.name]
+    fingerprints = {scan_folder(p, cache_dir=tmp_path / "cache", verbose=False).fingerprint for p in spellings}
+    assert len(fingerprints) == 1
+    assert len(list((tmp_path / "cache").glob("scan-*.json"))) == 1
 
 
 def test_mismatched_test_classes_are_an_error(nature_dir, tmp_path):

@@ -470,3 +470,32 @@ def test_report_of_a_sweep_yaml_points_at_its_folder(tmp_path, capsys):
     assert agent.main(["report", str(sweep_yaml)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a file, not a folder" in err and "sweep_runs/tiny" in err
+
+
+def test_a_trial_killed_outright_gets_the_sweeps_reason_not_running(tmp_path, sweep_dir):
+    import shutil
+
+    shutil.copytree(sweep_dir, tmp_path / "sweep")
+    summary_path = tmp_path / "sweep" / "runs" / "r03" / "summary.json"
+    data = json.loads(summary_path.read_text())
+    summary_path.write_text(json.dumps({**data, metrics.STATE: "running", metrics.REASON: None}))  # SIGKILL: no word
+    table_path = tmp_path / "sweep" / "table.jsonl"
+    killed = {"run_id": "r03", "state": "failed", "config": make_config("r03"), "reason": "killed by signal 9", "duplicate_of": None}
+    table_path.write_text(table_path.read_text() + json.dumps(killed) + "\n")
+    records = {r.run_id: r for r in load_table(str(tmp_path / "sweep")).records}
+    assert records["r03"].state == "failed" and records["r03"].reason == "killed by signal 9"
+    assert records["r01"].state == "finished"  # a stale "running" row never overrides a folder that ended
+
+
+def test_a_test_result_of_an_earlier_best_epoch_is_left_out(tmp_path, sweep_dir, capsys):
+    import shutil
+
+    shutil.copytree(sweep_dir / "runs", tmp_path / "runs")
+    test_path = tmp_path / "runs" / "r04" / "test" / "test.json"
+    result = json.loads(test_path.read_text())
+    test_path.write_text(json.dumps({**result, "best_epoch": 2}))  # r04's best epoch is 2: the same checkpoint
+    assert {r.run_id for r in load_table(str(tmp_path / "runs")).records if r.test_acc is not None} == {"r04"}
+    test_path.write_text(json.dumps({**result, "best_epoch": 1}))  # tested before the run (resumed) kept epoch 2
+    records = {r.run_id: r for r in load_table(str(tmp_path / "runs")).records}
+    assert records["r04"].test_acc is None
+    assert "tested epoch 1, but the run's best epoch is now 2" in capsys.readouterr().out

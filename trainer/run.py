@@ -322,6 +322,8 @@ def run_training(config: RunConfig) -> RunOutcome:
 
 def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
     folder = record.folder
+    for stale in folder.glob(".*.tmp"):  # half-written files of a killed earlier process (this one holds the lock)
+        stale.unlink(missing_ok=True)
     config_dict = to_dict(config) | {"run_id": run_id}
     if config.resume and record.read_config():
         saved = {k: v for k, v in record.read_config().items() if k in effective_config(config)}
