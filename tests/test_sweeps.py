@@ -660,3 +660,16 @@ def test_the_sweep_command_without_the_sweep_engine_says_what_to_install(monkeyp
     assert agent.main(["sweep", "sweeps/tiny.yaml", "--count=1"]) == 2
     err = capsys.readouterr().err
     assert "needs the 'sweeps' package: pip install \"wandb[sweeps]\"" in err and err.count("\n") == 1
+
+
+def test_a_trial_still_trained_by_a_killed_sweeps_process_is_not_relaunched(tmp_path):
+    from sweeper.trial import launch
+    from trainer.record import RunRecord
+
+    folder = tmp_path / "runs" / "t-001"
+    summary = {M.STATE: M.RUNNING, M.EPOCHS_COMPLETED: 3}
+    with RunRecord(folder).exclusive():  # the orphaned trial, training on
+        RunRecord(folder).update_summary(**summary)
+        with pytest.raises(UserError, match=rf"trial t-001 is still being trained by an earlier sweep's process \(pid {os.getpid()}\).*kill {os.getpid()}"):
+            launch("t-001", folder, [sys.executable, "-c", "pass"], None)
+    assert RunRecord.read_summary(folder) == summary  # its record untouched

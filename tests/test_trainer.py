@@ -901,3 +901,50 @@ def test_wandb_mode_auto_without_wandb_installed_logs_locally_without_warnings(m
     assert resolve_mode("offline") == "offline"  # asked for explicitly: start_logger says wandb is missing
     start_logger("offline", "p", "", "r1", {}, tmp_path)
     assert "wandb is not installed" in "".join(capfd.readouterr())
+
+
+def test_testing_an_unfinished_run_says_so_and_a_better_epoch_later_sets_the_result_aside(base, monkeypatch, capsys):
+    import trainer.loop
+
+    class KillAtStep(trainer.loop.EpochProgress):
+        steps = 0
+
+        def update(self, *args, **kwargs):
+            super().update(*args, **kwargs)
+            KillAtStep.steps += 1
+            if KillAtStep.steps == 4:  # the first step of epoch 2
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(trainer.loop, "EpochProgress", KillAtStep)
+    cut = run_training(scratch(base, run_id="tested-early"))
+    assert cut.state == M.PREEMPTED
+    monkeypatch.setattr(trainer.loop, "EpochProgress", KillAtStep.__mro__[1])
+    capsys.readouterr()
+    assert evaluate_on_test_set(cut.folder)["best_epoch"] == 1
+    assert "has not finished (preempted, 1 of 2 epochs): this tests its best epoch so far (1)" in capsys.readouterr().out
+    # Whatever epoch 2 scores, make it the better one: the resumed run then replaces best.pt.
+    last = torch.load(cut.folder / "last.pt", weights_only=True)
+    last["loop"]["best_val_acc"] = -1.0
+    torch.save(last, cut.folder / "last.pt")
+    resumed = run_training(scratch(base, run_id="tested-early"))
+    assert resumed.state == M.FINISHED and resumed.summary[M.BEST_EPOCH] == 2
+    assert not (cut.folder / "test").exists() and (cut.folder / "test.previous" / "test.json").exists()
+    assert M.TEST_ACC not in json.loads((cut.folder / "summary.json").read_text())
+    assert "test results of the earlier best.pt moved to" in capsys.readouterr().out
+
+
+def test_the_test_command_refuses_a_run_in_training_and_a_read_only_folder(base, monkeypatch):
+    from trainer.record import RunRecord
+
+    outcome = run_training(scratch(base, run_id="busy-test", epochs=1))
+    with RunRecord(outcome.folder).exclusive():  # the trainer holds it for the whole run
+        with pytest.raises(UserError, match=rf"being trained by another process \(pid {os.getpid()}\).*test it once its training has ended"):
+            evaluate_on_test_set(outcome.folder)
+        assert RunRecord.held_by(outcome.folder) == f"pid {os.getpid()}"
+    assert RunRecord.held_by(outcome.folder) is None
+    import trainer.evaluate
+
+    monkeypatch.setattr(trainer.evaluate.os, "access", lambda path, mode: False)
+    with pytest.raises(UserError, match=r"is read-only.*copy the run folder somewhere writable"):
+        evaluate_on_test_set(outcome.folder)
+    assert not (outcome.folder / "test").exists()

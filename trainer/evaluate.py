@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +55,31 @@ def _earlier_result(out: Path) -> dict | None:
 
 def evaluate_on_test_set(run_folder: Path, data_dir: str | None = None, device: str = "auto") -> dict:
     run_folder = Path(run_folder)
-    record = RunRecord(run_folder) if run_folder.is_dir() else None
-    saved = record.read_config() if record else None
+    saved = RunRecord.saved_config(run_folder) if run_folder.is_dir() else None
     checkpoint = run_folder / BEST_CHECKPOINT
     if not saved or not checkpoint.exists():
         raise UserError(f"{run_folder} is not a finished run folder (needs config.yaml and {BEST_CHECKPOINT}); pass a folder under runs/ or a sweep's runs/")
+    if not os.access(run_folder, os.W_OK):  # e.g. an earlier notebook's output attached read-only
+        raise UserError(f"{run_folder} is read-only, and the test writes its results into it: copy the run folder somewhere "
+                        f"writable (cp -r {run_folder} <writable folder>/) and test the copy")
+    record = RunRecord(run_folder)
+    with record.exclusive(busy="test it once its training has ended"):  # its summary and best.pt are in flux
+        record.summary = RunRecord.read_summary(run_folder)  # as the trainer left it
+        _note_unfinished(record.summary, saved, run_folder)
+        return _evaluate(run_folder, record, saved, checkpoint, data_dir, device)
+
+
+def _note_unfinished(summary: dict, saved: dict, run_folder: Path) -> None:
+    state = summary.get(M.STATE)
+    if state in (M.FINISHED, M.EARLY_STOPPED, M.DIVERGED, M.OOM):
+        return
+    done, planned = summary.get(M.EPOCHS_COMPLETED), saved.get("epochs")
+    print(f"note: run {run_folder.name} has not finished ({state or 'no summary'}, {done if done is not None else '?'} of "
+          f"{planned if planned is not None else '?'} epochs): this tests its best epoch so far ({summary.get(M.BEST_EPOCH, '?')}); "
+          f"should it train on and keep a better epoch, this result is set aside")
+
+
+def _evaluate(run_folder: Path, record: RunRecord, saved: dict, checkpoint: Path, data_dir: str | None, device: str) -> dict:
     saved.pop("run_id", None)
     config = parse_run_config(saved, {"data_dir": data_dir} if data_dir else {})
     try:
@@ -126,7 +147,6 @@ def evaluate_on_test_set(run_folder: Path, data_dir: str | None = None, device: 
     names = test_index.classes
     rows = min(GRID_ROWS, -(-len(chosen) // GRID_COLUMNS))  # a small test set fills fewer rows
     plot_prediction_grid(images, [names[truth[i]] for i in chosen], [names[predicted[i]] for i in chosen], out / "grid.png", rows=rows, cols=GRID_COLUMNS)
-    if record is not None:
-        record.update_summary(**{M.TEST_ACC: result[M.TEST_ACC]})
+    record.update_summary(**{M.TEST_ACC: result[M.TEST_ACC]})
     return result
 

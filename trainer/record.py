@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,19 +34,43 @@ class RunRecord:
         self.summary: dict[str, Any] = self.read_summary(self.folder)
 
     @contextmanager
-    def exclusive(self):
-        """Held for the whole run: a second process on the same run folder is refused, never interleaved."""
-        handle = open(self.folder / ".lock", "a")
+    def exclusive(self, busy: str = "wait for it or use another --run_id"):
+        """Held for the whole run (and a test of it): a second process on the run folder is refused, never
+        interleaved. The holder's process id is written in the lock file, so the refusal can name it."""
+        handle = open(self.folder / ".lock", "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
             handle.close()
-            raise UserError(f"run {self.folder.name} is being trained by another process ({self.folder}); wait for it or use another --run_id") from None
+            raise UserError(f"run {self.folder.name} is being trained by another process{f' (pid {holder})' if holder.isdigit() else ''} "
+                            f"in {self.folder}: {busy}") from None
         try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
             yield self
         finally:
+            handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
+
+    @staticmethod
+    def held_by(folder: Path) -> str | None:
+        """Who holds the run's lock (a process id, or "another process"); None when nobody does. Creates nothing."""
+        path = Path(folder) / ".lock"
+        if not path.exists():
+            return None
+        with open(path, "r") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = handle.read().strip()
+                return f"pid {holder}" if holder.isdigit() else "another process"
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
 
     # config
     def write_config(self, config: dict[str, Any]) -> None:
@@ -103,16 +128,23 @@ class RunRecord:
         """A fresh start in a folder that holds an earlier model (a refused checkpoint, another config under the
         same run id): its best.pt and test results move aside (best.previous.pt, test.previous/) and its
         figures leave the summary, so nothing of it is ever reported or tested as this run's."""
-        results, best = self.folder / "test", self.folder / BEST_CHECKPOINT
-        earlier = results.exists() or best.exists() or M.BEST_VAL_ACC in self.summary
-        if results.exists():
-            previous = self.folder / "test.previous"
-            shutil.rmtree(previous, ignore_errors=True)
-            results.rename(previous)
+        best = self.folder / BEST_CHECKPOINT
+        earlier = self.set_aside_test() or best.exists() or M.BEST_VAL_ACC in self.summary
         if best.exists():
             best.replace(self.folder / PREVIOUS_BEST)
         self.drop_summary(M.TEST_ACC, M.BEST_VAL_ACC, M.BEST_EPOCH, M.EPOCHS_COMPLETED, "resumed_from_epoch", "stopped_by_patience")
         return earlier
+
+    def set_aside_test(self) -> bool:
+        """The test results of a best.pt about to be replaced move to test.previous/ and leave the summary."""
+        results = self.folder / "test"
+        if not results.exists():
+            return False
+        previous = self.folder / "test.previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        results.rename(previous)
+        self.drop_summary(M.TEST_ACC)
+        return True
 
     @staticmethod
     def read_summary(folder: Path) -> dict[str, Any]:

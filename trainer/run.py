@@ -271,6 +271,10 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     writer = CheckpointWriter(background=device.type == "cuda")  # a CPU's cores are busy training
 
     def checkpoint(loop_state: LoopState, is_best: bool) -> None:
+        if is_best and record.set_aside_test():  # tested before this (resumed) run found a better epoch
+            print(f"note: the test results of the earlier best.pt moved to {record.folder / 'test.previous'}; "
+                  f"run `agent.py test {record.folder}` again once training ends")
+            logger.summary({M.TEST_ACC: None})
         # The loop waits for the host-memory snapshot only; the file, best.pt and the store follow in the background.
         payload = checkpoint_payload(model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity,
                                      history=record.history, frozen_base=frozen_base, config=effective_config(config),
