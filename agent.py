@@ -17,9 +17,15 @@ import logging
 import sys
 from pathlib import Path
 
+from common.disk import disk_problem
 from common.errors import EXIT_USER_ERROR, UserError
 
 COMMANDS = ("run", "sweep", "report", "test", "models")
+WRITE_HINTS = {
+    "report": "pass --out DIR with a folder you can write to",
+    "sweep": "pass --sweep_dir (and --cache_dir) with folders you can write to",
+    "run": "pass --output_dir (and --cache_dir) with folders you can write to",
+}
 
 
 def _split_option(args: list[str], name: str, default: str | None = None) -> tuple[str | None, list[str]]:
@@ -168,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[command](argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # a read-only or full disk met outside a run (which records its own)
+        problem = disk_problem(exc, WRITE_HINTS.get(command, "choose a folder you can write to"))
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

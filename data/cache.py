@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import write_json
+from common.disk import ensure_space
 from common.locks import file_lock
 from data.images import DECODE_VERSION, decode_working
 from data.scan import ImageIndex
 
 CACHE_FORMAT_VERSION = 1
+CACHE_OPTION = "--cache_dir (or FINETUNE_CACHE_DIR)"
 
 
 class DecodedImageCache:
@@ -68,6 +70,9 @@ def _build(index: ImageIndex, size: int, interpolation: str, path: Path, meta_pa
 
     tmp = path.with_suffix(".u8.tmp")
     count = len(index)
+    tmp.unlink(missing_ok=True)  # a build killed earlier (the lock is ours now)
+    # A memory-mapped file that outgrows the disk kills the process with SIGBUS: check before writing.
+    ensure_space(path.parent, count * size * size * 3, f"the decoded-image cache ({count} images at {size}px)", CACHE_OPTION)
     out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(count, size, size, 3))
     started = time.perf_counter()
 
@@ -76,12 +81,16 @@ def _build(index: ImageIndex, size: int, interpolation: str, path: Path, meta_pa
 
     show = sys.stderr.isatty() if progress is None else progress
     # PIL releases the GIL in decode and resize, so threads scale over the (few) cores without IPC copies.
-    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
-        results = pool.map(decode, range(count), chunksize=16)
-        for _ in tqdm(results, total=count, desc=f"caching {count} images at {size}px", disable=not show, unit="img"):
-            pass
-    out.flush()
-    os.replace(tmp, path)
+    try:
+        with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+            results = pool.map(decode, range(count), chunksize=16)
+            for _ in tqdm(results, total=count, desc=f"caching {count} images at {size}px", disable=not show, unit="img"):
+                pass
+        out.flush()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a disk filled by half a cache
+        raise
     seconds = time.perf_counter() - started
     meta = {"count": count, "size": size, "interpolation": interpolation, "root": str(index.root), "seconds": round(seconds, 2)}
     write_json(meta_path, meta)

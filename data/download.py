@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from common.atomic import write_text
 from common.errors import UserError
+from common.disk import write_problem
 from common.locks import file_lock
 
 NATURE_12K_URL = "https://storage.googleapis.com/wandb_datasets/nature_12K.zip"
@@ -101,6 +102,11 @@ def download_dataset(dest_dir: Path, url: str = NATURE_12K_URL, *, progress: boo
     """Download (resuming) and extract nature_12K.zip into `dest_dir`; a no-op once it has completed."""
     dest_dir = Path(dest_dir)
     marker = dest_dir / MARKER_NAME
+    if not marker.exists():  # e.g. a mistyped path under a read-only attached-data folder
+        problem = write_problem(dest_dir)
+        if problem:
+            raise UserError(f"{dest_dir} holds no dataset, and nature_12K cannot be downloaded into it ({problem}): pass the "
+                            f"--data_dir of the dataset itself (check the path of an attached dataset), or one you can write to")
     # One download at a time into a folder: parallel trials or sweeps sharing a data_dir would interleave
     # their writes into one .part file. The others wait, then find the marker.
     with file_lock(dest_dir / LOCK_NAME):

@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from common.disk import ensure_writable
 from common.errors import UserError
 from data.layout import locate_dataset
 from models import get_spec, resolve_strategy
@@ -60,7 +61,7 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
     existed = sweep_dir.exists()
     if not existed:
         prepare_dataset(definition, fixed)  # a first call that fails here leaves no sweep folder behind
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable(sweep_dir, "sweep folder", "--sweep_dir")
     with exclusive(sweep_dir):
         table = TrialTable(sweep_dir)
         # The folder is this sweep's from its first trial that got past setup; until then a corrected call may

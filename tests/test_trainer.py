@@ -326,9 +326,11 @@ def test_a_checkpoint_write_that_fails_ends_the_run_with_its_reason(base, monkey
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(trainer.run, "write_checkpoint", full_disk)
-    outcome = run_training(scratch(base, run_id="full-disk", epochs=2))
-    assert outcome.state == M.FAILED and outcome.exit_code == 1
-    assert "No space left on device" in outcome.summary[M.REASON] and (outcome.folder / "error.log").exists()
+    with pytest.raises(UserError, match="No space left on device for a file: free some space or pass --output_dir"):
+        run_training(scratch(base, run_id="full-disk", epochs=2))
+    summary = json.loads((Path(base["output_dir"]) / "full-disk" / "summary.json").read_text())
+    # The machine's failure, not the trial's: exit 2, which a sweep retries as a setup failure.
+    assert summary[M.STATE] == M.FAILED and summary["exit_code"] == 2 and "No space left on device" in summary[M.REASON]
 
 
 class StepLogger(RunLogger):

@@ -9,6 +9,7 @@ stay frozen for the whole run on ImageNet weights are left out (`frozen_base` na
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from dataclasses import asdict, dataclass, fields
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 
 from common.atomic import atomic_write
+from common.disk import ensure_space
+from common.errors import UserError
 from models.weights import FROZEN_BASE
 from trainer.config import rehash
 
@@ -87,8 +90,28 @@ def snapshot(value: Any) -> Any:
     return value
 
 
+def tensor_bytes(value: Any) -> int:
+    if torch.is_tensor(value):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(item) for item in value)
+    return 0
+
+
 def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write(path, lambda handle: torch.save(payload, handle), mode="wb")
+    """Atomically; a disk too full for it is named (torch.save's own error would not say why)."""
+    needed = tensor_bytes(payload)
+    what, option = f"checkpoint {path.name}", "--output_dir (or --checkpoint_store)"
+    ensure_space(path.parent, needed, what, option)
+    try:
+        atomic_write(path, lambda handle: torch.save(payload, handle), mode="wb")
+    except (OSError, RuntimeError) as exc:
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"the disk of {path.parent} filled up while writing {what}: free some space or pass {option} on a bigger disk") from None
+        ensure_space(path.parent, needed, what, option)  # another process filled it meanwhile: say so
+        raise
 
 
 def keep_as(source: Path, target: Path) -> None:

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from common.atomic import write_json
+from common.disk import ensure_writable
 from common.errors import UserError
 from data.augment import EvalTransform
+from data.cache import CACHE_OPTION
 from data.images import decode_working
 from data.layout import locate_dataset
 from data.loading import BatchLoader, DecodingStore
@@ -100,7 +102,7 @@ def _evaluate(run_folder: Path, record: RunRecord, saved: dict, checkpoint: Path
     layout = locate_dataset(config.data_dir, download=config.download)
     if layout.test_dir is None:
         raise UserError(f"{layout.root} has no val/ or test/ folder to evaluate on: pass --data_dir with the held-out set")
-    test_index = scan_folder(layout.test_dir, cache_dir=Path(config.cache_dir).expanduser())
+    test_index = scan_folder(layout.test_dir, cache_dir=ensure_writable(config.cache_dir, "cache_dir", CACHE_OPTION))
     if classes:
         check_same_classes(classes, f"the classes run {run_folder.name} was trained on", test_index)
 

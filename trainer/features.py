@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from common.atomic import write_json
+from common.disk import ensure_space
 from common.locks import file_lock
+from data.cache import CACHE_OPTION
 from data.images import DECODE_VERSION
 from data.loading import BatchLoader
 
@@ -74,17 +76,24 @@ def build_or_open_features(model, depth: int, image_store, indices: np.ndarray, 
             loader = BatchLoader(image_store, rows, labels, batch_size)
             out, written = None, 0
             tmp = path.with_suffix(".f16.tmp")
-            for images, _ in loader.epoch(0):
-                with autocast():
-                    features = model.forward_range(to_input(images), 0, depth)
-                if out is None:
-                    out = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(len(rows), *features.shape[1:]))
-                out[written : written + len(features)] = features.float().cpu().numpy().astype(np.float16)
-                written += len(features)
-            out.flush()
-            shape = out.shape[1:]
-            del out
-            tmp.replace(path)
+            tmp.unlink(missing_ok=True)  # a build killed earlier (the lock is ours now)
+            try:
+                for images, _ in loader.epoch(0):
+                    with autocast():
+                        features = model.forward_range(to_input(images), 0, depth)
+                    if out is None:  # the first batch gives the size: check the disk before the file can outgrow it
+                        needed = len(rows) * int(np.prod(features.shape[1:])) * 2
+                        ensure_space(path.parent, needed, f"the frozen-stage feature cache ({len(rows)} images, depth {depth})", CACHE_OPTION)
+                        out = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(len(rows), *features.shape[1:]))
+                    out[written : written + len(features)] = features.float().cpu().numpy().astype(np.float16)
+                    written += len(features)
+                out.flush()
+                shape = out.shape[1:]
+                del out
+                tmp.replace(path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # never leave a disk filled by half a cache
+                raise
             write_json(meta_path, {"rows": len(rows), "shape": list(shape), "seconds": round(time.perf_counter() - started, 2)})
             model.train(was_training)
             print(f"cached frozen-stage features of {len(rows)} images (depth {depth}, shape {tuple(shape)}) in {time.perf_counter() - started:.1f}s")

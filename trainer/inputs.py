@@ -16,9 +16,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from common.disk import ensure_writable
 from common.preprocessing import Preprocessing
 from data.augment import EvalTransform, TrainTransform, batch_generator
-from data.cache import DecodedImageCache
+from data.cache import CACHE_OPTION, DecodedImageCache
 from data.layout import locate_dataset
 from data.loading import BatchLoader, DecodingStore, default_num_workers
 from data.scan import ImageIndex, scan_folder
@@ -38,7 +39,8 @@ class DataSplit:
 
 def load_split(config) -> DataSplit:
     layout = locate_dataset(config.data_dir, download=config.download)
-    index = scan_folder(layout.train_dir, cache_dir=Path(config.cache_dir).expanduser())
+    cache_dir = ensure_writable(config.cache_dir, "cache_dir", CACHE_OPTION)
+    index = scan_folder(layout.train_dir, cache_dir=cache_dir)
     warn_if_test_classes_differ(layout.test_dir, index.classes)
     return DataSplit(index, stratified_split(index, config.val_fraction, config.split_seed, config.subset_fraction))
 

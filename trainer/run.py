@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from common.disk import disk_problem, ensure_writable
 from common.errors import EXIT_USER_ERROR, UserError
 from common.provenance import code_version
 from models import build_model, count_parameters, preprocessing_for
@@ -319,6 +320,7 @@ def run_training(config: RunConfig) -> RunOutcome:
         if kept is None or not kept.exists():
             raise UserError(f"--resume: there is no run {run_id!r} in {config.output_dir}{f' or {kept.parent.parent}' if kept else ''}; "
                             f"check --run_id (or drop it to resume the latest unfinished run)")
+    ensure_writable(config.output_dir, "output_dir", "--output_dir")
     record = RunRecord(folder)
     with record.exclusive():
         return _run(config, run_id, record)
@@ -383,6 +385,11 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
                 _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
                 raise
             except Exception as exc:  # the run boundary: record why, let the sweep go on
+                problem = disk_problem(exc, "pass --output_dir (and --cache_dir) with folders you can write to")
+                if problem is not None:  # the machine's, not the trial's: a sweep retries it as a setup failure
+                    state_name, reason, exit_code = M.FAILED, str(problem), EXIT_USER_ERROR
+                    _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
+                    raise problem from None
                 state_name, reason, exit_code = M.FAILED, f"{type(exc).__name__}: {exc}".splitlines()[0], EXIT_FAILED
                 (folder / "error.log").write_text(traceback.format_exc())
                 print(f"run {run_id} failed: {reason} (traceback in {folder / 'error.log'})")

@@ -1,0 +1,112 @@
+"""A full, read-only or forbidden disk: one line naming the folder and the option to change, exit 2, no half
+files left behind, and a run record that says why."""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections import namedtuple
+
+import pytest
+import torch
+
+import common.disk
+from common.errors import UserError
+from data.cache import DecodedImageCache
+from data.layout import locate_dataset
+from data.scan import scan_folder
+from trainer import metrics as M
+from trainer.checkpoint import write_checkpoint
+from trainer.config import parse_run_config
+from trainer.run import run_training
+
+Usage = namedtuple("Usage", "total used free")
+
+
+def disk_with_free(monkeypatch, free: int) -> None:
+    monkeypatch.setattr(common.disk.shutil, "disk_usage", lambda path: Usage(10 * 2**30, 10 * 2**30 - free, free))
+
+
+def run_config(nature_dir, tmp_path, **overrides):
+    values = {"data_dir": str(nature_dir), "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "runs"),
+              "wandb_mode": "disabled", "weights": "none", "batch_size": 8, "epochs": 1, "model": "scratch_cnn",
+              "input_size": 32, "filters": 8, "dense_units": 16, **overrides}
+    return parse_run_config(values)
+
+
+def test_an_image_cache_that_would_not_fit_is_refused_before_a_byte_is_written(nature_dir, tmp_path, monkeypatch):
+    index = scan_folder(locate_dataset(nature_dir, download=False).train_dir, verbose=False)
+    disk_with_free(monkeypatch, 2**20)  # 1 MB free; the cache needs 0.4 MB plus the margin
+    assert len(index) * 64 * 64 * 3 == pytest.approx(0.4 * 2**20, rel=0.1)
+    with pytest.raises(UserError, match=rf"not enough free space in .*cache for the decoded-image cache \({len(index)} images at 64px\): "
+                                        r"it needs 0.4 MB and 1.0 MB are free; free some space or pass --cache_dir"):
+        DecodedImageCache.build_or_open(index, 64, "bilinear", tmp_path / "cache", progress=False)
+    assert not list((tmp_path / "cache").glob("*.u8*"))  # no half cache filling the disk (SIGBUS on a real one)
+
+
+def test_a_failed_cache_build_leaves_no_temporary_file(nature_dir, tmp_path, monkeypatch):
+    import data.cache
+
+    index = scan_folder(locate_dataset(nature_dir, download=False).train_dir, verbose=False)
+    monkeypatch.setattr(data.cache, "decode_working", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(OSError):
+        DecodedImageCache.build_or_open(index, 32, "bilinear", tmp_path / "cache", progress=False)
+    assert not list((tmp_path / "cache").glob("*.u8*"))
+
+
+def test_a_checkpoint_that_would_not_fit_is_named_with_its_size(tmp_path, monkeypatch):
+    payload = {"model": {"w": torch.zeros(2**20)}}  # 4 MB
+    disk_with_free(monkeypatch, 2**20)
+    with pytest.raises(UserError, match=r"for checkpoint last.pt: it needs 4.0 MB and 1.0 MB are free; free some space or pass --output_dir"):
+        write_checkpoint(tmp_path / "last.pt", payload)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_disk_filling_up_during_a_run_ends_it_with_a_setup_failure_and_a_record(nature_dir, tmp_path, monkeypatch):
+    import trainer.checkpoint
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer.checkpoint.torch, "save", full)
+    with pytest.raises(UserError, match=r"filled up while writing checkpoint last.pt: free some space or pass --output_dir"):
+        run_training(run_config(nature_dir, tmp_path, run_id="full"))
+    summary = json.loads((tmp_path / "runs" / "full" / "summary.json").read_text())
+    assert summary[M.STATE] == M.FAILED and summary["exit_code"] == 2 and "filled up" in summary[M.REASON]
+
+
+def test_an_unwritable_cache_dir_is_a_one_line_error_naming_the_option(nature_dir, tmp_path, capsys):
+    import agent
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    args = [f"--data_dir={nature_dir}", f"--cache_dir={blocker / 'cache'}", f"--output_dir={tmp_path / 'runs'}", "--run_id=ro",
+            "--model=scratch_cnn", "--input_size=32", "--filters=8", "--dense_units=16", "--epochs=1", "--weights=none",
+            "--wandb_mode=disabled"]
+    assert agent.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cache_dir" in err and "is not writable" in err and "FINETUNE_CACHE_DIR" in err
+    assert agent.main([*args[:2], f"--output_dir={blocker / 'runs'}", *args[3:]]) == 2
+    assert "error: output_dir" in capsys.readouterr().err
+
+
+def test_a_read_only_disk_met_outside_a_run_is_one_line_naming_the_option(tmp_path, monkeypatch, capsys):
+    import agent
+    import report.build
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", "/kaggle/input/old-run/report/report.md")
+
+    monkeypatch.setattr(report.build, "build_report", read_only)
+    assert agent.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: Read-only file system for /kaggle/input/old-run/report/report.md: pass --out DIR with a folder you can write to\n"
+
+
+def test_a_data_dir_that_holds_nothing_and_cannot_be_written_is_not_downloaded_into(tmp_path):
+    from data.download import download_dataset
+
+    blocker = tmp_path / "input"
+    blocker.write_text("a read-only mount, as far as writing goes")
+    with pytest.raises(UserError, match=r"holds no dataset, and nature_12K cannot be downloaded into it \(Not a directory\): pass the --data_dir of the dataset itself"):
+        download_dataset(blocker / "nature-12k", url="http://127.0.0.1:9/none.zip")
