@@ -150,10 +150,29 @@ def test_subsets_are_nested_and_leave_validation_alone(index):
         assert (index.labels[quarter.train] == label).sum() >= 1
 
 
-def test_split_never_contains_test_images(nature_dir, index):
+def test_a_runs_split_never_contains_test_images_and_follows_split_seed(nature_dir, tmp_path, monkeypatch):
+    """Pitfalls 7 and 8 through what a run loads: its train and validation images are train/'s, none is a test
+    image (by content: the fixture's train/ and val/ share file names), and the split comes from split_seed."""
+    import hashlib
+
+    import trainer.inputs
+    from trainer.config import parse_run_config
+
+    seeds = []
+    real_split = trainer.inputs.stratified_split
+    monkeypatch.setattr(trainer.inputs, "stratified_split", lambda index, val, seed, subset: (seeds.append(seed), real_split(index, val, seed, subset))[1])
+    config = parse_run_config({"data_dir": str(nature_dir), "cache_dir": str(tmp_path / "cache"), "split_seed": 7, "seed": 3})
+    data = trainer.inputs.load_split(config)
+    assert seeds == [7]
     layout = locate_dataset(nature_dir, download=False)
-    assert index.root == layout.train_dir
-    assert all(not (layout.test_dir / p).exists() or (layout.train_dir / p).exists() for p in index.paths)
+    digest = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()  # noqa: E731
+    test_images = {digest(p) for p in layout.test_dir.rglob("*") if p.is_file()}
+    used = [data.index.absolute(int(i)) for i in np.concatenate([data.split.train, data.split.val])]
+    assert len(used) == len(data.index) and test_images
+    assert all(p.resolve().is_relative_to(layout.train_dir.resolve()) for p in used)
+    assert not {digest(p) for p in used} & test_images
+    other = trainer.inputs.load_split(parse_run_config({**config.__dict__, "split_seed": 8}))
+    assert not np.array_equal(other.split.val, data.split.val)  # the seed decides the split
 
 
 @pytest.mark.parametrize("text,expected", [("false", False), ("no", False), ("0", False), ("off", False), ("True", True), ("yes", True), ("1", True)])

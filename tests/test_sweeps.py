@@ -673,3 +673,49 @@ def test_a_trial_still_trained_by_a_killed_sweeps_process_is_not_relaunched(tmp_
         with pytest.raises(UserError, match=rf"trial t-001 is still being trained by an earlier sweep's process \(pid {os.getpid()}\).*kill {os.getpid()}"):
             launch("t-001", folder, [sys.executable, "-c", "pass"], None)
     assert RunRecord.read_summary(folder) == summary  # its record untouched
+
+
+def test_a_sweep_never_reads_the_test_folder(nature_dir, fixed_args, tmp_path, monkeypatch):
+    """Pitfall 7 for sweeps: neither the driver (which prepares the dataset) nor its trials touch val/ of
+    nature_12K. The driver is watched directly; the trials, other processes, by the scans they cache."""
+    import PIL.Image
+
+    real_open, opened = PIL.Image.open, []
+    monkeypatch.setattr(PIL.Image, "open", lambda path, *a, **k: (opened.append(str(path)), real_open(path, *a, **k))[1])
+    sweep = write_yaml(tmp_path / "one.yaml", tiny_definition())
+    cache = tmp_path / "cache"
+    summary = run_local_sweep(sweep, count=1, sweep_dir=tmp_path / "sweep", fixed={**fixed_args, "cache_dir": str(cache)})
+    assert summary is not None and table_rows(tmp_path / "sweep")[0]["state"] == M.FINISHED
+    test_folder = str(nature_dir / "inaturalist_12K" / "val")
+    assert not [p for p in opened if p.startswith(test_folder)]
+    scanned = [json.loads(p.read_text())["folder"] for p in cache.glob("scan-*.json")]
+    assert scanned and not [f for f in scanned if f.startswith(test_folder)]
+
+
+def test_false_booleans_reach_the_trial_as_false(tmp_path):
+    """Pitfall 13 on the way to a trial: the engine's False is passed as a value the run parses back to False."""
+    from sweeper.trial import trial_command
+    from trainer.config import parse_cli, parse_run_config
+
+    command = trial_command({"model": "scratch_cnn", "batch_norm": False, "feature_cache": True}, tmp_path, "t-001")
+    assert "--batch_norm=false" in command and "--feature_cache=true" in command
+    config = parse_run_config(parse_cli([a for a in command if a.startswith("--")]))
+    assert config.batch_norm is False and config.feature_cache is True
+
+
+def test_a_trial_killed_by_hyperbands_signal_keeps_its_best_epoch(tmp_path):
+    """A trial that dies of the early-termination signal (too late to write its own summary) is early-stopped
+    with the best of its logged epochs, not the last."""
+    import signal
+    from types import SimpleNamespace
+
+    from sweeper.trial import outcome
+
+    folder = tmp_path / "t-004"
+    folder.mkdir()
+    rows = [{M.EPOCH: 1, M.VAL_ACC: 0.3}, {M.EPOCH: 2, M.VAL_ACC: 0.5}, {M.EPOCH: 3, M.VAL_ACC: 0.4}]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "summary.json").write_text(json.dumps({M.STATE: M.RUNNING}))
+    trial = SimpleNamespace(process=SimpleNamespace(returncode=-signal.SIGUSR1), signals_sent=[signal.SIGUSR1], folder=folder)
+    ended = outcome(trial, driver_interrupted=False)
+    assert ended.state == M.EARLY_STOPPED and ended.best_val_acc == 0.5

@@ -631,19 +631,60 @@ def test_training_never_opens_the_test_folder(base, nature_dir, monkeypatch):
     assert not [p for p in opened if p.startswith(test_folder)]
 
 
-def test_secrets_never_reach_the_run_record(base, monkeypatch):
-    """Pitfall 15: W&B keys come from the environment or `wandb login` and are written nowhere."""
+def test_secrets_never_reach_the_run_record(base, monkeypatch, capfd):
+    """Pitfall 15: W&B keys come from the environment or `wandb login` and are written nowhere, nor printed
+    (a sweep keeps each trial's output in its folder)."""
     monkeypatch.setenv("WANDB_API_KEY", "local-0123456789abcdef0123456789abcdef01234567")
     outcome = run_training(scratch(base, run_id="secret", epochs=1))
     for path in outcome.folder.rglob("*"):
         if path.is_file():
             assert b"0123456789abcdef0123456789abcdef" not in path.read_bytes(), path
+    printed = capfd.readouterr()
+    assert printed.out and "0123456789abcdef0123456789abcdef" not in printed.out + printed.err
+
+
+def test_a_checkpoint_of_another_split_is_not_resumed(base, nature_dir, tmp_path):
+    """Pitfall 8: the same config on changed data is another split; its checkpoint is refused, never resumed."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(nature_dir, data)
+    settings = {**base, "data_dir": str(data)}
+    first = run_training(scratch(settings, run_id="resplit", epochs=1))
+    aves = data / "inaturalist_12K" / "train" / "Aves"
+    for i, source in enumerate(sorted(aves.glob("*.jpg"))[:2]):
+        shutil.copy(source, aves / f"added-{i}.jpg")
+    again = run_training(scratch(settings, run_id="resplit", epochs=1))
+    assert again.summary[M.SPLIT_HASH] != first.summary[M.SPLIT_HASH]
+    assert "split_hash" in again.summary["resume_refused"] and (again.folder / "last.refused.pt").exists()
 
 
 def test_summary_records_code_and_weights_provenance(base):
     outcome = run_training(scratch(base, run_id="provenance", epochs=1))
     assert outcome.summary["code_version"] and outcome.summary[M.WEIGHTS_VERSION] == "none"
     assert outcome.summary[M.SPLIT_HASH] and outcome.summary[M.CONFIG_HASH]
+
+
+def test_code_version_is_the_commit_and_says_when_the_code_had_local_changes(tmp_path, monkeypatch):
+    import subprocess
+
+    import common.provenance as provenance
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "train.py").write_text("lr = 0.1\n")
+    subprocess.run([*git, "add", "train.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "first"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)
+    provenance.code_version.cache_clear()
+    try:
+        assert provenance.code_version() == commit
+        (tmp_path / "train.py").write_text("lr = 0.2\n")  # an edit not committed: results must not pass as `commit`'s
+        provenance.code_version.cache_clear()
+        assert provenance.code_version() == commit + "+dirty"
+    finally:
+        provenance.code_version.cache_clear()
 
 
 def test_a_run_folder_in_use_by_another_process_is_refused(base):
@@ -704,7 +745,8 @@ def test_none_for_a_boolean_means_false_not_the_default():
     assert parse_run_config({"model": "scratch_cnn", "batch_norm": None}).batch_norm is True  # YAML null: unset
 
 
-def test_training_batches_are_augmented_and_validation_batches_are_not(base, monkeypatch):
+@pytest.mark.parametrize("augment", ["standard", "strong"])
+def test_training_batches_are_augmented_and_validation_batches_are_not(base, monkeypatch, augment):
     """Pitfalls 2 and 3 at the run level: the train transform feeds training, the eval transform validation."""
     from data.augment import EvalTransform, TrainTransform
 
@@ -714,7 +756,9 @@ def test_training_batches_are_augmented_and_validation_batches_are_not(base, mon
     def train_call(self, images, generator):
         seen["train"] += len(images)
         seen["levels"].add(self.level)
-        return real_train(self, images, generator)
+        out = real_train(self, images, generator)
+        seen["differs"] = seen.get("differs", True) and not torch.allclose(out, real_eval(EvalTransform(self.pre), images))
+        return out
 
     def eval_call(self, images):
         seen["eval"] += len(images)
@@ -722,12 +766,12 @@ def test_training_batches_are_augmented_and_validation_batches_are_not(base, mon
 
     monkeypatch.setattr(TrainTransform, "__call__", train_call)
     monkeypatch.setattr(EvalTransform, "__call__", eval_call)
-    outcome = run_training(scratch(base, run_id="wiring", epochs=2, augment="strong"))
+    outcome = run_training(scratch(base, run_id="wiring", epochs=2, augment=augment))
     assert outcome.state == M.FINISHED
     num_train, num_val, batch = outcome.summary["num_train"], outcome.summary["num_val"], outcome.summary["batch_size"]
     assert seen["train"] == 2 * (num_train // batch) * batch  # every training image of both epochs, augmented
     assert seen["eval"] == 2 * num_val  # validation: the deterministic transform, each epoch
-    assert seen["levels"] == {"strong"}
+    assert seen["levels"] == {augment} and seen["differs"]  # the level asked for, and it changes every batch
 
 
 def test_wandb_logger_next_step_is_after_its_own_last_step():
@@ -801,18 +845,22 @@ def test_patience_stops_a_run_says_so_and_a_resume_does_not_train_past_it(base, 
     assert last.summary[M.EPOCHS_COMPLETED] == 2 and "stopped_by_patience" not in last.summary
 
 
-def test_the_learning_rate_schedule_steps_every_batch(base, monkeypatch):
-    """The schedule is a function of the global step, never of the epoch."""
+@pytest.mark.parametrize("schedule, warmup_epochs", [("cosine", 0), ("cosine", 1), ("onecycle", None), ("constant", 1)])
+def test_the_learning_rate_schedule_steps_every_batch(base, monkeypatch, schedule, warmup_epochs):
+    """The schedule is a function of the global step, never of the epoch, whatever the schedule; warmup is
+    counted in epochs of batches."""
     import trainer.loop
     from trainer.optim import lr_factor
 
     factors, real = [], trainer.loop.set_learning_rates
     monkeypatch.setattr(trainer.loop, "set_learning_rates", lambda opt, f: (factors.append(f), real(opt, f))[1])
-    outcome = run_training(scratch(base, run_id="sched", epochs=2, warmup_epochs=0, schedule="cosine"))
+    outcome = run_training(scratch(base, run_id="sched", epochs=2, warmup_epochs=warmup_epochs, schedule=schedule))
     assert outcome.state == M.FINISHED
-    total = 2 * (outcome.summary["num_train"] // 8)
-    assert factors == pytest.approx([lr_factor(s, total, 0, "cosine") for s in range(total)])
-    assert len(set(factors[: total // 2])) == total // 2
+    per_epoch = outcome.summary["num_train"] // 8
+    total, warmup = 2 * per_epoch, (warmup_epochs or 0) * per_epoch
+    assert factors == pytest.approx([lr_factor(s, total, warmup, schedule) for s in range(total)])
+    # A new value nearly every batch (the peak may repeat once); constant varies only while it warms up.
+    assert len(set(factors)) >= (total - 1 if schedule != "constant" else warmup) > 1
 
 
 def test_lr_factor_shapes():
