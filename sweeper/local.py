@@ -41,6 +41,7 @@ from sweeper.trial import (LaunchedTrial, has_checkpoint, launch, outcome, read_
                            trial_command, visible_gpus)
 from trainer import metrics as M
 from trainer.config import FIELDS, config_hash, effective_config, parse_run_config, parse_value
+from trainer.record import RunRecord
 
 POLL_SECONDS = 0.5  # how often finished trials are collected and hyperband is asked
 MAX_CONSECUTIVE_DUPLICATES = 100  # a random/bayes search over a small effective space never ends otherwise
@@ -176,6 +177,7 @@ class LocalSweep:
                 self._early_terminate()
                 time.sleep(POLL_SECONDS)
         print(console.final_table(self.table.trials, self.searched), flush=True)
+        self._warn_if_the_data_changed()
         if self.interrupted:
             unfinished = sum(t.state in UNFINISHED for t in self.table)
             print(f"sweep interrupted: {unfinished} trial(s) to resume; run the same command again to continue", flush=True)
@@ -285,6 +287,18 @@ class LocalSweep:
         self.table.save()
         print(console.trial_line("recorded", trial, self.searched), flush=True)
         return True
+
+    def _warn_if_the_data_changed(self) -> None:
+        """Trials that trained on different splits (images added, removed or edited between calls) do not compare."""
+        splits: dict[str, list[str]] = {}
+        for trial in self.table:
+            split = RunRecord.read_summary(self.table.run_folder(trial)).get(M.SPLIT_HASH)
+            if split:
+                splits.setdefault(split, []).append(trial.run_id)
+        if len(splits) > 1:
+            groups = "; ".join(f"{len(ids)} on split {split} ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})" for split, ids in splits.items())
+            print(f"warning: the trials of this sweep trained on {len(splits)} different data splits, so their numbers do not "
+                  f"compare: the images changed between calls ({groups}); restore the data, or start a new sweep with --sweep_dir", flush=True)
 
     def _start(self, trial: Trial, tag: str) -> None:
         folder = self.table.run_folder(trial)

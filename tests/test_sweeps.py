@@ -719,3 +719,19 @@ def test_a_trial_killed_by_hyperbands_signal_keeps_its_best_epoch(tmp_path):
     trial = SimpleNamespace(process=SimpleNamespace(returncode=-signal.SIGUSR1), signals_sent=[signal.SIGUSR1], folder=folder)
     ended = outcome(trial, driver_interrupted=False)
     assert ended.state == M.EARLY_STOPPED and ended.best_val_acc == 0.5
+
+
+def test_a_sweep_whose_images_changed_between_calls_says_its_trials_do_not_compare(nature_dir, fixed_args, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(nature_dir, data)
+    sweep = write_yaml(tmp_path / "s.yaml", tiny_definition())
+    fixed = {**fixed_args, "data_dir": str(data), "cache_dir": str(tmp_path / "cache")}
+    run_local_sweep(sweep, count=1, sweep_dir=tmp_path / "sweep", fixed=fixed)
+    assert "different data splits" not in capsys.readouterr().out
+    aves = data / "inaturalist_12K" / "train" / "Aves"
+    shutil.copy(sorted(aves.glob("*.jpg"))[0], aves / "added.jpg")
+    run_local_sweep(sweep, count=2, sweep_dir=tmp_path / "sweep", fixed=fixed)
+    out = capsys.readouterr().out
+    assert "warning: the trials of this sweep trained on 2 different data splits" in out and "start a new sweep with --sweep_dir" in out
