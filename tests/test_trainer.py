@@ -58,6 +58,8 @@ def without_timing(rows):
 
 def test_scratch_run_writes_a_complete_record(base):
     outcome = run_training(scratch(base, run_id="rec"))
+    skipped = (outcome.folder / "skipped_files.txt").read_text().splitlines()  # the scan names 3; all are kept
+    assert sorted(line.split("\t")[0] for line in skipped) == ["Amphibia/broken_000.jpg", "Amphibia/notes.txt", "Aves/truncated_000.jpg"]
     assert outcome.state == M.FINISHED and outcome.exit_code == 0
     folder = outcome.folder
     assert {p.name for p in folder.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt"}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from common.atomic import write_text
 from common.disk import disk_problem, ensure_writable
 from common.errors import EXIT_USER_ERROR, UserError
 from common.provenance import code_version
@@ -41,6 +42,7 @@ from trainer.wandb_log import resolve_mode, start_logger
 from trainer.writer import CheckpointWriter
 
 EXIT_OK, EXIT_FAILED = 0, 1
+SKIPPED_FILES = "skipped_files.txt"  # unreadable files the scan left out: relative path, tab, reason
 
 
 @dataclass
@@ -182,6 +184,10 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     data = load_split(config)
+    if data.index.skipped:  # the scan's warning names a few; the run folder keeps them all
+        listing = record.folder / SKIPPED_FILES
+        write_text(listing, "".join(f"{path}\t{reason}\n" for path, reason in data.index.skipped))
+        print(f"note: all {len(data.index.skipped)} skipped file(s) are listed in {listing}")
     scratch = scratch_config(config)
     model = build_model(config.model, len(data.classes), config.weights, config.aux_loss_weight, config.bn_mode, scratch)
     pre = preprocessing_for(config.model, config.weights, scratch)
