@@ -234,13 +234,15 @@ def _provenance(s: Summary) -> list[str]:
     weights = "; ".join(f"{model}: {', '.join(f'{v} x{c}' for v, c in sorted(versions.items()))}"
                         for model, versions in sorted(p.weights_versions.items()))
     hashes = ", ".join(f"`{h}` x{c}" for h, c in sorted(p.split_hashes.items())) or "–"
+    versions = ", ".join(f"`{v}` x{c}" for v, c in sorted(p.code_versions.items())) or "–"
     out = ["## 8. Provenance", "",
            f"- Source: `{p.source}` (sweep `{p.sweep_name}`, metric `{p.metric_name}` {p.metric_goal or ''})",
            f"- Runs: {p.run_count} ({states}); skipped duplicates: {len(s.duplicates)}",
            f"- Split hashes of successful runs: {hashes}",
            f"- Weights versions by model: {weights or '–'}",
-           f"- Generated: {p.generated_utc}. Every run's effective config, split hash and weights version is in "
-           "`runs.csv`.", ""]
+           f"- Code versions of successful runs: {versions}",
+           f"- Generated: {p.generated_utc}. Every run's effective config, split hash, weights version and code "
+           "version is in `runs.csv`.", ""]
     out += _warnings(s) or ["No comparability warnings.", ""]
     return out
 

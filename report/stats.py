@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from report.table import SCRATCH_MODEL, SEED, RunRecord, RunTable, SkippedDuplicate
+from report.table import CODE_VERSION, SCRATCH_MODEL, SEED, RunRecord, RunTable, SkippedDuplicate
 from trainer import metrics
 
 # From least to most of the backbone trained, so tables and plots read as a dose-response.
@@ -213,6 +213,7 @@ class Provenance:
     weights_versions: dict[str, Counter]
     warnings: list[str]
     generated_utc: str
+    code_versions: Counter = field(default_factory=Counter)  # successful runs that recorded one
 
 
 @dataclass
@@ -328,6 +329,11 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
     if "None" in split_hashes:
         warnings.append(f"{split_hashes['None']} successful runs recorded no {metrics.SPLIT_HASH}: "
                         "nothing shows which data split they were measured on")
+    # Runs that recorded no code version (older trainers) say nothing either way: left out of the count.
+    code_versions = Counter(str(r.summary[CODE_VERSION]) for r in successful if r.summary.get(CODE_VERSION))
+    if len(code_versions) > 1:
+        warnings.append(f"runs came from {len(code_versions)} different code versions ({_counts(code_versions)}): "
+                        "numbers may not compare")
     weights: dict[str, Counter] = defaultdict(Counter)
     for record in successful:
         weights[str(record.model)][str(record.summary.get(metrics.WEIGHTS_VERSION))] += 1
@@ -358,7 +364,7 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
         metric_goal=table.metric_goal, run_count=len(table.records),
         states=Counter(r.state for r in table.records), split_hashes=split_hashes,
         weights_versions=dict(weights), warnings=warnings,
-        generated_utc=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        generated_utc=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), code_versions=code_versions,
     )
 
 

@@ -157,12 +157,49 @@ def test_each_strategy_trains_exactly_the_tensors_of_its_stages(name):
     cases = [("head_only", {}), ("norm_and_head", {}), ("full", {}), ("gradual", {"epoch": 2})]
     cases += [("last_k", {"k_layers": k}) for k in range(n + 1)]
     cases += [("fraction", {"freeze_fraction": f}) for f in (0.25, 0.5, 0.75)]
+    spec = model.spec
+    aux_params = {aux.module: {n for n, _ in model.aux_parameters(aux)} for aux in spec.aux_heads}
+    main_head = {n for n, _ in model.stage_parameters("head")} - set().union(*aux_params.values())
+    assert {f"net.{spec.head_linear}.weight", f"net.{spec.head_linear}.bias"} <= main_head
     for strategy, options in cases:
         stage_plan = plan(model, strategy, **options)
         model.apply_plan(stage_plan)
         assert trainable(model) == expected_trainable(model, stage_plan), (strategy, options)
-        head = {n for n, _ in model.stage_parameters("head")}
-        assert head <= trainable(model) or model.spec.aux_heads  # the head always trains
+        assert main_head <= trainable(model), (strategy, options)  # the main head always trains
+        # An aux head (built with its default loss weight) trains, its new classifier included, exactly while
+        # the stage feeding it trains; otherwise none of it does (it does not even run).
+        for aux in spec.aux_heads:
+            classifier = {f"net.{aux.final_linear}.weight", f"net.{aux.final_linear}.bias"}
+            assert classifier <= aux_params[aux.module]
+            trains = aux_params[aux.module] & trainable(model)
+            feeds = aux.after_stage in stage_plan.trainable_stages
+            assert trains == (aux_params[aux.module] if feeds else set()), (strategy, options, aux.module)
+
+
+# head_only is a linear probe: the new classifier alone, by literal name (not derived from the registry, so a
+# wrong registry entry fails here). Aux heads do not train: the stages feeding them are frozen.
+HEAD_ONLY_TRAINS = {
+    "resnet18": {"net.fc.weight", "net.fc.bias"},
+    "resnet50": {"net.fc.weight", "net.fc.bias"},
+    "vgg16": {"net.classifier.6.weight", "net.classifier.6.bias"},
+    "inception_v3": {"net.fc.weight", "net.fc.bias"},  # not AuxLogits.*
+    "googlenet": {"net.fc.weight", "net.fc.bias"},  # not aux1.* / aux2.*
+    "efficientnet_v2_s": {"net.classifier.1.weight", "net.classifier.1.bias"},  # classifier.0 is the dropout
+    "vit_b_16": {"net.heads.head.weight", "net.heads.head.bias"},  # not the final LayerNorm encoder.ln
+    "mobilenet_v3_small": {"net.classifier.3.weight", "net.classifier.3.bias"},  # not pre_logits' classifier.0
+    "scratch_cnn": {"net.head.weight", "net.head.bias"},  # the trainer runs it under full; the plan still holds
+}
+
+
+def test_head_only_pins_cover_every_backbone():
+    assert set(HEAD_ONLY_TRAINS) == set(every_backbone())
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_ONLY_TRAINS))
+def test_head_only_trains_exactly_the_new_classifier_by_name(name):
+    model = build(name)  # weights=none; VGG-16 and ViT-B/16 build in about a second, nothing runs forward
+    model.apply_plan(plan(model, "head_only"))
+    assert trainable(model) == HEAD_ONLY_TRAINS[name]
 
 
 def test_resnet18_stage_sets_by_name():

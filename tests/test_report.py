@@ -25,6 +25,7 @@ from report.build import FIGURES, build_report
 from report.markdown import ci_text, percent, points, render
 from report.sources import load_table
 from report.stats import mean_ci, pareto_front, summarise
+from report.table import CODE_VERSION
 from trainer import metrics
 
 # run_id: (model, strategy, config overrides, val_acc per epoch, train_seconds, trainable params, state, reason)
@@ -72,7 +73,11 @@ def make_config(run_id: str) -> dict:
 
 
 def make_history(run_id: str) -> list[dict]:
-    val, seconds = RUNS[run_id][3], RUNS[run_id][4]
+    return epochs(RUNS[run_id][3], RUNS[run_id][4])
+
+
+def epochs(val: list[float], seconds: float) -> list[dict]:
+    """metrics.jsonl rows for a val_acc curve; train_acc and val_loss peak elsewhere, so a wrong key shows."""
     return [{metrics.EPOCH: epoch, metrics.TRAIN_LOSS: 1.0 / epoch, metrics.TRAIN_ACC: min(1.0, acc + 0.1),
              metrics.VAL_LOSS: 1.2 - acc, metrics.VAL_ACC: acc, metrics.LR: 1e-3,
              metrics.EPOCH_SECONDS: seconds / len(val), metrics.IMAGES_PER_SECOND: 500.0}
@@ -88,12 +93,22 @@ def make_summary(run_id: str) -> dict:
         metrics.TRAIN_SECONDS: seconds, metrics.WEIGHTS_VERSION: WEIGHTS[model], metrics.SPLIT_HASH: "split-abc123",
         metrics.DEVICE: "cuda:0", metrics.EPOCHS_COMPLETED: len(val), metrics.REASON: reason,
         metrics.CACHE_SECONDS: 30.0 if run_id == "r01" else 0.5,
-        "config_hash": f"hash-{run_id}",
+        "config_hash": f"hash-{run_id}", CODE_VERSION: "abc1234",
     }
 
 
 def expected_best(run_id: str) -> float:
     return max(RUNS[run_id][3])
+
+
+def add_run(runs: Path, run_id: str, like: str, val: list[float], summary: dict, **config) -> None:
+    """A run folder beside the fixture's: `like`'s config with `config` changed, `val` as its val_acc curve."""
+    folder = runs / run_id
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump({**make_config(like), **config,
+                                                        "output_dir": f"/tmp/out/{run_id}"}))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in epochs(val, 100)))
+    (folder / "summary.json").write_text(json.dumps(summary))
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +191,44 @@ def test_leaderboard_ranks_by_best_epoch_not_last(summary, built):
     assert "`r12`" not in text and "`r11`" not in text  # diverged at 95 % and failed never rank
 
 
+def test_a_test_accuracy_never_ranks_a_run(tmp_path, sweep_dir, summary):
+    import shutil
+
+    shutil.copytree(sweep_dir, tmp_path / "sweep")
+    test_dir = tmp_path / "sweep" / "runs" / "r06" / "test"  # r06 ranks second on validation
+    test_dir.mkdir()
+    (test_dir / "test.json").write_text(json.dumps({"test_acc": 0.99, "num_images": 2000, "checkpoint": "best.pt",
+                                                    "best_epoch": make_summary("r06")[metrics.BEST_EPOCH]}))
+    tested = summarise(load_table(str(tmp_path / "sweep")))
+    assert {r.run_id: r.test_acc for r in tested.tested} == {"r04": 0.815, "r06": 0.99}  # read, not set aside
+    assert tested.leaderboard[0].run_id == "r04" and tested.best_fine_tuned.run_id == "r04"
+    assert [r.run_id for r in tested.leaderboard] == [r.run_id for r in summary.leaderboard]
+
+
+def test_a_summary_without_its_best_takes_the_best_logged_val_acc(tmp_path, sweep_dir):
+    import shutil
+
+    shutil.copytree(sweep_dir / "runs", tmp_path / "runs")
+    no_best = {k: v for k, v in make_summary("r01").items() if k not in (metrics.BEST_VAL_ACC, metrics.BEST_EPOCH)}
+    add_run(tmp_path / "runs", "r16", "r01", [0.5, 0.8, 0.6], no_best, lr=3e-3)  # train_acc peaks at 0.9
+    summary = summarise(load_table(str(tmp_path / "runs")))
+    record = next(r for r in summary.successful if r.run_id == "r16")
+    assert (record.best_val_acc, record.best_epoch) == (0.8, 2)  # not the last epoch's 0.6
+    assert not any("r16" in warning for warning in summary.provenance.warnings)
+
+
+def test_a_summary_best_the_history_disagrees_with_is_flagged(tmp_path, sweep_dir):
+    import shutil
+
+    shutil.copytree(sweep_dir / "runs", tmp_path / "runs")
+    claimed = {**make_summary("r01"), metrics.BEST_VAL_ACC: 0.9, metrics.BEST_EPOCH: 2}
+    add_run(tmp_path / "runs", "r16", "r01", [0.5, 0.8, 0.6], claimed, lr=3e-3)
+    summary = summarise(load_table(str(tmp_path / "runs")))
+    assert summary.leaderboard[0].best_val_acc == 0.9  # the summary's number is used, and questioned:
+    assert (f"run r16: summary {metrics.BEST_VAL_ACC}=0.9000 but the best logged epoch has {metrics.VAL_ACC}=0.8000"
+            in summary.provenance.warnings)
+
+
 def test_groups_use_finished_runs_only(summary, built):
     groups = {(g.model, g.strategy): g for g in summary.groups}
     head_only = groups[("resnet50", "head_only")]
@@ -207,6 +260,22 @@ def test_headline_gap_and_seed_interval(summary, built):
     assert points(summary.gap_points) == "+35.00 points" and "+35.00 points" in text
     assert ci_text(group.ci) in text and "over 3 seeds" in text
     assert f"no {'scratch_cnn'} config was repeated over seeds" in text
+
+
+def test_seed_interval_leaves_out_runs_that_did_not_finish(tmp_path, sweep_dir, summary):
+    import shutil
+
+    shutil.copytree(sweep_dir / "runs", tmp_path / "runs")
+    # r04's config again under new seeds: one diverged at a tempting 95 %, one stopped early by the sweep.
+    diverged = {**make_summary("r04"), metrics.STATE: metrics.DIVERGED, metrics.BEST_VAL_ACC: 0.95,
+                metrics.BEST_EPOCH: 2, metrics.EPOCHS_COMPLETED: 2, metrics.REASON: "train_loss is nan at epoch 3"}
+    add_run(tmp_path / "runs", "r16", "r04", [0.75, 0.95], diverged, seed=3)
+    stopped = {**make_summary("r04"), metrics.STATE: metrics.EARLY_STOPPED, metrics.BEST_VAL_ACC: 0.72,
+               metrics.BEST_EPOCH: 2, metrics.EPOCHS_COMPLETED: 2}
+    add_run(tmp_path / "runs", "r17", "r04", [0.70, 0.72], stopped, seed=4)
+    group = summarise(load_table(str(tmp_path / "runs"))).seeds_fine_tuned
+    assert [r.run_id for r in group.records] == ["r04", "r05", "r06"] and group.ci.n == 3
+    assert group.ci == summary.seeds_fine_tuned.ci
 
 
 def test_mean_ci_needs_two_values():
@@ -251,6 +320,7 @@ def test_test_section_and_provenance(built):
         assert f"](test/r04/{name})" in tested and (out / "test" / "r04" / name).exists()
     provenance = section(text, 8)
     assert "`split-abc123` x11" in provenance and "No comparability warnings." in provenance
+    assert "Code versions of successful runs: `abc1234` x11" in provenance
 
 
 def test_the_cost_section_says_what_train_seconds_leave_out(built):
@@ -277,12 +347,13 @@ def test_runs_csv_one_row_per_run(built):
     for column in ("run_id", "state", "model", "strategy", "k_layers", "lr", "seed", "dropout",
                    metrics.BEST_VAL_ACC, metrics.BEST_EPOCH, metrics.EPOCHS_COMPLETED, metrics.TRAIN_SECONDS,
                    metrics.TRAINABLE_PARAMS, metrics.TOTAL_PARAMS, metrics.WEIGHTS_VERSION, metrics.SPLIT_HASH,
-                   metrics.REASON, "test_acc"):
+                   metrics.REASON, "test_acc", "config_hash", CODE_VERSION):
         assert column in columns
     assert "data_dir" not in columns and "output_dir" not in columns
     by_id = {row["run_id"]: row for row in rows}
     assert float(by_id["r02"][metrics.BEST_VAL_ACC]) == 0.81 and by_id["r04"]["test_acc"] == "0.815"
     assert by_id["r12"][metrics.REASON] == RUNS["r12"][7]
+    assert by_id["r02"]["config_hash"] == "hash-r02" and by_id["r02"][CODE_VERSION] == "abc1234"
 
 
 def test_mixed_splits_and_weights_are_flagged(tmp_path, sweep_dir):
@@ -295,6 +366,26 @@ def test_mixed_splits_and_weights_are_flagged(tmp_path, sweep_dir):
     summary_path.write_text(json.dumps(data))
     warnings = " ".join(summarise(load_table(str(tmp_path / "runs"))).provenance.warnings)
     assert "2 different data splits" in warnings and "model resnet50 ran with 2 different weights" in warnings
+
+
+def test_mixed_code_versions_are_flagged(tmp_path, sweep_dir):
+    import shutil
+
+    shutil.copytree(sweep_dir / "runs", tmp_path / "runs")
+
+    def set_code_version(run_id: str, version: str | None) -> None:
+        path = tmp_path / "runs" / run_id / "summary.json"
+        data = {k: v for k, v in json.loads(path.read_text()).items() if k != CODE_VERSION}
+        path.write_text(json.dumps(data if version is None else {**data, CODE_VERSION: version}))
+
+    set_code_version("r03", None)  # trained before runs recorded their code version: not a second version
+    summary = summarise(load_table(str(tmp_path / "runs")))
+    assert not any("code version" in warning for warning in summary.provenance.warnings)
+    set_code_version("r02", "def5678+dirty")
+    summary = summarise(load_table(str(tmp_path / "runs")))
+    warning = "runs came from 2 different code versions (abc1234 x9, def5678+dirty x1): numbers may not compare"
+    assert warning in summary.provenance.warnings
+    assert warning in section(render(summary, {}, {}), 8)
 
 
 def test_a_random_init_backbone_is_not_the_fine_tuned_headline(tmp_path, sweep_dir):
@@ -418,11 +509,24 @@ def test_wandb_state_used_when_our_state_is_missing(monkeypatch):
     assert records["r01"].best_val_acc == 0.72
 
 
+def test_wandb_run_without_its_best_takes_the_best_logged_epoch_not_the_last():
+    from report.sources import _wandb_record
+
+    run = FakeRun("r01", "finished", {}, as_object=True)
+    run.summary = FakeSummary({metrics.STATE: metrics.FINISHED, metrics.VAL_ACC: 0.6, "_runtime": 12.0})  # the last
+    run._history = [{**row, "_step": i} for i, row in enumerate(epochs([0.5, 0.8, 0.6], 100))]
+    record = _wandb_record(run)
+    assert (record.best_val_acc, record.best_epoch) == (0.8, 2)
+
+
 def test_wandb_failure_is_one_line_user_error(monkeypatch):
-    fake_wandb(monkeypatch, error=RuntimeError("api_key not configured (no-tty)\nlong traceback"))
+    key = "0123456789abcdef0123456789abcdef01234567"  # shaped like a W&B API key: 40 characters
+    fake_wandb(monkeypatch, error=RuntimeError(f"api_key {key} rejected (no-tty)\nlong traceback"))
     with pytest.raises(UserError) as caught:
         load_table("team/project/abc123")
-    assert "\n" not in str(caught.value) and "wandb login" in str(caught.value)
+    message = str(caught.value)
+    assert "\n" not in message and "wandb login" in message
+    assert key not in message and key[:20] not in message and "rejected" in message
 
 
 @pytest.mark.parametrize("source", ["", "no/such/folder/here", "missing_folder"])

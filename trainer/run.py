@@ -270,7 +270,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
         "config_hash": identity["config_hash"], "num_train": len(data.split.train), "num_val": len(data.split.val),
         "classes": list(data.classes), "batch_size": batch_size, "feature_cache_depth": feature_depth,
         "precision": str(dtype).replace("torch.", "") if dtype else "fp32", M.CACHE_SECONDS: cache_seconds,
-        "code_version": code_version(), "torch_version": torch.__version__,
+        M.CODE_VERSION: code_version(), "torch_version": torch.__version__,
     }
     record.update_summary(**facts, **{M.STATE: M.RUNNING, M.REASON: None})
     logger.summary(facts)
