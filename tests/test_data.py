@@ -227,6 +227,22 @@ def test_decoded_cache_matches_decoding_store(index, tmp_path):
     assert reopened.path == cache.path and len(list(tmp_path.glob("*.u8"))) == 1
 
 
+def test_loader_workers_started_by_spawn_get_the_same_batches(index, tmp_path):
+    """macOS starts worker processes by spawn, and Python 3.14 on Linux by forkserver: the stores travel to the
+    workers pickled, the memory-mapped cache reopened there, not inherited."""
+    import pickle
+
+    cache = DecodedImageCache.build_or_open(index, 16, "bilinear", tmp_path, progress=False)
+    indices = np.arange(len(index))
+    expected = [images for images, _ in BatchLoader(cache, indices, index.labels, 8, seed=1, shuffle=True).epoch(1)]
+    loader = BatchLoader(cache, indices, index.labels, 8, seed=1, shuffle=True, num_workers=1)
+    loader.loader.multiprocessing_context = "spawn"
+    got = [images for images, _ in loader.epoch(1)]
+    assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
+    decoding = pickle.loads(pickle.dumps(DecodingStore(index, 16)))  # the store when the cache is off
+    assert np.array_equal(decoding.read(indices[:8]), cache.read(indices[:8]))
+
+
 def test_batch_loader_order_is_seeded_and_resumable(index):
     indices = np.arange(len(index))
     store = DecodingStore(index, 16)
