@@ -142,6 +142,45 @@ def test_real_aux_heads_follow_the_plan(name):
     assert [a.shape for a in aux_logits] == [(2, NUM_CLASSES)] * len(spec.aux_heads)
 
 
+# Where each aux head hangs, as torchvision's own forward has it (googlenet.py, inception.py in torchvision
+# 0.29): aux head -> (our stage, the torchvision module whose output feeds it). Literal, not read from the registry.
+AUX_FEEDS = {
+    "googlenet": {"aux1": ("inception4a", "inception4a"), "aux2": ("inception4d", "inception4d")},
+    "inception_v3": {"AuxLogits": ("mixed_6e", "Mixed_6e")},
+}
+
+
+def test_every_backbone_with_aux_heads_has_its_feeds_pinned():
+    assert {name for name in backbone_names() if get_spec(name).aux_heads} == set(AUX_FEEDS)
+
+
+@pytest.mark.parametrize("name", sorted(AUX_FEEDS))
+def test_each_aux_head_is_fed_by_the_stage_torchvision_feeds_it_from(name):
+    """By name, and by what the staged forward really hands each aux head (one forward in train mode, no grad:
+    GoogLeNet at 64 px and Inception v3 at 299 px take about a second each on 2 cores)."""
+    spec = get_spec(name)
+    assert {aux.module: aux.after_stage for aux in spec.aux_heads} == {
+        module: stage for module, (stage, _) in AUX_FEEDS[name].items()}
+
+    model = build(name).train()
+    outputs, fed = {}, {}
+    hooks = [model.net.get_submodule(source).register_forward_hook(
+                 lambda module, inputs, output, source=source: outputs.__setitem__(source, output))
+             for _, source in AUX_FEEDS[name].values()]
+    hooks += [model.net.get_submodule(aux).register_forward_pre_hook(
+                  lambda module, inputs, aux=aux: fed.__setitem__(aux, inputs[0]))
+              for aux in AUX_FEEDS[name]]
+    try:
+        with torch.no_grad():
+            _, aux_logits = model(images(name))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(aux_logits) == len(AUX_FEEDS[name]) and fed.keys() == AUX_FEEDS[name].keys()
+    for aux, (_, source) in AUX_FEEDS[name].items():
+        assert torch.equal(fed[aux], outputs[source]), f"{aux} is not fed by {source}"
+
+
 # A tiny two-stage net with an aux head, so the aux logic is tested in the default (fast) run too.
 class _TinyAuxNet(nn.Module):
     def __init__(self):
