@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as exc:  # a read-only or full disk met outside a run (which records its own)
-        problem = disk_problem(exc, WRITE_HINTS.get(command, "choose a folder you can write to"))
+        problem = disk_problem(exc, WRITE_HINTS.get(command, "choose a folder you can write to"), permissions=True)
         if problem is None:
             raise
         print(f"error: {problem}", file=sys.stderr)

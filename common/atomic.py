@@ -20,11 +20,13 @@ def atomic_write(path: Path | str, write: Callable[[Any], None], mode: str = "w"
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:  # write() names no file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

@@ -4,6 +4,7 @@ option to change, never a bus error from a memory-mapped file or an error from d
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,15 +34,20 @@ def ensure_writable(folder: Path | str, what: str, option: str) -> Path:
     return folder
 
 
-DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the disk's state, not the file's or the code's
+PERMISSION_ERRNOS = (errno.EACCES, errno.EPERM)
 
 
-def disk_problem(exc: BaseException, hint: str = "choose a folder you can write to") -> UserError | None:
-    """A full, read-only or forbidden disk as a one-line UserError naming the file; None for other errors."""
-    if not isinstance(exc, OSError) or exc.errno not in DISK_ERRNOS:
+def disk_problem(exc: BaseException, hint: str = "choose a folder you can write to", permissions: bool = False) -> UserError | None:
+    """A full or read-only disk (with `permissions`, also a file this user may not touch) as a one-line UserError
+    naming the file; None for other errors."""
+    if not isinstance(exc, OSError) or exc.errno not in DISK_ERRNOS + (PERMISSION_ERRNOS if permissions else ()):
         return None
+    where = exc.filename or "a file"
+    if exc.errno in PERMISSION_ERRNOS:
+        return UserError(f"{exc.strerror or exc} for {where}: check its permissions, or {hint}")
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return UserError(f"{exc.strerror or exc} for {exc.filename or 'a file'}: {'free some space or ' if full else ''}{hint}")
+    return UserError(f"{exc.strerror or exc} for {where}: {'free some space or ' if full else ''}{hint}")
 
 
 def size_text(count: int) -> str:
@@ -51,8 +57,29 @@ def size_text(count: int) -> str:
 
 
 def ensure_space(folder: Path | str, needed: int, what: str, option: str) -> None:
-    """Refuse to start writing `needed` bytes into `folder` unless they fit with a margin to spare."""
-    free = shutil.disk_usage(folder).free
-    if free < needed + MARGIN:
-        raise UserError(f"not enough free space in {folder} for {what}: it needs {size_text(needed)} and "
-                        f"{size_text(free)} are free; free some space or pass {option} on a bigger disk")
+    """Refuse to start writing `needed` bytes into `folder` unless they fit with a margin to spare (as large as
+    the file, up to MARGIN: logs and summaries still have to fit after it)."""
+    free, margin = shutil.disk_usage(folder).free, min(MARGIN, needed)
+    if free < needed + margin:
+        raise UserError(f"not enough free space in {folder} for {what}: it needs {size_text(needed)} (and "
+                        f"{size_text(margin)} to spare) but {size_text(free)} are free; free some space or pass {option} on a bigger disk")
+
+
+def reserve(path: Path, size: int, what: str, option: str) -> None:
+    """Create `path` with `size` bytes allocated on disk. A memory-mapped file is sparse: without its blocks
+    reserved, a disk that another writer fills meanwhile kills the process with SIGBUS instead of an error."""
+    ensure_space(path.parent, size, what, option)
+    with open(path, "wb") as handle:
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(handle.fileno(), 0, size)
+            else:  # macOS: no reservation, the size only
+                handle.truncate(size)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve: the checked space has to do
+                handle.truncate(size)
+                return
+            path.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UserError(f"not enough free space in {path.parent} for {what} ({size_text(size)}): free some space or pass {option} on a bigger disk") from None
+            raise

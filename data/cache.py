@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import write_json
-from common.disk import ensure_space
+from common.disk import reserve
 from common.locks import file_lock
 from data.images import DECODE_VERSION, decode_working
 from data.scan import ImageIndex
@@ -71,9 +71,9 @@ def _build(index: ImageIndex, size: int, interpolation: str, path: Path, meta_pa
     tmp = path.with_suffix(".u8.tmp")
     count = len(index)
     tmp.unlink(missing_ok=True)  # a build killed earlier (the lock is ours now)
-    # A memory-mapped file that outgrows the disk kills the process with SIGBUS: check before writing.
-    ensure_space(path.parent, count * size * size * 3, f"the decoded-image cache ({count} images at {size}px)", CACHE_OPTION)
-    out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(count, size, size, 3))
+    # A memory-mapped file that outgrows the disk kills the process with SIGBUS: its blocks are reserved first.
+    reserve(tmp, count * size * size * 3, f"the decoded-image cache ({count} images at {size}px)", CACHE_OPTION)
+    out = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(count, size, size, 3))
     started = time.perf_counter()
 
     def decode(i: int) -> None:

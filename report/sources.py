@@ -19,6 +19,7 @@ from common.errors import UserError
 from report.table import (CHECKPOINT, DUPLICATE, NUM_IMAGES, PER_CLASS_ACC, TEST_ACC, RunRecord, RunTable,
                           SkippedDuplicate, finite)
 from trainer import metrics
+from trainer.record import RunRecord as RunLock  # the trainer's record: who holds a run folder now
 from trainer.wandb_log import EFFECTIVE_KEY
 
 CONFIG_FILE = "config.yaml"
@@ -82,6 +83,7 @@ def _load_local(path: Path) -> RunTable:
     metric = sweep.get("metric") or {}
 
     records = [_read_run_folder(folder) for folder in run_folders]
+    folder_of = {folder.name: folder for folder in run_folders}
     duplicates: list[SkippedDuplicate] = []
     known = {r.run_id for r in records}
     rows = _read_jsonl(sweep_dir / TABLE_FILE) if sweep_dir else []
@@ -89,7 +91,7 @@ def _load_local(path: Path) -> RunTable:
     for i, record in enumerate(records):
         # A trial killed outright (a signal, a full disk) could not say so in its folder; the sweep's table did.
         row = ended.get(record.run_id)
-        if record.state == metrics.RUNNING and row is not None:
+        if record.state == metrics.RUNNING and row is not None and not RunLock.held_by(folder_of[record.run_id]):
             summary = {**record.summary, metrics.STATE: row["state"], metrics.REASON: row.get("reason")}
             records[i] = dataclasses.replace(record, state=str(row["state"]), summary=summary)
     for row in rows:

@@ -22,6 +22,7 @@ call retries the trials that failed on setup, so fixing the cause and running th
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 from collections import Counter
@@ -61,6 +62,9 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
     sweep_dir = (Path(sweep_dir) if sweep_dir else Path("sweep_runs") / Path(sweep_yaml).stem).resolve()
     existed = sweep_dir.exists()
     if not existed:
+        parent = next(p for p in sweep_dir.parents if p.exists())  # checked before a download, creating nothing
+        if not os.access(parent, os.W_OK):
+            raise UserError(f"sweep folder {sweep_dir} cannot be created: {parent} is not writable; pass --sweep_dir with a writable folder")
         prepare_dataset(definition, fixed)  # a first call that fails here leaves no sweep folder behind
     ensure_writable(sweep_dir, "sweep folder", "--sweep_dir")
     with exclusive(sweep_dir):
@@ -289,13 +293,19 @@ class LocalSweep:
         return True
 
     def _warn_if_the_data_changed(self) -> None:
-        """Trials that trained on different splits (images added, removed or edited between calls) do not compare."""
-        splits: dict[str, list[str]] = {}
+        """Trials that asked for the same split (split seed and fractions) but got different ones, because images
+        were added, removed or renamed between calls, do not compare. A sweep over the split's own settings is fine."""
+        by_request: dict[tuple, dict[str, list[str]]] = {}
         for trial in self.table:
-            split = RunRecord.read_summary(self.table.run_folder(trial)).get(M.SPLIT_HASH)
+            folder = self.table.run_folder(trial)
+            split = RunRecord.read_summary(folder).get(M.SPLIT_HASH)
+            config = RunRecord.saved_config(folder) or {}
             if split:
-                splits.setdefault(split, []).append(trial.run_id)
-        if len(splits) > 1:
+                request = tuple(config.get(key) for key in ("split_seed", "val_fraction", "subset_fraction"))
+                by_request.setdefault(request, {}).setdefault(split, []).append(trial.run_id)
+        for splits in by_request.values():
+            if len(splits) < 2:
+                continue
             groups = "; ".join(f"{len(ids)} on split {split} ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})" for split, ids in splits.items())
             print(f"warning: the trials of this sweep trained on {len(splits)} different data splits, so their numbers do not "
                   f"compare: the images changed between calls ({groups}); restore the data, or start a new sweep with --sweep_dir", flush=True)

@@ -113,7 +113,8 @@ class TrialTable:
 def failed_on_setup(trial: Trial) -> bool:
     """A launched trial that ended on a user mistake (exit code 2: data, weights, a setting this machine cannot
     run): nothing about its config was learned, so a later call retries it once the mistake is fixed."""
-    return trial.state == M.FAILED and trial.exit_code == EXIT_USER_ERROR
+    # One that trained before its disk filled up (exit 2 too) has taught something: it stays failed.
+    return trial.state == M.FAILED and trial.exit_code == EXIT_USER_ERROR and trial.best_val_acc is None
 
 
 def binds_folder(trial: Trial) -> bool:

@@ -109,10 +109,9 @@ class LaunchedTrial:
 
 def launch(run_id: str, folder: Path, command: list[str], gpu: str | None) -> LaunchedTrial:
     holder = RunRecord.held_by(folder)
-    if holder:  # the sweep process that launched it was killed, the trial was not
-        kill = f" (kill {holder.removeprefix('pid ')})" if holder.startswith("pid") else ""
-        raise UserError(f"trial {run_id} is still being trained by an earlier sweep's process ({holder}) in {folder}: "
-                        f"wait for it to end or stop it{kill}, then run the same sweep command again")
+    if holder:  # the sweep process that launched it was killed, the trial was not (or it is being tested)
+        raise UserError(f"trial {run_id} is still {holder} in {folder}: wait for it to end or stop it, "
+                        f"then run the same sweep command again")
     folder.mkdir(parents=True, exist_ok=True)
     if read_summary(folder):
         # A relaunch: its summary says how its previous life ended until the trial writes its own. Marked running

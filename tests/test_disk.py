@@ -10,6 +10,7 @@ from collections import namedtuple
 import pytest
 import torch
 
+import common.atomic
 import common.disk
 from common.errors import UserError
 from data.cache import DecodedImageCache
@@ -36,10 +37,10 @@ def run_config(nature_dir, tmp_path, **overrides):
 
 def test_an_image_cache_that_would_not_fit_is_refused_before_a_byte_is_written(nature_dir, tmp_path, monkeypatch):
     index = scan_folder(locate_dataset(nature_dir, download=False).train_dir, verbose=False)
-    disk_with_free(monkeypatch, 2**20)  # 1 MB free; the cache needs 0.4 MB plus the margin
+    disk_with_free(monkeypatch, int(0.6 * 2**20))  # the cache needs 0.4 MB, and as much to spare
     assert len(index) * 64 * 64 * 3 == pytest.approx(0.4 * 2**20, rel=0.1)
     with pytest.raises(UserError, match=rf"not enough free space in .*cache for the decoded-image cache \({len(index)} images at 64px\): "
-                                        r"it needs 0.4 MB and 1.0 MB are free; free some space or pass --cache_dir"):
+                                        r"it needs 0.4 MB \(and 0.4 MB to spare\) but 0.6 MB are free; free some space or pass --cache_dir"):
         DecodedImageCache.build_or_open(index, 64, "bilinear", tmp_path / "cache", progress=False)
     assert not list((tmp_path / "cache").glob("*.u8*"))  # no half cache filling the disk (SIGBUS on a real one)
 
@@ -57,7 +58,7 @@ def test_a_failed_cache_build_leaves_no_temporary_file(nature_dir, tmp_path, mon
 def test_a_checkpoint_that_would_not_fit_is_named_with_its_size(tmp_path, monkeypatch):
     payload = {"model": {"w": torch.zeros(2**20)}}  # 4 MB
     disk_with_free(monkeypatch, 2**20)
-    with pytest.raises(UserError, match=r"for checkpoint last.pt: it needs 4.0 MB and 1.0 MB are free; free some space or pass --output_dir"):
+    with pytest.raises(UserError, match=r"for checkpoint last.pt: it needs 4.0 MB \(and 4.0 MB to spare\) but 1.0 MB are free; free some space or pass --output_dir on"):
         write_checkpoint(tmp_path / "last.pt", payload)
     assert not list(tmp_path.iterdir())
 
@@ -110,3 +111,64 @@ def test_a_data_dir_that_holds_nothing_and_cannot_be_written_is_not_downloaded_i
     blocker.write_text("a read-only mount, as far as writing goes")
     with pytest.raises(UserError, match=r"holds no dataset, and nature_12K cannot be downloaded into it \(Not a directory\): pass the --data_dir of the dataset itself"):
         download_dataset(blocker / "nature-12k", url="http://127.0.0.1:9/none.zip")
+
+
+def test_a_small_file_needs_no_more_than_its_own_size_to_spare(tmp_path, monkeypatch):
+    disk_with_free(monkeypatch, 50 * 2**20)  # 50 MB free: a 1.2 MB checkpoint fits well
+    common.disk.ensure_space(tmp_path, int(1.2 * 2**20), "checkpoint last.pt", "--output_dir")
+    with pytest.raises(UserError, match=r"it needs 40 MB \(and 40 MB to spare\) but 50 MB are free"):
+        common.disk.ensure_space(tmp_path, 40 * 2**20, "checkpoint last.pt", "--output_dir")
+
+
+def test_a_cache_file_has_its_blocks_reserved_or_is_refused(tmp_path, monkeypatch):
+    common.disk.reserve(tmp_path / "a.u8.tmp", 3 * 2**20, "the cache", "--cache_dir")
+    assert (tmp_path / "a.u8.tmp").stat().st_size == 3 * 2**20
+    assert (tmp_path / "a.u8.tmp").stat().st_blocks * 512 >= 3 * 2**20  # allocated, not sparse
+
+    def full(fd, offset, size):  # another writer filled the disk since the free space was read
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(common.disk.os, "posix_fallocate", full, raising=False)
+    with pytest.raises(UserError, match=r"not enough free space in .* for the cache \(3.0 MB\): free some space or pass --cache_dir"):
+        common.disk.reserve(tmp_path / "b.u8.tmp", 3 * 2**20, "the cache", "--cache_dir")
+    assert not (tmp_path / "b.u8.tmp").exists()
+
+
+def test_a_write_error_names_the_file_and_only_disk_states_become_setup_failures(tmp_path):
+    from common.atomic import write_bytes
+    from common.disk import disk_problem
+
+    def full(handle):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no file name
+
+    with pytest.raises(OSError) as raised:
+        common.atomic.atomic_write(tmp_path / "summary.json", full)
+    assert raised.value.filename == str(tmp_path / "summary.json") and raised.value.errno == errno.ENOSPC
+    write_bytes(tmp_path / "ok.bin", b"x")  # unaffected
+    assert disk_problem(PermissionError(errno.EACCES, "Permission denied", "/root/.cache/torch")) is None  # a run's own bug
+    assert "check its permissions" in str(disk_problem(PermissionError(errno.EACCES, "Permission denied", "/x"), permissions=True))
+
+
+def test_a_full_disk_inside_a_run_names_the_option_of_its_folder(nature_dir, tmp_path, monkeypatch):
+    from trainer.run import _disk_hint
+
+    config = run_config(nature_dir, tmp_path, checkpoint_store=str(tmp_path / "drive"))
+    hint = lambda name: _disk_hint(config, OSError(errno.ENOSPC, "No space left on device", str(name)))  # noqa: E731
+    assert hint(tmp_path / "cache" / "images.u8.tmp") == "pass --cache_dir with a folder on another disk"
+    assert hint(tmp_path / "drive" / "r" / "last.pt") == "pass --checkpoint_store with a folder on another disk"
+    assert hint(tmp_path / "runs" / "r" / "metrics.jsonl") == "pass --output_dir with a folder on another disk"
+    assert "--output_dir, --cache_dir or --checkpoint_store" in _disk_hint(config, OSError(errno.ENOSPC, "No space left on device"))
+
+    real = common.disk.shutil.disk_usage
+    monkeypatch.setattr(common.disk.shutil, "disk_usage", lambda p: Usage(1, 1, 2**10) if "drive" in str(p) else real(p))
+    with pytest.raises(UserError, match=r"not enough free space in .*drive.* for the copy of last.pt: .* pass --checkpoint_store on a bigger disk"):
+        run_training(run_config(nature_dir, tmp_path, run_id="store-full", checkpoint_store=str(tmp_path / "drive")))
+
+
+def test_a_file_system_that_cannot_reserve_still_gets_its_file(tmp_path, monkeypatch):
+    def unsupported(fd, offset, size):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(common.disk.os, "posix_fallocate", unsupported, raising=False)
+    common.disk.reserve(tmp_path / "c.u8.tmp", 2**20, "the cache", "--cache_dir")
+    assert (tmp_path / "c.u8.tmp").stat().st_size == 2**20

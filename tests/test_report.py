@@ -603,3 +603,20 @@ def test_a_test_result_of_an_earlier_best_epoch_is_left_out(tmp_path, sweep_dir,
     records = {r.run_id: r for r in load_table(str(tmp_path / "runs")).records}
     assert records["r04"].test_acc is None
     assert "tested epoch 1, but the run's best epoch is now 2" in capsys.readouterr().out
+
+
+def test_a_run_resumed_by_hand_while_the_table_says_it_ended_shows_as_running(tmp_path, sweep_dir):
+    import shutil
+
+    from trainer.record import RunRecord as RunFolder
+
+    shutil.copytree(sweep_dir, tmp_path / "sweep")
+    folder = tmp_path / "sweep" / "runs" / "r03"
+    summary_path = folder / "summary.json"
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), metrics.STATE: "running"}))
+    table_path = tmp_path / "sweep" / "table.jsonl"
+    ended = {"run_id": "r03", "state": "preempted", "config": make_config("r03"), "reason": "interrupted", "duplicate_of": None}
+    table_path.write_text(table_path.read_text() + json.dumps(ended) + "\n")
+    with RunFolder(folder).exclusive():  # `agent.py --run_id=r03` training it now
+        assert {r.run_id: r.state for r in load_table(str(tmp_path / "sweep")).records}["r03"] == "running"
+    assert {r.run_id: r.state for r in load_table(str(tmp_path / "sweep")).records}["r03"] == "preempted"

@@ -670,7 +670,7 @@ def test_a_trial_still_trained_by_a_killed_sweeps_process_is_not_relaunched(tmp_
     summary = {M.STATE: M.RUNNING, M.EPOCHS_COMPLETED: 3}
     with RunRecord(folder).exclusive():  # the orphaned trial, training on
         RunRecord(folder).update_summary(**summary)
-        with pytest.raises(UserError, match=rf"trial t-001 is still being trained by an earlier sweep's process \(pid {os.getpid()}\).*kill {os.getpid()}"):
+        with pytest.raises(UserError, match=rf"trial t-001 is still being trained by another process \(pid {os.getpid()}\).*stop it, then run the same sweep command again"):
             launch("t-001", folder, [sys.executable, "-c", "pass"], None)
     assert RunRecord.read_summary(folder) == summary  # its record untouched
 
@@ -735,3 +735,32 @@ def test_a_sweep_whose_images_changed_between_calls_says_its_trials_do_not_compa
     run_local_sweep(sweep, count=2, sweep_dir=tmp_path / "sweep", fixed=fixed)
     out = capsys.readouterr().out
     assert "warning: the trials of this sweep trained on 2 different data splits" in out and "start a new sweep with --sweep_dir" in out
+
+
+def test_a_sweep_over_the_splits_own_settings_is_no_changed_data(fixed_args, tmp_path, capsys):
+    definition = tiny_definition(activation={"value": "relu"}, lr={"value": 1e-3}, subset_fraction={"values": [0.5, 1.0]})
+    sweep = write_yaml(tmp_path / "subsets.yaml", definition)
+    run_local_sweep(sweep, count=2, sweep_dir=tmp_path / "sweep", fixed={**fixed_args, "cache_dir": str(tmp_path / "cache")})
+    rows = table_rows(tmp_path / "sweep")
+    assert len({summary_of(tmp_path / "sweep", r["run_id"])[M.SPLIT_HASH] for r in rows}) == 2
+    assert "different data splits" not in capsys.readouterr().out
+
+
+def test_a_trial_that_trained_before_its_disk_filled_up_is_no_setup_failure():
+    from sweeper.table import binds_folder, failed_on_setup
+
+    setup = Trial("t-001", M.FAILED, {}, "h", {}, exit_code=2)
+    trained = Trial("t-002", M.FAILED, {}, "h", {}, exit_code=2, best_val_acc=0.4)
+    assert failed_on_setup(setup) and not binds_folder(setup)
+    assert not failed_on_setup(trained) and binds_folder(trained)
+
+
+def test_a_sweep_folder_that_cannot_be_created_is_refused_before_the_dataset_step(tmp_path, fixed_args, monkeypatch):
+    import sweeper.local
+
+    prepared = []
+    monkeypatch.setattr(sweeper.local, "prepare_dataset", lambda *a: prepared.append(a))
+    monkeypatch.setattr(sweeper.local.os, "access", lambda path, mode: False)  # as a read-only parent answers
+    with pytest.raises(UserError, match=r"sweep folder .*new cannot be created: .* is not writable; pass --sweep_dir"):
+        run_local_sweep(ROOT / "sweeps" / "tiny.yaml", count=1, sweep_dir=tmp_path / "new", fixed=fixed_args)
+    assert not prepared and not (tmp_path / "new").exists()

@@ -694,7 +694,10 @@ def test_a_run_folder_in_use_by_another_process_is_refused(base):
 
     config = scratch(base, run_id="busy", epochs=1)
     with RunRecord(config.output_dir + "/busy").exclusive():  # another process holds it (flock is per open file)
-        with pytest.raises(UserError, match="being trained by another process"):
+        with pytest.raises(UserError, match=rf"being trained by another process \(pid {os.getpid()}\)"):
+            run_training(config)
+        (Path(config.output_dir) / "busy" / ".lock").write_text("99999999 training")  # a pid no process has
+        with pytest.raises(UserError, match=r"is being trained by another process in "):  # named only while alive
             run_training(config)
     assert run_training(config).state == M.FINISHED
 
@@ -990,9 +993,12 @@ def test_the_test_command_refuses_a_run_in_training_and_a_read_only_folder(base,
 
     outcome = run_training(scratch(base, run_id="busy-test", epochs=1))
     with RunRecord(outcome.folder).exclusive():  # the trainer holds it for the whole run
-        with pytest.raises(UserError, match=rf"being trained by another process \(pid {os.getpid()}\).*test it once its training has ended"):
+        with pytest.raises(UserError, match=rf"being trained by another process \(pid {os.getpid()}\).*test it once that has ended"):
             evaluate_on_test_set(outcome.folder)
-        assert RunRecord.held_by(outcome.folder) == f"pid {os.getpid()}"
+        assert RunRecord.held_by(outcome.folder) == f"being trained by another process (pid {os.getpid()})"
+    with RunRecord(outcome.folder).exclusive("testing"):  # a test holds it: a run is told so, not "trained"
+        with pytest.raises(UserError, match=rf"is being tested by another process \(pid {os.getpid()}\)"):
+            run_training(scratch(base, run_id="busy-test", epochs=1))
     assert RunRecord.held_by(outcome.folder) is None
     import trainer.evaluate
 

@@ -103,7 +103,7 @@ def tensor_bytes(value: Any) -> int:
 def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Atomically; a disk too full for it is named (torch.save's own error would not say why)."""
     needed = tensor_bytes(payload)
-    what, option = f"checkpoint {path.name}", "--output_dir (or --checkpoint_store)"
+    what, option = f"checkpoint {path.name}", "--output_dir"
     ensure_space(path.parent, needed, what, option)
     try:
         atomic_write(path, lambda handle: torch.save(payload, handle), mode="wb")

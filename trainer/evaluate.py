@@ -28,7 +28,7 @@ from data.scan import check_same_classes, scan_folder
 from models import build_model, preprocessing_for
 from trainer import metrics as M
 from trainer.config import config_hash, parse_run_config, rehash
-from trainer.record import BEST_CHECKPOINT, RunRecord
+from trainer.record import BEST_CHECKPOINT, TESTING, RunRecord
 from trainer.run import resolve_device, resolve_precision, scratch_config
 
 GRID_ROWS, GRID_COLUMNS = 10, 3
@@ -65,7 +65,7 @@ def evaluate_on_test_set(run_folder: Path, data_dir: str | None = None, device: 
         raise UserError(f"{run_folder} is read-only, and the test writes its results into it: copy the run folder somewhere "
                         f"writable (cp -r {run_folder} <writable folder>/) and test the copy")
     record = RunRecord(run_folder)
-    with record.exclusive(busy="test it once its training has ended"):  # its summary and best.pt are in flux
+    with record.exclusive(TESTING, busy="test it once that has ended"):  # its summary and best.pt are in flux
         record.summary = RunRecord.read_summary(run_folder)  # as the trainer left it
         _note_unfinished(record.summary, saved, run_folder)
         return _evaluate(run_folder, record, saved, checkpoint, data_dir, device)

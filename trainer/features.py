@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from common.atomic import write_json
-from common.disk import ensure_space
+from common.disk import reserve
 from common.locks import file_lock
 from data.cache import CACHE_OPTION
 from data.images import DECODE_VERSION
@@ -83,8 +83,8 @@ def build_or_open_features(model, depth: int, image_store, indices: np.ndarray, 
                         features = model.forward_range(to_input(images), 0, depth)
                     if out is None:  # the first batch gives the size: check the disk before the file can outgrow it
                         needed = len(rows) * int(np.prod(features.shape[1:])) * 2
-                        ensure_space(path.parent, needed, f"the frozen-stage feature cache ({len(rows)} images, depth {depth})", CACHE_OPTION)
-                        out = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(len(rows), *features.shape[1:]))
+                        reserve(tmp, needed, f"the frozen-stage feature cache ({len(rows)} images, depth {depth})", CACHE_OPTION)
+                        out = np.memmap(tmp, dtype=np.float16, mode="r+", shape=(len(rows), *features.shape[1:]))
                     out[written : written + len(features)] = features.float().cpu().numpy().astype(np.float16)
                     written += len(features)
                 out.flush()

@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,23 @@ from trainer import metrics as M
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.jsonl", "summary.json"
 LAST_CHECKPOINT, BEST_CHECKPOINT = "last.pt", "best.pt"
 PREVIOUS_BEST = "best.previous.pt"  # the best.pt of a model a fresh start replaced
+TRAINING, TESTING = "training", "testing"  # what the holder of a run's lock is doing
+
+
+def _holder(text: str) -> str:
+    """The lock file's "<pid> <role>" in words; a pid is named only while that process lives."""
+    pid, _, role = text.strip().partition(" ")
+    alive = False
+    if pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+            alive = True
+        except PermissionError:
+            alive = True
+        except OSError:
+            pass
+    doing = "being tested" if role == TESTING else "being trained"
+    return f"{doing} by another process{f' (pid {pid})' if alive else ''}"
 
 
 class RunRecord:
@@ -34,22 +52,28 @@ class RunRecord:
         self.summary: dict[str, Any] = self.read_summary(self.folder)
 
     @contextmanager
-    def exclusive(self, busy: str = "wait for it or use another --run_id"):
-        """Held for the whole run (and a test of it): a second process on the run folder is refused, never
-        interleaved. The holder's process id is written in the lock file, so the refusal can name it."""
+    def exclusive(self, role: str = TRAINING, busy: str = "wait for it or use another --run_id"):
+        """Held for the whole run (`role` training) or a test of it (testing): a second process on the run folder
+        is refused, never interleaved. The holder writes its process id and role in the lock file, so a refusal
+        can say who holds it."""
         handle = open(self.folder / ".lock", "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip()
-            handle.close()
-            raise UserError(f"run {self.folder.name} is being trained by another process{f' (pid {holder})' if holder.isdigit() else ''} "
-                            f"in {self.folder}: {busy}") from None
+        deadline = time.monotonic() + 0.5  # a moment's shared lock (another process looking: `held_by`) is no holder
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                handle.seek(0)
+                holder = _holder(handle.read())
+                handle.close()
+                raise UserError(f"run {self.folder.name} is {holder} in {self.folder}: {busy}") from None
         try:
             handle.seek(0)
             handle.truncate()
-            handle.write(str(os.getpid()))
+            handle.write(f"{os.getpid()} {role}")
             handle.flush()
             yield self
         finally:
@@ -59,7 +83,8 @@ class RunRecord:
 
     @staticmethod
     def held_by(folder: Path) -> str | None:
-        """Who holds the run's lock (a process id, or "another process"); None when nobody does. Creates nothing."""
+        """Who holds the run's lock, in words ("being trained by another process (pid 12)"); None when nobody
+        does. Creates nothing."""
         path = Path(folder) / ".lock"
         if not path.exists():
             return None
@@ -67,8 +92,7 @@ class RunRecord:
             try:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = handle.read().strip()
-                return f"pid {holder}" if holder.isdigit() else "another process"
+                return _holder(handle.read())
             fcntl.flock(handle, fcntl.LOCK_UN)
         return None
 

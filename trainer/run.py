@@ -64,7 +64,7 @@ def resolve_run_id(config: RunConfig) -> str:
     if config.run_id:
         return config.run_id
     if config.resume:
-        latest = latest_unfinished_run(Path(config.output_dir))
+        latest = latest_unfinished_run(Path(config.output_dir).expanduser())
         if latest is None:
             raise UserError(f"--resume: no unfinished run with a checkpoint in {config.output_dir}; pass --run_id=ID of the run to resume")
         return latest
@@ -318,7 +318,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
 
 def run_training(config: RunConfig) -> RunOutcome:
     run_id = resolve_run_id(config)
-    folder = Path(config.output_dir) / run_id
+    folder = Path(config.output_dir).expanduser() / run_id  # `--output_dir=~/runs`: the shell leaves ~ as it is
     in_wandb = config.checkpoint_store == "wandb" or (config.checkpoint_store == "auto" and resolve_mode(config.wandb_mode) == "online")
     if config.resume and not folder.is_dir() and not in_wandb:
         # Nothing local, and a store on disk (or none) can be looked at now: a mistyped run id leaves no run folder.
@@ -346,7 +346,7 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
     record.write_config(config_dict)
     # With config.yaml, at once: a rerun that fails before training must not leave the old hash beside a new config.
     record.update_summary(run_id=run_id, config_hash=config_hash(config), **{M.STATE: M.RUNNING, M.REASON: None}, started_at=datetime.datetime.now().isoformat(timespec="seconds"))
-    logger = start_logger(config.wandb_mode, config.wandb_project, config.wandb_entity, run_id, config_dict, Path(config.output_dir), effective_config(config))
+    logger = start_logger(config.wandb_mode, config.wandb_project, config.wandb_entity, run_id, config_dict, folder.parent, effective_config(config))
     print(f"run {run_id}: {config.model} strategy={config.strategy} -> {folder}")
 
     state_name, reason, exit_code, facts, loop_state = M.FAILED, None, EXIT_FAILED, {}, LoopState()
@@ -391,7 +391,7 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
                 _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
                 raise
             except Exception as exc:  # the run boundary: record why, let the sweep go on
-                problem = disk_problem(exc, "pass --output_dir (and --cache_dir) with folders you can write to")
+                problem = disk_problem(exc, _disk_hint(config, exc))
                 if problem is not None:  # the machine's, not the trial's: a sweep retries it as a setup failure
                     state_name, reason, exit_code = M.FAILED, str(problem), EXIT_USER_ERROR
                     _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
@@ -409,6 +409,18 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
         store.close(timeout=20 if state_name == M.PREEMPTED else 600)
         summary = _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
     return RunOutcome(run_id, folder, state_name, exit_code, summary)
+
+
+def _disk_hint(config: RunConfig, exc: BaseException) -> str:
+    """Which option moves the file that could not be written (`exc.filename`) to another disk."""
+    options = {"--output_dir": config.output_dir, "--cache_dir": config.cache_dir}
+    if config.checkpoint_store not in ("auto", "local", "wandb"):
+        options["--checkpoint_store"] = config.checkpoint_store
+    filename = getattr(exc, "filename", None)
+    for option, folder in options.items():
+        if filename and Path(filename).resolve().is_relative_to(Path(folder).expanduser().resolve()):
+            return f"pass {option} with a folder on another disk"
+    return "pass --output_dir, --cache_dir or --checkpoint_store with folders you can write to"
 
 
 def _free_cuda() -> None:

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from common.atomic import atomic_write
+from common.disk import ensure_space
 from common.errors import UserError
 
 
@@ -42,6 +43,8 @@ class FolderStore(LocalStore):
         self.folder = Path(folder).expanduser() / run_id
 
     def save(self, path: Path) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        ensure_space(self.folder, path.stat().st_size, f"the copy of {path.name}", "--checkpoint_store")
         _copy_atomic(path, self.folder / path.name)
 
     def fetch(self, dest: Path) -> bool:
