@@ -60,7 +60,7 @@ def run_config_from_args(args: list[str]):
         from trainer.run import resolve_run_id
 
         run_id = resolve_run_id(probe)
-        saved = RunRecord.saved_config(Path(probe.output_dir) / run_id) or {}  # a mistyped run id creates no folder
+        saved = RunRecord.saved_config(Path(probe.output_dir).expanduser() / run_id) or {}  # a mistyped run id creates no folder
         saved.pop("run_id", None)
         sources = [saved, *sources]
         cli = {**cli, "run_id": run_id}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -25,8 +26,8 @@ def atomic_write(path: Path | str, write: Callable[[Any], None], mode: str = "w"
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:  # write() names no file
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # write() names no file: the disk of `path` is full
         raise
 
 

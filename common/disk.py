@@ -83,3 +83,6 @@ def reserve(path: Path, size: int, what: str, option: str) -> None:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise UserError(f"not enough free space in {path.parent} for {what} ({size_text(size)}): free some space or pass {option} on a bigger disk") from None
             raise
+        except BaseException:  # Ctrl-C during a slow reservation: no partial file left
+            path.unlink(missing_ok=True)
+            raise

@@ -71,10 +71,8 @@ def _build(index: ImageIndex, size: int, interpolation: str, path: Path, meta_pa
     tmp = path.with_suffix(".u8.tmp")
     count = len(index)
     tmp.unlink(missing_ok=True)  # a build killed earlier (the lock is ours now)
-    # A memory-mapped file that outgrows the disk kills the process with SIGBUS: its blocks are reserved first.
-    reserve(tmp, count * size * size * 3, f"the decoded-image cache ({count} images at {size}px)", CACHE_OPTION)
-    out = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(count, size, size, 3))
     started = time.perf_counter()
+    out = None
 
     def decode(i: int) -> None:
         out[i] = decode_working(index.absolute(i), size, interpolation)
@@ -82,6 +80,9 @@ def _build(index: ImageIndex, size: int, interpolation: str, path: Path, meta_pa
     show = sys.stderr.isatty() if progress is None else progress
     # PIL releases the GIL in decode and resize, so threads scale over the (few) cores without IPC copies.
     try:
+        # A memory-mapped file that outgrows the disk kills the process with SIGBUS: its blocks are reserved first.
+        reserve(tmp, count * size * size * 3, f"the decoded-image cache ({count} images at {size}px)", CACHE_OPTION)
+        out = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(count, size, size, 3))
         with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
             results = pool.map(decode, range(count), chunksize=16)
             for _ in tqdm(results, total=count, desc=f"caching {count} images at {size}px", disable=not show, unit="img"):

@@ -91,7 +91,7 @@ def _load_local(path: Path) -> RunTable:
     for i, record in enumerate(records):
         # A trial killed outright (a signal, a full disk) could not say so in its folder; the sweep's table did.
         row = ended.get(record.run_id)
-        if record.state == metrics.RUNNING and row is not None and not RunLock.held_by(folder_of[record.run_id]):
+        if record.state == metrics.RUNNING and row is not None and "trained" not in (RunLock.held_by(folder_of[record.run_id]) or ""):
             summary = {**record.summary, metrics.STATE: row["state"], metrics.REASON: row.get("reason")}
             records[i] = dataclasses.replace(record, state=str(row["state"]), summary=summary)
     for row in rows:

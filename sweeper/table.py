@@ -113,15 +113,16 @@ class TrialTable:
 def failed_on_setup(trial: Trial) -> bool:
     """A launched trial that ended on a user mistake (exit code 2: data, weights, a setting this machine cannot
     run): nothing about its config was learned, so a later call retries it once the mistake is fixed."""
-    # One that trained before its disk filled up (exit 2 too) has taught something: it stays failed.
-    return trial.state == M.FAILED and trial.exit_code == EXIT_USER_ERROR and trial.best_val_acc is None
+    return trial.state == M.FAILED and trial.exit_code == EXIT_USER_ERROR
 
 
 def binds_folder(trial: Trial) -> bool:
     """A trial that got past its setup (or may have): from then on the folder is this sweep's, pinned. Invalid
     suggestions and setup failures taught nothing, and a corrected call may still change the definition."""
     invalid_suggestion = trial.state == M.FAILED and trial.exit_code is None
-    return not (trial.is_duplicate or invalid_suggestion or failed_on_setup(trial))
+    # One that trained before a setup problem stopped it (its disk filled up, say) binds the folder; it is still
+    # retried, and resumes from its checkpoint.
+    return not (trial.is_duplicate or invalid_suggestion or (failed_on_setup(trial) and trial.best_val_acc is None))
 
 
 def suggestion_identity(suggested: dict[str, Any]) -> str:

@@ -158,6 +158,11 @@ def test_a_full_disk_inside_a_run_names_the_option_of_its_folder(nature_dir, tmp
     assert hint(tmp_path / "drive" / "r" / "last.pt") == "pass --checkpoint_store with a folder on another disk"
     assert hint(tmp_path / "runs" / "r" / "metrics.jsonl") == "pass --output_dir with a folder on another disk"
     assert "--output_dir, --cache_dir or --checkpoint_store" in _disk_hint(config, OSError(errno.ENOSPC, "No space left on device"))
+    nested = run_config(nature_dir, tmp_path, cache_dir=str(tmp_path / "runs" / "cache"))  # the innermost folder's option
+    assert _disk_hint(nested, OSError(errno.ENOSPC, "full", str(tmp_path / "runs" / "cache" / "x.u8"))) == "pass --cache_dir with a folder on another disk"
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert "--output_dir, --cache_dir" in _disk_hint(config, OSError(errno.ENOSPC, "full", str(loop / "x")))  # no RuntimeError
 
     real = common.disk.shutil.disk_usage
     monkeypatch.setattr(common.disk.shutil, "disk_usage", lambda p: Usage(1, 1, 2**10) if "drive" in str(p) else real(p))

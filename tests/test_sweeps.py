@@ -746,13 +746,13 @@ def test_a_sweep_over_the_splits_own_settings_is_no_changed_data(fixed_args, tmp
     assert "different data splits" not in capsys.readouterr().out
 
 
-def test_a_trial_that_trained_before_its_disk_filled_up_is_no_setup_failure():
+def test_a_trial_that_trained_before_its_disk_filled_up_binds_the_folder_and_is_retried():
     from sweeper.table import binds_folder, failed_on_setup
 
     setup = Trial("t-001", M.FAILED, {}, "h", {}, exit_code=2)
     trained = Trial("t-002", M.FAILED, {}, "h", {}, exit_code=2, best_val_acc=0.4)
     assert failed_on_setup(setup) and not binds_folder(setup)
-    assert not failed_on_setup(trained) and binds_folder(trained)
+    assert failed_on_setup(trained) and binds_folder(trained)  # retried (resumed) once fixed, never dropped
 
 
 def test_a_sweep_folder_that_cannot_be_created_is_refused_before_the_dataset_step(tmp_path, fixed_args, monkeypatch):

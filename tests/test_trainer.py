@@ -1006,3 +1006,14 @@ def test_the_test_command_refuses_a_run_in_training_and_a_read_only_folder(base,
     with pytest.raises(UserError, match=r"is read-only.*copy the run folder somewhere writable"):
         evaluate_on_test_set(outcome.folder)
     assert not (outcome.folder / "test").exists()
+
+
+def test_resume_from_an_output_dir_written_with_a_tilde_reads_its_saved_config(base, monkeypatch, tmp_path):
+    """`--output_dir=~/runs` reaches the program with its ~ (the shell expands it only at a word's start)."""
+    import agent
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    first = run_training(scratch({**base, "output_dir": "~/runs"}, run_id="tilde", epochs=1, lr=0.0123))
+    assert first.folder == tmp_path / "home" / "runs" / "tilde"
+    config = agent.run_config_from_args(["--resume", "--run_id=tilde", "--output_dir=~/runs"])
+    assert config.lr == 0.0123 and config.model == "scratch_cnn"

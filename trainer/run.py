@@ -391,7 +391,7 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
                 _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
                 raise
             except Exception as exc:  # the run boundary: record why, let the sweep go on
-                problem = disk_problem(exc, _disk_hint(config, exc))
+                problem = disk_problem(exc, _disk_hint(config, exc)) if disk_problem(exc) else None
                 if problem is not None:  # the machine's, not the trial's: a sweep retries it as a setup failure
                     state_name, reason, exit_code = M.FAILED, str(problem), EXIT_USER_ERROR
                     _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
@@ -412,14 +412,21 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
 
 
 def _disk_hint(config: RunConfig, exc: BaseException) -> str:
-    """Which option moves the file that could not be written (`exc.filename`) to another disk."""
+    """Which option moves the file that could not be written (`exc.filename`) to another disk: the option of the
+    innermost folder holding it (a cache inside the output folder is the cache's)."""
     options = {"--output_dir": config.output_dir, "--cache_dir": config.cache_dir}
     if config.checkpoint_store not in ("auto", "local", "wandb"):
         options["--checkpoint_store"] = config.checkpoint_store
-    filename = getattr(exc, "filename", None)
-    for option, folder in options.items():
-        if filename and Path(filename).resolve().is_relative_to(Path(folder).expanduser().resolve()):
-            return f"pass {option} with a folder on another disk"
+    filename, matches = getattr(exc, "filename", None), []
+    try:
+        for option, folder in options.items():
+            root = Path(folder).expanduser().resolve()
+            if filename and Path(filename).resolve().is_relative_to(root):
+                matches.append((len(root.parts), option))
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, say: the generic hint will do
+        matches = []
+    if matches:
+        return f"pass {max(matches)[1]} with a folder on another disk"
     return "pass --output_dir, --cache_dir or --checkpoint_store with folders you can write to"
 
 
