@@ -19,7 +19,7 @@ from common.errors import UserError
 from report.table import (CHECKPOINT, DUPLICATE, NUM_IMAGES, PER_CLASS_ACC, TEST_ACC, RunRecord, RunTable,
                           SkippedDuplicate, finite)
 from trainer import metrics
-from trainer.record import RunRecord as RunLock  # the trainer's record: who holds a run folder now
+from trainer.record import RunRecord as TrainerRecord  # the trainer's own: whether a run is being trained now
 from trainer.wandb_log import EFFECTIVE_KEY
 
 CONFIG_FILE = "config.yaml"
@@ -91,7 +91,7 @@ def _load_local(path: Path) -> RunTable:
     for i, record in enumerate(records):
         # A trial killed outright (a signal, a full disk) could not say so in its folder; the sweep's table did.
         row = ended.get(record.run_id)
-        if record.state == metrics.RUNNING and row is not None and "trained" not in (RunLock.held_by(folder_of[record.run_id]) or ""):
+        if record.state == metrics.RUNNING and row is not None and not TrainerRecord.in_training(folder_of[record.run_id]):
             summary = {**record.summary, metrics.STATE: row["state"], metrics.REASON: row.get("reason")}
             records[i] = dataclasses.replace(record, state=str(row["state"]), summary=summary)
     for row in rows:

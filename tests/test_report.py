@@ -619,4 +619,6 @@ def test_a_run_resumed_by_hand_while_the_table_says_it_ended_shows_as_running(tm
     table_path.write_text(table_path.read_text() + json.dumps(ended) + "\n")
     with RunFolder(folder).exclusive():  # `agent.py --run_id=r03` training it now
         assert {r.run_id: r.state for r in load_table(str(tmp_path / "sweep")).records}["r03"] == "running"
+    with RunFolder(folder).exclusive("testing"):  # `agent.py test` of it: nobody trains it
+        assert {r.run_id: r.state for r in load_table(str(tmp_path / "sweep")).records}["r03"] == "preempted"
     assert {r.run_id: r.state for r in load_table(str(tmp_path / "sweep")).records}["r03"] == "preempted"

@@ -82,9 +82,8 @@ class RunRecord:
             handle.close()
 
     @staticmethod
-    def held_by(folder: Path) -> str | None:
-        """Who holds the run's lock, in words ("being trained by another process (pid 12)"); None when nobody
-        does. Creates nothing."""
+    def _lock_holder(folder: Path) -> str | None:
+        """The lock file's "<pid> <role>" while a process holds it; None when nobody does. Creates nothing."""
         path = Path(folder) / ".lock"
         if not path.exists():
             return None
@@ -92,9 +91,21 @@ class RunRecord:
             try:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                return _holder(handle.read())
+                return handle.read()
             fcntl.flock(handle, fcntl.LOCK_UN)
         return None
+
+    @staticmethod
+    def held_by(folder: Path) -> str | None:
+        """Who holds the run's lock, in words ("being trained by another process (pid 12)"); None when nobody does."""
+        text = RunRecord._lock_holder(folder)
+        return None if text is None else _holder(text)
+
+    @staticmethod
+    def in_training(folder: Path) -> bool:
+        """Whether a process is training the run right now (not merely testing it)."""
+        text = RunRecord._lock_holder(folder)
+        return text is not None and text.strip().partition(" ")[2] != TESTING
 
     # config
     def write_config(self, config: dict[str, Any]) -> None:
