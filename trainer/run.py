@@ -391,7 +391,7 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
                 _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
                 raise
             except Exception as exc:  # the run boundary: record why, let the sweep go on
-                problem = disk_problem(exc, _disk_hint(config, exc)) if disk_problem(exc) else None
+                problem = disk_problem(exc, _disk_hint(config, exc))
                 if problem is not None:  # the machine's, not the trial's: a sweep retries it as a setup failure
                     state_name, reason, exit_code = M.FAILED, str(problem), EXIT_USER_ERROR
                     _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
