@@ -294,6 +294,33 @@ def test_training_goes_on_while_a_checkpoint_is_written_and_the_file_is_the_snap
     assert final["loop"]["epoch"] == 2  # close() waited for the last write
 
 
+def test_no_checkpoint_write_is_in_flight_when_validation_may_fork_loader_workers(base, monkeypatch):
+    """The validation loader forks its workers at its first epoch. A fork while the writer thread holds a lock
+    (a file's, the allocator's) can leave that lock held forever in the child, so validation waits for the write."""
+    import threading
+    import time as real_time
+
+    import trainer.loop
+    import trainer.run
+
+    real_write, real_evaluate, in_flight = trainer.run.write_checkpoint, trainer.loop.evaluate, []
+
+    def slow_write(path, payload):
+        real_time.sleep(0.3)  # a full fine-tuning checkpoint takes about a second
+        real_write(path, payload)
+
+    def evaluate(loop, loader):
+        in_flight.append(any(t.name == "checkpoint-writer" and t.is_alive() for t in threading.enumerate()))
+        return real_evaluate(loop, loader)
+
+    monkeypatch.setattr(trainer.run, "write_checkpoint", slow_write)
+    monkeypatch.setattr(trainer.loop, "evaluate", evaluate)
+    monkeypatch.setattr(trainer.run, "CheckpointWriter", lambda background: CheckpointWriter(background=True))  # as on a GPU
+    # A checkpoint after every step: the last step's write is still running when the epoch ends.
+    outcome = run_training(scratch(base, run_id="nofork", epochs=2, checkpoint_minutes=1e-6))
+    assert outcome.state == M.FINISHED and in_flight == [False, False]
+
+
 def test_ctrl_c_while_a_checkpoint_is_written_still_lets_the_write_finish():
     # The second Ctrl-C lands in the join that waits for the background write: the write must still finish
     # (the interrupt is raised after it), and the writer thread is no daemon the interpreter could abandon.

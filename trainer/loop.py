@@ -47,6 +47,10 @@ class Loop:
     stop: StopFlag = field(default_factory=StopFlag)
     inference_prefix: int = 0  # frozen leading stages run without autograd when training on images
     forward_fn: Callable | None = None  # the (optionally compiled) forward; defaults to the model
+    # Waits for the checkpoint write in flight. Called before validation: the validation loader forks its
+    # workers at its first epoch, and a process must not fork while another thread writes a checkpoint (a lock
+    # held by that thread stays held forever in the child).
+    writes_done: Callable[[], None] = lambda: None
 
     def forward(self, x: torch.Tensor, start: int):
         if self.inference_prefix > start:
@@ -159,6 +163,7 @@ def train(loop: Loop, state: LoopState) -> str:
             raise Diverged(f"training loss became {loss_sum.item()} in epoch {epoch + 1}; lower lr")
         state.train_seconds += time.perf_counter() - started
         epoch_seconds = time.perf_counter() - epoch_started
+        loop.writes_done()  # only a mid-epoch checkpoint can still be in flight here: at most a second's wait
         val_loss, val_acc = evaluate(loop, loop.inputs.val_loader)
         if not math.isfinite(val_loss):
             raise Diverged(f"validation loss became {val_loss} in epoch {epoch + 1}; lower lr")

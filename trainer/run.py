@@ -305,6 +305,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
             config=config, model=model, optimizer=optimizer, scaler=scaler, inputs=inputs, device=device,
             autocast=autocast, strategy=strategy, freeze_options=options, record=record, logger=logger,
             checkpoint=checkpoint, stop=stop, inference_prefix=0 if feature_depth else frozen_depth, forward_fn=forward_fn,
+            writes_done=writer.flush,
         )
         final_state = train(loop, state)
         writer.close()
