@@ -41,3 +41,18 @@ def test_checkpoint_benchmark_runs_and_writes_its_section(tmp_path):
     assert "## kept section" in text and "## Checkpoints · CPU · mobilenet_v3_small full fine-tuning · 32 px" in text
     for mode in ("| none |", "| synchronous |", "| background |"):
         assert mode in text
+
+
+def test_decode_benchmark_runs_and_writes_its_section(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## kept section\n\nfrom another device\n")
+    command = [sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--classes", "2", "--images_per_class", "2",
+               "--repeats", "1", "--work_dir", str(tmp_path / "work"), "--out", str(results)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = results.read_text()
+    assert "## kept section" in text and "## Decoding · one core · per image" in text
+    # One row per distinct resize size of the backbones, each naming its backbones.
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split("|")[1].strip() for row in rows] == ["232", "256", "342", "384"]
+    assert "inception_v3" in rows[2] and "efficientnet_v2_s" in rows[3]
