@@ -64,7 +64,32 @@ def run_config_from_args(args: list[str]):
         saved.pop("run_id", None)
         sources = [saved, *sources]
         cli = {**cli, "run_id": run_id}
-    return parse_run_config(*sources, cli)
+    config = parse_run_config(*sources, cli)
+    ignored = [f"--{key} ({_why_unused(key, config)})" for key, value in cli.items() if value is not None and getattr(config, key, None) is None]
+    if ignored:  # normalisation drops what this run cannot use: say so, rather than let it look used
+        print(f"note: ignored, as this run has no use for them: {', '.join(ignored)}", flush=True)
+    return config
+
+
+def _why_unused(key: str, config) -> str:
+    from trainer.config import FREEZE_OPTION_FIELDS, SCRATCH_FIELDS
+
+    scratch = config.model == "scratch_cnn"
+    if key in SCRATCH_FIELDS:
+        return f"scratch_cnn only; {config.model}'s input size follows its weights" if key == "input_size" else "scratch_cnn only"
+    if scratch and (key in FREEZE_OPTION_FIELDS or key in ("backbone_lr_mult", "layer_decay")):
+        return "scratch_cnn trains every layer alike"
+    if key in FREEZE_OPTION_FIELDS:
+        return f"strategy {config.strategy} does not use it"
+    if key in ("backbone_lr_mult", "layer_decay"):
+        return "head_only trains no backbone layer"
+    if key == "aux_loss_weight":
+        return f"{config.model} has no aux heads"
+    if key == "momentum":
+        return f"optimizer {config.optimizer} has none; sgd only"
+    if key == "warmup_epochs":
+        return "the onecycle schedule warms up by itself"
+    return "it does not apply"
 
 
 def command_run(args: list[str]) -> int:

@@ -28,6 +28,8 @@ def write_problem(folder: Path) -> str | None:
 def ensure_writable(folder: Path | str, what: str, option: str) -> Path:
     """`folder`, created if needed and proven writable; else a one-line error saying which option to change."""
     folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{what} {folder} is a file, not a folder: pass {option} with a folder")
     problem = write_problem(folder)
     if problem:
         raise UserError(f"{what} {folder} is not writable ({problem}): pass {option} with a writable folder")

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from common.atomic import write_bytes, write_text
+from common.disk import ensure_writable
 from report import plots
 from report.markdown import render
 from report.sources import load_table
@@ -33,9 +34,8 @@ RESULT_COLUMNS = (metrics.BEST_VAL_ACC, metrics.BEST_EPOCH, metrics.EPOCHS_COMPL
 
 def build_report(source: str, out_dir: Path, top_n: int = 10) -> Path:
     """Read the sweep once, compute every number once, then write the figures, runs.csv and report.md."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = load_table(source)
+    table = load_table(source)  # first: a source that cannot be read leaves no empty report folder behind
+    out_dir = ensure_writable(out_dir, "report folder", "--out")
     summary = summarise(table, top_n=top_n)
     images = _write_figures(summary, out_dir)
     test_images = _copy_test_figures(summary, out_dir)

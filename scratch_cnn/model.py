@@ -26,7 +26,7 @@ class ScratchCNNConfig:
     """Hyperparameters of the scratch CNN; an invalid value raises `UserError` on construction."""
 
     filters: int = 32  # channels of the first block
-    filter_organization: str = "same"  # how channels change per block: same, double or half
+    filter_organization: str = "double"  # how channels change per block: same, double or half
     kernel_size: int = 3  # odd, so "same" padding is symmetric
     activation: str = "relu"  # relu, gelu, silu, mish, leaky_relu
     batch_norm: bool = True

@@ -310,6 +310,19 @@ def test_class_folders_the_test_set_lacks_are_named_before_training(nature_dir, 
     assert capsys.readouterr().out == ""
 
 
+def test_a_dataset_without_a_test_folder_trains_and_says_the_test_command_will_need_one(nature_dir, tmp_path, capsys):
+    import trainer.inputs
+    from trainer.config import parse_run_config
+
+    shutil.copytree(nature_dir / "inaturalist_12K" / "train", tmp_path / "only" / "train")
+    config = parse_run_config({"data_dir": str(tmp_path / "only"), "cache_dir": str(tmp_path / "cache"), "download": False})
+    assert len(trainer.inputs.load_split(config).index) > 0
+    out = capsys.readouterr().out
+    assert "no val/ or test/ folder" in out and "agent.py test` will need" in out
+    trainer.inputs.load_split(parse_run_config({**config.__dict__, "data_dir": str(nature_dir)}))
+    assert "no val/ or test/" not in capsys.readouterr().out
+
+
 def test_a_dataset_with_both_test_and_val_says_which_is_used(tmp_path, capsys):
     for folder in ("train/a", "val/a", "test/a"):
         (tmp_path / folder).mkdir(parents=True)

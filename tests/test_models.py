@@ -398,6 +398,19 @@ def test_scratch_filter_organizations(organization, expected):
     assert tuple(getattr(net, f"block{i}")[0].out_channels for i in range(1, 6)) == expected
 
 
+def test_scratch_cnn_defaults_are_the_run_defaults_so_agent_models_describes_what_a_run_trains():
+    from dataclasses import fields
+
+    from models import describe_models
+    from trainer.config import FIELDS, SCRATCH_FIELDS
+
+    defaults = ScratchCNNConfig()
+    assert {f.name: getattr(defaults, f.name) for f in fields(ScratchCNNConfig)} == {n: FIELDS[n].default for n in SCRATCH_FIELDS}
+    total = sum(p.numel() for p in build_scratch_cnn(defaults, 10).parameters())
+    assert f"trains all {total:,} parameters" in describe_models(["scratch_cnn"])
+    assert total > 7_000_000  # the default doubles its filters per block: 32 .. 512
+
+
 @pytest.mark.parametrize("activation", ["relu", "gelu", "silu", "mish", "leaky_relu"])
 @pytest.mark.parametrize("batch_norm", [True, False])
 def test_scratch_cnn_builds_every_activation_with_and_without_bn(activation, batch_norm):

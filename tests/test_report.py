@@ -576,6 +576,20 @@ def test_report_of_a_sweep_yaml_points_at_its_folder(tmp_path, capsys):
     assert err.count("\n") == 1 and "is a file, not a folder" in err and "sweep_runs/tiny" in err
 
 
+def test_a_bad_report_out_or_source_is_one_line_and_leaves_no_folder(tmp_path, sweep_dir, capsys, monkeypatch):
+    import agent
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.md").write_text("mine")
+    for out in ("notes.md", "notes.md/report"):
+        assert agent.main(["report", str(sweep_dir), f"--out={out}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "notes.md" in err and "--out" in err
+    assert (tmp_path / "notes.md").read_text() == "mine"
+    assert agent.main(["report", "sweep_runs/nosuch"]) == 2
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "sweep_runs").exists()
+
+
 def test_a_trial_killed_outright_gets_the_sweeps_reason_not_running(tmp_path, sweep_dir):
     import shutil
 

@@ -484,6 +484,54 @@ def test_test_command_writes_accuracy_confusion_and_grid(base, capsys):
         evaluate_on_test_set(outcome.folder)
 
 
+def test_the_test_command_finds_a_relative_data_dir_from_any_folder_and_never_downloads(base, nature_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import data.download
+
+    monkeypatch.chdir(nature_dir.parent)
+    outcome = run_training(scratch(base, run_id="relative", epochs=1, data_dir=nature_dir.name))
+    assert yaml.safe_load((outcome.folder / "config.yaml").read_text())["data_dir"] == str(nature_dir)  # recorded absolute
+    monkeypatch.chdir(tmp_path)  # elsewhere: the recorded path still leads to the run's data
+    assert evaluate_on_test_set(outcome.folder)[M.NUM_IMAGES] == 12
+
+    moved = shutil.copytree(nature_dir, tmp_path / "moved")
+    config = yaml.safe_load((outcome.folder / "config.yaml").read_text())
+    (outcome.folder / "config.yaml").write_text(yaml.safe_dump({**config, "data_dir": str(tmp_path / "gone")}))
+    monkeypatch.setattr(data.download, "download_dataset", lambda *a, **k: pytest.fail("the test command downloaded"))
+    with pytest.raises(UserError, match=r"the data folder run relative was trained on, .*gone .* is not there; pass --data_dir"):
+        evaluate_on_test_set(outcome.folder)
+    assert evaluate_on_test_set(outcome.folder, data_dir=str(moved))[M.NUM_IMAGES] == 12
+
+
+def test_a_test_on_other_images_keeps_the_earlier_result_aside(base, nature_dir, tmp_path, capsys):
+    import shutil
+
+    data = shutil.copytree(nature_dir, tmp_path / "data")
+    outcome = run_training(scratch(base, run_id="retest", epochs=1, data_dir=str(data)))
+    first = evaluate_on_test_set(outcome.folder)
+    extra = data / "inaturalist_12K" / "val" / "Aves" / "extra.png"
+    shutil.copy(next((data / "inaturalist_12K" / "val" / "Aves").glob("*.png")), extra)
+    capsys.readouterr()
+    second = evaluate_on_test_set(outcome.folder)
+    assert second[M.NUM_IMAGES] == first[M.NUM_IMAGES] + 1
+    assert "other test images: 12 in" in capsys.readouterr().out
+    kept = json.loads((outcome.folder / "test.previous" / "test.json").read_text())
+    assert kept[M.NUM_IMAGES] == 12 and kept["test_fingerprint"] != second["test_fingerprint"]
+
+
+def test_testing_a_run_that_never_finished_an_epoch_says_so(base, monkeypatch):
+    import trainer.run
+
+    def interrupted(loop, state):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.run, "train", interrupted)
+    folder = run_training(scratch(base, run_id="early", epochs=1)).folder  # preempted before any epoch ended
+    with pytest.raises(UserError, match=r"run early has no best.pt: it ended before its first epoch did \(\w+"):
+        evaluate_on_test_set(folder)
+
+
 def test_a_rerun_that_fails_before_training_leaves_no_stale_model_for_the_test_command(base, tmp_path):
     # The same run id again with another config, failing on setup (a data_dir typo): config.yaml now says gelu,
     # and best.pt is still the relu model. The test command must refuse to evaluate it as the gelu network.
@@ -496,6 +544,18 @@ def test_a_rerun_that_fails_before_training_leaves_no_stale_model_for_the_test_c
 
 
 # ---- configuration ------------------------------------------------------------------------------
+
+
+def test_options_a_run_has_no_use_for_are_named_with_the_reason(capsys):
+    import agent
+
+    config = agent.run_config_from_args(["--model=resnet18", "--input_size=64", "--strategy=head_only", "--k_layers=2", "--lr=0.01"])
+    assert config.input_size is None and config.k_layers is None
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "--input_size (scratch_cnn only; resnet18's input size follows its weights)" in out
+    assert "--k_layers (strategy head_only does not use it)" in out and "--lr" not in out
+    agent.run_config_from_args(["--model=scratch_cnn", "--input_size=64", "--lr=0.01"])
+    assert capsys.readouterr().out == ""  # every option used: no note
 
 
 def test_unknown_key_suggests_the_nearest():

@@ -273,6 +273,8 @@ def normalise(config: RunConfig) -> RunConfig:
         changes["momentum"] = 0.9
     if config.weights.lower() == "none":
         changes.setdefault("weights", "none")
+    # Recorded absolute (config.yaml, W&B): `agent.py test RUN` from another folder finds the run's data and caches.
+    changes.update({name: os.path.abspath(os.path.expanduser(getattr(config, name))) for name in ("data_dir", "cache_dir")})
     return dataclasses.replace(config, **changes)
 
 

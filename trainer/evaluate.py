@@ -59,6 +59,14 @@ def evaluate_on_test_set(run_folder: Path, data_dir: str | None = None, device: 
     run_folder = Path(run_folder)
     saved = RunRecord.saved_config(run_folder) if run_folder.is_dir() else None
     checkpoint = run_folder / BEST_CHECKPOINT
+    if saved and not checkpoint.exists():  # a run folder, but no epoch of it ever finished
+        if RunRecord.in_training(run_folder):
+            raise UserError(f"run {run_folder.name} is in its first epoch, {RunRecord.held_by(run_folder)}: test it once it has finished")
+        summary = RunRecord.read_summary(run_folder)
+        why = f"{summary.get(M.STATE, 'unfinished')}{': ' + summary[M.REASON] if summary.get(M.REASON) else ''}"
+        raise UserError(f"run {run_folder.name} has no {BEST_CHECKPOINT}: it ended before its first epoch did ({why}); train it further "
+                        f"(python agent.py --resume --run_id={run_folder.name} --output_dir={run_folder.parent}, or the sweep command "
+                        f"of a sweep trial) or test another run")
     if not saved or not checkpoint.exists():
         raise UserError(f"{run_folder} is not a finished run folder (needs config.yaml and {BEST_CHECKPOINT}); pass a folder under runs/ or a sweep's runs/")
     if not os.access(run_folder, os.W_OK):  # e.g. an earlier notebook's output attached read-only
@@ -99,7 +107,10 @@ def _evaluate(run_folder: Path, record: RunRecord, saved: dict, checkpoint: Path
                         f"(config hash {trained} vs {config_hash(config)}); test the run folder that trained it, or train this one again")
     classes = tuple((payload.get("identity") or {}).get("classes", ()))
 
-    layout = locate_dataset(config.data_dir, download=config.download)
+    if not data_dir and not Path(config.data_dir).is_dir():  # never a download just to test: the run's data has moved
+        raise UserError(f"the data folder run {run_folder.name} was trained on, {config.data_dir} (its config.yaml), is not there; "
+                        f"pass --data_dir with the dataset's folder")
+    layout = locate_dataset(config.data_dir, download=False)
     if layout.test_dir is None:
         raise UserError(f"{layout.root} has no val/ or test/ folder to evaluate on: pass --data_dir with the held-out set")
     test_index = scan_folder(layout.test_dir, cache_dir=ensure_writable(config.cache_dir, "cache_dir", CACHE_OPTION))
@@ -133,12 +144,19 @@ def _evaluate(run_folder: Path, record: RunRecord, saved: dict, checkpoint: Path
         "confusion": confusion.tolist(),
         "classes": list(test_index.classes),
         "evaluated_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        "test_folder": str(test_index.root.resolve()),
+        "test_fingerprint": test_index.fingerprint,  # the exact images: names, sizes, mtimes, labels
     }
     out = run_folder / "test"
     earlier = _earlier_result(out)
-    if earlier:
+    if earlier and (earlier.get("test_fingerprint"), earlier.get("best_epoch")) == (result["test_fingerprint"], result["best_epoch"]):
         print(f"note: {out / 'test.json'} of {earlier.get('evaluated_at', 'an earlier evaluation')} "
               f"(test_acc {earlier.get(M.TEST_ACC)}) is replaced; the same best.pt on the same test folder gives the same result")
+    elif earlier and record.set_aside_test():  # other images (or another best epoch): both results are kept
+        what = (f"best epoch {earlier.get('best_epoch')}" if earlier.get("test_fingerprint") == result["test_fingerprint"] else
+                f"other test images: {earlier.get(M.NUM_IMAGES)} in {earlier.get('test_folder', 'an earlier test folder')}, {len(truth)} now")
+        print(f"note: the result of {earlier.get('evaluated_at', 'the earlier evaluation')} (test_acc {earlier.get(M.TEST_ACC)}; "
+              f"{what}) moved to {run_folder / 'test.previous'}")
     write_json(out / "test.json", result)
 
     from report.plots import plot_confusion, plot_prediction_grid

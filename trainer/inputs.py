@@ -41,6 +41,9 @@ def load_split(config) -> DataSplit:
     layout = locate_dataset(config.data_dir, download=config.download)
     cache_dir = ensure_writable(config.cache_dir, "cache_dir", CACHE_OPTION)
     index = scan_folder(layout.train_dir, cache_dir=cache_dir)
+    if layout.test_dir is None:  # fine for training and sweeps; say it now, not when the user wants a test result
+        print(f"note: {layout.root} has train/ but no val/ or test/ folder: training and validation (a split of train/) go on; "
+              f"`agent.py test` will need the held-out images (--data_dir with train/ and val/ or test/)", flush=True)
     warn_if_test_classes_differ(layout.test_dir, index.classes)
     return DataSplit(index, stratified_split(index, config.val_fraction, config.split_seed, config.subset_fraction))
 
