@@ -456,8 +456,13 @@ def test_test_command_writes_accuracy_confusion_and_grid(base, capsys):
     assert f"test_acc {result[M.TEST_ACC]}) is replaced" in capsys.readouterr().out
 
     # The same run id trained again with another config starts fresh: the old model's test result leaves with it.
-    retrained = run_training(scratch(base, run_id="for-test", filters=16))
+    earlier_history = (outcome.folder / "metrics.jsonl").read_text()
+    retrained = run_training(scratch(base, run_id="for-test", filters=16, epochs=1))
     assert "config_hash" in retrained.summary["resume_refused"] and M.TEST_ACC not in retrained.summary
+    assert "was trained before with filters=8 (now 16)" in capsys.readouterr().out
+    assert (outcome.folder / "metrics.previous.jsonl").read_text() == earlier_history != (outcome.folder / "metrics.jsonl").read_text()
+    assert yaml.safe_load((outcome.folder / "config.previous.yaml").read_text())["filters"] == 8
+    assert json.loads((outcome.folder / "summary.previous.json").read_text())[M.TEST_ACC] == result[M.TEST_ACC]
     assert not out.exists() and (outcome.folder / "test.previous" / "test.json").exists()
     (outcome.folder / "best.previous.pt").replace(outcome.folder / "best.pt")  # the other config's model
     with pytest.raises(UserError, match="trained with another configuration"):

@@ -170,6 +170,18 @@ class RunRecord:
         self.drop_summary(M.TEST_ACC, M.BEST_VAL_ACC, M.BEST_EPOCH, M.EPOCHS_COMPLETED, "resumed_from_epoch", "stopped_by_patience")
         return earlier
 
+    def keep_previous_record(self) -> list[str]:
+        """Copies of config.yaml, metrics.jsonl and summary.json as *.previous.*, before a run id is trained again
+        with another config; the names of the copies."""
+        kept = []
+        for name in (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE):
+            path = self.folder / name
+            if path.exists():
+                copy = path.with_name(f"{path.stem}.previous{path.suffix}")
+                write_text(copy, path.read_text())
+                kept.append(copy.name)
+        return kept
+
     def set_aside_test(self) -> bool:
         """The test results of a best.pt about to be replaced move to test.previous/ and leave the summary."""
         results = self.folder / "test"

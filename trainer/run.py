@@ -338,12 +338,18 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
     for stale in folder.glob(".*.tmp"):  # half-written files of a killed earlier process (this one holds the lock)
         stale.unlink(missing_ok=True)
     config_dict = to_dict(config) | {"run_id": run_id}
-    if config.resume and record.read_config():
+    if record.read_config():
         saved = {k: v for k, v in record.read_config().items() if k in effective_config(config)}
         changed = {k: v for k, v in effective_config(config).items() if saved.get(k, v) != v}
         if changed and rehash(saved) != config_hash(config):  # not merely written otherwise by older code
             key, value = next(iter(changed.items()))
-            raise UserError(f"--resume: run {run_id} was trained with {key}={saved[key]!r}, not {value!r}; resume with the same settings or start a new run")
+            if config.resume:
+                raise UserError(f"--resume: run {run_id} was trained with {key}={saved[key]!r}, not {value!r}; resume with the same settings or start a new run")
+            # Another config under this run id: it trains afresh (its checkpoint will be refused); keep what it had.
+            was = ", ".join(f"{k}={saved.get(k)!r} (now {v!r})" for k, v in list(changed.items())[:4]) + (" ..." if len(changed) > 4 else "")
+            kept = record.keep_previous_record()
+            print(f"note: run {run_id} was trained before with {was}: it starts afresh; its earlier record is kept as "
+                  f"{', '.join(kept)} (and its model, if any, as {PREVIOUS_BEST})", flush=True)
     record.write_config(config_dict)
     # With config.yaml, at once: a rerun that fails before training must not leave the old hash beside a new config.
     record.update_summary(run_id=run_id, config_hash=config_hash(config), **{M.STATE: M.RUNNING, M.REASON: None}, started_at=datetime.datetime.now().isoformat(timespec="seconds"))
