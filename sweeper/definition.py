@@ -122,7 +122,7 @@ def load_definition(path: Path | str) -> SweepDefinition:
         raise UserError(f"sweep file {path} is not valid YAML: {yaml_problem(exc)}") from None
     problems = definition_problems(config)
     if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        more = f" (also: {'; '.join(problems[1:])})" if len(problems) > 1 else ""  # every problem, so one edit fixes them all
         raise UserError(f"sweep file {path}: {problems[0]}{more}")
     return SweepDefinition(path, text, config)
 

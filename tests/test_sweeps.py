@@ -83,7 +83,7 @@ def test_sweep_yaml_speaks_the_run_config(path):
             parse_run_config({name: value})  # a typo (unknown model, activation) fails here, not in trial 17
 
 
-def test_definition_problems_name_the_mistake():
+def test_definition_problems_name_the_mistake(tmp_path):
     config = tiny_definition(lrr={"value": 0.1}, output_dir={"value": "x"})
     config["metric"] = {"name": "val_accuracy", "goal": "maximize"}
     problems = " | ".join(definition_problems(config))
@@ -96,6 +96,9 @@ def test_definition_problems_name_the_mistake():
     problems = definition_problems(typos)
     assert problems[0] == "method 'bayse' is not one of grid, random, bayes (did you mean 'bayes'?)"
     assert "has the key 'valuse' (did you mean 'values'?)" in problems[1]  # swapped letters, not a dropped one
+    with pytest.raises(UserError) as caught:  # the one-line error carries every problem, not "(and 1 more)"
+        load_definition(write_yaml(tmp_path / "typos.yaml", typos))
+    assert all(problem in str(caught.value) for problem in problems) and "\n" not in str(caught.value)
 
 
 def test_a_sweep_file_that_is_not_yaml_says_where(tmp_path):

@@ -835,6 +835,9 @@ def test_a_config_file_names_itself_in_its_errors_and_refuses_a_search_space(tmp
         load_yaml_values(sweep)
     sweep.write_text("parameters:\n  model: {value: scratch_cnn}\n  activation: {value: gelu}\n")
     assert load_yaml_values(sweep) == {"model": "scratch_cnn", "activation": "gelu"}  # fixed values: fine
+    sweep.write_text("parameters:\n  lr: {valeu: 0.01}\n")  # a typo of `value`, not a search space
+    with pytest.raises(UserError, match=r"parameter 'lr' has the key 'valeu' \(did you mean 'value'\?\)"):
+        load_yaml_values(sweep)
 
 
 def test_none_for_a_boolean_means_false_not_the_default():
