@@ -8,6 +8,7 @@ than the one the trainer logs (the sweep would optimise nothing), and parameters
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,7 +19,7 @@ from common.atomic import write_text
 from common.errors import UserError
 from common.parsing import nearest, yaml_problem
 from sweeper.table import TABLE_FILE
-from trainer.config import FIELDS, parse_value
+from trainer.config import FIELDS, SPEC_KEYS, parse_run_config, parse_value
 from trainer.metrics import VAL_ACC
 
 SWEEP_FILE = "sweep.yaml"
@@ -78,7 +79,6 @@ def definition_problems(config: Any) -> list[str]:
 
 
 METHODS = ("grid", "random", "bayes")  # the engine's search methods this driver runs
-SPEC_KEYS = ("value", "values", "distribution", "min", "max", "mu", "sigma", "q", "probabilities", "a", "b")
 # Distributions whose min/max are values of the parameter itself (log_uniform's are exponents, normal's unbounded).
 _BOUNDED_BY_VALUES = ("int_uniform", "uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values")
 
@@ -108,6 +108,33 @@ def _value_problems(name: str, spec: dict) -> list[str]:
     elif any(not value for value in values[1:]):
         falsy = next(value for value in values[1:] if not value)
         problems.append(f"parameter {name!r} lists {falsy!r} after the first value; put it first: the engine reads it as the first value")
+    return problems
+
+
+def _listed(spec: Any) -> list[Any]:
+    if not isinstance(spec, dict):
+        return []
+    return [spec["value"]] if "value" in spec else list(spec["values"]) if isinstance(spec.get("values"), list) else []
+
+
+def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -> list[str]:
+    """Listed values that no trial of this sweep could train with, under any listed model and strategy (k_layers=7
+    when the only model has 5 stages): each suggestion of one would be a failed trial."""
+    axes = [[fixed[name]] if name in fixed else _listed(parameters.get(name)) or [None] for name in ("model", "strategy")]
+    problems = []
+    for name, spec in parameters.items():
+        if name in ("model", "strategy") or name in fixed:
+            continue
+        for value in _listed(spec):
+            used, errors = False, []
+            for model, strategy in itertools.product(*axes):
+                values = {**fixed, name: value, **{k: v for k, v in (("model", model), ("strategy", strategy)) if v is not None}}
+                try:
+                    used = used or getattr(parse_run_config(values), name) is not None  # not dropped as unused
+                except UserError as exc:
+                    errors.append(str(exc))
+            if errors and not used:
+                problems.append(f"parameter {name!r} lists {value!r}, which no trial can train with: {errors[0]}")
     return problems
 
 

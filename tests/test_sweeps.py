@@ -120,6 +120,21 @@ def test_a_value_no_trial_could_run_is_refused_before_the_first_trial(tmp_path, 
     assert named in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_a_listed_value_no_listed_model_can_train_with_is_refused_before_the_first_trial(tmp_path, fixed_args):
+    pretrained = {"model": {"value": "resnet18"}, "strategy": {"values": ["head_only", "last_k"]}, "k_layers": {"values": [2, 7]}}
+    sweep = write_yaml(tmp_path / "s.yaml", tiny_definition(**pretrained))
+    with pytest.raises(UserError, match=r"parameter 'k_layers' lists 7, which no trial can train with: k_layers=7 but resnet18 has 5"):
+        run_local_sweep(sweep, count=1, sweep_dir=tmp_path / "a", fixed=fixed_args)
+    assert not (tmp_path / "a").exists()
+    # A fixed --model counts too; a value that some listed model can train with is left to the search.
+    from sweeper.definition import unrunnable_values
+
+    searched = {"model": {"values": ["resnet18", "vit_b_16"]}, "strategy": {"value": "last_k"}, "k_layers": {"values": [2, 7]}}
+    assert unrunnable_values(searched, {}) == []
+    assert "lists 7" in " ".join(unrunnable_values(searched, {"model": "resnet18"}))
+    assert unrunnable_values({**pretrained, "k_layers": {"values": [2, 5]}}, {}) == []
+
+
 def test_fixed_arguments_are_checked_once(tmp_path, fixed_args):
     sweep = write_yaml(tmp_path / "s.yaml", tiny_definition())
     with pytest.raises(UserError, match="set by the sweep"):

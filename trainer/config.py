@@ -193,6 +193,10 @@ def parse_cli(args: Iterable[str]) -> dict[str, str]:
     return values
 
 
+# The keys of a parameter in a W&B sweep definition (`value` fixes it; the others define a search space).
+SPEC_KEYS = ("value", "values", "distribution", "min", "max", "mu", "sigma", "q", "probabilities", "a", "b")
+
+
 def load_yaml_values(path: Path | str) -> dict[str, Any]:
     """A flat YAML mapping of parameters, or a W&B sweep-style `parameters: {name: {value: v}}` block."""
     path = Path(path)
@@ -207,11 +211,10 @@ def load_yaml_values(path: Path | str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of parameter: value")
     if isinstance(data.get("parameters"), dict):
-        search_keys = ("value", "values", "distribution", "min", "max", "mu", "sigma", "q", "a", "b", "probabilities")
         for name, spec in data["parameters"].items():  # a typo of `value` is no search space
-            unknown = [k for k in spec if k not in search_keys] if isinstance(spec, dict) else []
+            unknown = [k for k in spec if k not in SPEC_KEYS] if isinstance(spec, dict) else []
             if unknown:
-                raise UserError(f"config file {path}: parameter {name!r} has the key {unknown[0]!r}{nearest(str(unknown[0]), search_keys)}; "
+                raise UserError(f"config file {path}: parameter {name!r} has the key {unknown[0]!r}{nearest(str(unknown[0]), SPEC_KEYS)}; "
                                 f"write {name}: {{value: ...}} for a fixed value")
         searched = [k for k, v in data["parameters"].items() if not (isinstance(v, dict) and "value" in v)]
         if searched:  # one run cannot take a search space: it would silently train the defaults instead
