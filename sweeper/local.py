@@ -31,7 +31,9 @@ from typing import Any, Iterator, Mapping
 
 from common.disk import ensure_writable
 from common.errors import UserError
+from data.cache import CACHE_OPTION
 from data.layout import locate_dataset
+from data.scan import scan_folder
 from models import get_spec, resolve_strategy
 from sweeper import console
 from sweeper.definition import DRIVER_OWNED, SweepDefinition, engine_config, load_definition, pin_definition, pin_fixed, unrunnable_values
@@ -99,8 +101,14 @@ def prepare_dataset(definition: SweepDefinition, fixed: Mapping[str, Any]) -> No
     if any(name in definition.searched() and name not in fixed for name in ("data_dir", "download")):
         return  # the search varies it: each trial finds its own
     values = {**constants, **fixed}
-    config = parse_run_config({name: values[name] for name in ("data_dir", "download") if name in values})
-    locate_dataset(config.data_dir, download=config.download)
+    config = parse_run_config({name: values[name] for name in ("data_dir", "download", "cache_dir") if name in values})
+    layout = locate_dataset(config.data_dir, download=config.download)
+    if "cache_dir" in definition.searched() and "cache_dir" not in fixed:
+        return
+    # The scan, once here (trials read its cached result): unreadable files are named on the sweep's console.
+    index = scan_folder(layout.train_dir, cache_dir=ensure_writable(config.cache_dir, "cache_dir", CACHE_OPTION))
+    if index.skipped:
+        print(f"note: every trial trains without those {len(index.skipped)} file(s) and lists them in its skipped_files.txt", flush=True)
 
 
 def check_fixed(fixed: Mapping[str, Any]) -> dict[str, str]:

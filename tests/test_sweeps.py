@@ -135,6 +135,15 @@ def test_a_listed_value_no_listed_model_can_train_with_is_refused_before_the_fir
     assert unrunnable_values({**pretrained, "k_layers": {"values": [2, 5]}}, {}) == []
 
 
+def test_the_sweep_console_names_the_files_its_trials_skip(tmp_path, fixed_args, capsys):
+    from sweeper.local import prepare_dataset
+
+    prepare_dataset(load_definition(write_yaml(tmp_path / "s.yaml", tiny_definition())), {**fixed_args, "cache_dir": str(tmp_path / "c")})
+    out = capsys.readouterr().out
+    assert "skipped 3 unreadable file(s)" in out and "broken_000.jpg" in out and "lists them in its skipped_files.txt" in out
+    assert list((tmp_path / "c").glob("scan-*.json"))  # the trials read this scan instead of repeating it
+
+
 def test_fixed_arguments_are_checked_once(tmp_path, fixed_args):
     sweep = write_yaml(tmp_path / "s.yaml", tiny_definition())
     with pytest.raises(UserError, match="set by the sweep"):
