@@ -254,7 +254,7 @@ def _warnings(s: Summary) -> list[str]:
 def render(summary: Summary, images: dict[str, str], test_images: dict[str, list[tuple[str, str]]]) -> str:
     """`images` maps a figure's role (by_strategy, cost, curves, importance) to its relative path."""
     lines = [f"# Sweep report: {summary.provenance.sweep_name}", "",
-             f"{len(summary.table.records)} runs, {len(summary.successful)} successful; accuracies are the "
+             f"{len(summary.table.records)} run{'s' * (len(summary.table.records) != 1)}, {len(summary.successful)} successful; accuracies are the "
              f"best epoch's {metrics.VAL_ACC} on the validation split.", ""]
     lines += _warnings(summary)
     lines += _headline(summary)

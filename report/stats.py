@@ -343,7 +343,7 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
                             f"({_counts(versions)}): its runs are NOT comparable with each other")
     random_init = Counter(str(r.model) for r in successful if r.is_random_init)
     if random_init:
-        warnings.append(f"{sum(random_init.values())} runs of pretrained architectures used weights=none ({_counts(random_init)}): "
+        warnings.append(f"{sum(random_init.values())} run(s) of pretrained architectures used weights=none ({_counts(random_init)}): "
                         "trained from random initialisation, they are not fine-tuned runs and are left out of the headline")
     for record in successful:
         from_history = record.history_best_val_acc

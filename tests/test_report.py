@@ -397,7 +397,7 @@ def test_a_random_init_backbone_is_not_the_fine_tuned_headline(tmp_path, sweep_d
         path.write_text(path.read_text().replace("IMAGENET1K_V1", "none"))
     summary = summarise(load_table(str(tmp_path / "runs")))
     assert summary.best_fine_tuned.run_id == "r06" and summary.leaderboard[0].run_id == "r04"  # r06 ties r02, and is cheaper
-    assert any("1 runs of pretrained architectures used weights=none (efficientnet_b0 x1)" in w for w in summary.provenance.warnings)
+    assert any("1 run(s) of pretrained architectures used weights=none (efficientnet_b0 x1)" in w for w in summary.provenance.warnings)
     assert summary.seeds_fine_tuned and all(r.run_id != "r04" for r in summary.seeds_fine_tuned.records)
 
 
