@@ -318,10 +318,10 @@ def test_a_trial_that_ended_while_the_driver_was_away_is_not_rerun(tmp_path, fix
 
 
 def test_failing_trials_are_recorded_and_a_setup_failure_stops_the_sweep(tmp_path, fixed_args):
-    # k_layers=9 is a valid value, but not for resnet18's 4 stages: that suggestion cannot parse (recorded, never
-    # launched, the sweep goes on); a missing weights file makes agent.py exit 2, a setup problem every later
-    # trial would share: the sweep stops there, saying what to fix.
-    definition = tiny_definition(model={"value": "resnet18"}, strategy={"value": "last_k"}, k_layers={"values": [9, 1, 2]},
+    # k_layers=9 is a valid value, but not for resnet18's 5 stages (it is for vit_b_16's 12 blocks): that suggestion
+    # cannot parse (recorded, never launched, the sweep goes on); a missing weights file makes agent.py exit 2, a
+    # setup problem every later trial would share: the sweep stops there, saying what to fix.
+    definition = tiny_definition(model={"values": ["resnet18", "vit_b_16"]}, strategy={"value": "last_k"}, k_layers={"values": [9, 1, 2]},
                                  weights={"value": str(tmp_path / "missing.pt")}, activation={"value": "relu"}, lr={"value": 0.01})
     sweep_dir = tmp_path / "sweep"
     with pytest.raises(UserError) as stopped:
@@ -333,13 +333,20 @@ def test_failing_trials_are_recorded_and_a_setup_failure_stops_the_sweep(tmp_pat
     assert summary_of(sweep_dir, launched["run_id"])[M.REASON] == launched["reason"]
 
 
-def test_a_trial_that_failed_on_setup_is_retried_once_it_is_fixed(tmp_path, nature_dir, fixed_args):
+def test_a_trial_that_failed_on_setup_is_retried_once_it_is_fixed(tmp_path, nature_dir, fixed_args, monkeypatch):
+    import sweeper.local
+
     data = tmp_path / "data"
     shutil.copytree(nature_dir, data)
     empty = data / "inaturalist_12K" / "train" / "Zebras"
     empty.mkdir()  # an empty class folder: every trial would fail on it
     definition = tiny_definition(activation={"values": ["relu", "gelu"]}, lr={"value": 0.01})
     sweep, sweep_dir, fixed = write_yaml(tmp_path / "s.yaml", definition), tmp_path / "sweep", {**fixed_args, "data_dir": str(data)}
+    with pytest.raises(UserError, match="Zebras"):  # the driver's own look at the data: no trial is spent on it
+        run_local_sweep(sweep, count=2, sweep_dir=sweep_dir, fixed=fixed)
+    assert not sweep_dir.exists()
+    # A setup problem only a trial meets (the driver's look skipped here): the trial fails, and is retried once fixed.
+    monkeypatch.setattr(sweeper.local, "prepare_dataset", lambda definition, fixed: None)
     with pytest.raises(UserError, match="Zebras"):
         run_local_sweep(sweep, count=2, sweep_dir=sweep_dir, fixed=fixed)
     [failed] = table_rows(sweep_dir)
