@@ -409,6 +409,28 @@ def test_group_learning_rates_follow_backbone_multiplier_and_layer_decay():
             assert group["weight_decay"] == 0.01 and all(p.dim() > 1 for p in group["params"])
 
 
+@pytest.mark.parametrize("name", every_backbone())
+def test_no_backbone_decays_a_bias_or_norm_tensor(name):
+    """Weight decay on 1-d tensors (biases, norm scales, ViT's in_proj_bias, class token) pulls them to 0: every
+    backbone's full plan puts each of them in a no_decay group, and every matrix in a decayed one."""
+    model = build(name)
+    model.apply_plan(plan(model, "full"))
+    for group in build_param_groups(model, lr=0.1, weight_decay=0.01):
+        decays = group["weight_decay"] > 0
+        assert decays == (not group["name"].endswith("/no_decay"))
+        assert all((p.dim() > 1) == decays for p in group["params"]), group["name"]
+
+
+def test_sgd_uses_nesterov_momentum():
+    from trainer.config import parse_run_config
+    from trainer.optim import build_optimizer
+
+    model = build("resnet18")
+    model.apply_plan(plan(model, "full"))
+    optimizer = build_optimizer(model, parse_run_config({"model": "resnet18", "optimizer": "sgd", "momentum": 0.9, "strategy": "full"}))
+    assert all(g["nesterov"] and g["momentum"] == 0.9 for g in optimizer.param_groups)
+
+
 def test_groups_for_newly_unfrozen_stages_during_gradual_unfreezing():
     model = build("resnet18")
     model.apply_plan(plan(model, "gradual", epoch=0))
