@@ -49,7 +49,7 @@ def _split_option(args: list[str], name: str, default: str | None = None) -> tup
 
 def run_config_from_args(args: list[str]):
     """Defaults < --config FILE < the saved config of a resumed run < --key=value arguments."""
-    from trainer.config import load_yaml_values, parse_cli, parse_run_config
+    from trainer.config import load_yaml_values, parse_cli, parse_run_config, unused_reason
 
     config_file, args = _split_option(args, "config")
     cli = parse_cli(args)
@@ -65,31 +65,10 @@ def run_config_from_args(args: list[str]):
         sources = [saved, *sources]
         cli = {**cli, "run_id": run_id}
     config = parse_run_config(*sources, cli)
-    ignored = [f"--{key} ({_why_unused(key, config)})" for key, value in cli.items() if value is not None and getattr(config, key, None) is None]
+    ignored = [f"--{key} ({unused_reason(key, config)})" for key, value in cli.items() if value is not None and getattr(config, key, None) is None]
     if ignored:  # normalisation drops what this run cannot use: say so, rather than let it look used
         print(f"note: ignored, as this run has no use for them: {', '.join(ignored)}", flush=True)
     return config
-
-
-def _why_unused(key: str, config) -> str:
-    from trainer.config import FREEZE_OPTION_FIELDS, SCRATCH_FIELDS
-
-    scratch = config.model == "scratch_cnn"
-    if key in SCRATCH_FIELDS:
-        return f"scratch_cnn only; {config.model}'s input size follows its weights" if key == "input_size" else "scratch_cnn only"
-    if scratch and (key in FREEZE_OPTION_FIELDS or key in ("backbone_lr_mult", "layer_decay")):
-        return "scratch_cnn trains every layer alike"
-    if key in FREEZE_OPTION_FIELDS:
-        return f"strategy {config.strategy} does not use it"
-    if key in ("backbone_lr_mult", "layer_decay"):
-        return "head_only trains no backbone layer"
-    if key == "aux_loss_weight":
-        return f"{config.model} has no aux heads"
-    if key == "momentum":
-        return f"optimizer {config.optimizer} has none; sgd only"
-    if key == "warmup_epochs":
-        return "the onecycle schedule warms up by itself"
-    return "it does not apply"
 
 
 def command_run(args: list[str]) -> int:

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from data.images import check_image, decode_working  # noqa: E402
@@ -70,7 +71,7 @@ def render(ms: dict[str, float], sizes: dict[int, tuple[str, ...]], count: int, 
         "",
         f"`{command}`",
         "",
-        f"{datetime.date.today()}; {device_name_cpu()}; {count} synthetic JPEGs (500x375 to 1000x750, quality 90); "
+        f"{datetime.date.today()}; {device_name(torch.device('cpu'))}; {count} synthetic JPEGs (500x375 to 1000x750, quality 90); "
         f"{args.repeats} repetition(s), medians.",
         "",
         "| resize px | backbones | scan ms | cache decode ms | naive decode ms | scan / cache | naive / cache |",
@@ -87,12 +88,6 @@ def render(ms: dict[str, float], sizes: dict[int, tuple[str, ...]], count: int, 
         "runs. *naive / cache* is what draft-mode decoding saves on every decode of an ImageFolder pipeline.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def device_name_cpu() -> str:
-    import torch
-
-    return device_name(torch.device("cpu"))
 
 
 def main(argv=None) -> None:

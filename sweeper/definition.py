@@ -83,11 +83,18 @@ METHODS = ("grid", "random", "bayes")  # the engine's search methods this driver
 _BOUNDED_BY_VALUES = ("int_uniform", "uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values")
 
 
+def _listed(spec: Any) -> list[Any]:
+    """The values a parameter lists (`value` or `values`); [] for a distribution."""
+    if not isinstance(spec, dict):
+        return []
+    return [spec["value"]] if "value" in spec else list(spec["values"]) if isinstance(spec.get("values"), list) else []
+
+
 def _spec_problems(name: str, spec: dict) -> list[str]:
     """A misspelled key, or a value the run config refuses, named here rather than failing every trial."""
     problems = [f"parameter {name!r} has the key {key!r}{nearest(key, SPEC_KEYS)}; a parameter takes {', '.join(SPEC_KEYS[:3])}, ..."
                 for key in spec if key not in SPEC_KEYS]
-    candidates = [spec["value"]] if "value" in spec else list(spec["values"]) if isinstance(spec.get("values"), list) else []
+    candidates = _listed(spec)
     if spec.get("distribution", "") in _BOUNDED_BY_VALUES:
         candidates += [spec[bound] for bound in ("min", "max") if bound in spec]
     for value in candidates:
@@ -109,12 +116,6 @@ def _value_problems(name: str, spec: dict) -> list[str]:
         falsy = next(value for value in values[1:] if not value)
         problems.append(f"parameter {name!r} lists {falsy!r} after the first value; put it first: the engine reads it as the first value")
     return problems
-
-
-def _listed(spec: Any) -> list[Any]:
-    if not isinstance(spec, dict):
-        return []
-    return [spec["value"]] if "value" in spec else list(spec["values"]) if isinstance(spec.get("values"), list) else []
 
 
 def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -> list[str]:
@@ -149,9 +150,14 @@ def load_definition(path: Path | str) -> SweepDefinition:
         raise UserError(f"sweep file {path} is not valid YAML: {yaml_problem(exc)}") from None
     problems = definition_problems(config)
     if problems:
-        more = f" (also: {'; '.join(problems[1:])})" if len(problems) > 1 else ""  # every problem, so one edit fixes them all
-        raise UserError(f"sweep file {path}: {problems[0]}{more}")
+        raise problems_error(path, problems)
     return SweepDefinition(path, text, config)
+
+
+def problems_error(path: Path | str, problems: list[str], advice: str = "") -> UserError:
+    """One line that carries every problem of a sweep file, so one edit fixes them all."""
+    more = f" (also: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
+    return UserError(f"sweep file {path}: {problems[0]}{more}{advice}")
 
 
 def pin_definition(sweep_dir: Path, definition: SweepDefinition, bound: bool = True) -> bool:

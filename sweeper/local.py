@@ -36,7 +36,7 @@ from data.layout import locate_dataset
 from data.scan import scan_folder
 from models import get_spec, resolve_strategy
 from sweeper import console
-from sweeper.definition import DRIVER_OWNED, SweepDefinition, engine_config, load_definition, pin_definition, pin_fixed, unrunnable_values
+from sweeper.definition import DRIVER_OWNED, SweepDefinition, engine_config, load_definition, pin_definition, pin_fixed, problems_error, unrunnable_values
 from sweeper.engine import runs_to_stop, suggest, sweep_run
 from sweeper.interrupt import DriverInterrupt
 from sweeper.table import DUPLICATE, RUNS_DIR, UNFINISHED, Trial, TrialTable, binds_folder, failed_on_setup, suggestion_identity
@@ -63,8 +63,7 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
     fixed = check_fixed(fixed or {})
     unrunnable = unrunnable_values(definition.parameters, fixed)
     if unrunnable:  # with the fixed arguments: --model=resnet18 makes k_layers=7 unrunnable
-        more = f" (also: {'; '.join(unrunnable[1:])})" if len(unrunnable) > 1 else ""
-        raise UserError(f"sweep file {sweep_yaml}: {unrunnable[0]}{more}; remove it from the values")
+        raise problems_error(sweep_yaml, unrunnable, "; remove it from the values")
     sweep_dir = (Path(sweep_dir) if sweep_dir else Path("sweep_runs") / Path(sweep_yaml).stem).resolve()
     existed = sweep_dir.exists()
     if not existed:

@@ -287,6 +287,26 @@ def normalise(config: RunConfig) -> RunConfig:
     return dataclasses.replace(config, **changes)
 
 
+def unused_reason(key: str, config: "RunConfig") -> str:
+    """Why `normalise` dropped `key` from `config` (set to None): its rules, in words."""
+    scratch = config.model == "scratch_cnn"
+    if key in SCRATCH_FIELDS:
+        return f"scratch_cnn only; {config.model}'s input size follows its weights" if key == "input_size" else "scratch_cnn only"
+    if scratch and (key in FREEZE_OPTION_FIELDS or key in ("backbone_lr_mult", "layer_decay")):
+        return "scratch_cnn trains every layer alike"
+    if key in FREEZE_OPTION_FIELDS:
+        return f"strategy {config.strategy} does not use it"
+    if key in ("backbone_lr_mult", "layer_decay"):
+        return "head_only trains no backbone layer"
+    if key == "aux_loss_weight":
+        return f"{config.model} has no aux heads"
+    if key == "momentum":
+        return f"optimizer {config.optimizer} has none; sgd only"
+    if key == "warmup_epochs":
+        return "the onecycle schedule warms up by itself"
+    return "it does not apply"
+
+
 def _fold_freezing(spec, strategy, config: RunConfig) -> dict[str, Any]:
     """Values that train the same model written one way: freeze_fraction as the share of stages it freezes,
     bn_mode as the default where no frozen stage has BatchNorm in eval mode (nothing frozen, norm layers

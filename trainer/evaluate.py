@@ -67,7 +67,7 @@ def evaluate_on_test_set(run_folder: Path, data_dir: str | None = None, device: 
         raise UserError(f"run {run_folder.name} has no {BEST_CHECKPOINT}: it ended before its first epoch did ({why}); train it further "
                         f"(python agent.py --resume --run_id={run_folder.name} --output_dir={run_folder.parent}, or the sweep command "
                         f"of a sweep trial) or test another run")
-    if not saved or not checkpoint.exists():
+    if not saved:
         raise UserError(f"{run_folder} is not a finished run folder (needs config.yaml and {BEST_CHECKPOINT}); pass a folder under runs/ or a sweep's runs/")
     if not os.access(run_folder, os.W_OK):  # e.g. an earlier notebook's output attached read-only
         raise UserError(f"{run_folder} is read-only, and the test writes its results into it: copy the run folder somewhere "

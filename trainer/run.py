@@ -338,9 +338,10 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
     for stale in folder.glob(".*.tmp"):  # half-written files of a killed earlier process (this one holds the lock)
         stale.unlink(missing_ok=True)
     config_dict = to_dict(config) | {"run_id": run_id}
-    if record.read_config():
-        saved = {k: v for k, v in record.read_config().items() if k in effective_config(config)}
-        changed = {k: v for k, v in effective_config(config).items() if saved.get(k, v) != v}
+    earlier, effective = record.read_config(), effective_config(config)
+    if earlier:
+        saved = {k: v for k, v in earlier.items() if k in effective}
+        changed = {k: v for k, v in effective.items() if saved.get(k, v) != v}
         if changed and rehash(saved) != config_hash(config):  # not merely written otherwise by older code
             key, value = next(iter(changed.items()))
             if config.resume:

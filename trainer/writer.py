@@ -9,8 +9,9 @@ At most one write is in flight: the next checkpoint waits for it, so host memory
 most and files are written in order. A write that failed (a full disk) is raised by the next call, so the
 run still ends with its reason. `close()` waits for the last write: a run never ends, nor exits on a
 signal, with its final checkpoint unwritten; a SIGKILL during a write leaves the previous file (writes are
-atomic), from which the run resumes, replaying at most the last epoch. Validation waits for a write in flight (`Loop.writes_done`): its loader
-forks worker processes, and no process should fork while another of its threads holds a lock.
+atomic), from which the run resumes, replaying at most the last epoch. Validation waits for a write in
+flight (`Loop.writes_done`): its loader forks worker processes, and no process should fork while another of
+its threads holds a lock.
 
 Only GPU runs write in the background: there the training thread mostly waits for kernels. On a CPU the
 writer shares the cores with PyTorch's OpenMP threads, and the gain is a coin toss: ResNet-50 on 2 cores,
