@@ -40,8 +40,10 @@ def find_layout(data_dir: Path) -> DatasetLayout | None:
     return None
 
 
-def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None = None) -> DatasetLayout:
-    """The dataset layout under `data_dir`; when there is none and `download` is set, fetch nature_12K first."""
+def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None = None,
+                   offer_download: bool = True) -> DatasetLayout:
+    """The dataset layout under `data_dir`; when there is none and `download` is set, fetch nature_12K first.
+    `offer_download=False` is for commands that never download (testing a run): their error does not suggest it."""
     data_dir = Path(data_dir).expanduser()
     if data_dir.exists() and not data_dir.is_dir():
         raise UserError(f"--data_dir={data_dir} is a file, not a folder: pass the folder that holds train/ (or the unzipped nature_12K)")
@@ -72,7 +74,7 @@ def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None 
         raise UserError(
             f"no dataset found in {data_dir}: pass --data_dir pointing at the unzipped nature_12K "
             "(inaturalist_12K/ with train/ and val/) or any folder with train/ and val/ class sub-folders"
-            + ("" if download else ", or drop --download=false to fetch nature_12K.zip")
+            + ("" if download or not offer_download else ", or drop --download=false to fetch nature_12K.zip")
         )
     return layout
 

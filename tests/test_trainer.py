@@ -507,6 +507,9 @@ def test_the_test_command_finds_a_relative_data_dir_from_any_folder_and_never_do
     with pytest.raises(UserError, match=r"the data folder run relative was trained on, .*gone .* is not there; pass --data_dir"):
         evaluate_on_test_set(outcome.folder)
     assert evaluate_on_test_set(outcome.folder, data_dir=str(moved))[M.NUM_IMAGES] == 12
+    with pytest.raises(UserError, match=r"no dataset found in .*moved.inaturalist_12K.train: pass --data_dir[^,]*$") as error:
+        evaluate_on_test_set(outcome.folder, data_dir=str(moved / "inaturalist_12K" / "train"))  # one level too deep
+    assert "download" not in str(error.value)  # testing never downloads, so the error does not suggest it
 
 
 def test_a_test_on_other_images_keeps_the_earlier_result_aside(base, nature_dir, tmp_path, capsys):

@@ -110,7 +110,7 @@ def _evaluate(run_folder: Path, record: RunRecord, saved: dict, checkpoint: Path
     if not data_dir and not Path(config.data_dir).is_dir():  # never a download just to test: the run's data has moved
         raise UserError(f"the data folder run {run_folder.name} was trained on, {config.data_dir} (its config.yaml), is not there; "
                         f"pass --data_dir with the dataset's folder")
-    layout = locate_dataset(config.data_dir, download=False)
+    layout = locate_dataset(config.data_dir, download=False, offer_download=False)
     if layout.test_dir is None:
         raise UserError(f"{layout.root} has no val/ or test/ folder to evaluate on: pass --data_dir with the held-out set")
     test_index = scan_folder(layout.test_dir, cache_dir=ensure_writable(config.cache_dir, "cache_dir", CACHE_OPTION))
