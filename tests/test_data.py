@@ -18,7 +18,7 @@ from data.cache import DecodedImageCache
 from data.images import decode_working, open_rgb
 from data.layout import locate_dataset
 from data.loading import BatchLoader, DecodingStore
-from data.scan import check_same_classes, scan_folder
+from data.scan import ImageIndex, check_same_classes, scan_folder
 from data.split import stratified_split
 
 PRE = Preprocessing(crop_size=24, resize_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -285,6 +285,26 @@ def test_same_file_names_in_another_dataset_never_share_a_cache(tmp_path):
     assert cache_a.path != cache_b.path and cache_b.read(np.array([0]))[0, 0, 0, 2] == 255
 
 
+def test_the_image_cache_key_includes_interpolation(index, tmp_path):
+    """Two runs at one size but different interpolation must not share cached pixels."""
+    bilinear = DecodedImageCache.build_or_open(index, 16, "bilinear", tmp_path, progress=False)
+    nearest = DecodedImageCache.build_or_open(index, 16, "nearest", tmp_path, progress=False)
+    rows = np.arange(4)
+    assert nearest.path != bilinear.path
+    assert np.array_equal(nearest.read(rows), np.stack([decode_working(index.absolute(i), 16, "nearest") for i in rows]))
+    assert not np.array_equal(nearest.read(rows), bilinear.read(rows))
+
+
+def test_a_cache_file_left_without_its_metadata_is_rebuilt(index, tmp_path):
+    """A process killed between writing the .u8 and its .json leaves a cache that a later run rebuilds."""
+    cache = DecodedImageCache.build_or_open(index, 16, "bilinear", tmp_path, progress=False)
+    expected = cache.read(np.arange(len(index)))
+    cache.path.with_suffix(".json").unlink()
+    cache.path.write_bytes(b"")  # so pixels read back can only come from a rebuild
+    rebuilt = DecodedImageCache.build_or_open(index, 16, "bilinear", tmp_path, progress=False)
+    assert rebuilt.count == len(index) and np.array_equal(rebuilt.read(np.arange(len(index))), expected)
+
+
 def test_the_split_hash_covers_the_validation_paths(index):
     """Pitfall 8: the same indices over one renamed validation image are another split."""
     import dataclasses
@@ -295,6 +315,36 @@ def test_the_split_hash_covers_the_validation_paths(index):
     other = stratified_split(renamed, 0.25, seed=3)
     assert (other.train == split.train).all() and (other.val == split.val).all()
     assert other.hash != split.hash
+
+
+def _hand_index(counts=(10, 10, 10), classes=("cat", "dog", "owl")):
+    paths = tuple(f"{name}/{i:02d}.jpg" for name, n in zip(classes, counts) for i in range(n))
+    return ImageIndex(Path("golden"), classes, paths, np.repeat(np.arange(len(classes)), counts))
+
+
+def test_the_split_for_seed_0_is_pinned_across_versions():
+    """Runs record and compare the split hash: any change to the shuffle moves images between train and val."""
+    index = _hand_index()
+    split = stratified_split(index, 0.2, seed=0)
+    assert [index.paths[i] for i in split.val] == ["cat/00.jpg", "cat/02.jpg", "dog/01.jpg", "dog/02.jpg", "owl/01.jpg", "owl/07.jpg"]
+    assert len(split.train) == 24 and split.hash == "749770d852632d9f"
+
+
+def test_the_split_hash_changes_with_the_training_subset(index):
+    full = stratified_split(index, 0.2, seed=0)
+    half = stratified_split(index, 0.2, seed=0, subset_fraction=0.5)
+    assert np.array_equal(full.val, half.val) and half.hash != full.hash
+
+
+def test_the_split_does_not_depend_on_the_order_images_were_listed_in(index):
+    """The same files listed in another order (another OS, another scan) give the same train and val images."""
+    import dataclasses
+
+    order = np.random.default_rng(5).permutation(len(index))
+    shuffled = dataclasses.replace(index, paths=tuple(index.paths[i] for i in order), labels=index.labels[order])
+    split, other = stratified_split(index, 0.25, seed=3), stratified_split(shuffled, 0.25, seed=3)
+    assert {index.paths[i] for i in split.val} == {shuffled.paths[i] for i in other.val}
+    assert {index.paths[i] for i in split.train} == {shuffled.paths[i] for i in other.train}
 
 
 def test_class_folders_the_test_set_lacks_are_named_before_training(nature_dir, tmp_path, capsys):
