@@ -328,6 +328,7 @@ def test_a_store_never_brings_back_the_best_pt_of_a_replaced_model(nature_dir, t
     cut = run_training(config(nature_dir, tmp_path, **settings))
     assert cut.state == M.PREEMPTED and "optimizer state does not fit" in cut.summary["resume_refused"]
     assert not (cut.folder / "best.pt").exists() and (cut.folder / "best.previous.pt").exists()
+    assert M.BEST_VAL_ACC not in cut.summary and M.BEST_EPOCH not in cut.summary  # nor does its best val_acc
     monkeypatch.setattr(trainer.loop, "EpochProgress", original_progress)
     sigterm_at_step(1)  # relaunched, and cut off again: the store's old best.pt must stay out
     again = run_training(config(nature_dir, tmp_path, **settings))
@@ -397,3 +398,82 @@ def test_a_checkpoint_without_an_identity_is_refused_with_a_reason(tmp_path):
     torch.save({"format": 1, "loop": {}, "model": {}}, path)  # a hand-made or foreign file of our format
     with pytest.raises(CheckpointRefused, match="was written for config_hash=None"):
         load_checkpoint(path, {"config_hash": "0123456789abcdef"})
+
+
+def test_an_epoch_resumed_at_its_end_reports_the_whole_epochs_time_and_throughput(nature_dir, tmp_path, sigterm_at_step, monkeypatch):
+    import trainer.loop
+
+    def epoch_images(outcome):  # images trained in the epoch, from its row
+        row = json.loads((outcome.folder / "metrics.jsonl").read_text())
+        return row[M.IMAGES_PER_SECOND] * row[M.EPOCH_SECONDS]
+
+    original_progress = trainer.loop.EpochProgress
+    batches = []
+    monkeypatch.setattr(trainer.loop, "EpochProgress", lambda *a, **k: batches.append(a[1]) or original_progress(*a, **k))
+    straight = run_training(config(nature_dir, tmp_path / "straight", run_id="straight", epochs=1))
+    sigterm_at_step(batches[0])  # the epoch's last batch: the checkpoint holds all of it, its validation still to come
+    cut = run_training(config(nature_dir, tmp_path, run_id="cut", epochs=1))
+    assert cut.state == M.PREEMPTED and not (cut.folder / "metrics.jsonl").read_text()  # no epoch logged yet
+    monkeypatch.setattr(trainer.loop, "EpochProgress", original_progress)
+
+    resumed = run_training(config(nature_dir, tmp_path, run_id="cut", epochs=1))
+    assert resumed.summary.get("resumed_from_epoch") == 0
+    # the epoch's time and images over both sessions, not the none the resumed session trained (0 img/s)
+    assert epoch_images(resumed) == pytest.approx(epoch_images(straight), rel=0.05) and epoch_images(straight) > 8
+
+
+def test_pruning_old_checkpoint_versions_never_deletes_the_one_aliased_latest(tmp_path, monkeypatch):
+    import wandb
+
+    from trainer.wandb_log import WandbLogger
+
+    deleted = []
+
+    class Version:
+        def __init__(self, name, aliases):
+            self.name, self.aliases = name, aliases
+
+        def delete(self):
+            deleted.append(self.name)
+
+    listed = [Version("v2", []), Version("v3", ["latest"]), Version("v1", None)]  # in whatever order W&B lists them
+    monkeypatch.setattr(wandb, "Api", lambda **k: type("Api", (), {"artifacts": lambda self, *a: listed})())
+    store = ArtifactStore(WandbLogger(FakeArtifactRun(), "online"), "trial-11")
+    checkpoint = tmp_path / "last.pt"
+    torch.save({"epoch": 3}, checkpoint)
+    store.save(checkpoint)
+    store.close()
+    assert deleted == ["v1"]
+
+
+def test_a_copy_to_the_folder_store_cut_off_midway_leaves_the_previous_copy_whole(tmp_path, monkeypatch):
+    from trainer.store import FolderStore
+
+    store = FolderStore(tmp_path / "drive", "trial-12")
+    checkpoint = tmp_path / "machine_a" / "last.pt"
+    checkpoint.parent.mkdir()
+    torch.save({"epoch": 1}, checkpoint)
+    store.save(checkpoint)
+    torch.save({"epoch": 2, "weights": torch.zeros(1000)}, checkpoint)
+
+    def cut_off(source, target, length=0):
+        target.write(source.read(100))
+        raise OSError("the mounted drive went away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shutil, "copyfileobj", cut_off)
+        with pytest.raises(OSError):
+            store.save(checkpoint)
+    fresh_machine = tmp_path / "machine_b" / "last.pt"
+    assert store.fetch(fresh_machine)
+    assert torch.load(fresh_machine, weights_only=True) == {"epoch": 1}
+
+
+def test_an_epoch_recorded_again_replaces_that_epoch_and_every_later_one(tmp_path):
+    from trainer.record import RunRecord
+
+    record = RunRecord(tmp_path / "run")
+    for epoch, accuracy in ((1, 0.4), (2, 0.5), (3, 0.6)):
+        record.append_epoch({M.EPOCH: epoch, M.VAL_ACC: accuracy})
+    record.append_epoch({M.EPOCH: 2, M.VAL_ACC: 0.7})  # epoch 2 trained again, e.g. resumed from epoch 1's checkpoint
+    assert RunRecord.read_history(record.folder) == [{M.EPOCH: 1, M.VAL_ACC: 0.4}, {M.EPOCH: 2, M.VAL_ACC: 0.7}]

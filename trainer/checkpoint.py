@@ -39,6 +39,7 @@ class LoopState:
     best_epoch: int = 0
     stale_epochs: int = 0  # epochs since val_acc last improved
     train_seconds: float = 0.0
+    epoch_seconds: float = 0.0  # seconds the current epoch trained before the last checkpoint, in any session
     loss_sum: float = 0.0  # running sums of the current epoch
     correct: int = 0
     seen: int = 0

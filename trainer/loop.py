@@ -117,8 +117,7 @@ def train(loop: Loop, state: LoopState) -> str:
         params = [p for g in optimizer.param_groups for p in g["params"]]
         loss_sum = torch.tensor(state.loss_sum, device=loop.device, dtype=torch.float64)
         correct = torch.tensor(state.correct, device=loop.device, dtype=torch.int64)
-        started, images_seen_now = time.perf_counter(), 0  # `started` restarts at each checkpoint (train_seconds)
-        epoch_started = started  # never reset: epoch_seconds and images/s cover this session's whole epoch
+        started = time.perf_counter()  # restarts at each checkpoint, which adds the time since to the state's sums
         lr = optimizer.param_groups[0]["lr"]
         progress = EpochProgress(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch, initial=state.batch)
 
@@ -143,14 +142,13 @@ def train(loop: Loop, state: LoopState) -> str:
             loss_sum += loss.detach().double() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             state.seen += len(y)
-            images_seen_now += len(y)
             progress.update(loss=loss, lr=lr)
             if state.step % NAN_CHECK_EVERY_STEPS == 0 and not torch.isfinite(loss_sum):
                 raise Diverged(f"training loss became {loss_sum.item()} in epoch {epoch + 1} (step {state.step}); lower lr")
             minutes = config.checkpoint_minutes
             if loop.stop or (minutes and time.monotonic() - last_checkpoint > 60 * minutes):
                 state.loss_sum, state.correct = loss_sum.item(), int(correct.item())
-                state.train_seconds += time.perf_counter() - started
+                state.train_seconds, state.epoch_seconds = add_elapsed(started, state.train_seconds, state.epoch_seconds)
                 started = time.perf_counter()
                 loop.checkpoint(state, False)
                 last_checkpoint = time.monotonic()
@@ -161,8 +159,8 @@ def train(loop: Loop, state: LoopState) -> str:
 
         if not torch.isfinite(loss_sum):
             raise Diverged(f"training loss became {loss_sum.item()} in epoch {epoch + 1}; lower lr")
-        state.train_seconds += time.perf_counter() - started
-        epoch_seconds = time.perf_counter() - epoch_started
+        # The epoch's time and images over all its sessions: a run resumed at the end of an epoch reports the epoch.
+        state.train_seconds, epoch_seconds = add_elapsed(started, state.train_seconds, state.epoch_seconds)
         loop.writes_done()  # only a mid-epoch checkpoint can still be in flight here: at most a second's wait
         val_loss, val_acc = evaluate(loop, loop.inputs.val_loader)
         if not math.isfinite(val_loss):
@@ -175,14 +173,14 @@ def train(loop: Loop, state: LoopState) -> str:
             M.VAL_ACC: val_acc,
             M.LR: lr,
             M.EPOCH_SECONDS: round(epoch_seconds, 3),
-            M.IMAGES_PER_SECOND: round(images_seen_now / max(epoch_seconds, 1e-9), 1),
+            M.IMAGES_PER_SECOND: round(state.seen / max(epoch_seconds, 1e-9), 1),
         }
         improved = val_acc > state.best_val_acc
         if improved:
             state.best_val_acc, state.best_epoch, state.stale_epochs = val_acc, epoch + 1, 0
         else:
             state.stale_epochs += 1
-        state.epoch, state.batch, state.loss_sum, state.correct, state.seen = epoch + 1, 0, 0.0, 0, 0
+        state.epoch, state.batch, state.loss_sum, state.correct, state.seen, state.epoch_seconds = epoch + 1, 0, 0.0, 0, 0, 0.0
         print(
             f"epoch {epoch + 1}/{config.epochs}  train_loss {row[M.TRAIN_LOSS]:.4f}  train_acc {row[M.TRAIN_ACC]:.4f}  "
             f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  {row[M.IMAGES_PER_SECOND]:.0f} img/s  {epoch_seconds:.1f}s",
@@ -205,6 +203,11 @@ def train(loop: Loop, state: LoopState) -> str:
         if loop.stop:
             return M.EARLY_STOPPED if loop.stop.reason == EARLY_STOP else M.PREEMPTED
     return M.FINISHED
+
+
+def add_elapsed(started: float, *totals: float) -> tuple[float, ...]:
+    elapsed = time.perf_counter() - started
+    return tuple(total + elapsed for total in totals)
 
 
 def autocast_factory(device: torch.device, dtype: torch.dtype | None) -> Callable[[], Any]:
