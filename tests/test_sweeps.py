@@ -413,6 +413,105 @@ def test_only_new_setup_failures_in_a_row_stop_a_sweep_that_has_trained(tmp_path
     assert sweep.setup_failure.run_id == "n5"
 
 
+def local_sweep(tmp_path, fixed=None, **parameters) -> LocalSweep:
+    """A driver on a tiny definition, its table to be written by hand (nothing trains)."""
+    definition = load_definition(write_yaml(tmp_path / "s.yaml", tiny_definition(**parameters)))
+    return LocalSweep(definition, tmp_path / "sweep", fixed or {}, workers=1)
+
+
+def write_history(folder: Path, accuracies: list[float]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{M.EPOCH: epoch, M.VAL_ACC: acc} for epoch, acc in enumerate(accuracies, start=1)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_the_sweep_summary_names_the_best_successful_trial_never_a_failed_one(tmp_path):
+    # A trial that diverged (or ran out of memory) after a good epoch keeps that best_val_acc in the table.
+    sweep = local_sweep(tmp_path)
+    for run_id, state, best in (("diverged", M.DIVERGED, 0.9), ("oom", M.OOM, 0.8), ("finished", M.FINISHED, 0.5),
+                                ("stopped", M.EARLY_STOPPED, 0.6), ("crashed", M.FAILED, 0.95)):
+        sweep.table.add(Trial(run_id, state, {}, f"hash-{run_id}", {"lr": len(sweep.table)}, exit_code=0, best_val_acc=best))
+    summary = sweep.run(count=0)
+    assert summary["best_run_id"] == "stopped" and summary[M.BEST_VAL_ACC] == 0.6
+
+
+def test_a_recorded_best_of_minus_one_means_no_best(tmp_path):
+    """The trainer's -1 sentinel (no epoch validated) is read as no best, never ranked as an accuracy."""
+    sweep = local_sweep(tmp_path)
+    trial = sweep.table.add(Trial("ended", M.RUNNING, {}, "hash", {"lr": 0.01}))  # ended while the driver was away
+    folder = sweep.table.run_folder(trial)
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({M.STATE: M.FINISHED, M.BEST_VAL_ACC: -1.0, "exit_code": 0}))
+    summary = sweep.run(count=0)
+    assert summary["resumed"] == 0 and summary["best_run_id"] is None and summary[M.BEST_VAL_ACC] is None
+    [row] = table_rows(tmp_path / "sweep")
+    assert row["state"] == M.FINISHED and row["best_val_acc"] is None
+
+
+def test_a_duplicate_reports_its_originals_result_to_the_search_but_not_to_hyperband(tmp_path):
+    sweep = local_sweep(tmp_path)
+    original = sweep.table.add(Trial("original", M.FINISHED, {}, "hash", {"k_layers": 1}, exit_code=0, best_val_acc=0.7))
+    write_history(sweep.table.run_folder(original), [0.4, 0.7])
+    sweep.table.add(Trial("repeat", DUPLICATE, {}, "hash", {"k_layers": 2}, duplicate_of="original"))
+    original_run, duplicate_run = sweep._engine_runs()
+    assert duplicate_run.name == "repeat" and duplicate_run.config == {"k_layers": {"value": 2}}
+    assert duplicate_run.state == sweeps.RunState.finished and duplicate_run.summary_metrics == {M.VAL_ACC: 0.7}
+    assert duplicate_run.history == original_run.history and len(original_run.history) == 2
+    # One training run is one entry in hyperband's bands, however many suggestions repeated its config.
+    assert [run.name for run in sweep._engine_runs(for_stopping=True)] == ["original"]
+
+
+def test_hyperband_sees_the_new_epochs_of_a_running_trial(tmp_path):
+    sweep = local_sweep(tmp_path)
+    running = sweep.table.add(Trial("running", M.RUNNING, {}, "hash", {"lr": 0.01}))
+    folder = sweep.table.run_folder(running)
+    write_history(folder, [0.3])
+    assert [len(run.history) for run in sweep._engine_runs(for_stopping=True)] == [1]
+    write_history(folder, [0.3, 0.5])  # its next epoch, written while the driver polls
+    [run] = sweep._engine_runs(for_stopping=True)
+    assert run.state == sweeps.RunState.running and [row[M.VAL_ACC] for row in run.history] == [0.3, 0.5]
+
+
+def test_a_relaunched_trial_takes_this_calls_paths_and_its_own_training_arguments(tmp_path, monkeypatch):
+    # The data moved between calls: the relaunch must read it from the corrected --data_dir, while what is
+    # trained (here --epochs, pinned for the folder) stays as the trial was started.
+    import sweeper.local
+
+    moved = {"data_dir": str(tmp_path / "new_data"), "cache_dir": str(tmp_path / "new_cache"), "wandb_mode": "disabled", "epochs": "2"}
+    sweep = local_sweep(tmp_path, fixed=moved)
+    sweep.table.add(Trial("preempted", M.PREEMPTED, {"lr": 0.01}, "hash", {"lr": 0.01, "activation": "gelu"}, exit_code=143,
+                          fixed={"data_dir": str(tmp_path / "old_data"), "cache_dir": str(tmp_path / "old_cache"),
+                                 "wandb_mode": "offline", "epochs": "02"}))
+    commands = []
+
+    def no_launch(run_id, folder, command, gpu):
+        commands.append(command)
+        raise OSError("not launched in this test")
+
+    monkeypatch.setattr(sweeper.local, "launch", no_launch)
+    assert sweep.run(count=0)["resumed"] == 1
+    [command] = commands
+    arguments = [a for a in command if a.startswith("--")]
+    for expected in (f"--data_dir={tmp_path / 'new_data'}", f"--cache_dir={tmp_path / 'new_cache'}", "--wandb_mode=disabled",
+                     "--epochs=02", "--lr=0.01", "--activation=gelu", "--run_id=preempted"):
+        assert expected in arguments
+    assert not [a for a in arguments if "old_" in a or a == "--wandb_mode=offline"]
+
+
+def test_a_second_driver_on_the_same_sweep_folder_is_refused(tmp_path, fixed_args):
+    import fcntl
+
+    sweep, sweep_dir = write_yaml(tmp_path / "s.yaml", tiny_definition()), tmp_path / "sweep"
+    sweep_dir.mkdir()
+    with open(sweep_dir / ".lock", "w") as held:  # the first driver, still running
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError) as refused:
+            run_local_sweep(sweep, count=0, sweep_dir=sweep_dir, fixed=fixed_args)
+    assert f"another sweep driver is running on {sweep_dir.resolve()}" in str(refused.value) and "\n" not in str(refused.value)
+    assert not (sweep_dir / "table.jsonl").exists()  # the refused driver touched nothing
+    assert run_local_sweep(sweep, count=0, sweep_dir=sweep_dir, fixed=fixed_args) is not None  # once the first one has gone
+
+
 def test_a_relaunched_trial_whose_checkpoint_no_longer_fits_trains_afresh(tmp_path, fixed_args):
     # A preempted trial whose last.pt is damaged (or of code that built the model otherwise) must not fail on
     # every call: it is set aside and the trial, whose config still has to be trained, starts over.
