@@ -16,7 +16,8 @@ are never rerun. A trial that fails on a setup problem (exit code 2: data, weigh
 cannot run) stops the sweep while no trial has trained yet, or when it is the third new trial in a row to fail
 so (the data went away), since every later trial would fail the same way. Once trials have trained, a setup
 failure is its own values' (a weights file one searched value names): recorded, and the sweep goes on. Every
-call retries the trials that failed on setup, so fixing the cause and running the same command again is enough.
+call retries the trials that failed on setup, so fixing the cause and running the same command again is enough, and
+resumes the trials SIGKILLed from outside (the host's out-of-memory killer, most often) from their checkpoints.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from sweeper import console
 from sweeper.definition import DRIVER_OWNED, SweepDefinition, engine_config, load_definition, pin_definition, pin_fixed, problems_error, unrunnable_values
 from sweeper.engine import runs_to_stop, suggest, sweep_run
 from sweeper.interrupt import DriverInterrupt
-from sweeper.table import DUPLICATE, RUNS_DIR, UNFINISHED, Trial, TrialTable, binds_folder, failed_on_setup, suggestion_identity
+from sweeper.table import (DUPLICATE, RUNS_DIR, UNFINISHED, Trial, TrialTable, binds_folder, failed_on_setup, killed_by_host,
+                           suggestion_identity)
 from sweeper.trial import (LaunchedTrial, has_checkpoint, launch, outcome, read_history, recorded_outcome,
                            trial_command, visible_gpus)
 from trainer import metrics as M
@@ -159,7 +161,7 @@ class LocalSweep:
 
     def run(self, count: int) -> dict | None:
         relaunch = [trial for trial in self.table
-                    if (trial.state in UNFINISHED and not self._ended_while_away(trial)) or failed_on_setup(trial)]
+                    if (trial.state in UNFINISHED and not self._ended_while_away(trial)) or failed_on_setup(trial) or killed_by_host(trial)]
         self.retries = {trial.run_id for trial in relaunch if failed_on_setup(trial)}
         new_trials = resumed = 0
         earlier = len(self.table.real())  # --count is the sweep's size, across calls
@@ -204,6 +206,10 @@ class LocalSweep:
         if own:
             print(f"{len(own)} trial(s) failed on a setup problem of their own values ({', '.join(own)}: see their reason in "
                   f"table.jsonl); fix it and run the same command again to retry them", flush=True)
+        killed = [t.run_id for t in self.table.real() if killed_by_host(t)]
+        if killed:
+            print(f"{len(killed)} trial(s) were killed by SIGKILL, most often the host running out of memory ({', '.join(killed)}); "
+                  f"run the same command again, with fewer --workers or --num_workers=0 if memory is short, to resume them", flush=True)
         if earlier >= count and not resumed:
             print(f"the sweep already has {earlier} trial(s), --count {count}: nothing to do; raise --count to extend it", flush=True)
         return self._summary(new_trials, resumed)

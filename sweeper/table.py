@@ -11,6 +11,7 @@ import dataclasses
 import json
 import re
 import secrets
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -114,6 +115,12 @@ def failed_on_setup(trial: Trial) -> bool:
     """A launched trial that ended on a user mistake (exit code 2: data, weights, a setting this machine cannot
     run): nothing about its config was learned, so a later call retries it once the mistake is fixed."""
     return trial.state == M.FAILED and trial.exit_code == EXIT_USER_ERROR
+
+
+def killed_by_host(trial: Trial) -> bool:
+    """A trial SIGKILLed from outside (the host's out-of-memory killer, most often, with parallel trials): its config
+    is not at fault, so like a preempted one a later call resumes it from its checkpoint."""
+    return trial.state == M.FAILED and trial.exit_code == -signal.SIGKILL
 
 
 def binds_folder(trial: Trial) -> bool:

@@ -161,6 +161,10 @@ def recorded_outcome(folder: Path) -> Outcome | None:
     return Outcome(state, summary.get(M.REASON), summary.get("exit_code"), best)
 
 
+KILLED_REASON = ("killed by SIGKILL, most often the host running out of memory; the same sweep command resumes it from its "
+                 "checkpoint (with fewer --workers or --num_workers=0 if memory is short)")
+
+
 def outcome(trial: LaunchedTrial, driver_interrupted: bool) -> Outcome:
     """How the trial ended, from its summary.json, its exit code and the signals we sent it."""
     code = trial.process.returncode
@@ -176,7 +180,8 @@ def outcome(trial: LaunchedTrial, driver_interrupted: bool) -> Outcome:
     # Killed before it could record how it ended: say what we know instead of guessing "finished".
     if driver_interrupted or killed_by in (signal.SIGTERM, signal.SIGINT):
         return Outcome(M.PREEMPTED, f"interrupted (exit {code}) before it could record its state; the next call relaunches it", code, best)
+    if killed_by == signal.SIGKILL:  # no trainer error dies this way: the host's out-of-memory killer, most often
+        return Outcome(M.FAILED, KILLED_REASON, code, best)
     if killed_by is not None:
-        detail = " (SIGKILL: out of host memory?)" if killed_by == signal.SIGKILL else ""
-        return Outcome(M.FAILED, f"killed by signal {killed_by}{detail}", code, best)
+        return Outcome(M.FAILED, f"killed by signal {killed_by}", code, best)
     return Outcome(M.FAILED, last_error_line(trial.folder) or f"exit code {code} without a summary", code, best)

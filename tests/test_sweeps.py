@@ -498,6 +498,33 @@ def test_a_relaunched_trial_takes_this_calls_paths_and_its_own_training_argument
     assert not [a for a in arguments if "old_" in a or a == "--wandb_mode=offline"]
 
 
+def test_a_trial_sigkilled_from_outside_is_recorded_with_the_cause_and_resumed_by_the_next_call(tmp_path, monkeypatch):
+    import signal
+    from types import SimpleNamespace
+
+    import sweeper.local
+    from sweeper.trial import outcome
+
+    folder = tmp_path / "t-005"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({M.STATE: M.RUNNING}))  # a SIGKILLed trainer writes nothing
+    ended = outcome(SimpleNamespace(process=SimpleNamespace(returncode=-signal.SIGKILL), signals_sent=set(), folder=folder), False)
+    assert ended.state == M.FAILED and "out of memory" in ended.reason and "resumes it" in ended.reason
+
+    sweep = local_sweep(tmp_path)
+    sweep.table.add(Trial("killed", M.FAILED, {}, "h1", {"lr": 0.01}, exit_code=-signal.SIGKILL, reason=ended.reason))
+    sweep.table.add(Trial("crashed", M.FAILED, {}, "h2", {"lr": 0.02}, exit_code=1, reason="a bug"))  # its values' fault
+    sweep.table.add(Trial("stopped", M.FAILED, {}, "h3", {"lr": 0.03}, exit_code=-signal.SIGTERM))
+    started = []
+
+    def no_launch(run_id, *args):
+        started.append(run_id)
+        raise OSError("not launched in this test")
+
+    monkeypatch.setattr(sweeper.local, "launch", no_launch)
+    assert sweep.run(count=0)["resumed"] == 1 and started == ["killed"]
+
+
 def test_a_second_driver_on_the_same_sweep_folder_is_refused(tmp_path, fixed_args):
     import fcntl
 
@@ -661,6 +688,41 @@ def test_hyperband_stops_a_trailing_trial_end_to_end(tmp_path, fixed_args):
     assert summary["new"] == 1 and stopped["suggested"]["lr"] == 1e-7
     assert stopped["state"] == M.EARLY_STOPPED, stopped
     assert summary_of(sweep_dir, stopped["run_id"])[M.EPOCHS_COMPLETED] < 200
+
+
+@pytest.mark.slow
+def test_a_trial_killed_by_the_host_is_resumed_by_the_next_call(tmp_path, fixed_args, capsys, monkeypatch):
+    # The out-of-memory killer SIGKILLs a trial (not the driver): nothing is wrong with its values, so it is not
+    # another failed config; the driver says why and the same command resumes it from its checkpoint.
+    import sweeper.local
+
+    definition = tiny_definition(epochs={"value": 3}, patience={"value": 0}, activation={"value": "relu"})
+    sweep, sweep_dir = write_yaml(tmp_path / "killed.yaml", definition), tmp_path / "sweep"
+    launched = []
+    monkeypatch.setattr(sweeper.local, "launch", lambda *args: launched.append(launch(*args)) or launched[-1])
+
+    def kill_after_first_checkpoint():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (launched and list(sweep_dir.glob("runs/*/last.pt"))):
+            time.sleep(0.05)
+        os.kill(launched[0].process.pid, signal.SIGKILL)
+
+    watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    watcher.start()
+    assert run_local_sweep(sweep, count=1, sweep_dir=sweep_dir, fixed=fixed_args)["new"] == 1
+    watcher.join()
+    [killed] = table_rows(sweep_dir)
+    assert killed["state"] == M.FAILED and killed["exit_code"] == -signal.SIGKILL
+    assert killed["reason"].startswith("killed by SIGKILL, most often the host running out of memory")
+    assert f"were killed by SIGKILL, most often the host running out of memory ({killed['run_id']}); run the same command again" \
+        in capsys.readouterr().out
+
+    monkeypatch.setattr(sweeper.local, "launch", launch)
+    summary = run_local_sweep(sweep, count=1, sweep_dir=sweep_dir, fixed=fixed_args)
+    [resumed] = table_rows(sweep_dir)
+    assert summary["resumed"] == 1 and summary["new"] == 0 and resumed["state"] == M.FINISHED
+    assert summary_of(sweep_dir, killed["run_id"]).get("resumed_from_epoch", 0) >= 1
+    assert "killed by SIGKILL" not in capsys.readouterr().out
 
 
 def test_an_interrupted_sweep_resumes_without_repeating_anything(tmp_path, fixed_args, capsys):
