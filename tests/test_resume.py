@@ -465,6 +465,7 @@ def test_a_copy_to_the_folder_store_cut_off_midway_leaves_the_previous_copy_whol
         with pytest.raises(OSError):
             store.save(checkpoint)
     fresh_machine = tmp_path / "machine_b" / "last.pt"
+    fresh_machine.parent.mkdir()
     assert store.fetch(fresh_machine)
     assert torch.load(fresh_machine, weights_only=True) == {"epoch": 1}
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import os
 import signal
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -1115,3 +1118,74 @@ def test_resume_from_an_output_dir_written_with_a_tilde_reads_its_saved_config(b
     assert first.folder == tmp_path / "home" / "runs" / "tilde"
     config = agent.run_config_from_args(["--resume", "--run_id=tilde", "--output_dir=~/runs"])
     assert config.lr == 0.0123 and config.model == "scratch_cnn"
+
+
+class FixedImages:
+    """An image store of a few seeded random 32 px images."""
+
+    def __init__(self, seed: int, count: int = 6):
+        self.images = np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+
+    def read(self, indices):
+        return self.images[indices]
+
+
+def _to_input(images):
+    return images.permute(0, 3, 1, 2).float() / 255
+
+
+def tiny_cnn():
+    from scratch_cnn.model import ScratchCNNConfig
+
+    torch.manual_seed(0)
+    return build_model("scratch_cnn", 3, "none", scratch=ScratchCNNConfig(filters=4, dense_units=8, input_size=32))
+
+
+def cached_features(model, images: FixedImages, cache_dir: Path, key: str) -> torch.Tensor:
+    """Stage 1 (conv + BatchNorm) of `model` on `images`, through the feature cache."""
+    from trainer.features import build_or_open_features
+
+    rows = np.arange(len(images.images))
+    cache = build_or_open_features(model, 1, images, rows, np.zeros(len(rows), dtype=np.int64), _to_input,
+                                   torch.device("cpu"), contextlib.nullcontext, cache_dir, key)
+    return torch.from_numpy(cache.read(rows).astype(np.float32))
+
+
+def computed_features(model, images: FixedImages) -> torch.Tensor:
+    frozen = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        return frozen.forward_range(_to_input(torch.from_numpy(images.images)), 0, 1)
+
+
+def test_models_with_the_same_weights_but_other_bn_statistics_never_share_cached_features(tmp_path):
+    first = tiny_cnn()
+    images = FixedImages(seed=1)
+    assert torch.allclose(cached_features(first, images, tmp_path, "split"), computed_features(first, images), atol=1e-2)
+    adapted = copy.deepcopy(first)  # e.g. a run whose BN statistics adapted: same parameters, other running mean/var
+    for module in adapted.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean += 0.5
+            module.running_var *= 3
+    expected = computed_features(adapted, images)
+    assert not torch.allclose(expected, computed_features(first, images), atol=1e-2)
+    assert torch.allclose(cached_features(adapted, images, tmp_path, "split"), expected, atol=1e-2)
+
+
+def test_another_split_never_reads_the_cached_features_of_this_one(tmp_path):
+    model = tiny_cnn()
+    this_split, other_split = FixedImages(seed=1), FixedImages(seed=2)
+    cached_features(model, this_split, tmp_path, "split-a")
+    assert torch.allclose(cached_features(model, other_split, tmp_path, "split-b"), computed_features(model, other_split), atol=1e-2)
+
+
+def test_caching_features_leaves_a_training_model_in_training_mode(tmp_path):
+    model = tiny_cnn().train()
+    cached_features(model, FixedImages(seed=1), tmp_path, "split")
+    assert model.training and all(module.training for module in model.modules())
+
+
+def test_the_learning_rate_stays_at_its_floor_past_the_last_step():
+    from trainer.optim import lr_factor
+
+    assert lr_factor(150, 100, 10, "cosine") == pytest.approx(0.0)
+    assert lr_factor(150, 100, 0, "onecycle") == pytest.approx(1e-4)
