@@ -21,7 +21,7 @@ from scipy import stats as scipy_stats
 
 from common.errors import UserError
 from report import plots
-from report.build import FIGURES, build_report
+from report.build import FIGURES, build_report, runs_csv
 from report.markdown import ci_text, percent, points, render
 from report.sources import load_table
 from report.stats import mean_ci, pareto_front, summarise
@@ -636,3 +636,256 @@ def test_a_run_resumed_by_hand_while_the_table_says_it_ended_shows_as_running(tm
     with RunFolder(folder).exclusive("testing"):  # `agent.py test` of it: nobody trains it
         assert {r.run_id: r.state for r in load_table(str(tmp_path / "sweep")).records}["r03"] == "preempted"
     assert {r.run_id: r.state for r in load_table(str(tmp_path / "sweep")).records}["r03"] == "preempted"
+
+
+# --- edge cases: how a run's numbers are read, where its runs come from, what the report says -------------
+
+def finished_summary(like: str, best: float, **changes) -> dict:
+    """`like`'s summary for a finished run of two epochs whose second reached `best`."""
+    return {**make_summary(like), metrics.BEST_VAL_ACC: best, metrics.BEST_EPOCH: 2, metrics.EPOCHS_COMPLETED: 2,
+            **changes}
+
+
+def add_finished(runs: Path, run_id: str, like: str, best: float, **config) -> None:
+    add_run(runs, run_id, like, [round(best - 0.1, 4), best], finished_summary(like, best), **config)
+
+
+def without(data: dict, *keys: str) -> dict:
+    return {k: v for k, v in data.items() if k not in keys}
+
+
+def rewrite_metrics(folder: Path, rows: list) -> None:
+    """metrics.jsonl as given: dicts become JSON lines, strings are written as they are (a torn line)."""
+    lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
+    (folder / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+
+
+def report_of(source: Path) -> tuple:
+    summary = summarise(load_table(str(source)))
+    return summary, render(summary, {}, {})
+
+
+def test_tied_epochs_give_the_first_as_the_best_epoch(tmp_path):
+    (tmp_path / "runs").mkdir()
+    no_best = without(make_summary("r01"), metrics.BEST_VAL_ACC, metrics.BEST_EPOCH)
+    add_run(tmp_path / "runs", "r16", "r01", [0.6, 0.8, 0.8], no_best)
+    summary, text = report_of(tmp_path / "runs")
+    assert summary.leaderboard[0].best_epoch == 2  # the checkpoint kept is the first to reach 80 %
+    assert f"| {percent(0.8)} | 2/3 |" in section(text, 2)
+
+
+def test_the_summarys_best_epoch_stands_without_a_history(tmp_path):
+    """A run whose metrics.jsonl is gone still reports the best epoch its summary recorded."""
+    (tmp_path / "runs").mkdir()
+    add_run(tmp_path / "runs", "r16", "r01", [0.6, 0.8, 0.7], make_summary("r01"))  # best 0.72 at epoch 2 of 3
+    (tmp_path / "runs" / "r16" / "metrics.jsonl").unlink()
+    summary, text = report_of(tmp_path / "runs")
+    assert f"| {percent(0.72)} | 2/3 |" in section(text, 2)
+    rows = list(csv.DictReader(runs_csv(summary.table).splitlines()))
+    assert rows[0][metrics.BEST_EPOCH] == "2"
+
+
+def test_training_time_falls_back_to_the_sum_of_epoch_seconds(tmp_path):
+    (tmp_path / "runs").mkdir()
+    add_run(tmp_path / "runs", "r16", "r01", [0.7, 0.8],
+            without(finished_summary("r01", 0.8), metrics.TRAIN_SECONDS))  # two epochs of 50 s
+    summary, text = report_of(tmp_path / "runs")
+    assert summary.leaderboard[0].train_seconds == 100
+    assert f"| {percent(0.8)} | 2/2 | 100 |" in section(text, 2)
+
+
+def test_a_run_of_unknown_training_time_ranks_after_an_equal_one_of_known_time(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_run(runs, "r16", "r01", [0.7, 0.8], without(finished_summary("r01", 0.8), metrics.TRAIN_SECONDS))
+    rewrite_metrics(runs / "r16", [without(row, metrics.EPOCH_SECONDS) for row in epochs([0.7, 0.8], 100)])
+    add_finished(runs, "r17", "r01", 0.8, lr=3e-3)  # 100 s
+    summary, text = report_of(runs)
+    assert summary.leaderboard[0].train_seconds == 100 and summary.leaderboard[1].train_seconds is None
+    assert table_run_ids(section(text, 2)) == ["r17", "r16"]
+
+
+def test_a_boolean_is_not_a_number():
+    from report.table import RunRecord
+
+    summary = {metrics.BEST_VAL_ACC: True, metrics.TRAINABLE_PARAMS: True, metrics.TRAIN_SECONDS: False}
+    record = RunRecord("r16", metrics.FINISHED, make_config("r01"), summary, epochs([0.5, 0.6], 100))
+    assert record.best_val_acc == 0.6 and record.best_epoch == 2  # not 100 % from `true`
+    assert record.trainable_params is None and record.train_seconds == 100
+
+
+def test_a_finished_run_without_any_val_acc_did_not_count(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_finished(runs, "r16", "r01", 0.8)
+    add_run(runs, "r17", "r01", [0.7], without(make_summary("r01"), metrics.BEST_VAL_ACC, metrics.BEST_EPOCH))
+    (runs / "r17" / "metrics.jsonl").unlink()
+    summary, text = report_of(runs)
+    assert [r.run_id for r in summary.successful] == ["r16"]
+    assert f"| `r17` | finished | resnet50 | head_only | 3 | no finite {metrics.BEST_VAL_ACC} |" in section(text, 6)
+
+
+def test_a_summary_without_a_state_is_a_failed_run(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_finished(runs, "r16", "r01", 0.7)
+    add_run(runs, "r17", "r01", [0.7, 0.9], without(finished_summary("r01", 0.9), metrics.STATE), lr=3e-3)
+    summary, text = report_of(runs)
+    assert [r.run_id for r in summary.leaderboard] == ["r16"]
+    assert {state: [r.run_id for r in records] for state, records in summary.not_counted} == {"failed": ["r17"]}
+    assert "| `r17` | failed |" in section(text, 6)
+
+
+def test_history_rows_are_read_in_epoch_order(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_finished(runs, "r16", "r01", 0.8)
+    rows = epochs([0.6, 0.8, 0.7], 90)
+    rewrite_metrics(runs / "r16", [rows[2], rows[0], rows[1]])
+    record = load_table(str(runs)).records[0]
+    assert [row[metrics.EPOCH] for row in record.history] == [1, 2, 3]
+    assert [row[metrics.VAL_ACC] for row in record.history] == [0.6, 0.8, 0.7]
+
+
+def test_a_broken_line_in_metrics_keeps_the_epochs_after_it(tmp_path):
+    """A run killed mid-append and resumed on a new line: the torn line is skipped, later epochs still count."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_run(runs, "r16", "r01", [0.6, 0.7, 0.9], without(make_summary("r01"), metrics.BEST_VAL_ACC, metrics.BEST_EPOCH))
+    rows = epochs([0.6, 0.7, 0.9], 90)
+    rewrite_metrics(runs / "r16", [rows[0], json.dumps(rows[1])[:25], rows[1], rows[2]])
+    summary, text = report_of(runs)
+    assert [row[metrics.EPOCH] for row in summary.leaderboard[0].history] == [1, 2, 3]
+    assert f"| {percent(0.9)} | 3/3 |" in section(text, 2)
+
+
+def test_a_running_trial_without_a_folder_is_listed_as_running(tmp_path, sweep_dir):
+    import shutil
+
+    shutil.copytree(sweep_dir, tmp_path / "sweep")
+    table_path = tmp_path / "sweep" / "table.jsonl"
+    started = {"run_id": "r16", "state": "running", "config": make_config("r03"), "reason": None, "duplicate_of": None}
+    table_path.write_text(table_path.read_text() + json.dumps(started) + "\n")
+    summary, text = report_of(tmp_path / "sweep")
+    assert dict((s, [r.run_id for r in records]) for s, records in summary.not_counted)["running"] == ["r16"]
+    assert "| running | 1 |" in section(text, 6) and "| `r16` | running | resnet50 | full |" in section(text, 6)
+
+
+def test_the_runs_folder_of_a_sweep_reads_as_the_sweep(sweep_dir):
+    table = load_table(str(sweep_dir / "runs"))
+    assert (table.name, table.metric_name, table.metric_goal) == ("synthetic", metrics.VAL_ACC, "maximize")
+    assert "r14" in {r.run_id for r in table.records}  # the trial with no folder, from the sweep's table.jsonl
+    assert [(d.run_id, d.duplicate_of) for d in table.duplicates] == [("r15", "r04")]
+
+
+def test_a_wandb_run_killed_is_preempted(monkeypatch):
+    partial = without(make_summary("r11"), metrics.STATE, metrics.REASON)
+    fake_wandb(monkeypatch, FakeSweep([FakeRun("r11", "killed", partial, as_object=True),
+                                      FakeRun("r01", "finished", make_summary("r01"), as_object=False)]))
+    summary, text = report_of("team/project/abc123")
+    records = {r.run_id: r for r in summary.table.records}
+    assert records["r11"].state == "preempted" and records["r11"].reason == "W&B state killed"
+    assert "| `r11` | preempted | resnet50 | full |" in section(text, 6)
+
+
+def test_wandb_history_restarted_after_its_first_epoch_keeps_one_curve():
+    """An out-of-memory retry after epoch 1: the epoch number repeats instead of going back."""
+    from report.sources import _wandb_record
+
+    run = FakeRun("r01", "finished", make_summary("r01"), as_object=False)
+    final = make_history("r01")
+    abandoned = [{**final[0], metrics.VAL_ACC: 0.01}]
+    run._history = [{**row, "_step": i} for i, row in enumerate(abandoned + final, start=1)]
+    history = _wandb_record(run).history
+    assert [row[metrics.EPOCH] for row in history] == [1, 2, 3]
+    assert [row[metrics.VAL_ACC] for row in history] == [row[metrics.VAL_ACC] for row in final]
+
+
+def test_headline_takes_the_seed_group_with_the_highest_mean_and_signs_the_gap(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for run_id, best, seed in (("r16", 0.80, 0), ("r17", 0.82, 1)):  # the better resnet50 config
+        add_finished(runs, run_id, "r01", best, seed=seed)
+    for run_id, best, seed in (("r18", 0.70, 0), ("r19", 0.74, 1)):
+        add_finished(runs, run_id, "r01", best, seed=seed, lr=3e-4)
+    for run_id, best, seed in (("r20", 0.40, 0), ("r21", 0.44, 1)):
+        add_finished(runs, run_id, "r09", best, seed=seed)
+    text = section(report_of(runs)[1], 1)
+    # Student t with 1 degree of freedom: t = 12.706; the sample std of two values 0.02 apart is 0.02 / sqrt(2),
+    # so the half-width is 12.706 * 0.01 = 12.71 points; for the scratch pair (0.04 apart) 25.41 points.
+    assert ("fine-tuned): the best config repeated over seeds reaches **81.00% ± 12.71 (95% CI [68.29, 93.71], "
+            "t with n=2)** over 2 seeds (0, 1; runs `r16`, `r17`)") in text
+    assert "reaches **42.00% ± 25.41 (95% CI [16.59, 67.41], t with n=2)**" in text
+    assert "Gap between these seed means: **+39.00 points**" in text  # fine-tuned minus scratch
+    assert "**Gap: +38.00 points**" in text  # the single best runs: 82 % against 44 %
+
+
+def test_the_fixtures_seed_interval_in_percentage_points(built):
+    # mean 81 %, sample std 2 points over 3 seeds: t(0.975, 2) = 4.303 times 2 / sqrt(3) = 4.97 points
+    assert "**81.00% ± 4.97 (95% CI [76.03, 85.97], t with n=3)**" in section(built[1], 1)
+
+
+def test_group_std_is_in_percentage_points(built):
+    # head_only on resnet50: 72 % and 69 %, a sample std of 3 / sqrt(2) = 2.12 points; r13 stopped early
+    assert f"| resnet50 | head_only | 2 | {percent(0.72)} | {percent(0.705)} | 2.12 | 1 |" in section(built[1], 3)
+
+
+def test_learning_curves_show_each_strategys_best_over_all_models(summary):
+    # last_k ran on resnet50 (r02, 81 %) and efficientnet_b0 (r04, 83 %): one curve, r04's
+    assert [r.run_id for r in summary.best_per_strategy] == ["r01", "r07", "r04", "r03", "r10"]
+
+
+def test_comparability_warnings_for_selection_on_test_missing_splits_and_a_minimising_sweep(tmp_path, sweep_dir):
+    import shutil
+
+    shutil.copytree(sweep_dir, tmp_path / "sweep")
+    sweep_path = tmp_path / "sweep" / "sweep.yaml"
+    sweep_path.write_text(sweep_path.read_text().replace("maximize", "minimize"))
+    test_dir = tmp_path / "sweep" / "runs" / "r06" / "test"
+    test_dir.mkdir()
+    (test_dir / "test.json").write_text(json.dumps({"test_acc": 0.8, "num_images": 2000, "checkpoint": "best.pt"}))
+    summary_path = tmp_path / "sweep" / "runs" / "r02" / "summary.json"
+    summary_path.write_text(json.dumps(without(json.loads(summary_path.read_text()), metrics.SPLIT_HASH)))
+    summary, text = report_of(tmp_path / "sweep")
+    expected = [
+        f"1 successful runs recorded no {metrics.SPLIT_HASH}: nothing shows which data split they were measured on",
+        f"the sweep's metric goal is 'minimize'; {metrics.VAL_ACC} should be maximized",
+        "2 runs were evaluated on the test set (r04, r06): choosing among them by test accuracy turns the test "
+        "set into a validation set",
+    ]
+    assert summary.provenance.warnings == expected
+    for warning in expected:
+        assert f"> **WARNING:** {warning}" in text
+
+
+def test_a_null_parameter_stays_apart_from_its_only_value_in_importance(tmp_path):
+    """momentum is null for adamw and 0.9 for sgd: were null read as 0.9, it would explain nothing."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for run_id, best, optimizer, momentum in (("r16", 0.60, "adamw", None), ("r17", 0.62, "adamw", None),
+                                              ("r18", 0.80, "sgd", 0.9), ("r19", 0.82, "sgd", 0.9)):
+        add_finished(runs, run_id, "r01", best, optimizer=optimizer, momentum=momentum)
+    text = section(report_of(runs)[1], 5)
+    assert "| `momentum` | 1.000 | – | numeric | `optimizer` |" in text
+
+
+def test_importance_folds_a_parameter_into_the_one_it_follows_not_the_reverse(tmp_path):
+    """backbone_lr_mult follows model (0.1 for either backbone); lr, different in every run, follows nothing."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for run_id, like, best, lr in (("r16", "r02", 0.70, 1e-3), ("r17", "r02", 0.75, 3e-4),
+                                   ("r18", "r04", 0.80, 1e-4), ("r19", "r04", 0.78, 3e-3),
+                                   ("r20", "r09", 0.45, 2e-3)):
+        add_finished(runs, run_id, like, best, lr=lr)
+    summary, text = report_of(runs)
+    rows = {row.parameter: row for row in summary.importance}
+    assert set(rows) == {"model", "lr"} and "backbone_lr_mult" in rows["model"].stands_for
+    assert rows["lr"].kind == "numeric" and "| `lr` |" in section(text, 5)
+
+
+def test_runs_csv_records_the_weights_version_the_run_loaded(tmp_path):
+    (tmp_path / "runs").mkdir()
+    loaded = {**make_summary("r01"), metrics.WEIGHTS_VERSION: "ResNet50_Weights.IMAGENET1K_V2"}
+    add_run(tmp_path / "runs", "r16", "r01", [0.6, 0.72, 0.7], loaded, weights="imagenet")
+    rows = list(csv.DictReader(runs_csv(load_table(str(tmp_path / "runs"))).splitlines()))
+    assert (rows[0]["weights"], rows[0][metrics.WEIGHTS_VERSION]) == ("imagenet", "ResNet50_Weights.IMAGENET1K_V2")
