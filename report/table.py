@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.errors import EXIT_USER_ERROR
 from trainer import metrics
 from trainer.config import FIELDS
 
@@ -148,6 +149,12 @@ class RunRecord:
     @property
     def reason(self) -> str | None:
         return self.summary.get(metrics.REASON)
+
+    @property
+    def failed_on_setup(self) -> bool:
+        """Refused before training (exit status 2: a data folder, weights file or setting to fix): no result to
+        weigh, only a mistake to correct, often the same one in several attempts."""
+        return self.state == metrics.FAILED and self.summary.get("exit_code") == EXIT_USER_ERROR and not self.history
 
     @property
     def test_acc(self) -> float | None:

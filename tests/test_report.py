@@ -889,3 +889,25 @@ def test_runs_csv_records_the_weights_version_the_run_loaded(tmp_path):
     add_run(tmp_path / "runs", "r16", "r01", [0.6, 0.72, 0.7], loaded, weights="imagenet")
     rows = list(csv.DictReader(runs_csv(load_table(str(tmp_path / "runs"))).splitlines()))
     assert (rows[0]["weights"], rows[0][metrics.WEIGHTS_VERSION]) == ("imagenet", "ResNet50_Weights.IMAGENET1K_V2")
+
+
+def test_runs_refused_before_training_are_grouped_by_their_mistake(tmp_path):
+    from trainer.config import parse_run_config
+    from trainer.run import run_training
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_finished(runs, "r16", "r01", 0.7)
+    add_run(runs, "r17", "r01", [0.4], {**finished_summary("r01", 0.4), metrics.STATE: metrics.FAILED, metrics.REASON: "a bug",
+                                         "exit_code": 1})
+    for attempt in ("typo-1", "typo-2"):  # the same --data_dir typo, tried twice
+        with pytest.raises(UserError, match="no dataset found"):  # agent.py prints it as one line, exit status 2
+            run_training(parse_run_config({"data_dir": str(tmp_path / "datsets"), "output_dir": str(runs), "run_id": attempt,
+                                           "model": "scratch_cnn", "wandb_mode": "disabled", "download": "false"}))
+    summary, text = report_of(runs)
+    assert {state: [r.run_id for r in records] for state, records in summary.not_counted} == {"failed": ["r17", "typo-1", "typo-2"]}
+    part = section(text, 6)
+    assert "| `r17` | failed |" in part and "| `typo-1` |" not in part  # a real failure keeps its row
+    assert "**Refused before training** (2 run(s), counted as failed above)" in part
+    [row] = [line for line in part.splitlines() if "`typo-1`, `typo-2`" in line]
+    assert row.startswith(f"| no dataset found in {tmp_path / 'datsets'}")
