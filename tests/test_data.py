@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -379,3 +380,159 @@ def test_a_dataset_with_both_test_and_val_says_which_is_used(tmp_path, capsys):
     layout = locate_dataset(tmp_path, download=False)
     assert layout.test_dir == tmp_path / "test" and "val/ is not used" in capsys.readouterr().out
 
+
+
+# Behaviours pinned by the mutation audit of data/ and common/parsing.py.
+
+
+def test_the_eval_crop_is_the_centre_of_the_working_square():
+    """Validation sees the centre crop (torchvision's CenterCrop), not a corner of the image."""
+    batch = torch.zeros((1, 32, 32, 3), dtype=torch.uint8)
+    batch[:, 4:28, 4:28] = 255  # the 24x24 centre of a 32x32 square
+    out = EvalTransform(PRE)(batch)
+    white = torch.tensor([(1 - m) / s for m, s in zip(PRE.mean, PRE.std)]).view(3, 1, 1)
+    assert torch.allclose(out[0], white.expand(3, 24, 24), atol=1e-5)
+
+
+def test_every_batch_and_every_seed_draws_its_own_augmentation(index):
+    """Within one epoch batch 1 is not cropped like batch 0, and runs with other seeds augment otherwise."""
+    batch = _batch(index)
+    transform = TrainTransform(PRE, "standard")
+    first = transform(batch, batch_generator(0, 0, 0))
+    assert not torch.equal(first, transform(batch, batch_generator(0, 0, 1)))
+    assert not torch.equal(first, transform(batch, batch_generator(1, 0, 0)))
+
+
+def test_standard_augmentation_mirrors_about_half_the_images():
+    """Bright left half, dark right half: every standard crop straddles the middle, so an image was flipped
+    exactly when its first column is darker than its last."""
+    batch = torch.zeros((64, 32, 32, 3), dtype=torch.uint8)
+    batch[:, :, :16] = 255
+    out = TrainTransform(PRE, "standard")(batch, batch_generator(0, 0, 0))
+    flipped = (out[:, 0, :, 0].mean(dim=1) < out[:, 0, :, -1].mean(dim=1)).sum().item()
+    assert 16 <= flipped <= 48
+
+
+def test_strong_augmentation_changes_colours_and_standard_does_not():
+    """On a uniform image crops, flips and rotations change nothing; only the colour jitter of `strong` does."""
+    batch = torch.empty((8, 32, 32, 3), dtype=torch.uint8)
+    batch[...] = torch.tensor([200, 60, 40], dtype=torch.uint8)
+    plain = EvalTransform(PRE)(batch)
+    standard = TrainTransform(PRE, "standard")(batch, batch_generator(0, 0, 0))
+    strong = TrainTransform(PRE, "strong")(batch, batch_generator(0, 0, 0))
+    assert torch.allclose(standard, plain, atol=1e-4)
+    changed = (strong - plain).abs().amax(dim=(1, 2, 3)) > 0.05
+    assert changed.sum() >= 6
+
+
+class _NoPixels:
+    """A store without images: the labels a loader yields show which items each batch holds."""
+
+    def read(self, indices):
+        return np.zeros((len(indices), 1, 1, 3), dtype=np.uint8)
+
+
+def _order(loader, epoch=0):
+    return [labels.tolist() for _, labels in loader.epoch(epoch)]
+
+
+def test_another_seed_gives_another_batch_order():
+    items = np.arange(40)
+    one = BatchLoader(_NoPixels(), items, items, 8, seed=1, shuffle=True)
+    assert _order(one) == _order(BatchLoader(_NoPixels(), items, items, 8, seed=1, shuffle=True))
+    assert _order(one) != _order(BatchLoader(_NoPixels(), items, items, 8, seed=2, shuffle=True))
+    assert sorted(sum(_order(one), [])) == items.tolist()  # a permutation: every image once per epoch
+
+
+def test_a_training_set_smaller_than_one_batch_still_trains_on_one_batch():
+    """drop_last drops a ragged last batch, never the whole epoch of a tiny subset."""
+    items = np.arange(5)
+    loader = BatchLoader(_NoPixels(), items, items, 8, seed=0, shuffle=True, drop_last=True)
+    assert loader.num_batches() == 1 and sorted(sum(_order(loader), [])) == items.tolist()
+
+
+def test_a_file_rewritten_with_the_same_size_is_checked_again(tmp_path):
+    """The scan cache is keyed by sizes and mtimes: a file replaced by a broken one of equal size is caught."""
+    for cls in ("x", "y"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (16, 16), (i * 90, 40, 200)).save(tmp_path / "data" / cls / f"{i}.png")
+    cache = tmp_path / "cache"
+    assert scan_folder(tmp_path / "data", cache_dir=cache, verbose=False).skipped == ()
+    victim = tmp_path / "data" / "x" / "0.png"
+    before = victim.stat()
+    victim.write_bytes(b"\0" * before.st_size)
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    again = scan_folder(tmp_path / "data", cache_dir=cache, verbose=False)
+    assert [p for p, _ in again.skipped] == ["x/0.png"] and "x/0.png" not in again.paths
+
+
+def test_transparent_pixels_become_white_in_every_alpha_mode(tmp_path):
+    from data.images import to_rgb
+
+    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    la = Image.new("LA", (4, 4), (10, 0))
+    palette = Image.new("P", (4, 4), 0)
+    palette.putpalette([0, 0, 0] * 256)
+    palette.save(tmp_path / "p.png", transparency=0)  # palette entry 0 (black) is transparent
+    with Image.open(tmp_path / "p.png") as png:
+        assert png.mode == "P" and "transparency" in png.info
+        images = [rgba, la, png.copy()]
+    for image in images:
+        assert to_rgb(image).getpixel((1, 1)) == (255, 255, 255), image.mode
+
+
+def test_decoding_keeps_the_centre_of_a_wide_image(tmp_path):
+    """Resize the short side, then crop the middle: the left and right margins go, as in Resize+CenterCrop."""
+    wide = Image.new("RGB", (96, 32), (255, 0, 0))
+    wide.paste((0, 255, 0), (32, 0, 64, 32))
+    wide.paste((0, 0, 255), (64, 0, 96, 32))
+    wide.save(tmp_path / "wide.png")
+    array = decode_working(tmp_path / "wide.png", 16)
+    assert array.shape == (16, 16, 3) and (array[..., 1] > 200).all() and (array[..., [0, 2]] < 50).all()
+
+
+def test_a_dataset_two_levels_down_is_found(tmp_path):
+    """`--data_dir=datasets` finds datasets/nature_12K/inaturalist_12K/{train,val}."""
+    root = tmp_path / "nature_12K" / "inaturalist_12K"
+    for folder in ("train/a", "val/a"):
+        (root / folder).mkdir(parents=True)
+    layout = locate_dataset(tmp_path, download=False)
+    assert layout.train_dir == root / "train" and layout.test_dir == root / "val"
+
+
+def test_non_booleans_are_refused_naming_the_field():
+    for value in (2, -1, 0.5, "maybe", "ture"):
+        with pytest.raises(UserError) as err:
+            parse_bool(value, "batch_norm")
+        assert str(err.value).startswith(f"batch_norm={value!r} is not a boolean") and "\n" not in str(err.value)
+
+
+def test_class_labels_are_alphabetical_whatever_order_the_folders_are_listed_in(tmp_path, monkeypatch):
+    """Label 0 is the first class by name on every machine, so a checkpoint's head means the same classes."""
+    for cls in ("cat", "dog", "owl"):
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / cls / "x.png")
+    real_scandir = os.scandir
+
+    class ReverseListing:  # what os.scandir gives, in reverse name order
+        def __init__(self, path="."):
+            with real_scandir(path) as entries:
+                self.entries = iter(sorted(entries, key=lambda e: e.name, reverse=True))
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            return next(self.entries)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(os, "scandir", ReverseListing)
+    index = scan_folder(tmp_path, verbose=False)
+    assert index.classes == ("cat", "dog", "owl")
+    assert dict(zip(index.paths, index.labels.tolist())) == {"cat/x.png": 0, "dog/x.png": 1, "owl/x.png": 2}

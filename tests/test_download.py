@@ -46,7 +46,7 @@ class _Server:
 
     def __init__(self, payload: bytes, mode: str = "range"):
         self.payload = payload
-        self.mode = mode  # range | ignore_range | truncate | stall | slow
+        self.mode = mode  # range | ignore_range | from_zero | truncate | stall | slow
         self.ranges: list[str | None] = []  # the Range header of every request, None when absent
         server = self
 
@@ -67,6 +67,10 @@ class _Server:
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                     body = data[start:]
+                elif server.mode == "from_zero" and wanted:  # a 206 that says it starts at byte 0, not where asked
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}")
+                    body = data
                 else:
                     self.send_response(200)
                     body = data
@@ -364,3 +368,52 @@ def test_a_folder_that_cannot_be_created_is_a_user_error(tmp_path):
         download_file("http://127.0.0.1:9/nature_12K.zip", blocker / "sub" / ZIP_NAME, progress=False)
     assert "cannot create" in _assert_one_line(error)
 
+
+
+# Behaviours pinned by the mutation audit of data/download.py and data/layout.py.
+
+
+def test_a_partial_response_from_another_offset_restarts_the_download(serve, dataset_zip, tmp_path):
+    server = serve(dataset_zip, mode="from_zero")
+    dest = tmp_path / ZIP_NAME
+    Path(f"{dest}.part").write_bytes(b"x" * 100)  # appending the whole file after these would corrupt it
+    download_file(server.url, dest, progress=False)
+    assert server.ranges == ["bytes=100-", None]
+    assert dest.read_bytes() == dataset_zip
+
+
+def test_a_part_longer_than_the_remote_file_is_downloaded_afresh(serve, dataset_zip, tmp_path):
+    """A stale .part (another file, or bytes appended twice) is never renamed into place as the zip."""
+    server = serve(dataset_zip)
+    dest = tmp_path / ZIP_NAME
+    Path(f"{dest}.part").write_bytes(dataset_zip + b"stale tail")
+    download_file(server.url, dest, progress=False)
+    assert server.ranges == [f"bytes={len(dataset_zip) + 10}-", None]
+    assert dest.read_bytes() == dataset_zip
+
+
+def test_a_folder_holding_only_a_partial_download_resumes_it(serve, dataset_zip, tmp_path):
+    """The folder a cut-off download left behind is not "a folder of other files": the next run resumes there."""
+    from data.layout import locate_dataset
+
+    server = serve(dataset_zip)
+    dest = tmp_path / "data"
+    dest.mkdir()
+    half = len(dataset_zip) // 2
+    (dest / f"{ZIP_NAME}.part").write_bytes(dataset_zip[:half])
+    layout = locate_dataset(dest, url=server.url)
+    assert layout.train_dir == dest / "inaturalist_12K" / "train" and server.ranges == [f"bytes={half}-"]
+
+
+def test_a_failed_download_through_locate_keeps_its_partial_file_for_the_next_run(serve, dataset_zip, tmp_path):
+    from data.layout import locate_dataset
+
+    server = serve(dataset_zip, mode="truncate")
+    dest = tmp_path / "new" / "nature"
+    with pytest.raises(UserError, match="the next run resumes it"):
+        locate_dataset(dest, url=server.url)
+    half = len(dataset_zip) // 2
+    assert (dest / f"{ZIP_NAME}.part").read_bytes() == dataset_zip[:half]
+    server.mode = "range"
+    assert locate_dataset(dest, url=server.url).root == dest / "inaturalist_12K"
+    assert server.ranges[-1] == f"bytes={half}-"
