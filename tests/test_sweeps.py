@@ -113,6 +113,7 @@ def test_a_sweep_file_that_is_not_yaml_says_where(tmp_path):
     ({"activation": {"value": "swish"}}, "parameter 'activation': activation='swish' is not one of"),
     ({"activation": {"values": ["relu", "gelu", "swish"]}}, "'swish' is not one of"),
     ({"dropout": {"distribution": "uniform", "min": 0.0, "max": 1.5}}, "parameter 'dropout': dropout=1.5 is out of range"),
+    ({"weight_decay": {"distribution": "log_uniform_values", "min": 1e-5, "max": 2.0}}, "weight_decay=2.0 is out of range"),
 ])
 def test_a_value_no_trial_could_run_is_refused_before_the_first_trial(tmp_path, parameter, named):
     with pytest.raises(UserError) as caught:
@@ -959,3 +960,143 @@ def test_a_sweep_folder_that_cannot_be_created_is_refused_before_the_dataset_ste
     with pytest.raises(UserError, match=r"sweep folder .*new cannot be created: .* is not writable; pass --sweep_dir"):
         run_local_sweep(ROOT / "sweeps" / "tiny.yaml", count=1, sweep_dir=tmp_path / "new", fixed=fixed_args)
     assert not prepared and not (tmp_path / "new").exists()
+
+
+# --- the definition, the engine seam, the table, the console and the command line: details a user relies on ---
+
+def test_a_fixed_argument_takes_its_parameter_out_of_the_search(tmp_path):
+    """--activation=gelu on a sweep that lists activations: the engine searches lr only, so --count N trains N
+    distinct configs instead of suggesting activations every trial overrides (duplicates after the first)."""
+    from sweeper.definition import engine_config
+
+    definition = load_definition(write_yaml(tmp_path / "s.yaml", tiny_definition()))
+    config = engine_config(definition, {"activation": "gelu"})
+    assert config["parameters"]["activation"] == {"value": "gelu"}
+    assert config["parameters"]["lr"] == definition.parameters["lr"]
+    assert definition.parameters["activation"] == {"values": ["relu", "gelu"]}  # the pinned definition is untouched
+    suggestions, runs = [], []
+    while (suggestion := engine.suggest(config, runs)) is not None:
+        suggestions.append(suggestion)
+        runs.append(engine.sweep_run(Trial(f"t-{len(runs)}", M.FINISHED, {}, None, suggestion, best_val_acc=0.5), []))
+    assert [(s["activation"], s["lr"]) for s in suggestions] == [("gelu", 1e-3), ("gelu", 1e-2)]
+
+
+def test_a_fixed_argument_overrides_the_values_its_parameter_lists(tmp_path):
+    """k_layers: [2, 7] under resnet18 is refused, but not with --k_layers=2: no trial would use the 7."""
+    from sweeper.definition import unrunnable_values
+
+    parameters = {"model": {"value": "resnet18"}, "strategy": {"value": "last_k"}, "k_layers": {"values": [2, 7]}}
+    assert "lists 7" in " ".join(unrunnable_values(parameters, {}))
+    assert unrunnable_values(parameters, {"k_layers": "2"}) == []
+
+
+def test_a_sweep_folder_takes_its_definition_back_with_other_comments_and_layout(tmp_path):
+    """Pinned as parsed YAML: a comment or reformatting does not make another sweep; a changed value does."""
+    from sweeper.definition import SWEEP_FILE, pin_definition
+
+    sweep_dir, config = tmp_path / "sweep", tiny_definition()
+    sweep_dir.mkdir()
+    assert pin_definition(sweep_dir, load_definition(write_yaml(tmp_path / "a.yaml", config))) is False
+    pinned = (sweep_dir / SWEEP_FILE).read_text()
+    reformatted = tmp_path / "b.yaml"
+    reformatted.write_text("# the same sweep, reformatted\n" + yaml.safe_dump(config, sort_keys=True, default_flow_style=True))
+    assert pin_definition(sweep_dir, load_definition(reformatted)) is False
+    assert (sweep_dir / SWEEP_FILE).read_text() == pinned
+    changed = write_yaml(tmp_path / "c.yaml", tiny_definition(lr={"values": [1e-3, 1e-1]}))
+    with pytest.raises(UserError, match="holds a different sweep"):
+        pin_definition(sweep_dir, load_definition(changed))
+
+
+def test_the_engines_suggestions_are_plain_python_values():
+    """The engine samples numpy scalars; trials, the table and the command line get plain floats and ints."""
+    from sweeper.trial import format_value
+    from trainer.config import parse_value
+
+    config = {**tiny_definition(), "method": "random"}
+    config["parameters"]["lr"] = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1}
+    config["parameters"]["dropout"] = {"distribution": "q_uniform", "min": 0.0, "max": 0.5, "q": 0.1}
+    suggestion = engine.suggest(config, [])
+    assert type(suggestion["lr"]) is float and type(suggestion["dropout"]) is float and type(suggestion["epochs"]) is int
+    assert parse_value("lr", format_value(suggestion["lr"])) == suggestion["lr"]  # the trial trains the suggested lr
+
+
+def test_a_trial_without_a_validated_epoch_reports_no_accuracy_to_the_engine():
+    """The trainer's -1 (no epoch validated) is no accuracy: bayes must not learn it as the config's result."""
+    for best in (-1.0, None, float("nan")):
+        run = engine.sweep_run(Trial("r", M.FINISHED, {}, None, {"lr": 0.1}, exit_code=0, best_val_acc=best), [])
+        assert run.summary_metrics == {}
+
+
+def test_the_table_reads_back_exactly_what_it_wrote_and_rows_of_other_versions(tmp_path):
+    table = TrialTable(tmp_path)
+    trials = [Trial("s-001-ab12", M.FINISHED, {"lr": 0.01, "k_layers": None}, "h1", {"lr": 0.01, "k_layers": 2}, reason=None,
+                    exit_code=0, best_val_acc=0.625, fixed={"epochs": "2"}),
+              Trial("s-002-cd34", DUPLICATE, {"lr": 0.01, "k_layers": None}, "h1", {"lr": 0.01, "k_layers": 1}, duplicate_of="s-001-ab12"),
+              Trial("s-003-ef56", M.FAILED, {}, None, {"lr": "x"}, reason="invalid suggestion: lr='x'")]
+    for trial in trials:
+        table.add(trial)
+    assert TrialTable(tmp_path).trials == trials
+    # A row written by another version of the driver, with a field this one does not know, still reads.
+    with (tmp_path / "table.jsonl").open("a") as handle:
+        handle.write(json.dumps({**json.loads(json.dumps(trials[0].__dict__)), "run_id": "s-004-0000", "gpu": "0"}) + "\n")
+    assert TrialTable(tmp_path).get("s-004-0000").best_val_acc == 0.625
+
+
+def test_a_table_write_cut_short_leaves_the_previous_table_whole(tmp_path):
+    """A disk that fills up (here: a file-size limit) while the table is rewritten must not cost the sweep its table."""
+    resource = pytest.importorskip("resource")
+    table = TrialTable(tmp_path)
+    table.add(Trial("s-001", M.FINISHED, {"lr": 0.01}, "h1", {"lr": 0.01}, exit_code=0, best_val_acc=0.5))
+    before = (tmp_path / "table.jsonl").read_text()
+    table.trials.append(Trial("s-002", M.RUNNING, {"lr": 0.1}, "h2", {"lr": 0.1, "note": "x" * 4000}))
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + 100, limits[1]))
+    try:
+        with pytest.raises(OSError):
+            table.save()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert (tmp_path / "table.jsonl").read_text() == before
+    assert [t.run_id for t in TrialTable(tmp_path)] == ["s-001"]
+
+
+def test_run_ids_differ_between_sweep_folders_of_one_sweep_name(tmp_path):
+    """W&B run ids share a project: two folders of sweeps/tiny.yaml must not both name their first trial tiny-001."""
+    ids = [TrialTable(tmp_path / str(i)).new_run_id("tiny") for i in range(3)]
+    assert all(run_id.startswith("tiny-001-") for run_id in ids) and len(set(ids)) > 1
+
+
+def test_the_final_table_names_each_duplicates_original_and_each_failures_reason():
+    from sweeper import console
+
+    trials = [Trial("s-001", M.FINISHED, {"activation": "relu", "k_layers": None, "batch_norm": True}, "h1",
+                    {"activation": "relu", "k_layers": 1, "batch_norm": "true"}, exit_code=0, best_val_acc=0.75),
+              Trial("s-002", DUPLICATE, {"activation": "relu", "k_layers": None, "batch_norm": True}, "h1",
+                    {"activation": "relu", "k_layers": 2, "batch_norm": "true"}, duplicate_of="s-001"),
+              Trial("s-003", M.FAILED, {"activation": "gelu"}, "h3", {"activation": "gelu"}, exit_code=2,
+                    reason="weights file missing.pt not found")]
+    header, finished, duplicate, failed = console.final_table(trials, ["activation", "k_layers"]).splitlines()
+    assert header.split() == ["run_id", "state", M.VAL_ACC, "activation", "k_layers", "note"]
+    assert finished.split() == ["s-001", M.FINISHED, "0.7500", "relu", "none"]  # the value it trained with
+    assert duplicate.split() == ["s-002", DUPLICATE, "-", "relu", "none", "=", "s-001"]
+    assert failed.split()[:4] == ["s-003", M.FAILED, "-", "gelu"] and failed.endswith("weights file missing.pt not found")
+    # Why the duplicate is one: only the value that was normalised away, not "true" read as True.
+    assert console.normalised_away(trials[1]) == " (does not apply here: k_layers=2)"
+
+
+def test_the_sweep_command_hands_its_options_and_fixed_arguments_to_the_driver(monkeypatch, tmp_path):
+    import agent
+    import sweeper.local
+
+    calls, answer = [], {}
+    monkeypatch.setattr(sweeper.local, "run_local_sweep", lambda path, **kwargs: calls.append((path, kwargs)) or answer.get("summary"))
+    answer["summary"] = {"new": 3}
+    assert agent.main(["sweep", "sweeps/tiny.yaml", "--epochs=1", "--count", "3", f"--sweep-dir={tmp_path}", "--lr", "0.1"]) == 0
+    [(path, kwargs)] = calls
+    assert path == Path("sweeps/tiny.yaml")
+    assert kwargs == {"count": 3, "workers": 1, "sweep_dir": tmp_path, "fixed": {"epochs": "1", "lr": "0.1"}}
+    answer["summary"] = None  # interrupted: the shell (and a notebook cell) must see that it did not finish
+    assert agent.main(["sweep", "sweeps/tiny.yaml", "--count=3", "--workers=2"]) == 130
+    assert calls[-1][1]["workers"] == 2 and calls[-1][1]["sweep_dir"] is None and calls[-1][1]["fixed"] == {}
+
