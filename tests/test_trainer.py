@@ -234,6 +234,15 @@ def test_out_of_memory_retries_at_half_batch(base, monkeypatch):
     outcome = run_training(scratch(base, run_id="oom2", oom_retry=False))
     assert outcome.state == M.OOM and outcome.exit_code == 0 and "out of memory" in outcome.summary[M.REASON]
 
+    def always_out_of_memory(config, run_id, record, logger, store, batch_size, stop, fresh=False):
+        calls.append((batch_size, fresh))
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    calls.clear()  # out of memory again at half the batch: one retry only, then the run ends as oom
+    monkeypatch.setattr(trainer.run, "_attempt", always_out_of_memory)
+    outcome = run_training(scratch(base, run_id="oom3"))
+    assert calls == [(8, False), (4, True)] and outcome.state == M.OOM and "batch_size=4" in outcome.summary[M.REASON]
+
 
 def test_out_of_memory_retry_replaces_the_failed_attempts_checkpoint_in_the_store(base, tmp_path, monkeypatch):
     """A preemption before the retry's first checkpoint must resume the retry, not the attempt that ran out of memory."""
@@ -577,7 +586,7 @@ def test_unknown_key_suggests_the_nearest():
 def test_bad_values_are_one_line_errors():
     for values, pattern in [({"lr": "fast"}, "lr='fast' is not a valid float"), ({"epochs": 0}, r"out of range"),
                             ({"augment": "strnog"}, "did you mean 'strong'"), ({"epochs": 2.5}, "not a valid int"),
-                            ({"model": "resnet5O"}, "resnet50"),
+                            ({"model": "resnet5O"}, "resnet50"), ({"label_smoothing": 0.6}, r"label_smoothing=0.6 is out of range \[0.0, 0.5\]"),
                             ({"model": "scratch_cnn", "strategy": "head_onyl"}, "did you mean 'head_only'")]:  # ignored there, still a typo
         with pytest.raises(UserError, match=pattern) as err:
             parse_run_config(values)
@@ -763,6 +772,7 @@ def test_summary_records_code_and_weights_provenance(base):
     outcome = run_training(scratch(base, run_id="provenance", epochs=1))
     assert outcome.summary["code_version"] and outcome.summary[M.WEIGHTS_VERSION] == "none"
     assert outcome.summary[M.SPLIT_HASH] and outcome.summary[M.CONFIG_HASH]
+    assert outcome.summary["precision"] == "fp32"  # precision=auto on a CPU: no autocast
 
 
 def test_code_version_is_the_commit_and_says_when_the_code_had_local_changes(tmp_path, monkeypatch):
@@ -1189,3 +1199,138 @@ def test_the_learning_rate_stays_at_its_floor_past_the_last_step():
 
     assert lr_factor(150, 100, 10, "cosine") == pytest.approx(0.0)
     assert lr_factor(150, 100, 0, "onecycle") == pytest.approx(1e-4)
+
+
+# ---- the loop's loss, validation, best epoch and data order; the test command's numbers ---------------
+
+
+def training_losses(monkeypatch, add=0.0) -> list[tuple[float, float]]:
+    """Spy on the loop's cross-entropy: (label_smoothing, value) of each training call (validation sums, training
+    does not); `add` is added to each training loss without touching its gradient."""
+    import trainer.loop
+
+    real, calls = trainer.loop.F.cross_entropy, []
+
+    def spy(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        if "reduction" in kwargs:
+            return loss
+        calls.append((kwargs.get("label_smoothing", 0.0), loss.item()))
+        return loss + add
+
+    monkeypatch.setattr(trainer.loop.F, "cross_entropy", spy)
+    return calls
+
+
+def test_the_training_loss_is_the_smoothed_main_loss_plus_the_weighted_aux_losses(base, monkeypatch):
+    import dataclasses
+
+    import trainer.run
+
+    monkeypatch.setattr(trainer.run, "preprocessing_for", lambda *a, **k: dataclasses.replace(SMALL, crop_size=32, resize_size=36))
+    calls = training_losses(monkeypatch)
+    # GoogLeNet's last 4 stages train: inception4d and so its aux2 head (aux1 reads the frozen inception4a)
+    outcome = run_training(parse_run_config({**base, "model": "googlenet", "strategy": "last_k", "k_layers": 4, "aux_loss_weight": 0.3,
+                                             "label_smoothing": 0.2, "epochs": 1, "subset_fraction": 0.6, "run_id": "aux"}))
+    assert outcome.state == M.FINISHED, outcome.summary.get(M.REASON)
+    steps = outcome.summary["num_train"] // 8
+    assert len(calls) == 2 * steps and {smoothing for smoothing, _ in calls} == {0.2}  # logits and aux2 at each step
+    per_step = [main + 0.3 * aux2 for (_, main), (_, aux2) in zip(*[iter(calls)] * 2)]
+    assert history(outcome)[0][M.TRAIN_LOSS] == pytest.approx(sum(per_step) / steps, rel=1e-5)
+
+
+def test_validation_runs_the_model_in_eval_mode_and_moves_no_statistic():
+    """Pitfall 3: dropout off and BatchNorm on its running statistics, whatever mode training left the model in."""
+    import types
+
+    from trainer.loop import evaluate
+
+    model, images = tiny_cnn(), torch.from_numpy(FixedImages(seed=1).images)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    batches = types.SimpleNamespace(epoch=lambda epoch: [(images[:4], labels[:4]), (images[4:], labels[4:])])
+    inputs = types.SimpleNamespace(eval_input=_to_input, start_stage=0)
+    loop = types.SimpleNamespace(model=model, inputs=inputs, device=torch.device("cpu"), autocast=contextlib.nullcontext)
+    before = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        logits = copy.deepcopy(model).eval()(_to_input(images))
+    expected = (torch.nn.functional.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item())
+    for _ in range(2):
+        model.train()  # as the epoch left it
+        assert evaluate(loop, batches) == pytest.approx(expected)
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+
+
+def test_a_tie_is_no_improvement_the_first_best_epoch_stays_best(base, monkeypatch):
+    import trainer.loop
+
+    accs = iter([0.5, 0.8, 0.8, 0.8, 0.8])
+    monkeypatch.setattr(trainer.loop, "evaluate", lambda loop, loader: (1.0, next(accs)))
+    outcome = run_training(scratch(base, run_id="tie", epochs=5, patience=2))
+    assert (outcome.summary[M.BEST_EPOCH], outcome.summary[M.EPOCHS_COMPLETED]) == (2, 4)  # patience counts the ties
+    assert torch.load(outcome.folder / "best.pt", weights_only=True)["loop"]["epoch"] == 2
+
+
+def test_a_training_loss_that_is_not_finite_ends_the_run_as_diverged_even_when_validation_is(base, monkeypatch):
+    """As when fp16 overflows and the grad scaler skips the steps: the weights stay finite, the loss does not."""
+    training_losses(monkeypatch, add=float("nan"))
+    outcome = run_training(scratch(base, run_id="nan-train", epochs=1))
+    assert outcome.state == M.DIVERGED
+    assert outcome.summary[M.REASON].startswith("training loss became nan in epoch 1") and "lower lr" in outcome.summary[M.REASON]
+
+
+def test_every_epoch_trains_in_a_new_order_with_new_augmentation(base, monkeypatch):
+    from data.augment import TrainTransform
+
+    order, seeds, real = [], [], TrainTransform.__call__
+
+    def spy(self, images, generator):
+        order.extend(hash(image.numpy().tobytes()) for image in images)
+        seeds.append(generator.initial_seed())
+        return real(self, images, generator)
+
+    monkeypatch.setattr(TrainTransform, "__call__", spy)
+    outcome = run_training(scratch(base, run_id="order", epochs=2, augment="standard"))
+    per_epoch = (outcome.summary["num_train"] // 8) * 8
+    assert len(order) == 2 * per_epoch and order[:per_epoch] != order[per_epoch:]
+    assert len(set(seeds)) == len(seeds)  # no two batches of the run draw the same augmentation
+
+
+def test_settings_that_change_training_change_the_config_hash_and_paths_do_not():
+    default = config_hash(parse_run_config({}))
+    for key, value in {"seed": 1, "split_seed": 1, "val_fraction": 0.3, "subset_fraction": 0.5, "augment": "none", "lr": 0.01,
+                       "label_smoothing": 0.0, "batch_size": 16, "epochs": 3, "patience": 0, "weight_decay": 0.0}.items():
+        assert config_hash(parse_run_config({key: value})) != default, key
+    for key, value in {"output_dir": "elsewhere", "cache_dir": "/tmp/other-cache", "data_dir": "/data/nature", "device": "cpu",
+                       "num_workers": 0, "wandb_mode": "offline", "run_id": "named", "checkpoint_minutes": 0}.items():
+        assert config_hash(parse_run_config({key: value})) == default, key
+
+
+def test_a_gradual_run_records_the_parameters_that_trained_by_its_end(base, small_inputs):
+    from models import count_parameters
+    from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy
+
+    outcome = run_training(parse_run_config({**base, "model": "resnet18", "strategy": "gradual", "augment": "none", "run_id": "gradual"}))
+    model = build_model("resnet18", 3, "none")
+    model.apply_plan(plan_for_epoch(resolve_strategy("gradual"), model.stage_names, FreezeOptions(), 1))  # epoch 2: head + layer4
+    assert outcome.summary[M.TRAINABLE_PARAMS] == count_parameters(model)[0] > 512 * 3 + 3
+
+
+def test_the_test_command_runs_in_eval_mode_and_fp32_on_a_cpu_and_reports_accuracy_per_true_class(base, monkeypatch):
+    import trainer.evaluate
+
+    outcome = run_training(scratch(base, run_id="cpu-test", epochs=1))
+    saved = yaml.safe_load((outcome.folder / "config.yaml").read_text())
+    (outcome.folder / "config.yaml").write_text(yaml.safe_dump({**saved, "precision": "bf16"}))  # as trained on a GPU
+    seen, real = [], trainer.evaluate.build_model
+
+    def build(*args, **kwargs):
+        model = real(*args, **kwargs)
+        model.register_forward_hook(lambda module, inputs, output: seen.append((any(m.training for m in module.modules()), output.dtype)))
+        return model
+
+    monkeypatch.setattr(trainer.evaluate, "build_model", build)
+    result = evaluate_on_test_set(outcome.folder)
+    assert seen and set(seen) == {(False, torch.float32)}
+    confusion = result["confusion"]
+    assert [sum(row) for row in confusion] == [4, 4, 4]  # rows: the true class (4 test images each)
+    assert result[M.PER_CLASS_ACC] == {name: confusion[i][i] / 4 for i, name in enumerate(result["classes"])}
