@@ -1133,14 +1133,14 @@ def test_resume_from_an_output_dir_written_with_a_tilde_reads_its_saved_config(b
 def test_a_resumed_run_takes_its_saved_config_under_what_this_command_passes(base, tmp_path):
     import agent
 
-    run_training(scratch(base, run_id="moved", epochs=1, lr=0.0123, dropout=0.25))
-    machine = tmp_path / "machine_b.yaml"  # the same run's settings on another machine
-    machine.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "elsewhere"), "epochs": 3, "dropout": 0.1}))
+    run_training(scratch(base, run_id="moved", epochs=1, lr=0.0123, checkpoint_minutes=20, num_workers=1))
+    machine = tmp_path / "machine_b.yaml"  # where this machine keeps the data, and how it checkpoints
+    machine.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "elsewhere"), "checkpoint_minutes": 5, "num_workers": 2}))
     config = agent.run_config_from_args(["--resume", "--run_id=moved", f"--output_dir={base['output_dir']}", "--config", str(machine),
-                                         "--dropout=0.2"])
-    assert config.lr == 0.0123 and config.model == "scratch_cnn"  # saved, where this command is silent
-    assert config.data_dir == str(tmp_path / "elsewhere") and config.epochs == 3  # the file over the saved config
-    assert config.dropout == 0.2  # --key=value over both
+                                         "--num_workers=0"])
+    assert config.lr == 0.0123 and config.model == "scratch_cnn" and config.epochs == 1  # saved, where this command is silent
+    assert config.data_dir == str(tmp_path / "elsewhere") and config.checkpoint_minutes == 5  # the file over the saved config
+    assert config.num_workers == 0  # --key=value over both
 
 
 class FixedImages:
