@@ -79,11 +79,6 @@ class BackboneSpec:
         return tuple(stage.name for stage in self.stages)
 
     @property
-    def backbone_stage_names(self) -> tuple[str, ...]:
-        """Every stage but the head: what `k_layers` and `freeze_fraction` count."""
-        return self.stage_names[:-1]
-
-    @property
     def is_scratch(self) -> bool:
         """No pretrained weights exist, so every freezing strategy means training everything."""
         return self.weights_enum is None

@@ -335,6 +335,24 @@ def test_frozen_stages_stay_in_eval_mode_after_every_train_call():
     assert model.net.features[12].training and not model.net.features[10].training
 
 
+@pytest.mark.parametrize("bn_mode, strategy", [("adapt", "head_only"), ("freeze", "norm_and_head"),
+                                               ("freeze", "head_only")])
+def test_eval_puts_every_layer_in_eval_mode_and_leaves_bn_statistics_alone(bn_mode, strategy):
+    """Validation uses the running statistics: frozen BatchNorm layers that adapt in train() (bn_mode=adapt,
+    norm_and_head) must not go back to train mode, nor update their statistics, under eval()."""
+    model = build("resnet18", bn_mode=bn_mode)
+    model.apply_plan(plan(model, strategy))
+    model.train()
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    with torch.no_grad():
+        model(images("resnet18"))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    model.apply_plan(plan(model, "last_k", k_layers=1))  # a new plan applied between epochs keeps eval mode
+    assert not any(m.training for m in model.modules())
+
+
 # ---- the frozen-prefix activation cache ----------------------------------------------------------
 
 

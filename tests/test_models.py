@@ -6,6 +6,7 @@ Parametrized over the registry, so a new backbone is tested without a new test; 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from urllib.error import URLError
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.vgg import cfgs as vgg_configs, make_layers as vgg_layers
 
 from common.errors import UserError
 from models import (
@@ -29,6 +31,7 @@ from models import (
     resolve_weights,
 )
 from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy
+from models.weights import IMAGENET_MEAN, IMAGENET_STD
 from scratch_cnn import ScratchCNNConfig, build_scratch_cnn
 
 from model_helpers import NUM_CLASSES, build, each_backbone, every_backbone, images  # noqa: E402
@@ -55,6 +58,25 @@ def test_registry_has_the_designed_backbones():
         assert get_spec(name).default_weights != "DEFAULT"
 
 
+def _spec(stage_names, aux_after=None) -> BackboneSpec:
+    stages = tuple(Stage(name, (name,), lambda net, x: x) for name in stage_names)
+    aux = (AuxHead("aux", after_stage=aux_after, final_linear="aux.fc", default_loss_weight=0.3),) if aux_after else ()
+    return BackboneSpec(name="bad", build_net=nn.Module, weights_enum=None, default_weights=None, stages=stages,
+                        head_linear="head", aux_heads=aux)
+
+
+def test_a_backbone_entry_whose_stages_cannot_be_counted_is_refused_at_registration():
+    """Strategies count stages by name below a final 'head'; an entry that breaks that fails on import, not in a run."""
+    assert _spec(("stem", "body", "head"), aux_after="stem").stage_names == ("stem", "body", "head")
+    with pytest.raises(ValueError, match="last stage must be named 'head'"):
+        _spec(("stem", "body"))
+    with pytest.raises(ValueError, match="repeat"):
+        _spec(("stem", "body", "body", "head"))
+    for stage in ("nowhere", "head"):  # an aux head must hang off a backbone stage
+        with pytest.raises(ValueError, match="aux head"):
+            _spec(("stem", "body", "head"), aux_after=stage)
+
+
 @pytest.mark.parametrize("name", every_backbone())
 def test_every_parameter_and_module_belongs_to_exactly_one_stage(name):
     model = build(name)
@@ -77,6 +99,82 @@ def test_every_parameter_and_module_belongs_to_exactly_one_stage(name):
     assert model.stage_names[-1] == "head"
     if spec.weights_enum is not None:  # the flag that lets a sweep fold bn_mode away for nets without BatchNorm
         assert spec.batch_norm == any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+# Cheap builds; googlenet has aux heads.
+STATE_KEY_BACKBONES = ["resnet18", "mobilenet_v3_small", "googlenet", "scratch_cnn"]
+
+
+@pytest.mark.parametrize("name", STATE_KEY_BACKBONES)
+def test_stage_state_keys_are_exactly_each_stages_parameters_and_buffers(name):
+    """Checkpoints leave out the state keys of the frozen stages: a key claimed by the wrong stage would be lost
+    (mobilenet's block1 is features.1 and must not claim features.10..12, which train under last_k k_layers=3)."""
+    model = build(name)
+    aux_prefixes = tuple(f"net.{aux.module}." for aux in model.spec.aux_heads)
+    aux_keys = {key for key in model.state_dict() if aux_prefixes and key.startswith(aux_prefixes)}
+    expected = {stage.name: {f"net.{path}.{key}" for path in stage.modules
+                             for key in model.net.get_submodule(path).state_dict()} for stage in model.spec.stages}
+    for stage in model.stage_names:
+        assert set(model.stage_state_keys([stage])) == expected[stage], stage
+    assert set(model.stage_state_keys(model.stage_names)) == set(model.state_dict()) - aux_keys
+    frozen = model.stage_names[:3]
+    assert set(model.stage_state_keys(frozen)) == set().union(*(expected[s] for s in frozen))
+
+
+def test_vgg16_blocks_are_its_five_conv_blocks_each_closed_by_a_max_pool():
+    """k_layers counts VGG-16's conv blocks (2, 2, 3, 3, 3 convs): checked on torchvision's own VGG-16 conv
+    layout (`features` only, so the 120 M classifier weights are not built; the full forward check is slow)."""
+    holder = nn.Module()
+    holder.features = vgg_layers(vgg_configs["D"])
+    blocks = [stage for stage in get_spec("vgg16").stages if stage.name.startswith("block")]
+    assert [stage.name for stage in blocks] == [f"block{i}" for i in range(1, 6)]
+    for stage, convs in zip(blocks, (2, 2, 3, 3, 3)):
+        modules = [holder.get_submodule(path) for path in stage.modules]
+        assert sum(isinstance(m, nn.Conv2d) for m in modules) == convs, stage.name
+        assert isinstance(modules[-1], nn.MaxPool2d), stage.name
+        assert not any(isinstance(m, nn.MaxPool2d) for m in modules[:-1]), stage.name
+    owned = [path for stage in blocks for path in stage.modules]
+    assert owned == [f"features.{i}" for i in range(len(holder.features))]  # in order, none left out
+
+
+def test_vit_stages_match_torchvisions_forward_on_a_tiny_vision_transformer():
+    """The ViT stages are functions of torchvision's VisionTransformer (patch embedding with class token and
+    position embedding, encoder blocks, class-token head): checked on a 12-block ViT eight channels wide, since
+    the ViT-B/16 forward check is slow on a CPU."""
+    net = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=12, num_heads=2,
+                                               hidden_dim=8, mlp_dim=16, num_classes=NUM_CLASSES)
+    with torch.no_grad():  # torchvision starts the class token and the head at zero, which would hide a wrong token
+        generator = torch.Generator().manual_seed(1)
+        for tensor in (net.class_token, net.heads.head.weight):
+            tensor.copy_(torch.randn(tensor.shape, generator=generator))
+    model = StagedModel(get_spec("vit_b_16"), net, NUM_CLASSES, "none", aux_loss_weight=0.0).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = net(x)
+        assert torch.allclose(model(x), reference, atol=1e-6)
+        assert torch.allclose(model(model.forward_range(x, 0, 1), start=1), reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, size", [("googlenet", 64), ("inception_v3", 80)])
+def test_inception_stems_remap_imagenet_normalised_input_as_their_weights_expect(name, size):
+    """GoogLeNet's and Inception v3's ImageNet weights were trained on (x - 0.5) / 0.5 inputs: torchvision builds
+    them with transform_input=True, and the staged stem must remap ImageNet-normalised input as the net's own
+    forward does (the full staged-forward check of these nets is slow; this one runs in eval at a small size)."""
+    model = build(name).eval()
+    assert model.net.transform_input
+    first_conv = model.net.get_submodule(model.spec.stages[0].modules[0])
+    seen = []
+    hook = first_conv.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            staged, reference = model(x), model.net(x)
+    finally:
+        hook.remove()
+    assert torch.allclose(staged, reference, atol=1e-5, rtol=1e-4)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    remapped = x * (std / 0.5) + (mean - 0.5) / 0.5  # back to the pixels in [0, 1], then to (x - 0.5) / 0.5
+    assert len(seen) == 2 and all(torch.allclose(s, remapped, atol=1e-6) for s in seen)
 
 
 @pytest.mark.parametrize("name", each_backbone())
@@ -233,6 +331,12 @@ def test_aux_loss_weight_is_zero_without_aux_heads_and_validated():
         build("inception_v3", aux_loss_weight=-1.0)  # rejected before the net is built
 
 
+def test_aux_loss_weight_zero_is_accepted_and_turns_the_aux_heads_off():
+    model = build("googlenet", aux_loss_weight=0)  # builds only, no forward pass
+    assert model.aux_loss_weight == 0.0 and model.active_aux_heads() == ()
+    assert not any(p.requires_grad for aux in model.spec.aux_heads for _, p in model.aux_parameters(aux))
+
+
 # ---- weights choices and preprocessing -----------------------------------------------------------
 
 
@@ -329,6 +433,17 @@ def test_a_corrupt_cached_imagenet_file_says_to_delete_it(empty_hub):
         build_model("resnet18", NUM_CLASSES)
 
 
+def test_a_cached_imagenet_file_that_does_not_fit_is_refused_not_half_loaded(empty_hub):
+    """Loading it leniently would leave the missing tensors at random init in a run recorded as ImageNet weights."""
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    state = {key: value for key, value in state.items() if not key.startswith("layer4.")}
+    empty_hub.mkdir(parents=True)
+    torch.save(state, empty_hub / "resnet18-f37072fd.pth")
+    with pytest.raises(UserError) as error:
+        build_model("resnet18", NUM_CLASSES)
+    assert "do not fit resnet18" in str(error.value) and "delete" in str(error.value)
+
+
 # ---- local checkpoints ---------------------------------------------------------------------------
 
 
@@ -411,6 +526,9 @@ def test_scratch_cnn_defaults_are_the_run_defaults_so_agent_models_describes_wha
     assert total > 7_000_000  # the default doubles its filters per block: 32 .. 512
 
 
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "mish": nn.Mish, "leaky_relu": nn.LeakyReLU}
+
+
 @pytest.mark.parametrize("activation", ["relu", "gelu", "silu", "mish", "leaky_relu"])
 @pytest.mark.parametrize("batch_norm", [True, False])
 def test_scratch_cnn_builds_every_activation_with_and_without_bn(activation, batch_norm):
@@ -419,6 +537,35 @@ def test_scratch_cnn_builds_every_activation_with_and_without_bn(activation, bat
     model = build_model("scratch_cnn", 3, weights="none", scratch=config)
     assert model(torch.randn(2, 3, 40, 40)).shape == (2, 3)
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == batch_norm
+    # the chosen activation after every conv block and the dense layer, and no other
+    assert [type(m) for m in model.modules() if type(m) in ACTIVATIONS.values()] == [ACTIVATIONS[activation]] * 6
+
+
+# Parameters for kernel 5, dense 8, 3 classes, 64 px (a 2x2 map after five pools). double+BN: convs 5*5*(3*4 + 4*8
+# + 8*16 + 16*32 + 32*64) = 68,300, BN scale and shift 2*124 (no conv bias before BN), dense 256*8+8, head 8*3+3.
+@pytest.mark.parametrize("organization, first, batch_norm, channels, parameters", [
+    ("double", 4, True, (4, 8, 16, 32, 64), 68_300 + 248 + 2_056 + 27),
+    ("double", 4, False, (4, 8, 16, 32, 64), 68_300 + 124 + 2_056 + 27),  # conv biases instead of BN
+    ("same", 4, True, (4, 4, 4, 4, 4), 1_900 + 40 + 136 + 27),
+    ("half", 16, False, (16, 8, 8, 8, 8), 9_200 + 48 + 264 + 27),  # half stops at 8 channels
+])
+def test_scratch_cnn_config_sets_channels_kernel_shapes_dropout_and_parameter_count(organization, first, batch_norm,
+                                                                                    channels, parameters):
+    config = ScratchCNNConfig(filters=first, filter_organization=organization, kernel_size=5, batch_norm=batch_norm,
+                              dropout=0.35, dense_units=8, input_size=64)
+    net = build_scratch_cnn(config, 3)
+    assert sum(p.numel() for p in net.parameters()) == parameters
+    x = torch.randn(2, 3, 64, 64)
+    previous = 3
+    for i, filters in enumerate(channels, start=1):
+        block = getattr(net, f"block{i}")
+        conv = block[0]
+        assert conv.weight.shape == (filters, previous, 5, 5) and (conv.bias is None) == batch_norm
+        x = block(x)
+        assert x.shape == (2, filters, 64 >> i, 64 >> i)  # "same" padding, then a 2x max-pool
+        previous = filters
+    assert isinstance(net.dense[-1], nn.Dropout) and net.dense[-1].p == 0.35  # after the dense layer's activation
+    assert net.dense[1].out_features == 8 and net.head(net.dense(x)).shape == (2, 3)
 
 
 @pytest.mark.parametrize("field, value, expected", [
@@ -445,6 +592,9 @@ def test_describe_models_shows_weights_preprocessing_stages_and_strategies():
     assert "layer4" in text and "last_k k_layers=2" in text and "freeze_fraction=0.8 (4 of 5 frozen)" in text  # as runs record it
     assert "10,498,570 / 11,181,642" in text  # resnet18 k_layers=2 for 10 classes: layer3 + layer4 + fc
     assert "scratch_cnn" in text and "every strategy trains all" in text
+    # every k from 0 (the head alone: 512*10+10) to all 5 backbone stages is listed
+    assert re.search(r"last_k k_layers=0 +5,130 / 11,181,642", text)
+    assert re.search(r"last_k k_layers=5 +11,181,642 / 11,181,642 \(100.0 %\)", text)
 
 
 def _imports(package: str) -> set[str]:
