@@ -187,14 +187,14 @@ def _not_counted(s: Summary) -> list[str]:
     out += ["None of these enter any mean, spread or interval. Early-stopped runs appear on the leaderboard "
             "with their best epoch but not in the means.", "", table(["state", "runs"], counts), ""]
     rows = [[f"`{r.run_id}`", state, _value(r.model), _strategy(r), _value(r.epochs_completed), failure_reason(r)]
-            for state, records in s.not_counted if state != metrics.EARLY_STOPPED for r in records if not r.failed_on_setup]
+            for state, records in s.not_counted if state != metrics.EARLY_STOPPED for r in records if not r.refused_before_training]
     if rows:
         out += ["**Failed, diverged, out of memory, preempted, running or without a result**", "",
                 table(["run", "state", "model", "strategy", "epochs", "reason"], rows), ""]
     refused: dict[str, list[str]] = {}  # one row per mistake: attempts with the same typo are one thing to fix
     for state, records in s.not_counted:
         for r in records:
-            if r.failed_on_setup:
+            if r.refused_before_training:
                 refused.setdefault(failure_reason(r), []).append(f"`{r.run_id}`")
     if refused:
         out += [f"**Refused before training** ({sum(map(len, refused.values()))} run(s), counted as failed above): a "

@@ -92,14 +92,14 @@ def _load_local(path: Path) -> RunTable:
         # A trial killed outright (a signal, a full disk) could not say so in its folder; the sweep's table did.
         row = ended.get(record.run_id)
         if record.state == metrics.RUNNING and row is not None and not TrainerRecord.in_training(folder_of[record.run_id]):
-            summary = {**record.summary, metrics.STATE: row["state"], metrics.REASON: row.get("reason"), "exit_code": row.get("exit_code")}
+            summary = {**record.summary, metrics.STATE: row["state"], metrics.REASON: row.get("reason"), metrics.EXIT_CODE: row.get("exit_code")}
             records[i] = dataclasses.replace(record, state=str(row["state"]), summary=summary)
     for row in rows:
         run_id = str(row.get("run_id"))
         if row.get("state") == DUPLICATE:
             duplicates.append(SkippedDuplicate(run_id, row.get("duplicate_of"), row.get("config") or {}))
         elif run_id not in known:  # a trial that failed before it could create its folder
-            summary = {metrics.STATE: row.get("state"), metrics.REASON: row.get("reason"), "exit_code": row.get("exit_code")}
+            summary = {metrics.STATE: row.get("state"), metrics.REASON: row.get("reason"), metrics.EXIT_CODE: row.get("exit_code")}
             records.append(RunRecord(run_id, str(row.get("state") or metrics.FAILED), row.get("config") or {},
                                      summary))
             known.add(run_id)

@@ -151,10 +151,10 @@ class RunRecord:
         return self.summary.get(metrics.REASON)
 
     @property
-    def failed_on_setup(self) -> bool:
+    def refused_before_training(self) -> bool:
         """Refused before training (exit status 2: a data folder, weights file or setting to fix): no result to
         weigh, only a mistake to correct, often the same one in several attempts."""
-        return self.state == metrics.FAILED and self.summary.get("exit_code") == EXIT_USER_ERROR and not self.history
+        return self.state == metrics.FAILED and self.summary.get(metrics.EXIT_CODE) == EXIT_USER_ERROR and not self.history
 
     @property
     def test_acc(self) -> float | None:

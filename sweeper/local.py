@@ -160,8 +160,8 @@ class LocalSweep:
     # --- the loop ---------------------------------------------------------------------------------
 
     def run(self, count: int) -> dict | None:
-        relaunch = [trial for trial in self.table
-                    if (trial.state in UNFINISHED and not self._ended_while_away(trial)) or failed_on_setup(trial) or killed_by_host(trial)]
+        relaunch = [trial for trial in self.table if (trial.state in UNFINISHED and not self._ended_while_away(trial))
+                    or failed_on_setup(trial) or killed_by_host(trial)]
         self.retries = {trial.run_id for trial in relaunch if failed_on_setup(trial)}
         new_trials = resumed = 0
         earlier = len(self.table.real())  # --count is the sweep's size, across calls

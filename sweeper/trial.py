@@ -158,7 +158,7 @@ def recorded_outcome(folder: Path) -> Outcome | None:
         return None
     best = summary.get(M.BEST_VAL_ACC)
     best = float(best) if isinstance(best, (int, float)) and math.isfinite(best) and best >= 0 else None
-    return Outcome(state, summary.get(M.REASON), summary.get("exit_code"), best)
+    return Outcome(state, summary.get(M.REASON), summary.get(M.EXIT_CODE), best)
 
 
 KILLED_REASON = ("killed by SIGKILL, most often the host running out of memory; the same sweep command resumes it from its "

@@ -911,3 +911,12 @@ def test_runs_refused_before_training_are_grouped_by_their_mistake(tmp_path):
     assert "**Refused before training** (2 run(s), counted as failed above)" in part
     [row] = [line for line in part.splitlines() if "`typo-1`, `typo-2`" in line]
     assert row.startswith(f"| no dataset found in {tmp_path / 'datsets'}")
+
+
+def test_a_wandb_run_refused_before_training_is_grouped_too(monkeypatch):
+    refused = FakeRun("r11", "failed", {metrics.STATE: metrics.FAILED, metrics.REASON: "weights file gone.pt not found",
+                                        metrics.EXIT_CODE: 2}, as_object=True)
+    refused._history = []  # refused before its first epoch
+    fake_wandb(monkeypatch, FakeSweep([refused, FakeRun("r01", "finished", make_summary("r01"), as_object=False)]))
+    _, text = report_of("team/project/abc123")
+    assert "| weights file gone.pt not found | `r11` |" in section(text, 6)

@@ -416,8 +416,10 @@ def test_an_epoch_resumed_at_its_end_reports_the_whole_epochs_time_and_throughpu
     assert cut.state == M.PREEMPTED and not (cut.folder / "metrics.jsonl").read_text()  # no epoch logged yet
     monkeypatch.setattr(trainer.loop, "EpochProgress", original_progress)
 
+    trained_before = torch.load(cut.folder / "last.pt", weights_only=True)["loop"]["epoch_seconds"]
     resumed = run_training(config(nature_dir, tmp_path, run_id="cut", epochs=1))
     assert resumed.summary.get("resumed_from_epoch") == 0
+    assert json.loads((resumed.folder / "metrics.jsonl").read_text())[M.EPOCH_SECONDS] >= round(trained_before, 3) > 0
     # the epoch's time and images over both sessions, not the none the resumed session trained (0 img/s)
     assert epoch_images(resumed) == pytest.approx(epoch_images(straight), rel=0.05) and epoch_images(straight) > 8
 
@@ -478,3 +480,24 @@ def test_an_epoch_recorded_again_replaces_that_epoch_and_every_later_one(tmp_pat
         record.append_epoch({M.EPOCH: epoch, M.VAL_ACC: accuracy})
     record.append_epoch({M.EPOCH: 2, M.VAL_ACC: 0.7})  # epoch 2 trained again, e.g. resumed from epoch 1's checkpoint
     assert RunRecord.read_history(record.folder) == [{M.EPOCH: 1, M.VAL_ACC: 0.4}, {M.EPOCH: 2, M.VAL_ACC: 0.7}]
+
+
+def test_a_mid_epoch_checkpoint_of_an_older_version_counts_only_the_resumed_sessions_images(nature_dir, tmp_path, sigterm_at_step, monkeypatch):
+    """Its epoch's earlier time was never saved: dividing all the epoch's images by this session's time would
+    overstate images/s."""
+    import trainer.loop
+
+    original_progress = trainer.loop.EpochProgress
+    sigterm_at_step(2)  # half the epoch's 4 batches
+    cut = run_training(config(nature_dir, tmp_path, run_id="old", epochs=1))
+    payload = torch.load(cut.folder / "last.pt", weights_only=True)
+    del payload["loop"]["epoch_seconds"]  # as written before the field existed
+    torch.save(payload, cut.folder / "last.pt")
+    monkeypatch.setattr(trainer.loop, "EpochProgress", original_progress)
+
+    resumed = run_training(config(nature_dir, tmp_path, run_id="old", epochs=1))
+    row = json.loads((resumed.folder / "metrics.jsonl").read_text())
+    seen_before, epoch_images = payload["loop"]["seen"], resumed.summary["num_train"] // 8 * 8  # full batches only
+    measured = row[M.IMAGES_PER_SECOND] * row[M.EPOCH_SECONDS]
+    assert 0 < seen_before < epoch_images
+    assert abs(measured - (epoch_images - seen_before)) < abs(measured - epoch_images)  # this session's images, not the epoch's

@@ -515,7 +515,7 @@ def test_a_trial_sigkilled_from_outside_is_recorded_with_the_cause_and_resumed_b
     sweep = local_sweep(tmp_path)
     sweep.table.add(Trial("killed", M.FAILED, {}, "h1", {"lr": 0.01}, exit_code=-signal.SIGKILL, reason=ended.reason))
     sweep.table.add(Trial("crashed", M.FAILED, {}, "h2", {"lr": 0.02}, exit_code=1, reason="a bug"))  # its values' fault
-    sweep.table.add(Trial("stopped", M.FAILED, {}, "h3", {"lr": 0.03}, exit_code=-signal.SIGTERM))
+    sweep.table.add(Trial("segfault", M.FAILED, {}, "h3", {"lr": 0.03}, exit_code=-signal.SIGSEGV))  # a crash: not resumed
     started = []
 
     def no_launch(run_id, *args):
@@ -697,7 +697,7 @@ def test_a_trial_killed_by_the_host_is_resumed_by_the_next_call(tmp_path, fixed_
     # another failed config; the driver says why and the same command resumes it from its checkpoint.
     import sweeper.local
 
-    definition = tiny_definition(epochs={"value": 3}, patience={"value": 0}, activation={"value": "relu"})
+    definition = tiny_definition(epochs={"value": 12}, patience={"value": 0}, activation={"value": "relu"})
     sweep, sweep_dir = write_yaml(tmp_path / "killed.yaml", definition), tmp_path / "sweep"
     launched = []
     monkeypatch.setattr(sweeper.local, "launch", lambda *args: launched.append(launch(*args)) or launched[-1])
@@ -706,7 +706,7 @@ def test_a_trial_killed_by_the_host_is_resumed_by_the_next_call(tmp_path, fixed_
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (launched and list(sweep_dir.glob("runs/*/last.pt"))):
             time.sleep(0.05)
-        os.kill(launched[0].process.pid, signal.SIGKILL)
+        launched[0].process.send_signal(signal.SIGKILL)  # a no-op if it has already ended, never another process
 
     watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
     watcher.start()

@@ -430,6 +430,17 @@ def test_wandb_offline_run_is_syncable(base, monkeypatch, capsys):
     assert offline, "an offline run folder for `wandb sync`"
 
 
+def test_a_run_refused_before_training_tells_wandb_its_exit_status(base, tmp_path, monkeypatch):
+    """The report groups refused runs by their exit status, from W&B as from the run folder."""
+    from trainer.wandb_log import RunLogger
+
+    logged = {}
+    monkeypatch.setattr(RunLogger, "summary", lambda self, values: logged.update(values))
+    with pytest.raises(UserError, match="no dataset found"):
+        run_training(scratch(base, run_id="typo", data_dir=str(tmp_path / "datsets"), download=False))
+    assert logged[M.STATE] == M.FAILED and logged[M.EXIT_CODE] == 2
+
+
 def test_a_broken_wandb_never_kills_the_run(base, monkeypatch):
     wandb = pytest.importorskip("wandb")
 
@@ -1218,15 +1229,15 @@ def test_the_learning_rate_stays_at_its_floor_past_the_last_step():
 
 
 def training_losses(monkeypatch, add=0.0) -> list[tuple[float, float]]:
-    """Spy on the loop's cross-entropy: (label_smoothing, value) of each training call (validation sums, training
-    does not); `add` is added to each training loss without touching its gradient."""
+    """Spy on the loop's cross-entropy: (label_smoothing, value) of each training call (validation runs under
+    inference mode, training does not); `add` is added to each training loss without touching its gradient."""
     import trainer.loop
 
     real, calls = trainer.loop.F.cross_entropy, []
 
     def spy(*args, **kwargs):
         loss = real(*args, **kwargs)
-        if "reduction" in kwargs:
+        if torch.is_inference_mode_enabled():  # validation
             return loss
         calls.append((kwargs.get("label_smoothing", 0.0), loss.item()))
         return loss + add

@@ -118,6 +118,8 @@ def train(loop: Loop, state: LoopState) -> str:
         loss_sum = torch.tensor(state.loss_sum, device=loop.device, dtype=torch.float64)
         correct = torch.tensor(state.correct, device=loop.device, dtype=torch.int64)
         started = time.perf_counter()  # restarts at each checkpoint, which adds the time since to the state's sums
+        # A mid-epoch checkpoint of an older version has the epoch's images but not its time: count only ours.
+        uncounted_images = state.seen if state.epoch_seconds == 0 else 0
         lr = optimizer.param_groups[0]["lr"]
         progress = EpochProgress(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch, initial=state.batch)
 
@@ -148,7 +150,7 @@ def train(loop: Loop, state: LoopState) -> str:
             minutes = config.checkpoint_minutes
             if loop.stop or (minutes and time.monotonic() - last_checkpoint > 60 * minutes):
                 state.loss_sum, state.correct = loss_sum.item(), int(correct.item())
-                state.train_seconds, state.epoch_seconds = add_elapsed(started, state.train_seconds, state.epoch_seconds)
+                state.train_seconds, state.epoch_seconds = add_elapsed_seconds(started, state.train_seconds, state.epoch_seconds)
                 started = time.perf_counter()
                 loop.checkpoint(state, False)
                 last_checkpoint = time.monotonic()
@@ -160,7 +162,7 @@ def train(loop: Loop, state: LoopState) -> str:
         if not torch.isfinite(loss_sum):
             raise Diverged(f"training loss became {loss_sum.item()} in epoch {epoch + 1}; lower lr")
         # The epoch's time and images over all its sessions: a run resumed at the end of an epoch reports the epoch.
-        state.train_seconds, epoch_seconds = add_elapsed(started, state.train_seconds, state.epoch_seconds)
+        state.train_seconds, epoch_seconds = add_elapsed_seconds(started, state.train_seconds, state.epoch_seconds)
         loop.writes_done()  # only a mid-epoch checkpoint can still be in flight here: at most a second's wait
         val_loss, val_acc = evaluate(loop, loop.inputs.val_loader)
         if not math.isfinite(val_loss):
@@ -173,7 +175,7 @@ def train(loop: Loop, state: LoopState) -> str:
             M.VAL_ACC: val_acc,
             M.LR: lr,
             M.EPOCH_SECONDS: round(epoch_seconds, 3),
-            M.IMAGES_PER_SECOND: round(state.seen / max(epoch_seconds, 1e-9), 1),
+            M.IMAGES_PER_SECOND: round((state.seen - uncounted_images) / max(epoch_seconds, 1e-9), 1),
         }
         improved = val_acc > state.best_val_acc
         if improved:
@@ -205,7 +207,8 @@ def train(loop: Loop, state: LoopState) -> str:
     return M.FINISHED
 
 
-def add_elapsed(started: float, *totals: float) -> tuple[float, ...]:
+def add_elapsed_seconds(started: float, *totals: float) -> tuple[float, ...]:
+    """Each of `totals` plus the seconds since `started` (one clock reading, so they stay consistent)."""
     elapsed = time.perf_counter() - started
     return tuple(total + elapsed for total in totals)
 

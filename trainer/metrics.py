@@ -24,6 +24,7 @@ SPLIT_HASH = "split_hash"
 CODE_VERSION = "code_version"  # the commit of the code that trained the run (+dirty with local changes)
 DEVICE = "device"
 REASON = "reason"
+EXIT_CODE = "exit_code"  # the process exit status; 2 = refused before training (a setting or file to fix)
 EPOCHS_COMPLETED = "epochs_completed"
 
 # Run states. A run is "finished" when it trained all epochs or stopped early on its own patience.

@@ -378,7 +378,7 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
                         logger.mark_preempting()
                         reason = f"interrupted by signal {stop.signum}; resumes from its checkpoint when relaunched with run_id={run_id}"
                         exit_code = 128 + (stop.signum or 15)
-                        record.update_summary(**facts, **{M.STATE: state_name, M.REASON: reason}, exit_code=exit_code)
+                        record.update_summary(**facts, **{M.STATE: state_name, M.REASON: reason, M.EXIT_CODE: exit_code})
                 break
             except Diverged as exc:
                 state_name, reason, exit_code = M.DIVERGED, str(exc), EXIT_OK
@@ -446,10 +446,10 @@ def _free_cuda() -> None:
 
 def _finish(record: RunRecord, logger, state: str, reason: str | None, exit_code: int, facts: dict, loop_state: LoopState) -> dict:
     summary = record.update_summary(
-        **facts, **{M.STATE: state, M.REASON: reason}, exit_code=exit_code,
+        **facts, **{M.STATE: state, M.REASON: reason, M.EXIT_CODE: exit_code},
         finished_at=datetime.datetime.now().isoformat(timespec="seconds"),
     )
-    logger.summary({M.STATE: state, M.REASON: reason})
+    logger.summary({M.STATE: state, M.REASON: reason, M.EXIT_CODE: exit_code})  # the report tells refusals apart by it
     logger.finish(exit_code)
     best = summary.get(M.BEST_VAL_ACC)
     print(f"run {record.folder.name}: {state}" + (f", best val_acc {best:.4f} at epoch {summary.get(M.BEST_EPOCH)}" if best is not None and best >= 0 else "") + (f" ({reason})" if reason else ""))
