@@ -39,7 +39,7 @@ def rows(outcome):
 
 @pytest.fixture
 def sigterm_at_step(monkeypatch):
-    """Send this process a real SIGTERM after the given number of training steps."""
+    """Send this process a real SIGTERM after the given number of training steps; arm(step) returns disarm()."""
     import trainer.loop
 
     original = trainer.loop.EpochProgress
@@ -55,24 +55,22 @@ def sigterm_at_step(monkeypatch):
                     os.kill(os.getpid(), signal.SIGTERM)
 
         monkeypatch.setattr(trainer.loop, "EpochProgress", Kill)
+        return lambda: monkeypatch.setattr(trainer.loop, "EpochProgress", original)
 
     yield arm
     monkeypatch.setattr(trainer.loop, "EpochProgress", original)
 
 
-def test_resume_on_a_fresh_machine_from_a_folder_store(nature_dir, tmp_path, sigterm_at_step, monkeypatch):
-    import trainer.loop
-
-    original_progress = trainer.loop.EpochProgress
+def test_resume_on_a_fresh_machine_from_a_folder_store(nature_dir, tmp_path, sigterm_at_step):
     straight = run_training(config(nature_dir, tmp_path / "reference", run_id="ref"))
 
     store = tmp_path / "drive"
-    sigterm_at_step(5)  # second epoch, second batch
+    disarm = sigterm_at_step(5)  # second epoch, second batch
     machine_a = tmp_path / "machine_a"
     cut = run_training(config(nature_dir, machine_a, run_id="trial-7", checkpoint_store=str(store)))
     assert cut.state == M.PREEMPTED
     shutil.rmtree(machine_a)  # the session is gone; only the store survives
-    monkeypatch.setattr(trainer.loop, "EpochProgress", original_progress)
+    disarm()
 
     resumed = run_training(config(nature_dir, tmp_path / "machine_b", run_id="trial-7", checkpoint_store=str(store)))
     assert resumed.state == M.FINISHED
@@ -219,10 +217,7 @@ def imagenet_hub(tmp_path, monkeypatch):
     return folder
 
 
-def test_checkpoints_leave_out_stages_frozen_all_run_and_still_resume_exactly(nature_dir, tmp_path, imagenet_hub, sigterm_at_step, monkeypatch):
-    import trainer.loop
-
-    original_progress = trainer.loop.EpochProgress
+def test_checkpoints_leave_out_stages_frozen_all_run_and_still_resume_exactly(nature_dir, tmp_path, imagenet_hub, sigterm_at_step):
     settings = {"model": "resnet18", "weights": "imagenet", "strategy": "last_k", "k_layers": 1, "augment": "standard",
                 "epochs": 2, "lr": 0.01}
     lean = run_training(config(nature_dir, tmp_path / "ref", run_id="lean", **settings))
@@ -241,11 +236,11 @@ def test_checkpoints_leave_out_stages_frozen_all_run_and_still_resume_exactly(na
 
     # Preempted on machine A; machine B, holding only the store, rebuilds the frozen stages from the weights.
     store = tmp_path / "drive"
-    sigterm_at_step(3)
+    disarm = sigterm_at_step(3)
     cut = run_training(config(nature_dir, tmp_path / "machine_a", run_id="lean-cut", checkpoint_store=str(store), **settings))
     assert cut.state == M.PREEMPTED
     shutil.rmtree(tmp_path / "machine_a")
-    monkeypatch.setattr(trainer.loop, "EpochProgress", original_progress)
+    disarm()
     resumed = run_training(config(nature_dir, tmp_path / "machine_b", run_id="lean-cut", checkpoint_store=str(store), **settings))
     assert resumed.state == M.FINISHED and resumed.summary.get("resumed_from_epoch") is not None
     assert rows(resumed) == rows(lean)
@@ -312,10 +307,7 @@ def test_an_optimizer_state_that_does_not_fit_starts_fresh(nature_dir, tmp_path,
     assert [r[M.EPOCH] for r in rows(again)] == [1] and (first.folder / "last.refused.pt").exists()
 
 
-def test_a_store_never_brings_back_the_best_pt_of_a_replaced_model(nature_dir, tmp_path, sigterm_at_step, monkeypatch):
-    import trainer.loop
-
-    original_progress = trainer.loop.EpochProgress
+def test_a_store_never_brings_back_the_best_pt_of_a_replaced_model(nature_dir, tmp_path, sigterm_at_step):
     store = tmp_path / "drive"
     settings = {"run_id": "same", "checkpoint_store": str(store), "epochs": 1}
     first = run_training(config(nature_dir, tmp_path, **settings))
@@ -324,30 +316,28 @@ def test_a_store_never_brings_back_the_best_pt_of_a_replaced_model(nature_dir, t
         payload = torch.load(copy, weights_only=True)
         payload["optimizer"]["param_groups"] = payload["optimizer"]["param_groups"][:-1]
         torch.save(payload, copy)
-    sigterm_at_step(2)  # the fresh start is cut off before its first epoch ends: it has no best epoch yet
+    disarm = sigterm_at_step(2)  # the fresh start is cut off before its first epoch ends: it has no best epoch yet
     cut = run_training(config(nature_dir, tmp_path, **settings))
     assert cut.state == M.PREEMPTED and "optimizer state does not fit" in cut.summary["resume_refused"]
     assert not (cut.folder / "best.pt").exists() and (cut.folder / "best.previous.pt").exists()
     assert M.BEST_VAL_ACC not in cut.summary and M.BEST_EPOCH not in cut.summary  # nor does its best val_acc
-    monkeypatch.setattr(trainer.loop, "EpochProgress", original_progress)
+    disarm()
     sigterm_at_step(1)  # relaunched, and cut off again: the store's old best.pt must stay out
     again = run_training(config(nature_dir, tmp_path, **settings))
     assert again.state == M.PREEMPTED and again.summary.get("resumed_from_epoch") == 0
     assert not (again.folder / "best.pt").exists() and again.summary.get(M.BEST_VAL_ACC, -1) < 0  # no best epoch yet
 
 
-def test_a_checkpoint_of_code_that_normalised_otherwise_resumes(nature_dir, tmp_path, sigterm_at_step, monkeypatch):
+def test_a_checkpoint_of_code_that_normalised_otherwise_resumes(nature_dir, tmp_path, sigterm_at_step):
     """An upgrade that writes equivalent values another way (older code kept warmup_epochs under onecycle) changes
     the config hash; the checkpoint's saved config, hashed today, still names this run, and nothing else."""
-    import trainer.loop
     from trainer.config import effective_config
 
-    original_progress = trainer.loop.EpochProgress
     settings = {"run_id": "upgraded", "schedule": "onecycle", "warmup_epochs": 3}
-    sigterm_at_step(5)
+    disarm = sigterm_at_step(5)
     cut = run_training(config(nature_dir, tmp_path, **settings))
     assert cut.state == M.PREEMPTED
-    monkeypatch.setattr(trainer.loop, "EpochProgress", original_progress)
+    disarm()
     last = cut.folder / "last.pt"
     payload = torch.load(last, weights_only=True)
     assert payload["config"] == effective_config(config(nature_dir, tmp_path, **settings))
@@ -411,10 +401,10 @@ def test_an_epoch_resumed_at_its_end_reports_the_whole_epochs_time_and_throughpu
     batches = []
     monkeypatch.setattr(trainer.loop, "EpochProgress", lambda *a, **k: batches.append(a[1]) or original_progress(*a, **k))
     straight = run_training(config(nature_dir, tmp_path / "straight", run_id="straight", epochs=1))
-    sigterm_at_step(batches[0])  # the epoch's last batch: the checkpoint holds all of it, its validation still to come
+    disarm = sigterm_at_step(batches[0])  # the epoch's last batch: the checkpoint holds all of it, its validation still to come
     cut = run_training(config(nature_dir, tmp_path, run_id="cut", epochs=1))
-    assert cut.state == M.PREEMPTED and not (cut.folder / "metrics.jsonl").read_text()  # no epoch logged yet
-    monkeypatch.setattr(trainer.loop, "EpochProgress", original_progress)
+    assert cut.state == M.PREEMPTED and rows(cut) == []  # no epoch logged yet
+    disarm()
 
     trained_before = torch.load(cut.folder / "last.pt", weights_only=True)["loop"]["epoch_seconds"]
     resumed = run_training(config(nature_dir, tmp_path, run_id="cut", epochs=1))
@@ -482,18 +472,15 @@ def test_an_epoch_recorded_again_replaces_that_epoch_and_every_later_one(tmp_pat
     assert RunRecord.read_history(record.folder) == [{M.EPOCH: 1, M.VAL_ACC: 0.4}, {M.EPOCH: 2, M.VAL_ACC: 0.7}]
 
 
-def test_a_mid_epoch_checkpoint_of_an_older_version_counts_only_the_resumed_sessions_images(nature_dir, tmp_path, sigterm_at_step, monkeypatch):
+def test_a_mid_epoch_checkpoint_of_an_older_version_counts_only_the_resumed_sessions_images(nature_dir, tmp_path, sigterm_at_step):
     """Its epoch's earlier time was never saved: dividing all the epoch's images by this session's time would
     overstate images/s."""
-    import trainer.loop
-
-    original_progress = trainer.loop.EpochProgress
-    sigterm_at_step(2)  # half the epoch's 4 batches
+    disarm = sigterm_at_step(2)  # half the epoch's 4 batches
     cut = run_training(config(nature_dir, tmp_path, run_id="old", epochs=1))
     payload = torch.load(cut.folder / "last.pt", weights_only=True)
     del payload["loop"]["epoch_seconds"]  # as written before the field existed
     torch.save(payload, cut.folder / "last.pt")
-    monkeypatch.setattr(trainer.loop, "EpochProgress", original_progress)
+    disarm()
 
     resumed = run_training(config(nature_dir, tmp_path, run_id="old", epochs=1))
     row = json.loads((resumed.folder / "metrics.jsonl").read_text())

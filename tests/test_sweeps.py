@@ -566,7 +566,7 @@ def test_a_retry_interrupted_while_it_starts_is_not_taken_for_its_previous_failu
     # summary (failed, exit 2) must not stand for this launch, or the trial is never retried again.
     import sweeper.local
 
-    sweep = LocalSweep(load_definition(write_yaml(tmp_path / "s.yaml", tiny_definition())), tmp_path / "sweep", {}, workers=1)
+    sweep = local_sweep(tmp_path)
     bad = sweep.table.add(Trial("bad", M.FAILED, {"lr": 0.01}, "hash-bad", {"lr": 0.01}, exit_code=2, reason="weights file x.pt not found"))
     folder = sweep.table.run_folder(bad)
     folder.mkdir(parents=True)
@@ -633,9 +633,7 @@ def write_earlier_trials(table: TrialTable, values: tuple, epochs: int = 3) -> N
     """
     for index, lr in enumerate(values):
         trial = table.add(Trial(f"earlier-{index}", M.FINISHED, {}, f"hash-{index}", {"lr": lr}, exit_code=0, best_val_acc=1.0))
-        folder = table.run_folder(trial)
-        folder.mkdir(parents=True)
-        (folder / "metrics.jsonl").write_text("".join(json.dumps({M.EPOCH: e, M.VAL_ACC: 1.0}) + "\n" for e in range(1, epochs + 1)))
+        write_history(table.run_folder(trial), [1.0] * epochs)
 
 
 def hyperband_definition(**parameters) -> dict:
@@ -908,9 +906,7 @@ def test_a_trial_killed_by_hyperbands_signal_keeps_its_best_epoch(tmp_path):
     from sweeper.trial import outcome
 
     folder = tmp_path / "t-004"
-    folder.mkdir()
-    rows = [{M.EPOCH: 1, M.VAL_ACC: 0.3}, {M.EPOCH: 2, M.VAL_ACC: 0.5}, {M.EPOCH: 3, M.VAL_ACC: 0.4}]
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_history(folder, [0.3, 0.5, 0.4])
     (folder / "summary.json").write_text(json.dumps({M.STATE: M.RUNNING}))
     trial = SimpleNamespace(process=SimpleNamespace(returncode=-signal.SIGUSR1), signals_sent=[signal.SIGUSR1], folder=folder)
     ended = outcome(trial, driver_interrupted=False)
