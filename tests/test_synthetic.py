@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from data.layout import locate_dataset
 from data.scan import scan_folder
-from data.synthetic import MARKER, class_names, make_image_folder
+from data.synthetic import MARKER, class_names, main, make_image_folder
 
 SMALL = dict(classes=3, train_per_class=3, test_per_class=1, min_size=(40, 30), max_size=(64, 48))
 
@@ -57,3 +58,54 @@ def test_an_existing_dataset_is_reused_and_a_different_one_replaced(tmp_path):
     assert not (root / "inaturalist_12K").exists()
     assert sorted(p.name for p in (root / "train").iterdir()) == sorted(class_names(2))
     assert json.loads((root / MARKER).read_text())["layout"] == "plain"
+
+
+def test_val_images_are_new_images_not_copies_of_training_images(synthetic_root):
+    base = synthetic_root / "inaturalist_12K"
+    train = {path.read_bytes() for path in (base / "train").rglob("*.jpg")}
+    val = [path.read_bytes() for path in (base / "val").rglob("*.jpg")]
+    assert len(val) == 3 and not train.intersection(val)
+
+
+def test_a_fixed_size_request_gives_exactly_that_width_and_height(tmp_path):
+    root = make_image_folder(tmp_path, classes=1, train_per_class=2, test_per_class=1, min_size=(48, 36), max_size=(48, 36), workers=1)
+    for path in root.rglob("*.jpg"):
+        with Image.open(path) as image:
+            assert image.size == (48, 36)  # (width, height), both bounds inclusive
+
+
+def mean_colour(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(axis=0)
+
+
+def test_classes_differ_in_colour_far_more_than_images_within_a_class(tmp_path):
+    """What makes the demo learnable: each class has its own colours, so class means sit far apart."""
+    root = make_image_folder(tmp_path, classes=4, train_per_class=4, test_per_class=0, min_size=(64, 48), max_size=(64, 48), workers=1)
+    means = {}
+    for class_dir in sorted((root / "inaturalist_12K/train").iterdir()):
+        means[class_dir.name] = [mean_colour(path) for path in sorted(class_dir.iterdir())]
+    within = np.mean([np.var(np.array(images), axis=0).sum() for images in means.values()])
+    between = np.var(np.array([np.mean(images, axis=0) for images in means.values()]), axis=0).sum()
+    # With one shared style the ratio is about 1/4 (the variance of a mean of 4 images); per-class styles give ~8.
+    assert between / within > 2.0
+
+
+def test_a_different_seed_replaces_the_dataset(tmp_path):
+    first = make_image_folder(tmp_path, workers=1, **SMALL)
+    before = {p.relative_to(first): p.read_bytes() for p in first.rglob("*.jpg")}
+    make_image_folder(tmp_path, workers=1, seed=1, **SMALL)
+    after = {p.relative_to(first): p.read_bytes() for p in first.rglob("*.jpg")}
+    assert json.loads((first / MARKER).read_text())["seed"] == 1
+    assert before.keys() == after.keys() and all(before[k] != after[k] for k in before)
+
+
+def test_command_line_writes_the_counts_it_is_given(tmp_path, capsys):
+    # The README's demo: python -m data.synthetic demo_data --classes 3 --per_class 30
+    main([str(tmp_path), "--classes", "2", "--per_class", "1", "--test_per_class", "2", "--seed", "5"])
+    base = tmp_path / "inaturalist_12K"
+    for split, count in (("train", 1), ("val", 2)):
+        assert sorted(p.name for p in (base / split).iterdir()) == sorted(class_names(2))
+        assert all(len(list(d.iterdir())) == count for d in (base / split).iterdir())
+    assert json.loads((tmp_path / MARKER).read_text())["seed"] == 5
+    assert f"--data_dir={tmp_path}" in capsys.readouterr().out
