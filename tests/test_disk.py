@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 from collections import namedtuple
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,3 +178,58 @@ def test_a_file_system_that_cannot_reserve_still_gets_its_file(tmp_path, monkeyp
     monkeypatch.setattr(common.disk.os, "posix_fallocate", unsupported, raising=False)
     common.disk.reserve(tmp_path / "c.u8.tmp", 2**20, "the cache", "--cache_dir")
     assert (tmp_path / "c.u8.tmp").stat().st_size == 2**20
+
+
+@pytest.mark.parametrize("cut", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()], ids=["disk-full", "ctrl-c"])
+def test_a_write_cut_short_leaves_the_old_file_whole_and_no_temporary_file(tmp_path, cut):
+    target = tmp_path / "summary.json"
+    common.atomic.write_json(target, {"state": "running", "epoch": 3})
+    before = target.read_bytes()
+
+    def half_then_cut(handle):
+        handle.write('{"state": "fini')
+        handle.flush()
+        raise cut
+
+    with pytest.raises(type(cut)):
+        common.atomic.atomic_write(target, half_then_cut)
+    assert target.read_bytes() == before and json.loads(before)["epoch"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+def test_a_file_larger_than_the_margin_needs_only_the_margin_to_spare(tmp_path, monkeypatch):
+    disk_with_free(monkeypatch, 2**30 + common.disk.MARGIN)  # a 1 GB checkpoint and 64 MB for logs: it fits
+    common.disk.ensure_space(tmp_path, 2**30, "checkpoint last.pt", "--output_dir")
+    with pytest.raises(UserError, match=r"it needs 1.0 GB \(and 64 MB to spare\)"):
+        common.disk.ensure_space(tmp_path, 2**30 + 1, "checkpoint last.pt", "--output_dir")
+
+
+def test_ctrl_c_during_a_reservation_leaves_no_partial_file(tmp_path, monkeypatch):
+    def interrupted(fd, offset, size):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common.disk.os, "posix_fallocate", interrupted, raising=False)
+    monkeypatch.setattr(common.disk.os, "ftruncate", interrupted)  # macOS path: truncate goes through ftruncate
+    with pytest.raises(KeyboardInterrupt):
+        common.disk.reserve(tmp_path / "d.u8.tmp", 2**20, "the cache", "--cache_dir")
+    assert not (tmp_path / "d.u8.tmp").exists()
+
+
+def test_a_cache_lock_makes_another_process_wait_until_it_is_released(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from common.locks import file_lock
+
+    lock, entered = tmp_path / "cache" / "images.lock", tmp_path / "entered"
+    child = f"from pathlib import Path; from common.locks import file_lock\nwith file_lock(Path({str(lock)!r})): Path({str(entered)!r}).write_text('x')"
+    with file_lock(lock):
+        process = subprocess.Popen([sys.executable, "-c", child], cwd=Path(__file__).resolve().parents[1])  # this checkout's code
+        time.sleep(1.0)  # the child starts and blocks on the lock
+        assert process.poll() is None and not entered.exists()
+    assert process.wait(timeout=30) == 0 and entered.exists()
+
+
+def test_a_user_error_is_one_line_whatever_the_message_was_built_from():
+    assert str(UserError("checkpoint last.pt\n  is damaged:\tdelete it")) == "checkpoint last.pt is damaged: delete it"

@@ -804,6 +804,25 @@ def test_code_version_is_the_commit_and_says_when_the_code_had_local_changes(tmp
         (tmp_path / "train.py").write_text("lr = 0.2\n")  # an edit not committed: results must not pass as `commit`'s
         provenance.code_version.cache_clear()
         assert provenance.code_version() == commit + "+dirty"
+        (tmp_path / "train.py").write_text("lr = 0.1\n")
+        (tmp_path / "runs").mkdir()  # a run's own output inside the checkout is no local change of the code
+        (tmp_path / "runs" / "summary.json").write_text("{}")
+        provenance.code_version.cache_clear()
+        assert provenance.code_version() == commit
+    finally:
+        provenance.code_version.cache_clear()
+
+
+def test_code_version_outside_a_git_checkout_is_the_package_version(tmp_path, monkeypatch):
+    from importlib.metadata import version
+
+    import common.provenance as provenance
+
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)  # an installed copy: no .git anywhere above
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    provenance.code_version.cache_clear()
+    try:
+        assert provenance.code_version() == f"finetune-sweeps {version('finetune-sweeps')}"
     finally:
         provenance.code_version.cache_clear()
 
@@ -1358,3 +1377,81 @@ def test_the_test_command_runs_in_eval_mode_and_fp32_on_a_cpu_and_reports_accura
     confusion = result["confusion"]
     assert [sum(row) for row in confusion] == [4, 4, 4]  # rows: the true class (4 test images each)
     assert result[M.PER_CLASS_ACC] == {name: confusion[i][i] / 4 for i, name in enumerate(result["classes"])}
+
+
+def test_first_signal_asks_for_a_checkpoint_and_only_a_second_ctrl_c_aborts():
+    from trainer.signals import EARLY_STOP, PREEMPT, GracefulStop
+
+    outside = signal.getsignal(signal.SIGINT)
+    with GracefulStop() as flag:
+        signal.raise_signal(signal.SIGTERM)  # the platform's notice: finish the step, checkpoint, exit
+        try:
+            signal.raise_signal(signal.SIGTERM)  # repeated by the agent: still the same orderly stop
+        except KeyboardInterrupt:
+            pytest.fail("a second SIGTERM aborted the run before its checkpoint")
+        assert flag.reason == PREEMPT and flag.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGINT) is outside  # Ctrl-C works as before once the run is over
+    with GracefulStop() as flag:
+        signal.raise_signal(signal.SIGINT)  # the first Ctrl-C: the same orderly stop
+        assert flag.reason == PREEMPT and flag.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):  # the second: out at once
+            signal.raise_signal(signal.SIGINT)
+    with GracefulStop() as flag:
+        signal.raise_signal(signal.SIGUSR1)  # the sweep stopped this trial early: done, not to be re-queued
+        signal.raise_signal(signal.SIGTERM)
+        assert flag.reason == EARLY_STOP and flag.signum == signal.SIGUSR1
+
+
+def test_background_checkpoint_writes_happen_in_order_and_a_failed_one_is_raised_by_the_next_call():
+    import time
+
+    writer, order = CheckpointWriter(background=True), []
+    writer.submit(lambda: (time.sleep(0.2), order.append("epoch 1")))  # a slow write
+    writer.submit(lambda: order.append("epoch 2"))  # waits for epoch 1's: last.pt never goes back in time
+    writer.close()
+    assert order == ["epoch 1", "epoch 2"]
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    writer.submit(full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        writer.flush()
+    writer.flush()  # raised once; the writer is usable again
+    writer.submit(full_disk)
+    writer.close(quiet=True)  # the run is already ending on an error of its own
+
+
+def test_a_wandb_call_that_fails_mid_run_warns_once_and_the_run_goes_on(capfd):
+    from trainer.wandb_log import WandbLogger
+
+    class BrokenRun:
+        step, calls = 0, 0
+
+        def log(self, row, step):
+            BrokenRun.calls += 1
+            raise ConnectionError("wandb service went away")
+
+        def finish(self, exit_code=0):
+            BrokenRun.calls += 1
+
+    logger = WandbLogger(BrokenRun(), "online")
+    logger.log({M.EPOCH: 1}, step=1)
+    logger.log({M.EPOCH: 2}, step=2)
+    logger.finish(exit_code=0)
+    err = capfd.readouterr().err
+    assert err.count("warning: W&B") == 1 and "ConnectionError: wandb service went away" in err and "local record" in err
+    assert BrokenRun.calls == 1  # after the first failure W&B is left alone
+
+
+def test_the_progress_bar_shows_only_on_a_terminal(capfd, monkeypatch):
+    from trainer.progress import EpochProgress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # a sweep trial's output goes to a log file
+    progress = EpochProgress("epoch 1/2", 10)
+    for _ in range(10):
+        progress.update(loss=torch.tensor(0.5), lr=0.1)
+    progress.close()
+    assert progress.bar is None and capfd.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert EpochProgress("epoch 1/2", 10).bar is not None
