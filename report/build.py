@@ -9,7 +9,6 @@ from pathlib import Path
 
 from common.atomic import write_bytes, write_text
 from common.disk import ensure_writable
-from report import plots
 from report.markdown import render
 from report.sources import load_table
 from report.stats import Summary, summarise
@@ -46,6 +45,11 @@ def build_report(source: str, out_dir: Path, top_n: int = 10) -> Path:
 
 
 def _write_figures(summary: Summary, out_dir: Path) -> dict[str, str]:
+    try:
+        from report import plots
+    except ImportError as error:  # the numbers stand without their figures: report.md and runs.csv still written
+        print(f"warning: report without figures ({error}): pip install matplotlib to draw them", flush=True)
+        return {}
     drawers = {
         "by_strategy": (plots.plot_val_acc_by_strategy, bool(summary.successful)),
         "cost": (plots.plot_cost, bool(summary.successful)),

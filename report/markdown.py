@@ -114,7 +114,7 @@ def _seeds(label: str, group: SeedGroup | None) -> list[str]:
 
 
 def _leaderboard(s: Summary) -> list[str]:
-    rows = [[rank, f"`{r.run_id}`", _value(r.model), _strategy(r), _value(r.config.get("k_layers")),
+    rows = [[rank, f"`{r.run_id}`", _value(r.model_label), _strategy(r), _value(r.config.get("k_layers")),
              _value(r.config.get("freeze_fraction")), _value(r.config.get("lr")), _value(r.config.get("augment")),
              percent(r.best_val_acc), _epochs(r), _seconds(r.train_seconds), _value(r.trainable_params)]
             for rank, r in enumerate(s.leaderboard, start=1)]
@@ -146,7 +146,7 @@ def _cost(s: Summary, image: str | None) -> list[str]:
     for title, front, key in (("training time", s.pareto_seconds, lambda r: r.train_seconds or 0),
                               ("trainable parameters", s.pareto_params, lambda r: r.trainable_params or 0)):
         members = sorted((r for r in s.successful if r.run_id in front), key=lambda r: (key(r), r.run_id))
-        rows = [[f"`{r.run_id}`", _value(r.model), _strategy(r), percent(r.best_val_acc), _seconds(r.train_seconds),
+        rows = [[f"`{r.run_id}`", _value(r.model_label), _strategy(r), percent(r.best_val_acc), _seconds(r.train_seconds),
                  _value(r.trainable_params)] for r in members]
         out += [f"**Against {title}**", "",
                 table(["run", "model", "strategy", f"best {metrics.VAL_ACC}", "train s", "trainable params"], rows)
@@ -186,7 +186,7 @@ def _not_counted(s: Summary) -> list[str]:
     counts.append(["duplicate (skipped, never run)", len(s.duplicates)])
     out += ["None of these enter any mean, spread or interval. Early-stopped runs appear on the leaderboard "
             "with their best epoch but not in the means.", "", table(["state", "runs"], counts), ""]
-    rows = [[f"`{r.run_id}`", state, _value(r.model), _strategy(r), _value(r.epochs_completed), failure_reason(r)]
+    rows = [[f"`{r.run_id}`", state, _value(r.model_label), _strategy(r), _value(r.epochs_completed), failure_reason(r)]
             for state, records in s.not_counted if state != metrics.EARLY_STOPPED for r in records if not r.refused_before_training]
     if rows:
         out += ["**Failed, diverged, out of memory, preempted, running or without a result**", "",
@@ -203,7 +203,7 @@ def _not_counted(s: Summary) -> list[str]:
                 table(["reason", "runs"], [[reason, ", ".join(ids)] for reason, ids in refused.items()]), ""]
     stopped = dict(s.not_counted).get(metrics.EARLY_STOPPED, [])
     if stopped:
-        rows = [[f"`{r.run_id}`", _value(r.model), _strategy(r), percent(r.best_val_acc), _epochs(r),
+        rows = [[f"`{r.run_id}`", _value(r.model_label), _strategy(r), percent(r.best_val_acc), _epochs(r),
                  failure_reason(r)] for r in stopped]
         out += ["**Early-stopped** (cut short by the sweep; not in means)", "",
                 table(["run", "model", "strategy", f"best {metrics.VAL_ACC}", "best epoch/epochs", "reason"], rows),
@@ -225,7 +225,7 @@ def _test(s: Summary, test_images: dict[str, list[tuple[str, str]]]) -> list[str
             "validation; nothing above was chosen with it.", ""]
     for record in s.tested:
         test = record.test or {}
-        out += [f"### `{record.run_id}` ({_value(record.model)}, {_strategy(record)})", "",
+        out += [f"### `{record.run_id}` ({_value(record.model_label)}, {_strategy(record)})", "",
                 f"- test_acc **{percent(record.test_acc)}** on {_value(test.get(NUM_IMAGES))} images "
                 f"(best {metrics.VAL_ACC} {percent(record.best_val_acc)}); checkpoint `{_value(test.get(CHECKPOINT))}`",
                 ""]

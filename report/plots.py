@@ -44,7 +44,7 @@ def _strategy_label(record: RunRecord) -> str:
 def plot_val_acc_by_strategy(summary: Summary, path: Path) -> Path:
     """One panel per model: a box over finished runs per strategy, every run a dot; early-stopped runs
     are hollow and outside the box, as they are outside the means."""
-    models = sorted({str(r.model) for r in summary.successful},
+    models = sorted({str(r.model_label) for r in summary.successful},
                     key=lambda m: strategy_sort_key(m, None))
     columns = min(len(models), 3)
     rows = -(-len(models) // columns)
@@ -52,7 +52,7 @@ def plot_val_acc_by_strategy(summary: Summary, path: Path) -> Path:
                                 squeeze=False)
     jitter = np.random.default_rng(0)  # fixed: the same table draws the same figure
     for axis, model in zip(axes.flat, models):
-        records = [r for r in summary.successful if str(r.model) == model]
+        records = [r for r in summary.successful if str(r.model_label) == model]
         strategies = sorted({r.strategy for r in records}, key=lambda s: strategy_sort_key(model, s))
         for position, strategy in enumerate(strategies):
             members = [r for r in records if r.strategy == strategy]
@@ -82,7 +82,7 @@ def plot_val_acc_by_strategy(summary: Summary, path: Path) -> Path:
 def plot_cost(summary: Summary, path: Path) -> Path:
     """Accuracy against training time and against trainable parameters, Pareto fronts joined."""
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
-    colors = _model_colors(r.model for r in summary.successful)
+    colors = _model_colors(r.model_label for r in summary.successful)
     panels = [
         (axes[0], lambda r: r.train_seconds, summary.pareto_seconds, "training time (s)"),
         (axes[1], lambda r: r.trainable_params, summary.pareto_params, "trainable parameters (log)"),
@@ -90,7 +90,7 @@ def plot_cost(summary: Summary, path: Path) -> Path:
     for axis, cost, front, label in panels:
         records = [r for r in summary.successful if cost(r) is not None]
         for model in sorted(colors):
-            members = [r for r in records if str(r.model) == model]
+            members = [r for r in records if str(r.model_label) == model]
             if members:
                 axis.scatter([cost(r) for r in members], [r.best_val_acc * 100 for r in members],
                              color=colors[model], label=model, s=30, alpha=0.8, zorder=2)
@@ -124,7 +124,7 @@ def plot_learning_curves(summary: Summary, path: Path) -> Path:
         epochs = [row[metrics.EPOCH] for row in record.history]
         val = [row.get(metrics.VAL_ACC) for row in record.history]
         train = [row.get(metrics.TRAIN_ACC) for row in record.history]
-        name = "scratch_cnn" if record.is_scratch else f"{_strategy_label(record)} ({record.model})"
+        name = "scratch_cnn" if record.is_scratch else f"{_strategy_label(record)} ({record.model_label})"
         axis.plot(epochs, [np.nan if v is None else v * 100 for v in val], color=color, marker=".",
                   label=f"{name}, {record.run_id}")
         if any(t is not None for t in train):

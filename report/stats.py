@@ -262,7 +262,7 @@ def summarise(table: RunTable, top_n: int = 10) -> Summary:
     groups = []
     by_group: dict[tuple, list[RunRecord]] = defaultdict(list)
     for record in successful:
-        by_group[(record.model, record.strategy)].append(record)
+        by_group[(record.model_label, record.strategy)].append(record)
     for (model, strategy), members in sorted(by_group.items(),
                                              key=lambda item: strategy_sort_key(*item[0])):
         values = [r.best_val_acc for r in members if r.is_complete]
@@ -271,7 +271,7 @@ def summarise(table: RunTable, top_n: int = 10) -> Summary:
 
     best_per_strategy: dict[tuple, RunRecord] = {}
     for record in successful:  # already ranked: the first seen per strategy is its best
-        label = (record.is_scratch, None if record.is_scratch else record.strategy)
+        label = (record.is_scratch, record.is_random_init, None if record.is_scratch else record.strategy)
         best_per_strategy.setdefault(label, record)
 
     not_counted_groups = table.not_counted()

@@ -79,7 +79,14 @@ class RunRecord:
     def is_random_init(self) -> bool:
         """A pretrained architecture run with weights=none: trained from scratch, not fine-tuned."""
         version = self.summary.get(metrics.WEIGHTS_VERSION) or self.config.get("weights")
-        return not self.is_scratch and str(version).lower() == "none"
+        # `version is not None`: str(None) is "None", and weights that were never recorded are not weights=none.
+        return not self.is_scratch and version is not None and str(version).lower() == "none"
+
+    @property
+    def model_label(self) -> str | None:
+        """The model as tables and plots group and show it: a random-init run of a pretrained architecture is
+        another experiment than its ImageNet runs, never averaged with them."""
+        return f"{self.model} (random init)" if self.is_random_init else self.model
 
     @property
     def is_fine_tuned(self) -> bool:

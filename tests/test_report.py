@@ -920,3 +920,92 @@ def test_a_wandb_run_refused_before_training_is_grouped_too(monkeypatch):
     fake_wandb(monkeypatch, FakeSweep([refused, FakeRun("r01", "finished", make_summary("r01"), as_object=False)]))
     _, text = report_of("team/project/abc123")
     assert "| weights file gone.pt not found | `r11` |" in section(text, 6)
+
+
+def test_a_pareto_front_holds_exactly_the_runs_nothing_beats():
+    points = {"cheap": (0.80, 100.0), "as_good_but_dearer": (0.80, 200.0), "as_cheap_but_worse": (0.70, 100.0),
+              "best": (0.90, 300.0), "beaten_by_best": (0.85, 400.0), "cheapest": (0.50, 50.0)}
+    assert pareto_front(points) == {"cheapest", "cheap", "best"}
+
+
+def test_cost_columns_show_train_seconds_and_trainable_params_not_total(built):
+    _, text = built
+    # r01: 100 s, 20,490 trainable of 23,528,522 parameters; Pareto-optimal on both costs
+    assert section(text, 4).count(f"| `r01` | resnet50 | head_only | {percent(0.72)} | 100 | 20,490 |") == 2
+    [row] = [line for line in section(text, 2).splitlines() if "`r01`" in line]
+    assert row.endswith(f"| {percent(0.72)} | 2/3 | 100 | 20,490 |")
+
+
+def test_scratch_cnn_comes_after_every_pretrained_model(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_finished(runs, "r16", "r09", 0.5)
+    add_finished(runs, "r17", "r01", 0.7, model="vit_b_16")  # sorts after scratch_cnn by name
+    add_finished(runs, "r18", "r01", 0.6)
+    summary, _ = report_of(runs)
+    assert [g.model for g in summary.groups] == ["resnet50", "vit_b_16", "scratch_cnn"]
+
+
+def test_weights_none_in_the_config_alone_makes_a_run_random_init_not_fine_tuned(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # A summary that did not record the weights it loaded: the config's weights=none still says random init.
+    add_run(runs, "r16", "r04", [0.7, 0.9], without(finished_summary("r04", 0.9), metrics.WEIGHTS_VERSION),
+            weights="none")
+    add_finished(runs, "r17", "r04", 0.8)
+    add_finished(runs, "r18", "r09", 0.5)
+    summary, _ = report_of(runs)
+    assert summary.leaderboard[0].run_id == "r16" and summary.best_random_init.run_id == "r16"
+    assert (summary.best_fine_tuned.run_id, summary.best_scratch.run_id) == ("r17", "r18")
+    assert summary.gap_points == pytest.approx(30.0)  # 80 % fine-tuned against 50 % scratch, not 90 % against it
+
+
+def test_random_init_runs_of_a_pretrained_architecture_are_a_group_of_their_own(tmp_path):
+    """resnet50 full from ImageNet and from random weights are two experiments: one mean would hide both."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_finished(runs, "r16", "r03", 0.8)
+    add_finished(runs, "r17", "r03", 0.9, lr=3e-4)
+    add_run(runs, "r18", "r03", [0.3, 0.4], {**finished_summary("r03", 0.4), metrics.WEIGHTS_VERSION: "none"}, weights="none")
+    summary, text = report_of(runs)
+    groups = {(g.model, g.strategy): (g.stats.count, g.stats.mean) for g in summary.groups}
+    assert groups == {("resnet50", "full"): (2, pytest.approx(0.85)), ("resnet50 (random init)", "full"): (1, pytest.approx(0.4))}
+    assert "| `r18` | resnet50 (random init) | full |" in section(text, 2)
+    assert [r.run_id for r in summary.best_per_strategy] == ["r17", "r18"]  # its own learning curve, not hidden
+
+
+def test_a_run_that_recorded_no_weights_is_not_taken_for_random_init():
+    from report.table import RunRecord
+
+    config = without(make_config("r04"), "weights")  # weights unknown: neither record says none
+    record = RunRecord("r16", metrics.FINISHED, config, without(make_summary("r04"), metrics.WEIGHTS_VERSION))
+    assert not record.is_random_init and record.is_fine_tuned
+
+
+def test_runs_without_a_logged_epoch_draw_no_empty_learning_curves(tmp_path, sweep_dir):
+    import shutil
+
+    for run_id in ("r01", "r09"):  # metrics.jsonl lost: the summaries' numbers stand, there is no curve to draw
+        shutil.copytree(sweep_dir / "runs" / run_id, tmp_path / "runs" / run_id)
+        (tmp_path / "runs" / run_id / "metrics.jsonl").unlink()
+    text = build_report(str(tmp_path / "runs"), tmp_path / "out").read_text()
+    assert (tmp_path / "out" / FIGURES["cost"]).stat().st_size > 0 and f"]({FIGURES['cost']})" in text
+    assert not (tmp_path / "out" / FIGURES["curves"]).exists() and FIGURES["curves"] not in text
+
+
+def test_a_report_without_matplotlib_still_gives_its_numbers(tmp_path, sweep_dir, monkeypatch):
+    import importlib
+    import sys
+
+    import report
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets when it is not installed
+    for name in ("report.plots", "report.build"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.delattr(report, "plots", raising=False)
+    monkeypatch.delattr(report, "build", raising=False)
+    build = importlib.import_module("report.build")
+    text = build.build_report(str(sweep_dir), tmp_path / "out").read_text()
+    assert table_run_ids(section(text, 2))[:3] == ["r04", "r06", "r02"] and "+35.00 points" in section(text, 1)
+    assert (tmp_path / "out" / "runs.csv").exists() and not list((tmp_path / "out").glob("*.png"))
+    assert not any(f"]({name})" in text for name in FIGURES.values())

@@ -579,6 +579,27 @@ def test_a_retry_interrupted_while_it_starts_is_not_taken_for_its_previous_failu
     assert sweep.table.get("bad").state == M.PREEMPTED  # the next call relaunches it
 
 
+def test_the_drivers_first_signal_stops_the_trials_and_only_a_second_ctrl_c_aborts():
+    from sweeper.interrupt import DriverInterrupt
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for first in (signal.SIGTERM, signal.SIGINT):
+        stops = []
+        with DriverInterrupt(stops.append) as interrupt:
+            assert not interrupt
+            signal.raise_signal(first)  # Kaggle's SIGTERM, or a first Ctrl-C: the trials checkpoint and stop
+            assert interrupt and interrupt.signum == first and stops == [first]
+            try:
+                signal.raise_signal(signal.SIGTERM)  # the host repeating itself: neither an abort nor a second stop
+            except KeyboardInterrupt:
+                pytest.fail("a second SIGTERM aborted the driver; only a second Ctrl-C may")
+            assert stops == [first]
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)  # the second Ctrl-C: stop at once
+            assert stops == [first]
+        assert {signum: signal.getsignal(signum) for signum in before} == before  # pytest's own handlers back
+
+
 def test_fixed_arguments_that_change_what_is_trained_are_pinned(tmp_path, fixed_args):
     sweep, sweep_dir = write_yaml(tmp_path / "s.yaml", tiny_definition(activation={"value": "relu"})), tmp_path / "sweep"
     # A folder binds with its first trial; this one's table predates fixed.yaml, so the trial's arguments pin it.

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 import yaml
 
 from common.errors import UserError
@@ -784,6 +785,7 @@ def test_summary_records_code_and_weights_provenance(base):
     assert outcome.summary["code_version"] and outcome.summary[M.WEIGHTS_VERSION] == "none"
     assert outcome.summary[M.SPLIT_HASH] and outcome.summary[M.CONFIG_HASH]
     assert outcome.summary["precision"] == "fp32"  # precision=auto on a CPU: no autocast
+    assert (outcome.summary["torch_version"], outcome.summary["torchvision_version"]) == (torch.__version__, torchvision.__version__)
 
 
 def test_code_version_is_the_commit_and_says_when_the_code_had_local_changes(tmp_path, monkeypatch):

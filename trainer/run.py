@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torchvision
 
 from common.atomic import write_text
 from common.disk import disk_problem, ensure_writable
@@ -271,6 +272,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
         "classes": list(data.classes), "batch_size": batch_size, "feature_cache_depth": feature_depth,
         "precision": str(dtype).replace("torch.", "") if dtype else "fp32", M.CACHE_SECONDS: cache_seconds,
         M.CODE_VERSION: code_version(), "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,  # the weights' enums and their metadata come with it
     }
     record.update_summary(**facts, **{M.STATE: M.RUNNING, M.REASON: None})
     logger.summary(facts)
