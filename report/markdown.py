@@ -192,10 +192,8 @@ def _not_counted(s: Summary) -> list[str]:
         out += ["**Failed, diverged, out of memory, preempted, running or without a result**", "",
                 table(["run", "state", "model", "strategy", "epochs", "reason"], rows), ""]
     refused: dict[str, list[str]] = {}  # one row per mistake: attempts with the same typo are one thing to fix
-    for state, records in s.not_counted:
-        for r in records:
-            if r.refused_before_training:
-                refused.setdefault(failure_reason(r), []).append(f"`{r.run_id}`")
+    for r in (r for _, records in s.not_counted for r in records if r.refused_before_training):
+        refused.setdefault(failure_reason(r), []).append(f"`{r.run_id}`")
     if refused:
         out += [f"**Refused before training** ({sum(map(len, refused.values()))} run(s), counted as failed above): a "
                 "data folder, weights file or setting to fix; they trained nothing. A sweep retries its own when its "
