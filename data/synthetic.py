@@ -4,7 +4,8 @@ Images are photo-like enough that decoding costs what a real photo costs (smooth
 blobs and shapes, mid-frequency texture and sensor noise, saved at JPEG quality 90 in mixed sizes), and
 each class has its own colour statistics and shape mix, so a model can learn the task. Every image is drawn
 from its own seed (dataset seed, split, class, index), so the output is identical whatever the number of
-worker processes. A marker file records what was written; asking again for the same dataset reuses it.
+worker processes. A marker file records what was written; asking again for the same dataset reuses it, and a
+call cut off mid-write is cleaned up by the next one.
 
     python -m data.synthetic DIR [--classes 10 --per_class 100 --test_per_class 20 --seed 0]
 """
@@ -22,10 +23,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from common.atomic import write_text
+
 # nature_12K's classes, so a demo run reads like the real one; more classes get generic names.
 NATURE_CLASSES = ("Amphibia", "Animalia", "Arachnida", "Aves", "Fungi", "Insecta", "Mammalia", "Mollusca", "Plantae", "Reptilia")
 LAYOUTS = {"nature": ("inaturalist_12K/train", "inaturalist_12K/val"), "plain": ("train", "test")}
 MARKER = "synthetic.json"
+PENDING = "synthetic.json.writing"  # present while a call writes: what it finds from a cut-off call is ours to remove
 JPEG_QUALITY = 90
 NOISE_SIGMA = 8.0  # per-pixel sensor noise (grey levels); with the grain, a 750x560 file weighs ~130 KB like a photo
 FORMAT_VERSION = 1
@@ -138,14 +142,17 @@ def make_image_folder(
         "format": FORMAT_VERSION, "classes": classes, "train_per_class": train_per_class, "test_per_class": test_per_class,
         "min_size": list(min_size), "max_size": list(max_size), "seed": seed, "layout": layout, "quality": JPEG_QUALITY,
     }
-    marker = root / MARKER
+    marker, pending = root / MARKER, root / PENDING
+    if pending.exists():  # an earlier call was cut off: its images may be of another size or count than asked now
+        _remove_ours(root, json.loads(pending.read_text()).get("layout", layout))
+        marker.unlink(missing_ok=True)
     if marker.exists():
         written = json.loads(marker.read_text())
         if {k: written.get(k) for k in spec} == spec:
             return root
-        for folder in {Path(f).parts[0] for f in LAYOUTS[written.get("layout", layout)]}:
-            shutil.rmtree(root / folder, ignore_errors=True)  # only what an earlier call of ours wrote
+        _remove_ours(root, written.get("layout", layout))
         marker.unlink()
+    write_text(pending, json.dumps(spec) + "\n")
     jobs = _jobs(root, layout, classes, {"train": train_per_class, "test": test_per_class}, min_size, max_size, seed)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = workers or cores
@@ -155,8 +162,15 @@ def make_image_folder(
         # Rendering is numpy and PIL work on whole images; processes use every core without GIL contention.
         with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
             total = sum(pool.map(_write_one, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
-    marker.write_text(json.dumps({**spec, "images": len(jobs), "bytes": total}, indent=2) + "\n")  # last: a torn run is redone
+    write_text(marker, json.dumps({**spec, "images": len(jobs), "bytes": total}, indent=2) + "\n")
+    pending.unlink()  # last: a run torn before this line is redone from scratch
     return root
+
+
+def _remove_ours(root: Path, layout: str) -> None:
+    """Remove the top folders an earlier call of ours wrote under `root`, and nothing else."""
+    for folder in {Path(f).parts[0] for f in LAYOUTS.get(layout, LAYOUTS["nature"])}:
+        shutil.rmtree(root / folder, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,8 @@ from PIL import Image
 
 from data.layout import locate_dataset
 from data.scan import scan_folder
-from data.synthetic import MARKER, class_names, main, make_image_folder
+import data.synthetic
+from data.synthetic import MARKER, PENDING, class_names, main, make_image_folder
 
 SMALL = dict(classes=3, train_per_class=3, test_per_class=1, min_size=(40, 30), max_size=(64, 48))
 
@@ -58,6 +59,28 @@ def test_an_existing_dataset_is_reused_and_a_different_one_replaced(tmp_path):
     assert not (root / "inaturalist_12K").exists()
     assert sorted(p.name for p in (root / "train").iterdir()) == sorted(class_names(2))
     assert json.loads((root / MARKER).read_text())["layout"] == "plain"
+
+
+def test_a_call_cut_off_mid_write_is_cleaned_up_by_the_next_one(tmp_path, monkeypatch):
+    write_one, written = data.synthetic._write_one, []
+
+    def cut_off_after_five(job):
+        if len(written) == 5:
+            raise KeyboardInterrupt
+        written.append(job)
+        return write_one(job)
+
+    monkeypatch.setattr(data.synthetic, "_write_one", cut_off_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        make_image_folder(tmp_path, workers=1, **{**SMALL, "train_per_class": 4})
+    assert not (tmp_path / MARKER).exists() and (tmp_path / PENDING).exists()
+    monkeypatch.setattr(data.synthetic, "_write_one", write_one)
+
+    make_image_folder(tmp_path, workers=1, **{**SMALL, "classes": 2, "train_per_class": 1})  # asked smaller: nothing left over
+    train = tmp_path / "inaturalist_12K/train"
+    assert sorted(p.name for p in train.iterdir()) == sorted(class_names(2))
+    assert len(list(train.rglob("*.jpg"))) == 2 and not (tmp_path / PENDING).exists()
+    assert json.loads((tmp_path / MARKER).read_text())["images"] == 4
 
 
 def test_val_images_are_new_images_not_copies_of_training_images(synthetic_root):
