@@ -110,7 +110,9 @@ def _seeds(label: str, group: SeedGroup | None) -> list[str]:
                 "numbers above are single runs and carry their seed's luck."]
     return [f"- Over seeds ({label}): the best config repeated over seeds reaches **{ci_text(group.ci)}** "
             f"over {len(group.seeds)} seeds ({', '.join(map(_value, group.seeds))}; runs "
-            f"{', '.join(f'`{r.run_id}`' for r in group.records)}). Config: {config_text(group.config)}"]
+            f"{', '.join(f'`{r.run_id}`' for r in group.records)}"
+            f"{'; runs of one seed averaged first' if len(group.records) > len(group.seeds) else ''}). "
+            f"Config: {config_text(group.config)}"]
 
 
 def _leaderboard(s: Summary) -> list[str]:

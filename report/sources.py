@@ -206,6 +206,8 @@ def _wandb_record(run: Any) -> RunRecord:
     summary.pop(metrics.VAL_ACC, None)
     wandb_state = str(getattr(run, "state", "") or "").lower()
     state = summary.get(metrics.STATE)
+    if state == metrics.RUNNING and wandb_state in _WANDB_STATES and wandb_state != "running":
+        state = None  # the process died before it could say how it ended (SIGKILL, a crash): W&B's state says it
     if state not in metrics.STATES:
         state = _WANDB_STATES.get(wandb_state, metrics.FAILED)
         summary.setdefault(metrics.REASON, None)

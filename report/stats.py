@@ -312,7 +312,11 @@ def _best_seed_group(records: list[RunRecord]) -> SeedGroup | None:
         by_config[record.config_key(without=(SEED,))].append(record)
     candidates = []
     for members in by_config.values():
-        ci = mean_ci([r.best_val_acc for r in members])
+        # Runs repeating one seed are one sample, not several: averaged per seed, the interval counts seeds.
+        by_seed: dict[str, list[float]] = defaultdict(list)
+        for record in members:
+            by_seed[json.dumps(record.config.get(SEED), default=str)].append(record.best_val_acc)
+        ci = mean_ci([float(np.mean(values)) for values in by_seed.values()])
         if ci is not None:
             config = {k: v for k, v in members[0].effective_config.items() if k != SEED}
             candidates.append(SeedGroup(config, sorted(members, key=lambda r: r.run_id), ci))
@@ -341,6 +345,10 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
         if len(versions) > 1:
             warnings.append(f"model {model} ran with {len(versions)} different weights versions "
                             f"({_counts(versions)}): its runs are NOT comparable with each other")
+    smaller = [f"{r.run_id} ({r.config.get(metrics.BATCH_SIZE)}, not {r.batch_size_asked})" for r in successful if r.batch_size_asked]
+    if smaller:
+        warnings.append(f"{len(smaller)} run(s) trained at a smaller batch_size than their config asked, after CUDA ran out of "
+                        f"memory (--oom_retry): {', '.join(smaller)}; they are shown and grouped at the batch size they trained with")
     random_init = Counter(str(r.model) for r in successful if r.is_random_init)
     if random_init:
         warnings.append(f"{sum(random_init.values())} run(s) of pretrained architectures used weights=none ({_counts(random_init)}): "

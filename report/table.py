@@ -62,6 +62,21 @@ class RunRecord:
     test: dict | None = None
     folder: Path | None = None
 
+    def __post_init__(self) -> None:
+        # A run retried after CUDA ran out of memory trained at half the batch size it asked for: it is shown,
+        # grouped and exported as what it trained (its config hash still names the config asked for).
+        trained = self.summary.get(metrics.BATCH_SIZE)
+        if isinstance(trained, int) and not isinstance(trained, bool) and trained != self.config.get(metrics.BATCH_SIZE):
+            if metrics.BATCH_SIZE in self.config:
+                self.summary = {metrics.BATCH_SIZE_ASKED: self.config[metrics.BATCH_SIZE], **self.summary}
+            self.config = {**self.config, metrics.BATCH_SIZE: trained}
+
+    @property
+    def batch_size_asked(self) -> int | None:
+        """The batch size its config asked for, when it trained at another (an out-of-memory retry)."""
+        asked = self.summary.get(metrics.BATCH_SIZE_ASKED)
+        return asked if isinstance(asked, int) and asked != self.config.get(metrics.BATCH_SIZE) else None
+
     # --- what the run was -------------------------------------------------------------------------
     @property
     def model(self) -> str | None:

@@ -509,6 +509,15 @@ def test_wandb_state_used_when_our_state_is_missing(monkeypatch):
     assert records["r01"].best_val_acc == 0.72
 
 
+def test_a_wandb_run_that_died_while_running_takes_wandbs_state():
+    from report.sources import _wandb_record
+
+    said_running = {**make_summary("r01"), metrics.STATE: metrics.RUNNING, metrics.REASON: None}
+    record = _wandb_record(FakeRun("r01", "crashed", said_running, as_object=True))
+    assert (record.state, record.reason) == (metrics.FAILED, "W&B state crashed") and not record.is_complete
+    assert _wandb_record(FakeRun("r01", "running", said_running, as_object=True)).state == metrics.RUNNING
+
+
 def test_wandb_run_without_its_best_takes_the_best_logged_epoch_not_the_last():
     from report.sources import _wandb_record
 
@@ -818,6 +827,39 @@ def test_headline_takes_the_seed_group_with_the_highest_mean_and_signs_the_gap(t
     assert "reaches **42.00% ± 25.41 (95% CI [16.59, 67.41], t with n=2)**" in text
     assert "Gap between these seed means: **+39.00 points**" in text  # fine-tuned minus scratch
     assert "**Gap: +38.00 points**" in text  # the single best runs: 82 % against 44 %
+
+
+def test_runs_repeating_one_seed_count_once_in_the_seed_interval(tmp_path):
+    """Three runs of seed 0 are one sample: no interval from them, and a repeat does not narrow one over seeds."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for run_id in ("r16", "r17", "r18"):
+        add_finished(runs, run_id, "r09", 0.40)
+    summary, text = report_of(runs)
+    assert summary.seeds_scratch is None and "no scratch_cnn config was repeated over seeds" in section(text, 1)
+
+    add_finished(runs, "r19", "r09", 0.30, seed=1)  # seed 0 three times at 40 %, seed 1 once at 30 %
+    summary, text = report_of(runs)
+    ci = summary.seeds_scratch.ci
+    assert (ci.n, ci.mean) == (2, pytest.approx(0.35))  # the mean of the seeds' means, not 37.5 % over four runs
+    assert ci.half_width == pytest.approx(scipy_stats.t.ppf(0.975, df=1) * 0.05)
+    assert "over 2 seeds (0, 1; runs `r16`, `r17`, `r18`, `r19`; runs of one seed averaged first)" in section(text, 1)
+
+
+def test_a_run_retried_at_half_the_batch_is_shown_and_grouped_as_it_trained(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_finished(runs, "r16", "r09", 0.40, seed=0)
+    add_finished(runs, "r17", "r09", 0.44, seed=1)
+    retried = finished_summary("r09", 0.60, **{metrics.BATCH_SIZE: 16, metrics.BATCH_SIZE_ASKED: 32})
+    add_run(runs, "r18", "r09", [0.5, 0.6], retried, seed=2)  # config.yaml asks for 32
+    summary, text = report_of(runs)
+    assert [r.run_id for r in summary.seeds_scratch.records] == ["r16", "r17"]  # not averaged with the 32s
+    record = next(r for r in summary.successful if r.run_id == "r18")
+    assert (record.config["batch_size"], record.batch_size_asked) == (16, 32)
+    assert "1 run(s) trained at a smaller batch_size than their config asked" in text and "r18 (16, not 32)" in text
+    csv_row = next(row for row in csv.DictReader(runs_csv(load_table(str(runs))).splitlines()) if row["run_id"] == "r18")
+    assert csv_row["batch_size"] == "16"
 
 
 def test_the_fixtures_seed_interval_in_percentage_points(built):

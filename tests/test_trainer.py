@@ -230,7 +230,10 @@ def test_out_of_memory_retries_at_half_batch(base, monkeypatch):
     monkeypatch.setattr(trainer.run, "_attempt", attempt)
     outcome = run_training(scratch(base, run_id="oom"))
     assert calls == [(8, False), (4, True)]  # the retry starts fresh: no checkpoint of the failed attempt
-    assert outcome.state == M.FINISHED and outcome.summary["batch_size"] == 4
+    assert outcome.state == M.FINISHED and (outcome.summary[M.BATCH_SIZE], outcome.summary[M.BATCH_SIZE_ASKED]) == (4, 8)
+    monkeypatch.setattr(trainer.run, "_attempt", real)
+    again = run_training(scratch(base, run_id="oom", epochs=3))  # another config under the run id, trained at 8
+    assert (again.summary[M.BATCH_SIZE], again.summary[M.BATCH_SIZE_ASKED]) == (8, None)
     monkeypatch.setattr(trainer.run, "_attempt", lambda *a, **k: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("CUDA out of memory")))
     outcome = run_training(scratch(base, run_id="oom2", oom_retry=False))
     assert outcome.state == M.OOM and outcome.exit_code == 0 and "out of memory" in outcome.summary[M.REASON]
@@ -972,6 +975,24 @@ def test_the_best_epoch_not_the_last_is_what_the_record_best_pt_and_wandb_keep(b
     assert torch.load(outcome.folder / "best.pt", weights_only=True)["loop"]["epoch"] == 2
     logged = [s[M.VAL_ACC] for s in summaries if s.get(M.VAL_ACC) is not None]
     assert logged and logged[-1] == 0.8
+
+
+def test_a_rerun_tells_wandb_it_is_running_before_anything_else(base, monkeypatch):
+    """A finished W&B run resumed under its id and killed mid-run must not still read `finished` there."""
+    import trainer.run
+
+    summaries = []
+
+    class Spy(RunLogger):
+        def summary(self, values):
+            summaries.append(dict(values))
+
+    monkeypatch.setattr(trainer.run, "start_logger", lambda *a, **k: Spy())
+    first = run_training(scratch(base, run_id="again", epochs=1))
+    assert first.state == M.FINISHED and summaries[-1][M.STATE] == M.FINISHED
+    summaries.clear()
+    run_training(scratch(base, run_id="again", epochs=2))
+    assert summaries[0] == {M.STATE: M.RUNNING, M.REASON: None, M.EXIT_CODE: None}
 
 
 def test_patience_stops_a_run_says_so_and_a_resume_does_not_train_past_it(base, monkeypatch, capsys):

@@ -26,6 +26,10 @@ DEVICE = "device"
 REASON = "reason"
 EXIT_CODE = "exit_code"  # the process exit status; 2 = refused before training (a setting or file to fix)
 EPOCHS_COMPLETED = "epochs_completed"
+# The batch size the run trained at, and, only when that is not the config's, the one asked for: an out-of-memory
+# retry (--oom_retry) trains at half. The report shows and groups such a run at the batch size it trained with.
+BATCH_SIZE = "batch_size"
+BATCH_SIZE_ASKED = "batch_size_asked"
 
 # Run states. A run is "finished" when it trained all epochs or stopped early on its own patience.
 FINISHED = "finished"

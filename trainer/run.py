@@ -269,11 +269,12 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
         M.TRAINABLE_PARAMS: trainable, M.TOTAL_PARAMS: total, M.WEIGHTS_VERSION: model.weights_version,
         M.SPLIT_HASH: data.split.hash, M.DEVICE: torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "config_hash": identity["config_hash"], "num_train": len(data.split.train), "num_val": len(data.split.val),
-        "classes": list(data.classes), "batch_size": batch_size, "feature_cache_depth": feature_depth,
+        "classes": list(data.classes), M.BATCH_SIZE: batch_size, "feature_cache_depth": feature_depth,
         "precision": str(dtype).replace("torch.", "") if dtype else "fp32", M.CACHE_SECONDS: cache_seconds,
         M.CODE_VERSION: code_version(), "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,  # the weights' enums and their metadata come with it
     }
+    facts[M.BATCH_SIZE_ASKED] = config.batch_size if batch_size != config.batch_size else None
     record.update_summary(**facts, **{M.STATE: M.RUNNING, M.REASON: None})
     logger.summary(facts)
 
@@ -355,8 +356,11 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
                   f"{', '.join(kept)} (and its model, if any, as {PREVIOUS_BEST})", flush=True)
     record.write_config(config_dict)
     # With config.yaml, at once: a rerun that fails before training must not leave the old hash beside a new config.
-    record.update_summary(run_id=run_id, config_hash=config_hash(config), **{M.STATE: M.RUNNING, M.REASON: None}, started_at=datetime.datetime.now().isoformat(timespec="seconds"))
+    started = {M.STATE: M.RUNNING, M.REASON: None, M.EXIT_CODE: None}  # nothing of an earlier process of this run id
+    record.update_summary(run_id=run_id, config_hash=config_hash(config), **started, started_at=datetime.datetime.now().isoformat(timespec="seconds"))
     logger = start_logger(config.wandb_mode, config.wandb_project, config.wandb_entity, run_id, config_dict, folder.parent, effective_config(config))
+    # W&B too: a resumed W&B run that had finished, then killed before its end, must not still read finished.
+    logger.summary(started)
     print(f"run {run_id}: {config.model} strategy={config.strategy} -> {folder}")
 
     state_name, reason, exit_code, facts, loop_state = M.FAILED, None, EXIT_FAILED, {}, LoopState()
