@@ -845,15 +845,15 @@ def test_a_run_folder_in_use_by_another_process_is_refused(base):
     assert run_training(config).state == M.FINISHED
 
 
-def test_stages_unfrozen_later_keep_a_zero_backbone_lr_multiplier():
-    """backbone_lr_mult=0 must stay 0 for stages that gradual unfreezing adds mid-run (not become 1)."""
+def test_stages_unfrozen_later_keep_the_backbone_lr_multiplier():
+    """backbone_lr_mult must hold for stages that gradual unfreezing adds mid-run too (not become 1)."""
     from types import SimpleNamespace
 
     from models import FreezeOptions, plan_for_epoch, resolve_strategy
     from trainer.loop import apply_epoch_plan
     from trainer.optim import build_optimizer
 
-    config = parse_run_config({"model": "resnet18", "strategy": "gradual", "backbone_lr_mult": 0.0, "lr": 0.1})
+    config = parse_run_config({"model": "resnet18", "strategy": "gradual", "backbone_lr_mult": 0.05, "lr": 0.1})
     model = build_model("resnet18", 3, "none")
     options = FreezeOptions(unfreeze_every_epochs=1)
     model.apply_plan(plan_for_epoch(resolve_strategy("gradual"), model.stage_names, options, 0))
@@ -862,8 +862,17 @@ def test_stages_unfrozen_later_keep_a_zero_backbone_lr_multiplier():
     head_groups = len(loop.optimizer.param_groups)
     apply_epoch_plan(loop, 1)  # layer4 joins the optimizer
     added = loop.optimizer.param_groups[head_groups:]
-    assert added and all(group["initial_lr"] == 0.0 for group in added)
+    assert added and all(group["initial_lr"] == pytest.approx(0.005) for group in added)
     assert loop.optimizer.param_groups[0]["initial_lr"] == 0.1
+
+
+@pytest.mark.parametrize("strategy", ["full", "last_k", "gradual", "norm_and_head"])
+def test_a_zero_backbone_lr_multiplier_is_refused_where_backbone_stages_train(strategy):
+    """lr 0 for "trained" stages: head-only in effect, under another strategy's name, with BatchNorm drifting."""
+    with pytest.raises(UserError) as caught:
+        parse_run_config({"model": "resnet18", "strategy": strategy, "backbone_lr_mult": 0})
+    assert "\n" not in str(caught.value) and "--strategy=head_only" in str(caught.value)
+    assert parse_run_config({"model": "resnet18", "strategy": "head_only", "backbone_lr_mult": 0}).backbone_lr_mult is None
 
 
 def test_a_config_path_that_is_a_folder_is_a_one_line_error(tmp_path):
