@@ -238,6 +238,8 @@ def test_heavy_backbones_stage_sets_by_name():
     efficientnet = build("efficientnet_v2_s")
     efficientnet.apply_plan(plan(efficientnet, "head_only"))
     assert trainable(efficientnet) == {"net.classifier.1.weight", "net.classifier.1.bias"}  # no SE fc1/fc2
+    efficientnet.apply_plan(plan(efficientnet, "last_k", k_layers=2))  # stage6 and the top 1x1 conv, nothing else
+    assert top_level(trainable(efficientnet), 3) == {"net.features.6", "net.features.7", "net.classifier.1"}
 
     inception = build("inception_v3")
     inception.apply_plan(plan(inception, "head_only"))
@@ -248,6 +250,54 @@ def test_heavy_backbones_stage_sets_by_name():
     vgg = build("vgg16")
     vgg.apply_plan(plan(vgg, "last_k", k_layers=2))
     assert top_level(trainable(vgg), 3) == {"net.classifier.0", "net.classifier.3", "net.classifier.6"}
+
+
+# Every stage of every pretrained backbone, written out by module name from torchvision's own layout, never
+# read from the registry: a registry entry that merges, splits or misplaces a stage fails here.
+_VGG_CONVS = {"block1": (0, 2), "block2": (5, 7), "block3": (10, 12, 14), "block4": (17, 19, 21), "block5": (24, 26, 28)}
+STAGE_MODULES = {
+    "resnet50": {"stem": ("conv1", "bn1"), **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)}, "head": ("fc",)},
+    "vgg16": {**{block: tuple(f"features.{i}" for i in convs) for block, convs in _VGG_CONVS.items()},
+              "fc6": ("classifier.0",), "fc7": ("classifier.3",), "head": ("classifier.6",)},
+    "inception_v3": {"stem": ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3"),
+                     **{f"mixed_{b}": (f"Mixed_{b}",) for b in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c")},
+                     "head": ("fc",)},
+    "googlenet": {"stem": ("conv1", "conv2", "conv3"),
+                  **{f"inception{b}": (f"inception{b}",) for b in ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")},
+                  "head": ("fc",)},
+    "efficientnet_v2_s": {"stem": ("features.0",), **{f"stage{i}": (f"features.{i}",) for i in range(1, 7)},
+                          "top_conv": ("features.7",), "head": ("classifier.1",)},
+    "vit_b_16": {"patch_embed": ("conv_proj", "class_token", "encoder.pos_embedding"),
+                 **{f"encoder_{i}": (f"encoder.layers.encoder_layer_{i}",) for i in range(11)},
+                 "encoder_11": ("encoder.layers.encoder_layer_11", "encoder.ln"), "head": ("heads.head",)},
+    "mobilenet_v3_small": {"stem": ("features.0",), **{f"block{i}": (f"features.{i}",) for i in range(1, 12)},
+                           "top_conv": ("features.12",), "pre_logits": ("classifier.0",), "head": ("classifier.3",)},
+}
+# An auxiliary head trains from the k that first trains the stage feeding it.
+AUX_MODULES = {"inception_v3": {"mixed_6e": ("AuxLogits",)}, "googlenet": {"inception4a": ("aux1",), "inception4d": ("aux2",)}}
+
+
+def under(modules: tuple[str, ...], names: set[str]) -> set[str]:
+    return {n for n in names if any(n == f"net.{m}" or n.startswith(f"net.{m}.") for m in modules)}
+
+
+@pytest.mark.parametrize("name", sorted(STAGE_MODULES))
+def test_each_k_adds_exactly_the_next_stage_pinned_by_module_name(name):
+    model = build(name)
+    stages = STAGE_MODULES[name]
+    assert model.stage_names == tuple(stages)
+    everything = {n for n, _ in model.named_parameters()}
+    model.apply_plan(plan(model, "head_only"))
+    trained = trainable(model)
+    assert trained == under(stages["head"], everything) and trained
+    for k, stage in enumerate(reversed(tuple(stages)[:-1]), start=1):
+        model.apply_plan(plan(model, "last_k", k_layers=k))
+        added = trainable(model) - trained
+        modules = stages[stage] + AUX_MODULES.get(name, {}).get(stage, ())
+        assert added == under(modules, everything), f"{name} k_layers={k} ({stage})"
+        assert all(under((m,), added) for m in modules), f"{name}: {stage} has a module with no parameter"
+        trained |= added
+    assert trained == everything  # every backbone stage counted: k_layers at its maximum is full fine-tuning
 
 
 # ---- frozen means frozen: parameters and BatchNorm buffers ---------------------------------------
