@@ -23,7 +23,7 @@ SCRATCH_MODEL = "scratch_cnn"
 # Keys of the test record (test/test.json) and of the config hash, defined once in trainer.metrics.
 TEST_ACC, PER_CLASS_ACC, NUM_IMAGES, CHECKPOINT = metrics.TEST_ACC, metrics.PER_CLASS_ACC, metrics.NUM_IMAGES, metrics.CHECKPOINT
 CONFIG_HASH = metrics.CONFIG_HASH
-# The git commit (`+dirty` with local changes) of the code that trained a run, from its summary.
+# The git commit (`+dirty.<hash of the changes>` with local changes) of the code that trained a run, from its summary.
 CODE_VERSION = metrics.CODE_VERSION
 
 SEED = "seed"

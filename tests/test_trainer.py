@@ -6,6 +6,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -808,7 +809,14 @@ def test_code_version_is_the_commit_and_says_when_the_code_had_local_changes(tmp
         assert provenance.code_version() == commit
         (tmp_path / "train.py").write_text("lr = 0.2\n")  # an edit not committed: results must not pass as `commit`'s
         provenance.code_version.cache_clear()
-        assert provenance.code_version() == commit + "+dirty"
+        first_edit = provenance.code_version()
+        assert re.fullmatch(re.escape(commit) + r"\+dirty\.[0-9a-f]{8}", first_edit)
+        (tmp_path / "train.py").write_text("lr = 0.3\n")  # another edit of the same commit: another code version
+        provenance.code_version.cache_clear()
+        assert provenance.code_version().startswith(commit + "+dirty.") and provenance.code_version() != first_edit
+        (tmp_path / "train.py").write_text("lr = 0.2\n")
+        provenance.code_version.cache_clear()
+        assert provenance.code_version() == first_edit  # the same edit again: the same version
         (tmp_path / "train.py").write_text("lr = 0.1\n")
         (tmp_path / "runs").mkdir()  # a run's own output inside the checkout is no local change of the code
         (tmp_path / "runs" / "summary.json").write_text("{}")

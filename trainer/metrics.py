@@ -21,7 +21,7 @@ TRAIN_SECONDS = "train_seconds"
 CACHE_SECONDS = "cache_seconds"  # building (or opening) the decoded-image and feature caches, shared by a sweep
 WEIGHTS_VERSION = "weights_version"
 SPLIT_HASH = "split_hash"
-CODE_VERSION = "code_version"  # the commit of the code that trained the run (+dirty with local changes)
+CODE_VERSION = "code_version"  # the commit of the code that trained the run (+dirty.<hash> with local changes)
 DEVICE = "device"
 REASON = "reason"
 EXIT_CODE = "exit_code"  # the process exit status; 2 = refused before training (a setting or file to fix)
