@@ -84,11 +84,15 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike) -> ResolvedW
 def preprocessing_for(name: str, weights: str = "imagenet", scratch: ScratchCNNConfig | None = None) -> Preprocessing:
     """Crop, resize, mean/std and interpolation the model expects, read from its weights' metadata.
 
-    Random init and checkpoints use the default weights' metadata: the architecture was designed for it
+    A run's checkpoint (a warm start) sees images as that run did: the metadata of the ImageNet weights it started
+    from. Random init and other files use the default weights' metadata: the architecture was designed for it
     (Inception v3 at 299 px, EfficientNetV2-S at 384 px).
     """
     spec = get_spec(name)
     resolved = resolve_weights(spec, weights)
+    if resolved.kind == "file" and not spec.is_scratch:
+        origin = _origin_member(spec, resolved.path)
+        resolved = ResolvedWeights("imagenet", member=origin) if origin is not None else resolved
     if spec.is_scratch:
         size = (scratch or ScratchCNNConfig()).input_size
         # Same resize-to-crop ratio (256/224) and normalisation as the ImageNet models, so one pipeline serves all.
@@ -214,6 +218,33 @@ def _read_file(path: str) -> tuple[dict[str, torch.Tensor], dict | None]:
             raise UserError(f"weights file {path} has a malformed {FROZEN_BASE} entry; use the run's checkpoint as written")
         base = {"weights": base["weights"], "keys": [_strip_net(key) for key in base["keys"]], "fingerprint": base.get("fingerprint")}
     return _state_dict_from(obj, path), base
+
+
+def _origin_member(spec: BackboneSpec, path: str):
+    """The ImageNet weights member a run checkpoint of this model started from (its run's config, else its
+    frozen_base entry); None for plain state_dict files, other models' files and files that do not read here
+    (building the model says why)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mapped: no tensor is read
+    except Exception:
+        return None
+    if not isinstance(obj, Mapping):
+        return None
+    config = obj.get("config")
+    if isinstance(config, Mapping) and config.get("model") == spec.name and isinstance(config.get("weights"), str):
+        try:
+            started = resolve_weights(spec, config["weights"])
+        except UserError:
+            started = None
+        if started is not None and started.kind == "imagenet":
+            return started.member
+    base = obj.get(FROZEN_BASE)
+    if isinstance(base, Mapping) and isinstance(base.get("weights"), str):
+        try:
+            return _base_member(spec, base, path)
+        except UserError:
+            return None
+    return None
 
 
 def frozen_fingerprint(state: Mapping[str, torch.Tensor], keys) -> str:

@@ -386,6 +386,24 @@ def test_preprocessing_for_a_checkpoint_uses_the_default_weights_geometry(tmp_pa
     assert preprocessing_for("inception_v3", str(tmp_path / "any.pt")).crop_size == 299
 
 
+def test_a_warm_start_from_a_run_checkpoint_sees_images_as_that_run_did(tmp_path):
+    """A resnet50 run from IMAGENET1K_V1 resized to 256 px; warm-started from its best.pt it must not get V2's 232."""
+    def saved(name: str, payload: object) -> str:
+        torch.save(payload, tmp_path / name)
+        return str(tmp_path / name)
+
+    v1_run = saved("v1.pt", {"model": {}, "config": {"model": "resnet50", "weights": "IMAGENET1K_V1"}})
+    assert preprocessing_for("resnet50", v1_run).resize_size == 256
+    default_run = saved("default.pt", {"model": {}, "config": {"model": "resnet50", "weights": "imagenet"}})
+    assert preprocessing_for("resnet50", default_run).resize_size == 232
+    lean = saved("lean.pt", {"model": {}, "frozen_base": {"weights": "ViT_B_16_Weights.IMAGENET1K_SWAG_LINEAR_V1", "keys": []}})
+    pre = preprocessing_for("vit_b_16", lean)  # no config: the frozen stages' weights say where it started
+    assert (pre.resize_size, pre.interpolation) == (224, "bicubic")
+    # Files that do not say: another model's run, a plain state_dict: the default weights' metadata.
+    assert preprocessing_for("resnet50", saved("r18.pt", {"model": {}, "config": {"model": "resnet18", "weights": "IMAGENET1K_V1"}})).resize_size == 232
+    assert preprocessing_for("resnet50", saved("plain.pt", {"fc.weight": torch.zeros(2, 2)})).resize_size == 232
+
+
 def test_scratch_preprocessing_follows_its_input_size():
     pre = preprocessing_for("scratch_cnn", "none", ScratchCNNConfig(input_size=64))
     assert (pre.crop_size, pre.resize_size) == (64, 73)
