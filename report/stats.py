@@ -339,12 +339,15 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
         warnings.append(f"runs came from {len(code_versions)} different code versions ({_counts(code_versions)}): "
                         "numbers may not compare")
     weights: dict[str, Counter] = defaultdict(Counter)
+    imagenet: dict[str, Counter] = defaultdict(Counter)
     for record in successful:
         weights[str(record.model)][str(record.summary.get(metrics.WEIGHTS_VERSION))] += 1
-    for model, versions in sorted(weights.items()):
+        if record.is_fine_tuned and not record.is_warm_start:
+            imagenet[str(record.model)][str(record.summary.get(metrics.WEIGHTS_VERSION))] += 1
+    for model, versions in sorted(imagenet.items()):
         if len(versions) > 1:
             warnings.append(f"model {model} ran with {len(versions)} different weights versions "
-                            f"({_counts(versions)}): its runs are NOT comparable with each other")
+                            f"({_counts(versions)}): different experiments, shown and grouped apart by version")
     smaller = [f"{r.run_id} ({r.config.get(metrics.BATCH_SIZE)}, not {r.batch_size_asked})" for r in successful if r.batch_size_asked]
     if smaller:
         warnings.append(f"{len(smaller)} run(s) trained at a smaller batch_size than their config asked, after CUDA ran out of "

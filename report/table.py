@@ -61,6 +61,7 @@ class RunRecord:
     history: list[dict] = field(default_factory=list)
     test: dict | None = None
     folder: Path | None = None
+    version_label: str | None = field(default=None, compare=False)  # set by RunTable: see model_label
 
     def __post_init__(self) -> None:
         # A run retried after CUDA ran out of memory trained at half the batch size it asked for: it is shown,
@@ -98,10 +99,32 @@ class RunRecord:
         return not self.is_scratch and version is not None and str(version).lower() == "none"
 
     @property
+    def weights_member(self) -> str | None:
+        """The ImageNet weights version it loaded (`IMAGENET1K_V1`), from its summary; None for random init,
+        checkpoint files and runs that recorded none."""
+        version = self.summary.get(metrics.WEIGHTS_VERSION)
+        if not isinstance(version, str) or version == "none" or version.startswith("file:"):
+            return None
+        return version.rpartition(".")[2] or None
+
+    @property
+    def is_warm_start(self) -> bool:
+        """Started from a checkpoint file (`--weights=PATH`), not from ImageNet weights or random init."""
+        version, weights = self.summary.get(metrics.WEIGHTS_VERSION), self.config.get("weights")
+        if isinstance(version, str):
+            return version.startswith("file:")
+        return isinstance(weights, str) and not self.is_scratch and ("/" in weights or "." in weights)
+
+    @property
     def model_label(self) -> str | None:
-        """The model as tables and plots group and show it: a random-init run of a pretrained architecture is
-        another experiment than its ImageNet runs, never averaged with them."""
-        return f"{self.model} (random init)" if self.is_random_init else self.model
+        """The model as tables and plots group and show it: runs of one architecture from other starting points
+        (random init, a checkpoint, ResNet-50 V1 beside V2 in one sweep) are other experiments, never averaged
+        together. The weights version is named where the table holds more than one for the model."""
+        if self.is_random_init:
+            return f"{self.model} (random init)"
+        if self.is_warm_start:
+            return f"{self.model} (warm start)"
+        return f"{self.model} ({self.version_label})" if self.version_label else self.model
 
     @property
     def is_fine_tuned(self) -> bool:
@@ -214,6 +237,15 @@ class RunTable:
     metric_name: str | None = None
     metric_goal: str | None = None
     duplicates: list[SkippedDuplicate] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        versions: dict[str | None, set[str]] = defaultdict(set)
+        for record in self.records:
+            if record.weights_member and not record.is_warm_start:
+                versions[record.model].add(record.weights_member)
+        for record in self.records:
+            if len(versions.get(record.model, ())) > 1 and not record.is_warm_start:
+                record.version_label = record.weights_member
 
     def successful(self) -> list[RunRecord]:
         return [r for r in self.records if r.is_successful]

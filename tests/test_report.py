@@ -1016,6 +1016,28 @@ def test_random_init_runs_of_a_pretrained_architecture_are_a_group_of_their_own(
     assert [r.run_id for r in summary.best_per_strategy] == ["r17", "r18"]  # its own learning curve, not hidden
 
 
+def test_runs_from_another_weights_version_or_a_checkpoint_are_groups_of_their_own(tmp_path):
+    """ResNet-50 V1 is ~5 points behind V2 head-only: one mean over both would describe neither (pitfall 9)."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_finished(runs, "r16", "r03", 0.8)
+    add_run(runs, "r17", "r03", [0.6, 0.7], {**finished_summary("r03", 0.7), metrics.WEIGHTS_VERSION: "ResNet50_Weights.IMAGENET1K_V1"},
+            weights="IMAGENET1K_V1")
+    add_run(runs, "r18", "r03", [0.8, 0.9], {**finished_summary("r03", 0.9), metrics.WEIGHTS_VERSION: "file:/runs/r16/best.pt"},
+            weights="/runs/r16/best.pt")
+    summary, text = report_of(runs)
+    groups = {(g.model, g.strategy): g.stats.count for g in summary.groups}
+    assert groups == {("resnet50 (IMAGENET1K_V2)", "full"): 1, ("resnet50 (IMAGENET1K_V1)", "full"): 1,
+                      ("resnet50 (warm start)", "full"): 1}  # versions named where the sweep holds two
+    assert "| `r17` | resnet50 (IMAGENET1K_V1) | full |" in section(text, 2)
+    assert "model resnet50 ran with 2 different weights versions" in text  # the checkpoint is not a third
+    shutil.rmtree(runs / "r17")
+    summary, _ = report_of(runs)  # one version left: the plain model name again
+    assert {g.model for g in summary.groups} == {"resnet50", "resnet50 (warm start)"}
+
+
 def test_a_run_that_recorded_no_weights_is_not_taken_for_random_init():
     from report.table import RunRecord
 
