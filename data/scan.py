@@ -32,6 +32,7 @@ class ImageIndex:
     labels: np.ndarray = field(repr=False)
     skipped: tuple[tuple[str, str], ...] = ()  # (relative path, reason)
     listing_key: str = ""  # folder, file names, sizes and mtimes: changes whenever any file does
+    sizes: tuple[int, ...] = field(default=(), repr=False)  # bytes of each file in `paths`, for the split's data hash
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -107,19 +108,20 @@ def scan_folder(folder: Path | str, cache_dir: Path | str | None = None, verbose
             write_json(cache_file, {"folder": str(folder), "bad": bad})
 
     classes = tuple(listing)
-    paths, labels = [], []
+    paths, labels, sizes = [], [], []
     for label, name in enumerate(classes):
-        good = [os.path.relpath(e.path, folder) for e in listing[name]]
-        good = [Path(p).as_posix() for p in good if p not in bad]
+        good = [(os.path.relpath(e.path, folder), e) for e in listing[name]]
+        good = [(Path(p).as_posix(), e.stat().st_size) for p, e in good if p not in bad]  # stat() cached by scandir
         if not good:
             raise UserError(f"class folder {folder / name} has no readable images: add images or remove the folder")
-        paths.extend(good)
+        paths.extend(p for p, _ in good)
+        sizes.extend(size for _, size in good)
         labels.extend([label] * len(good))
     skipped = tuple(sorted(bad.items()))
     if skipped and verbose:
         examples = ", ".join(f"{p} ({r})" for p, r in skipped[:3])
         print(f"warning: skipped {len(skipped)} unreadable file(s) in {folder}: {examples}{' ...' if len(skipped) > 3 else ''}")
-    return ImageIndex(folder, classes, tuple(paths), np.asarray(labels, dtype=np.int64), skipped, key)
+    return ImageIndex(folder, classes, tuple(paths), np.asarray(labels, dtype=np.int64), skipped, key, tuple(sizes))
 
 
 def check_same_classes(classes: tuple[str, ...], source: str, test: ImageIndex) -> None:

@@ -23,6 +23,9 @@ class Split:
     train: np.ndarray = field(repr=False)  # indices into the ImageIndex, sorted
     val: np.ndarray = field(repr=False)
     hash: str = ""
+    # The split's files by name and size: two exports of a dataset under the same file names (resized copies,
+    # another synthetic seed) share `hash`, not this. Independent of mtimes and folder, so equal across machines.
+    data_hash: str = ""
 
     def __repr__(self) -> str:
         return f"Split(train={len(self.train)}, val={len(self.val)}, hash={self.hash})"
@@ -50,8 +53,10 @@ def stratified_split(index: ImageIndex, val_fraction: float = 0.2, seed: int = 0
         val.extend(order[:n_val].tolist())
         train.extend(rest[: max(1, math.ceil(len(rest) * subset_fraction))].tolist())
     train_idx, val_idx = np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
-    digest = hashlib.sha256()
+    digest, data = hashlib.sha256(), hashlib.sha256()
     for part, indices in (("train", train_idx), ("val", val_idx)):
         for i in indices.tolist():
-            digest.update(f"{part}\t{index.paths[i]}\t{index.classes[index.labels[i]]}\n".encode())
-    return Split(train_idx, val_idx, digest.hexdigest()[:16])
+            line = f"{part}\t{index.paths[i]}\t{index.classes[index.labels[i]]}"
+            digest.update(f"{line}\n".encode())
+            data.update(f"{line}\t{index.sizes[i] if index.sizes else ''}\n".encode())
+    return Split(train_idx, val_idx, digest.hexdigest()[:16], data.hexdigest()[:16])

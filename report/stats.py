@@ -330,6 +330,11 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
     if len(known_splits) > 1:
         warnings.append(f"runs used {len(known_splits)} different data splits ({_counts(split_hashes)}): "
                         "their accuracies are measured on different validation sets and are NOT comparable")
+    data_hashes = Counter(str(r.summary[metrics.DATA_HASH]) for r in successful if r.summary.get(metrics.DATA_HASH))
+    if len(data_hashes) > 1 and len(known_splits) <= 1:
+        warnings.append(f"runs were trained on {len(data_hashes)} different sets of files under the same names "
+                        f"({_counts(data_hashes)}): the images were replaced (resized, re-exported) between runs, so "
+                        "their accuracies are NOT comparable")
     if "None" in split_hashes:
         warnings.append(f"{split_hashes['None']} successful runs recorded no {metrics.SPLIT_HASH}: "
                         "nothing shows which data split they were measured on")

@@ -313,13 +313,24 @@ class LocalSweep:
         """Trials that asked for the same split (split seed and fractions) but got different ones, because images
         were added, removed or renamed between calls, do not compare. A sweep over the split's own settings is fine."""
         by_request: dict[tuple, dict[str, list[str]]] = {}
+        files: dict[tuple, dict[str, list[str]]] = {}  # the same, by the split's file sizes where recorded
         for trial in self.table:
             folder = self.table.run_folder(trial)
-            split = RunRecord.read_summary(folder).get(M.SPLIT_HASH)
+            summary = RunRecord.read_summary(folder)
+            split, data = summary.get(M.SPLIT_HASH), summary.get(M.DATA_HASH)
             config = RunRecord.saved_config(folder) or {}
             if split:
                 request = tuple(config.get(key) for key in ("split_seed", "val_fraction", "subset_fraction"))
                 by_request.setdefault(request, {}).setdefault(split, []).append(trial.run_id)
+                if data:
+                    files.setdefault((request, split), {}).setdefault(data, []).append(trial.run_id)
+        for same_names in files.values():
+            if len(same_names) > 1:
+                groups = "; ".join(f"{len(ids)} on files {data} ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})"
+                                   for data, ids in same_names.items())
+                print(f"warning: the trials of this sweep trained on images of the same names but different sizes, so "
+                      f"their numbers do not compare: the files were replaced between calls (resized or re-exported?) "
+                      f"({groups}); restore the data, or start a new sweep with --sweep_dir", flush=True)
         for splits in by_request.values():
             if len(splits) < 2:
                 continue

@@ -127,6 +127,21 @@ def test_mismatched_test_classes_are_an_error(nature_dir, tmp_path):
         check_same_classes(train.classes, str(train.root), scan_folder(test_copy, verbose=False))
 
 
+def test_the_data_hash_sees_replaced_files_and_not_which_machine_holds_them(index, tmp_path):
+    """Another machine (a copy elsewhere, new mtimes) resumes the same run; resized copies under the same names do not."""
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(index.root, copy)  # new folder, new mtimes
+    os.utime(next(copy.rglob("*.jpg")), (1, 1))
+    first, moved = stratified_split(index), stratified_split(scan_folder(copy, verbose=False))
+    assert (moved.hash, moved.data_hash) == (first.hash, first.data_hash) and first.data_hash != first.hash
+    path = sorted(copy.rglob("*.jpg"))[0]
+    with Image.open(path) as image:
+        smaller = image.convert("RGB").resize((image.width // 2 + 1, image.height // 2 + 1))
+    smaller.save(path, quality=60)
+    replaced = stratified_split(scan_folder(copy, verbose=False))
+    assert replaced.hash == first.hash and replaced.data_hash != first.data_hash
+
+
 def test_split_is_stratified_stable_and_disjoint(index):
     split = stratified_split(index, val_fraction=0.25, seed=3)
     assert set(split.train).isdisjoint(split.val)

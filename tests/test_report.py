@@ -368,6 +368,18 @@ def test_mixed_splits_and_weights_are_flagged(tmp_path, sweep_dir):
     assert "2 different data splits" in warnings and "model resnet50 ran with 2 different weights" in warnings
 
 
+def test_runs_on_other_files_under_the_same_names_are_flagged(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_run(runs, "r16", "r09", [0.3, 0.4], finished_summary("r09", 0.4, **{metrics.DATA_HASH: "files-a"}))
+    add_run(runs, "r17", "r09", [0.3, 0.5], finished_summary("r09", 0.5, **{metrics.DATA_HASH: "files-b"}), seed=1)
+    add_finished(runs, "r18", "r09", 0.45, seed=2)  # trained before runs recorded one: says nothing either way
+    warnings = " ".join(report_of(runs)[0].provenance.warnings)
+    assert "runs were trained on 2 different sets of files under the same names (files-a x1, files-b x1)" in warnings
+    (runs / "r17" / "summary.json").write_text(json.dumps(finished_summary("r09", 0.5, **{metrics.DATA_HASH: "files-a"})))
+    assert "different sets of files" not in " ".join(report_of(runs)[0].provenance.warnings)
+
+
 def test_mixed_code_versions_are_flagged(tmp_path, sweep_dir):
     import shutil
 

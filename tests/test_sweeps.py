@@ -950,6 +950,28 @@ def test_a_sweep_whose_images_changed_between_calls_says_its_trials_do_not_compa
     assert "warning: the trials of this sweep trained on 2 different data splits" in out and "start a new sweep with --sweep_dir" in out
 
 
+def test_a_sweep_whose_images_were_replaced_under_the_same_names_says_so(nature_dir, fixed_args, tmp_path, capsys):
+    """Resized copies keep every file name, so the split hash cannot see them; the files' sizes can."""
+    import shutil
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(nature_dir, data)
+    sweep = write_yaml(tmp_path / "s.yaml", tiny_definition())
+    fixed = {**fixed_args, "data_dir": str(data), "cache_dir": str(tmp_path / "cache")}
+    run_local_sweep(sweep, count=1, sweep_dir=tmp_path / "sweep", fixed=fixed)
+    for path in sorted((data / "inaturalist_12K" / "train").rglob("*.jpg"))[:3]:
+        with Image.open(path) as image:
+            smaller = image.convert("RGB").resize((image.width // 2 + 1, image.height // 2 + 1))
+        smaller.save(path, quality=60)
+    run_local_sweep(sweep, count=2, sweep_dir=tmp_path / "sweep", fixed=fixed)
+    out = capsys.readouterr().out
+    summaries = [summary_of(tmp_path / "sweep", r["run_id"]) for r in table_rows(tmp_path / "sweep")]
+    assert len({s[M.SPLIT_HASH] for s in summaries}) == 1 and len({s[M.DATA_HASH] for s in summaries}) == 2
+    assert "images of the same names but different sizes" in out and "different data splits" not in out
+
+
 def test_a_sweep_over_the_splits_own_settings_is_no_changed_data(fixed_args, tmp_path, capsys):
     definition = tiny_definition(activation={"value": "relu"}, lr={"value": 1e-3}, subset_fraction={"values": [0.5, 1.0]})
     sweep = write_yaml(tmp_path / "subsets.yaml", definition)

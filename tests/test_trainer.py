@@ -784,6 +784,32 @@ def test_a_checkpoint_of_another_split_is_not_resumed(base, nature_dir, tmp_path
     assert "split_hash" in again.summary["resume_refused"] and (again.folder / "last.refused.pt").exists()
 
 
+def test_a_checkpoint_of_other_files_under_the_same_names_is_not_resumed(base, nature_dir, tmp_path):
+    """Resized copies of the images keep the split hash; the data hash sees them, and the checkpoint is refused."""
+    import shutil
+
+    from PIL import Image
+
+    from trainer.checkpoint import identity_mismatch
+
+    data = tmp_path / "data"
+    shutil.copytree(nature_dir, data)
+    settings = {**base, "data_dir": str(data)}
+    first = run_training(scratch(settings, run_id="resized", epochs=1))
+    path = sorted((data / "inaturalist_12K" / "train").rglob("*.jpg"))[0]
+    with Image.open(path) as image:
+        smaller = image.convert("RGB").resize((image.width // 2 + 1, image.height // 2 + 1))
+    smaller.save(path, quality=60)
+    again = run_training(scratch(settings, run_id="resized", epochs=1))
+    assert again.summary[M.SPLIT_HASH] == first.summary[M.SPLIT_HASH]
+    assert again.summary[M.DATA_HASH] != first.summary[M.DATA_HASH]
+    assert "data_hash" in again.summary["resume_refused"]
+    # A checkpoint written before runs recorded a data hash is still this run's.
+    older = {"identity": {"config_hash": "h", "split_hash": "s"}}
+    assert identity_mismatch(older, {"config_hash": "h", "split_hash": "s", "data_hash": "d"}) is None
+    assert identity_mismatch(older, {"config_hash": "h", "split_hash": "t", "data_hash": "d"}) == "split_hash"
+
+
 def test_summary_records_code_and_weights_provenance(base):
     outcome = run_training(scratch(base, run_id="provenance", epochs=1))
     assert outcome.summary["code_version"] and outcome.summary[M.WEIGHTS_VERSION] == "none"

@@ -130,6 +130,10 @@ def keep_as(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
+# Identity keys newer than the checkpoint format: a checkpoint without one is still resumed.
+ADDED_IDENTITY_KEYS = frozenset({"data_hash"})
+
+
 def identity_mismatch(payload: dict[str, Any], identity: dict[str, Any]) -> str | None:
     """The first key of `identity` the checkpoint was written for otherwise, or None when it is this run's.
 
@@ -138,6 +142,8 @@ def identity_mismatch(payload: dict[str, Any], identity: dict[str, Any]) -> str 
     """
     saved = payload.get("identity") or {}
     for key, value in identity.items():
+        if key in ADDED_IDENTITY_KEYS and key not in saved:
+            continue  # written before the key existed: what it would say is unknown, not different
         if saved.get(key) != value and not (key == "config_hash" and rehash(payload.get("config")) == value):
             return key
     return None

@@ -21,6 +21,7 @@ TRAIN_SECONDS = "train_seconds"
 CACHE_SECONDS = "cache_seconds"  # building (or opening) the decoded-image and feature caches, shared by a sweep
 WEIGHTS_VERSION = "weights_version"
 SPLIT_HASH = "split_hash"
+DATA_HASH = "data_hash"  # the split's files by name and size: same split_hash on other files (a resized copy) differs here
 CODE_VERSION = "code_version"  # the commit of the code that trained the run (+dirty.<hash> with local changes)
 DEVICE = "device"
 REASON = "reason"

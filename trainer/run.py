@@ -197,6 +197,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     identity = {
         "config_hash": config_hash(config), "model": model.spec.name, "weights_version": model.weights_version,
         "stage_names": list(model.stage_names), "classes": list(data.classes), "split_hash": data.split.hash,
+        M.DATA_HASH: data.split.data_hash,
     }
 
     # Depth of the frozen prefix that never trains in this run: cached (augment none) or run without autograd.
@@ -267,7 +268,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     trainable, total = count_parameters(model)
     facts = {
         M.TRAINABLE_PARAMS: trainable, M.TOTAL_PARAMS: total, M.WEIGHTS_VERSION: model.weights_version,
-        M.SPLIT_HASH: data.split.hash, M.DEVICE: torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        M.SPLIT_HASH: data.split.hash, M.DATA_HASH: data.split.data_hash, M.DEVICE: torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "config_hash": identity["config_hash"], "num_train": len(data.split.train), "num_val": len(data.split.val),
         "classes": list(data.classes), M.BATCH_SIZE: batch_size, "feature_cache_depth": feature_depth,
         "precision": str(dtype).replace("torch.", "") if dtype else "fp32", M.CACHE_SECONDS: cache_seconds,
