@@ -4,6 +4,7 @@
   python agent.py [run] [--key=value ...] [--config FILE]   one training run (what `wandb agent` launches)
   python agent.py sweep SWEEP.yaml --count N [--workers N] [--sweep_dir DIR] [--key=value ...]
                                                              an offline sweep with W&B's own engine, no server
+  python agent.py check SWEEP.yaml [--key=value ...]        the sweep's checks, nothing run (before `wandb sweep`)
   python agent.py report SOURCE [--out DIR]                  report of a sweep folder or entity/project/sweep_id
   python agent.py test RUN_FOLDER [--data_dir=...]           the held-out test set, once, for a chosen run
   python agent.py models [NAME ...]                          stages and trainable parameters per strategy
@@ -20,7 +21,7 @@ from pathlib import Path
 from common.disk import disk_problem
 from common.errors import EXIT_USER_ERROR, UserError
 
-COMMANDS = ("run", "sweep", "report", "test", "models")
+COMMANDS = ("run", "sweep", "check", "report", "test", "models")
 WRITE_HINTS = {
     "report": "pass --out DIR with a folder you can write to",
     "sweep": "pass --sweep_dir (and --cache_dir) with folders you can write to",
@@ -95,6 +96,9 @@ USAGES = {
     "test": "usage: python agent.py test RUN_FOLDER [--data_dir=DIR] [--device=auto]\n  evaluates the run's best.pt on the held-out"
             " test set (val/ of nature_12K, or test/) and writes RUN_FOLDER/test/",
     "models": "usage: python agent.py models [NAME ...]\n  the registered backbones, their stages and trainable parameters per strategy",
+    "check": "usage: python agent.py check SWEEP.yaml [--key=value ...]\n  the checks a local sweep makes of its YAML (parameter"
+             " names and values, metric and goal, values no trial could train with), with nothing run: do it before"
+             " `wandb sweep`, whose server checks none of them",
 }
 
 
@@ -129,6 +133,19 @@ def command_sweep(args: list[str]) -> int:
     count_value, worker_value = _integer("count", count), _integer("workers", workers)
     summary = run_local_sweep(Path(args[0]), count=count_value, workers=worker_value, sweep_dir=Path(sweep_dir) if sweep_dir else None, fixed=parse_cli(args[1:]))
     return 0 if summary is not None else 130  # None: the sweep was interrupted; rerun the command to continue
+
+
+def command_check(args: list[str]) -> int:
+    from trainer.config import parse_cli
+
+    try:
+        from sweeper.local import check_sweep
+    except ImportError as exc:
+        raise UserError(f"the check command needs the {exc.name!r} package: pip install \"wandb[sweeps]\" (or pip install -e .)") from None
+    if not args or args[0].startswith("--"):
+        raise UserError(USAGES["check"].splitlines()[0])
+    print(check_sweep(Path(args[0]), parse_cli(args[1:])))
+    return 0
 
 
 def command_report(args: list[str]) -> int:
@@ -171,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
-    handlers = {"run": command_run, "sweep": command_sweep, "report": command_report, "test": command_test, "models": command_models}
+    handlers = {"run": command_run, "sweep": command_sweep, "check": command_check, "report": command_report,
+                "test": command_test, "models": command_models}
     if command in USAGES and ("--help" in argv or "-h" in argv):
         print(USAGES[command])
         return 0

@@ -122,20 +122,30 @@ def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -
     """Listed values that no trial of this sweep could train with, under any listed model and strategy (k_layers=7
     when the only model has 5 stages): each suggestion of one would be a failed trial."""
     axes = [[fixed[name]] if name in fixed else _listed(parameters.get(name)) or [None] for name in ("model", "strategy")]
+
+    def fits(name: str, value: Any) -> str | None:
+        """None when some listed model and strategy trains with `name=value`; else the first reason none does."""
+        used, errors = False, []
+        for model, strategy in itertools.product(*axes):
+            values = {**fixed, name: value, **{k: v for k, v in (("model", model), ("strategy", strategy)) if v is not None}}
+            try:
+                used = used or getattr(parse_run_config(values), name) is not None  # not dropped as unused
+            except UserError as exc:
+                errors.append(str(exc))
+        return errors[0] if errors and not used else None
+
     problems = []
     for name, spec in parameters.items():
         if name in ("model", "strategy") or name in fixed:
             continue
         for value in _listed(spec):
-            used, errors = False, []
-            for model, strategy in itertools.product(*axes):
-                values = {**fixed, name: value, **{k: v for k, v in (("model", model), ("strategy", strategy)) if v is not None}}
-                try:
-                    used = used or getattr(parse_run_config(values), name) is not None  # not dropped as unused
-                except UserError as exc:
-                    errors.append(str(exc))
-            if errors and not used:
-                problems.append(f"parameter {name!r} lists {value!r}, which no trial can train with: {errors[0]}")
+            reason = fits(name, value)
+            if reason:
+                problems.append(f"parameter {name!r} lists {value!r}, which no trial can train with: {reason}")
+    for name, value in fixed.items():  # --k_layers=9 beside models of 5 stages: every trial would fail on it
+        reason = None if name in ("model", "strategy") else fits(name, value)
+        if reason:
+            problems.append(f"--{name}={value} fits no trial of this sweep: {reason}")
     return problems
 
 

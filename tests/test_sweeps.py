@@ -848,6 +848,12 @@ def test_definitions_the_engine_would_misread_are_refused():
     (["sweep", "sweeps/tiny.yaml", "--count", "abc"], 2, "", "--count=abc must be an integer\n"),
     (["sweep", "sweeps/tiny.yaml", "--count"], 2, "", "--count needs a value"),
     (["sweep", "sweeps/tiny.yaml", "--count=1", "--dropuot=0.1"], 2, "", "'dropuot' (did you mean 'dropout'?)"),  # a run parameter's typo
+    (["check", "--help"], 0, "usage: python agent.py check SWEEP.yaml", ""),
+    (["check"], 2, "", "usage: python agent.py check SWEEP.yaml"),
+    (["check", "sweeps/freeze.yaml"], 0, "is fine: method bayes, metric val_acc (maximize), searching 5 parameter(s)", ""),
+    (["check", "sweeps/freeze.yaml", "--model=resnet18"], 0, "searching 4 parameter(s) (strategy, k_layers, lr, augment)", ""),
+    (["check", "sweeps/freeze.yaml", "--model=vgg16", "--k_layers=9"], 2, "", "k_layers"),
+    (["check", "sweeps/nope.yaml"], 2, "", "sweep file sweeps/nope.yaml not found"),
 ])
 def test_the_sub_commands_answer_help_and_name_their_own_options(argv, code, out, err, capsys):
     import agent
@@ -855,6 +861,18 @@ def test_the_sub_commands_answer_help_and_name_their_own_options(argv, code, out
     assert agent.main(argv) == code
     captured = capsys.readouterr()
     assert out in captured.out and err in captured.err and captured.err.count("\n") == (code != 0)
+
+
+def test_check_names_every_mistake_of_a_yaml_headed_for_wandb_sweep(tmp_path, capsys):
+    """`wandb sweep` accepts a YAML whose metric the trainer never logs; `agent.py check` says so before any trial."""
+    import agent
+
+    bad = write_yaml(tmp_path / "mine.yaml", {**tiny_definition(k_layer={"values": [1, 2]}),
+                                             "metric": {"name": "val_accuracy", "goal": "maximize"}})
+    assert agent.main(["check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "'k_layer' is not a run parameter (did you mean 'k_layers'?)" in err and "metric name is 'val_accuracy'" in err
+    assert err.count("\n") == 1
 
 
 def test_trial_lines_show_values_as_a_person_reads_them():
