@@ -469,9 +469,21 @@ def test_cached_and_uncached_training_agree(base, small_inputs):
         assert a[M.VAL_LOSS] == pytest.approx(b[M.VAL_LOSS], abs=2e-2)
 
 
-def test_test_command_writes_accuracy_confusion_and_grid(base, capsys):
+def test_test_command_writes_accuracy_confusion_and_grid(base, capsys, monkeypatch):
+    import trainer.wandb_log
+
     outcome = run_training(scratch(base, run_id="for-test"))
+    opened, sent = [], []
+
+    class Spy(RunLogger):
+        def summary(self, values):
+            sent.append(dict(values))
+
+    monkeypatch.setattr(trainer.wandb_log, "start_logger", lambda *a, **k: opened.append(a) or Spy())
     result = evaluate_on_test_set(outcome.folder)
+    # The run's own W&B record (its id, its folder) carries the result, for a report read from W&B.
+    assert [(a[3], a[5]) for a in opened] == [("for-test", outcome.folder.parent)]
+    assert sent == [{key: result[key] for key in (M.TEST_ACC, M.PER_CLASS_ACC, M.NUM_IMAGES, M.CHECKPOINT)}]
     out = outcome.folder / "test"
     assert 0.0 <= result[M.TEST_ACC] <= 1.0 and result[M.NUM_IMAGES] == 12
     assert set(result[M.PER_CLASS_ACC]) == {"Amphibia", "Aves", "Fungi"}

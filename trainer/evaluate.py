@@ -168,5 +168,18 @@ def _evaluate(run_folder: Path, record: RunRecord, saved: dict, checkpoint: Path
     rows = min(GRID_ROWS, -(-len(chosen) // GRID_COLUMNS))  # a small test set fills fewer rows
     plot_prediction_grid(images, [names[truth[i]] for i in chosen], [names[predicted[i]] for i in chosen], out / "grid.png", rows=rows, cols=GRID_COLUMNS)
     record.update_summary(**{M.TEST_ACC: result[M.TEST_ACC]})
+    _log_to_wandb(config, saved, run_folder, result)
     return result
+
+
+def _log_to_wandb(config, saved: dict, run_folder: Path, result: dict) -> None:
+    """The run's W&B record gets the result too (its summary, never a history row): a report read from W&B then
+    sees which runs were tested, and warns when more than one was. A W&B failure only warns."""
+    from trainer.config import effective_config
+    from trainer.wandb_log import start_logger
+
+    logger = start_logger(config.wandb_mode, config.wandb_project, config.wandb_entity, run_folder.name,
+                          {**saved, "run_id": run_folder.name}, run_folder.parent, effective_config(config))
+    logger.summary({key: result[key] for key in (M.TEST_ACC, M.PER_CLASS_ACC, M.NUM_IMAGES, M.CHECKPOINT)})
+    logger.finish(0)
 
