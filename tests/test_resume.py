@@ -199,6 +199,23 @@ def test_a_sweep_stop_is_told_apart_from_a_preemption(monkeypatch):
 SMALL = Preprocessing(crop_size=64, resize_size=72, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
+def test_a_checkpoint_store_on_a_drive_not_mounted_is_refused_before_training(nature_dir, tmp_path):
+    """Colab with Drive not mounted: /content/drive/MyDrive/ckpts must not be created on the disk that goes away."""
+    unmounted = tmp_path / "content" / "drive" / "MyDrive" / "ckpts"
+    with pytest.raises(UserError) as caught:
+        run_training(config(nature_dir, tmp_path / "machine", run_id="no-drive", checkpoint_store=str(unmounted)))
+    message = str(caught.value)
+    assert "\n" not in message and f"{unmounted.parent} does not exist (a drive not mounted?)" in message
+    assert not (tmp_path / "content").exists()
+    folder = tmp_path / "machine" / "runs" / "no-drive"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary[M.STATE] == M.FAILED and "drive not mounted" in summary[M.REASON] and not (folder / "last.pt").exists()
+    # A new folder in a folder that exists is a store like any other: created, and used.
+    outcome = run_training(config(nature_dir, tmp_path / "machine", run_id="new-store", epochs=1,
+                                  checkpoint_store=str(tmp_path / "ckpts")))
+    assert outcome.state == M.FINISHED and (tmp_path / "ckpts" / "new-store" / "last.pt").exists()
+
+
 @pytest.fixture
 def imagenet_hub(tmp_path, monkeypatch):
     """resnet18 'ImageNet' weights (random, seeded) pre-placed in a temp hub cache; the network is never asked."""

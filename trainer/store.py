@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from common.atomic import atomic_write
-from common.disk import ensure_space
+from common.disk import ensure_space, ensure_writable
 from common.errors import UserError
 
 
@@ -40,7 +40,14 @@ class FolderStore(LocalStore):
     name = "folder"
 
     def __init__(self, folder: Path | str, run_id: str):
-        self.folder = Path(folder).expanduser() / run_id
+        root = Path(folder).expanduser()
+        # Checked before training, not after its first epoch. A missing parent is a drive not mounted (Colab's
+        # /content/drive/MyDrive): creating the tree would put the "safe" copies on the disk that goes away.
+        if not root.exists() and not root.parent.is_dir():
+            raise UserError(f"checkpoint store {root}: {root.parent} does not exist (a drive not mounted?); mount it or "
+                            f"create the folder, then run again")
+        ensure_writable(root, "checkpoint store", "--checkpoint_store")
+        self.folder = root / run_id
 
     def save(self, path: Path) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
