@@ -58,9 +58,14 @@ def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None 
         # wrong --data_dir (a class folder, train/ itself), and 3.6 GB unpacked into it would become a class.
         others = sorted(p.name for p in data_dir.iterdir() if not p.name.startswith((ZIP_NAME, "."))) if data_dir.exists() else []
         if others:
-            hint = ("it looks like a train/ or val/ folder of class sub-folders: pass the folder above it"
-                    if data_dir.name in ("train", *TEST_FOLDER_NAMES) or all((data_dir / n).is_dir() for n in others) else
-                    "pass the folder that holds train/ and val/ (or test/), or an empty folder to download nature_12K into")
+            holder = _class_holder(data_dir)
+            if data_dir.name in ("train", *TEST_FOLDER_NAMES):
+                hint = "it looks like a train/ or val/ folder of class sub-folders: pass the folder above it"
+            elif holder is not None:  # a plain folder of class folders: the layout a user most often has
+                hint = (f"{holder} holds class folders directly: move them into {holder / 'train'}/ (and a held-out set with "
+                        f"the same class folders into {holder / 'test'}/), then pass --data_dir={holder}")
+            else:
+                hint = "pass the folder that holds train/ and val/ (or test/), or an empty folder to download nature_12K into"
             raise UserError(f"no dataset found in {data_dir} (it holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}), "
                             f"and nature_12K is only downloaded into an empty folder: {hint}")
         created = [d for d in (data_dir, *data_dir.parents) if not d.exists()]
@@ -77,6 +82,18 @@ def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None 
             + ("" if download or not offer_download else ", or drop --download=false to fetch nature_12K.zip")
         )
     return layout
+
+
+def _class_holder(data_dir: Path) -> Path | None:
+    """`data_dir`, or its only sub-folder, when its sub-folders (two or more) hold files: class folders of images."""
+    def holds_classes(folder: Path) -> bool:
+        subs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))]
+        return len(subs) >= 2 and all(any(f.is_file() for f in sub.iterdir()) for sub in subs[:50])
+
+    if holds_classes(data_dir):
+        return data_dir
+    subs = [p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))]
+    return subs[0] if len(subs) == 1 and holds_classes(subs[0]) else None
 
 
 def _refuse_a_typo(data_dir: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import socket
+import shutil
 import stat
 import threading
 import time
@@ -314,6 +315,16 @@ def test_locate_downloads_into_an_empty_folder_only(serve, dataset_zip, tmp_path
         locate_dataset(nature_dir / "inaturalist_12K" / "train", url=server.url)
     message = _assert_one_line(error)
     assert "pass the folder above it" in message and "Amphibia" in message
+    # A plain folder of class folders (not named train/), given directly or by its parent: how to arrange it,
+    # not "the folder above it" again and again.
+    flat = tmp_path / "birds" / "my_photos"
+    shutil.copytree(nature_dir / "inaturalist_12K" / "train", flat)
+    for given in (flat, flat.parent):
+        with pytest.raises(UserError) as error:
+            locate_dataset(given, url=server.url)
+        message = _assert_one_line(error)
+        assert f"{flat} holds class folders directly: move them into {flat / 'train'}/" in message
+        assert f"pass --data_dir={flat}" in message and "folder above it" not in message
     other = tmp_path / "notes"
     other.mkdir()
     (other / "readme.txt").write_text("x")
