@@ -308,8 +308,9 @@ def _points(records: list[RunRecord], cost) -> dict[str, tuple[float, float]]:
 def _best_seed_group(records: list[RunRecord]) -> SeedGroup | None:
     """The config repeated over seeds with the highest mean: the one claim a reader can lean on."""
     by_config: dict[str, list[RunRecord]] = defaultdict(list)
-    for record in records:
-        by_config[record.config_key(without=(SEED,))].append(record)
+    for record in records:  # seeds of one config on one split of the same files: other data is another claim
+        data = (record.summary.get(metrics.SPLIT_HASH), record.summary.get(metrics.DATA_HASH))
+        by_config[record.config_key(without=(SEED,)) + json.dumps(data)].append(record)
     candidates = []
     for members in by_config.values():
         # Runs repeating one seed are one sample, not several: averaged per seed, the interval counts seeds.

@@ -858,6 +858,16 @@ def test_runs_repeating_one_seed_count_once_in_the_seed_interval(tmp_path):
     assert "over 2 seeds (0, 1; runs `r16`, `r17`, `r18`, `r19`; runs of one seed averaged first)" in section(text, 1)
 
 
+def test_seeds_measured_on_other_data_are_not_one_interval(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_finished(runs, "r16", "r09", 0.40, seed=0)
+    add_run(runs, "r17", "r09", [0.3, 0.9], finished_summary("r09", 0.9, **{metrics.SPLIT_HASH: "other-split"}), seed=1)
+    assert report_of(runs)[0].seeds_scratch is None  # one seed on each split: no interval across the two
+    add_finished(runs, "r18", "r09", 0.44, seed=1)
+    assert [r.run_id for r in report_of(runs)[0].seeds_scratch.records] == ["r16", "r18"]
+
+
 def test_a_run_retried_at_half_the_batch_is_shown_and_grouped_as_it_trained(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
