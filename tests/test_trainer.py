@@ -1144,6 +1144,9 @@ def test_wandb_mode_auto_is_online_only_with_credentials(monkeypatch, tmp_path, 
     monkeypatch.delenv("WANDB_SILENT")  # a deprecation warning of wandb's would show
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    import trainer.wandb_log
+
+    monkeypatch.setattr(trainer.wandb_log, "server_reachable", lambda host, port: True)
     assert resolve_mode("auto") == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert resolve_mode("auto") == "online" and resolve_mode("disabled") == "disabled"
@@ -1155,10 +1158,63 @@ def test_wandb_mode_auto_is_online_only_with_credentials(monkeypatch, tmp_path, 
     monkeypatch.setenv("WANDB_IDENTITY_TOKEN_FILE", str(tmp_path / "token"))  # workload identity, no key
     assert resolve_mode("auto") == "online"
     monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE")
-    import trainer.wandb_log
-
     monkeypatch.setattr(trainer.wandb_log, "_has_api_key", lambda: 1 / 0)  # wandb's internals moved
     assert resolve_mode("auto") == "offline" and "could not tell whether W&B credentials are set" in capfd.readouterr().out
+
+
+def test_wandb_mode_auto_with_a_key_but_no_network_logs_offline_at_once(monkeypatch, tmp_path, capfd):
+    """A Kaggle secret with internet off: not 90 s of waiting and then no W&B record at all."""
+    import socket as sockets
+
+    import trainer.wandb_log
+    from trainer.wandb_log import resolve_mode, server_reachable
+
+    listening = sockets.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    port = listening.getsockname()[1]
+    closed = sockets.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: refused
+    try:
+        assert server_reachable("127.0.0.1", port) and not server_reachable("127.0.0.1", closed.getsockname()[1])
+        monkeypatch.delenv("WANDB_MODE")
+        monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        assert trainer.wandb_log._server() == ("127.0.0.1", port)
+        assert resolve_mode("auto") == "online"
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        assert resolve_mode("auto") == "offline" and "cannot be reached; logging offline" in capfd.readouterr().out
+        assert resolve_mode("online") == "online"  # asked for by name: as asked
+    finally:
+        listening.close()
+        closed.close()
+
+
+def test_wandb_mode_auto_falls_back_to_offline_when_online_fails(monkeypatch, tmp_path, capfd):
+    import wandb
+
+    import trainer.wandb_log
+    from trainer.wandb_log import WandbLogger, start_logger
+
+    monkeypatch.setattr(trainer.wandb_log, "resolve_mode", lambda mode: "online" if mode == "auto" else mode)
+    real_init, modes = wandb.init, []
+
+    def init(**kwargs):
+        modes.append(kwargs["mode"])
+        if kwargs["mode"] == "online":
+            raise RuntimeError("context deadline exceeded")
+        return real_init(**kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    logger = start_logger("auto", "p", "", "fallback", {"lr": 0.1}, tmp_path)
+    try:
+        assert modes == ["online", "offline"] and isinstance(logger, WandbLogger) and logger.mode == "offline"
+        assert "logging offline" in capfd.readouterr().out
+    finally:
+        logger.finish()
+    modes.clear()
+    assert type(start_logger("online", "p", "", "asked", {}, tmp_path)) is not WandbLogger  # asked online: no fallback
+    assert modes == ["online"] and "W&B could not start" in capfd.readouterr().err
 
 
 def test_wandb_mode_auto_without_wandb_installed_logs_locally_without_warnings(monkeypatch, capfd, tmp_path):

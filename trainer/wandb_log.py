@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import sys
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any
@@ -68,11 +70,34 @@ def resolve_mode(requested: str) -> str:
     if importlib.util.find_spec("wandb") is None:  # nothing to log to: local records only, and nothing to warn about
         return "disabled"
     try:
-        return "online" if _has_api_key() else "offline"
+        if not _has_api_key():
+            return "offline"
     except Exception as exc:  # wandb moved its internals: say so rather than go offline silently
         print(f"warning: could not tell whether W&B credentials are set ({type(exc).__name__}: {exc}); logging offline "
               f"(pass --wandb_mode=online if you are logged in)")
         return "offline"
+    # A key but no network (a Kaggle secret with internet off): online would wait 90 s, then keep no W&B record.
+    server = _server()
+    if not server_reachable(*server):
+        print(f"note: W&B server {server[0]} cannot be reached; logging offline (`wandb sync <output_dir>/wandb/offline-run-*` "
+              f"uploads it later)", flush=True)
+        return "offline"
+    return "online"
+
+
+def _server() -> tuple[str, int]:
+    """Host and port of the W&B server this process would log to (WANDB_BASE_URL, else W&B's cloud)."""
+    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+
+
+def server_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the server opens within `timeout` seconds: no DNS or no route fails at once."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _has_api_key() -> bool:
@@ -178,7 +203,7 @@ EFFECTIVE_KEY = "effective"  # the normalised, result-determining config, logged
 
 def start_logger(mode: str, project: str, entity: str, run_id: str, config: dict[str, Any], folder: Path,
                  effective: dict[str, Any] | None = None) -> RunLogger:
-    mode = resolve_mode(mode)
+    requested, mode = mode, resolve_mode(mode)
     if mode == "disabled":
         return RunLogger()
     try:
@@ -186,6 +211,15 @@ def start_logger(mode: str, project: str, entity: str, run_id: str, config: dict
     except ImportError:
         _warn("wandb is not installed; logging locally only")
         return RunLogger()
+    logger = _start(wandb, mode, project, entity, run_id, config, folder, effective, quiet=requested == "auto" and mode == "online")
+    if logger is None and requested == "auto" and mode == "online":  # the server refused or timed out: keep a record
+        print("note: W&B could not start online; logging offline (`wandb sync` uploads it later)", flush=True)
+        logger = _start(wandb, "offline", project, entity, run_id, config, folder, effective, quiet=False)
+    return logger or RunLogger()
+
+
+def _start(wandb, mode: str, project: str, entity: str, run_id: str, config: dict[str, Any], folder: Path,
+           effective: dict[str, Any] | None, quiet: bool) -> "WandbLogger | None":
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -209,5 +243,9 @@ def start_logger(mode: str, project: str, entity: str, run_id: str, config: dict
             run.define_metric("*", step_metric=EPOCH)
         return WandbLogger(run, mode)
     except Exception as exc:
-        _warn(f"W&B could not start ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); logging locally only")
-        return RunLogger()
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if quiet:  # another mode is tried next
+            print(f"note: W&B {mode} failed ({why})", flush=True)
+        else:
+            _warn(f"W&B could not start ({why}); logging locally only")
+        return None
