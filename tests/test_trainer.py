@@ -1185,6 +1185,8 @@ def test_wandb_mode_auto_with_a_key_but_no_network_logs_offline_at_once(monkeypa
         monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed.getsockname()[1]}")
         assert resolve_mode("auto") == "offline" and "cannot be reached; logging offline" in capfd.readouterr().out
         assert resolve_mode("online") == "online"  # asked for by name: as asked
+        monkeypatch.setenv("WANDB_SWEEP_ID", "abc123")  # a trial of `wandb agent`: its result must reach the sweep
+        assert resolve_mode("auto") == "online"
     finally:
         listening.close()
         closed.close()

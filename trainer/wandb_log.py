@@ -77,8 +77,9 @@ def resolve_mode(requested: str) -> str:
               f"(pass --wandb_mode=online if you are logged in)")
         return "offline"
     # A key but no network (a Kaggle secret with internet off): online would wait 90 s, then keep no W&B record.
+    # Not under `wandb agent`: it just got this trial from the server, and its result must go back there.
     server = _server()
-    if not server_reachable(*server):
+    if not os.environ.get("WANDB_SWEEP_ID") and not server_reachable(*server):
         print(f"note: W&B server {server[0]} cannot be reached; logging offline (`wandb sync <output_dir>/wandb/offline-run-*` "
               f"uploads it later)", flush=True)
         return "offline"
