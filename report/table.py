@@ -270,4 +270,6 @@ def failure_reason(record: RunRecord) -> str:
         return "stopped early by the sweep"
     if record.state in metrics.SUCCESSFUL_STATES and record.best_val_acc is None:
         return f"no finite {metrics.BEST_VAL_ACC}"
+    if record.state == metrics.RUNNING:
+        return "training now"
     return "no reason recorded"

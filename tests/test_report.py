@@ -25,7 +25,7 @@ from report.build import FIGURES, build_report, runs_csv
 from report.markdown import ci_text, percent, points, render
 from report.sources import load_table
 from report.stats import mean_ci, pareto_front, summarise
-from report.table import CODE_VERSION
+from report.table import CODE_VERSION, failure_reason
 from trainer import metrics
 
 # run_id: (model, strategy, config overrides, val_acc per epoch, train_seconds, trainable params, state, reason)
@@ -657,6 +657,23 @@ def test_a_run_resumed_by_hand_while_the_table_says_it_ended_shows_as_running(tm
     with RunFolder(folder).exclusive("testing"):  # `agent.py test` of it: nobody trains it
         assert {r.run_id: r.state for r in load_table(str(tmp_path / "sweep")).records}["r03"] == "preempted"
     assert {r.run_id: r.state for r in load_table(str(tmp_path / "sweep")).records}["r03"] == "preempted"
+
+
+def test_a_run_whose_process_is_gone_says_how_to_resume_it_and_one_in_training_says_so(tmp_path, sweep_dir):
+    import shutil
+
+    from trainer.record import RunRecord as RunFolder
+
+    shutil.copytree(sweep_dir / "runs", tmp_path / "runs")
+    folder = tmp_path / "runs" / "r03"
+    summary_path = folder / "summary.json"
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), metrics.STATE: "running", metrics.REASON: None}))
+    record = {r.run_id: r for r in load_table(str(tmp_path / "runs")).records}["r03"]
+    assert record.state == "running" and record.reason.startswith("not training now: its process was stopped or killed")
+    assert f"`python agent.py --resume --run_id=r03 --output_dir={tmp_path / 'runs'}` to resume it" in record.reason
+    with RunFolder(folder).exclusive():  # being trained now
+        record = {r.run_id: r for r in load_table(str(tmp_path / "runs")).records}["r03"]
+        assert record.reason is None and failure_reason(record) == "training now"
 
 
 # --- edge cases: how a run's numbers are read, where its runs come from, what the report says -------------
