@@ -94,6 +94,10 @@ def _spec_problems(name: str, spec: dict) -> list[str]:
     """A misspelled key, or a value the run config refuses, named here rather than failing every trial."""
     problems = [f"parameter {name!r} has the key {key!r}{nearest(key, SPEC_KEYS)}; a parameter takes {', '.join(SPEC_KEYS[:3])}, ..."
                 for key in spec if key not in SPEC_KEYS]
+    for bound in ("min", "max"):  # YAML 1.1 reads 1e-5 (no dot) as a string; the schema's message does not say so
+        if isinstance(spec.get(bound), str) and _number_like(spec[bound]):
+            problems.append(f"parameter {name!r} has {bound}: {spec[bound]}, which YAML reads as a string; write it with "
+                            f"a dot and a signed exponent, e.g. {_yaml_float(spec[bound])}")
     candidates = _listed(spec)
     if spec.get("distribution", "") in _BOUNDED_BY_VALUES:
         candidates += [spec[bound] for bound in ("min", "max") if bound in spec]
@@ -104,6 +108,23 @@ def _spec_problems(name: str, spec: dict) -> list[str]:
             problems.append(f"parameter {name!r}: {exc}")
             break
     return problems
+
+
+def _number_like(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _yaml_float(text: str) -> str:
+    """How YAML writes `text`'s number so that it reads it as one: 1e-5 -> 1.0e-5."""
+    mantissa, _, exponent = text.strip().lower().partition("e")
+    if not exponent:
+        return text
+    mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
+    return f"{mantissa}e{exponent if exponent[0] in '+-' else '+' + exponent}"
 
 
 def _value_problems(name: str, spec: dict) -> list[str]:

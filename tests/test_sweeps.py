@@ -83,6 +83,20 @@ def test_sweep_yaml_speaks_the_run_config(path):
             parse_run_config({name: value})  # a typo (unknown model, activation) fails here, not in trial 17
 
 
+def test_an_exponent_yaml_reads_as_a_string_is_named_with_the_spelling_it_reads(tmp_path):
+    """`min: 1e-5` is a string to YAML 1.1 (no dot): the schema's own message would not say why."""
+    path = tmp_path / "lr.yaml"
+    path.write_text("method: bayes\nmetric: {name: val_acc, goal: maximize}\n"
+                    "parameters:\n  lr: {distribution: log_uniform_values, min: 1e-5, max: 1.0e-2}\n")
+    with pytest.raises(UserError) as caught:
+        load_definition(path)
+    message = str(caught.value)
+    assert message.startswith(f"sweep file {path}: parameter 'lr' has min: 1e-5, which YAML reads as a string")
+    assert "e.g. 1.0e-5" in message and "max:" not in message  # 1.0e-2 is a number already
+    path.write_text(path.read_text().replace("1e-5", "1.0e-5"))
+    assert load_definition(path).parameters["lr"]["min"] == 1e-5
+
+
 def test_definition_problems_name_the_mistake(tmp_path):
     config = tiny_definition(lrr={"value": 0.1}, output_dir={"value": "x"})
     config["metric"] = {"name": "val_accuracy", "goal": "maximize"}
