@@ -20,6 +20,7 @@ from pathlib import Path
 
 from common.disk import disk_problem
 from common.errors import EXIT_USER_ERROR, UserError
+from common.parsing import nearest
 
 COMMANDS = ("run", "sweep", "check", "report", "test", "models")
 WRITE_HINTS = {
@@ -187,6 +188,9 @@ def command_models(args: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-") and nearest(argv[0], COMMANDS):
+        print(f"error: unknown command {argv[0]!r}{nearest(argv[0], COMMANDS)}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     handlers = {"run": command_run, "sweep": command_sweep, "check": command_check, "report": command_report,
                 "test": command_test, "models": command_models}

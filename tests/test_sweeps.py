@@ -863,6 +863,7 @@ def test_definitions_the_engine_would_misread_are_refused():
     (["sweep", "sweeps/tiny.yaml", "--count"], 2, "", "--count needs a value"),
     (["sweep", "sweeps/tiny.yaml", "--count=1", "--dropuot=0.1"], 2, "", "'dropuot' (did you mean 'dropout'?)"),  # a run parameter's typo
     (["check", "--help"], 0, "usage: python agent.py check SWEEP.yaml", ""),
+    (["sweeep", "sweeps/tiny.yaml"], 2, "", "unknown command 'sweeep' (did you mean 'sweep'?); commands: run, sweep, check"),
     (["check"], 2, "", "usage: python agent.py check SWEEP.yaml"),
     (["check", "sweeps/freeze.yaml"], 0, "is fine: method bayes, metric val_acc (maximize), searching 5 parameter(s)", ""),
     (["check", "sweeps/freeze.yaml", "--model=resnet18"], 0, "searching 4 parameter(s) (strategy, k_layers, lr, augment)", ""),

@@ -924,6 +924,11 @@ def test_a_zero_backbone_lr_multiplier_is_refused_where_backbone_stages_train(st
 def test_a_config_path_that_is_a_folder_is_a_one_line_error(tmp_path):
     from trainer.config import load_yaml_values
 
+    bad_value = tmp_path / "run.yaml"
+    bad_value.write_text("lr: abc\n")
+    with pytest.raises(UserError, match=rf"^config file {re.escape(str(bad_value))}: lr='abc' is not a valid float"):
+        load_yaml_values(bad_value)
+
     with pytest.raises(UserError, match="cannot read|cannot be read"):
         load_yaml_values(tmp_path)
 

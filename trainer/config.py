@@ -222,9 +222,13 @@ def load_yaml_values(path: Path | str) -> dict[str, Any]:
                             f"{'is' if len(searched) == 1 else 'are'} searched; run it with `python agent.py sweep {path} --count N`, "
                             f"or give --config a file of fixed values")
         data = {k: v["value"] for k, v in data["parameters"].items()}
-    for key in data:
+    for key, value in data.items():
         if str(key).replace("-", "_") not in FIELDS:
             raise UserError(f"config file {path}: unknown parameter {key!r}{nearest(str(key), FIELDS)}; `python agent.py --help` lists them")
+        try:
+            parse_value(str(key).replace("-", "_"), value)  # type and range, named with the file that holds it
+        except UserError as exc:
+            raise UserError(f"config file {path}: {exc}") from None
     return data
 
 
