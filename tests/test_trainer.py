@@ -480,9 +480,12 @@ def test_test_command_writes_accuracy_confusion_and_grid(base, capsys, monkeypat
             sent.append(dict(values))
 
     monkeypatch.setattr(trainer.wandb_log, "start_logger", lambda *a, **k: opened.append(a) or Spy())
+    evaluate_on_test_set(outcome.folder)
+    assert not opened  # trained with W&B disabled: no W&B record to add to, none created
+    (outcome.folder.parent / "wandb" / "offline-run-20261124_101010-for-test").mkdir(parents=True)
     result = evaluate_on_test_set(outcome.folder)
-    # The run's own W&B record (its id, its folder) carries the result, for a report read from W&B.
-    assert [(a[3], a[5]) for a in opened] == [("for-test", outcome.folder.parent)]
+    # The run's own W&B record (its id, its folder, the mode it logged in) carries the result, for a W&B report.
+    assert [(a[0], a[3], a[5]) for a in opened] == [("offline", "for-test", outcome.folder.parent)]
     assert sent == [{key: result[key] for key in (M.TEST_ACC, M.PER_CLASS_ACC, M.NUM_IMAGES, M.CHECKPOINT)}]
     out = outcome.folder / "test"
     assert 0.0 <= result[M.TEST_ACC] <= 1.0 and result[M.NUM_IMAGES] == 12

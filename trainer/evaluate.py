@@ -174,11 +174,16 @@ def _evaluate(run_folder: Path, record: RunRecord, saved: dict, checkpoint: Path
 
 def _log_to_wandb(config, saved: dict, run_folder: Path, result: dict) -> None:
     """The run's W&B record gets the result too (its summary, never a history row): a report read from W&B then
-    sees which runs were tested, and warns when more than one was. A W&B failure only warns."""
+    sees which runs were tested, and warns when more than one was. It goes where the training logged (online or
+    offline, as its latest W&B folder shows), and nowhere when it logged none. A W&B failure only warns."""
     from trainer.config import effective_config
     from trainer.wandb_log import start_logger
 
-    logger = start_logger(config.wandb_mode, config.wandb_project, config.wandb_entity, run_folder.name,
+    logged = sorted((run_folder.parent / "wandb").glob(f"*run-*-{run_folder.name}"), key=lambda p: p.stat().st_mtime)
+    if not logged:
+        return
+    mode = "offline" if logged[-1].name.startswith("offline-run-") else "online"
+    logger = start_logger(mode, config.wandb_project, config.wandb_entity, run_folder.name,
                           {**saved, "run_id": run_folder.name}, run_folder.parent, effective_config(config))
     logger.summary({key: result[key] for key in (M.TEST_ACC, M.PER_CLASS_ACC, M.NUM_IMAGES, M.CHECKPOINT)})
     logger.finish(0)
