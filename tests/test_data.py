@@ -22,6 +22,8 @@ from data.loading import BatchLoader, DecodingStore
 from data.scan import ImageIndex, check_same_classes, scan_folder
 from data.split import stratified_split
 
+from data_helpers import shrink_in_place
+
 PRE = Preprocessing(crop_size=24, resize_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
@@ -134,10 +136,7 @@ def test_the_data_hash_sees_replaced_files_and_not_which_machine_holds_them(inde
     os.utime(next(copy.rglob("*.jpg")), (1, 1))
     first, moved = stratified_split(index), stratified_split(scan_folder(copy, verbose=False))
     assert (moved.hash, moved.data_hash) == (first.hash, first.data_hash) and first.data_hash != first.hash
-    path = sorted(copy.rglob("*.jpg"))[0]
-    with Image.open(path) as image:
-        smaller = image.convert("RGB").resize((image.width // 2 + 1, image.height // 2 + 1))
-    smaller.save(path, quality=60)
+    shrink_in_place(sorted(copy.rglob("*.jpg"))[0])
     replaced = stratified_split(scan_folder(copy, verbose=False))
     assert replaced.hash == first.hash and replaced.data_hash != first.data_hash
 

@@ -8,8 +8,8 @@ The hyperband end-to-end check is `slow`; the driver's side of it is tested with
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +29,8 @@ from sweeper.table import DUPLICATE, Trial, TrialTable
 from sweeper.trial import launch
 from trainer import metrics as M
 from trainer.config import FIELDS, parse_run_config
+
+from data_helpers import shrink_in_place
 
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -967,42 +969,36 @@ def test_a_trial_killed_by_hyperbands_signal_keeps_its_best_epoch(tmp_path):
     assert ended.state == M.EARLY_STOPPED and ended.best_val_acc == 0.5
 
 
-def test_a_sweep_whose_images_changed_between_calls_says_its_trials_do_not_compare(nature_dir, fixed_args, tmp_path, capsys):
-    import shutil
-
-    data = tmp_path / "data"
-    shutil.copytree(nature_dir, data)
-    sweep = write_yaml(tmp_path / "s.yaml", tiny_definition())
-    fixed = {**fixed_args, "data_dir": str(data), "cache_dir": str(tmp_path / "cache")}
-    run_local_sweep(sweep, count=1, sweep_dir=tmp_path / "sweep", fixed=fixed)
-    assert "different data splits" not in capsys.readouterr().out
-    aves = data / "inaturalist_12K" / "train" / "Aves"
+def _add_an_image(train: Path) -> None:
+    aves = train / "Aves"
     shutil.copy(sorted(aves.glob("*.jpg"))[0], aves / "added.jpg")
-    run_local_sweep(sweep, count=2, sweep_dir=tmp_path / "sweep", fixed=fixed)
-    out = capsys.readouterr().out
-    assert "warning: the trials of this sweep trained on 2 different data splits" in out and "start a new sweep with --sweep_dir" in out
 
 
-def test_a_sweep_whose_images_were_replaced_under_the_same_names_says_so(nature_dir, fixed_args, tmp_path, capsys):
-    """Resized copies keep every file name, so the split hash cannot see them; the files' sizes can."""
-    import shutil
+def _shrink_three(train: Path) -> None:
+    for path in sorted(train.rglob("*.jpg"))[:3]:
+        shrink_in_place(path)
 
-    from PIL import Image
 
+@pytest.mark.parametrize("change, splits, data_hashes, warning", [
+    (_add_an_image, 2, 2, "warning: the trials of this sweep trained on 2 different data splits"),
+    # Resized copies keep every file name, so the split hash cannot see them; the files' sizes can.
+    (_shrink_three, 1, 2, "warning: the trials of this sweep trained on images of the same names but different sizes"),
+])
+def test_a_sweep_whose_images_changed_between_calls_says_its_trials_do_not_compare(change, splits, data_hashes, warning,
+                                                                                   nature_dir, fixed_args, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(nature_dir, data)
     sweep = write_yaml(tmp_path / "s.yaml", tiny_definition())
     fixed = {**fixed_args, "data_dir": str(data), "cache_dir": str(tmp_path / "cache")}
     run_local_sweep(sweep, count=1, sweep_dir=tmp_path / "sweep", fixed=fixed)
-    for path in sorted((data / "inaturalist_12K" / "train").rglob("*.jpg"))[:3]:
-        with Image.open(path) as image:
-            smaller = image.convert("RGB").resize((image.width // 2 + 1, image.height // 2 + 1))
-        smaller.save(path, quality=60)
+    assert "do not compare" not in capsys.readouterr().out
+    change(data / "inaturalist_12K" / "train")
     run_local_sweep(sweep, count=2, sweep_dir=tmp_path / "sweep", fixed=fixed)
     out = capsys.readouterr().out
     summaries = [summary_of(tmp_path / "sweep", r["run_id"]) for r in table_rows(tmp_path / "sweep")]
-    assert len({s[M.SPLIT_HASH] for s in summaries}) == 1 and len({s[M.DATA_HASH] for s in summaries}) == 2
-    assert "images of the same names but different sizes" in out and "different data splits" not in out
+    assert (len({s[M.SPLIT_HASH] for s in summaries}), len({s[M.DATA_HASH] for s in summaries})) == (splits, data_hashes)
+    assert warning in out and "start a new sweep with --sweep_dir" in out
+    assert ("different data splits" in out) == (splits == 2)
 
 
 def test_a_sweep_over_the_splits_own_settings_is_no_changed_data(fixed_args, tmp_path, capsys):

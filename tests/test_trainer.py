@@ -27,6 +27,8 @@ from trainer.run import run_training
 from trainer.wandb_log import RunLogger
 from trainer.writer import CheckpointWriter
 
+from data_helpers import shrink_in_place
+
 SMALL = Preprocessing(crop_size=64, resize_size=72, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 TIMING_KEYS = {M.EPOCH_SECONDS, M.IMAGES_PER_SECOND}
 
@@ -803,18 +805,13 @@ def test_a_checkpoint_of_other_files_under_the_same_names_is_not_resumed(base, n
     """Resized copies of the images keep the split hash; the data hash sees them, and the checkpoint is refused."""
     import shutil
 
-    from PIL import Image
-
     from trainer.checkpoint import identity_mismatch
 
     data = tmp_path / "data"
     shutil.copytree(nature_dir, data)
     settings = {**base, "data_dir": str(data)}
     first = run_training(scratch(settings, run_id="resized", epochs=1))
-    path = sorted((data / "inaturalist_12K" / "train").rglob("*.jpg"))[0]
-    with Image.open(path) as image:
-        smaller = image.convert("RGB").resize((image.width // 2 + 1, image.height // 2 + 1))
-    smaller.save(path, quality=60)
+    shrink_in_place(sorted((data / "inaturalist_12K" / "train").rglob("*.jpg"))[0])
     again = run_training(scratch(settings, run_id="resized", epochs=1))
     assert again.summary[M.SPLIT_HASH] == first.summary[M.SPLIT_HASH]
     assert again.summary[M.DATA_HASH] != first.summary[M.DATA_HASH]
