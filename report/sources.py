@@ -213,8 +213,10 @@ def _wandb_record(run: Any) -> RunRecord:
     summary.pop(metrics.VAL_ACC, None)
     wandb_state = str(getattr(run, "state", "") or "").lower()
     state = summary.get(metrics.STATE)
-    if state == metrics.RUNNING and wandb_state in _WANDB_STATES and wandb_state != "running":
-        state = None  # the process died before it could say how it ended (SIGKILL, a crash): W&B's state says it
+    if state == metrics.RUNNING and _WANDB_STATES.get(wandb_state) not in (None, metrics.RUNNING, metrics.FINISHED):
+        # The process died before it could say how it ended (SIGKILL, a crash): W&B's state says it. Never
+        # "finished": only the trainer's own record may say that a run trained all its epochs.
+        state = None
     if state not in metrics.STATES:
         state = _WANDB_STATES.get(wandb_state, metrics.FAILED)
         summary.setdefault(metrics.REASON, None)

@@ -528,6 +528,8 @@ def test_a_wandb_run_that_died_while_running_takes_wandbs_state():
     record = _wandb_record(FakeRun("r01", "crashed", said_running, as_object=True))
     assert (record.state, record.reason) == (metrics.FAILED, "W&B state crashed") and not record.is_complete
     assert _wandb_record(FakeRun("r01", "running", said_running, as_object=True)).state == metrics.RUNNING
+    # W&B's "finished" (a run reopened and closed by other code) never makes a cut-off run complete.
+    assert _wandb_record(FakeRun("r01", "finished", said_running, as_object=True)).state == metrics.RUNNING
 
 
 def test_wandb_run_without_its_best_takes_the_best_logged_epoch_not_the_last():

@@ -489,6 +489,13 @@ def test_test_command_writes_accuracy_confusion_and_grid(base, capsys, monkeypat
     # The run's own W&B record (its id, its folder, the mode it logged in) carries the result, for a W&B report.
     assert [(a[0], a[3], a[5]) for a in opened] == [("offline", "for-test", outcome.folder.parent)]
     assert sent == [{key: result[key] for key in (M.TEST_ACC, M.PER_CLASS_ACC, M.NUM_IMAGES, M.CHECKPOINT)}]
+    summary_path = outcome.folder / "summary.json"
+    finished = summary_path.read_text()
+    summary_path.write_text(json.dumps({**json.loads(finished), M.STATE: M.PREEMPTED}))  # cut off: tested as it is
+    opened.clear()
+    evaluate_on_test_set(outcome.folder)
+    assert not opened  # its W&B run is not reopened and closed as finished
+    summary_path.write_text(finished)
     out = outcome.folder / "test"
     assert 0.0 <= result[M.TEST_ACC] <= 1.0 and result[M.NUM_IMAGES] == 12
     assert set(result[M.PER_CLASS_ACC]) == {"Amphibia", "Aves", "Fungi"}

@@ -179,6 +179,8 @@ def _log_to_wandb(config, saved: dict, run_folder: Path, result: dict) -> None:
     from trainer.config import effective_config
     from trainer.wandb_log import start_logger
 
+    if RunRecord.read_summary(run_folder).get(M.STATE) in (M.RUNNING, M.PREEMPTED, None):
+        return  # reopening its W&B run would end it as finished while the run itself has not ended
     logged = sorted((run_folder.parent / "wandb").glob(f"*run-*-{run_folder.name}"), key=lambda p: p.stat().st_mtime)
     if not logged:
         return
