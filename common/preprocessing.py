@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -24,3 +25,17 @@ class Preprocessing:
             raise ValueError(f"resize_size {self.resize_size} < crop_size {self.crop_size}")
         if self.interpolation not in ("bilinear", "bicubic", "nearest"):
             raise ValueError(f"unknown interpolation {self.interpolation!r}")
+
+    def as_record(self) -> dict[str, Any]:
+        """Plain values (lists, not tuples) for checkpoints and summaries, compared as written."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_record(cls, record: Any) -> "Preprocessing | None":
+        """The preprocessing a run recorded, or None when `record` is missing or not one (older runs)."""
+        if not isinstance(record, dict):
+            return None
+        try:
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
+        except (TypeError, ValueError):
+            return None

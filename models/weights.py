@@ -91,7 +91,9 @@ def preprocessing_for(name: str, weights: str = "imagenet", scratch: ScratchCNNC
     spec = get_spec(name)
     resolved = resolve_weights(spec, weights)
     if resolved.kind == "file" and not spec.is_scratch:
-        origin = _origin_member(spec, resolved.path)
+        recorded, origin = _origin(spec, resolved.path)
+        if recorded is not None:  # the run that wrote it recorded what it saw: also through a chain of warm starts
+            return recorded
         resolved = ResolvedWeights("imagenet", member=origin) if origin is not None else resolved
     if spec.is_scratch:
         size = (scratch or ScratchCNNConfig()).input_size
@@ -220,16 +222,25 @@ def _read_file(path: str) -> tuple[dict[str, torch.Tensor], dict | None]:
     return _state_dict_from(obj, path), base
 
 
-def _origin_member(spec: BackboneSpec, path: str):
-    """The ImageNet weights member a run checkpoint of this model started from (its run's config, else its
-    frozen_base entry); None for plain state_dict files, other models' files and files that do not read here
-    (building the model says why)."""
+def _origin(spec: BackboneSpec, path: str) -> tuple[Preprocessing | None, object]:
+    """(the preprocessing a run checkpoint of this model recorded, or None; else the ImageNet weights member it
+    started from: its run's config, else its frozen_base entry). (None, None) for plain state_dict files, other
+    models' files and files that do not read here (building the model says why)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mapped: no tensor is read
     except Exception:
-        return None
+        return None, None
     if not isinstance(obj, Mapping):
-        return None
+        return None, None
+    identity = obj.get("identity")
+    if isinstance(identity, Mapping) and identity.get("model") == spec.name:
+        recorded = Preprocessing.from_record(identity.get("preprocessing"))
+        if recorded is not None:
+            return recorded, None
+    return None, _origin_member(spec, obj, path)
+
+
+def _origin_member(spec: BackboneSpec, obj: Mapping, path: str):
     config = obj.get("config")
     if isinstance(config, Mapping) and config.get("model") == spec.name and isinstance(config.get("weights"), str):
         try:

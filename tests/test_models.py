@@ -399,6 +399,11 @@ def test_a_warm_start_from_a_run_checkpoint_sees_images_as_that_run_did(tmp_path
     lean = saved("lean.pt", {"model": {}, "frozen_base": {"weights": "ViT_B_16_Weights.IMAGENET1K_SWAG_LINEAR_V1", "keys": []}})
     pre = preprocessing_for("vit_b_16", lean)  # no config: the frozen stages' weights say where it started
     assert (pre.resize_size, pre.interpolation) == (224, "bicubic")
+    # A warm start of a warm start: its config names only a file, but its run recorded what it saw.
+    v1_pre = preprocessing_for("resnet50", "IMAGENET1K_V1")
+    chained = saved("chained.pt", {"model": {}, "config": {"model": "resnet50", "weights": v1_run},
+                                   "identity": {"model": "resnet50", "preprocessing": v1_pre.as_record()}})
+    assert preprocessing_for("resnet50", chained) == v1_pre
     # Files that do not say: another model's run, a plain state_dict: the default weights' metadata.
     assert preprocessing_for("resnet50", saved("r18.pt", {"model": {}, "config": {"model": "resnet18", "weights": "IMAGENET1K_V1"}})).resize_size == 232
     assert preprocessing_for("resnet50", saved("plain.pt", {"fc.weight": torch.zeros(2, 2)})).resize_size == 232

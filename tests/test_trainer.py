@@ -829,6 +829,19 @@ def test_a_checkpoint_of_other_files_under_the_same_names_is_not_resumed(base, n
     assert identity_mismatch(older, {"config_hash": "h", "split_hash": "t", "data_hash": "d"}) == "split_hash"
 
 
+def test_the_test_command_sees_images_as_the_run_recorded_it_saw_them(base, monkeypatch):
+    """A warm start's source file may be gone when its run is tested: the run's own checkpoint says what it saw."""
+    import trainer.evaluate
+
+    outcome = run_training(scratch(base, run_id="seen", epochs=1))
+    identity = torch.load(outcome.folder / "best.pt", weights_only=True)["identity"]
+    assert identity["preprocessing"] == outcome.summary["preprocessing"] == {
+        "crop_size": 32, "resize_size": 37, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        "interpolation": "bilinear"}
+    monkeypatch.setattr(trainer.evaluate, "preprocessing_for", lambda *a, **k: 1 / 0)  # the config's weights: unread
+    assert 0 <= evaluate_on_test_set(outcome.folder)[M.TEST_ACC] <= 1
+
+
 def test_summary_records_code_and_weights_provenance(base):
     outcome = run_training(scratch(base, run_id="provenance", epochs=1))
     assert outcome.summary["code_version"] and outcome.summary[M.WEIGHTS_VERSION] == "none"

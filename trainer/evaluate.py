@@ -19,6 +19,7 @@ import torch
 from common.atomic import write_json
 from common.disk import ensure_writable
 from common.errors import UserError
+from common.preprocessing import Preprocessing
 from data.augment import EvalTransform
 from data.cache import CACHE_OPTION
 from data.images import decode_working
@@ -119,7 +120,9 @@ def _evaluate(run_folder: Path, record: RunRecord, saved: dict, checkpoint: Path
 
     target = resolve_device(device)
     model = build_model(config.model, len(test_index.classes), str(checkpoint), config.aux_loss_weight, config.bn_mode, scratch_config(config)).to(target).eval()
-    pre = preprocessing_for(config.model, config.weights, scratch_config(config))
+    # As the run saw its images: recorded in its checkpoint (a warm start's source file may be gone by now).
+    pre = Preprocessing.from_record((payload.get("identity") or {}).get("preprocessing")) or \
+        preprocessing_for(config.model, config.weights, scratch_config(config))
     transform = EvalTransform(pre)
     # The run's precision on a GPU; fp32 on a CPU, where fp16 does not exist and bf16 only slows inference down.
     autocast_dtype = resolve_precision(config.precision if target.type == "cuda" else "fp32", target)

@@ -197,7 +197,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     identity = {
         "config_hash": config_hash(config), "model": model.spec.name, "weights_version": model.weights_version,
         "stage_names": list(model.stage_names), "classes": list(data.classes), "split_hash": data.split.hash,
-        M.DATA_HASH: data.split.data_hash,
+        M.DATA_HASH: data.split.data_hash, "preprocessing": pre.as_record(),
     }
 
     # Depth of the frozen prefix that never trains in this run: cached (augment none) or run without autograd.
@@ -274,6 +274,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
         "precision": str(dtype).replace("torch.", "") if dtype else "fp32", M.CACHE_SECONDS: cache_seconds,
         M.CODE_VERSION: code_version(), "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,  # the weights' enums and their metadata come with it
+        "preprocessing": pre.as_record(),  # what the images were: a warm start and `agent.py test` read it back
     }
     facts[M.BATCH_SIZE_ASKED] = config.batch_size if batch_size != config.batch_size else None
     record.update_summary(**facts, **{M.STATE: M.RUNNING, M.REASON: None})
