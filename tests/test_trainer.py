@@ -932,13 +932,34 @@ def test_stages_unfrozen_later_keep_the_backbone_lr_multiplier():
     assert loop.optimizer.param_groups[0]["initial_lr"] == 0.1
 
 
-@pytest.mark.parametrize("strategy", ["full", "last_k", "gradual", "norm_and_head"])
-def test_a_zero_backbone_lr_multiplier_is_refused_where_backbone_stages_train(strategy):
+@pytest.mark.parametrize("settings, refused", [
+    ({"strategy": "full"}, True), ({"strategy": "last_k", "k_layers": 2}, True), ({"strategy": "norm_and_head"}, True),
+    ({"strategy": "gradual", "unfreeze_every_epochs": 2}, True),  # head only in epochs 1-2, a backbone stage from 3
+    ({"strategy": "gradual", "unfreeze_every_epochs": 3}, False),  # never past the head in 3 epochs
+    ({"strategy": "last_k", "k_layers": 0}, False), ({"strategy": "fraction", "freeze_fraction": 1.0}, False),
+])
+def test_a_zero_backbone_lr_multiplier_is_refused_where_backbone_stages_train(settings, refused):
     """lr 0 for "trained" stages: head-only in effect, under another strategy's name, with BatchNorm drifting."""
-    with pytest.raises(UserError) as caught:
-        parse_run_config({"model": "resnet18", "strategy": strategy, "backbone_lr_mult": 0})
-    assert "\n" not in str(caught.value) and "--strategy=head_only" in str(caught.value)
-    assert parse_run_config({"model": "resnet18", "strategy": "head_only", "backbone_lr_mult": 0}).backbone_lr_mult is None
+    from models import resolve_strategy
+    from trainer.run import freeze_options, refuse_idle_backbone
+
+    config = parse_run_config({"model": "resnet18", "backbone_lr_mult": 0, "epochs": 3, **settings})  # reads: old runs load
+    stages = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
+    check = lambda: refuse_idle_backbone(config, stages, resolve_strategy(config.strategy), freeze_options(config))  # noqa: E731
+    if refused:
+        with pytest.raises(UserError) as caught:
+            check()
+        assert "\n" not in str(caught.value) and "--strategy=head_only" in str(caught.value)
+    else:
+        check()
+
+
+def test_a_run_with_a_zero_backbone_lr_multiplier_is_refused_before_it_trains(base):
+    with pytest.raises(UserError, match="backbone_lr_mult=0 with strategy=full"):
+        run_training(parse_run_config({**base, "model": "resnet18", "weights": "none", "strategy": "full",
+                                       "backbone_lr_mult": 0, "run_id": "idle", "epochs": 1}))
+    summary = json.loads((Path(base["output_dir"]) / "idle" / "summary.json").read_text())
+    assert summary[M.STATE] == M.FAILED and summary[M.EXIT_CODE] == 2 and "backbone_lr_mult=0" in summary[M.REASON]
 
 
 def test_a_config_path_that_is_a_folder_is_a_one_line_error(tmp_path):

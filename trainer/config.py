@@ -272,10 +272,6 @@ def normalise(config: RunConfig) -> RunConfig:
             changes.update(backbone_lr_mult=None, layer_decay=None)
         else:
             changes["backbone_lr_mult"] = 0.1 if config.backbone_lr_mult is None else config.backbone_lr_mult
-            if changes["backbone_lr_mult"] == 0:  # "full" in name, head-only in effect, with BatchNorm drifting
-                raise UserError(f"backbone_lr_mult=0 with strategy={strategy.name} trains its backbone stages at lr 0: they "
-                                f"still cost their backward pass and their BatchNorm statistics still move; use "
-                                f"--strategy=head_only to train the head alone, or a multiplier above 0")
             changes["layer_decay"] = 1.0 if config.layer_decay is None else config.layer_decay
         changes.update(_fold_freezing(spec, strategy, dataclasses.replace(config, **changes)))
         if config.weights == spec.default_weights:  # the explicit name of what "imagenet" means

@@ -194,6 +194,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     pre = preprocessing_for(config.model, config.weights, scratch)
     strategy, options = resolve_strategy(config.strategy), freeze_options(config)
     validate_options(strategy, model.stage_names, options, model_name=config.model)
+    refuse_idle_backbone(config, model.stage_names, strategy, options)
     identity = {
         "config_hash": config_hash(config), "model": model.spec.name, "weights_version": model.weights_version,
         "stage_names": list(model.stage_names), "classes": list(data.classes), "split_hash": data.split.hash,
@@ -425,6 +426,20 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
         store.close(timeout=20 if state_name == M.PREEMPTED else 600)
         summary = _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
     return RunOutcome(run_id, folder, state_name, exit_code, summary)
+
+
+def refuse_idle_backbone(config: RunConfig, stage_names: tuple[str, ...], strategy, options) -> None:
+    """backbone_lr_mult=0 where some epoch trains a backbone stage (or its norm layers): head-only in effect under
+    another strategy's name, paying for the backward pass, with BatchNorm statistics drifting. Checked when a run
+    starts, not when a config is read: saved configs of older runs still load (to test them, say)."""
+    if config.backbone_lr_mult != 0:
+        return
+    for epoch in range(config.epochs):
+        plan = plan_for_epoch(strategy, stage_names, options, epoch, config.model)
+        if plan.train_norm_layers or set(plan.trainable_stages) - {stage_names[-1]}:
+            raise UserError(f"backbone_lr_mult=0 with strategy={strategy.name} trains backbone stages at lr 0 (from epoch "
+                            f"{epoch + 1}): they still cost their backward pass and their BatchNorm statistics still move; "
+                            f"use --strategy=head_only to train the head alone, or a multiplier above 0")
 
 
 def _disk_hint(config: RunConfig, exc: BaseException) -> str:
