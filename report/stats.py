@@ -308,11 +308,24 @@ def _points(records: list[RunRecord], cost) -> dict[str, tuple[float, float]]:
 def _best_seed_group(records: list[RunRecord]) -> SeedGroup | None:
     """The config repeated over seeds with the highest mean: the one claim a reader can lean on."""
     by_config: dict[str, list[RunRecord]] = defaultdict(list)
-    for record in records:  # seeds of one config on one split of the same files: other data is another claim
-        data = (record.summary.get(metrics.SPLIT_HASH), record.summary.get(metrics.DATA_HASH))
-        by_config[record.config_key(without=(SEED,)) + json.dumps(data)].append(record)
+    for record in records:
+        by_config[record.config_key(without=(SEED,))].append(record)
+    groups = list(by_config.values())
+    # Seeds of one config on one split of the same files: other data is another claim. A hash some runs did not
+    # record (older code) is unknown, not different: it splits nothing.
+    for key in (metrics.SPLIT_HASH, metrics.DATA_HASH):
+        refined = []
+        for members in groups:
+            if all(r.summary.get(key) for r in members):
+                by_value: dict[str, list[RunRecord]] = defaultdict(list)
+                for record in members:
+                    by_value[str(record.summary[key])].append(record)
+                refined.extend(by_value.values())
+            else:
+                refined.append(members)
+        groups = refined
     candidates = []
-    for members in by_config.values():
+    for members in groups:
         # Runs repeating one seed are one sample, not several: averaged per seed, the interval counts seeds.
         by_seed: dict[str, list[float]] = defaultdict(list)
         for record in members:

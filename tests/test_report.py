@@ -885,6 +885,9 @@ def test_seeds_measured_on_other_data_are_not_one_interval(tmp_path):
     assert report_of(runs)[0].seeds_scratch is None  # one seed on each split: no interval across the two
     add_finished(runs, "r18", "r09", 0.44, seed=1)
     assert [r.run_id for r in report_of(runs)[0].seeds_scratch.records] == ["r16", "r18"]
+    # A data hash that older runs did not record is unknown, not different: the seeds still pool.
+    add_run(runs, "r19", "r09", [0.3, 0.42], finished_summary("r09", 0.42, **{metrics.DATA_HASH: "files-a"}), seed=2)
+    assert [r.run_id for r in report_of(runs)[0].seeds_scratch.records] == ["r16", "r18", "r19"]
 
 
 def test_a_run_retried_at_half_the_batch_is_shown_and_grouped_as_it_trained(tmp_path):
