@@ -86,5 +86,12 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_RUN_ID", raising=False)
     monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    import trainer.wandb_log
+
+    for name in trainer.wandb_log.PROXY_VARIABLES:  # the W&B probe's tests say where a proxy is
+        monkeypatch.delenv(name, raising=False)
+
+    trainer.wandb_log._online_reachable.cache_clear()  # probed once per process: once per test here
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     os.environ.setdefault("OMP_NUM_THREADS", "2")

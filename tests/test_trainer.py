@@ -1228,11 +1228,23 @@ def test_wandb_mode_auto_with_a_key_but_no_network_logs_offline_at_once(monkeypa
         monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
         assert trainer.wandb_log._server() == ("127.0.0.1", port)
         assert resolve_mode("auto") == "online"
-        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed.getsockname()[1]}")
-        assert resolve_mode("auto") == "offline" and "cannot be reached; logging offline" in capfd.readouterr().out
+
+        def answer_with(**env) -> str:
+            for name, value in env.items():
+                monkeypatch.setenv(name, value)
+            trainer.wandb_log._online_reachable.cache_clear()
+            return resolve_mode("auto")
+
+        assert answer_with(WANDB_BASE_URL=f"http://127.0.0.1:{closed.getsockname()[1]}") == "offline"
+        assert resolve_mode("auto") == "offline"  # probed once per process: one note, not one per call
+        assert capfd.readouterr().out.count("cannot be reached; logging offline") == 1
         assert resolve_mode("online") == "online"  # asked for by name: as asked
-        monkeypatch.setenv("WANDB_SWEEP_ID", "abc123")  # a trial of `wandb agent`: its result must reach the sweep
-        assert resolve_mode("auto") == "online"
+        # A trial of `wandb agent` (its result must reach the sweep), a proxy (a direct connection says nothing),
+        # an address that does not parse (W&B says what is wrong with it): online, unprobed.
+        assert answer_with(HTTPS_PROXY=f"http://127.0.0.1:{closed.getsockname()[1]}") == "online"
+        monkeypatch.delenv("HTTPS_PROXY")
+        assert answer_with(WANDB_BASE_URL="http://wandb.local:80a") == "online"
+        assert answer_with(WANDB_BASE_URL=f"http://127.0.0.1:{closed.getsockname()[1]}", WANDB_SWEEP_ID="abc123") == "online"
     finally:
         listening.close()
         closed.close()

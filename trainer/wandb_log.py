@@ -8,6 +8,7 @@ W&B finds them itself (`wandb login` or WANDB_API_KEY).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import socket
@@ -76,20 +77,35 @@ def resolve_mode(requested: str) -> str:
         print(f"warning: could not tell whether W&B credentials are set ({type(exc).__name__}: {exc}); logging offline "
               f"(pass --wandb_mode=online if you are logged in)")
         return "offline"
-    # A key but no network (a Kaggle secret with internet off): online would wait 90 s, then keep no W&B record.
-    # Not under `wandb agent`: it just got this trial from the server, and its result must go back there.
+    return "online" if _online_reachable() else "offline"
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+@functools.lru_cache(maxsize=1)
+def _online_reachable() -> bool:
+    """A key but no network (a Kaggle secret with internet off): online would wait 90 s, then keep no W&B record.
+    Probed once per process. Not probed under `wandb agent` (it just got this trial from the server, and its result
+    must go back there), behind a proxy (a direct connection says nothing), or when the server's address does not
+    parse (W&B will say what is wrong with it)."""
+    if os.environ.get("WANDB_SWEEP_ID") or any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return True
     server = _server()
-    if not os.environ.get("WANDB_SWEEP_ID") and not server_reachable(*server):
-        print(f"note: W&B server {server[0]} cannot be reached; logging offline (`wandb sync <output_dir>/wandb/offline-run-*` "
-              f"uploads it later)", flush=True)
-        return "offline"
-    return "online"
+    if server is None or server_reachable(*server):
+        return True
+    print(f"note: W&B server {server[0]} cannot be reached; logging offline (`wandb sync <output_dir>/wandb/offline-run-*` "
+          f"uploads it later)", flush=True)
+    return False
 
 
-def _server() -> tuple[str, int]:
+def _server() -> tuple[str, int] | None:
     """Host and port of the W&B server this process would log to (WANDB_BASE_URL, else W&B's cloud)."""
-    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
-    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+        return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+    except ValueError:  # a port that is no number
+        return None
 
 
 def server_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
@@ -97,7 +113,7 @@ def server_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
-    except OSError:
+    except (OSError, UnicodeError):  # UnicodeError: a host name that cannot be encoded
         return False
 
 
