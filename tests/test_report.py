@@ -1117,3 +1117,62 @@ def test_a_report_without_matplotlib_still_gives_its_numbers(tmp_path, sweep_dir
     assert table_run_ids(section(text, 2))[:3] == ["r04", "r06", "r02"] and "+35.00 points" in section(text, 1)
     assert (tmp_path / "out" / "runs.csv").exists() and not list((tmp_path / "out").glob("*.png"))
     assert not any(f"]({name})" in text for name in FIGURES.values())
+
+
+# --- pinned by a mutation audit of the report's run grouping and provenance -------------------------------
+
+def test_a_run_from_a_relative_checkpoint_path_is_a_warm_start_before_it_recorded_its_weights():
+    from report.table import RunRecord
+
+    # `--weights=best.pt` (no slash) in the config; the summary has no weights version yet (it died first).
+    record = RunRecord("r16", metrics.FAILED, {**make_config("r03"), "weights": "best.pt"},
+                       without(make_summary("r03"), metrics.WEIGHTS_VERSION))
+    assert record.is_warm_start and record.model_label == "resnet50 (warm start)"
+
+
+def test_seeds_trained_on_other_files_under_the_same_names_are_not_one_interval(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_run(runs, "r16", "r09", [0.3, 0.4], finished_summary("r09", 0.4, **{metrics.DATA_HASH: "files-a"}), seed=0)
+    add_run(runs, "r17", "r09", [0.3, 0.9], finished_summary("r09", 0.9, **{metrics.DATA_HASH: "files-b"}), seed=1)
+    assert report_of(runs)[0].seeds_scratch is None  # same split, replaced images: one seed on each
+    add_run(runs, "r18", "r09", [0.3, 0.44], finished_summary("r09", 0.44, **{metrics.DATA_HASH: "files-a"}), seed=1)
+    assert [r.run_id for r in report_of(runs)[0].seeds_scratch.records] == ["r16", "r18"]
+
+
+def test_runs_on_another_split_are_not_also_said_to_have_replaced_images(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_run(runs, "r16", "r09", [0.3, 0.4], finished_summary("r09", 0.4, **{metrics.DATA_HASH: "files-a"}))
+    other = finished_summary("r09", 0.5, **{metrics.DATA_HASH: "files-b", metrics.SPLIT_HASH: "other-split"})
+    add_run(runs, "r17", "r09", [0.3, 0.5], other, seed=1)
+    warnings = " ".join(report_of(runs)[0].provenance.warnings)
+    assert "2 different data splits" in warnings and "different sets of files" not in warnings
+
+
+def test_random_init_runs_are_not_another_weights_version_of_their_model(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_finished(runs, "r16", "r03", 0.8)
+    add_run(runs, "r17", "r03", [0.3, 0.4], {**finished_summary("r03", 0.4), metrics.WEIGHTS_VERSION: "none"}, weights="none")
+    warnings = " ".join(report_of(runs)[0].provenance.warnings)
+    assert "used weights=none" in warnings and "different weights versions" not in warnings
+
+
+def test_a_wandb_run_in_a_state_we_do_not_know_keeps_our_running_state():
+    from report.sources import _wandb_record
+
+    said_running = {**make_summary("r01"), metrics.STATE: metrics.RUNNING, metrics.REASON: None}
+    for wandb_state in ("", "some-new-state"):
+        record = _wandb_record(FakeRun("r01", wandb_state, said_running, as_object=True))
+        assert (record.state, record.reason) == (metrics.RUNNING, None)
+
+
+def test_a_sweeps_run_whose_process_is_gone_says_to_run_the_sweep_again(tmp_path, sweep_dir):
+    import shutil
+
+    shutil.copytree(sweep_dir, tmp_path / "sweep")
+    summary_path = tmp_path / "sweep" / "runs" / "r03" / "summary.json"
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), metrics.STATE: "running", metrics.REASON: None}))
+    record = {r.run_id: r for r in load_table(str(tmp_path / "sweep")).records}["r03"]
+    assert record.state == "running" and record.reason.endswith("run the sweep command again to resume it")
