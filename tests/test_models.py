@@ -409,6 +409,28 @@ def test_a_warm_start_from_a_run_checkpoint_sees_images_as_that_run_did(tmp_path
     assert preprocessing_for("resnet50", saved("plain.pt", {"fc.weight": torch.zeros(2, 2)})).resize_size == 232
 
 
+def test_a_checkpoint_of_another_models_run_does_not_lend_its_recorded_preprocessing(tmp_path):
+    """A resnet18 run's best.pt recorded what resnet18 saw; for a resnet50 it says nothing: the default metadata."""
+    from common.preprocessing import Preprocessing
+
+    small = Preprocessing(64, 73, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    torch.save({"model": {}, "identity": {"model": "resnet18", "preprocessing": small.as_record()}}, tmp_path / "r18.pt")
+    assert preprocessing_for("resnet50", str(tmp_path / "r18.pt")).resize_size == 232
+    assert preprocessing_for("resnet18", str(tmp_path / "r18.pt")) == small
+
+
+def test_a_recorded_preprocessing_reads_back_as_written_and_anything_else_reads_as_none():
+    """Older runs (no record) and records this code cannot use (a newer interpolation) fall back, never crash."""
+    from common.preprocessing import Preprocessing
+
+    pre = preprocessing_for("resnet50", "IMAGENET1K_V1")
+    assert Preprocessing.from_record(pre.as_record()) == pre and isinstance(pre.as_record()["mean"], list)
+    record = pre.as_record()
+    for other in (None, [1, 2], {**record, "interpolation": "lanczos"}, {**record, "resize_size": 10},
+                  {k: v for k, v in record.items() if k != "mean"}, {**record, "antialias": True}):
+        assert Preprocessing.from_record(other) is None
+
+
 def test_scratch_preprocessing_follows_its_input_size():
     pre = preprocessing_for("scratch_cnn", "none", ScratchCNNConfig(input_size=64))
     assert (pre.crop_size, pre.resize_size) == (64, 73)

@@ -216,6 +216,16 @@ def test_a_checkpoint_store_on_a_drive_not_mounted_is_refused_before_training(na
     assert outcome.state == M.FINISHED and (tmp_path / "ckpts" / "new-store" / "last.pt").exists()
 
 
+def test_a_checkpoint_store_that_is_a_file_is_refused_with_the_option_to_change(tmp_path):
+    """A store path that cannot hold run folders is named at once, with the option to fix, not after an epoch."""
+    from trainer.store import FolderStore
+
+    taken = tmp_path / "ckpts"
+    taken.write_text("not a folder")
+    with pytest.raises(UserError, match="checkpoint store .*ckpts is a file, not a folder: pass --checkpoint_store"):
+        FolderStore(taken, "r1")
+
+
 @pytest.fixture
 def imagenet_hub(tmp_path, monkeypatch):
     """resnet18 'ImageNet' weights (random, seeded) pre-placed in a temp hub cache; the network is never asked."""

@@ -85,6 +85,20 @@ def test_sweep_yaml_speaks_the_run_config(path):
             parse_run_config({name: value})  # a typo (unknown model, activation) fails here, not in trial 17
 
 
+def test_a_max_yaml_reads_as_a_string_is_named_with_a_signed_exponent(tmp_path):
+    """`max: 1e0` is a string to YAML 1.1 too, and so is `1.0e0`: the hint must be a spelling YAML reads as a number."""
+    import yaml
+
+    path = tmp_path / "lr.yaml"
+    path.write_text("method: bayes\nmetric: {name: val_acc, goal: maximize}\n"
+                    "parameters:\n  lr: {distribution: log_uniform_values, min: 1.0e-5, max: 1e0}\n")
+    with pytest.raises(UserError) as caught:
+        load_definition(path)
+    message = str(caught.value)
+    assert "parameter 'lr' has max: 1e0, which YAML reads as a string" in message and "e.g. 1.0e+0" in message
+    assert yaml.safe_load("x: 1.0e+0")["x"] == 1.0
+
+
 def test_an_exponent_yaml_reads_as_a_string_is_named_with_the_spelling_it_reads(tmp_path):
     """`min: 1e-5` is a string to YAML 1.1 (no dot): the schema's own message would not say why."""
     path = tmp_path / "lr.yaml"
@@ -867,6 +881,7 @@ def test_definitions_the_engine_would_misread_are_refused():
     (["check", "--help"], 0, "usage: python agent.py check SWEEP.yaml", ""),
     (["sweeep", "sweeps/tiny.yaml"], 2, "", "unknown command 'sweeep' (did you mean 'sweep'?); commands: run, sweep, check"),
     (["check"], 2, "", "usage: python agent.py check SWEEP.yaml"),
+    (["check", "--model=resnet18", "sweeps/freeze.yaml"], 2, "", "usage: python agent.py check SWEEP.yaml"),  # YAML first
     (["check", "sweeps/freeze.yaml"], 0, "is fine: method bayes, metric val_acc (maximize), searching 5 parameter(s)", ""),
     (["check", "sweeps/freeze.yaml", "--model=resnet18"], 0, "searching 4 parameter(s) (strategy, k_layers, lr, augment)", ""),
     (["check", "sweeps/freeze.yaml", "--model=vgg16", "--k_layers=9"], 2, "", "k_layers"),

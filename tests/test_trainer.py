@@ -541,6 +541,24 @@ def test_test_command_writes_accuracy_confusion_and_grid(base, capsys, monkeypat
         evaluate_on_test_set(outcome.folder)
 
 
+def test_the_test_result_reaches_wandb_in_the_mode_of_the_runs_latest_wandb_folder(tmp_path, monkeypatch):
+    """Trained online, then resumed offline (no network): the result goes to the offline record, as the training did."""
+    import trainer.wandb_log
+    from trainer.evaluate import _log_to_wandb
+
+    folder = tmp_path / "runs" / "r1"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({M.STATE: M.FINISHED}))
+    for name, when in (("run-20261124_101010-r1", 1_000_000), ("offline-run-20261124_111111-r1", 2_000_000)):
+        (folder.parent / "wandb" / name).mkdir(parents=True)
+        os.utime(folder.parent / "wandb" / name, (when, when))
+    opened = []
+    monkeypatch.setattr(trainer.wandb_log, "start_logger", lambda *a, **k: opened.append(a[0]) or RunLogger())
+    result = {M.TEST_ACC: 0.5, M.PER_CLASS_ACC: {}, M.NUM_IMAGES: 2, M.CHECKPOINT: "best.pt"}
+    _log_to_wandb(parse_run_config({"model": "scratch_cnn"}), {}, folder, result)
+    assert opened == ["offline"]
+
+
 def test_the_test_command_finds_a_relative_data_dir_from_any_folder_and_never_downloads(base, nature_dir, tmp_path, monkeypatch):
     import shutil
 
@@ -827,6 +845,16 @@ def test_a_checkpoint_of_other_files_under_the_same_names_is_not_resumed(base, n
     older = {"identity": {"config_hash": "h", "split_hash": "s"}}
     assert identity_mismatch(older, {"config_hash": "h", "split_hash": "s", "data_hash": "d"}) is None
     assert identity_mismatch(older, {"config_hash": "h", "split_hash": "t", "data_hash": "d"}) == "split_hash"
+
+
+def test_a_checkpoint_written_before_runs_recorded_their_preprocessing_is_still_resumed():
+    """Unknown is not different: an older last.pt resumes; one that saw other images (another resize) does not."""
+    from trainer.checkpoint import identity_mismatch
+
+    pre = {"crop_size": 32, "resize_size": 37, "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear"}
+    now = {"config_hash": "h", "split_hash": "s", "data_hash": "d", "preprocessing": pre}
+    assert identity_mismatch({"identity": {"config_hash": "h", "split_hash": "s"}}, now) is None
+    assert identity_mismatch({"identity": {**now, "preprocessing": {**pre, "resize_size": 40}}}, now) == "preprocessing"
 
 
 def test_the_test_command_sees_images_as_the_run_recorded_it_saw_them(base, monkeypatch):
@@ -1248,6 +1276,20 @@ def test_wandb_mode_auto_with_a_key_but_no_network_logs_offline_at_once(monkeypa
     finally:
         listening.close()
         closed.close()
+
+
+def test_the_wandb_reachability_probe_uses_the_servers_own_port(monkeypatch):
+    """A self-hosted server on plain http (no port) listens on 80: probing 443 would log it offline for nothing."""
+    import trainer.wandb_log
+
+    for url, server in (("http://wandb.local", ("wandb.local", 80)), ("https://wandb.local", ("wandb.local", 443)),
+                        ("http://wandb.local:8080", ("wandb.local", 8080))):
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        assert trainer.wandb_log._server() == server
+    monkeypatch.delenv("WANDB_BASE_URL")
+    assert trainer.wandb_log._server() == ("api.wandb.ai", 443)
+    # A host name that cannot even be encoded (a label over 63 characters) is unreachable, not a crash.
+    assert trainer.wandb_log.server_reachable("a" * 64 + ".example", 443) is False
 
 
 def test_wandb_mode_auto_falls_back_to_offline_when_online_fails(monkeypatch, tmp_path, capfd):
