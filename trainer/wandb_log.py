@@ -228,8 +228,9 @@ def start_logger(mode: str, project: str, entity: str, run_id: str, config: dict
     except ImportError:
         _warn("wandb is not installed; logging locally only")
         return RunLogger()
-    logger = _start(wandb, mode, project, entity, run_id, config, folder, effective, quiet=requested == "auto" and mode == "online")
-    if logger is None and requested == "auto" and mode == "online":  # the server refused or timed out: keep a record
+    fallback = requested == "auto" and mode == "online"  # chosen for the user: offline keeps a record if it fails
+    logger = _start(wandb, mode, project, entity, run_id, config, folder, effective, quiet=fallback)
+    if logger is None and fallback:  # the server refused or timed out
         print("note: W&B could not start online; logging offline (`wandb sync` uploads it later)", flush=True)
         logger = _start(wandb, "offline", project, entity, run_id, config, folder, effective, quiet=False)
     return logger or RunLogger()
