@@ -85,32 +85,22 @@ def test_sweep_yaml_speaks_the_run_config(path):
             parse_run_config({name: value})  # a typo (unknown model, activation) fails here, not in trial 17
 
 
-def test_a_max_yaml_reads_as_a_string_is_named_with_a_signed_exponent(tmp_path):
-    """`max: 1e0` is a string to YAML 1.1 too, and so is `1.0e0`: the hint must be a spelling YAML reads as a number."""
-    import yaml
-
+@pytest.mark.parametrize("bounds, named, hint, fixed", [
+    ("min: 1e-5, max: 1.0e-2", "min: 1e-5", "1.0e-5", ("1e-5", "1.0e-5")),  # 1.0e-2 is a number already
+    ("min: 1.0e-5, max: 1e0", "max: 1e0", "1.0e+0", ("1e0", "1.0e+0")),  # 1.0e0 would be a string too: signed
+])
+def test_an_exponent_yaml_reads_as_a_string_is_named_with_a_spelling_it_reads_as_a_number(bounds, named, hint, fixed, tmp_path):
+    """`min: 1e-5` is a string to YAML 1.1 (no dot, or no sign): the schema's own message would not say why."""
     path = tmp_path / "lr.yaml"
     path.write_text("method: bayes\nmetric: {name: val_acc, goal: maximize}\n"
-                    "parameters:\n  lr: {distribution: log_uniform_values, min: 1.0e-5, max: 1e0}\n")
+                    f"parameters:\n  lr: {{distribution: log_uniform_values, {bounds}}}\n")
     with pytest.raises(UserError) as caught:
         load_definition(path)
     message = str(caught.value)
-    assert "parameter 'lr' has max: 1e0, which YAML reads as a string" in message and "e.g. 1.0e+0" in message
-    assert yaml.safe_load("x: 1.0e+0")["x"] == 1.0
-
-
-def test_an_exponent_yaml_reads_as_a_string_is_named_with_the_spelling_it_reads(tmp_path):
-    """`min: 1e-5` is a string to YAML 1.1 (no dot): the schema's own message would not say why."""
-    path = tmp_path / "lr.yaml"
-    path.write_text("method: bayes\nmetric: {name: val_acc, goal: maximize}\n"
-                    "parameters:\n  lr: {distribution: log_uniform_values, min: 1e-5, max: 1.0e-2}\n")
-    with pytest.raises(UserError) as caught:
-        load_definition(path)
-    message = str(caught.value)
-    assert message.startswith(f"sweep file {path}: parameter 'lr' has min: 1e-5, which YAML reads as a string")
-    assert "e.g. 1.0e-5" in message and "max:" not in message  # 1.0e-2 is a number already
-    path.write_text(path.read_text().replace("1e-5", "1.0e-5"))
-    assert load_definition(path).parameters["lr"]["min"] == 1e-5
+    assert message.startswith(f"sweep file {path}: parameter 'lr' has {named}, which YAML reads as a string")
+    assert f"e.g. {hint}" in message and message.count("which YAML reads as a string") == 1
+    path.write_text(path.read_text().replace(*fixed))
+    assert isinstance(load_definition(path).parameters["lr"][named.split(":")[0]], float)
 
 
 def test_definition_problems_name_the_mistake(tmp_path):
