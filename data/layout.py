@@ -86,13 +86,16 @@ def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None 
 
 def _class_holder(data_dir: Path) -> Path | None:
     """`data_dir`, or its only sub-folder, when its sub-folders (two or more) hold files: class folders of images."""
+    def subfolders(folder: Path) -> list[Path]:
+        return [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))]
+
     def holds_classes(folder: Path) -> bool:
-        subs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))]
+        subs = subfolders(folder)
         return len(subs) >= 2 and all(any(f.is_file() for f in sub.iterdir()) for sub in subs[:50])
 
     if holds_classes(data_dir):
         return data_dir
-    subs = [p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))]
+    subs = subfolders(data_dir)
     return subs[0] if len(subs) == 1 and holds_classes(subs[0]) else None
 
 

@@ -94,8 +94,8 @@ def _load_local(path: Path) -> RunTable:
         if record.state == metrics.RUNNING and row is not None and not TrainerRecord.in_training(folder_of[record.run_id]):
             summary = {**record.summary, metrics.STATE: row["state"], metrics.REASON: row.get("reason"), metrics.EXIT_CODE: row.get("exit_code")}
             records[i] = dataclasses.replace(record, state=str(row["state"]), summary=summary)
-        elif record.state == metrics.RUNNING and not record.reason and not TrainerRecord.in_training(folder_of[record.run_id]):
-            folder = folder_of[record.run_id]
+        elif record.state == metrics.RUNNING and not record.reason and not TrainerRecord.in_training(record.folder):
+            folder = record.folder
             how = ("run the sweep command again" if sweep else
                    f"`python agent.py --resume --run_id={record.run_id} --output_dir={folder.parent}`")
             reason = (f"not training now: its process was stopped or killed before it could record how it ended; "
