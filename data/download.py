@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from common.atomic import write_text
 from common.errors import UserError
-from common.disk import write_problem
+from common.disk import ensure_space, size_text, write_problem
 from common.locks import file_lock
 
 NATURE_12K_URL = "https://storage.googleapis.com/wandb_datasets/nature_12K.zip"
@@ -52,8 +52,13 @@ def download_file(
     progress: bool | None = None,
     timeout: float = 60.0,
     chunk_bytes: int = 1 << 20,
+    unpacked_ratio: float = 0.0,
 ) -> Path:
-    """Download `url` to `dest`, resuming `<dest>.part` if a previous run left one; return `dest`."""
+    """Download `url` to `dest`, resuming `<dest>.part` if a previous run left one; return `dest`.
+
+    Before any byte is written, the disk must hold what is left to download plus `unpacked_ratio` times the whole
+    file (what the caller will unpack from it), so a full disk is a one-line error at once, not after the download.
+    """
     dest = Path(dest)
     if dest.exists():
         return dest
@@ -63,7 +68,7 @@ def download_file(
     except OSError as error:
         raise UserError(f"cannot create {dest.parent} to download into ({error.strerror or error}): pass a --data_dir you can write to") from None
     try:
-        _fetch(url, part, _want_progress(progress), timeout, chunk_bytes)
+        _fetch(url, part, _want_progress(progress), timeout, chunk_bytes, unpacked_ratio)
     except (OSError, http.client.HTTPException, _Incomplete) as error:
         # URLError, HTTPError and socket timeouts are all OSErrors; IncompleteRead is an HTTPException.
         raise UserError(_failure_message(url, part, error, timeout)) from error
@@ -113,7 +118,8 @@ def download_dataset(dest_dir: Path, url: str = NATURE_12K_URL, *, progress: boo
         if marker.exists():
             log.info("nature_12K is already in %s", dest_dir)
             return dest_dir
-        zip_path = download_file(url, dest_dir / ZIP_NAME, progress=progress)
+        # JPEGs do not compress: the unpacked images take about as much space as the zip.
+        zip_path = download_file(url, dest_dir / ZIP_NAME, progress=progress, unpacked_ratio=1.0)
         safe_extract(zip_path, dest_dir)
         # The marker is written last, so its presence means the whole tree is in place.
         write_text(marker, f"extracted {zip_path.name} from {url}\n")
@@ -123,7 +129,7 @@ def download_dataset(dest_dir: Path, url: str = NATURE_12K_URL, *, progress: boo
     return dest_dir
 
 
-def _fetch(url: str, part: Path, show_progress: bool, timeout: float, chunk_bytes: int) -> None:
+def _fetch(url: str, part: Path, show_progress: bool, timeout: float, chunk_bytes: int, unpacked_ratio: float) -> None:
     """Bring `part` to the full remote content, resuming what it already holds."""
     # A second pass happens only when the server refused to resume; the loop cannot spin.
     for _attempt in range(2):
@@ -154,6 +160,8 @@ def _fetch(url: str, part: Path, show_progress: bool, timeout: float, chunk_byte
                 have = 0
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
+            if total is not None:
+                _ensure_room(part, total - have + int(unpacked_ratio * total), total, unpacked_ratio)
             _stream(response, part, have, total, url, show_progress, chunk_bytes)
         size = part.stat().st_size
         if total is not None and size != total:
@@ -183,6 +191,12 @@ def _stream(
         os.fsync(handle.fileno())
     if not show_progress:
         log.info("downloaded %d bytes in %.0f s", part.stat().st_size - have, time.monotonic() - started)
+
+
+def _ensure_room(part: Path, needed: int, total: int, unpacked_ratio: float) -> None:
+    name = part.name.removesuffix(".part")
+    what = f"{name} ({size_text(total)})" + (" and what is unpacked from it" if unpacked_ratio else "")
+    ensure_space(part.parent, needed, what, "--data_dir")
 
 
 def _want_progress(progress: bool | None) -> bool:
@@ -263,6 +277,8 @@ def _extract_members(
                 f"pass --data_dir={existing} to use it, or move it away and run again"
             )
     target_dir.mkdir(parents=True, exist_ok=True)
+    unpacked = sum(info.file_size for info in members)
+    ensure_space(target_dir, unpacked, f"the files in {zip_path.name}", "--data_dir")
     # Staging inside target_dir keeps the final rename on one file system, so it is a rename, not a copy.
     staging = Path(tempfile.mkdtemp(prefix=f".{zip_path.stem}.extract-", dir=target_dir))
     try:

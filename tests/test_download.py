@@ -32,9 +32,9 @@ def _tree_files() -> dict[str, bytes]:
     return files
 
 
-def _zip_bytes(files: dict[str, bytes], extra: list[tuple[zipfile.ZipInfo, bytes]] = ()) -> bytes:
+def _zip_bytes(files: dict[str, bytes], extra: list[tuple[zipfile.ZipInfo, bytes]] = (), compression=zipfile.ZIP_DEFLATED) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
         for name, data in files.items():
             archive.writestr(name, data)
         for info, data in extra:
@@ -428,3 +428,52 @@ def test_a_failed_download_through_locate_keeps_its_partial_file_for_the_next_ru
     server.mode = "range"
     assert locate_dataset(dest, url=server.url).root == dest / "inaturalist_12K"
     assert server.ranges[-1] == f"bytes={half}-"
+
+
+def _free_space(monkeypatch, free: int) -> None:
+    """Make every free-space check see `free` bytes."""
+    import common.disk
+
+    monkeypatch.setattr(common.disk.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 * free, 9 * free, free))
+
+
+def _unpacked(payload: bytes) -> int:
+    with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+        return sum(info.file_size for info in archive.infolist() if not info.filename.startswith("__MACOSX"))
+
+
+@pytest.mark.parametrize("kept", [0, 1000])
+def test_a_disk_without_room_for_the_zip_and_its_images_is_refused_before_any_byte_is_written(
+    serve, tmp_path, monkeypatch, kept
+):
+    # What is left to download plus the unpacked images (about the zip's size), with as much again to spare.
+    dataset_zip = _zip_bytes(_tree_files(), compression=zipfile.ZIP_STORED)  # JPEGs: stored, unpacked < zip
+    assert _unpacked(dataset_zip) < len(dataset_zip) - kept
+    dest = tmp_path / "data"
+    dest.mkdir()
+    part = dest / f"{ZIP_NAME}.part"
+    if kept:
+        part.write_bytes(dataset_zip[:kept])
+    needed = len(dataset_zip) - kept + len(dataset_zip)
+    _free_space(monkeypatch, 2 * needed - 1)
+    with pytest.raises(UserError) as error:
+        download_dataset(dest, serve(dataset_zip).url, progress=False)
+    message = _assert_one_line(error)
+    assert "not enough free space" in message and str(dest) in message and "--data_dir" in message
+    assert part.read_bytes() == dataset_zip[:kept] if kept else not part.exists()
+    _free_space(monkeypatch, 2 * needed)
+    download_dataset(dest, serve(dataset_zip).url, progress=False)
+    assert all((dest / name).read_bytes() == data for name, data in _tree_files().items())
+
+
+def test_extraction_is_refused_before_anything_is_written_when_its_files_do_not_fit(dataset_zip, tmp_path, monkeypatch):
+    zip_path = tmp_path / ZIP_NAME
+    zip_path.write_bytes(dataset_zip)
+    _free_space(monkeypatch, 2 * _unpacked(dataset_zip) - 1)
+    with pytest.raises(UserError) as error:
+        safe_extract(zip_path, tmp_path)
+    assert "not enough free space" in _assert_one_line(error) and ZIP_NAME in str(error.value)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [ZIP_NAME]
+    _free_space(monkeypatch, 2 * _unpacked(dataset_zip))
+    safe_extract(zip_path, tmp_path)
+    assert all((tmp_path / name).read_bytes() == data for name, data in _tree_files().items())
