@@ -1501,21 +1501,28 @@ def training_losses(monkeypatch, add=0.0) -> list[tuple[float, float]]:
     return calls
 
 
-def test_the_training_loss_is_the_smoothed_main_loss_plus_the_weighted_aux_losses(base, monkeypatch):
+def test_the_objective_adds_the_weighted_aux_losses_and_train_loss_is_the_main_heads_plain_loss(base, monkeypatch):
+    """The objective is smoothed main + weight x smoothed aux; train_loss is the main head's plain cross-entropy,
+    like val_loss, so it compares across models with and without aux heads or label smoothing."""
     import dataclasses
 
     import trainer.run
 
     monkeypatch.setattr(trainer.run, "preprocessing_for", lambda *a, **k: dataclasses.replace(SMALL, crop_size=32, resize_size=36))
-    calls = training_losses(monkeypatch)
+    calls, objectives = training_losses(monkeypatch), []
+    real_scale = torch.amp.GradScaler.scale
+    monkeypatch.setattr(torch.amp.GradScaler, "scale", lambda self, loss: objectives.append(loss.item()) or real_scale(self, loss))
     # GoogLeNet's last 4 stages train: inception4d and so its aux2 head (aux1 reads the frozen inception4a)
     outcome = run_training(parse_run_config({**base, "model": "googlenet", "strategy": "last_k", "k_layers": 4, "aux_loss_weight": 0.3,
                                              "label_smoothing": 0.2, "epochs": 1, "subset_fraction": 0.6, "run_id": "aux"}))
     assert outcome.state == M.FINISHED, outcome.summary.get(M.REASON)
     steps = outcome.summary["num_train"] // 8
-    assert len(calls) == 2 * steps and {smoothing for smoothing, _ in calls} == {0.2}  # logits and aux2 at each step
-    per_step = [main + 0.3 * aux2 for (_, main), (_, aux2) in zip(*[iter(calls)] * 2)]
-    assert history(outcome)[0][M.TRAIN_LOSS] == pytest.approx(sum(per_step) / steps, rel=1e-5)
+    # each step: the smoothed main loss, its plain twin for the log, the smoothed aux2 loss
+    assert len(calls) == 3 * steps and [smoothing for smoothing, _ in calls[:3]] == [0.2, 0.0, 0.2]
+    main, plain, aux2 = ([value for _, value in calls[i::3]] for i in range(3))
+    assert objectives == pytest.approx([m + 0.3 * a for m, a in zip(main, aux2)], rel=1e-6)
+    assert history(outcome)[0][M.TRAIN_LOSS] == pytest.approx(sum(plain) / steps, rel=1e-5)
+    assert all(p != pytest.approx(m, rel=1e-3) for p, m in zip(plain, main))  # smoothing really was on
 
 
 def test_validation_runs_the_model_in_eval_mode_and_moves_no_statistic():

@@ -130,6 +130,9 @@ def train(loop: Loop, state: LoopState) -> str:
             with loop.autocast():
                 logits, aux_logits = split_output(loop.forward(x, loop.inputs.start_stage))
                 loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                # train_loss is the main head's plain cross-entropy, as val_loss is: aux heads and label smoothing
+                # are part of the objective, not of the number compared across models and against val_loss.
+                logged = loss.detach() if not config.label_smoothing else F.cross_entropy(logits.detach().float(), y)
                 for aux in aux_logits:
                     loss = loss + aux_weight * F.cross_entropy(aux, y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -141,7 +144,7 @@ def train(loop: Loop, state: LoopState) -> str:
             loop.scaler.update()
 
             state.step, state.batch = state.step + 1, state.batch + 1
-            loss_sum += loss.detach().double() * len(y)
+            loss_sum += logged.double() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             state.seen += len(y)
             progress.update(loss=loss, lr=lr)
