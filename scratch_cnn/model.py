@@ -62,7 +62,10 @@ class ScratchCNNConfig:
             return (self.filters,) * _BLOCKS
         if self.filter_organization == "double":
             return tuple(self.filters * 2**i for i in range(_BLOCKS))
-        return tuple(max(_MIN_FILTERS, self.filters // 2**i) for i in range(_BLOCKS))
+        # Halving stops at _MIN_FILTERS (or at the first block's own count, when that is smaller): a 2-channel block
+        # is a bottleneck no search should stumble into, and no later block is wider than the first.
+        floor = min(self.filters, _MIN_FILTERS)
+        return tuple(max(floor, self.filters // 2**i) for i in range(_BLOCKS))
 
     def final_map_size(self) -> int:
         """Side of the feature map after five floor-halving max-pools."""

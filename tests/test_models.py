@@ -549,11 +549,12 @@ def test_invalid_build_arguments_are_user_errors():
 # ---- scratch CNN ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("organization, expected", [
-    ("same", (32,) * 5), ("double", (32, 64, 128, 256, 512)), ("half", (32, 16, 8, 8, 8)),
+@pytest.mark.parametrize("filters, organization, expected", [
+    (32, "same", (32,) * 5), (32, "double", (32, 64, 128, 256, 512)), (32, "half", (32, 16, 8, 8, 8)),
+    (4, "half", (4,) * 5),  # the first block has the filters asked for; halving never widens a later block
 ])
-def test_scratch_filter_organizations(organization, expected):
-    config = ScratchCNNConfig(filters=32, filter_organization=organization, input_size=32)
+def test_scratch_filter_organizations(filters, organization, expected):
+    config = ScratchCNNConfig(filters=filters, filter_organization=organization, input_size=32)
     net = build_scratch_cnn(config, 4)
     assert tuple(getattr(net, f"block{i}")[0].out_channels for i in range(1, 6)) == expected
 

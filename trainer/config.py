@@ -67,7 +67,7 @@ class RunConfig:
     bn_mode: str = _opt("freeze", "BatchNorm in frozen stages: freeze (eval mode, statistics fixed) or adapt (statistics follow the data)", "freezing", choices=("freeze", "adapt"))
     # scratch_cnn
     filters: int | None = _opt(32, "scratch_cnn: filters of the first conv block", "scratch_cnn", low=1, high=1024)
-    filter_organization: str | None = _opt("double", "scratch_cnn: filters per block: same, double or half of the previous", "scratch_cnn", choices=("same", "double", "half"))
+    filter_organization: str | None = _opt("double", "scratch_cnn: filters per block: same, double or half of the previous (halving stops at 8)", "scratch_cnn", choices=("same", "double", "half"))
     kernel_size: int | None = _opt(3, "scratch_cnn: convolution kernel size", "scratch_cnn", low=1, high=11)
     activation: str | None = _opt("relu", "scratch_cnn: activation", "scratch_cnn", choices=("relu", "gelu", "silu", "mish", "leaky_relu"))
     batch_norm: bool | None = _opt(True, "scratch_cnn: batch norm after each convolution", "scratch_cnn")
