@@ -71,7 +71,18 @@ def run_config_from_args(args: list[str]):
     ignored = [f"--{key} ({unused_reason(key, config)})" for key, value in cli.items() if value is not None and getattr(config, key, None) is None]
     if ignored:  # normalisation drops what this run cannot use: say so, rather than let it look used
         print(f"note: ignored, as this run has no use for them: {', '.join(ignored)}", flush=True)
+    asked = cli.get("warmup_epochs")
+    if asked and config.warmup_epochs is not None and config.warmup_epochs < _number(asked):
+        print(f"note: --warmup_epochs={asked} is more than half of {config.epochs} epochs; warming up over "
+              f"{config.warmup_epochs:g} instead, so the run trains at its lr", flush=True)
     return config
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
 
 
 def command_run(args: list[str]) -> int:

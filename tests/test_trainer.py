@@ -636,6 +636,16 @@ def test_options_a_run_has_no_use_for_are_named_with_the_reason(capsys):
     assert capsys.readouterr().out == ""  # every option used: no note
 
 
+def test_a_warmup_longer_than_half_the_run_is_capped_with_a_note(capsys):
+    import agent
+
+    assert agent.run_config_from_args(["--epochs=3", "--warmup_epochs=2"]).warmup_epochs == 1.5
+    assert "--warmup_epochs=2 is more than half of 3 epochs; warming up over 1.5 instead" in capsys.readouterr().out
+    assert agent.run_config_from_args(["--epochs=1"]).warmup_epochs == 0.5  # the default, capped, needs no note
+    assert agent.run_config_from_args(["--epochs=3", "--warmup_epochs=1.5"]).warmup_epochs == 1.5
+    assert capsys.readouterr().out == ""
+
+
 def test_unknown_key_suggests_the_nearest():
     with pytest.raises(UserError, match="did you mean 'k_layers'"):
         parse_run_config({"k_layer": 2})
@@ -693,6 +703,10 @@ def test_equivalent_values_are_written_one_way():
     # onecycle warms up over its own first 30%: warmup_epochs changes nothing there, and everything elsewhere
     assert same(model="resnet50", schedule="onecycle", warmup_epochs=0)(model="resnet50", schedule="onecycle", warmup_epochs=3)
     assert not same(model="resnet50", schedule="cosine", warmup_epochs=0)(model="resnet50", schedule="cosine", warmup_epochs=3)
+    # a warmup longer than half the run is half the run: a 1-epoch run all warmup would never train at its lr
+    assert same(model="resnet50", epochs=2, warmup_epochs=1)(model="resnet50", epochs=2, warmup_epochs=5)
+    assert parse_run_config({"epochs": 1}).warmup_epochs == 0.5 and parse_run_config({"epochs": 4, "warmup_epochs": 3}).warmup_epochs == 2
+    assert parse_run_config({"epochs": 10, "warmup_epochs": 1.5}).warmup_epochs == 1.5
 
     assert same(model="resnet50", weights="IMAGENET1K_V2")(model="resnet50", weights="imagenet")
     assert not same(model="resnet50", weights="IMAGENET1K_V1")(model="resnet50", weights="imagenet")

@@ -82,7 +82,7 @@ class RunConfig:
     weight_decay: float = _opt(0.01, "weight decay (not applied to biases and norm layers)", "optimization", low=0.0, high=1.0)
     momentum: float | None = _opt(0.9, "sgd momentum", "optimization", low=0.0, high=0.999)
     schedule: str = _opt("cosine", "learning-rate schedule after warmup, stepped per batch", "optimization", choices=("cosine", "onecycle", "constant"))
-    warmup_epochs: float | None = _opt(1.0, "linear warmup length in epochs (fractions allowed); empty under schedule=onecycle, which warms up over its own first 30%", "optimization", low=0.0, high=100.0)
+    warmup_epochs: float | None = _opt(1.0, "linear warmup length in epochs (fractions allowed), at most half the run; empty under schedule=onecycle, which warms up over its own first 30%", "optimization", low=0.0, high=100.0)
     epochs: int = _opt(10, "training epochs", "optimization", low=1, high=10_000)
     batch_size: int = _opt(32, "images per batch", "optimization", low=1, high=65_536)
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss", "optimization", low=0.0, high=0.5)
@@ -280,6 +280,9 @@ def normalise(config: RunConfig) -> RunConfig:
         changes["warmup_epochs"] = None
     elif config.warmup_epochs is None:
         changes["warmup_epochs"] = FIELDS["warmup_epochs"].default
+    warmup = changes.get("warmup_epochs", config.warmup_epochs)
+    if warmup is not None and warmup > config.epochs / 2:  # a run all warmup never trains at its lr (--epochs=1)
+        changes["warmup_epochs"] = config.epochs / 2
     if config.optimizer != "sgd":
         changes["momentum"] = None
     elif config.momentum is None:
