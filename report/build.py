@@ -12,7 +12,7 @@ from common.disk import ensure_writable
 from report.markdown import render
 from report.sources import load_table
 from report.stats import Summary, summarise
-from report.table import CODE_VERSION, CONFIG_HASH, MODEL, STRATEGY, TEST_ACC, RunRecord, RunTable
+from report.table import CODE_VERSION, CONFIG_HASH, MODEL, PRECISION, STRATEGY, TEST_ACC, RunRecord, RunTable
 from trainer import metrics
 
 REPORT_FILE = "report.md"
@@ -28,7 +28,7 @@ TEST_FIGURES = (("confusion matrix", "confusion.png"), ("prediction grid", "grid
 # The run's outcome and its provenance, after its config, in runs.csv.
 RESULT_COLUMNS = (metrics.BEST_VAL_ACC, metrics.BEST_EPOCH, metrics.EPOCHS_COMPLETED, metrics.TRAIN_SECONDS,
                   metrics.TRAINABLE_PARAMS, metrics.TOTAL_PARAMS, metrics.WEIGHTS_VERSION, metrics.SPLIT_HASH,
-                  CONFIG_HASH, CODE_VERSION, metrics.DEVICE, metrics.REASON, TEST_ACC)
+                  CONFIG_HASH, CODE_VERSION, metrics.DEVICE, PRECISION, metrics.REASON, TEST_ACC)
 
 
 def build_report(source: str, out_dir: Path, top_n: int = 10) -> Path:
@@ -105,7 +105,8 @@ def _result(record: RunRecord) -> dict:
         metrics.WEIGHTS_VERSION: record.summary.get(metrics.WEIGHTS_VERSION),
         metrics.SPLIT_HASH: record.summary.get(metrics.SPLIT_HASH), CONFIG_HASH: record.summary.get(CONFIG_HASH),
         CODE_VERSION: record.summary.get(CODE_VERSION),
-        metrics.DEVICE: record.summary.get(metrics.DEVICE), metrics.REASON: record.reason, TEST_ACC: record.test_acc,
+        metrics.DEVICE: record.summary.get(metrics.DEVICE), PRECISION: record.summary.get(PRECISION),
+        metrics.REASON: record.reason, TEST_ACC: record.test_acc,
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from report.stats import MIN_RUNS_FOR_IMPORTANCE, STRATEGY_ORDER, MeanCI, SeedGroup, Summary
+from report.stats import MIN_RUNS_FOR_IMPORTANCE, STRATEGY_ORDER, DifferenceCI, MeanCI, SeedGroup, Summary
 from report.table import CHECKPOINT, NUM_IMAGES, PER_CLASS_ACC, SCRATCH_MODEL, RunRecord, failure_reason
 from trainer import metrics
 
@@ -23,9 +23,21 @@ def points(difference: float | None) -> str:
     return "–" if difference is None else f"{difference:+.2f} points"
 
 
+def _bound(value: float, floor: float, ceiling: float, sign: str = "") -> str:
+    """An interval bound in points, clipped to the scale: a t interval over a few seeds can run past 0 % or 100 %,
+    and a clipped bound says so."""
+    shown = min(max(value, floor), ceiling)
+    return f"{shown:{sign}.2f}" + (" (clipped)" if shown != value else "")
+
+
 def ci_text(ci: MeanCI) -> str:
-    return (f"{ci.mean * 100:.2f}% ± {ci.half_width * 100:.2f} "
-            f"({ci.confidence:.0%} CI [{ci.low * 100:.2f}, {ci.high * 100:.2f}], t with n={ci.n})")
+    return (f"{ci.mean * 100:.2f}% ± {ci.half_width * 100:.2f} ({ci.confidence:.0%} CI "
+            f"[{_bound(ci.low * 100, 0, 100)}, {_bound(ci.high * 100, 0, 100)}], t with n={ci.n})")
+
+
+def difference_ci_text(ci: DifferenceCI) -> str:
+    return (f"{ci.confidence:.0%} CI [{_bound(ci.low * 100, -100, 100, '+')}, {_bound(ci.high * 100, -100, 100, '+')}], "
+            f"Welch t with {ci.df:.1f} df")
 
 
 def _value(value) -> str:
@@ -96,18 +108,21 @@ def _headline(s: Summary) -> list[str]:
     else:
         out.append("- **No successful run** in this sweep.")
     out.append("")
-    out += _seeds("fine-tuned", s.seeds_fine_tuned) + _seeds(SCRATCH_MODEL, s.seeds_scratch)
-    if s.seeds_fine_tuned and s.seeds_scratch:
-        gap = (s.seeds_fine_tuned.ci.mean - s.seeds_scratch.ci.mean) * 100
-        out.append(f"- Gap between these seed means: **{points(gap)}**.")
+    out += _seeds("fine-tuned", s.seeds_fine_tuned, ft) + _seeds(SCRATCH_MODEL, s.seeds_scratch, scratch)
+    gap = s.seed_gap
+    if gap and gap.excludes_zero:
+        out.append(f"- Gap between these seed means: **{points(gap.difference * 100)}** ({difference_ci_text(gap)}).")
+    elif gap:
+        out.append(f"- Gap between these seed means: {points(gap.difference * 100)} ({difference_ci_text(gap)}), an "
+                   "interval that holds 0: **not distinguishable with these seeds**.")
     out.append("")
     return out
 
 
-def _seeds(label: str, group: SeedGroup | None) -> list[str]:
-    if group is None:
+def _seeds(label: str, group: SeedGroup | None, best: RunRecord | None) -> list[str]:
+    if group is None:  # said only under a best run of its own: no numbers above, nothing to qualify
         return [f"- Over seeds ({label}): no {label} config was repeated over seeds with finished runs, so the "
-                "numbers above are single runs and carry their seed's luck."]
+                "numbers above are single runs and carry their seed's luck."] if best else []
     return [f"- Over seeds ({label}): the best config repeated over seeds reaches **{ci_text(group.ci)}** "
             f"over {len(group.seeds)} seeds ({', '.join(map(_value, group.seeds))}; runs "
             f"{', '.join(f'`{r.run_id}`' for r in group.records)}"
@@ -153,6 +168,11 @@ def _cost(s: Summary, image: str | None) -> list[str]:
         out += [f"**Against {title}**", "",
                 table(["run", "model", "strategy", f"best {metrics.VAL_ACC}", "train s", "trainable params"], rows)
                 if rows else f"No successful run recorded its {title}.", ""]
+    p = s.provenance
+    if len(p.devices) > 1 or len(p.precisions) > 1:
+        out += [f"*Train s* compare only within one device and precision, and these runs span several (devices: "
+                f"{_listing(p.devices)}; precisions: {_listing(p.precisions)}): the front against training time mixes "
+                "hardware with config.", ""]
     cache = [r.summary.get(metrics.CACHE_SECONDS) for r in s.successful]
     cache = [c for c in cache if isinstance(c, (int, float))]
     if cache:
@@ -244,17 +264,22 @@ def _provenance(s: Summary) -> list[str]:
     weights = "; ".join(f"{model}: {', '.join(f'{v} x{c}' for v, c in sorted(versions.items()))}"
                         for model, versions in sorted(p.weights_versions.items()))
     hashes = ", ".join(f"`{h}` x{c}" for h, c in sorted(p.split_hashes.items())) or "–"
-    versions = ", ".join(f"`{v}` x{c}" for v, c in sorted(p.code_versions.items())) or "–"
+    versions = _listing(p.code_versions)
     out = ["## 8. Provenance", "",
            f"- Source: `{p.source}` (sweep `{p.sweep_name}`, metric `{p.metric_name}` {p.metric_goal or ''})",
            f"- Runs: {p.run_count} ({states}); skipped duplicates: {len(s.duplicates)}",
            f"- Split hashes of successful runs: {hashes}",
            f"- Weights versions by model: {weights or '–'}",
            f"- Code versions of successful runs: {versions}",
-           f"- Generated: {p.generated_utc}. Every run's effective config, split hash, weights version and code "
-           "version is in `runs.csv`.", ""]
+           f"- Devices of successful runs: {_listing(p.devices)}; precisions: {_listing(p.precisions)}",
+           f"- Generated: {p.generated_utc}. Every run's effective config, split hash, weights version, code "
+           "version, device and precision is in `runs.csv`.", ""]
     out += _warnings(s) or ["No comparability warnings.", ""]
     return out
+
+
+def _listing(counts) -> str:
+    return ", ".join(f"`{value}` x{count}" for value, count in sorted(counts.items())) or "–"
 
 
 def _warnings(s: Summary) -> list[str]:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from report.table import CODE_VERSION, SCRATCH_MODEL, SEED, RunRecord, RunTable, SkippedDuplicate
+from report.table import CODE_VERSION, PRECISION, SCRATCH_MODEL, SEED, RunRecord, RunTable, SkippedDuplicate
 from trainer import metrics
 
 # From least to most of the backbone trained, so tables and plots read as a dose-response.
@@ -74,6 +74,43 @@ def mean_ci(values: list[float], confidence: float = CONFIDENCE) -> MeanCI | Non
     sem = array.std(ddof=1) / math.sqrt(len(array))
     t = stats.t.ppf(0.5 + confidence / 2, df=len(array) - 1)
     return MeanCI(float(array.mean()), float(t * sem), len(array), confidence)
+
+
+@dataclass(frozen=True)
+class DifferenceCI:
+    difference: float  # first mean minus second
+    half_width: float
+    df: float  # Welch-Satterthwaite degrees of freedom
+    confidence: float = CONFIDENCE
+
+    @property
+    def low(self) -> float:
+        return self.difference - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.difference + self.half_width
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+def difference_ci(first: list[float], second: list[float], confidence: float = CONFIDENCE) -> DifferenceCI | None:
+    """Welch t interval of mean(first) - mean(second): few seeds a side, variances not assumed equal.
+    None below two values a side."""
+    from scipy import stats
+
+    if len(first) < 2 or len(second) < 2:
+        return None
+    a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    var_a, var_b = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)  # squared standard errors of the two means
+    difference = float(a.mean() - b.mean())
+    if var_a + var_b == 0:  # every seed agreed on both sides: no spread to scale a t by
+        return DifferenceCI(difference, 0.0, float(len(a) + len(b) - 2), confidence)
+    df = (var_a + var_b) ** 2 / (var_a ** 2 / (len(a) - 1) + var_b ** 2 / (len(b) - 1))
+    t = stats.t.ppf(0.5 + confidence / 2, df=df)
+    return DifferenceCI(difference, float(t * math.sqrt(var_a + var_b)), float(df), confidence)
 
 
 def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
@@ -187,6 +224,7 @@ class SeedGroup:
     config: dict  # effective config without the seed
     records: list[RunRecord]
     ci: MeanCI
+    seed_means: list[float]  # one value per seed, what the interval is computed from
 
     @property
     def seeds(self) -> list:
@@ -214,6 +252,8 @@ class Provenance:
     warnings: list[str]
     generated_utc: str
     code_versions: Counter = field(default_factory=Counter)  # successful runs that recorded one
+    devices: Counter = field(default_factory=Counter)  # successful runs that recorded one
+    precisions: Counter = field(default_factory=Counter)  # successful runs that recorded one
 
 
 @dataclass
@@ -226,6 +266,7 @@ class Summary:
     gap_points: float | None
     seeds_fine_tuned: SeedGroup | None
     seeds_scratch: SeedGroup | None
+    seed_gap: DifferenceCI | None  # fine-tuned minus scratch seed means, Welch t
     groups: list[StrategyGroup]
     pareto_seconds: set[str]
     pareto_params: set[str]
@@ -274,6 +315,9 @@ def summarise(table: RunTable, top_n: int = 10) -> Summary:
         label = (record.is_scratch, record.is_random_init, None if record.is_scratch else record.strategy)
         best_per_strategy.setdefault(label, record)
 
+    seeds_fine_tuned = _best_seed_group([r for r in complete if r.is_fine_tuned])
+    seeds_scratch = _best_seed_group([r for r in complete if r.is_scratch])
+    seed_gap = difference_ci(seeds_fine_tuned.seed_means, seeds_scratch.seed_means) if seeds_fine_tuned and seeds_scratch else None
     not_counted_groups = table.not_counted()
     ordered_states = [s for s in NOT_COUNTED_ORDER if s in not_counted_groups]
     ordered_states += sorted(set(not_counted_groups) - set(ordered_states))
@@ -285,8 +329,9 @@ def summarise(table: RunTable, top_n: int = 10) -> Summary:
         best_scratch=best_scratch,
         best_random_init=next((r for r in successful if r.is_random_init), None),
         gap_points=gap,
-        seeds_fine_tuned=_best_seed_group([r for r in complete if r.is_fine_tuned]),
-        seeds_scratch=_best_seed_group([r for r in complete if r.is_scratch]),
+        seeds_fine_tuned=seeds_fine_tuned,
+        seeds_scratch=seeds_scratch,
+        seed_gap=seed_gap,
         groups=groups,
         pareto_seconds=pareto_front(_points(successful, lambda r: r.train_seconds)),
         pareto_params=pareto_front(_points(successful, lambda r: r.trainable_params)),
@@ -330,10 +375,11 @@ def _best_seed_group(records: list[RunRecord]) -> SeedGroup | None:
         by_seed: dict[str, list[float]] = defaultdict(list)
         for record in members:
             by_seed[json.dumps(record.config.get(SEED), default=str)].append(record.best_val_acc)
-        ci = mean_ci([float(np.mean(values)) for values in by_seed.values()])
+        seed_means = [float(np.mean(values)) for values in by_seed.values()]
+        ci = mean_ci(seed_means)
         if ci is not None:
             config = {k: v for k, v in members[0].effective_config.items() if k != SEED}
-            candidates.append(SeedGroup(config, sorted(members, key=lambda r: r.run_id), ci))
+            candidates.append(SeedGroup(config, sorted(members, key=lambda r: r.run_id), ci, seed_means))
     return max(candidates, key=lambda g: (g.ci.mean, -g.ci.half_width), default=None)
 
 
@@ -357,6 +403,16 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
     if len(code_versions) > 1:
         warnings.append(f"runs came from {len(code_versions)} different code versions ({_counts(code_versions)}): "
                         "numbers may not compare")
+    # Seconds measure the hardware and the arithmetic as much as the config: a T4 in fp16 beside an A100 in bf16
+    # is not a cost comparison. Runs that recorded neither (older trainers) say nothing either way.
+    devices = Counter(str(r.summary[metrics.DEVICE]) for r in successful if r.summary.get(metrics.DEVICE))
+    if len(devices) > 1:
+        warnings.append(f"runs trained on {len(devices)} different devices ({_counts(devices)}): their train seconds "
+                        "compare only within one device")
+    precisions = Counter(str(r.summary[PRECISION]) for r in successful if r.summary.get(PRECISION))
+    if len(precisions) > 1:
+        warnings.append(f"runs trained at {len(precisions)} different precisions ({_counts(precisions)}): their train "
+                        "seconds compare only within one precision, and their accuracies may differ slightly with it")
     weights: dict[str, Counter] = defaultdict(Counter)
     imagenet: dict[str, Counter] = defaultdict(Counter)
     for record in successful:
@@ -395,6 +451,7 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
         states=Counter(r.state for r in table.records), split_hashes=split_hashes,
         weights_versions=dict(weights), warnings=warnings,
         generated_utc=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), code_versions=code_versions,
+        devices=devices, precisions=precisions,
     )
 
 

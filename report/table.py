@@ -26,6 +26,8 @@ CONFIG_HASH = metrics.CONFIG_HASH
 # The git commit (`+dirty.<hash of the changes>` with local changes) of the code that trained a run, from its summary.
 CODE_VERSION = metrics.CODE_VERSION
 
+PRECISION = metrics.PRECISION
+
 SEED = "seed"
 MODEL = "model"
 STRATEGY = "strategy"

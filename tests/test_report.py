@@ -24,7 +24,7 @@ from report import plots
 from report.build import FIGURES, build_report, runs_csv
 from report.markdown import ci_text, percent, points, render
 from report.sources import load_table
-from report.stats import mean_ci, pareto_front, summarise
+from report.stats import difference_ci, mean_ci, pareto_front, summarise
 from report.table import CODE_VERSION, failure_reason
 from trainer import metrics
 
@@ -856,7 +856,9 @@ def test_headline_takes_the_seed_group_with_the_highest_mean_and_signs_the_gap(t
     assert ("fine-tuned): the best config repeated over seeds reaches **81.00% ± 12.71 (95% CI [68.29, 93.71], "
             "t with n=2)** over 2 seeds (0, 1; runs `r16`, `r17`)") in text
     assert "reaches **42.00% ± 25.41 (95% CI [16.59, 67.41], t with n=2)**" in text
-    assert "Gap between these seed means: **+39.00 points**" in text  # fine-tuned minus scratch
+    # Fine-tuned minus scratch, with its Welch interval: squared standard errors 0.0001 and 0.0004 give
+    # 1.47 degrees of freedom, t = 6.19, a half-width of 6.19 * sqrt(0.0005) = 13.84 points.
+    assert "Gap between these seed means: **+39.00 points** (95% CI [+25.16, +52.84], Welch t with 1.5 df)." in text
     assert "**Gap: +38.00 points**" in text  # the single best runs: 82 % against 44 %
 
 
@@ -1176,3 +1178,80 @@ def test_a_sweeps_run_whose_process_is_gone_says_to_run_the_sweep_again(tmp_path
     summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), metrics.STATE: "running", metrics.REASON: None}))
     record = {r.run_id: r for r in load_table(str(tmp_path / "sweep")).records}["r03"]
     assert record.state == "running" and record.reason.endswith("run the sweep command again to resume it")
+
+
+def test_runs_on_several_devices_or_precisions_are_flagged_and_their_seconds_qualified(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    on = {"r16": ("Tesla T4", "float16"), "r17": ("Tesla T4", "float16"), "r18": ("NVIDIA A100-SXM4-80GB", "bfloat16")}
+    for seed, (run_id, (device, precision)) in enumerate(on.items()):
+        summary = finished_summary("r01", 0.7 + seed / 100, **{metrics.DEVICE: device, "precision": precision})
+        add_run(runs, run_id, "r01", [0.6, 0.7 + seed / 100], summary, seed=seed)
+    add_run(runs, "r19", "r01", [0.6, 0.75], without(finished_summary("r01", 0.75), metrics.DEVICE), seed=3)  # older
+    summary, text = report_of(runs)
+    assert ("runs trained on 2 different devices (NVIDIA A100-SXM4-80GB x1, Tesla T4 x2): their train seconds compare "
+            "only within one device") in summary.provenance.warnings
+    assert any(w.startswith("runs trained at 2 different precisions (bfloat16 x1, float16 x2)")
+               for w in summary.provenance.warnings)
+    assert "No comparability warnings." not in text
+    assert ("- Devices of successful runs: `NVIDIA A100-SXM4-80GB` x1, `Tesla T4` x2; precisions: `bfloat16` x1, "
+            "`float16` x2") in section(text, 8)
+    assert ("*Train s* compare only within one device and precision, and these runs span several (devices: "
+            "`NVIDIA A100-SXM4-80GB` x1, `Tesla T4` x2; precisions: `bfloat16` x1, `float16` x2)") in section(text, 4)
+    csv_row = next(row for row in csv.DictReader(runs_csv(load_table(str(runs))).splitlines()) if row["run_id"] == "r18")
+    assert (csv_row[metrics.DEVICE], csv_row["precision"]) == ("NVIDIA A100-SXM4-80GB", "bfloat16")
+
+    for run_id in on:  # one device and one precision: nothing to say
+        path = runs / run_id / "summary.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), metrics.DEVICE: "Tesla T4", "precision": "float16"}))
+    summary, text = report_of(runs)
+    assert "No comparability warnings." in text and "compare only within" not in text
+
+
+def test_a_seed_mean_gap_whose_interval_holds_zero_is_not_a_bold_number(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed, best in enumerate((0.60, 0.80, 0.70)):
+        add_finished(runs, f"r2{seed}", "r01", best, seed=seed)
+    for seed, best in enumerate((0.50, 0.52)):
+        add_finished(runs, f"r3{seed}", "r09", best, seed=seed)
+    summary, text = report_of(runs)
+    # 70 % over 3 seeds against 51 % over 2: squared standard errors 0.01 / 3 and 0.0002 / 2, 2.12 degrees of
+    # freedom (Welch-Satterthwaite), t = 4.08, a half-width of 23.91 points: from -4.91 to +42.91.
+    gap = summary.seed_gap
+    expected = scipy_stats.ttest_ind([0.60, 0.80, 0.70], [0.50, 0.52], equal_var=False)
+    assert (gap.low, gap.high) == (pytest.approx(expected.confidence_interval().low),
+                                   pytest.approx(expected.confidence_interval().high))
+    assert gap.df == pytest.approx(expected.df) and not gap.excludes_zero
+    headline = section(text, 1)
+    assert ("- Gap between these seed means: +19.00 points (95% CI [-4.91, +42.91], Welch t with 2.1 df), an interval "
+            "that holds 0: **not distinguishable with these seeds**.") in headline
+    assert "**+19.00 points**" not in headline
+    assert difference_ci([0.5], [0.4, 0.45]) is None  # one seed a side has no spread to measure
+
+
+def test_interval_bounds_past_0_or_100_percent_are_clipped_and_marked(tmp_path):
+    assert ci_text(mean_ci([0.10, 0.14])) == "12.00% ± 25.41 (95% CI [0.00 (clipped), 37.41], t with n=2)"
+    assert ci_text(mean_ci([0.96, 0.92])) == "94.00% ± 25.41 (95% CI [68.59, 100.00 (clipped)], t with n=2)"
+    assert mean_ci([0.10, 0.14]).low == pytest.approx(-0.1341, abs=1e-4)  # the number itself stays as computed
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed, best in enumerate((0.10, 0.14)):
+        add_finished(runs, f"r1{seed}", "r09", best, seed=seed)
+    assert "reaches **12.00% ± 25.41 (95% CI [0.00 (clipped), 37.41], t with n=2)**" in section(report_of(runs)[1], 1)
+
+
+def test_the_over_seeds_clause_stands_only_under_a_best_run_of_its_group(tmp_path):
+    scratch_only, fine_tuned_only, all_failed = (tmp_path / name for name in ("scratch", "fine_tuned", "failed"))
+    for folder in (scratch_only, fine_tuned_only, all_failed):
+        folder.mkdir()
+    add_finished(scratch_only, "r16", "r09", 0.45)
+    add_finished(fine_tuned_only, "r17", "r01", 0.75)
+    diverged = finished_summary("r01", 0.9, **{metrics.STATE: metrics.DIVERGED, metrics.REASON: "train_loss is nan"})
+    add_run(all_failed, "r18", "r01", [0.8, 0.9], diverged)
+    text = section(report_of(scratch_only)[1], 1)
+    assert "Over seeds (scratch_cnn): no scratch_cnn config" in text and "Over seeds (fine-tuned)" not in text
+    text = section(report_of(fine_tuned_only)[1], 1)
+    assert "Over seeds (fine-tuned): no fine-tuned config" in text and "Over seeds (scratch_cnn)" not in text
+    text = section(report_of(all_failed)[1], 1)
+    assert "No successful run" in text and "Over seeds" not in text

@@ -24,6 +24,7 @@ SPLIT_HASH = "split_hash"
 DATA_HASH = "data_hash"  # the split's files by name and size: same split_hash on other files (a resized copy) differs here
 CODE_VERSION = "code_version"  # the commit of the code that trained the run (+dirty.<hash> with local changes)
 DEVICE = "device"
+PRECISION = "precision"  # the autocast dtype a run trained with (bfloat16, float16) or fp32; its config may say only `auto`
 REASON = "reason"
 EXIT_CODE = "exit_code"  # the process exit status; 2 = refused before training (a setting or file to fix)
 EPOCHS_COMPLETED = "epochs_completed"

@@ -272,7 +272,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
         M.SPLIT_HASH: data.split.hash, M.DATA_HASH: data.split.data_hash, M.DEVICE: torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "config_hash": identity["config_hash"], "num_train": len(data.split.train), "num_val": len(data.split.val),
         "classes": list(data.classes), M.BATCH_SIZE: batch_size, "feature_cache_depth": feature_depth,
-        "precision": str(dtype).replace("torch.", "") if dtype else "fp32", M.CACHE_SECONDS: cache_seconds,
+        M.PRECISION: str(dtype).replace("torch.", "") if dtype else "fp32", M.CACHE_SECONDS: cache_seconds,
         M.CODE_VERSION: code_version(), "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,  # the weights' enums and their metadata come with it
         "preprocessing": pre.as_record(),  # what the images were: a warm start and `agent.py test` read it back
