@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable
 
+from sweeper.definition import RECIPE
 from sweeper.table import Trial
 from sweeper.trial import format_value
 from trainer import metrics as M
@@ -22,9 +24,15 @@ def describe(values: dict[str, Any], names: Iterable[str]) -> str:
 
 def trained(trial: Trial, names: Iterable[str]) -> str:
     """The searched values the trial really trains with: normalised, without those that do not apply."""
-    if not trial.config:
-        return describe(trial.suggested, names)
-    return describe({k: v for k, v in trial.config.items() if v is not None}, names)
+    return describe({k: v for k, v in _values(trial).items() if v is not None}, names)
+
+
+def _values(trial: Trial) -> dict[str, Any]:
+    """The trial's effective config (its suggestion before it has one), with the name of its recipe file."""
+    values = dict(trial.config or trial.suggested)
+    if RECIPE in trial.suggested:  # read into the config; the file's name tells the recipes apart
+        values[RECIPE] = Path(str(trial.suggested[RECIPE])).stem
+    return values
 
 
 def normalised_away(trial: Trial) -> str:
@@ -50,7 +58,7 @@ def final_table(trials: list[Trial], searched: list[str]) -> str:
     rows = []
     for trial in trials:
         note = f"= {trial.duplicate_of}" if trial.duplicate_of else (trial.reason or "")
-        values = trial.config if trial.config else trial.suggested
+        values = _values(trial)
         rows.append([trial.run_id, trial.state, accuracy(trial.best_val_acc),
                      *(shown(values[name]) if name in values else "-" for name in searched), note[:80]])
     widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]

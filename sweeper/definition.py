@@ -19,13 +19,23 @@ from common.atomic import write_text
 from common.errors import UserError
 from common.parsing import nearest, yaml_problem
 from sweeper.table import TABLE_FILE
-from trainer.config import FIELDS, SPEC_KEYS, parse_run_config, parse_value
+from trainer.config import FIELDS, SPEC_KEYS, load_yaml_values, parse_run_config, parse_value
 from trainer.metrics import VAL_ACC
 
 SWEEP_FILE = "sweep.yaml"
 FIXED_FILE = "fixed.yaml"  # the fixed --key=value arguments that change what is trained
 # Set by the driver for every trial: where its run folder goes and which run it is.
 DRIVER_OWNED = ("output_dir", "run_id", "resume")
+# A parameter whose values are YAML files of fixed run values, one recipe each (the winners of a search per model,
+# say): a trial reads its file first, as `agent.py --config FILE` does, then the trial's other values.
+RECIPE = "config"
+
+
+def with_recipe(values: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """`values` as parse_run_config's sources: the recipe file's values (if `values` names one), then the rest."""
+    if RECIPE not in values:
+        return [values]
+    return [load_yaml_values(values[RECIPE]), {key: value for key, value in values.items() if key != RECIPE}]
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,8 @@ def definition_problems(config: Any) -> list[str]:
     for name, spec in (config.get("parameters") or {}).items():
         if name in DRIVER_OWNED:
             problems.append(f"parameter {name!r} is set by the sweep driver for each trial; remove it")
+        elif name == RECIPE:
+            problems.extend(_recipe_problems(spec))
         elif name not in FIELDS:
             problems.append(f"parameter {name!r} is not a run parameter{nearest(name, FIELDS)}; `python agent.py --help` lists them")
         elif isinstance(spec, dict) and "parameters" in spec:
@@ -110,6 +122,19 @@ def _spec_problems(name: str, spec: dict) -> list[str]:
     return problems
 
 
+def _recipe_problems(spec: Any) -> list[str]:
+    """The recipe parameter lists files (value or values) that each hold fixed run values."""
+    if not (isinstance(spec, dict) and _listed(spec) and set(spec) <= {"value", "values"}):
+        return [f"parameter {RECIPE!r} lists YAML files of fixed values, one per trial recipe: write {RECIPE}: {{values: [FILE, ...]}}"]
+    problems = []
+    for path in _listed(spec):
+        try:
+            load_yaml_values(str(path))
+        except UserError as exc:
+            problems.append(f"parameter {RECIPE!r}: {exc} (a path relative to the folder the sweep runs from)")
+    return problems
+
+
 def _number_like(text: str) -> bool:
     try:
         float(text)
@@ -143,21 +168,31 @@ def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -
     """Listed values that no trial of this sweep could train with, under any listed model and strategy (k_layers=7
     when the only model has 5 stages): each suggestion of one would be a failed trial."""
     axes = [[fixed[name]] if name in fixed else _listed(parameters.get(name)) or [None] for name in ("model", "strategy")]
+    try:  # unreadable recipe files are definition_problems' to name
+        recipes = [load_yaml_values(str(path)) for path in _listed(parameters.get(RECIPE))] or [{}]
+    except UserError:
+        recipes = [{}]
 
     def fits(name: str, value: Any) -> str | None:
-        """None when some listed model and strategy trains with `name=value`; else the first reason none does."""
+        """None when some recipe, listed model and strategy trains with `name=value`; else the first reason none does."""
         used, errors = False, []
-        for model, strategy in itertools.product(*axes):
+        for recipe, model, strategy in itertools.product(recipes, *axes):
             values = {**fixed, name: value, **{k: v for k, v in (("model", model), ("strategy", strategy)) if v is not None}}
             try:
-                used = used or getattr(parse_run_config(values), name) is not None  # not dropped as unused
+                used = used or getattr(parse_run_config(recipe, values), name) is not None  # not dropped as unused
             except UserError as exc:
                 errors.append(str(exc))
         return errors[0] if errors and not used else None
 
     problems = []
+    if RECIPE in parameters:
+        for path, recipe in zip(_listed(parameters[RECIPE]), recipes):
+            try:
+                parse_run_config(recipe, fixed)
+            except UserError as exc:
+                problems.append(f"recipe {path} cannot train: {exc}")
     for name, spec in parameters.items():
-        if name in ("model", "strategy") or name in fixed:
+        if name in ("model", "strategy", RECIPE) or name in fixed:
             continue
         for value in _listed(spec):
             reason = fits(name, value)

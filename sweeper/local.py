@@ -37,7 +37,7 @@ from data.layout import locate_dataset
 from data.scan import scan_folder
 from models import get_spec, resolve_strategy
 from sweeper import console
-from sweeper.definition import DRIVER_OWNED, SweepDefinition, engine_config, load_definition, pin_definition, pin_fixed, problems_error, unrunnable_values
+from sweeper.definition import DRIVER_OWNED, SweepDefinition, with_recipe, engine_config, load_definition, pin_definition, pin_fixed, problems_error, unrunnable_values
 from sweeper.engine import runs_to_stop, suggest, sweep_run
 from sweeper.interrupt import DriverInterrupt
 from sweeper.table import (DUPLICATE, RUNS_DIR, UNFINISHED, Trial, TrialTable, binds_folder, failed_on_setup, killed_by_host,
@@ -273,7 +273,7 @@ class LocalSweep:
     def _record(self, suggestion: dict[str, Any]) -> Trial:
         run_id = self.table.new_run_id(self.definition.name)
         try:
-            run_config = parse_run_config(suggestion, self.fixed)
+            run_config = parse_run_config(*with_recipe(suggestion), self.fixed)
         except UserError as exc:
             # The YAML's space holds an invalid combination: this trial fails, the sweep goes on.
             original = self.table.find_identity(suggestion_identity(suggestion))

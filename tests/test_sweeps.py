@@ -23,12 +23,12 @@ import yaml
 
 from common.errors import UserError
 from sweeper import engine, run_local_sweep
-from sweeper.definition import definition_problems, load_definition
+from sweeper.definition import RECIPE, definition_problems, load_definition, unrunnable_values
 from sweeper.local import LocalSweep
 from sweeper.table import DUPLICATE, Trial, TrialTable
 from sweeper.trial import launch
 from trainer import metrics as M
-from trainer.config import FIELDS, parse_run_config
+from trainer.config import FIELDS, load_yaml_values, parse_run_config
 
 from data_helpers import shrink_in_place
 
@@ -64,7 +64,8 @@ def summary_of(sweep_dir: Path, run_id: str) -> dict:
 # --- the definitions ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
-def test_sweep_yaml_passes_the_wandb_schema(path):
+def test_sweep_yaml_passes_the_wandb_schema(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # recipe files are named relative to the folder a sweep runs from
     config = yaml.safe_load(path.read_text())
     assert sweeps.schema_violations_from_proposed_config(config) == []
     assert definition_problems(config) == []
@@ -77,6 +78,11 @@ def test_sweep_yaml_speaks_the_run_config(path):
     assert config["program"] == "agent.py" and "${args}" in config.get("command", ["${args}"])
     assert "value" in config["parameters"]["split_seed"]  # one split for every trial of a sweep
     for name, spec in config["parameters"].items():
+        if name == RECIPE:  # files of fixed values, one recipe each: every one trains
+            recipes = [load_yaml_values(ROOT / value) for value in spec["values"]]
+            assert all(parse_run_config(recipe).model == recipe["model"] for recipe in recipes)
+            assert not set().union(*recipes) & set(config["parameters"]), "a value fixed in the sweep would override the recipes'"
+            continue
         assert name in FIELDS, name
         values = spec.get("values", [spec["value"]] if "value" in spec else [spec.get("min"), spec.get("max")])
         for value in values:
@@ -163,6 +169,36 @@ def test_the_sweep_console_names_the_files_its_trials_skip(tmp_path, fixed_args,
     out = capsys.readouterr().out
     assert "skipped 3 unreadable file(s)" in out and "broken_000.jpg" in out and "lists them in its skipped_files.txt" in out
     assert list((tmp_path / "c").glob("scan-*.json"))  # the trials read this scan instead of repeating it
+
+
+def test_each_recipe_file_trains_its_own_values_and_the_sweeps_fixed_values_override_them(tmp_path, fixed_args, capsys):
+    """sweeps/compare.yaml's design: a `config` parameter lists per-model recipes, read as `agent.py --config`."""
+    recipes = [write_yaml(tmp_path / "a.yaml", {"activation": "relu", "lr": 0.01, "kernel_size": 5}),
+               write_yaml(tmp_path / "b.yaml", {"activation": "gelu", "lr": 0.001, "dropout": 0.1, "epochs": 9})]
+    definition = tiny_definition(**{RECIPE: {"values": [str(path) for path in recipes]}})
+    del definition["parameters"]["activation"], definition["parameters"]["lr"]
+    sweep_dir = tmp_path / "s"
+    run_local_sweep(write_yaml(tmp_path / "recipes.yaml", definition), count=2, sweep_dir=sweep_dir, fixed=fixed_args)
+    rows = table_rows(sweep_dir)
+    assert [row["state"] for row in rows] == [M.FINISHED, M.FINISHED]
+    trained = {row["suggested"][RECIPE]: yaml.safe_load((sweep_dir / "runs" / row["run_id"] / "config.yaml").read_text()) for row in rows}
+    a, b = trained[str(recipes[0])], trained[str(recipes[1])]
+    assert (a["activation"], a["lr"], a["kernel_size"], a["dropout"]) == ("relu", 0.01, 5, FIELDS["dropout"].default)
+    assert (b["activation"], b["lr"], b["kernel_size"], b["dropout"]) == ("gelu", 0.001, 3, 0.1)
+    assert a["epochs"] == b["epochs"] == 2  # the sweep's own fixed value wins over a recipe's, as on the command line
+    table = capsys.readouterr().out.split("run_id ")[-1].splitlines()  # the final table names each trial's recipe
+    assert table[0].split()[-2:] == [RECIPE, "note"] and sorted(line.split()[-1] for line in table[1:]) == ["a", "b"]
+
+
+def test_recipe_files_are_checked_before_the_first_trial(tmp_path):
+    good = write_yaml(tmp_path / "good.yaml", {"model": "resnet18", "strategy": "last_k", "k_layers": 2})
+    lost = tmp_path / "lost.yaml"
+    problems = definition_problems(tiny_definition(**{RECIPE: {"values": [str(good), str(lost)]}}))
+    assert problems == [f"parameter 'config': config file {lost} not found (a path relative to the folder the sweep runs from)"]
+    assert "lists YAML files of fixed values" in definition_problems(tiny_definition(**{RECIPE: {"distribution": "uniform", "min": 0, "max": 1}}))[0]
+    # a fixed --k_layers the recipe's model cannot take: named before any trial fails on it
+    assert unrunnable_values({RECIPE: {"values": [str(good)]}}, {"k_layers": "7"})[0].startswith(f"recipe {good} cannot train: k_layers=7")
+    assert unrunnable_values({RECIPE: {"values": [str(good)]}, "seed": {"values": [0, 1]}}, {}) == []
 
 
 def test_fixed_arguments_are_checked_once(tmp_path, fixed_args):
