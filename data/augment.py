@@ -24,11 +24,15 @@ AUGMENT_LEVELS = ("none", "standard", "strong")
 
 @dataclass(frozen=True)
 class _Policy:
-    min_area: float  # RandomResizedCrop scale lower bound
+    min_area: float  # RandomResizedCrop scale lower bound, a fraction of the working square's area
     flip: bool
     max_rotation_degrees: float
     color_jitter: float  # brightness/contrast/saturation factors drawn from [1-j, 1+j]
 
+
+# torchvision's RandomResizedCrop defaults: aspect ratios in [3/4, 4/3], 10 tries before the fallback.
+_LOG_RATIO_RANGE = (math.log(3 / 4), math.log(4 / 3))
+_CROP_TRIES = 10
 
 _POLICIES = {
     "standard": _Policy(min_area=0.35, flip=True, max_rotation_degrees=0.0, color_jitter=0.0),
@@ -67,7 +71,11 @@ def _normalize(x: torch.Tensor, pre: Preprocessing, channels_last: bool) -> torc
 
 @dataclass(frozen=True)
 class EvalTransform:
-    """Centre crop of `crop_size` from the working-resolution square, then normalisation. Deterministic."""
+    """Centre crop of `crop_size` from the working-resolution square, then normalisation. Deterministic.
+
+    On squares from `decode_working(path, resize_size, interpolation, crop_size)` this gives the pixels of the
+    weights' own transforms() (torchvision's Resize + CenterCrop), up to float rounding in the normalisation.
+    """
 
     pre: Preprocessing
     channels_last: bool = False
@@ -82,7 +90,12 @@ class EvalTransform:
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """Random resized crop, flip, rotation and colour jitter per image, by `level`; `none` = EvalTransform."""
+    """Random resized crop, flip, rotation and colour jitter per image, by `level`; `none` = EvalTransform.
+
+    The crop is torchvision's RandomResizedCrop over the cached working square (resize_size, e.g. 256 px for a
+    224 crop), not over the original photo: scale [min_area, 1] of that square's area (0.35 `standard`, 0.08
+    `strong`), aspect ratio [3/4, 4/3], resampled to crop_size with one bilinear `grid_sample`.
+    """
 
     pre: Preprocessing
     level: str = "standard"
@@ -111,13 +124,25 @@ class TrainTransform:
 
     @staticmethod
     def _affine(batch: int, policy: _Policy, generator: torch.Generator) -> torch.Tensor:
-        """Per-image 2x3 matrices mapping output to input coordinates in [-1, 1] (RandomResizedCrop semantics)."""
-        uniform = lambda low, high: low + (high - low) * torch.rand(batch, generator=generator)  # noqa: E731
-        area = uniform(policy.min_area, 1.0)
-        log_ratio = uniform(math.log(3 / 4), math.log(4 / 3))
-        ratio = torch.exp(log_ratio)
-        width = torch.sqrt(area * ratio).clamp(max=1.0)
-        height = torch.sqrt(area / ratio).clamp(max=1.0)
+        """Per-image 2x3 matrices mapping output to input coordinates in [-1, 1], the square being [-1, 1]^2.
+
+        RandomResizedCrop's sampling, for every image at once: 10 candidate (area, log-ratio) pairs, area a
+        fraction of the square in [min_area, 1] and ratio in [3/4, 4/3]; the first candidate whose width and
+        height both fit in the square wins, and an image with none gets the whole square (torchvision's
+        fallback for a square input). A crop that does not fit is redrawn, never clamped: clamping would skew
+        its area and aspect ratio.
+        """
+        def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
+            return low + (high - low) * torch.rand(batch, *shape, generator=generator)
+
+        area = uniform(policy.min_area, 1.0, _CROP_TRIES)
+        ratio = torch.exp(uniform(*_LOG_RATIO_RANGE, _CROP_TRIES))
+        widths, heights = torch.sqrt(area * ratio), torch.sqrt(area / ratio)  # fractions of the square's side
+        fits = (widths <= 1.0) & (heights <= 1.0)
+        first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # argmax returns the first of equal maxima
+        found = fits.any(dim=1)
+        width = torch.where(found, widths.gather(1, first).squeeze(1), 1.0)
+        height = torch.where(found, heights.gather(1, first).squeeze(1), 1.0)
         center_x = (torch.rand(batch, generator=generator) * 2 - 1) * (1 - width)
         center_y = (torch.rand(batch, generator=generator) * 2 - 1) * (1 - height)
         flip = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0) if policy.flip else torch.ones(batch)

@@ -53,19 +53,22 @@ class DecodedImageCache:
 
     @classmethod
     def build_or_open(
-        cls, index: ImageIndex, size: int, interpolation: str, cache_dir: Path | str, progress: bool | None = None
+        cls, index: ImageIndex, size: int, interpolation: str, cache_dir: Path | str, progress: bool | None = None,
+        crop_size: int | None = None,
     ) -> "DecodedImageCache":
+        """`crop_size` places each square for the centre crop evaluation takes (see data.images.resize_center_square)."""
         cache_dir = Path(cache_dir)
-        stem = f"images-v{CACHE_FORMAT_VERSION}.{DECODE_VERSION}-{index.fingerprint}-{size}-{interpolation}"
+        crop_size = size if crop_size is None else crop_size
+        stem = f"images-v{CACHE_FORMAT_VERSION}.{DECODE_VERSION}-{index.fingerprint}-{size}-c{crop_size}-{interpolation}"
         path, meta_path = cache_dir / f"{stem}.u8", cache_dir / f"{stem}.json"
         with file_lock(cache_dir / f"{stem}.lock"):
             if not (path.exists() and meta_path.exists()):
-                _build(index, size, interpolation, path, meta_path, progress)
+                _build(index, size, crop_size, interpolation, path, meta_path, progress)
         meta = json.loads(meta_path.read_text())
         return cls(path, meta["count"], meta["size"])
 
 
-def _build(index: ImageIndex, size: int, interpolation: str, path: Path, meta_path: Path, progress: bool | None) -> None:
+def _build(index: ImageIndex, size: int, crop_size: int, interpolation: str, path: Path, meta_path: Path, progress: bool | None) -> None:
     from tqdm import tqdm
 
     tmp = path.with_suffix(".u8.tmp")
@@ -75,7 +78,7 @@ def _build(index: ImageIndex, size: int, interpolation: str, path: Path, meta_pa
     out = None
 
     def decode(i: int) -> None:
-        out[i] = decode_working(index.absolute(i), size, interpolation)
+        out[i] = decode_working(index.absolute(i), size, interpolation, crop_size)
 
     show = sys.stderr.isatty() if progress is None else progress
     # PIL releases the GIL in decode and resize, so threads scale over the (few) cores without IPC copies.
@@ -93,6 +96,6 @@ def _build(index: ImageIndex, size: int, interpolation: str, path: Path, meta_pa
         tmp.unlink(missing_ok=True)  # never leave a disk filled by half a cache
         raise
     seconds = time.perf_counter() - started
-    meta = {"count": count, "size": size, "interpolation": interpolation, "root": str(index.root), "seconds": round(seconds, 2)}
+    meta = {"count": count, "size": size, "crop_size": crop_size, "interpolation": interpolation, "root": str(index.root), "seconds": round(seconds, 2)}
     write_json(meta_path, meta)
     print(f"cached {count} decoded images at {size}px in {seconds:.1f}s -> {path}")

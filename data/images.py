@@ -12,8 +12,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 # The pixels decode_working gives: caches of decoded images, and of features computed from them, carry it in
-# their keys, so a change in decoding (2: 16-bit images scaled by their format, not their maximum) rebuilds them.
-DECODE_VERSION = 2
+# their keys, so a change in decoding rebuilds them. 2: 16-bit images scaled by their format, not their maximum.
+# 3: torchvision's Resize + CenterCrop geometry (long side truncated, the square placed for the later centre crop).
+DECODE_VERSION = 3
 
 _INTERPOLATION = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -58,20 +59,41 @@ def open_rgb(path: Path | str, min_side: int | None = None) -> Image.Image:
         return to_rgb(image)
 
 
-def resize_center_square(image: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
-    """Resize the short side to `size` and centre-crop a `size` x `size` square (torchvision's Resize+CenterCrop)."""
+def _centre_offset(extra: int) -> int:
+    """Where torchvision's CenterCrop starts a crop `extra` pixels shorter than the side: Python's round, half to even."""
+    return int(round(extra / 2.0))
+
+
+def resize_center_square(image: Image.Image, size: int, interpolation: str = "bilinear", crop_size: int | None = None) -> Image.Image:
+    """Resize the short side to `size`, then cut a `size` x `size` square whose centre crop of `crop_size` (the
+    default: `size`, the square itself) is, pixel for pixel, torchvision's Resize(size) + CenterCrop(crop_size).
+
+    The square is placed for that crop, not simply centred: torchvision crops the long side at
+    round((long - crop) / 2) in one step, and two centred crops (long -> size -> crop) round twice, a pixel off
+    for about half of all image sizes whenever size - crop is not a multiple of 4 (inception_v3: 342 -> 299).
+    """
+    crop_size = size if crop_size is None else crop_size
+    if not 0 < crop_size <= size:
+        raise ValueError(f"crop_size {crop_size} must lie in 1..{size} (the working size)")
     width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    short, long = min(width, height), max(width, height)
+    # torchvision's _compute_resized_output_size: the long side truncated, computed in this order (floats differ).
+    new_long = int(size * long / short)
+    new_w, new_h = (size, new_long) if width <= height else (new_long, size)
     if (new_w, new_h) != (width, height):
+        # On a PIL image torchvision's Resize calls this same PIL resize (always antialiased): identical pixels.
         image = image.resize((new_w, new_h), _INTERPOLATION[interpolation])
-    left, top = (new_w - size) // 2, (new_h - size) // 2
+    # EvalTransform later crops at _centre_offset(size - crop_size); together they start where torchvision does.
+    offset = _centre_offset(new_long - crop_size) - _centre_offset(size - crop_size)
+    left, top = (0, offset) if width <= height else (offset, 0)
     return image.crop((left, top, left + size, top + size))
 
 
-def decode_working(path: Path | str, size: int, interpolation: str = "bilinear") -> np.ndarray:
-    """The image at `path` as a uint8 array of shape (size, size, 3): upright, RGB, short side resized, centred."""
-    return np.asarray(resize_center_square(open_rgb(path, min_side=size), size, interpolation), dtype=np.uint8)
+def decode_working(path: Path | str, size: int, interpolation: str = "bilinear", crop_size: int | None = None) -> np.ndarray:
+    """The image at `path` as a uint8 array of shape (size, size, 3): upright, RGB, short side resized, the
+    square placed so that EvalTransform's centre crop of `crop_size` is torchvision's (see resize_center_square)."""
+    image = resize_center_square(open_rgb(path, min_side=size), size, interpolation, crop_size)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def check_image(path: Path | str) -> str | None:

@@ -14,7 +14,7 @@ from PIL import Image
 from common.errors import UserError
 from common.parsing import parse_bool
 from common.preprocessing import Preprocessing
-from data.augment import EvalTransform, TrainTransform, batch_generator
+from data.augment import _POLICIES, EvalTransform, TrainTransform, _Policy, batch_generator
 from data.cache import DecodedImageCache
 from data.images import decode_working, open_rgb
 from data.layout import locate_dataset
@@ -550,3 +550,116 @@ def test_class_labels_are_alphabetical_whatever_order_the_folders_are_listed_in(
     index = scan_folder(tmp_path, verbose=False)
     assert index.classes == ("cat", "dog", "owl")
     assert dict(zip(index.paths, index.labels.tolist())) == {"cat/x.png": 0, "dog/x.png": 1, "owl/x.png": 2}
+
+
+# Fidelity to torchvision: the eval pipeline is the weights' own transforms(), the train crop is RandomResizedCrop.
+
+# Landscape, portrait, near-square, smaller than the resize size (upscaled) and 4:3 photo sizes.
+_ODD_SIZES = ((500, 375), (375, 500), (333, 517), (517, 333), (1000, 750), (257, 256), (256, 257), (640, 427), (343, 800), (200, 150))
+
+
+@pytest.fixture(scope="module")
+def odd_pngs(tmp_path_factory):
+    """Noise images (every 1-px shift shows) saved as PNG: no JPEG draft mode between the two pipelines."""
+    folder, rng = tmp_path_factory.mktemp("odd_sizes"), np.random.default_rng(0)
+    for width, height in _ODD_SIZES:
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{width}x{height}.png")
+    return sorted(folder.glob("*.png"))
+
+
+# Weights metadata only (transforms() works offline); the presets cover the other residues of resize - crop mod 4,
+# which decide where a crop done in two centred steps would slip.
+_EVAL_REFERENCES = {
+    "resnet50 V2 232->224": ("ResNet50_Weights", "IMAGENET1K_V2"),
+    "inception_v3 342->299": ("Inception_V3_Weights", "IMAGENET1K_V1"),
+    "vit_b_16 256->224": ("ViT_B_16_Weights", "IMAGENET1K_V1"),
+    "preset 230->221": {"crop_size": 221, "resize_size": 230},
+    "preset 250->224 bicubic": {"crop_size": 224, "resize_size": 250, "interpolation": "bicubic"},
+}
+
+
+@pytest.mark.parametrize("name", list(_EVAL_REFERENCES))
+def test_eval_pixels_are_the_weights_own_transforms(name, odd_pngs):
+    """decode_working at the resize size, then EvalTransform, gives what weights.transforms() gives on the same
+    image, for every image size: torchvision's truncated long side and its one-step centre crop, no 1-px shift."""
+    import torchvision.models
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms._presets import ImageClassification
+
+    source = _EVAL_REFERENCES[name]
+    if isinstance(source, tuple):
+        reference = getattr(getattr(torchvision.models, source[0]), source[1]).transforms()
+    else:
+        reference = ImageClassification(**{**source, "interpolation": InterpolationMode(source.get("interpolation", "bilinear"))})
+    (resize,), (crop,) = reference.resize_size, reference.crop_size
+    pre = Preprocessing(crop, resize, tuple(reference.mean), tuple(reference.std), reference.interpolation.value)
+    for path in odd_pngs:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+        square = decode_working(path, resize, pre.interpolation, crop_size=crop)
+        ours = EvalTransform(pre)(torch.from_numpy(square.copy())[None])[0]
+        assert (ours - reference(image)).abs().max().item() < 1e-5, path.name
+        # Without a crop size the square itself is torchvision's Resize + CenterCrop at the resize size.
+        alone = np.asarray(TF.center_crop(TF.resize(image, resize, reference.interpolation), resize))
+        assert np.array_equal(decode_working(path, resize, pre.interpolation), alone), path.name
+
+
+def _crop_boxes(theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Width, height (fractions of the square's side) and centre of each crop, rotation and flip taken out."""
+    return theta[:, :, 0].norm(dim=1), theta[:, :, 1].norm(dim=1), theta[:, 0, 2], theta[:, 1, 2]
+
+
+@pytest.mark.parametrize("level", ["standard", "strong"])
+def test_train_crops_are_random_resized_crops_of_the_working_square(level):
+    """Every crop lies inside the square with area in [min_area, 1] and ratio in [3/4, 4/3]; a draw that does not
+    fit is redrawn (no crop spans the full width or height alone, as clamping made), with the same draws for
+    the same (seed, epoch, batch)."""
+    policy, eps = _POLICIES[level], 1e-5
+    theta = TrainTransform._affine(4096, policy, batch_generator(3, 1, 4))
+    assert torch.equal(theta, TrainTransform._affine(4096, policy, batch_generator(3, 1, 4)))
+    width, height, center_x, center_y = _crop_boxes(theta)
+    assert ((center_x.abs() + width <= 1 + eps) & (center_y.abs() + height <= 1 + eps)).all()
+    area, ratio = width * height, width / height
+    assert ((area >= policy.min_area - eps) & (area <= 1 + eps)).all()
+    assert ((ratio >= 3 / 4 - eps) & (ratio <= 4 / 3 + eps)).all()
+    clamped = (torch.maximum(width, height) > 1 - 1e-6) & (torch.minimum(width, height) < 1 - 1e-6)
+    assert not clamped.any()
+
+
+def test_train_crop_areas_follow_random_resized_crop_not_a_clamp():
+    """With scale [0.35, 1] and ratio [3/4, 4/3], a draw of area a > 3/4 fits with probability -ln(a)/ln(4/3),
+    so torchvision's retries give 22.9 % of crops above 3/4 of the square; clamping oversized draws gave 38.5 %."""
+    width, height, _, _ = _crop_boxes(TrainTransform._affine(8192, _POLICIES["standard"], batch_generator(0, 0, 0)))
+    above = ((width * height) > 0.75).float().mean().item()
+    assert abs(above - 0.229) < 0.02, above
+
+
+def test_train_crop_falls_back_to_the_whole_square_when_no_draw_fits():
+    """Area 1 with any ratio but 1 overflows a side on every try: after 10, the crop is the whole square."""
+    always_too_big = _Policy(min_area=1.0, flip=False, max_rotation_degrees=0.0, color_jitter=0.0)
+    theta = TrainTransform._affine(256, always_too_big, batch_generator(0, 0, 0))
+    assert torch.allclose(theta, torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(256, 2, 3))
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_the_trainers_image_stores_give_the_weights_own_eval_pixels(use_cache, tmp_path):
+    """What training, validation and `agent.py test` read (the image cache, or decoding on the fly) is placed for
+    the crop: resize - crop = 3, as inception_v3's 342 -> 299, slips a pixel on half of all sizes otherwise."""
+    import torchvision.transforms as T
+
+    from trainer.inputs import image_store
+
+    rng = np.random.default_rng(1)
+    for index, (width, height) in enumerate([(48, 38), (38, 48), (44, 38), (50, 41), (39, 39)]):  # 48, 44: slips
+        folder = tmp_path / "data" / "train" / f"c{index % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{width}x{height}.png")
+    images = scan_folder(tmp_path / "data" / "train", verbose=False)
+    pre = Preprocessing(35, 38, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    reference = T.Compose([T.Resize(38), T.CenterCrop(35), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
+    store = image_store(images, pre, tmp_path / "cache", use_cache)
+    ours = EvalTransform(pre)(torch.from_numpy(np.ascontiguousarray(store.read(np.arange(len(images))))))
+    for i in range(len(images)):
+        with Image.open(images.absolute(i)) as image:
+            assert (ours[i] - reference(image.convert("RGB"))).abs().max().item() < 1e-5, images.paths[i]

@@ -126,7 +126,7 @@ def _evaluate(run_folder: Path, record: RunRecord, saved: dict, checkpoint: Path
     transform = EvalTransform(pre)
     # The run's precision on a GPU; fp32 on a CPU, where fp16 does not exist and bf16 only slows inference down.
     autocast_dtype = resolve_precision(config.precision if target.type == "cuda" else "fp32", target)
-    loader = BatchLoader(DecodingStore(test_index, pre.resize_size, pre.interpolation), np.arange(len(test_index)), test_index.labels, 64)
+    loader = BatchLoader(DecodingStore(test_index, pre.resize_size, pre.interpolation, pre.crop_size), np.arange(len(test_index)), test_index.labels, 64)
     predictions = []
     with torch.inference_mode():
         for images, _ in loader.epoch(0):

@@ -71,8 +71,8 @@ class RunInputs:
 
 def image_store(index: ImageIndex, pre: Preprocessing, cache_dir: Path, use_cache: bool):
     if use_cache:
-        return DecodedImageCache.build_or_open(index, pre.resize_size, pre.interpolation, cache_dir)
-    return DecodingStore(index, pre.resize_size, pre.interpolation)
+        return DecodedImageCache.build_or_open(index, pre.resize_size, pre.interpolation, cache_dir, crop_size=pre.crop_size)
+    return DecodingStore(index, pre.resize_size, pre.interpolation, pre.crop_size)
 
 
 def build_inputs(config, data: DataSplit, pre: Preprocessing, model, feature_depth: int, device: torch.device, autocast, batch_size: int) -> RunInputs:
