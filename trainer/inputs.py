@@ -9,6 +9,8 @@ from a training run.
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -93,7 +95,9 @@ def build_inputs(config, data: DataSplit, pre: Preprocessing, model, feature_dep
     eval_input = lambda images: eval_transform(to_device(images))  # noqa: E731
     start_stage = 0
     if feature_depth > 0:
-        key = f"{pre.crop_size}-{pre.resize_size}-{data.index.fingerprint}-{data.split.hash}"
+        # Every input setting that changes the pixels the prefix sees (its weights are in the fingerprint).
+        pixels = hashlib.sha256(repr((pre.interpolation, tuple(pre.mean), tuple(pre.std))).encode()).hexdigest()[:8]
+        key = f"{pre.crop_size}-{pre.resize_size}-{pixels}-{data.index.fingerprint}-{data.split.hash}"
         both = np.concatenate([data.split.train, data.split.val])
         store = build_or_open_features(model, feature_depth, store, both, data.index.labels, eval_input, device, autocast, cache_dir, key)
         workers = 0
