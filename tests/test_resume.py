@@ -61,6 +61,28 @@ def sigterm_at_step(monkeypatch):
     monkeypatch.setattr(trainer.loop, "EpochProgress", original)
 
 
+def test_a_stop_during_the_last_validation_finds_the_run_finished(nature_dir, tmp_path, monkeypatch):
+    """Every epoch trained and validated: nothing is left to resume, so the run is finished, not preempted."""
+    import trainer.loop
+
+    real = trainer.loop.evaluate
+    calls = []
+
+    def evaluate_then_sigterm(loop, loader):
+        result = real(loop, loader)
+        calls.append(1)
+        if len(calls) == 2:  # the last epoch's validation
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(trainer.loop, "evaluate", evaluate_then_sigterm)
+    outcome = run_training(config(nature_dir, tmp_path, run_id="late", epochs=2))
+    assert outcome.state == M.FINISHED and outcome.exit_code == 0 and outcome.summary[M.EPOCHS_COMPLETED] == 2
+    calls.clear()
+    cut = run_training(config(nature_dir, tmp_path, run_id="early", epochs=3))  # a stop with an epoch left still cuts
+    assert cut.state == M.PREEMPTED and cut.summary[M.EPOCHS_COMPLETED] == 2
+
+
 def test_resume_on_a_fresh_machine_from_a_folder_store(nature_dir, tmp_path, sigterm_at_step):
     straight = run_training(config(nature_dir, tmp_path / "reference", run_id="ref"))
 

@@ -205,7 +205,7 @@ def train(loop: Loop, state: LoopState) -> str:
                 print(f"early stopping: {note}")
                 loop.record.update_summary(stopped_by_patience=note)
             break
-        if loop.stop:
+        if loop.stop and state.epoch < config.epochs:  # a stop during the last validation finds the run done
             return M.EARLY_STOPPED if loop.stop.reason == EARLY_STOP else M.PREEMPTED
     return M.FINISHED
 
