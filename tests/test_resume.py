@@ -103,6 +103,21 @@ def test_resume_on_a_fresh_machine_from_a_folder_store(nature_dir, tmp_path, sig
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_fresh_start_on_a_new_machine_sets_the_stores_copies_of_the_earlier_model_aside(nature_dir, tmp_path):
+    """The run id trained again with another config, the earlier run folder gone with its session: the store's
+    last.pt and best.pt are that model's only copies, and the new run's first checkpoint must not replace them."""
+    store = tmp_path / "drive"
+    earlier = run_training(config(nature_dir, tmp_path / "machine_a", run_id="trial-3", epochs=1, checkpoint_store=str(store)))
+    kept = {name: (store / "trial-3" / name).read_bytes() for name in ("last.pt", "best.pt")}
+    shutil.rmtree(earlier.folder)
+    again = run_training(config(nature_dir, tmp_path / "machine_b", run_id="trial-3", epochs=1, lr=0.01, checkpoint_store=str(store)))
+    assert again.state == M.FINISHED and "config_hash" in again.summary["resume_refused"]
+    assert (store / "trial-3" / "last.refused.pt").read_bytes() == kept["last.pt"]
+    assert (store / "trial-3" / "best.previous.pt").read_bytes() == kept["best.pt"]
+    assert (again.folder / "best.previous.pt").read_bytes() == kept["best.pt"]  # and in the run folder, as for a local one
+    assert (store / "trial-3" / "last.pt").read_bytes() != kept["last.pt"]  # the new run's own checkpoints
+
+
 def test_corrupt_checkpoint_is_refused_with_a_reason_and_the_trial_starts_fresh(nature_dir, tmp_path):
     folder = tmp_path / "runs" / "broken"
     folder.mkdir(parents=True)

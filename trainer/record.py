@@ -25,6 +25,7 @@ from trainer import metrics as M
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.jsonl", "summary.json"
 LAST_CHECKPOINT, BEST_CHECKPOINT = "last.pt", "best.pt"
 PREVIOUS_BEST = "best.previous.pt"  # the best.pt of a model a fresh start replaced
+REFUSED_LAST = "last.refused.pt"  # a last.pt that could not be resumed, kept for the user to inspect
 TRAINING, TESTING = "training", "testing"  # what the holder of a run's lock is doing
 
 

@@ -36,7 +36,7 @@ from trainer.config import RunConfig, config_hash, effective_config, rehash, to_
 from trainer.inputs import build_inputs, load_split
 from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, nothing_left, train
 from trainer.optim import build_optimizer
-from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_BEST, RunRecord
+from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_BEST, REFUSED_LAST, RunRecord
 from trainer.signals import GracefulStop
 from trainer.store import make_store
 from trainer.wandb_log import resolve_mode, start_logger
@@ -223,7 +223,12 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
             raise UserError(str(refused).replace("starting fresh", "drop --resume to start the run fresh", 1)) from None
         print(f"warning: {refused}")
         record.update_summary(resume_refused=str(refused))
-        last_path.replace(last_path.with_name("last.refused.pt"))
+        last_path.replace(last_path.with_name(REFUSED_LAST))
+        # The store's copies are the earlier model's too, and on a new machine its only ones: set them aside there
+        # as well, or this fresh start's first checkpoint overwrites them. Its best.pt comes here first, so the
+        # run folder keeps it as best.previous.pt like a local one.
+        store.fetch(best_path)
+        store.set_aside({LAST_CHECKPOINT: REFUSED_LAST, BEST_CHECKPOINT: PREVIOUS_BEST})
 
     payload = None
     if not fresh and store.fetch(last_path):

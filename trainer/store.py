@@ -10,6 +10,8 @@ One small interface: `save(path)` after every local checkpoint, `fetch(dest)` be
 
 from __future__ import annotations
 
+import os
+
 import secrets
 import shutil
 import sys
@@ -30,6 +32,9 @@ class LocalStore:
 
     def fetch(self, dest: Path) -> bool:
         return dest.exists()
+
+    def set_aside(self, renames: dict[str, str]) -> None:
+        """Rename the store's own copies (`last.pt` -> `last.refused.pt`): the run folder renames its files itself."""
 
     def close(self, timeout: float | None = None) -> None: ...
 
@@ -62,6 +67,12 @@ class FolderStore(LocalStore):
             return False
         _copy_atomic(source, dest)
         return True
+
+
+    def set_aside(self, renames: dict[str, str]) -> None:
+        for name, new_name in renames.items():
+            if (self.folder / name).exists():
+                os.replace(self.folder / name, self.folder / new_name)
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
