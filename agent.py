@@ -61,9 +61,11 @@ def run_config_from_args(args: list[str]):
     if probe.resume:
         from trainer.record import RunRecord
         from trainer.run import resolve_run_id
+        from trainer.store import stored_config
 
         run_id = resolve_run_id(probe)
-        saved = RunRecord.saved_config(Path(probe.output_dir).expanduser() / run_id) or {}  # a mistyped run id creates no folder
+        # A mistyped run id creates no folder. On a new machine only the --checkpoint_store folder has the run.
+        saved = RunRecord.saved_config(Path(probe.output_dir).expanduser() / run_id) or stored_config(probe.checkpoint_store, run_id) or {}
         saved.pop("run_id", None)
         sources = [saved, *sources]
         cli = {**cli, "run_id": run_id}

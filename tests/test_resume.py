@@ -118,6 +118,25 @@ def test_a_fresh_start_on_a_new_machine_sets_the_stores_copies_of_the_earlier_mo
     assert (store / "trial-3" / "last.pt").read_bytes() != kept["last.pt"]  # the new run's own checkpoints
 
 
+def test_resume_by_run_id_on_a_new_machine_takes_the_config_the_store_checkpoint_was_trained_with(nature_dir, tmp_path, sigterm_at_step):
+    """`--resume --run_id=ID` with only the store left: its last.pt's config, not the defaults (resnet50)."""
+    import agent
+
+    store = tmp_path / "drive"
+    disarm = sigterm_at_step(5)
+    cut = run_training(config(nature_dir, tmp_path / "machine_a", run_id="t9", lr=3e-3, checkpoint_store=str(store)))
+    assert cut.state == M.PREEMPTED
+    disarm()
+    shutil.rmtree(tmp_path / "machine_a")
+    machine_b = tmp_path / "machine_b"
+    resumed_config = agent.run_config_from_args([
+        "--resume", "--run_id=t9", f"--checkpoint_store={store}", f"--output_dir={machine_b / 'runs'}",
+        f"--data_dir={nature_dir}", f"--cache_dir={machine_b / 'cache'}", "--wandb_mode=disabled"])
+    assert (resumed_config.model, resumed_config.lr, resumed_config.filters) == ("scratch_cnn", 3e-3, 8)
+    resumed = run_training(resumed_config)
+    assert resumed.state == M.FINISHED and resumed.summary.get("resumed_from_epoch") == 1
+
+
 def test_corrupt_checkpoint_is_refused_with_a_reason_and_the_trial_starts_fresh(nature_dir, tmp_path):
     folder = tmp_path / "runs" / "broken"
     folder.mkdir(parents=True)

@@ -38,7 +38,7 @@ from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, nothing
 from trainer.optim import build_optimizer
 from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_BEST, REFUSED_LAST, RunRecord
 from trainer.signals import GracefulStop
-from trainer.store import make_store
+from trainer.store import STORE_CHOICES, make_store
 from trainer.wandb_log import resolve_mode, start_logger
 from trainer.writer import CheckpointWriter
 
@@ -334,7 +334,7 @@ def run_training(config: RunConfig) -> RunOutcome:
     in_wandb = config.checkpoint_store == "wandb" or (config.checkpoint_store == "auto" and resolve_mode(config.wandb_mode) == "online")
     if config.resume and not folder.is_dir() and not in_wandb:
         # Nothing local, and a store on disk (or none) can be looked at now: a mistyped run id leaves no run folder.
-        kept = Path(config.checkpoint_store).expanduser() / run_id / LAST_CHECKPOINT if config.checkpoint_store not in ("local", "auto") else None
+        kept = Path(config.checkpoint_store).expanduser() / run_id / LAST_CHECKPOINT if config.checkpoint_store not in STORE_CHOICES else None
         if kept is None or not kept.exists():
             raise UserError(f"--resume: there is no run {run_id!r} in {config.output_dir}{f' or {kept.parent.parent}' if kept else ''}; "
                             f"check --run_id (or drop it to resume the latest unfinished run)")
@@ -451,7 +451,7 @@ def _disk_hint(config: RunConfig, exc: BaseException) -> str:
     """Which option moves the file that could not be written (`exc.filename`) to another disk: the option of the
     innermost folder holding it (a cache inside the output folder is the cache's)."""
     options = {"--output_dir": config.output_dir, "--cache_dir": config.cache_dir}
-    if config.checkpoint_store not in ("auto", "local", "wandb"):
+    if config.checkpoint_store not in STORE_CHOICES:
         options["--checkpoint_store"] = config.checkpoint_store
     filename, matches = getattr(exc, "filename", None), []
     try:

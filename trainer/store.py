@@ -23,6 +23,9 @@ from common.disk import ensure_space, ensure_writable
 from common.errors import UserError
 
 
+STORE_CHOICES = ("auto", "local", "wandb")  # the named stores; any other --checkpoint_store is a folder
+
+
 class LocalStore:
     """The run folder only: `save` has nothing to add, `fetch` finds what is already there."""
 
@@ -73,6 +76,23 @@ class FolderStore(LocalStore):
         for name, new_name in renames.items():
             if (self.folder / name).exists():
                 os.replace(self.folder / name, self.folder / new_name)
+
+
+def stored_config(choice: str, run_id: str) -> dict | None:
+    """The config that the last.pt of `run_id` in a folder store was trained with, or None: what `--resume` takes on
+    a new machine, where the run folder and its config.yaml went with the old session and only the store is left."""
+    if choice in STORE_CHOICES:
+        return None
+    path = Path(choice).expanduser() / run_id / "last.pt"
+    if not path.is_file():
+        return None
+    import torch
+
+    try:  # mmap: the tensors are not read, only the small dicts
+        config = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("config")
+    except Exception:  # unreadable: the run itself refuses it with the reason
+        return None
+    return dict(config) if isinstance(config, dict) else None
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
