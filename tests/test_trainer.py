@@ -205,7 +205,7 @@ def test_checkpoint_of_another_config_is_refused_and_the_run_starts_fresh(base):
     run_training(scratch(base, run_id="same-id", epochs=1))
     outcome = run_training(scratch(base, run_id="same-id", epochs=1, lr=0.02))
     assert outcome.state == M.FINISHED
-    assert "config_hash" in outcome.summary["resume_refused"]
+    assert "was trained with lr=0.001 (now 0.02)" in outcome.summary["resume_refused"]
     assert [r[M.EPOCH] for r in history(outcome)] == [1]
 
 
@@ -523,7 +523,7 @@ def test_test_command_writes_accuracy_confusion_and_grid(base, capsys, monkeypat
     # The same run id trained again with another config starts fresh: the old model's test result leaves with it.
     earlier_history = (outcome.folder / "metrics.jsonl").read_text()
     retrained = run_training(scratch(base, run_id="for-test", filters=16, epochs=1))
-    assert "config_hash" in retrained.summary["resume_refused"] and M.TEST_ACC not in retrained.summary
+    assert "was trained with filters=8 (now 16)" in retrained.summary["resume_refused"] and M.TEST_ACC not in retrained.summary
     assert "was trained before with filters=8 (now 16)" in capsys.readouterr().out
     assert (outcome.folder / "metrics.previous.jsonl").read_text() == earlier_history != (outcome.folder / "metrics.jsonl").read_text()
     assert yaml.safe_load((outcome.folder / "config.previous.yaml").read_text())["filters"] == 8

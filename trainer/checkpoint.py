@@ -153,7 +153,9 @@ class CheckpointRefused(Exception):
     """The file is unreadable or belongs to another config/model; the message is the one-line reason."""
 
 
-def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+def load_checkpoint(path: Path, identity: dict[str, Any], config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint at `path` if it is this run's (`identity`); `config`, this run's effective config, names the
+    settings that differ when the config hash does."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -161,6 +163,11 @@ def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, FORMAT_LEAN) or "loop" not in payload:
         raise CheckpointRefused(f"checkpoint {path} is not a resumable checkpoint of this harness; starting fresh")
     key = identity_mismatch(payload, identity)
+    if key == "config_hash" and config and isinstance(payload.get("config"), dict):
+        saved = payload["config"]
+        changed = [f"{k}={saved[k]!r} (now {v!r})" for k, v in config.items() if k in saved and saved[k] != v]
+        if changed:
+            raise CheckpointRefused(f"checkpoint {path} was trained with {', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}; starting fresh")
     if key:
         raise CheckpointRefused(f"checkpoint {path} was written for {key}={(payload.get('identity') or {}).get(key)!r}, this run has {identity[key]!r}; starting fresh")
     return payload

@@ -233,7 +233,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     payload = None
     if not fresh and store.fetch(last_path):
         try:
-            payload = load_checkpoint(last_path, identity)
+            payload = load_checkpoint(last_path, identity, effective_config(config))
             check_frozen_base(payload, lean, last_path)
         except CheckpointRefused as refused:
             payload = None
