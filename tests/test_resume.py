@@ -137,6 +137,21 @@ def test_resume_by_run_id_on_a_new_machine_takes_the_config_the_store_checkpoint
     assert resumed.state == M.FINISHED and resumed.summary.get("resumed_from_epoch") == 1
 
 
+def test_a_config_that_never_trained_is_no_earlier_run(nature_dir, tmp_path, capsys):
+    """A start refused before training (here: --resume with a mistyped setting) leaves a config.yaml of nothing;
+    the next start neither calls it an earlier run nor keeps it as config.previous.yaml."""
+    finished = run_training(config(nature_dir, tmp_path, run_id="r1", epochs=1))
+    with pytest.raises(UserError, match="--resume: run r1 was trained with filters=8"):
+        run_training(config(nature_dir, tmp_path, run_id="r1", epochs=1, filters=16, resume=True))
+    fresh = tmp_path / "runs" / "r2"
+    fresh.mkdir()
+    (fresh / "config.yaml").write_text((finished.folder / "config.yaml").read_text().replace("filters: 8", "filters: 16"))
+    capsys.readouterr()
+    outcome = run_training(config(nature_dir, tmp_path, run_id="r2", epochs=1))
+    assert outcome.state == M.FINISHED and "trained before" not in capsys.readouterr().out
+    assert not (fresh / "config.previous.yaml").exists()
+
+
 def test_corrupt_checkpoint_is_refused_with_a_reason_and_the_trial_starts_fresh(nature_dir, tmp_path):
     folder = tmp_path / "runs" / "broken"
     folder.mkdir(parents=True)

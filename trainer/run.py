@@ -350,7 +350,10 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
         stale.unlink(missing_ok=True)
     config_dict = to_dict(config) | {"run_id": run_id}
     earlier, effective = record.read_config(), effective_config(config)
-    if earlier:
+    # Only a config that trained is an earlier run: a start refused before training (a mistyped --model with
+    # --resume, a missing weights file) left a config.yaml of nothing, which the next start simply replaces.
+    trained = record.history or any((folder / name).exists() for name in (LAST_CHECKPOINT, BEST_CHECKPOINT))
+    if earlier and trained:
         saved = {k: v for k, v in earlier.items() if k in effective}
         changed = {k: v for k, v in effective.items() if saved.get(k, v) != v}
         if changed and rehash(saved) != config_hash(config):  # not merely written otherwise by older code
