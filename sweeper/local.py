@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -40,7 +41,7 @@ from sweeper import console
 from sweeper.definition import DRIVER_OWNED, SweepDefinition, with_recipe, engine_config, load_definition, pin_definition, pin_fixed, problems_error, unrunnable_values
 from sweeper.engine import runs_to_stop, suggest, sweep_run
 from sweeper.interrupt import DriverInterrupt
-from sweeper.table import (DUPLICATE, RUNS_DIR, UNFINISHED, Trial, TrialTable, binds_folder, failed_on_setup, killed_by_host,
+from sweeper.table import (DUPLICATE, RUNS_DIR, UNFINISHED, Trial, TrialTable, binds_folder, failed_on_setup, killed_by_host, run_id_prefix,
                            suggestion_identity)
 from sweeper.trial import (LaunchedTrial, has_checkpoint, launch, outcome, read_history, recorded_outcome,
                            trial_command, visible_gpus)
@@ -87,6 +88,7 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
         if not os.access(parent, os.W_OK):
             raise UserError(f"sweep folder {sweep_dir} cannot be created: {parent} is not writable; pass --sweep_dir with a writable folder")
         prepare_dataset(definition, fixed)  # a first call that fails here leaves no sweep folder behind
+        _note_orphans_in_store(definition.name, fixed.get("checkpoint_store"), sweep_dir)
     ensure_writable(sweep_dir, "sweep folder", "--sweep_dir")
     with exclusive(sweep_dir):
         table = TrialTable(sweep_dir)
@@ -106,6 +108,22 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
         if existed:
             prepare_dataset(definition, fixed)
         return LocalSweep(definition, sweep_dir, fixed, workers).run(count)
+
+
+def _note_orphans_in_store(name: str, store: Any, sweep_dir: Path) -> None:
+    """A new sweep folder beside a store that holds trials of this sweep name: most likely the same sweep on a new
+    machine, whose --sweep_dir (its record of trials) stayed behind. Said once, before anything is trained."""
+    from trainer.store import STORE_CHOICES
+
+    if not store or store in STORE_CHOICES:
+        return
+    folder = Path(str(store)).expanduser()
+    pattern = re.compile(rf"{re.escape(run_id_prefix(name))}-\d{{3}}-[0-9a-f]{{4}}")
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and pattern.fullmatch(p.name)) if folder.is_dir() else []
+    if found:
+        print(f"note: {folder} holds checkpoints of {len(found)} trial(s) of a sweep named {name} ({', '.join(found[:3])}"
+              f"{' ...' if len(found) > 3 else ''}), but {sweep_dir} is new, so this sweep starts over: to continue that "
+              f"sweep, stop and pass the --sweep_dir it used (keep it on the same drive as the store)", flush=True)
 
 
 def prepare_dataset(definition: SweepDefinition, fixed: Mapping[str, Any]) -> None:

@@ -107,8 +107,12 @@ class TrialTable:
 
     def new_run_id(self, sweep_name: str) -> str:
         # The random tail keeps ids unique across sweeps with the same name: W&B run ids share a project.
-        slug = re.sub(r"[^A-Za-z0-9_-]+", "-", sweep_name).strip("-") or "trial"
-        return f"{slug}-{len(self.trials) + 1:03d}-{secrets.token_hex(2)}"
+        return f"{run_id_prefix(sweep_name)}-{len(self.trials) + 1:03d}-{secrets.token_hex(2)}"
+
+
+def run_id_prefix(sweep_name: str) -> str:
+    """What every trial's run id of a sweep with this name starts with (then `-NNN-xxxx`)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", sweep_name).strip("-") or "trial"
 
 
 def failed_on_setup(trial: Trial) -> bool:

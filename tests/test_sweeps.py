@@ -201,6 +201,20 @@ def test_recipe_files_are_checked_before_the_first_trial(tmp_path):
     assert unrunnable_values({RECIPE: {"values": [str(good)]}, "seed": {"values": [0, 1]}}, {}) == []
 
 
+def test_a_new_sweep_folder_beside_a_store_with_this_sweeps_trials_says_it_starts_over(tmp_path, fixed_args, capsys):
+    """A new machine, the --sweep_dir left behind: the store's checkpoints cannot be found without its table."""
+    store = tmp_path / "drive"
+    for name in ("tiny-001-ab12", "tiny-002-0f3c", "tinyx-001-ab12", "other-001-ab12"):
+        (store / name).mkdir(parents=True)
+    definition = write_yaml(tmp_path / "tiny.yaml", tiny_definition())
+    run_local_sweep(definition, count=0, sweep_dir=tmp_path / "new", fixed={**fixed_args, "checkpoint_store": str(store)})
+    out = capsys.readouterr().out
+    assert f"note: {store} holds checkpoints of 2 trial(s) of a sweep named tiny (tiny-001-ab12, tiny-002-0f3c)" in out
+    assert "pass the --sweep_dir it used" in out
+    run_local_sweep(definition, count=0, sweep_dir=tmp_path / "new", fixed={**fixed_args, "checkpoint_store": str(store)})
+    assert "holds checkpoints" not in capsys.readouterr().out  # said when the folder is new only
+
+
 def test_fixed_arguments_are_checked_once(tmp_path, fixed_args):
     sweep = write_yaml(tmp_path / "s.yaml", tiny_definition())
     with pytest.raises(UserError, match="set by the sweep"):
