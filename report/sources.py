@@ -94,6 +94,9 @@ def _load_local(path: Path) -> RunTable:
         if record.state == metrics.RUNNING and row is not None and not TrainerRecord.in_training(folder_of[record.run_id]):
             summary = {**record.summary, metrics.STATE: row["state"], metrics.REASON: row.get("reason"), metrics.EXIT_CODE: row.get("exit_code")}
             records[i] = dataclasses.replace(record, state=str(row["state"]), summary=summary)
+        elif record.state == metrics.PREEMPTED and row is not None and row.get("state") == metrics.PREEMPTED and row.get("reason"):
+            # The trial's own reason says how one run resumes; the sweep's says what resumes a trial of a sweep.
+            records[i] = dataclasses.replace(record, summary={**record.summary, metrics.REASON: row["reason"]})
         elif record.state == metrics.RUNNING and not record.reason and not TrainerRecord.in_training(record.folder):
             folder = record.folder
             how = ("run the sweep command again" if sweep else

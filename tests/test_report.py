@@ -628,6 +628,21 @@ def test_a_trial_killed_outright_gets_the_sweeps_reason_not_running(tmp_path, sw
     assert records["r01"].state == "finished"  # a stale "running" row never overrides a folder that ended
 
 
+def test_a_preempted_sweep_trial_says_the_sweep_command_resumes_it_not_a_single_run_command(tmp_path, sweep_dir):
+    import shutil
+
+    shutil.copytree(sweep_dir, tmp_path / "sweep")
+    summary_path = tmp_path / "sweep" / "runs" / "r03" / "summary.json"
+    own = "interrupted by signal 15; resumes from its checkpoint when relaunched with run_id=r03"
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), metrics.STATE: "preempted", metrics.REASON: own}))
+    table_path = tmp_path / "sweep" / "table.jsonl"
+    sweeps = "interrupted; the same sweep command resumes it from its checkpoint"
+    row = {"run_id": "r03", "state": "preempted", "config": make_config("r03"), "reason": sweeps, "duplicate_of": None}
+    table_path.write_text(table_path.read_text() + json.dumps(row) + "\n")
+    records = {r.run_id: r for r in load_table(str(tmp_path / "sweep")).records}
+    assert records["r03"].state == "preempted" and records["r03"].reason == sweeps
+
+
 def test_a_test_result_of_an_earlier_best_epoch_is_left_out(tmp_path, sweep_dir, capsys):
     import shutil
 
