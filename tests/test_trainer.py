@@ -720,6 +720,15 @@ def test_equivalent_values_are_written_one_way():
     assert same(model="resnet50", epochs=2, warmup_epochs=1)(model="resnet50", epochs=2, warmup_epochs=5)
     assert parse_run_config({"epochs": 1}).warmup_epochs == 0.5 and parse_run_config({"epochs": 4, "warmup_epochs": 3}).warmup_epochs == 2
     assert parse_run_config({"epochs": 10, "warmup_epochs": 1.5}).warmup_epochs == 1.5
+    # ...but what older code saved with a longer warmup trained otherwise: no longer the same config (nor is its
+    # 'half' net of 4 filters, widened to 8 then)
+    from trainer.config import effective_config, rehash
+
+    today = effective_config(parse_run_config({"epochs": 1}))
+    assert rehash(today) == config_hash(parse_run_config({"epochs": 1}))
+    assert rehash({**today, "warmup_epochs": 1.0}) is None
+    narrow = effective_config(parse_run_config({"model": "scratch_cnn", "filters": 4, "filter_organization": "half"}))
+    assert rehash(narrow) is None and rehash({**narrow, "filters": 16}) is not None
 
     assert same(model="resnet50", weights="IMAGENET1K_V2")(model="resnet50", weights="imagenet")
     assert not same(model="resnet50", weights="IMAGENET1K_V1")(model="resnet50", weights="imagenet")

@@ -67,7 +67,7 @@ class RunConfig:
     bn_mode: str = _opt("freeze", "BatchNorm in frozen stages: freeze (eval mode, statistics fixed) or adapt (statistics follow the data)", "freezing", choices=("freeze", "adapt"))
     # scratch_cnn
     filters: int | None = _opt(32, "scratch_cnn: filters of the first conv block", "scratch_cnn", low=1, high=1024)
-    filter_organization: str | None = _opt("double", "scratch_cnn: filters per block: same, double or half of the previous (halving stops at 8)", "scratch_cnn", choices=("same", "double", "half"))
+    filter_organization: str | None = _opt("double", "scratch_cnn: filters per block: same, double or half of the previous (halving stops at 8, or at filters when smaller)", "scratch_cnn", choices=("same", "double", "half"))
     kernel_size: int | None = _opt(3, "scratch_cnn: convolution kernel size", "scratch_cnn", low=1, high=11)
     activation: str | None = _opt("relu", "scratch_cnn: activation", "scratch_cnn", choices=("relu", "gelu", "silu", "mish", "leaky_relu"))
     batch_norm: bool | None = _opt(True, "scratch_cnn: batch norm after each convolution", "scratch_cnn")
@@ -348,10 +348,25 @@ def rehash(saved: Mapping[str, Any] | None) -> str | None:
     None when it no longer reads (a field removed or renamed, a value no longer allowed)."""
     if not saved or not set(saved) <= set(FIELDS):
         return None
+    if _trains_otherwise_today(saved):
+        return None
     try:
         return config_hash(parse_run_config(saved))
     except (UserError, TypeError, ValueError):
         return None
+
+
+def _trains_otherwise_today(saved: Mapping[str, Any]) -> bool:
+    """Saved values that today's normalisation changes in what is trained, not only in how it is written: a warmup
+    longer than half the run (capped since), `half` filters below 8 (the first block was widened to 8 before)."""
+    def number(key: str) -> float | None:
+        value = saved.get(key)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    warmup, epochs, filters = number("warmup_epochs"), number("epochs"), number("filters")
+    if warmup is not None and epochs is not None and saved.get("schedule") != "onecycle" and warmup > epochs / 2:
+        return True
+    return saved.get("filter_organization") == "half" and filters is not None and filters < 8
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:
