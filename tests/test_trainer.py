@@ -472,16 +472,20 @@ def test_cached_and_uncached_training_agree(base, small_inputs):
 
 
 def test_prefix_features_are_shared_only_by_runs_that_feed_the_prefix_the_same_pixels(base, monkeypatch):
-    """Same weights, crop and resize, other normalisation (a warm start keeps its source's): other features."""
+    """Same weights, crop and resize, but another normalisation (a warm start keeps its source's) or precision:
+    other features."""
     import dataclasses
 
     import trainer.run
 
     common = {**base, "model": "resnet18", "strategy": "head_only", "augment": "none", "epochs": 1}
-    for run_id, pre in (("a", SMALL), ("b", SMALL), ("c", dataclasses.replace(SMALL, mean=(0.5, 0.5, 0.5)))):
+    runs = (("a", SMALL, "fp32"), ("b", SMALL, "fp32"), ("c", dataclasses.replace(SMALL, mean=(0.5, 0.5, 0.5)), "fp32"),
+            ("d", SMALL, "bf16"))  # the prefix run at another precision computes other features too
+    for run_id, pre, precision in runs:
         monkeypatch.setattr(trainer.run, "preprocessing_for", lambda *a, pre=pre, **k: pre)
-        assert run_training(parse_run_config({**common, "run_id": run_id})).summary["feature_cache_depth"] == 5
-    assert len(list((Path(base["cache_dir"])).glob("features-*.f16"))) == 2  # b reused a's; c built its own
+        outcome = run_training(parse_run_config({**common, "run_id": run_id, "precision": precision}))
+        assert outcome.summary["feature_cache_depth"] == 5
+    assert len(list((Path(base["cache_dir"])).glob("features-*.f16"))) == 3  # b reused a's; c and d built their own
 
 
 def test_test_command_writes_accuracy_confusion_and_grid(base, capsys, monkeypatch):

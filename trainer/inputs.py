@@ -77,7 +77,9 @@ def image_store(index: ImageIndex, pre: Preprocessing, cache_dir: Path, use_cach
     return DecodingStore(index, pre.resize_size, pre.interpolation, pre.crop_size)
 
 
-def build_inputs(config, data: DataSplit, pre: Preprocessing, model, feature_depth: int, device: torch.device, autocast, batch_size: int) -> RunInputs:
+def build_inputs(config, data: DataSplit, pre: Preprocessing, model, feature_depth: int, device: torch.device, autocast, batch_size: int,
+                 dtype: torch.dtype | None = None) -> RunInputs:
+    """`autocast` runs the model at `dtype` (None: fp32)."""
     cuda = device.type == "cuda"
     channels_last = config.channels_last
     cache_dir = Path(config.cache_dir).expanduser()
@@ -95,8 +97,9 @@ def build_inputs(config, data: DataSplit, pre: Preprocessing, model, feature_dep
     eval_input = lambda images: eval_transform(to_device(images))  # noqa: E731
     start_stage = 0
     if feature_depth > 0:
-        # Every input setting that changes the pixels the prefix sees (its weights are in the fingerprint).
-        pixels = hashlib.sha256(repr((pre.interpolation, tuple(pre.mean), tuple(pre.std))).encode()).hexdigest()[:8]
+        # Every setting that changes what the prefix computes: the pixels it sees and the precision it runs at
+        # (bf16 or fp16 autocast, or fp32); its weights are in the fingerprint.
+        pixels = hashlib.sha256(repr((pre.interpolation, tuple(pre.mean), tuple(pre.std), str(dtype))).encode()).hexdigest()[:8]
         key = f"{pre.crop_size}-{pre.resize_size}-{pixels}-{data.index.fingerprint}-{data.split.hash}"
         both = np.concatenate([data.split.train, data.split.val])
         store = build_or_open_features(model, feature_depth, store, both, data.index.labels, eval_input, device, autocast, cache_dir, key)

@@ -269,7 +269,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
 
     autocast = autocast_factory(device, dtype)
     started = time.perf_counter()
-    inputs = build_inputs(config, data, pre, model, feature_depth, device, autocast, batch_size)
+    inputs = build_inputs(config, data, pre, model, feature_depth, device, autocast, batch_size, dtype)
     cache_seconds = round(time.perf_counter() - started, 3)
     trainable, total = count_parameters(model)
     facts = {
