@@ -119,12 +119,13 @@ def test_a_fresh_start_on_a_new_machine_sets_the_stores_copies_of_the_earlier_mo
 
 
 def test_resume_by_run_id_on_a_new_machine_takes_the_config_the_store_checkpoint_was_trained_with(nature_dir, tmp_path, sigterm_at_step):
-    """`--resume --run_id=ID` with only the store left: its last.pt's config, not the defaults (resnet50)."""
+    """`--resume --run_id=ID` with only the store left: the run's config from there, not the defaults (resnet50);
+    with the store's config.yaml gone too, the effective config inside its last.pt."""
     import agent
 
     store = tmp_path / "drive"
     disarm = sigterm_at_step(5)
-    cut = run_training(config(nature_dir, tmp_path / "machine_a", run_id="t9", lr=3e-3, checkpoint_store=str(store)))
+    cut = run_training(config(nature_dir, tmp_path / "machine_a", run_id="t9", lr=3e-3, checkpoint_store=str(store), wandb_project="birds"))
     assert cut.state == M.PREEMPTED
     disarm()
     shutil.rmtree(tmp_path / "machine_a")
@@ -133,8 +134,13 @@ def test_resume_by_run_id_on_a_new_machine_takes_the_config_the_store_checkpoint
         "--resume", "--run_id=t9", f"--checkpoint_store={store}", f"--output_dir={machine_b / 'runs'}",
         f"--data_dir={nature_dir}", f"--cache_dir={machine_b / 'cache'}", "--wandb_mode=disabled"])
     assert (resumed_config.model, resumed_config.lr, resumed_config.filters) == ("scratch_cnn", 3e-3, 8)
+    assert resumed_config.wandb_project == "birds"  # the whole config (the store keeps config.yaml), not only what trains
     resumed = run_training(resumed_config)
     assert resumed.state == M.FINISHED and resumed.summary.get("resumed_from_epoch") == 1
+    (store / "t9" / "config.yaml").unlink()
+    from trainer.store import stored_config
+
+    assert stored_config(str(store), "t9")["lr"] == 3e-3 and "wandb_project" not in stored_config(str(store), "t9")
 
 
 def test_a_config_that_never_trained_is_no_earlier_run(nature_dir, tmp_path, capsys):
@@ -150,6 +156,14 @@ def test_a_config_that_never_trained_is_no_earlier_run(nature_dir, tmp_path, cap
     outcome = run_training(config(nature_dir, tmp_path, run_id="r2", epochs=1))
     assert outcome.state == M.FINISHED and "trained before" not in capsys.readouterr().out
     assert not (fresh / "config.previous.yaml").exists()
+
+    # Beside a checkpoint, the checkpoint says what trained: another config refused before training (a mistyped
+    # --data_dir) rewrote config.yaml, and r1 still resumes with its own settings.
+    with pytest.raises(UserError, match="no dataset found"):
+        run_training(config(nature_dir, tmp_path, run_id="r1", epochs=1, filters=16, data_dir=str(tmp_path / "datsets"), download=False))
+    capsys.readouterr()
+    again = run_training(config(nature_dir, tmp_path, run_id="r1", epochs=1, resume=True))
+    assert again.state == M.FINISHED and "nothing to train" in capsys.readouterr().out
 
 
 def test_corrupt_checkpoint_is_refused_with_a_reason_and_the_trial_starts_fresh(nature_dir, tmp_path):
@@ -451,6 +465,7 @@ def test_a_checkpoint_of_code_that_normalised_otherwise_resumes(nature_dir, tmp_
     torch.save(payload, last)
     refused = run_training(config(nature_dir, tmp_path, **settings))  # the same settings: only lr tells it apart
     assert "was trained with lr=0.5 (now" in refused.summary["resume_refused"]
+    assert "warmup" not in refused.summary["resume_refused"]  # older code's spelling is no difference
 
 
 def test_a_stop_before_the_best_epoch_was_kept_still_leaves_its_best_pt(nature_dir, tmp_path, monkeypatch):

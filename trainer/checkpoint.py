@@ -164,13 +164,24 @@ def load_checkpoint(path: Path, identity: dict[str, Any], config: dict[str, Any]
         raise CheckpointRefused(f"checkpoint {path} is not a resumable checkpoint of this harness; starting fresh")
     key = identity_mismatch(payload, identity)
     if key == "config_hash" and config and isinstance(payload.get("config"), dict):
-        saved = payload["config"]
+        saved = _as_written_today(payload["config"])
         changed = [f"{k}={saved[k]!r} (now {v!r})" for k, v in config.items() if k in saved and saved[k] != v]
         if changed:
             raise CheckpointRefused(f"checkpoint {path} was trained with {', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}; starting fresh")
     if key:
         raise CheckpointRefused(f"checkpoint {path} was written for {key}={(payload.get('identity') or {}).get(key)!r}, this run has {identity[key]!r}; starting fresh")
     return payload
+
+
+def _as_written_today(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved effective config normalised as today's code writes it, so a difference named is a real one (not
+    older code's spelling of the same value); as saved when it no longer reads."""
+    from trainer.config import effective_config, parse_run_config
+
+    try:
+        return effective_config(parse_run_config(saved))
+    except Exception:
+        return saved
 
 
 def check_frozen_base(payload: dict[str, Any], frozen_base: dict[str, Any] | None, path: Path) -> None:

@@ -38,7 +38,7 @@ from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, nothing
 from trainer.optim import build_optimizer
 from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_BEST, REFUSED_LAST, RunRecord
 from trainer.signals import GracefulStop
-from trainer.store import STORE_CHOICES, make_store
+from trainer.store import STORE_CHOICES, checkpoint_config, make_store
 from trainer.wandb_log import resolve_mode, start_logger
 from trainer.writer import CheckpointWriter
 
@@ -349,11 +349,13 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
     for stale in folder.glob(".*.tmp"):  # half-written files of a killed earlier process (this one holds the lock)
         stale.unlink(missing_ok=True)
     config_dict = to_dict(config) | {"run_id": run_id}
-    earlier, effective = record.read_config(), effective_config(config)
-    # Only a config that trained is an earlier run: a start refused before training (a mistyped --model with
-    # --resume, a missing weights file) left a config.yaml of nothing, which the next start simply replaces.
-    trained = record.history or any((folder / name).exists() for name in (LAST_CHECKPOINT, BEST_CHECKPOINT))
-    if earlier and trained:
+    effective = effective_config(config)
+    # Only a config that trained is an earlier run, and the checkpoint says which: a start refused before training
+    # (a mistyped --model with --resume, a missing weights file) rewrote config.yaml with a config of nothing.
+    earlier = checkpoint_config(folder / LAST_CHECKPOINT)
+    if earlier is None and (record.history or (folder / BEST_CHECKPOINT).exists()):
+        earlier = record.read_config()
+    if earlier:
         saved = {k: v for k, v in earlier.items() if k in effective}
         changed = {k: v for k, v in effective.items() if saved.get(k, v) != v}
         if changed and rehash(saved) != config_hash(config):  # not merely written otherwise by older code

@@ -11,17 +11,18 @@ One small interface: `save(path)` after every local checkpoint, `fetch(dest)` be
 from __future__ import annotations
 
 import os
-
 import secrets
 import shutil
 import sys
 import threading
 from pathlib import Path
 
+import yaml
+
 from common.atomic import atomic_write
 from common.disk import ensure_space, ensure_writable
 from common.errors import UserError
-
+from trainer.record import CONFIG_FILE
 
 STORE_CHOICES = ("auto", "local", "wandb")  # the named stores; any other --checkpoint_store is a folder
 
@@ -61,6 +62,9 @@ class FolderStore(LocalStore):
         self.folder.mkdir(parents=True, exist_ok=True)
         ensure_space(self.folder, path.stat().st_size, f"the copy of {path.name}", "--checkpoint_store")
         _copy_atomic(path, self.folder / path.name)
+        config = path.parent / CONFIG_FILE
+        if path.name == "last.pt" and config.is_file():  # what `--resume` on a new machine reads
+            _copy_atomic(config, self.folder / CONFIG_FILE)
 
     def fetch(self, dest: Path) -> bool:
         if dest.exists():
@@ -79,12 +83,22 @@ class FolderStore(LocalStore):
 
 
 def stored_config(choice: str, run_id: str) -> dict | None:
-    """The config that the last.pt of `run_id` in a folder store was trained with, or None: what `--resume` takes on
-    a new machine, where the run folder and its config.yaml went with the old session and only the store is left."""
+    """The config of run `run_id` in a folder store, or None: what `--resume` takes on a new machine, where the run
+    folder went with the old session and only the store is left. Its config.yaml (the whole config, W&B project
+    included) when the store has one, else the effective config inside its last.pt."""
     if choice in STORE_CHOICES:
         return None
-    path = Path(choice).expanduser() / run_id / "last.pt"
-    if not path.is_file():
+    folder = Path(choice).expanduser() / run_id
+    try:
+        saved = yaml.safe_load((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).is_file() else None
+    except (OSError, yaml.YAMLError):
+        saved = None
+    return saved if isinstance(saved, dict) else checkpoint_config(folder / "last.pt")
+
+
+def checkpoint_config(path: Path) -> dict | None:
+    """The effective config a checkpoint was trained with, or None (no file, or not readable)."""
+    if not Path(path).is_file():
         return None
     import torch
 
