@@ -38,7 +38,7 @@ from data.layout import locate_dataset
 from data.scan import scan_folder
 from models import get_spec, resolve_strategy
 from sweeper import console
-from sweeper.definition import DRIVER_OWNED, SweepDefinition, with_recipe, engine_config, load_definition, pin_definition, pin_fixed, problems_error, unrunnable_values
+from sweeper.definition import DRIVER_OWNED, RECIPE, SweepDefinition, with_recipe, engine_config, load_definition, pin_definition, pin_fixed, problems_error, unrunnable_values
 from sweeper.engine import runs_to_stop, suggest, sweep_run
 from sweeper.interrupt import DriverInterrupt
 from sweeper.table import (DUPLICATE, RUNS_DIR, UNFINISHED, Trial, TrialTable, binds_folder, failed_on_setup, killed_by_host, run_id_prefix,
@@ -88,7 +88,9 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
         if not os.access(parent, os.W_OK):
             raise UserError(f"sweep folder {sweep_dir} cannot be created: {parent} is not writable; pass --sweep_dir with a writable folder")
         prepare_dataset(definition, fixed)  # a first call that fails here leaves no sweep folder behind
-        _note_orphans_in_store(definition.name, fixed.get("checkpoint_store"), sweep_dir)
+        in_yaml = definition.parameters.get("checkpoint_store")
+        store = fixed.get("checkpoint_store") or (in_yaml.get("value") if isinstance(in_yaml, dict) else None)
+        _note_orphans_in_store(definition.name, store, sweep_dir)
     ensure_writable(sweep_dir, "sweep folder", "--sweep_dir")
     with exclusive(sweep_dir):
         table = TrialTable(sweep_dir)
@@ -327,9 +329,15 @@ class LocalSweep:
     # --- trials -----------------------------------------------------------------------------------
 
     def _parameters(self, trial: Trial) -> dict[str, Any]:
-        """Suggestion + the fixed arguments it was started with; paths and logging may change on a relaunch."""
+        """Suggestion + the fixed arguments it was started with; paths and logging may change on a relaunch.
+        A recipe file is not passed on: the values it gave when the trial was recorded are, so an edit of the file
+        since then cannot make a relaunched trial train (and refuse its checkpoint for) another config."""
         changeable = {k: v for k, v in self.fixed.items() if not FIELDS[k].metadata["effective"]}
-        return {**trial.suggested, **trial.fixed, **changeable}
+        suggested = trial.suggested
+        if RECIPE in suggested and trial.config:
+            recorded = {k: v for k, v in trial.config.items() if v is not None}
+            suggested = {**recorded, **{k: v for k, v in suggested.items() if k != RECIPE}}
+        return {**suggested, **trial.fixed, **changeable}
 
     def _ended_while_away(self, trial: Trial) -> bool:
         """A trial the table says is running but whose own record says it ended (the driver was killed first)."""

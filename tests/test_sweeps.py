@@ -28,7 +28,7 @@ from sweeper.local import LocalSweep
 from sweeper.table import DUPLICATE, Trial, TrialTable
 from sweeper.trial import launch
 from trainer import metrics as M
-from trainer.config import FIELDS, load_yaml_values, parse_run_config
+from trainer.config import FIELDS, config_hash, load_yaml_values, parse_run_config
 
 from data_helpers import shrink_in_place
 
@@ -188,6 +188,14 @@ def test_each_recipe_file_trains_its_own_values_and_the_sweeps_fixed_values_over
     assert a["epochs"] == b["epochs"] == 2  # the sweep's own fixed value wins over a recipe's, as on the command line
     table = capsys.readouterr().out.split("run_id ")[-1].splitlines()  # the final table names each trial's recipe
     assert table[0].split()[-2:] == [RECIPE, "note"] and sorted(line.split()[-1] for line in table[1:]) == ["a", "b"]
+    assert all(summary_of(sweep_dir, row["run_id"])["config_hash"] == row["config_hash"] for row in rows)
+    # A relaunch passes the values the recipe gave when the trial was recorded, not the file as it is now.
+    write_yaml(recipes[0], {"activation": "relu", "lr": 0.01, "kernel_size": 7})
+    sweep = LocalSweep(load_definition(tmp_path / "recipes.yaml"), sweep_dir, fixed_args, 1)
+    trial = next(t for t in sweep.table if t.suggested[RECIPE] == str(recipes[0]))
+    relaunch = sweep._parameters(trial)
+    assert RECIPE not in relaunch and relaunch["kernel_size"] == 5
+    assert config_hash(parse_run_config(relaunch)) == trial.config_hash
 
 
 def test_recipe_files_are_checked_before_the_first_trial(tmp_path):
@@ -213,6 +221,9 @@ def test_a_new_sweep_folder_beside_a_store_with_this_sweeps_trials_says_it_start
     assert "pass the --sweep_dir it used" in out
     run_local_sweep(definition, count=0, sweep_dir=tmp_path / "new", fixed={**fixed_args, "checkpoint_store": str(store)})
     assert "holds checkpoints" not in capsys.readouterr().out  # said when the folder is new only
+    in_yaml = write_yaml(tmp_path / "tiny.yaml", tiny_definition(checkpoint_store={"value": str(store)}))
+    run_local_sweep(in_yaml, count=0, sweep_dir=tmp_path / "newer", fixed=fixed_args)
+    assert "holds checkpoints of 2 trial(s)" in capsys.readouterr().out  # a store the YAML fixes, too
 
 
 def test_fixed_arguments_are_checked_once(tmp_path, fixed_args):
