@@ -22,7 +22,7 @@ from common.atomic import atomic_write
 from common.disk import ensure_space
 from common.errors import UserError
 from models.weights import FROZEN_BASE
-from trainer.config import rehash
+from trainer.config import effective_config, parse_run_config, rehash
 
 FORMAT = 1
 FORMAT_LEAN = 2  # with frozen_base: older code, which cannot rebuild the left-out stages, refuses it
@@ -176,8 +176,6 @@ def load_checkpoint(path: Path, identity: dict[str, Any], config: dict[str, Any]
 def _as_written_today(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved effective config normalised as today's code writes it, so a difference named is a real one (not
     older code's spelling of the same value); as saved when it no longer reads."""
-    from trainer.config import effective_config, parse_run_config
-
     try:
         return effective_config(parse_run_config(saved))
     except Exception:

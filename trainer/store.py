@@ -22,7 +22,7 @@ import yaml
 from common.atomic import atomic_write
 from common.disk import ensure_space, ensure_writable
 from common.errors import UserError
-from trainer.record import CONFIG_FILE
+from trainer.record import CONFIG_FILE, LAST_CHECKPOINT, RunRecord
 
 STORE_CHOICES = ("auto", "local", "wandb")  # the named stores; any other --checkpoint_store is a folder
 
@@ -63,7 +63,7 @@ class FolderStore(LocalStore):
         ensure_space(self.folder, path.stat().st_size, f"the copy of {path.name}", "--checkpoint_store")
         _copy_atomic(path, self.folder / path.name)
         config = path.parent / CONFIG_FILE
-        if path.name == "last.pt" and config.is_file():  # what `--resume` on a new machine reads
+        if path.name == LAST_CHECKPOINT and config.is_file():  # what `--resume` on a new machine reads
             _copy_atomic(config, self.folder / CONFIG_FILE)
 
     def fetch(self, dest: Path) -> bool:
@@ -74,7 +74,6 @@ class FolderStore(LocalStore):
             return False
         _copy_atomic(source, dest)
         return True
-
 
     def set_aside(self, renames: dict[str, str]) -> None:
         for name, new_name in renames.items():
@@ -90,10 +89,10 @@ def stored_config(choice: str, run_id: str) -> dict | None:
         return None
     folder = Path(choice).expanduser() / run_id
     try:
-        saved = yaml.safe_load((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).is_file() else None
+        saved = RunRecord.saved_config(folder)
     except (OSError, yaml.YAMLError):
         saved = None
-    return saved if isinstance(saved, dict) else checkpoint_config(folder / "last.pt")
+    return saved if isinstance(saved, dict) else checkpoint_config(folder / LAST_CHECKPOINT)
 
 
 def checkpoint_config(path: Path) -> dict | None:
