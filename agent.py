@@ -73,11 +73,21 @@ def run_config_from_args(args: list[str]):
     ignored = [f"--{key} ({unused_reason(key, config)})" for key, value in cli.items() if value is not None and getattr(config, key, None) is None]
     if ignored:  # normalisation drops what this run cannot use: say so, rather than let it look used
         print(f"note: ignored, as this run has no use for them: {', '.join(ignored)}", flush=True)
+    given = {**(sources[-1] if config_file else {}), **cli}
+    if config.aux_loss_weight == 0 and given.get("aux_loss_weight") in (None, "") and _aux_needs(config.model) > config.input_size:
+        print(f"note: {config.model}'s auxiliary classifier needs >={_aux_needs(config.model)} px; at input_size={config.input_size} "
+              f"it trains without it (aux_loss_weight=0)", flush=True)
     asked = cli.get("warmup_epochs")
     if asked and config.warmup_epochs is not None and config.warmup_epochs < _number(asked):
         print(f"note: --warmup_epochs={asked} is more than half of {config.epochs} epochs; warming up over "
               f"{config.warmup_epochs:g} instead, so the run trains at its lr", flush=True)
     return config
+
+
+def _aux_needs(model: str) -> int:
+    from models.registry import get_spec
+
+    return max((aux.min_input_size for aux in get_spec(model).aux_heads), default=0)
 
 
 def _number(text: str) -> float:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import write_json
-from common.disk import reserve
+from common.disk import reserve, size_text
 from common.locks import file_lock
 from data.images import DECODE_VERSION, decode_working
 from data.scan import ImageIndex
@@ -82,6 +82,8 @@ def _build(index: ImageIndex, size: int, crop_size: int, interpolation: str, pat
 
     show = sys.stderr.isatty() if progress is None else progress
     # PIL releases the GIL in decode and resize, so threads scale over the (few) cores without IPC copies.
+    # Sizes grow as their square (352 px holds 2.5x the bytes of 224 px): say what a cache costs before writing it.
+    print(f"caching {count} decoded images at {size}px: {size_text(count * size * size * 3)} on disk in {path.parent}", flush=True)
     try:
         # A memory-mapped file that outgrows the disk kills the process with SIGBUS: its blocks are reserved first.
         reserve(tmp, count * size * size * 3, f"the decoded-image cache ({count} images at {size}px)", CACHE_OPTION)

@@ -6,6 +6,7 @@ torchvision's), so freezing "the last k stages" means the same kind of block on 
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable, Union
 
@@ -40,11 +41,43 @@ def _stage(name: str, *steps: Step) -> Stage:
     return Stage(name, owned, partial(_run_steps, steps))
 
 
+def _vit_positions(positions: Tensor, size: int, patch: int) -> Tensor:
+    """Position embeddings for `size` px inputs, interpolated from those the net has (torchvision's own
+    `interpolate_embeddings`: bicubic over the 2-D grid, the class token's entry kept)."""
+    from torchvision.models.vision_transformer import interpolate_embeddings
+
+    return interpolate_embeddings(size, patch, {"encoder.pos_embedding": positions})["encoder.pos_embedding"]
+
+
+def _vit_resize(net: nn.Module, size: int) -> None:
+    """Make a ViT take `size` px: its position embeddings become those of the new patch grid, for good."""
+    if size == net.image_size:
+        return
+    net.encoder.pos_embedding = nn.Parameter(_vit_positions(net.encoder.pos_embedding.detach(), size, net.patch_size))
+    net.image_size, net.seq_length = size, net.encoder.pos_embedding.shape[1]
+
+
+def _vit_state_size(state: dict) -> int | None:
+    positions = state.get("encoder.pos_embedding")
+    if positions is None or positions.dim() != 3:
+        return None
+    grid = math.isqrt(positions.shape[1] - 1)
+    return grid * 16 if grid * grid == positions.shape[1] - 1 else None
+
+
 def _vit_patch_embed(net: nn.Module, x: Tensor) -> Tensor:
-    x = net._process_input(x)
-    class_token = net.class_token.expand(x.shape[0], -1, -1)
+    # torchvision's _process_input, for any multiple of the patch: evaluating at another size than the net was
+    # trained at (FixRes) interpolates its position embeddings on the fly, as timm's dynamic image size does.
+    n, _, height, width = x.shape
+    x = net.conv_proj(x).reshape(n, net.hidden_dim, -1).permute(0, 2, 1)
+    class_token = net.class_token.expand(n, -1, -1)
     x = torch.cat([class_token, x], dim=1)
-    return net.encoder.dropout(x + net.encoder.pos_embedding)
+    positions = net.encoder.pos_embedding
+    if height != net.image_size or width != net.image_size:
+        if height != width:
+            raise ValueError(f"ViT inputs are square crops here, got {height}x{width}")
+        positions = _vit_positions(positions, height, net.patch_size)
+    return net.encoder.dropout(x + positions)
 
 
 def _vit_head(net: nn.Module, x: Tensor) -> Tensor:
@@ -99,6 +132,7 @@ register(BackboneSpec(
     head_linear="classifier.6",
     description="VGG-16, 138 M parameters (most of them in fc6/fc7)",
     batch_norm=False,
+    min_input_size=32,  # five 2x max-pools: 31 px leaves no pixel for the last
 ))
 
 _INCEPTION_MIXED = ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c")
@@ -115,8 +149,12 @@ register(BackboneSpec(
         _stage("head", "avgpool", "dropout", _flatten, "fc"),
     ),
     head_linear="fc",
-    aux_heads=(AuxHead("AuxLogits", after_stage="mixed_6e", final_linear="AuxLogits.fc", default_loss_weight=0.4),),
+    # The aux head pools Mixed_6e's 17x17 map (at 299 px) with a 5x5 kernel, stride 3, then convolves 5x5: below
+    # 299 px its map is too small. The net alone takes 75 px.
+    aux_heads=(AuxHead("AuxLogits", after_stage="mixed_6e", final_linear="AuxLogits.fc", default_loss_weight=0.4,
+                       min_input_size=299),),
     description="Inception v3, 27 M parameters, 299 px input; auxiliary classifier after Mixed_6e",
+    min_input_size=75,
 ))
 
 register(BackboneSpec(
@@ -140,6 +178,7 @@ register(BackboneSpec(
         AuxHead("aux2", after_stage="inception4d", final_linear="aux2.fc2", default_loss_weight=0.3),
     ),
     description="GoogLeNet (Inception v1), 6.6 M parameters; auxiliary classifiers after inception4a and 4d",
+    min_input_size=15,  # its padded max-pools (ceil mode) end on a 0 px map below
 ))
 
 register(BackboneSpec(
@@ -176,6 +215,10 @@ register(BackboneSpec(
     head_linear="heads.head",
     description="ViT-B/16, 86.6 M parameters, 224 px input, 12 encoder blocks",
     batch_norm=False,
+    min_input_size=16,  # one patch
+    input_multiple=16,  # the patch: a size between two grids would silently drop the last row of pixels
+    resize_net=_vit_resize,
+    input_size_of_state=_vit_state_size,
 ))
 
 register(BackboneSpec(
@@ -208,4 +251,6 @@ register(BackboneSpec(
     head_linear="head",
     cpu_friendly=True,
     description="the Part A CNN trained from scratch (no pretrained weights: every strategy trains everything)",
+    min_input_size=32,  # five 2x max-pools
+    sized_by_input=True,
 ))

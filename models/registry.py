@@ -37,6 +37,7 @@ class AuxHead:
     after_stage: str
     final_linear: str
     default_loss_weight: float
+    min_input_size: int = 1  # the smallest training input whose feature map this head can still take
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,16 @@ class BackboneSpec:
     description: str = ""
     weights_choices: tuple[str, ...] = ()
     batch_norm: bool = True  # has BatchNorm layers (bn_mode matters); VGG-16 has none, ViT only LayerNorm
+    # Input sizes the net can take: at least `min_input_size` px (smaller maps vanish in its poolings), and a
+    # multiple of `input_multiple` (ViT's patch). `resize_net(net, size)` adapts a built net to another size
+    # (ViT: its position embeddings); None where adaptive pooling takes any size as it is.
+    min_input_size: int = 1
+    input_multiple: int = 1
+    resize_net: Callable[[nn.Module, int], None] | None = None
+    # The input size a state dict was saved for, where its shapes say (ViT: the position embeddings' grid).
+    input_size_of_state: Callable[[dict], int | None] | None = None
+    # Built for one input size (a dense layer over the flattened last map): it evaluates at that size only.
+    sized_by_input: bool = False
 
     def __post_init__(self):
         names = [stage.name for stage in self.stages]
@@ -82,6 +93,21 @@ class BackboneSpec:
     def is_scratch(self) -> bool:
         """No pretrained weights exist, so every freezing strategy means training everything."""
         return self.weights_enum is None
+
+    def input_size_problem(self, size: int, what: str = "input_size", aux_heads: bool = False) -> str | None:
+        """Why this net cannot take `size` px inputs, in words with the fix; None when it can. `aux_heads`: the aux
+        classifiers run on it (training with an aux loss), and they need larger feature maps than the net."""
+        if size % self.input_multiple:
+            below, above = size - size % self.input_multiple, size - size % self.input_multiple + self.input_multiple
+            return (f"{what}={size} is not a multiple of {self.name}'s {self.input_multiple} px patch: use "
+                    f"{below or above} or {above}")
+        if size < self.min_input_size:
+            return f"{what}={size} is below {self.name}'s minimum of {self.min_input_size} px: its feature maps vanish"
+        needs = max((aux.min_input_size for aux in self.aux_heads), default=1) if aux_heads else 1
+        if size < needs:
+            return (f"{what}={size} is below the {needs} px that {self.name}'s auxiliary classifier needs: use "
+                    f"{what}>={needs}, or --aux_loss_weight=0 to train without it")
+        return None
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}

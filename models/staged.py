@@ -33,7 +33,8 @@ class StagedModel(nn.Module):
     """
 
     def __init__(self, spec: BackboneSpec, net: nn.Module, num_classes: int, weights_version: str,
-                 aux_loss_weight: float, bn_mode: str = "freeze"):
+                 aux_loss_weight: float, bn_mode: str = "freeze", weights_sha256: str | None = None,
+                 weights_file: str | None = None):
         super().__init__()
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
@@ -41,6 +42,8 @@ class StagedModel(nn.Module):
         self.spec = spec
         self.num_classes = num_classes
         self.weights_version = weights_version
+        self.weights_sha256 = weights_sha256  # of the file it started from, where one was given by path
+        self.weights_file = weights_file  # torchvision's own file of its ImageNet weights, where given by path
         self.aux_loss_weight = float(aux_loss_weight)
         self.bn_mode = bn_mode
         self._index = {name: i for i, name in enumerate(spec.stage_names)}

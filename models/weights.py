@@ -8,12 +8,14 @@ names (pitfall 14). Nothing here downloads unless the user asked for ImageNet we
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 import pickle
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlparse
 
 import torch
@@ -36,14 +38,64 @@ _READ_ERRORS = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingEr
 class ResolvedWeights:
     kind: str  # "imagenet" (an enum member), "none" or "file"
     member: object = None  # the torchvision WeightsEnum member, for kind "imagenet"
-    path: str | None = None  # absolute path, for kind "file"
+    path: str | None = None  # absolute path: a warm start's file, or torchvision's own file of `member` given by path
+    sha256: str | None = None  # of the file at `path`, where one was read
 
     @property
     def version(self) -> str:
-        """What a run records: `ResNet50_Weights.IMAGENET1K_V2`, `none` or `file:/abs/path`."""
+        """What a run records: `ResNet50_Weights.IMAGENET1K_V2` (from torchvision's cache or its file given by path),
+        `none` or `file:/abs/path` (a warm start; its content hash is recorded beside it)."""
         if self.kind == "imagenet":
             return f"{type(self.member).__name__}.{self.member.name}"
         return "none" if self.kind == "none" else f"file:{self.path}"
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    """The file's SHA-256, computed once per version of the file in a process (a run reads it several times)."""
+    stat = os.stat(path)
+    return _file_sha256(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")  # torch.hub's own rule: the hash prefix between "-" and the suffix
+
+
+def torchvision_file_names(spec: BackboneSpec) -> dict[str, object]:
+    """File name -> weights member, for the files torchvision downloads for this backbone (`resnet50-11ad3fa6.pth`)."""
+    if spec.weights_enum is None:
+        return {}
+    return {os.path.basename(urlparse(member.url).path): member for member in spec.weights_enum
+            if member.name in _members(spec)}
+
+
+@functools.lru_cache(maxsize=32)
+def _warn_once(text: str) -> None:
+    print(f"warning: {text}", flush=True)
+
+
+def _recognise(spec: BackboneSpec, path: str) -> ResolvedWeights:
+    """A file given by path: torchvision's own file of a weights version when its name is that file's and its
+    SHA-256 starts with the prefix torchvision put in the name (as torch.hub checks a download); any other file,
+    a renamed or an altered one included, is a warm start, recorded with its content hash."""
+    name = os.path.basename(path)
+    member = torchvision_file_names(spec).get(name)
+    digest = file_sha256(path) if os.path.isfile(path) else None
+    if member is not None and digest is not None:
+        expected = _HASH_IN_NAME.search(name)
+        if expected and digest.startswith(expected.group(1)):
+            return ResolvedWeights("imagenet", member=member, path=path, sha256=digest)
+        _warn_once(f"{path} is named like torchvision's {type(member).__name__}.{member.name} file, but its SHA-256 "
+                   f"starts {digest[:len(expected.group(1)) if expected else 8]}, not {expected.group(1) if expected else '?'}: "
+                   f"trained as a warm start from this file, not as those ImageNet weights")
+    return ResolvedWeights("file", path=path, sha256=digest)
 
 
 def _members(spec: BackboneSpec) -> tuple[str, ...]:
@@ -65,7 +117,8 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike) -> ResolvedW
         if weights == "imagenet" or (_MEMBER_LIKE.match(weights) and not exists):
             raise UserError(f"weights={weights} but {spec.name} has no pretrained weights; "
                             f"use --weights=none or --weights=PATH to a checkpoint")
-        return ResolvedWeights("file", path=os.path.abspath(weights))
+        path = os.path.abspath(weights)
+        return ResolvedWeights("file", path=path, sha256=file_sha256(path) if os.path.isfile(path) else None)
     members = _members(spec)
     if weights == "imagenet":
         return ResolvedWeights("imagenet", member=spec.weights_enum[spec.default_weights])
@@ -78,44 +131,121 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike) -> ResolvedW
     if not exists and os.sep not in weights and "." not in weights:
         raise UserError(f"weights={weights} is not available for {spec.name}{nearest(weights.upper(), members)}; "
                         f"use imagenet (= {spec.default_weights}), {', '.join(members)}, none or a checkpoint path")
-    return ResolvedWeights("file", path=os.path.abspath(weights))
+    return _recognise(spec, os.path.abspath(weights))
 
 
-def preprocessing_for(name: str, weights: str = "imagenet", scratch: ScratchCNNConfig | None = None) -> Preprocessing:
-    """Crop, resize, mean/std and interpolation the model expects, read from its weights' metadata.
+SIDECAR_SUFFIX = ".json"  # FILE.json beside a warm start's FILE: how its images were normalised (and sized)
+SCRATCH_RESIZE_RATIO = (256, 224)  # the scratch CNN resizes like the ImageNet models, so one pipeline serves all
 
-    A run's checkpoint (a warm start) sees images as that run did: the metadata of the ImageNet weights it started
-    from. Random init and other files use the default weights' metadata: the architecture was designed for it
-    (Inception v3 at 299 px, EfficientNetV2-S at 384 px).
+
+@dataclass(frozen=True)
+class InputGeometry:
+    """The preprocessing a start implies before any size is chosen, and where its normalisation comes from."""
+
+    base: Preprocessing
+    start: str  # "imagenet" (the weights' own normalisation), "none", "file" or "scratch"
+    source: str  # in words, for the run's note: "ResNet50_Weights.IMAGENET1K_V2", "recorded by the run that wrote X", ...
+    default_size: int  # the training size when none is given: the weights' own crop (or the one a warm start recorded)
+
+
+def input_geometry(name: str, weights: str = "imagenet", scratch_size: int = 224) -> InputGeometry:
+    """Crop, resize, mean/std and interpolation a start implies, read from its weights' metadata (pitfall 10).
+
+    A run's checkpoint (a warm start) sees images as that run did: the preprocessing it recorded, else the ImageNet
+    weights it started from. Another file uses the mean/std of its sidecar FILE.json when there is one, else the
+    default weights' metadata (the architecture was designed for it: Inception v3 at 299 px, EfficientNetV2-S at
+    384 px); random init uses the default weights' metadata too.
     """
     spec = get_spec(name)
     resolved = resolve_weights(spec, weights)
-    if resolved.kind == "file" and not spec.is_scratch:
-        recorded, origin = _origin(spec, resolved.path)
-        if recorded is not None:  # the run that wrote it recorded what it saw: also through a chain of warm starts
-            return recorded
-        resolved = ResolvedWeights("imagenet", member=origin) if origin is not None else resolved
     if spec.is_scratch:
-        size = (scratch or ScratchCNNConfig()).input_size
-        # Same resize-to-crop ratio (256/224) and normalisation as the ImageNet models, so one pipeline serves all.
-        return Preprocessing(size, round(size * 256 / 224), IMAGENET_MEAN, IMAGENET_STD, "bilinear")
-    member = resolved.member if resolved.kind == "imagenet" else spec.weights_enum[spec.default_weights]
+        resize, crop = SCRATCH_RESIZE_RATIO
+        base = sized(Preprocessing(crop, resize, IMAGENET_MEAN, IMAGENET_STD, "bilinear"), scratch_size)
+        return _with_sidecar(InputGeometry(base, "scratch", "ImageNet's mean/std (the scratch CNN's default)", scratch_size), resolved)
+    if resolved.kind == "imagenet":
+        return _from_member(resolved.member, "imagenet", f"{type(resolved.member).__name__}.{resolved.member.name}")
+    default = spec.weights_enum[spec.default_weights]
+    if resolved.kind == "none":
+        return _from_member(default, "none", f"{type(default).__name__}.{default.name} (the architecture's ImageNet metadata)")
+    recorded, origin = _origin(spec, resolved.path)
+    if recorded is not None:  # the run that wrote it recorded what it saw: also through a chain of warm starts
+        return InputGeometry(recorded, "file", f"recorded by the run that wrote {resolved.path}", recorded.crop_size)
+    if origin is not None:
+        return _from_member(origin, "file", f"{type(origin).__name__}.{origin.name}, which {resolved.path} started from")
+    fallback = _from_member(default, "file", f"{type(default).__name__}.{default.name} (the architecture's ImageNet metadata; "
+                                     f"pass --mean/--std or a {os.path.basename(resolved.path)}{SIDECAR_SUFFIX} beside the "
+                                     f"file if it was trained on other inputs)")
+    return _with_sidecar(fallback, resolved)
+
+
+def _from_member(member, start: str, source: str) -> InputGeometry:
     preset = member.transforms()
-    return Preprocessing(
+    base = Preprocessing(
         crop_size=int(preset.crop_size[0]),
         resize_size=int(preset.resize_size[0]),
         mean=tuple(float(v) for v in preset.mean),
         std=tuple(float(v) for v in preset.std),
         interpolation=preset.interpolation.value,
     )
+    return InputGeometry(base, start, source, base.crop_size)
+
+
+def _with_sidecar(geometry: InputGeometry, resolved: ResolvedWeights) -> InputGeometry:
+    """A user's own file may say how it was trained: FILE.json with mean, std and optionally input_size."""
+    if resolved.kind != "file":
+        return geometry
+    sidecar = resolved.path + SIDECAR_SUFFIX
+    if not os.path.isfile(sidecar):
+        return geometry
+    try:
+        with open(sidecar, "rb") as handle:
+            values = json.loads(handle.read(65536))
+        if not isinstance(values, dict) or set(values) - {"mean", "std", "input_size"}:
+            raise ValueError("expected a mapping of mean, std and optionally input_size")
+        mean = _triple(values.get("mean", geometry.base.mean), low=0.0, high=1.0)
+        std = _triple(values.get("std", geometry.base.std), low=1e-6, high=10.0)
+        size = values.get("input_size", geometry.default_size)
+        if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 1024:
+            raise ValueError(f"input_size {size!r} must be a whole number of pixels in 16..1024")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"sidecar {sidecar} cannot be read ({_first_line(exc)}): write "
+                        f'{{"mean": [r, g, b], "std": [r, g, b], "input_size": N}}, or remove it') from None
+    base = replace(geometry.base, mean=mean, std=std)
+    return InputGeometry(base, geometry.start, sidecar, size)
+
+
+def _triple(value, low: float, high: float) -> tuple[float, float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high for v in value):
+        raise ValueError(f"{value!r} must be three numbers in {low:g}..{high:g}")
+    return tuple(float(v) for v in value)
+
+
+def sized(base: Preprocessing, size: int | None) -> Preprocessing:
+    """`base` at a crop of `size` px, resized in the weights' own resize/crop ratio (256/224 style; 232/224 for
+    ResNet-50 V2): the weights' exact values at their own size, and size x ratio (rounded) at any other."""
+    if size is None or size == base.crop_size:
+        return base
+    return replace(base, crop_size=size, resize_size=round(size * base.resize_size / base.crop_size))
+
+
+def preprocessing_for(name: str, weights: str = "imagenet", scratch: ScratchCNNConfig | None = None, size: int | None = None,
+                      mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None) -> Preprocessing:
+    """The preprocessing of a start (see `input_geometry`) at a crop of `size` px (default: its own), with mean/std
+    given by the user where the start has no say of its own."""
+    geometry = input_geometry(name, weights, (scratch or ScratchCNNConfig()).input_size)
+    base = replace(geometry.base, mean=tuple(mean) if mean else geometry.base.mean, std=tuple(std) if std else geometry.base.std)
+    return sized(base, size if size is not None else geometry.default_size)
 
 
 def build_model(name: str, num_classes: int, weights: str = "imagenet", aux_loss_weight: float | None = None,
-                bn_mode: str = "freeze", scratch: ScratchCNNConfig | None = None) -> StagedModel:
+                bn_mode: str = "freeze", scratch: ScratchCNNConfig | None = None, input_size: int | None = None) -> StagedModel:
     """A StagedModel with `num_classes` outputs, every stage trainable until a plan is applied.
 
     `aux_loss_weight=None` takes the backbone's default (0 where it has no aux heads); 0 disables aux heads.
-    `scratch` configures the scratch CNN and is ignored by the pretrained backbones.
+    `scratch` configures the scratch CNN (its input size included) and is ignored by the pretrained backbones.
+    `input_size` adapts a backbone whose shapes depend on it (ViT's position embeddings, interpolated from the
+    weights' grid); the others take any size through adaptive pooling.
     """
     spec = get_spec(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -131,14 +261,15 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet", aux_loss
     else:
         net = spec.build_net()
         if resolved.kind == "imagenet":
-            _load_imagenet(spec, net, resolved.member)
+            _load_imagenet(spec, net, resolved.member, resolved.path)
         elif base:  # a run checkpoint without its frozen stages: they are these ImageNet weights, untouched
             try:
-                _load_imagenet(spec, net, _base_member(spec, base, resolved.path))
+                _load_imagenet(spec, net, _base_member(spec, base, resolved.path), base.get("file"))
             except UserError as error:
                 raise UserError(f"{resolved.path} holds only the stages its run trained; the frozen ones are "
                                 f"{base['weights']}: {str(error).split('; ')[0]}; put that file there, or train with "
                                 f"--checkpoint_frozen_stages=true for self-contained checkpoints") from None
+            _resize(spec, net, base.get("input_size"))  # as the run that wrote the file had them
         for path in head_linear_paths(spec):
             _replace_linear(net, path, num_classes)
     if resolved.kind == "file":
@@ -147,8 +278,22 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet", aux_loss
             raise UserError(f"{resolved.path} was trained on other {base['weights']} values than the file in "
                             f"{os.path.join(torch.hub.get_dir(), 'checkpoints')}: put the original file there (delete "
                             f"this one and it downloads again), or train with --checkpoint_frozen_stages=true")
+        if not spec.is_scratch and spec.input_size_of_state:
+            _resize(spec, net, spec.input_size_of_state(state))  # the file's shapes first, then this run's size
         _load_file(spec, net, resolved.path, state, from_base)
-    return StagedModel(spec, net, num_classes, resolved.version, aux_loss_weight, bn_mode)
+    if not spec.is_scratch:
+        _resize(spec, net, input_size)
+    return StagedModel(spec, net, num_classes, resolved.version, aux_loss_weight, bn_mode, resolved.sha256,
+                       resolved.path if resolved.kind == "imagenet" else None)
+
+
+def _resize(spec: BackboneSpec, net: nn.Module, size: int | None) -> None:
+    if size is None or spec.resize_net is None:
+        return
+    problem = spec.input_size_problem(size)
+    if problem:
+        raise UserError(problem)
+    spec.resize_net(net, size)
 
 
 def _resolve_aux_loss_weight(spec: BackboneSpec, weight: float | None) -> float:
@@ -175,14 +320,18 @@ def _replace_linear(net: nn.Module, path: str, num_classes: int) -> None:
     setattr(parent, attribute, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
 
 
-def _load_imagenet(spec: BackboneSpec, net: nn.Module, member) -> None:
-    """Load the 1000-class ImageNet weights strictly from torchvision's hub cache (downloading if absent)."""
+def _load_imagenet(spec: BackboneSpec, net: nn.Module, member, given: str | None = None) -> None:
+    """Load the 1000-class ImageNet weights strictly: from torchvision's own file of them given by path (an offline
+    notebook's attached copy, recognised by name and hash), else from torchvision's hub cache (downloading if absent)."""
     filename = os.path.basename(urlparse(member.url).path)
     folder = os.path.join(torch.hub.get_dir(), "checkpoints")
     cached = os.path.join(folder, filename)
-    was_cached = os.path.exists(cached)
+    if given and os.path.isfile(given) and _recognise(spec, given).member is member:
+        cached, was_cached = given, True
+    else:
+        given, was_cached = None, os.path.exists(cached)
     try:
-        state = member.get_state_dict(progress=True, check_hash=True)
+        state = torch.load(given, map_location="cpu", weights_only=True) if given else member.get_state_dict(progress=True, check_hash=True)
     except _READ_ERRORS as error:
         if was_cached:
             raise UserError(f"cannot read the cached ImageNet weights {cached} ({_first_line(error)}); "
@@ -218,7 +367,10 @@ def _read_file(path: str) -> tuple[dict[str, torch.Tensor], dict | None]:
     if base is not None:
         if not (isinstance(base, Mapping) and isinstance(base.get("weights"), str) and isinstance(base.get("keys"), list)):
             raise UserError(f"weights file {path} has a malformed {FROZEN_BASE} entry; use the run's checkpoint as written")
-        base = {"weights": base["weights"], "keys": [_strip_net(key) for key in base["keys"]], "fingerprint": base.get("fingerprint")}
+        recorded = Preprocessing.from_record((obj.get("identity") or {}).get("preprocessing")) if isinstance(obj.get("identity"), Mapping) else None
+        base = {"weights": base["weights"], "keys": [_strip_net(key) for key in base["keys"]], "fingerprint": base.get("fingerprint"),
+                "file": base.get("file") if isinstance(base.get("file"), str) else None,  # torchvision's file, given by path
+                "input_size": recorded.crop_size if recorded else None}  # the frozen stages' shapes follow the run's size
     return _state_dict_from(obj, path), base
 
 

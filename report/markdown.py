@@ -9,7 +9,7 @@ from report.table import CHECKPOINT, NUM_IMAGES, PER_CLASS_ACC, SCRATCH_MODEL, R
 from trainer import metrics
 
 # Keys a reader looks at first when a config is spelled out; the rest follow alphabetically.
-_CONFIG_FIRST = ("model", "weights", "strategy", "k_layers", "freeze_fraction", "lr", "backbone_lr_mult",
+_CONFIG_FIRST = ("model", "weights", "input_size", "eval_size", "strategy", "k_layers", "freeze_fraction", "lr", "backbone_lr_mult",
                  "augment", "epochs", "batch_size", "optimizer", "seed")
 
 
@@ -58,6 +58,14 @@ def _seconds(value: float | None) -> str:
     return "–" if value is None else f"{value:,.0f}"
 
 
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
+def _memory(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def _cell(value) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
@@ -85,26 +93,39 @@ def _strategy(record: RunRecord) -> str:
 
 # --- sections ---------------------------------------------------------------------------------------
 
+def _start_text(record: RunRecord) -> str:
+    """Where a warm start began: the file by name and content hash."""
+    version = str(record.summary.get(metrics.WEIGHTS_VERSION) or record.config.get("weights") or "?").removeprefix("file:")
+    return f"`{version}`" + (f" (sha256 `{record.weights_sha256[:12]}`)" if record.weights_sha256 else "")
+
+
 def _headline(s: Summary) -> list[str]:
-    out = ["## 1. Headline: fine-tuning against a CNN from scratch", ""]
+    out = ["## 1. Headline: fine-tuning against a CNN from scratch", "",
+           "One line per kind of start; only runs from torchvision's ImageNet weights count as fine-tuned. Numbers are "
+           f"the best epoch's {metrics.VAL_ACC} on the validation split, the split the configs were selected on.", ""]
     ft, scratch = s.best_fine_tuned, s.best_scratch
-    random_init = ("Best run from random initialisation (`weights=none`, not fine-tuned)", s.best_random_init)
-    for label, record in (("Best fine-tuned run", ft), (f"Best {SCRATCH_MODEL} run", scratch), random_init):
+    lines = (("Best ImageNet fine-tuned run", ft, ""),
+             ("Best warm start (from a weights file, not ImageNet fine-tuning)", s.best_warm_start,
+              f" Started from {_start_text(s.best_warm_start)}." if s.best_warm_start else ""),
+             ("Best run from random initialisation (`weights=none`, not fine-tuned)", s.best_random_init, ""),
+             (f"Best {SCRATCH_MODEL} run", scratch, ""))
+    for label, record, extra in lines:
         if record:
-            out.append(f"- **{label}: `{record.run_id}`**, best {metrics.VAL_ACC} **{percent(record.best_val_acc)}** "
-                       f"(epoch {_epochs(record)}). Config: {config_text(record.effective_config)}")
+            size = f" at {record.size_label} px" if record.size_label else ""
+            out.append(f"- **{label}: `{record.run_id}`**{size}, best {metrics.VAL_ACC} **{percent(record.best_val_acc)}** "
+                       f"(epoch {_epochs(record)}).{extra} Config: {config_text(record.effective_config)}")
     if ft and scratch:
-        out.append(f"- **Gap: {points(s.gap_points)}** (best fine-tuned minus best {SCRATCH_MODEL}, single runs).")
+        out.append(f"- **Gap: {points(s.gap_points)}** (best ImageNet fine-tuned minus best {SCRATCH_MODEL}, single runs).")
     elif ft:
         out.append(f"- **No successful {SCRATCH_MODEL} run** in this sweep: there is no scratch baseline to compare "
                    "against.")
     elif scratch:
-        out.append(f"- **No successful fine-tuned run** in this sweep: there is nothing to compare {SCRATCH_MODEL} "
+        out.append(f"- **No successful ImageNet fine-tuned run** in this sweep: there is nothing to compare {SCRATCH_MODEL} "
                    "against.")
-    elif s.best_random_init:
-        out.append(f"- **No fine-tuned run and no {SCRATCH_MODEL} run** in this sweep: its successful runs trained "
-                   "pretrained architectures from random initialisation (`weights=none`), which is neither; run them "
-                   "with ImageNet weights to measure fine-tuning.")
+    elif s.best_random_init or s.best_warm_start:
+        out.append(f"- **No ImageNet fine-tuned run and no {SCRATCH_MODEL} run** in this sweep: its successful runs started from "
+                   "random initialisation (`weights=none`) or from weights files, which are neither; run them with ImageNet "
+                   "weights to measure fine-tuning.")
     else:
         out.append("- **No successful run** in this sweep.")
     out.append("")
@@ -131,25 +152,26 @@ def _seeds(label: str, group: SeedGroup | None, best: RunRecord | None) -> list[
 
 
 def _leaderboard(s: Summary) -> list[str]:
-    rows = [[rank, f"`{r.run_id}`", _value(r.model_label), _strategy(r), _value(r.config.get("k_layers")),
+    rows = [[rank, f"`{r.run_id}`", _value(r.model_label), _value(r.size_label), _strategy(r), _value(r.config.get("k_layers")),
              _value(r.config.get("freeze_fraction")), _value(r.config.get("lr")), _value(r.config.get("augment")),
-             percent(r.best_val_acc), _epochs(r), _seconds(r.train_seconds), _value(r.trainable_params)]
+             percent(r.best_val_acc), _epochs(r), _seconds(r.train_seconds), _rate(r.images_per_second), _value(r.trainable_params)]
             for rank, r in enumerate(s.leaderboard, start=1)]
     return [f"## 2. Leaderboard (top {len(s.leaderboard)} of {len(s.successful)} successful runs)", "",
-            f"Ranked by the **best epoch's** {metrics.VAL_ACC} (not the last epoch's).", "",
-            table(["#", "run", "model", "strategy", "k_layers", "freeze_fraction", "lr", "augment",
-                   f"best {metrics.VAL_ACC}", "best epoch/epochs", "train s", "trainable params"], rows)
+            f"Ranked by the **best epoch's** {metrics.VAL_ACC} (not the last epoch's). *px*: the training crop "
+            "(`224→288`: trained at 224, validated at 288); *img/s*: training throughput, the median epoch after the first.", "",
+            table(["#", "run", "model", "px", "strategy", "k_layers", "freeze_fraction", "lr", "augment",
+                   f"best {metrics.VAL_ACC}", "best epoch/epochs", "train s", "img/s", "trainable params"], rows)
             if rows else "No successful runs.", ""]
 
 
 def _groups(s: Summary, image: str | None) -> list[str]:
-    rows = [[_value(g.model), _value(g.strategy), g.stats.count, percent(g.stats.best), percent(g.stats.mean),
-             "–" if g.stats.std is None else f"{g.stats.std * 100:.2f}", g.early_stopped]
+    rows = [[_value(g.model), _value(g.size), _value(g.strategy), g.stats.count, percent(g.stats.best), percent(g.stats.mean),
+             "–" if g.stats.std is None else f"{g.stats.std * 100:.2f}", g.early_stopped, _rate(g.images_per_second)]
             for g in s.groups]
-    out = ["## 3. By model and strategy", "",
+    out = ["## 3. By model, resolution and strategy", "",
            f"Finished runs only; early-stopped runs are counted apart and are not in best/mean/std. Strategies "
-           f"run from least to most trained: {', '.join(STRATEGY_ORDER)}.", "",
-           table(["model", "strategy", "finished runs", "best", "mean", "std (points)", "early-stopped"], rows)
+           f"run from least to most trained: {', '.join(STRATEGY_ORDER)}; each resolution (*px*) is a group of its own.", "",
+           table(["model", "px", "strategy", "finished runs", "best", "mean", "std (points)", "early-stopped", "img/s"], rows)
            if rows else "No successful runs.", ""]
     if image:
         out += [f"![val_acc by strategy]({image})", ""]
@@ -160,13 +182,18 @@ def _cost(s: Summary, image: str | None) -> list[str]:
     out = ["## 4. Cost: Pareto-optimal runs", "",
            "A run is Pareto-optimal when no other run is at least as accurate for at most the cost, and better "
            "on one of the two.", ""]
-    for title, front, key in (("training time", s.pareto_seconds, lambda r: r.train_seconds or 0),
-                              ("trainable parameters", s.pareto_params, lambda r: r.trainable_params or 0)):
+    fronts = [("training time", s.pareto_seconds, lambda r: r.train_seconds or 0),
+              ("trainable parameters", s.pareto_params, lambda r: r.trainable_params or 0)]
+    if any(r.peak_gpu_memory is not None for r in s.successful):  # CUDA runs only: a CPU run has no GPU memory to weigh
+        fronts.append(("peak GPU memory", s.pareto_memory, lambda r: r.peak_gpu_memory or 0))
+    for title, front, key in fronts:
         members = sorted((r for r in s.successful if r.run_id in front), key=lambda r: (key(r), r.run_id))
-        rows = [[f"`{r.run_id}`", _value(r.model_label), _strategy(r), percent(r.best_val_acc), _seconds(r.train_seconds),
-                 _value(r.trainable_params)] for r in members]
+        rows = [[f"`{r.run_id}`", _value(r.model_label), _value(r.size_label), _strategy(r), percent(r.best_val_acc),
+                 _seconds(r.train_seconds), _rate(r.images_per_second), _value(r.trainable_params), _memory(r.peak_gpu_memory)]
+                for r in members]
         out += [f"**Against {title}**", "",
-                table(["run", "model", "strategy", f"best {metrics.VAL_ACC}", "train s", "trainable params"], rows)
+                table(["run", "model", "px", "strategy", f"best {metrics.VAL_ACC}", "train s", "img/s", "trainable params",
+                       "peak GPU GiB"], rows)
                 if rows else f"No successful run recorded its {title}.", ""]
     p = s.provenance
     if len(p.devices) > 1 or len(p.precisions) > 1:

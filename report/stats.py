@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from report.table import CODE_VERSION, PRECISION, SCRATCH_MODEL, SEED, RunRecord, RunTable, SkippedDuplicate
+from report.table import (CODE_VERSION, PRECISION, RANDOM_INIT, SCRATCH, SCRATCH_MODEL, SEED, WARM_START, RunRecord, RunTable,
+                          SkippedDuplicate)
 from trainer import metrics
 
 # From least to most of the backbone trained, so tables and plots read as a dose-response.
@@ -237,6 +238,8 @@ class StrategyGroup:
     strategy: str | None
     stats: GroupStats  # finished runs
     early_stopped: int  # successful but cut short: shown, not in the numbers
+    size: str | None = None  # training size in px (`224→288` when evaluated at another): a resolution is another recipe
+    images_per_second: float | None = None  # median training throughput of its runs
 
 
 @dataclass
@@ -263,6 +266,7 @@ class Summary:
     best_fine_tuned: RunRecord | None
     best_scratch: RunRecord | None
     best_random_init: RunRecord | None  # a pretrained architecture trained from random init (weights=none)
+    best_warm_start: RunRecord | None  # started from a weights file that is not torchvision's ImageNet file
     gap_points: float | None
     seeds_fine_tuned: SeedGroup | None
     seeds_scratch: SeedGroup | None
@@ -270,6 +274,7 @@ class Summary:
     groups: list[StrategyGroup]
     pareto_seconds: set[str]
     pareto_params: set[str]
+    pareto_memory: set[str]  # against peak GPU memory (CUDA runs that recorded it)
     importance: list[Importance] | None
     not_counted: list[tuple[str, list[RunRecord]]]
     duplicates: list[SkippedDuplicate]
@@ -294,8 +299,8 @@ def strategy_sort_key(model: str | None, strategy: str | None):
 def summarise(table: RunTable, top_n: int = 10) -> Summary:
     successful = sorted(table.successful(), key=rank_key)
     complete = table.complete()
-    fine_tuned = [r for r in successful if r.is_fine_tuned]  # ImageNet weights; a random-init backbone is not
-    scratch = [r for r in successful if r.is_scratch]
+    fine_tuned = [r for r in successful if r.is_fine_tuned]  # ImageNet weights: not random init, not a warm start
+    scratch = [r for r in successful if r.start == SCRATCH]
     best_ft = fine_tuned[0] if fine_tuned else None
     best_scratch = scratch[0] if scratch else None
     gap = (best_ft.best_val_acc - best_scratch.best_val_acc) * 100 if best_ft and best_scratch else None
@@ -303,20 +308,22 @@ def summarise(table: RunTable, top_n: int = 10) -> Summary:
     groups = []
     by_group: dict[tuple, list[RunRecord]] = defaultdict(list)
     for record in successful:
-        by_group[(record.model_label, record.strategy)].append(record)
-    for (model, strategy), members in sorted(by_group.items(),
-                                             key=lambda item: strategy_sort_key(*item[0])):
+        by_group[(record.model_label, record.strategy, record.size_label)].append(record)
+    for (model, strategy, size), members in sorted(by_group.items(),
+                                                   key=lambda item: (*strategy_sort_key(*item[0][:2]), _size_order(item[0][2]))):
         values = [r.best_val_acc for r in members if r.is_complete]
+        speeds = sorted(r.images_per_second for r in members if r.images_per_second is not None)
         groups.append(StrategyGroup(model, strategy, group_stats(values),
-                                    sum(r.state == metrics.EARLY_STOPPED for r in members)))
+                                    sum(r.state == metrics.EARLY_STOPPED for r in members), size,
+                                    speeds[len(speeds) // 2] if speeds else None))
 
     best_per_strategy: dict[tuple, RunRecord] = {}
     for record in successful:  # already ranked: the first seen per strategy is its best
-        label = (record.is_scratch, record.is_random_init, None if record.is_scratch else record.strategy)
+        label = (record.start, None if record.is_scratch else record.strategy)
         best_per_strategy.setdefault(label, record)
 
     seeds_fine_tuned = _best_seed_group([r for r in complete if r.is_fine_tuned])
-    seeds_scratch = _best_seed_group([r for r in complete if r.is_scratch])
+    seeds_scratch = _best_seed_group([r for r in complete if r.start == SCRATCH])
     seed_gap = difference_ci(seeds_fine_tuned.seed_means, seeds_scratch.seed_means) if seeds_fine_tuned and seeds_scratch else None
     not_counted_groups = table.not_counted()
     ordered_states = [s for s in NOT_COUNTED_ORDER if s in not_counted_groups]
@@ -327,7 +334,8 @@ def summarise(table: RunTable, top_n: int = 10) -> Summary:
         leaderboard=successful[:top_n],
         best_fine_tuned=best_ft,
         best_scratch=best_scratch,
-        best_random_init=next((r for r in successful if r.is_random_init), None),
+        best_random_init=next((r for r in successful if r.start == RANDOM_INIT), None),
+        best_warm_start=next((r for r in successful if r.start == WARM_START), None),
         gap_points=gap,
         seeds_fine_tuned=seeds_fine_tuned,
         seeds_scratch=seeds_scratch,
@@ -335,6 +343,7 @@ def summarise(table: RunTable, top_n: int = 10) -> Summary:
         groups=groups,
         pareto_seconds=pareto_front(_points(successful, lambda r: r.train_seconds)),
         pareto_params=pareto_front(_points(successful, lambda r: r.trainable_params)),
+        pareto_memory=pareto_front(_points(successful, lambda r: r.peak_gpu_memory)),
         importance=parameter_importance(successful),
         not_counted=[(s, sorted(not_counted_groups[s], key=lambda r: r.run_id)) for s in ordered_states],
         duplicates=list(table.duplicates),
@@ -344,6 +353,14 @@ def summarise(table: RunTable, top_n: int = 10) -> Summary:
         provenance=_provenance(table, successful),
         successful=successful,
     )
+
+
+def _size_order(label: str | None):
+    """Groups of one model and strategy by resolution, smallest first (`224` < `224→288` < `288`)."""
+    if not label:
+        return (0, 0)
+    train, _, evaluated = label.partition("→")
+    return (int(train), int(evaluated or train))
 
 
 def _points(records: list[RunRecord], cost) -> dict[str, tuple[float, float]]:
@@ -417,7 +434,7 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
     imagenet: dict[str, Counter] = defaultdict(Counter)
     for record in successful:
         weights[str(record.model)][str(record.summary.get(metrics.WEIGHTS_VERSION))] += 1
-        if record.is_fine_tuned and not record.is_warm_start:
+        if record.is_fine_tuned:
             imagenet[str(record.model)][str(record.summary.get(metrics.WEIGHTS_VERSION))] += 1
     for model, versions in sorted(imagenet.items()):
         if len(versions) > 1:
@@ -427,6 +444,12 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
     if smaller:
         warnings.append(f"{len(smaller)} run(s) trained at a smaller batch_size than their config asked, after CUDA ran out of "
                         f"memory (--oom_retry): {', '.join(smaller)}; they are shown and grouped at the batch size they trained with")
+    warm = Counter(f"{r.model} from {str(r.summary.get(metrics.WEIGHTS_VERSION) or r.config.get('weights')).removeprefix('file:')}"
+                   f"{f' (sha256 {r.weights_sha256[:12]})' if r.weights_sha256 else ''}" for r in successful if r.start == WARM_START)
+    if warm:
+        warnings.append(f"{sum(warm.values())} run(s) started from weights files that are not torchvision's ImageNet files "
+                        f"({_counts(warm)}): warm starts, reported on a line of their own and never counted as ImageNet "
+                        "fine-tuning")
     random_init = Counter(str(r.model) for r in successful if r.is_random_init)
     if random_init:
         warnings.append(f"{sum(random_init.values())} run(s) of pretrained architectures used weights=none ({_counts(random_init)}): "

@@ -29,6 +29,9 @@ CODE_VERSION = metrics.CODE_VERSION
 PRECISION = metrics.PRECISION
 
 SEED = "seed"
+# What a run started from (RunRecord.start), in the headline's order.
+IMAGENET, WARM_START, RANDOM_INIT, SCRATCH = "imagenet", "warm_start", "random_init", "scratch"
+START_KINDS = (IMAGENET, WARM_START, RANDOM_INIT, SCRATCH)
 MODEL = "model"
 STRATEGY = "strategy"
 
@@ -118,6 +121,57 @@ class RunRecord:
         return isinstance(weights, str) and not self.is_scratch and ("/" in weights or "." in weights)
 
     @property
+    def start(self) -> str:
+        """What training started from, one of START_KINDS: the headline gives each kind its own line, so a warm start
+        from a user's file is never counted as ImageNet fine-tuning, nor a scratch CNN resumed from a file as scratch."""
+        if self.is_warm_start:
+            return WARM_START
+        if self.is_scratch:
+            return SCRATCH
+        return RANDOM_INIT if self.is_random_init else IMAGENET
+
+    @property
+    def weights_sha256(self) -> str | None:
+        value = self.summary.get(metrics.WEIGHTS_SHA256)
+        return value if isinstance(value, str) else None
+
+    @property
+    def input_size(self) -> int | None:
+        """The training crop in px: the config's (a number since sizes are parameters), else what the run recorded."""
+        for value in (self.config.get(metrics.INPUT_SIZE), self.summary.get(metrics.INPUT_SIZE),
+                      (self.summary.get("preprocessing") or {}).get("crop_size") if isinstance(self.summary.get("preprocessing"), dict) else None):
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return None
+
+    @property
+    def eval_size(self) -> int | None:
+        for value in (self.config.get(metrics.EVAL_SIZE), self.summary.get(metrics.EVAL_SIZE)):
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return self.input_size  # runs older than eval_size validated at their training size
+
+    @property
+    def size_label(self) -> str | None:
+        """`288`, or `224→288` for a run evaluated at another size than it trained at."""
+        if self.input_size is None:
+            return None
+        return str(self.input_size) if self.eval_size in (None, self.input_size) else f"{self.input_size}→{self.eval_size}"
+
+    @property
+    def images_per_second(self) -> float | None:
+        """Training throughput: the median over its epochs after the first (which also warms caches up), else all."""
+        values = [finite(row.get(metrics.IMAGES_PER_SECOND)) for row in self.history]
+        values = [v for v in values if v is not None]
+        steady = values[1:] or values
+        return float(sorted(steady)[len(steady) // 2]) if steady else None
+
+    @property
+    def peak_gpu_memory(self) -> float | None:
+        """Peak GPU memory in GiB (CUDA runs only)."""
+        return finite(self.summary.get(metrics.PEAK_GPU_MEMORY))
+
+    @property
     def model_label(self) -> str | None:
         """The model as tables and plots group and show it: runs of one architecture from other starting points
         (random init, a checkpoint, ResNet-50 V1 beside V2 in one sweep) are other experiments, never averaged
@@ -130,7 +184,8 @@ class RunRecord:
 
     @property
     def is_fine_tuned(self) -> bool:
-        return not self.is_scratch and not self.is_random_init
+        """Fine-tuned from ImageNet weights: not random init, not a warm start from some other file."""
+        return self.start == IMAGENET
 
     @property
     def effective_config(self) -> dict:

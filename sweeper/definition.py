@@ -29,6 +29,8 @@ DRIVER_OWNED = ("output_dir", "run_id", "resume")
 # A parameter whose values are YAML files of fixed run values, one recipe each (the winners of a search per model,
 # say): a trial reads its file first, as `agent.py --config FILE` does, then the trial's other values.
 RECIPE = "config"
+# Parameters whose every value meets every listed model in some trial: a size one model cannot take fails its trials.
+PAIRED_WITH_EVERY_MODEL = ("input_size", "eval_size")
 
 
 def with_recipe(values: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -184,6 +186,17 @@ def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -
                 errors.append(str(exc))
         return errors[0] if errors and not used else None
 
+    def fits_every_model(name: str, value: Any) -> str | None:
+        """Sizes pair with every listed model (the engine has no conditionals): the first model that cannot take it."""
+        for recipe, model in itertools.product(recipes, axes[0]):
+            values = {**fixed, name: value, **({"model": model} if model is not None else {})}
+            try:
+                parse_run_config(recipe, values)
+            except UserError as exc:
+                if name in str(exc):  # the size's own problem, not another value's
+                    return str(exc)
+        return None
+
     problems = []
     if RECIPE in parameters:
         for path, recipe in zip(_listed(parameters[RECIPE]), recipes):
@@ -198,6 +211,9 @@ def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -
             reason = fits(name, value)
             if reason:
                 problems.append(f"parameter {name!r} lists {value!r}, which no trial can train with: {reason}")
+            elif name in PAIRED_WITH_EVERY_MODEL and fits_every_model(name, value):
+                problems.append(f"parameter {name!r} lists {value!r}, which trials of some listed model cannot train with: "
+                                f"{fits_every_model(name, value)}")
     for name, value in fixed.items():  # --k_layers=9 beside models of 5 stages: every trial would fail on it
         reason = None if name in ("model", "strategy") else fits(name, value)
         if reason:

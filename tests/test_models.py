@@ -563,10 +563,11 @@ def test_scratch_cnn_defaults_are_the_run_defaults_so_agent_models_describes_wha
     from dataclasses import fields
 
     from models import describe_models
-    from trainer.config import FIELDS, SCRATCH_FIELDS
+    from trainer.config import FIELDS, SCRATCH_FIELDS, parse_run_config
 
     defaults = ScratchCNNConfig()
-    assert {f.name: getattr(defaults, f.name) for f in fields(ScratchCNNConfig)} == {n: FIELDS[n].default for n in SCRATCH_FIELDS}
+    run = parse_run_config({"model": "scratch_cnn"})  # input_size is every model's: its scratch default is filled in
+    assert {f.name: getattr(defaults, f.name) for f in fields(ScratchCNNConfig)} == {n: FIELDS[n].default for n in SCRATCH_FIELDS} | {"input_size": run.input_size}
     total = sum(p.numel() for p in build_scratch_cnn(defaults, 10).parameters())
     assert f"trains all {total:,} parameters" in describe_models(["scratch_cnn"])
     assert total > 7_000_000  # the default doubles its filters per block: 32 .. 512

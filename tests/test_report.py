@@ -186,7 +186,7 @@ def test_leaderboard_ranks_by_best_epoch_not_last(summary, built):
     assert summary.leaderboard[0].best_epoch == 2  # r04 peaked at epoch 2 of 3
     text = section(built[1], 2)
     assert table_run_ids(text) == expected
-    assert f"| `r04` | efficientnet_b0 | last_k | 1 | – | 0.0003 | true | {percent(0.83)} | 2/3 |" in text
+    assert f"| `r04` | efficientnet_b0 | – | last_k | 1 | – | 0.0003 | true | {percent(0.83)} | 2/3 |" in text
     assert percent(0.82) not in text.split("`r04`")[1].split("\n")[0]  # r04's last epoch, not its best
     assert "`r12`" not in text and "`r11`" not in text  # diverged at 95 % and failed never rank
 
@@ -242,7 +242,7 @@ def test_groups_use_finished_runs_only(summary, built):
     assert effnet.stats.count == 3 and effnet.stats.mean == pytest.approx(np.mean([0.83, 0.79, 0.81]))
     assert groups[("scratch_cnn", None)].stats.count == 2
     text = section(built[1], 3)
-    assert f"| resnet50 | head_only | 2 | {percent(0.72)} | {percent(0.705)} |" in text
+    assert f"| resnet50 | – | head_only | 2 | {percent(0.72)} | {percent(0.705)} |" in text
 
 
 def test_headline_gap_and_seed_interval(summary, built):
@@ -419,7 +419,7 @@ def test_one_sided_and_empty_sweeps_say_so_plainly(tmp_path, sweep_dir):
     for run_id in ("r09", "r10", "r11"):  # scratch runs and a failure: no fine-tuned result
         shutil.copytree(sweep_dir / "runs" / run_id, tmp_path / "scratch" / run_id)
     text = render(summarise(load_table(str(tmp_path / "scratch"))), {}, {})
-    assert "No successful fine-tuned run" in text and "Best scratch_cnn run: `r10`" in text
+    assert "No successful ImageNet fine-tuned run" in text and "Best scratch_cnn run: `r10`" in text
     shutil.copytree(sweep_dir / "runs" / "r12", tmp_path / "failed" / "r12")
     report = build_report(str(tmp_path / "failed"), tmp_path / "out")
     assert "No successful run" in report.read_text() and not list((tmp_path / "out").glob("*.png"))
@@ -430,7 +430,7 @@ def test_one_sided_and_empty_sweeps_say_so_plainly(tmp_path, sweep_dir):
             path = tmp_path / "random" / run_id / name
             path.write_text(path.read_text().replace("IMAGENET1K_V1", "none"))
     text = render(summarise(load_table(str(tmp_path / "random"))), {}, {})
-    assert "No successful run" not in text and "No fine-tuned run and no scratch_cnn run" in text
+    assert "No successful run" not in text and "No ImageNet fine-tuned run and no scratch_cnn run" in text
     assert "Best run from random initialisation (`weights=none`, not fine-tuned): `r04`**, best val_acc **83.00%**" in text
 
 
@@ -930,7 +930,7 @@ def test_the_fixtures_seed_interval_in_percentage_points(built):
 
 def test_group_std_is_in_percentage_points(built):
     # head_only on resnet50: 72 % and 69 %, a sample std of 3 / sqrt(2) = 2.12 points; r13 stopped early
-    assert f"| resnet50 | head_only | 2 | {percent(0.72)} | {percent(0.705)} | 2.12 | 1 |" in section(built[1], 3)
+    assert f"| resnet50 | – | head_only | 2 | {percent(0.72)} | {percent(0.705)} | 2.12 | 1 |" in section(built[1], 3)
 
 
 def test_learning_curves_show_each_strategys_best_over_all_models(summary):
@@ -1034,9 +1034,9 @@ def test_a_pareto_front_holds_exactly_the_runs_nothing_beats():
 def test_cost_columns_show_train_seconds_and_trainable_params_not_total(built):
     _, text = built
     # r01: 100 s, 20,490 trainable of 23,528,522 parameters; Pareto-optimal on both costs
-    assert section(text, 4).count(f"| `r01` | resnet50 | head_only | {percent(0.72)} | 100 | 20,490 |") == 2
+    assert section(text, 4).count(f"| `r01` | resnet50 | – | head_only | {percent(0.72)} | 100 | 500 | 20,490 |") == 2
     [row] = [line for line in section(text, 2).splitlines() if "`r01`" in line]
-    assert row.endswith(f"| {percent(0.72)} | 2/3 | 100 | 20,490 |")
+    assert row.endswith(f"| {percent(0.72)} | 2/3 | 100 | 500 | 20,490 |")
 
 
 def test_scratch_cnn_comes_after_every_pretrained_model(tmp_path):
@@ -1073,7 +1073,7 @@ def test_random_init_runs_of_a_pretrained_architecture_are_a_group_of_their_own(
     summary, text = report_of(runs)
     groups = {(g.model, g.strategy): (g.stats.count, g.stats.mean) for g in summary.groups}
     assert groups == {("resnet50", "full"): (2, pytest.approx(0.85)), ("resnet50 (random init)", "full"): (1, pytest.approx(0.4))}
-    assert "| `r18` | resnet50 (random init) | full |" in section(text, 2)
+    assert "| `r18` | resnet50 (random init) | – | full |" in section(text, 2)
     assert [r.run_id for r in summary.best_per_strategy] == ["r17", "r18"]  # its own learning curve, not hidden
 
 
@@ -1092,7 +1092,7 @@ def test_runs_from_another_weights_version_or_a_checkpoint_are_groups_of_their_o
     groups = {(g.model, g.strategy): g.stats.count for g in summary.groups}
     assert groups == {("resnet50 (IMAGENET1K_V2)", "full"): 1, ("resnet50 (IMAGENET1K_V1)", "full"): 1,
                       ("resnet50 (warm start)", "full"): 1}  # versions named where the sweep holds two
-    assert "| `r17` | resnet50 (IMAGENET1K_V1) | full |" in section(text, 2)
+    assert "| `r17` | resnet50 (IMAGENET1K_V1) | – | full |" in section(text, 2)
     assert "model resnet50 ran with 2 different weights versions" in text  # the checkpoint is not a third
     shutil.rmtree(runs / "r17")
     summary, _ = report_of(runs)  # one version left: the plain model name again

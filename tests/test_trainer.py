@@ -39,7 +39,7 @@ def small_inputs(monkeypatch):
     import trainer.run
 
     real = trainer.run.preprocessing_for
-    monkeypatch.setattr(trainer.run, "preprocessing_for", lambda name, weights, scratch=None: real(name, weights, scratch) if name == "scratch_cnn" else SMALL)
+    monkeypatch.setattr(trainer.run, "preprocessing_for", lambda name, weights, scratch=None, *rest: real(name, weights, scratch, *rest) if name == "scratch_cnn" else SMALL)
 
 
 @pytest.fixture
@@ -644,11 +644,12 @@ def test_a_rerun_that_fails_before_training_leaves_no_stale_model_for_the_test_c
 def test_options_a_run_has_no_use_for_are_named_with_the_reason(capsys):
     import agent
 
-    config = agent.run_config_from_args(["--model=resnet18", "--input_size=64", "--strategy=head_only", "--k_layers=2", "--lr=0.01"])
-    assert config.input_size is None and config.k_layers is None
+    config = agent.run_config_from_args(["--model=resnet18", "--filters=64", "--strategy=head_only", "--k_layers=2", "--lr=0.01",
+                                         "--input_size=64"])
+    assert config.filters is None and config.k_layers is None and config.input_size == 64  # every model's size
     out = capsys.readouterr().out
-    assert out.count("\n") == 1 and "--input_size (scratch_cnn only; resnet18's input size follows its weights)" in out
-    assert "--k_layers (strategy head_only does not use it)" in out and "--lr" not in out
+    assert out.count("\n") == 1 and "--filters (scratch_cnn only)" in out
+    assert "--k_layers (strategy head_only does not use it)" in out and "--lr" not in out and "input_size" not in out
     agent.run_config_from_args(["--model=scratch_cnn", "--input_size=64", "--lr=0.01"])
     assert capsys.readouterr().out == ""  # every option used: no note
 

@@ -131,7 +131,7 @@ def keep_as(source: Path, target: Path) -> None:
 
 
 # Identity keys newer than the checkpoint format: a checkpoint without one is still resumed.
-ADDED_IDENTITY_KEYS = frozenset({"data_hash", "preprocessing"})
+ADDED_IDENTITY_KEYS = frozenset({"data_hash", "preprocessing", "eval_preprocessing"})
 
 
 def identity_mismatch(payload: dict[str, Any], identity: dict[str, Any]) -> str | None:

@@ -58,7 +58,11 @@ class RunConfig:
     # model
     model: str = _opt("resnet50", "backbone name (python agent.py models lists them) or scratch_cnn", "model")
     weights: str = _opt("imagenet", "imagenet (the registry's explicit version), a version name like IMAGENET1K_V1, none, or a checkpoint path", "model")
-    aux_loss_weight: float | None = _opt(None, "weight of InceptionV3/GoogLeNet auxiliary losses; empty = the architecture's default, 0 disables", "model", low=0.0, high=1.0)
+    aux_loss_weight: float | None = _opt(None, "weight of InceptionV3/GoogLeNet auxiliary losses; empty = the architecture's default (0 for inception_v3 below the 299 px its aux head needs), 0 disables", "model", low=0.0, high=1.0)
+    input_size: int | None = _opt(None, "training crop size in px, any model; empty = the weights' own (224; inception_v3 299, efficientnet_v2_s 384; a warm start's recorded size; scratch_cnn 224). Images are resized in the weights' resize/crop ratio (256/224 style)", "model", low=16, high=1024)
+    eval_size: int | None = _opt(None, "validation and test crop size in px; empty = input_size. Larger than input_size evaluates at a higher resolution than training (train 224, test 288: the FixRes effect)", "model", low=16, high=1024)
+    mean: tuple[float, float, float] | None = _opt(None, "input normalisation mean (r,g,b in 0..1) of a warm start, random init or scratch_cnn; empty = the start's own (a run checkpoint's record, FILE.json beside a weights FILE, else ImageNet's)", "model", low=0.0, high=1.0)
+    std: tuple[float, float, float] | None = _opt(None, "input normalisation std (r,g,b), as mean", "model", low=1e-6, high=10.0)
     # freezing
     strategy: str = _opt("last_k", "freezing strategy: head_only, last_k, fraction, norm_and_head, full, gradual (aliases: freeze_all, freeze_partial, freeze_k_percent, freeze_except_bn_and_fc, unfreeze_all)", "freezing")
     k_layers: int | None = _opt(1, "last_k: number of trailing backbone stages trained with the head", "freezing", low=0)
@@ -73,7 +77,6 @@ class RunConfig:
     batch_norm: bool | None = _opt(True, "scratch_cnn: batch norm after each convolution", "scratch_cnn")
     dropout: float | None = _opt(0.2, "scratch_cnn: dropout before the output layer", "scratch_cnn", low=0.0, high=0.9)
     dense_units: int | None = _opt(256, "scratch_cnn: width of the dense layer", "scratch_cnn", low=1)
-    input_size: int | None = _opt(224, "scratch_cnn: input image size in pixels", "scratch_cnn", low=32, high=1024)
     # optimization
     optimizer: str = _opt("adamw", "optimizer", "optimization", choices=("adamw", "sgd"))
     lr: float = _opt(1e-3, "learning rate of the head (and of every layer of scratch_cnn)", "optimization", low=1e-7, high=10.0)
@@ -114,6 +117,7 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Ru
 NULL_STRINGS = {"", "none", "null", "~"}
 
 SCRATCH_FIELDS = tuple(n for n, f in FIELDS.items() if f.metadata["group"] == "scratch_cnn")
+NORMALISATION_FIELDS = ("mean", "std")
 FREEZE_OPTION_FIELDS = ("k_layers", "freeze_fraction", "unfreeze_every_epochs")
 
 
@@ -142,6 +146,12 @@ def parse_value(name: str, raw: Any) -> Any:
             return None
         raise UserError(f"{name} needs a value (default {FIELDS[name].default!r})")
     try:
+        if typing.get_origin(kind) is tuple:
+            value = _parse_triple(raw)
+            low, high = meta["low"], meta["high"]
+            if not all(low <= v <= high for v in value):
+                raise UserError(f"{name}={_plain(value)} is out of range: each of its three numbers in [{low:g}, {high:g}]")
+            return value
         if kind is bool:
             value = parse_bool(raw, name)
         elif kind is int:
@@ -160,7 +170,8 @@ def parse_value(name: str, raw: Any) -> Any:
             if optional and value.lower() in NULL_STRINGS:
                 return None
     except (TypeError, ValueError, OverflowError):
-        raise UserError(f"{name}={raw!r} is not a valid {kind.__name__}: {meta['help']}") from None
+        kind_name = "list of three numbers" if typing.get_origin(kind) is tuple else kind.__name__
+        raise UserError(f"{name}={raw!r} is not a valid {kind_name}: {meta['help']}") from None
     choices = meta["choices"]
     if choices and value not in choices:
         raise UserError(f"{name}={value!r} is not one of {', '.join(choices)}{nearest(value, choices)}")
@@ -169,6 +180,23 @@ def parse_value(name: str, raw: Any) -> Any:
         high = meta["high"] if meta["high"] is not None else "inf"
         raise UserError(f"{name}={value} is out of range [{low}, {high}]")
     return value
+
+
+def _parse_triple(raw: Any) -> tuple[float, float, float]:
+    """Three finite numbers: a YAML list, or text like `0.5,0.5,0.5` or `[0.5, 0.5, 0.5]` (how W&B passes a list)."""
+    if isinstance(raw, str):
+        raw = [part for part in raw.strip().strip("[]()").replace(",", " ").split() if part]
+    if not isinstance(raw, (list, tuple)) or len(raw) != 3 or any(isinstance(v, bool) for v in raw):
+        raise ValueError
+    value = tuple(float(v) for v in raw)
+    if not all(math.isfinite(v) for v in value):
+        raise ValueError
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists: the form YAML, JSON and W&B write and read back."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def parse_cli(args: Iterable[str]) -> dict[str, str]:
@@ -276,6 +304,7 @@ def normalise(config: RunConfig) -> RunConfig:
         changes.update(_fold_freezing(spec, strategy, dataclasses.replace(config, **changes)))
         if config.weights == spec.default_weights:  # the explicit name of what "imagenet" means
             changes["weights"] = "imagenet"
+    changes.update(_input_sizes(spec, dataclasses.replace(config, **changes)))
     if config.schedule == "onecycle":  # onecycle warms up over its own first 30%
         changes["warmup_epochs"] = None
     elif config.warmup_epochs is None:
@@ -294,11 +323,45 @@ def normalise(config: RunConfig) -> RunConfig:
     return dataclasses.replace(config, **changes)
 
 
+def _input_sizes(spec, config: RunConfig) -> dict[str, Any]:
+    """The training and evaluation sizes written as numbers (the default is the start's own size, so an explicit
+    --input_size=224 on ResNet-50 is the same config as none), checked against what the net can take; the aux
+    loss off by default where the aux head cannot take the size; mean/std dropped where the weights bring theirs."""
+    from models.weights import input_geometry
+
+    changes: dict[str, Any] = {}
+    if spec.is_scratch:
+        size = config.input_size if config.input_size is not None else FIELDS["input_size"].default or 224
+        changes["input_size"] = size
+    else:
+        geometry = input_geometry(spec.name, config.weights)
+        size = config.input_size if config.input_size is not None else geometry.default_size
+        changes["input_size"] = size
+        if geometry.start == "imagenet":
+            changes.update({name: None for name in NORMALISATION_FIELDS})  # ImageNet weights: their own mean/std
+        needs_aux = max((aux.min_input_size for aux in spec.aux_heads), default=1)
+        if spec.aux_heads and size < needs_aux and config.aux_loss_weight is None:
+            changes["aux_loss_weight"] = 0.0  # the aux head cannot run below its size: off, and written so
+    aux_on = bool(spec.aux_heads) and changes.get("aux_loss_weight", config.aux_loss_weight) != 0
+    problem = spec.input_size_problem(size, "input_size", aux_heads=aux_on)
+    if problem is None and config.eval_size is not None:
+        problem = spec.input_size_problem(config.eval_size, "eval_size")
+        if problem is None and spec.sized_by_input and config.eval_size != size:
+            problem = (f"eval_size={config.eval_size} differs from input_size={size}, but {spec.name}'s dense layer is built "
+                       f"for its input size: leave eval_size empty (or equal to input_size)")
+    if problem:
+        raise UserError(problem)
+    changes["eval_size"] = config.eval_size if config.eval_size is not None else size
+    return changes
+
+
 def unused_reason(key: str, config: "RunConfig") -> str:
     """Why `normalise` dropped `key` from `config` (set to None): its rules, in words."""
     scratch = config.model == "scratch_cnn"
     if key in SCRATCH_FIELDS:
-        return f"scratch_cnn only; {config.model}'s input size follows its weights" if key == "input_size" else "scratch_cnn only"
+        return "scratch_cnn only"
+    if key in NORMALISATION_FIELDS:
+        return f"the ImageNet weights of {config.model} bring their own normalisation"
     if scratch and (key in FREEZE_OPTION_FIELDS or key in ("backbone_lr_mult", "layer_decay")):
         return "scratch_cnn trains every layer alike"
     if key in FREEZE_OPTION_FIELDS:
@@ -334,7 +397,7 @@ def _fold_freezing(spec, strategy, config: RunConfig) -> dict[str, Any]:
 
 def effective_config(config: RunConfig) -> dict[str, Any]:
     """The fields that determine the trained result (plain values): the identity of a sweep trial."""
-    return {name: getattr(config, name) for name, f in FIELDS.items() if f.metadata["effective"]}
+    return {name: _plain(getattr(config, name)) for name, f in FIELDS.items() if f.metadata["effective"]}
 
 
 def config_hash(config: RunConfig) -> str:
@@ -370,7 +433,7 @@ def _trains_otherwise_today(saved: Mapping[str, Any]) -> bool:
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    return {name: _plain(value) for name, value in dataclasses.asdict(config).items()}
 
 
 def _documented_fields():

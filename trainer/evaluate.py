@@ -119,10 +119,13 @@ def _evaluate(run_folder: Path, record: RunRecord, saved: dict, checkpoint: Path
         check_same_classes(classes, f"the classes run {run_folder.name} was trained on", test_index)
 
     target = resolve_device(device)
-    model = build_model(config.model, len(test_index.classes), str(checkpoint), config.aux_loss_weight, config.bn_mode, scratch_config(config)).to(target).eval()
-    # As the run saw its images: recorded in its checkpoint (a warm start's source file may be gone by now).
-    pre = Preprocessing.from_record((payload.get("identity") or {}).get("preprocessing")) or \
-        preprocessing_for(config.model, config.weights, scratch_config(config))
+    model = build_model(config.model, len(test_index.classes), str(checkpoint), config.aux_loss_weight, config.bn_mode,
+                        scratch_config(config), config.input_size).to(target).eval()
+    # As the run validated: its eval preprocessing, recorded in its checkpoint (a warm start's source file may be gone
+    # by now); runs older than eval_size recorded one preprocessing for both.
+    identity = payload.get("identity") or {}
+    pre = Preprocessing.from_record(identity.get("eval_preprocessing")) or Preprocessing.from_record(identity.get("preprocessing")) or \
+        preprocessing_for(config.model, config.weights, scratch_config(config), config.eval_size, config.mean, config.std)
     transform = EvalTransform(pre)
     # The run's precision on a GPU; fp32 on a CPU, where fp16 does not exist and bf16 only slows inference down.
     autocast_dtype = resolve_precision(config.precision if target.type == "cuda" else "fp32", target)
@@ -142,6 +145,7 @@ def _evaluate(run_folder: Path, record: RunRecord, saved: dict, checkpoint: Path
         M.TEST_ACC: float((predicted == truth).mean()),
         M.PER_CLASS_ACC: per_class,
         M.NUM_IMAGES: int(len(truth)),
+        M.EVAL_SIZE: pre.crop_size,  # the crop it was evaluated at, as the run validated
         M.CHECKPOINT: str(checkpoint),
         "best_epoch": int(payload.get("epoch", 0)),
         "confusion": confusion.tolist(),

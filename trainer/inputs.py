@@ -78,17 +78,20 @@ def image_store(index: ImageIndex, pre: Preprocessing, cache_dir: Path, use_cach
 
 
 def build_inputs(config, data: DataSplit, pre: Preprocessing, model, feature_depth: int, device: torch.device, autocast, batch_size: int,
-                 dtype: torch.dtype | None = None) -> RunInputs:
-    """`autocast` runs the model at `dtype` (None: fp32)."""
+                 dtype: torch.dtype | None = None, eval_pre: Preprocessing | None = None) -> RunInputs:
+    """`autocast` runs the model at `dtype` (None: fp32). `pre` is the training preprocessing, `eval_pre` the
+    validation one (default: the same); at another size validation reads its own cache of images or features."""
+    eval_pre = eval_pre or pre
     cuda = device.type == "cuda"
     channels_last = config.channels_last
     cache_dir = Path(config.cache_dir).expanduser()
-    store = image_store(data.index, pre, cache_dir, config.image_cache)
+    train_store = image_store(data.index, pre, cache_dir, config.image_cache)
+    val_store = train_store if eval_pre == pre else image_store(data.index, eval_pre, cache_dir, config.image_cache)
     workers = config.num_workers if config.num_workers >= 0 else default_num_workers(decoding=not config.image_cache)
     if not cuda and config.image_cache and config.num_workers < 0:
         workers = 0  # on a CPU the gather is a memcpy; worker processes would only compete with the model for cores
     train_transform = TrainTransform(pre, config.augment, channels_last)
-    eval_transform = EvalTransform(pre, channels_last)
+    eval_transform = EvalTransform(eval_pre, channels_last)
 
     def to_device(batch: torch.Tensor) -> torch.Tensor:
         return batch.to(device, non_blocking=True)
@@ -97,17 +100,25 @@ def build_inputs(config, data: DataSplit, pre: Preprocessing, model, feature_dep
     eval_input = lambda images: eval_transform(to_device(images))  # noqa: E731
     start_stage = 0
     if feature_depth > 0:
-        # Every setting that changes what the prefix computes: the pixels it sees and the precision it runs at
-        # (bf16 or fp16 autocast, or fp32); its weights are in the fingerprint.
-        pixels = hashlib.sha256(repr((pre.interpolation, tuple(pre.mean), tuple(pre.std), str(dtype))).encode()).hexdigest()[:8]
-        key = f"{pre.crop_size}-{pre.resize_size}-{pixels}-{data.index.fingerprint}-{data.split.hash}"
-        both = np.concatenate([data.split.train, data.split.val])
-        store = build_or_open_features(model, feature_depth, store, both, data.index.labels, eval_input, device, autocast, cache_dir, key)
+        def features(store, preprocessing: Preprocessing, indices: np.ndarray, part: str):
+            # Every setting that changes what the prefix computes: the pixels it sees and the precision it runs at
+            # (bf16 or fp16 autocast, or fp32); its weights are in the fingerprint.
+            pixels = hashlib.sha256(repr((preprocessing.interpolation, tuple(preprocessing.mean), tuple(preprocessing.std), str(dtype))).encode()).hexdigest()[:8]
+            key = f"{preprocessing.crop_size}-{preprocessing.resize_size}-{pixels}-{data.index.fingerprint}-{data.split.hash}{part}"
+            as_input = EvalTransform(preprocessing, channels_last)  # augment=none: training sees the centre crop too
+            return build_or_open_features(model, feature_depth, store, indices, data.index.labels,
+                                          lambda images: as_input(to_device(images)), device, autocast, cache_dir, key)
+
+        if eval_pre == pre:  # one cache of both parts, as every run at one size shares it
+            train_store = val_store = features(train_store, pre, np.concatenate([data.split.train, data.split.val]), "")
+        else:
+            train_store = features(train_store, pre, data.split.train, "-train")
+            val_store = features(val_store, eval_pre, data.split.val, "-val")
         workers = 0
         train_input = lambda features, epoch, b: to_device(features).float()  # noqa: E731
         eval_input = lambda features: to_device(features).float()  # noqa: E731
         start_stage = feature_depth
     common = dict(num_workers=workers, pin_memory=cuda, persistent_workers=cuda)
-    train_loader = BatchLoader(store, data.split.train, data.index.labels, batch_size, seed=config.seed, shuffle=True, drop_last=True, **common)
-    val_loader = BatchLoader(store, data.split.val, data.index.labels, batch_size * 2, **common)
+    train_loader = BatchLoader(train_store, data.split.train, data.index.labels, batch_size, seed=config.seed, shuffle=True, drop_last=True, **common)
+    val_loader = BatchLoader(val_store, data.split.val, data.index.labels, batch_size * 2, **common)
     return RunInputs(train_loader, val_loader, train_input, eval_input, start_stage)

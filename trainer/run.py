@@ -24,6 +24,7 @@ import torchvision
 from common.atomic import write_text
 from common.disk import disk_problem, ensure_writable
 from common.errors import EXIT_USER_ERROR, UserError
+from common.preprocessing import Preprocessing
 from common.provenance import code_version
 from models import build_model, count_parameters, preprocessing_for
 from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy, validate_options
@@ -114,6 +115,27 @@ def scratch_config(config: RunConfig) -> ScratchCNNConfig | None:
     )
 
 
+def run_preprocessing(config: RunConfig, scratch: ScratchCNNConfig | None = None) -> tuple[Preprocessing, Preprocessing]:
+    """(training, evaluation) preprocessing of a run: its start's metadata at its input_size and eval_size."""
+    scratch = scratch or scratch_config(config)
+    train = preprocessing_for(config.model, config.weights, scratch, config.input_size, config.mean, config.std)
+    evaluation = preprocessing_for(config.model, config.weights, scratch, config.eval_size, config.mean, config.std)
+    return train, evaluation
+
+
+def normalisation_note(config: RunConfig, pre: Preprocessing) -> str | None:
+    """Which normalisation a start other than ImageNet weights trains with, and where it comes from: a warm start
+    from a user's file has no metadata of its own, and the wrong mean/std costs accuracy silently."""
+    from models.weights import input_geometry
+
+    geometry = input_geometry(config.model, config.weights, config.input_size or 224)
+    if geometry.start not in ("file", "none"):
+        return None
+    given = "--mean/--std" if config.mean or config.std else geometry.source
+    return (f"inputs of this {'warm start' if geometry.start == 'file' else 'random init'} are normalised with mean "
+            f"{list(pre.mean)}, std {list(pre.std)}: {given}")
+
+
 def freeze_options(config: RunConfig) -> FreezeOptions:
     defaults = FreezeOptions()
     return FreezeOptions(
@@ -181,6 +203,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -190,15 +213,18 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
         write_text(listing, "".join(f"{path}\t{reason}\n" for path, reason in data.index.skipped))
         print(f"note: all {len(data.index.skipped)} skipped file(s) are listed in {listing}")
     scratch = scratch_config(config)
-    model = build_model(config.model, len(data.classes), config.weights, config.aux_loss_weight, config.bn_mode, scratch)
-    pre = preprocessing_for(config.model, config.weights, scratch)
+    model = build_model(config.model, len(data.classes), config.weights, config.aux_loss_weight, config.bn_mode, scratch, config.input_size)
+    pre, eval_pre = run_preprocessing(config, scratch)
+    note = normalisation_note(config, pre)
+    if note:
+        print(f"note: {note}", flush=True)
     strategy, options = resolve_strategy(config.strategy), freeze_options(config)
     validate_options(strategy, model.stage_names, options, model_name=config.model)
     refuse_idle_backbone(config, model.stage_names, strategy, options)
     identity = {
         "config_hash": config_hash(config), "model": model.spec.name, "weights_version": model.weights_version,
         "stage_names": list(model.stage_names), "classes": list(data.classes), "split_hash": data.split.hash,
-        M.DATA_HASH: data.split.data_hash, "preprocessing": pre.as_record(),
+        M.DATA_HASH: data.split.data_hash, "preprocessing": pre.as_record(), "eval_preprocessing": eval_pre.as_record(),
     }
 
     # Depth of the frozen prefix that never trains in this run: cached (augment none) or run without autograd.
@@ -211,6 +237,8 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     if frozen_depth and on_imagenet:
         keys = model.stage_state_keys(model.stage_names[:frozen_depth])
         lean = {"weights": model.weights_version, "keys": keys, "fingerprint": frozen_fingerprint(model.state_dict(), keys)}
+        if model.weights_file:  # torchvision's file given by path (offline): where a loader finds those weights again
+            lean["file"] = model.weights_file
     frozen_base = None if config.checkpoint_frozen_stages else lean
     model.to(device)
     if config.channels_last:
@@ -269,7 +297,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
 
     autocast = autocast_factory(device, dtype)
     started = time.perf_counter()
-    inputs = build_inputs(config, data, pre, model, feature_depth, device, autocast, batch_size, dtype)
+    inputs = build_inputs(config, data, pre, model, feature_depth, device, autocast, batch_size, dtype, eval_pre)
     cache_seconds = round(time.perf_counter() - started, 3)
     trainable, total = count_parameters(model)
     facts = {
@@ -281,6 +309,8 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
         M.CODE_VERSION: code_version(), "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,  # the weights' enums and their metadata come with it
         "preprocessing": pre.as_record(),  # what the images were: a warm start and `agent.py test` read it back
+        "eval_preprocessing": eval_pre.as_record(), M.INPUT_SIZE: pre.crop_size, M.EVAL_SIZE: eval_pre.crop_size,
+        M.WEIGHTS_SHA256: model.weights_sha256,  # a warm start's file, by content: a path says nothing of what it held
     }
     facts[M.BATCH_SIZE_ASKED] = config.batch_size if batch_size != config.batch_size else None
     record.update_summary(**facts, **{M.STATE: M.RUNNING, M.REASON: None})
@@ -325,6 +355,8 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
         raise
     trainable, total = count_parameters(model)  # gradual unfreezing ends with more trainable parameters
     facts.update({M.TRAINABLE_PARAMS: trainable, M.TOTAL_PARAMS: total})
+    if device.type == "cuda":  # the cost of a resolution or a batch size: the report puts it on the cost axis
+        facts[M.PEAK_GPU_MEMORY] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     return final_state, state, facts
 
 
@@ -409,9 +441,11 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
             except torch.cuda.OutOfMemoryError as exc:
                 if config.oom_retry and batch_size > 1 and not retried_oom:
                     retried_oom, batch_size, retry_at_half = True, batch_size // 2, True
-                    print(f"warning: CUDA out of memory at batch_size={batch_size * 2}; retrying from scratch at {batch_size}")
+                    print(f"warning: CUDA out of memory at batch_size={batch_size * 2}, input_size={config.input_size}; "
+                          f"retrying from scratch at batch_size={batch_size}")
                 else:
-                    state_name, reason, exit_code = M.OOM, f"CUDA out of memory at batch_size={batch_size}: {str(exc).splitlines()[0]}", EXIT_OK
+                    state_name, reason, exit_code = M.OOM, (f"CUDA out of memory at batch_size={batch_size}, input_size={config.input_size} "
+                                                            f"(eval_size={config.eval_size}): {str(exc).splitlines()[0]}"), EXIT_OK
                     break
             except UserError as exc:
                 state_name, reason, exit_code = M.FAILED, str(exc), EXIT_USER_ERROR
