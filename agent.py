@@ -52,7 +52,7 @@ def _split_option(args: list[str], name: str, default: str | None = None) -> tup
 def run_config_from_args(args: list[str]):
     """Defaults < the saved config of a resumed run < --config FILE < --key=value arguments: what this command
     passes wins (a new machine's data_dir), and the run's saved values fill in the rest."""
-    from trainer.config import load_yaml_values, parse_cli, parse_run_config, unused_reason
+    from trainer.config import FREEZE_OPTION_FIELDS, load_yaml_values, parse_cli, parse_run_config, unused_reason
 
     config_file, args = _split_option(args, "config")
     cli = parse_cli(args)
@@ -70,7 +70,11 @@ def run_config_from_args(args: list[str]):
         sources = [saved, *sources]
         cli = {**cli, "run_id": run_id}
     config = parse_run_config(*sources, cli)
-    ignored = [f"--{key} ({unused_reason(key, config)})" for key, value in cli.items() if value is not None and getattr(config, key, None) is None]
+    folded = _folded_strategy(cli, config)
+    if folded:
+        print(f"note: {folded}", flush=True)
+    ignored = [f"--{key} ({unused_reason(key, config)})" for key, value in cli.items()
+               if value is not None and getattr(config, key, None) is None and not (folded and key in FREEZE_OPTION_FIELDS)]
     if ignored:  # normalisation drops what this run cannot use: say so, rather than let it look used
         print(f"note: ignored, as this run has no use for them: {', '.join(ignored)}", flush=True)
     given = {**(sources[-1] if config_file else {}), **cli}
@@ -82,6 +86,20 @@ def run_config_from_args(args: list[str]):
         print(f"note: --warmup_epochs={asked} is more than half of {config.epochs} epochs; warming up over "
               f"{config.warmup_epochs:g} instead, so the run trains at its lr", flush=True)
     return config
+
+
+def _folded_strategy(cli: dict, config) -> str | None:
+    """The strategy asked for on the command line, when it trains what another, simpler one does (fraction as last_k):
+    the run records that one, so equivalent runs are one config."""
+    from models.freezing import resolve_strategy
+
+    asked = cli.get("strategy")
+    if not asked or config.model == "scratch_cnn" or resolve_strategy(asked).name == config.strategy:
+        return None
+    options = ", ".join(f"{key}={cli[key]}" for key in ("k_layers", "freeze_fraction", "unfreeze_every_epochs") if cli.get(key))
+    recorded = f"{config.strategy}{f' k_layers={config.k_layers}' if config.k_layers is not None else ''}"
+    return (f"--strategy={asked}{f' ({options})' if options else ''} trains exactly what strategy={recorded} trains on "
+            f"{config.model} over {config.epochs} epochs: recorded as that, so equivalent runs count as one config")
 
 
 def _aux_needs(model: str) -> int:

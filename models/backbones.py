@@ -132,6 +132,7 @@ register(BackboneSpec(
     head_linear="classifier.6",
     description="VGG-16, 138 M parameters (most of them in fc6/fc7)",
     batch_norm=False,
+    norm_layers=False,
     min_input_size=32,  # five 2x max-pools: 31 px leaves no pixel for the last
 ))
 

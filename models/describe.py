@@ -46,6 +46,12 @@ def describe_model(name: str, num_classes: int = 10) -> str:
     pre = preprocessing_for(name, "none")
     lines.append(f"  input: crop {pre.crop_size} px after resizing the short side to {pre.resize_size} px "
                  f"({pre.interpolation}), mean {pre.mean}, std {pre.std}")
+    multiple = f", a multiple of {spec.input_multiple}" if spec.input_multiple > 1 else ""
+    aux_floor = max((a.min_input_size for a in spec.aux_heads), default=0)
+    aux_note = f"; below {aux_floor} px it trains without its aux head" if aux_floor > spec.min_input_size else ""
+    fixed = " (the dense layer is built for it: validation and test at the same size)" if spec.sized_by_input else ""
+    lines.append(f"  sizes: --input_size (training) and --eval_size take any size >= {max(spec.min_input_size, 16)} px"
+                 f"{multiple}{aux_note}{fixed}; resize keeps the {pre.resize_size}/{pre.crop_size} ratio")
     if model.spec.aux_heads:
         aux = ", ".join(f"{a.module} after {a.after_stage}" for a in model.spec.aux_heads)
         lines.append(f"  aux heads: {aux} (default loss weight {model.aux_loss_weight})")

@@ -62,6 +62,7 @@ class BackboneSpec:
     description: str = ""
     weights_choices: tuple[str, ...] = ()
     batch_norm: bool = True  # has BatchNorm layers (bn_mode matters); VGG-16 has none, ViT only LayerNorm
+    norm_layers: bool = True  # has norm layers of any kind in its backbone (norm_and_head trains them); VGG-16 has none
     # Input sizes the net can take: at least `min_input_size` px (smaller maps vanish in its poolings), and a
     # multiple of `input_multiple` (ViT's patch). `resize_net(net, size)` adapts a built net to another size
     # (ViT: its position embeddings); None where adaptive pooling takes any size as it is.
@@ -102,7 +103,8 @@ class BackboneSpec:
             return (f"{what}={size} is not a multiple of {self.name}'s {self.input_multiple} px patch: use "
                     f"{below or above} or {above}")
         if size < self.min_input_size:
-            return f"{what}={size} is below {self.name}'s minimum of {self.min_input_size} px: its feature maps vanish"
+            return (f"{what}={size} is below {self.name}'s minimum of {self.min_input_size} px (its feature maps vanish): "
+                    f"use {what}>={self.min_input_size}")
         needs = max((aux.min_input_size for aux in self.aux_heads), default=1) if aux_heads else 1
         if size < needs:
             return (f"{what}={size} is below the {needs} px that {self.name}'s auxiliary classifier needs: use "

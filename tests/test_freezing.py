@@ -17,9 +17,11 @@ from models import (
     StagedModel,
     TrainPlan,
     add_missing_groups,
+    backbone_names,
     build_model,
     build_param_groups,
     count_parameters,
+    get_spec,
     plan_for_epoch,
     resolve_strategy,
     strategy_names,
@@ -526,3 +528,70 @@ def test_an_aux_head_joins_the_optimizer_when_its_stage_unfreezes():
 
 def test_every_registered_strategy_is_covered_by_these_tests():
     assert set(strategy_names()) == {"head_only", "last_k", "fraction", "norm_and_head", "full", "gradual"}
+
+
+# --- equivalent configurations are one ------------------------------------------------------------
+
+def _trained_per_epoch(model, config) -> list[frozenset[str]]:
+    """The parameter names that train in each epoch of `config`'s run, norm layers included."""
+    from models import FreezeOptions, plan_for_epoch, resolve_strategy
+
+    strategy = resolve_strategy(config.strategy)
+    options = FreezeOptions(**{k: getattr(config, k) for k in ("k_layers", "freeze_fraction", "unfreeze_every_epochs")
+                               if getattr(config, k) is not None})
+    trained = []
+    for epoch in range(config.epochs):
+        model.apply_plan(plan_for_epoch(strategy, model.stage_names, options, epoch))
+        trained.append(frozenset(name for name, p in model.named_parameters() if p.requires_grad))
+    return trained
+
+
+@pytest.fixture(scope="module")
+def built_models():
+    return {name: build(name) for name in backbone_names()}
+
+
+@pytest.mark.parametrize("name", [n for n in backbone_names() if n != "scratch_cnn"])
+def test_equivalent_strategies_fold_into_one_config_by_the_parameters_they_train(name, built_models):
+    """Every strategy and option value, written as the config records it, trains exactly the parameters it asked for
+    in every epoch; and two configs that train the same parameters with the same values are one config (hash)."""
+    from trainer.config import config_hash, parse_run_config
+
+    model, n = built_models[name], len(get_spec(name).stage_names) - 1
+    asked = [{"strategy": "head_only"}, {"strategy": "full"}, {"strategy": "norm_and_head"},
+             *({"strategy": "last_k", "k_layers": k} for k in range(n + 1)),
+             *({"strategy": "fraction", "freeze_fraction": f} for f in (0.0, 0.2, 0.25, 0.5, 0.75, 1.0)),
+             *({"strategy": "gradual", "unfreeze_every_epochs": e} for e in (1, 2, 4))]
+    by_training: dict[tuple, set[str]] = {}
+    for values in asked:
+        raw = {"model": name, "epochs": 4, **values}
+        config = parse_run_config(raw)
+        raw_config = parse_run_config(raw).replace(**{k: v for k, v in values.items()})  # the asked strategy and options
+        assert _trained_per_epoch(model, config) == _trained_per_epoch(model, raw_config), (values, config.strategy)
+        by_training.setdefault(tuple(_trained_per_epoch(model, config)), set()).add(config_hash(config))
+    assert all(len(hashes) == 1 for hashes in by_training.values())  # same parameters trained: one config
+    assert parse_run_config({"model": name, "strategy": "fraction", "freeze_fraction": 0.5, "epochs": 4}).strategy != "fraction"
+
+
+def test_which_configs_fold_and_which_stay_apart():
+    from trainer.config import config_hash, parse_run_config
+
+    def same(a: dict, b: dict) -> bool:
+        return config_hash(parse_run_config(a)) == config_hash(parse_run_config(b))
+
+    assert same({"strategy": "fraction", "freeze_fraction": 0.5}, {"strategy": "last_k", "k_layers": 2})  # ResNet-50: 3 of 5 frozen
+    assert same({"strategy": "last_k", "k_layers": 5}, {"strategy": "full"}) and same({"strategy": "last_k", "k_layers": 0}, {"strategy": "head_only"})
+    assert same({"model": "vgg16", "strategy": "norm_and_head"}, {"model": "vgg16", "strategy": "head_only"})  # no norm layer
+    assert not same({"model": "vit_b_16", "strategy": "norm_and_head"}, {"model": "vit_b_16", "strategy": "head_only"})  # LayerNorms
+    assert not same({"strategy": "norm_and_head"}, {"strategy": "head_only"})  # ResNet-50's BatchNorms train
+    assert same({"strategy": "gradual", "unfreeze_every_epochs": 10, "epochs": 10}, {"strategy": "head_only", "epochs": 10})
+    assert not same({"strategy": "gradual", "unfreeze_every_epochs": 3, "epochs": 10}, {"strategy": "head_only", "epochs": 10})
+
+
+@pytest.mark.parametrize("name", [n for n in backbone_names() if n != "scratch_cnn"])
+def test_the_registry_says_truly_whether_a_backbone_has_norm_layers(name, built_models):
+    from models.staged import NORM_LAYERS
+
+    model = built_models[name]
+    backbone = [m for stage in model.stage_names[:-1] for module in model.stage_modules(stage) for m in module.modules()]
+    assert get_spec(name).norm_layers == any(isinstance(m, NORM_LAYERS) for m in backbone)

@@ -1270,3 +1270,44 @@ def test_the_over_seeds_clause_stands_only_under_a_best_run_of_its_group(tmp_pat
     assert "Over seeds (fine-tuned): no fine-tuned config" in text and "Over seeds (scratch_cnn)" not in text
     text = section(report_of(all_failed)[1], 1)
     assert "No successful run" in text and "Over seeds" not in text
+
+
+def test_the_headline_keeps_a_warm_start_out_of_imagenet_fine_tuning(tmp_path):
+    """A random state_dict passed as --weights=FILE once became the "best fine-tuned run": a warm start is a start of
+    its own, named with its file and content hash, however well it does."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_finished(runs, "r16", "r03", 0.7)  # ImageNet V2
+    add_run(runs, "r17", "r03", [0.8, 0.95], {**finished_summary("r03", 0.95), metrics.WEIGHTS_VERSION: "file:/w/mine.pt",
+                                              metrics.WEIGHTS_SHA256: "ab" * 32}, weights="/w/mine.pt")
+    add_run(runs, "r18", "r03", [0.5, 0.6], {**finished_summary("r03", 0.6), metrics.WEIGHTS_VERSION: "none"}, weights="none")
+    add_finished(runs, "r19", "r10", 0.5)  # the scratch CNN
+    add_run(runs, "r20", "r10", [0.8, 0.9], {**finished_summary("r10", 0.9), metrics.WEIGHTS_VERSION: "file:/w/cnn.pt"},
+            weights="/w/cnn.pt")  # a scratch CNN warm-started from a file is not the scratch baseline either
+    summary, text = report_of(runs)
+    assert [r.start for r in (summary.best_fine_tuned, summary.best_warm_start, summary.best_random_init, summary.best_scratch)] == \
+        ["imagenet", "warm_start", "random_init", "scratch"]
+    assert (summary.best_fine_tuned.run_id, summary.best_warm_start.run_id, summary.best_scratch.run_id) == ("r16", "r17", "r19")
+    assert summary.gap_points == pytest.approx((0.7 - 0.5) * 100)  # ImageNet fine-tuned minus scratch, never the warm start
+    headline = section(text, 1)
+    assert "**Best ImageNet fine-tuned run: `r16`**" in headline and "**Best scratch_cnn run: `r19`**" in headline
+    assert "**Best warm start (from a weights file, not ImageNet fine-tuning): `r17`**" in headline
+    assert "Started from `/w/mine.pt` (sha256 `abababababab`)" in headline
+    assert "2 run(s) started from weights files that are not torchvision's ImageNet files" in text
+
+
+def test_resolution_is_shown_grouped_and_costed(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_run(runs, "r16", "r03", [0.6, 0.7], {**finished_summary("r03", 0.7), metrics.PEAK_GPU_MEMORY: 3.5}, input_size=224)
+    add_run(runs, "r17", "r03", [0.7, 0.8], {**finished_summary("r03", 0.8), metrics.PEAK_GPU_MEMORY: 8.0}, input_size=352)
+    add_run(runs, "r18", "r03", [0.7, 0.75], {**finished_summary("r03", 0.75), metrics.PEAK_GPU_MEMORY: 3.5},
+            input_size=224, eval_size=288, seed=1)
+    summary, text = report_of(runs)
+    assert {(g.model, g.size, g.stats.count) for g in summary.groups} == {("resnet50", "224", 1), ("resnet50", "352", 1),
+                                                                          ("resnet50", "224→288", 1)}
+    assert [g.size for g in summary.groups] == ["224", "224→288", "352"]  # by resolution within a model and strategy
+    assert "| `r17` | resnet50 | 352 | full |" in section(text, 2)
+    assert summary.pareto_memory == {"r17", "r18"}  # r16 ties r18 on memory at lower accuracy
+    cost = section(text, 4)
+    assert "**Against peak GPU memory**" in cost and "| `r17` | resnet50 | 352 | full | 80.00% | 600 | 500 | 23,528,522 | 8.00 |" in cost

@@ -5,8 +5,9 @@ the command line (the form `wandb agent` passes). `parse_run_config` validates e
 a frozen `RunConfig`; nothing downstream reads raw dicts or strings like "True". `normalise`
 nulls parameters that do not apply (k_layers when the strategy ignores it, scratch CNN options for a
 pretrained backbone, warmup under onecycle, bn_mode where no frozen stage has BatchNorm) and writes
-equivalent values one way (freeze_fraction as the share of stages it freezes, the default weights' name as
-"imagenet"), so two configs that train the same thing compare equal in `effective_config`.
+equivalent values one way (a strategy as the simplest one that trains the same parameters: fraction as last_k,
+norm_and_head on VGG-16 as head_only; the default weights' name as "imagenet"; sizes as numbers), so two configs
+that train the same thing compare equal in `effective_config`.
 """
 
 from __future__ import annotations
@@ -287,12 +288,10 @@ def normalise(config: RunConfig) -> RunConfig:
             if getattr(config, name) is None:
                 changes[name] = FIELDS[name].default
     else:
+        strategy, options = _canonical_strategy(spec, strategy, config)  # equivalent strategies written as one
         changes["strategy"] = strategy.name
         for name in FREEZE_OPTION_FIELDS:
-            if name not in strategy.uses:
-                changes[name] = None
-            elif getattr(config, name) is None:
-                changes[name] = FIELDS[name].default
+            changes[name] = getattr(options, name) if name in strategy.uses else None
         changes.update({name: None for name in SCRATCH_FIELDS})
         if not spec.aux_heads:
             changes["aux_loss_weight"] = None
@@ -377,22 +376,42 @@ def unused_reason(key: str, config: "RunConfig") -> str:
     return "it does not apply"
 
 
-def _fold_freezing(spec, strategy, config: RunConfig) -> dict[str, Any]:
-    """Values that train the same model written one way: freeze_fraction as the share of stages it freezes,
-    bn_mode as the default where no frozen stage has BatchNorm in eval mode (nothing frozen, norm layers
-    trained by the plan, or a net without BatchNorm)."""
-    from models.freezing import FreezeOptions, frozen_count_for_fraction, plan_for_epoch
+def _canonical_strategy(spec, strategy, config: RunConfig):
+    """(strategy, options) written one way among those that train the same parameters in every epoch: a static plan
+    is head_only, last_k with k_layers=k, or full (fraction=0.5 of ResNet-50's 5 stages is last_k with k_layers=2;
+    last_k with every stage is full), and norm_and_head on a net without norm layers (VGG-16) is head_only. Gradual
+    unfreezing that never unfreezes within the run is head_only; one that does stays itself."""
+    from models.freezing import HEAD, FreezeOptions, TrainPlan, plan_for_epoch, resolve_strategy
 
-    stages = tuple(stage.name for stage in spec.stages)
+    given = {name: getattr(config, name) for name in FREEZE_OPTION_FIELDS if name in strategy.uses and getattr(config, name) is not None}
+    options = FreezeOptions(**given)
+    plans = {plan_for_epoch(strategy, spec.stage_names, options, epoch, spec.name) for epoch in range(config.epochs)}  # validates
+    if len(plans) > 1:
+        return strategy, options
+    plan = plans.pop()
+    if plan.train_norm_layers:
+        if spec.norm_layers:
+            return resolve_strategy("norm_and_head"), FreezeOptions()
+        plan = TrainPlan(frozenset({HEAD}))  # no norm layer to train: the head alone
+    backbone = spec.stage_names[:-1]
+    trained = sum(stage in plan.trainable_stages for stage in backbone)
+    if trained == 0:
+        return resolve_strategy("head_only"), FreezeOptions()
+    if trained == len(backbone):
+        return resolve_strategy("full"), FreezeOptions()
+    return resolve_strategy("last_k"), FreezeOptions(k_layers=trained)
+
+
+def _fold_freezing(spec, strategy, config: RunConfig) -> dict[str, Any]:
+    """bn_mode written as the default where no frozen stage has BatchNorm in eval mode (nothing frozen, norm layers
+    trained by the plan, or a net without BatchNorm): both values train the same model."""
+    from models.freezing import FreezeOptions, plan_for_epoch
+
     options = FreezeOptions(**{name: getattr(config, name) for name in FREEZE_OPTION_FIELDS if getattr(config, name) is not None})
-    first = plan_for_epoch(strategy, stages, options, 0, spec.name)  # validates; the first epoch freezes most
-    changes: dict[str, Any] = {}
-    if "freeze_fraction" in strategy.uses:
-        n_backbone = len(stages) - 1
-        changes["freeze_fraction"] = round(frozen_count_for_fraction(n_backbone, options.freeze_fraction) / n_backbone, 4)
-    if not spec.batch_norm or first.train_norm_layers or first.trainable_stages >= set(stages):
-        changes["bn_mode"] = FIELDS["bn_mode"].default
-    return changes
+    first = plan_for_epoch(strategy, spec.stage_names, options, 0, spec.name)  # the first epoch freezes most
+    if not spec.batch_norm or first.train_norm_layers or first.trainable_stages >= set(spec.stage_names):
+        return {"bn_mode": FIELDS["bn_mode"].default}
+    return {}
 
 
 def effective_config(config: RunConfig) -> dict[str, Any]:
