@@ -8,6 +8,7 @@
   python agent.py report SOURCE [--out DIR]                  report of a sweep folder or entity/project/sweep_id
   python agent.py test RUN_FOLDER [--data_dir=...]           the held-out test set, once, for a chosen run
   python agent.py models [NAME ...]                          stages and trainable parameters per strategy
+  python agent.py protocol STAGE [PROTOCOL.yaml] [...]       the fair protocol: tune, recipes, compare, test, curve, wandb
 
 A user's mistake ends with one line `error: ...` and exit status 2, never a traceback.
 """
@@ -22,7 +23,7 @@ from common.disk import disk_problem
 from common.errors import EXIT_USER_ERROR, UserError
 from common.parsing import nearest
 
-COMMANDS = ("run", "sweep", "check", "report", "test", "models")
+COMMANDS = ("run", "sweep", "check", "report", "test", "models", "protocol")
 WRITE_HINTS = {
     "report": "pass --out DIR with a folder you can write to",
     "sweep": "pass --sweep_dir (and --cache_dir) with folders you can write to",
@@ -133,11 +134,18 @@ SWEEP_USAGE = ("usage: python agent.py sweep SWEEP.yaml --count N [--workers N] 
 SWEEP_OPTIONS = ("count", "workers", "sweep_dir")
 USAGES = {
     "sweep": SWEEP_USAGE,
-    "report": "usage: python agent.py report SOURCE [--out DIR]\n  SOURCE: a sweep folder, a runs/ folder, or entity/project/sweep_id;"
-              " writes report.md, plots and runs.csv (default SOURCE/report)",
+    "report": "usage: python agent.py report SOURCE [--out DIR] [--allow_lost_seeds]\n  SOURCE: a sweep folder, a runs/ folder, a "
+              "protocol folder (sweep_runs/protocol), or entity/project/sweep_id; writes report.md, plots and runs.csv (default "
+              "SOURCE/report). --allow_lost_seeds lets a config that lost seeds be the best over seeds (named either way)",
     "test": "usage: python agent.py test RUN_FOLDER [--data_dir=DIR] [--device=auto]\n  evaluates the run's best.pt on the held-out"
             " test set (val/ of nature_12K, or test/) and writes RUN_FOLDER/test/",
     "models": "usage: python agent.py models [NAME ...]\n  the registered backbones, their stages and trainable parameters per strategy",
+    "protocol": ("usage: python agent.py protocol STAGE [PROTOCOL.yaml] [--protocol_dir DIR] [--workers N] [--key=value ...]\n"
+                 "  STAGE: tune (every arm's tuning sweep, the same number of trials each), recipes (each arm's winner -> "
+                 "sweeps/compare/<arm>.yaml; --wandb reads the W&B tuning sweeps), compare (the recipes on fresh seeds and "
+                 "split seeds), test (the held-out test set, once per final run), curve (the data-efficiency curve), wandb "
+                 "(create the tuning sweeps on W&B: --project, --entity)\n"
+                 "  PROTOCOL.yaml: default sweeps/protocol.yaml; runs go to sweep_runs/<its name>/ (or --protocol_dir)"),
     "check": "usage: python agent.py check SWEEP.yaml [--key=value ...]\n  the checks a local sweep makes of its YAML (parameter"
              " names and values, metric and goal, values no trial could train with), with nothing run: do it before"
              " `wandb sweep`, whose server checks none of them",
@@ -194,6 +202,8 @@ def command_report(args: list[str]) -> int:
     from report.build import build_report
 
     out, args = _split_option(args, "out")
+    allow_lost_seeds = "--allow_lost_seeds" in args  # a config that lost seeds may still be the best over seeds
+    args = [arg for arg in args if arg != "--allow_lost_seeds"]
     if len(args) != 1:
         raise UserError(USAGES["report"].replace("\n ", ";"))
     source = args[0]
@@ -202,7 +212,7 @@ def command_report(args: list[str]) -> int:
             "pass a sweep folder, a runs/ folder, or entity/project/sweep_id"
         raise UserError(f"report source {source} is a file, not a folder: {hint}")
     out_dir = Path(out) if out else (Path(source) / "report" if Path(source).exists() else Path("reports") / source.replace("/", "_"))
-    path = build_report(source, out_dir)
+    path = build_report(source, out_dir, allow_lost_seeds=allow_lost_seeds)
     print(f"report written to {path}")
     return 0
 
@@ -216,6 +226,39 @@ def command_test(args: list[str]) -> int:
         raise UserError(USAGES["test"].splitlines()[0])
     result = evaluate_on_test_set(Path(args[0]), data_dir=data_dir, device=device)
     print(f"test accuracy {result['test_acc']:.4f} on {result['num_images']} held-out images -> {Path(args[0]) / 'test'}")
+    return 0
+
+
+def command_protocol(args: list[str]) -> int:
+    from common.parsing import nearest
+    from sweeper import protocol as P
+    from trainer.config import parse_cli
+
+    protocol_dir, args = _split_option(args, "protocol_dir")
+    workers, args = _split_option(args, "workers", "1")
+    project, args = _split_option(args, "project", "finetune-sweeps")
+    entity, args = _split_option(args, "entity")
+    from_wandb = "--wandb" in args
+    args = [arg for arg in args if arg != "--wandb"]
+    if not args or args[0] not in P.STAGES:
+        stage = args[0] if args else ""
+        raise UserError(f"protocol needs a stage{f', not {stage!r}' if stage else ''}{nearest(stage, P.STAGES) if stage else ''}: "
+                        f"{', '.join(P.STAGES)}; {USAGES['protocol'].splitlines()[0]}")
+    stage, args = args[0], args[1:]
+    path = args.pop(0) if args and not args[0].startswith("--") else P.PROTOCOL_FILE
+    protocol = P.load_protocol(path)
+    fixed = parse_cli(args)
+    folder = Path(protocol_dir) if protocol_dir else None
+    if stage == "tune":
+        return 0 if P.run_tune(protocol, folder, _integer("workers", workers), fixed) else 130
+    if stage == "recipes":
+        P.write_recipes(protocol, folder, wandb=from_wandb)
+    elif stage in ("compare", "curve"):
+        return 0 if P.run_final(protocol, stage, folder, _integer("workers", workers), fixed) else 130
+    elif stage == "test":
+        P.run_tests(protocol, folder, fixed.get("data_dir"), fixed.get("device", "auto"))
+    else:
+        P.create_wandb_sweeps(protocol, folder, fixed, project, entity)
     return 0
 
 
@@ -234,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     handlers = {"run": command_run, "sweep": command_sweep, "check": command_check, "report": command_report,
-                "test": command_test, "models": command_models}
+                "test": command_test, "models": command_models, "protocol": command_protocol}
     if command in USAGES and ("--help" in argv or "-h" in argv):
         print(USAGES[command])
         return 0

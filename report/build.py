@@ -22,6 +22,7 @@ FIGURES = {  # role -> file name, linked relative to report.md
     "cost": "accuracy_vs_cost.png",
     "curves": "learning_curves.png",
     "importance": "importance.png",
+    "data_efficiency": "data_efficiency.png",
 }
 TEST_FIGURES = (("confusion matrix", "confusion.png"), ("prediction grid", "grid.png"))
 
@@ -32,11 +33,11 @@ RESULT_COLUMNS = (metrics.BEST_VAL_ACC, metrics.BEST_EPOCH, metrics.EPOCHS_COMPL
                   CONFIG_HASH, CODE_VERSION, metrics.DEVICE, PRECISION, metrics.REASON, TEST_ACC)
 
 
-def build_report(source: str, out_dir: Path, top_n: int = 10) -> Path:
+def build_report(source: str, out_dir: Path, top_n: int = 10, allow_lost_seeds: bool = False) -> Path:
     """Read the sweep once, compute every number once, then write the figures, runs.csv and report.md."""
     table = load_table(source)  # first: a source that cannot be read leaves no empty report folder behind
     out_dir = ensure_writable(out_dir, "report folder", "--out")
-    summary = summarise(table, top_n=top_n)
+    summary = summarise(table, top_n=top_n, allow_lost_seeds=allow_lost_seeds)
     images = _write_figures(summary, out_dir)
     test_images = _copy_test_figures(summary, out_dir)
     write_text(out_dir / RUNS_CSV, runs_csv(table))
@@ -56,6 +57,7 @@ def _write_figures(summary: Summary, out_dir: Path) -> dict[str, str]:
         "cost": (plots.plot_cost, bool(summary.successful)),
         "curves": (plots.plot_learning_curves, any(r.history for r in summary.best_per_strategy)),
         "importance": (plots.plot_importance, bool(summary.importance)),
+        "data_efficiency": (plots.plot_data_efficiency, bool(summary.protocol and summary.protocol.curve)),
     }
     images = {}
     for role, (draw, has_data) in drawers.items():
@@ -82,7 +84,7 @@ def _copy_test_figures(summary: Summary, out_dir: Path) -> dict[str, list[tuple[
 
 def csv_columns(table: RunTable) -> list[str]:
     config_keys = sorted({k for r in table.records for k in r.effective_config} - {MODEL, STRATEGY})
-    return ["run_id", metrics.STATE, MODEL, STRATEGY, *config_keys, *RESULT_COLUMNS]
+    return ["run_id", metrics.STATE, "stage", MODEL, STRATEGY, *config_keys, *RESULT_COLUMNS]
 
 
 def runs_csv(table: RunTable) -> str:
@@ -93,7 +95,7 @@ def runs_csv(table: RunTable) -> str:
     writer.writeheader()
     for record in sorted(table.records, key=lambda r: r.run_id):
         row = {"run_id": record.run_id, metrics.STATE: record.state, **record.effective_config,
-               **_result(record)}
+               "stage": record.config.get("stage") or None, **_result(record)}
         writer.writerow({k: _csv_value(row.get(k)) for k in columns})
     return buffer.getvalue()
 

@@ -100,9 +100,10 @@ def _start_text(record: RunRecord) -> str:
 
 
 def _headline(s: Summary) -> list[str]:
-    out = ["## 1. Headline: fine-tuning against a CNN from scratch", "",
-           "One line per kind of start; only runs from torchvision's ImageNet weights count as fine-tuned. Numbers are "
-           f"the best epoch's {metrics.VAL_ACC} on the validation split, the split the configs were selected on.", ""]
+    out = ["## 1. Headline: fine-tuning against a CNN from scratch", ""] + _final(s)
+    out += ["One line per kind of start; only runs from torchvision's ImageNet weights count as fine-tuned. Numbers are "
+            f"the best epoch's {metrics.VAL_ACC} on the validation split, the split the configs were selected on"
+            f"{' (single best runs: a winner of many trials is optimistic)' if s.protocol and s.protocol.compare else ''}.", ""]
     ft, scratch = s.best_fine_tuned, s.best_scratch
     lines = (("Best ImageNet fine-tuned run", ft, ""),
              ("Best warm start (from a weights file, not ImageNet fine-tuning)", s.best_warm_start,
@@ -129,7 +130,7 @@ def _headline(s: Summary) -> list[str]:
     else:
         out.append("- **No successful run** in this sweep.")
     out.append("")
-    out += _seeds("fine-tuned", s.seeds_fine_tuned, ft) + _seeds(SCRATCH_MODEL, s.seeds_scratch, scratch)
+    out += _seeds("fine-tuned", s.seeds_fine_tuned, ft, s.ineligible) + _seeds(SCRATCH_MODEL, s.seeds_scratch, scratch, s.ineligible)
     gap = s.seed_gap
     if gap and gap.excludes_zero:
         out.append(f"- Gap between these seed means: **{points(gap.difference * 100)}** ({difference_ci_text(gap)}).")
@@ -140,19 +141,71 @@ def _headline(s: Summary) -> list[str]:
     return out
 
 
-def _seeds(label: str, group: SeedGroup | None, best: RunRecord | None) -> list[str]:
+def _seeds(label: str, group: SeedGroup | None, best: RunRecord | None, ineligible: list[SeedGroup] = ()) -> list[str]:
+    out = []
+    for other in ineligible:
+        if (label == SCRATCH_MODEL) != (other.records[0].start == "scratch"):
+            continue
+        out.append(f"- Over seeds ({label}): {config_text(other.config)} reached {ci_text(other.ci)} over {len(other.seeds)} of "
+                   f"{other.planned} seeds, but lost {_lost_text(other.lost)}: **unstable**, not eligible as the best config over "
+                   "seeds (its mean is over survivors only; `agent.py report --allow_lost_seeds` counts it anyway).")
     if group is None:  # said only under a best run of its own: no numbers above, nothing to qualify
-        return [f"- Over seeds ({label}): no {label} config was repeated over seeds with finished runs, so the "
-                "numbers above are single runs and carry their seed's luck."] if best else []
-    return [f"- Over seeds ({label}): the best config repeated over seeds reaches **{ci_text(group.ci)}** "
-            f"over {len(group.seeds)} seeds ({', '.join(map(_value, group.seeds))}; runs "
-            f"{', '.join(f'`{r.run_id}`' for r in group.records)}"
-            f"{'; runs of one seed averaged first' if len(group.records) > len(group.seeds) else ''}). "
-            f"Config: {config_text(group.config)}"]
+        return out + ([f"- Over seeds ({label}): no {label} config was repeated over seeds with finished runs and none lost, so "
+                       "the numbers above are single runs and carry their seed's luck."] if best else [])
+    lost = f"; **{len(group.seeds)} of {group.planned} seeds**, lost {_lost_text(group.lost)}" if group.lost else ""
+    return out + [f"- Over seeds ({label}): the best config repeated over seeds reaches **{ci_text(group.ci)}** "
+                  f"over {len(group.seeds)} seeds ({', '.join(map(_value, group.seeds))}; runs "
+                  f"{', '.join(f'`{r.run_id}`' for r in group.records)}"
+                  f"{'; runs of one seed averaged first' if len(group.records) > len(group.seeds) else ''}{lost}). "
+                  f"Config: {config_text(group.config)}"]
+
+
+def _lost_text(records: list[RunRecord]) -> str:
+    return ", ".join(f"`{r.run_id}` ({r.state}{': ' + str(r.reason)[:80] if r.reason else ''})" for r in records)
+
+
+def _final(s: Summary) -> list[str]:
+    """The headline of the protocol's final stage: each arm's recipe over fresh seeds and split seeds, tested once."""
+    p = s.protocol
+    if p is None or not p.compare:
+        return []
+    out = ["### Final comparison (compare stage)", "",
+           "Each arm's recipe, chosen on the validation split in the tune stage, trained again on fresh seeds and split "
+           "seeds; every run that finished was evaluated **once** on the held-out test set. Nothing here was selected.", ""]
+    rows = []
+    for arm in p.compare:
+        metric = "test" if arm.metric == metrics.TEST_ACC else "validation (not tested yet)"
+        value = ci_text(arm.ci) if arm.ci else (percent(arm.values[0]) + " (one run)" if arm.values else "–")
+        lost = _lost_text(arm.lost) if arm.lost else "–"
+        rows.append([_value(arm.arm), value, f"{len(arm.runs)}/{arm.planned}", arm.splits, metric, lost])
+    out += [table(["arm", "mean accuracy (95% CI)", "runs counted / planned", "split seeds", "on", "lost (in n/k, not in the mean)"], rows), ""]
+    for gap in p.gaps:
+        if gap.ci is None:
+            out.append(f"- **{gap.arm} minus {SCRATCH_MODEL}: {points(gap.difference * 100)}** (two runs a side are needed for an interval).")
+        else:
+            verdict = "" if gap.ci.excludes_zero else ": the interval holds 0, **not distinguishable with these runs**"
+            out.append(f"- **{gap.arm} minus {SCRATCH_MODEL}: {points(gap.difference * 100)}** ({difference_ci_text(gap.ci)}){verdict}.")
+    untested = [r for arm in p.compare for r in arm.untested]
+    if untested:
+        out.append(f"- {len(untested)} finished run(s) have no test result yet ({', '.join(f'`{r.run_id}`' for r in untested[:6])}"
+                   f"{' ...' if len(untested) > 6 else ''}): their arm is shown on validation; run `python agent.py protocol test`.")
+    several = [arm.arm for arm in p.compare if arm.configs > 1]
+    if several:
+        out.append(f"- **Warning:** arm(s) {', '.join(several)} ran more than one recipe in the compare stage: the stage compares "
+                   "one recipe per arm; the extra ones turn it into another tuning stage.")
+    if p.single_split:
+        out.append("- **Warning:** every compare run used one split seed: the intervals leave out the variance of the split.")
+    if p.reused_seeds:
+        out.append(f"- **Warning:** final run(s) {', '.join(p.reused_seeds[:6])} trained with a seed that tuning used: not fresh.")
+    return out + ["", "### Tuning (tune stage, validation split: what the recipes were selected on)", ""]
 
 
 def _leaderboard(s: Summary) -> list[str]:
-    rows = [[rank, f"`{r.run_id}`", _value(r.model_label), _value(r.size_label), _strategy(r), _value(r.config.get("k_layers")),
+    def run_cell(r: RunRecord) -> str:
+        lost = s.unstable.get(r.config_key(without=("seed",)))
+        return f"`{r.run_id}`" + (f" (unstable: {len(lost)} of its seeds lost)" if lost else "")
+
+    rows = [[rank, run_cell(r), _value(r.model_label), _value(r.size_label), _strategy(r), _value(r.config.get("k_layers")),
              _value(r.config.get("freeze_fraction")), _value(r.config.get("lr")), _value(r.config.get("augment")),
              percent(r.best_val_acc), _epochs(r), _seconds(r.train_seconds), _rate(r.images_per_second), _value(r.trainable_params)]
             for rank, r in enumerate(s.leaderboard, start=1)]
@@ -313,6 +366,43 @@ def _warnings(s: Summary) -> list[str]:
     return [line for warning in s.provenance.warnings for line in (f"> **WARNING:** {warning}", "")]
 
 
+def _protocol(s: Summary) -> list[str]:
+    p = s.protocol
+    out = ["## 9. Budgets and tuning", ""]
+    if p is not None and p.tuning_trials:
+        rows = [[arm, count, p.budgets.get(arm, "–"), "**fewer trials than another arm**" if arm in p.short_arms else ""]
+                for arm, count in p.tuning_trials.items()]
+        out += ["Tuning trials per arm (tune stage) and the training rule each arm's runs followed. Every arm should get the "
+                "same number of trials: an arm tuned more often wins by search, not by its start.", "",
+                table(["arm", "tuning trials", "training rule", ""], rows), ""]
+    if s.still_improving:
+        ids = ", ".join(f"`{r.run_id}` ({_value(r.model_label)}, epoch {r.best_epoch})" for r in s.still_improving[:12])
+        out += [f"**Still improving at their last epoch** ({len(s.still_improving)} finished run(s)): {ids}"
+                f"{' ...' if len(s.still_improving) > 12 else ''}. Their best epoch was their last: a longer budget might "
+                "have trained them further, so their numbers are a lower bound.", ""]
+    else:
+        out += ["No finished run had its best epoch at its last: every run stopped improving within its budget.", ""]
+    return out
+
+
+def _curve(s: Summary, image: str | None) -> list[str]:
+    p = s.protocol
+    if p is None or not p.curve:
+        return []
+    metric = "test accuracy" if p.curve_metric == metrics.TEST_ACC else "best val_acc (the curve's runs are not all tested)"
+    rows = [[_value(point.arm), f"{point.subset_fraction:g}", f"{point.images_per_class:g}",
+             ci_text(point.ci) if point.ci else (percent(point.values[0]) if point.values else "–"), len(point.values), point.lost]
+            for point in p.curve]
+    out = ["## 10. Data-efficiency curve", "",
+           f"Each arm's recipe trained on nested subsets of the training images (curve stage), {metric} over seeds, "
+           "against images per class.", "",
+           table(["arm", "subset_fraction", "images per class", "mean (95% CI)", "runs", "lost"], rows), ""]
+    out += [f"- **{c.statement()}**." for c in p.crossovers] + [""]
+    if image:
+        out += [f"![data-efficiency curve]({image})", ""]
+    return out
+
+
 def render(summary: Summary, images: dict[str, str], test_images: dict[str, list[tuple[str, str]]]) -> str:
     """`images` maps a figure's role (by_strategy, cost, curves, importance) to its relative path."""
     lines = [f"# Sweep report: {summary.provenance.sweep_name}", "",
@@ -329,4 +419,6 @@ def render(summary: Summary, images: dict[str, str], test_images: dict[str, list
     lines += _not_counted(summary)
     lines += _test(summary, test_images)
     lines += _provenance(summary)
+    lines += _protocol(summary)
+    lines += _curve(summary, images.get("data_efficiency"))
     return "\n".join(lines).rstrip() + "\n"

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from report.stats import Summary, strategy_sort_key  # noqa: E402
-from report.table import RunRecord  # noqa: E402
+from report.table import SCRATCH_MODEL, RunRecord  # noqa: E402
 from trainer import metrics  # noqa: E402
 
 DPI = 110
@@ -143,6 +143,35 @@ def plot_learning_curves(summary: Summary, path: Path) -> Path:
     axis.set_title("Best run per strategy: val (solid), train (dashed), best epoch ringed")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_data_efficiency(summary: Summary, path: Path) -> Path:
+    """Accuracy against images per class for each arm, with 95% intervals over seeds: the plot people look at."""
+    protocol = summary.protocol
+    figure, axis = plt.subplots(figsize=(7.5, 4.8))
+    arms = sorted({p.arm for p in protocol.curve}, key=lambda a: (a == SCRATCH_MODEL, a))
+    colors = _model_colors(arms)
+    for arm in arms:
+        points = sorted((p for p in protocol.curve if p.arm == arm and p.values), key=lambda p: p.images_per_class)
+        if not points:
+            continue
+        x = [p.images_per_class for p in points]
+        y = [(p.ci.mean if p.ci else p.values[0]) * 100 for p in points]
+        low = [(p.ci.mean - p.ci.low) * 100 if p.ci else 0 for p in points]
+        high = [(p.ci.high - p.ci.mean) * 100 if p.ci else 0 for p in points]
+        axis.errorbar(x, y, yerr=[low, high], color=colors[arm], marker="o", capsize=3, linewidth=1.5,
+                      linestyle="--" if arm == SCRATCH_MODEL else "-", label=arm)
+    for crossover in protocol.crossovers:
+        if crossover.below is not None and crossover.below < max(crossover.sizes):
+            axis.axvline(crossover.below, color="grey", linewidth=0.8, linestyle=":")
+    axis.set_xscale("log")
+    axis.set_xlabel("training images per class (log)")
+    axis.set_ylabel(("test accuracy" if protocol.curve_metric == metrics.TEST_ACC else f"best {metrics.VAL_ACC}") + " (%)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower right")
+    axis.set_title("Is fine-tuning worth it? Accuracy against data (95% intervals over seeds)")
     figure.tight_layout()
     return _save(figure, path)
 

@@ -71,7 +71,19 @@ def _is_run_folder(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in (CONFIG_FILE, SUMMARY_FILE, METRICS_FILE))
 
 
+def _sweep_folders(path: Path) -> list[Path]:
+    """The sweep folders of a protocol folder (tune/<arm>/, compare/, curve/): one or two levels down."""
+    found = [p.parent for pattern in (f"*/{SWEEP_FILE}", f"*/*/{SWEEP_FILE}") for p in path.glob(pattern) if (p.parent / RUNS_DIR).is_dir()]
+    return sorted(set(found))
+
+
 def _load_local(path: Path) -> RunTable:
+    if not _is_run_folder(path) and not (path / RUNS_DIR).is_dir() and _sweep_folders(path):
+        # A protocol folder: every stage's sweeps in one table; each run says its stage.
+        tables = [_load_local(folder) for folder in _sweep_folders(path)]
+        return RunTable(records=[r for t in tables for r in t.records], name=path.resolve().name, source=str(path),
+                        metric_name=tables[0].metric_name, metric_goal=tables[0].metric_goal,
+                        duplicates=[d for t in tables for d in t.duplicates])
     if _is_run_folder(path):  # one run folder: a table of one, no sweep around it
         run_folders, sweep_dir = [path], None
     elif (path / RUNS_DIR).is_dir():  # a sweep folder

@@ -226,6 +226,12 @@ class SeedGroup:
     records: list[RunRecord]
     ci: MeanCI
     seed_means: list[float]  # one value per seed, what the interval is computed from
+    lost: list[RunRecord] = field(default_factory=list)  # seeds of this config that failed, diverged or ran out of memory
+
+    @property
+    def planned(self) -> int:
+        """Seeds tried: those that finished and those lost."""
+        return len({json.dumps(r.config.get(SEED), default=str) for r in [*self.records, *self.lost]})
 
     @property
     def seeds(self) -> list:
@@ -277,11 +283,15 @@ class Summary:
     pareto_memory: set[str]  # against peak GPU memory (CUDA runs that recorded it)
     importance: list[Importance] | None
     not_counted: list[tuple[str, list[RunRecord]]]
+    still_improving: list[RunRecord]  # finished with their best epoch their last: the budget may have been too short
+    unstable: dict[str, list[RunRecord]]  # config key (seed aside) -> its lost seeds, for configs that lost some
+    ineligible: list[SeedGroup]  # configs over seeds left out of "best config over seeds" for their lost seeds
     duplicates: list[SkippedDuplicate]
     tested: list[RunRecord]
     best_per_strategy: list[RunRecord]  # for the learning curves
     provenance: Provenance
     successful: list[RunRecord] = field(default_factory=list)
+    protocol: "ProtocolSummary | None" = None
 
 
 def rank_key(record: RunRecord):
@@ -296,9 +306,20 @@ def strategy_sort_key(model: str | None, strategy: str | None):
     return (model == SCRATCH_MODEL, str(model), position, str(strategy))
 
 
-def summarise(table: RunTable, top_n: int = 10) -> Summary:
+LOST_STATES = (metrics.FAILED, metrics.DIVERGED, metrics.OOM)  # a seed that trained to no result
+
+
+def summarise(table: RunTable, top_n: int = 10, allow_lost_seeds: bool = False) -> Summary:
+    """`allow_lost_seeds`: a config that lost a seed may still be the best config over seeds (off: a config whose
+    seeds fail is not a recipe to recommend, whatever its survivors reached)."""
+    from report.protocol import summarise_protocol
+
     successful = sorted(table.successful(), key=rank_key)
     complete = table.complete()
+    lost = [r for r in table.records if r.state in LOST_STATES and not r.refused_before_training]
+    unstable: dict[str, list[RunRecord]] = defaultdict(list)
+    for record in lost:
+        unstable[record.config_key(without=(SEED,))].append(record)
     fine_tuned = [r for r in successful if r.is_fine_tuned]  # ImageNet weights: not random init, not a warm start
     scratch = [r for r in successful if r.start == SCRATCH]
     best_ft = fine_tuned[0] if fine_tuned else None
@@ -322,8 +343,9 @@ def summarise(table: RunTable, top_n: int = 10) -> Summary:
         label = (record.start, None if record.is_scratch else record.strategy)
         best_per_strategy.setdefault(label, record)
 
-    seeds_fine_tuned = _best_seed_group([r for r in complete if r.is_fine_tuned])
-    seeds_scratch = _best_seed_group([r for r in complete if r.start == SCRATCH])
+    ineligible: list[SeedGroup] = []
+    seeds_fine_tuned = _best_seed_group([r for r in complete if r.is_fine_tuned], unstable, allow_lost_seeds, ineligible)
+    seeds_scratch = _best_seed_group([r for r in complete if r.start == SCRATCH], unstable, allow_lost_seeds, ineligible)
     seed_gap = difference_ci(seeds_fine_tuned.seed_means, seeds_scratch.seed_means) if seeds_fine_tuned and seeds_scratch else None
     not_counted_groups = table.not_counted()
     ordered_states = [s for s in NOT_COUNTED_ORDER if s in not_counted_groups]
@@ -346,12 +368,16 @@ def summarise(table: RunTable, top_n: int = 10) -> Summary:
         pareto_memory=pareto_front(_points(successful, lambda r: r.peak_gpu_memory)),
         importance=parameter_importance(successful),
         not_counted=[(s, sorted(not_counted_groups[s], key=lambda r: r.run_id)) for s in ordered_states],
+        still_improving=sorted((r for r in complete if r.best_epoch is not None and r.best_epoch == r.epochs_completed
+                                and not r.summary.get("stopped_by_patience")), key=lambda r: r.run_id),
+        unstable=dict(unstable), ineligible=ineligible,
         duplicates=list(table.duplicates),
         tested=sorted((r for r in table.records if r.test), key=lambda r: r.run_id),
         best_per_strategy=sorted(best_per_strategy.values(),
                                  key=lambda r: strategy_sort_key(SCRATCH_MODEL if r.is_scratch else None, r.strategy)),
         provenance=_provenance(table, successful),
         successful=successful,
+        protocol=summarise_protocol(table, allow_lost_seeds),
     )
 
 
@@ -367,8 +393,11 @@ def _points(records: list[RunRecord], cost) -> dict[str, tuple[float, float]]:
     return {r.run_id: (r.best_val_acc, float(cost(r))) for r in records if cost(r) is not None}
 
 
-def _best_seed_group(records: list[RunRecord]) -> SeedGroup | None:
-    """The config repeated over seeds with the highest mean: the one claim a reader can lean on."""
+def _best_seed_group(records: list[RunRecord], unstable: dict[str, list[RunRecord]] | None = None, allow_lost: bool = False,
+                     ineligible: list[SeedGroup] | None = None) -> SeedGroup | None:
+    """The config repeated over seeds with the highest mean: the one claim a reader can lean on. A config that lost a
+    seed (failed, diverged, out of memory) is not eligible unless `allow_lost`: its mean is over survivors only."""
+    unstable = unstable or {}
     by_config: dict[str, list[RunRecord]] = defaultdict(list)
     for record in records:
         by_config[record.config_key(without=(SEED,))].append(record)
@@ -396,7 +425,13 @@ def _best_seed_group(records: list[RunRecord]) -> SeedGroup | None:
         ci = mean_ci(seed_means)
         if ci is not None:
             config = {k: v for k, v in members[0].effective_config.items() if k != SEED}
-            candidates.append(SeedGroup(config, sorted(members, key=lambda r: r.run_id), ci, seed_means))
+            lost = sorted(unstable.get(members[0].config_key(without=(SEED,)), []), key=lambda r: r.run_id)
+            group = SeedGroup(config, sorted(members, key=lambda r: r.run_id), ci, seed_means, lost)
+            if lost and not allow_lost:
+                if ineligible is not None:
+                    ineligible.append(group)
+                continue
+            candidates.append(group)
     return max(candidates, key=lambda g: (g.ci.mean, -g.ci.half_width), default=None)
 
 
@@ -464,10 +499,18 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
                         f"{metrics.VAL_ACC!r}")
     if table.metric_goal not in (None, "maximize"):
         warnings.append(f"the sweep's metric goal is {table.metric_goal!r}; {metrics.VAL_ACC} should be maximized")
-    tested = [r.run_id for r in table.records if r.test]
-    if len(tested) > 1:
-        warnings.append(f"{len(tested)} runs were evaluated on the test set ({', '.join(sorted(tested))}): "
-                        "choosing among them by test accuracy turns the test set into a validation set")
+    # Testing every seed (and split) of one fixed config is not selection, nor is testing each arm's one recipe in the
+    # protocol's final stages; testing several configs of one kind is: choosing among them by test accuracy turns the
+    # test set into a validation set.
+    tested = [r for r in table.records if r.test]
+    configs: dict[str, set[str]] = defaultdict(set)
+    for record in tested:
+        final = record.config.get("stage") in ("compare", "curve")
+        configs[str(record.model_label) if final else ""].add(record.config_key(without=(SEED, "split_seed", "subset_fraction")))
+    if sum(len(keys) for keys in configs.values()) > len(configs) or len(configs) > 1 and "" in configs:
+        warnings.append(f"{len(tested)} runs of {sum(len(keys) for keys in configs.values())} different configs were evaluated on the "
+                        f"test set ({', '.join(sorted(r.run_id for r in tested))}): choosing among them by test accuracy turns "
+                        "the test set into a validation set")
     return Provenance(
         source=table.source, sweep_name=table.name, metric_name=table.metric_name,
         metric_goal=table.metric_goal, run_count=len(table.records),

@@ -57,6 +57,27 @@ def finite(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+# The freezing keys today's normalisation may write otherwise than the run recorded: a W&B sweep locks the values it
+# suggested (strategy=fraction stays fraction there), and older trainers did not fold equivalent strategies.
+_FOLDED_KEYS = ("strategy", "k_layers", "freeze_fraction", "unfreeze_every_epochs", "bn_mode", "backbone_lr_mult", "layer_decay")
+
+
+def _fold_strategy(config: dict) -> dict:
+    """`config` with its strategy written as today's normalisation writes it, so equivalent runs group as one (fraction
+    0.5 of ResNet-50 with last_k k_layers=2). Configs that no longer parse (older fields, unknown models) stay as they are."""
+    if config.get("model") == SCRATCH_MODEL or not config.get("strategy"):
+        return config
+    from common.errors import UserError
+    from trainer.config import parse_run_config
+
+    try:
+        parsed = parse_run_config({k: v for k, v in config.items() if k in FIELDS and FIELDS[k].metadata["effective"]})
+    except (UserError, TypeError, ValueError):
+        return config
+    folded = {key: getattr(parsed, key) for key in _FOLDED_KEYS}
+    return config if all(config.get(k) == v for k, v in folded.items()) else {**config, **folded}
+
+
 @dataclass
 class RunRecord:
     run_id: str
@@ -69,6 +90,7 @@ class RunRecord:
     version_label: str | None = field(default=None, compare=False)  # set by RunTable: see model_label
 
     def __post_init__(self) -> None:
+        self.config = _fold_strategy(self.config)
         # A run retried after CUDA ran out of memory trained at half the batch size it asked for: it is shown,
         # grouped and exported as what it trained (its config hash still names the config asked for).
         trained = self.summary.get(metrics.BATCH_SIZE)

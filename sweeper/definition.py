@@ -63,6 +63,8 @@ def definition_problems(config: Any) -> list[str]:
     """Every reason this sweep config cannot drive `agent.py`; [] when it is fine."""
     if not isinstance(config, dict):
         return ["the file must hold a mapping (method, metric, parameters, ...)"]
+    if "tune" in config and "budget" in config and "parameters" not in config:
+        return ["it is a protocol file, not a sweep: run its stages with `python agent.py protocol tune|recipes|compare|test|curve FILE`"]
     from sweeps import schema_violations_from_proposed_config
 
     problems = []  # ours first: they name the parameter, the schema's messages often do not

@@ -273,8 +273,16 @@ def test_seed_interval_leaves_out_runs_that_did_not_finish(tmp_path, sweep_dir, 
     stopped = {**make_summary("r04"), metrics.STATE: metrics.EARLY_STOPPED, metrics.BEST_VAL_ACC: 0.72,
                metrics.BEST_EPOCH: 2, metrics.EPOCHS_COMPLETED: 2}
     add_run(tmp_path / "runs", "r17", "r04", [0.70, 0.72], stopped, seed=4)
-    group = summarise(load_table(str(tmp_path / "runs"))).seeds_fine_tuned
-    assert [r.run_id for r in group.records] == ["r04", "r05", "r06"] and group.ci.n == 3
+    # A config that lost a seed is not eligible as the best config over seeds: its mean is over survivors only.
+    lost = summarise(load_table(str(tmp_path / "runs")))
+    assert lost.seeds_fine_tuned is None and [g.records[0].run_id for g in lost.ineligible] == ["r04"]
+    assert [r.run_id for r in lost.ineligible[0].lost] == ["r16"] and lost.ineligible[0].planned == 4
+    text = render(lost, {}, {})
+    assert "3 of 4 seeds" in section(text, 1) and "`r16` (diverged" in section(text, 1)
+    assert "unstable: 1 of its seeds lost" in section(text, 2)
+    # Opted in, the interval is over the survivors, and the lost seed is still named.
+    group = summarise(load_table(str(tmp_path / "runs")), allow_lost_seeds=True).seeds_fine_tuned
+    assert [r.run_id for r in group.records] == ["r04", "r05", "r06"] and group.ci.n == 3 and [r.run_id for r in group.lost] == ["r16"]
     assert group.ci == summary.seeds_fine_tuned.ci
 
 
@@ -331,7 +339,9 @@ def test_the_cost_section_says_what_train_seconds_leave_out(built):
 
 def test_every_figure_is_a_readable_png(built):
     out, text = built
-    for name in FIGURES.values():
+    for role, name in FIGURES.items():
+        if role == "data_efficiency":
+            continue  # drawn for a protocol's curve stage only (tests/test_protocol.py)
         assert f"]({name})" in text
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
@@ -950,11 +960,17 @@ def test_comparability_warnings_for_selection_on_test_missing_splits_and_a_minim
     summary_path = tmp_path / "sweep" / "runs" / "r02" / "summary.json"
     summary_path.write_text(json.dumps(without(json.loads(summary_path.read_text()), metrics.SPLIT_HASH)))
     summary, text = report_of(tmp_path / "sweep")
+    # r04 and r06 are two seeds of one config: testing every seed of one fixed config is not selection.
+    assert not any("evaluated on the test set" in warning for warning in summary.provenance.warnings)
+    test_dir = tmp_path / "sweep" / "runs" / "r02" / "test"  # another config tested too: now there is a choice
+    test_dir.mkdir()
+    (test_dir / "test.json").write_text(json.dumps({"test_acc": 0.7, "num_images": 2000, "checkpoint": "best.pt"}))
+    summary, text = report_of(tmp_path / "sweep")
     expected = [
         f"1 successful runs recorded no {metrics.SPLIT_HASH}: nothing shows which data split they were measured on",
         f"the sweep's metric goal is 'minimize'; {metrics.VAL_ACC} should be maximized",
-        "2 runs were evaluated on the test set (r04, r06): choosing among them by test accuracy turns the test "
-        "set into a validation set",
+        "3 runs of 2 different configs were evaluated on the test set (r02, r04, r06): choosing among them by test accuracy "
+        "turns the test set into a validation set",
     ]
     assert summary.provenance.warnings == expected
     for warning in expected:

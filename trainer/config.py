@@ -109,6 +109,7 @@ class RunConfig:
     wandb_mode: str = _opt("auto", "auto (online when logged in, else offline), online, offline, disabled", "record", choices=("auto", "online", "offline", "disabled"), effective=False)
     wandb_project: str = _opt("finetune-sweeps", "W&B project", "record", effective=False, env="WANDB_PROJECT")
     wandb_entity: str = _opt("", "W&B entity (team or user); empty = your default", "record", effective=False, env="WANDB_ENTITY")
+    stage: str = _opt("", "the protocol stage this run belongs to (tune, compare, curve): set by `agent.py protocol` and the protocol's sweep YAMLs, read by the report; empty = none", "record", choices=("", "tune", "compare", "curve"), effective=False)
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)

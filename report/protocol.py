@@ -1,0 +1,215 @@
+"""The fair protocol's numbers, computed once from the `RunTable`: markdown and plots only format them.
+
+Runs say which stage they belong to (the run parameter `stage`): `tune` runs choose each arm's recipe on the
+validation split; `compare` runs train those recipes on fresh seeds and split seeds and are tested once each;
+`curve` runs train them on nested subsets of the training images. An arm is what a run started from and trained:
+the scratch CNN, or one backbone (its model label: `resnet50`, `resnet50 (random init)`, ...).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from report.stats import CONFIDENCE, DifferenceCI, MeanCI, difference_ci, mean_ci
+from report.table import IMAGENET, SCRATCH, RunRecord, RunTable
+from trainer import metrics
+
+TUNE, COMPARE, CURVE = "tune", "compare", "curve"
+LOST_STATES = (metrics.FAILED, metrics.DIVERGED, metrics.OOM)  # a seed that trained to no result
+SEED_KEYS = ("seed", "split_seed")  # what the final stages vary: the rest of a config is the recipe
+
+
+def stage_of(record: RunRecord) -> str:
+    value = record.config.get("stage")
+    return value if isinstance(value, str) else ""
+
+
+def arm_of(record: RunRecord) -> str:
+    return str(record.model_label)
+
+
+@dataclass
+class ArmResult:
+    """One arm's final numbers: one value per run (seed x split seed) that trained to its end."""
+
+    arm: str
+    start: str
+    metric: str  # "test_acc" when every counted run was tested, else "best val_acc"
+    values: list[float]
+    ci: MeanCI | None
+    runs: list[RunRecord]  # counted
+    lost: list[RunRecord]  # failed, diverged or out of memory: in n/k, never in the mean
+    untested: list[RunRecord]  # finished but without a test result yet
+    configs: int  # distinct recipes among its runs (seeds aside): 1 in a protocol
+    splits: int  # distinct split seeds
+
+    @property
+    def planned(self) -> int:
+        return len(self.runs) + len(self.lost)
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.values)) if self.values else None
+
+
+@dataclass
+class Gap:
+    arm: str  # a fine-tuned arm, against the scratch CNN
+    difference: float  # mean(arm) - mean(scratch)
+    ci: DifferenceCI | None
+
+
+@dataclass
+class CurvePoint:
+    arm: str
+    start: str
+    subset_fraction: float
+    images_per_class: float
+    values: list[float]
+    ci: MeanCI | None
+    lost: int
+
+
+@dataclass
+class Crossover:
+    arm: str
+    sizes: list[float]  # images per class where both arms have points, ascending
+    wins: list[bool]  # fine-tuning ahead by more than the interval at each size
+    below: float | None  # the largest size up to which it wins at every size; None when it never does
+
+    def statement(self) -> str:
+        if not self.sizes:
+            return f"{self.arm}: no data size where both it and the scratch CNN have two or more runs"
+        if self.below is None:
+            return (f"{self.arm} does not beat the scratch CNN by more than the {CONFIDENCE:.0%} interval at the smallest size "
+                    f"measured ({self.sizes[0]:g} images per class): no crossover below which fine-tuning clearly wins")
+        if self.below == self.sizes[-1]:
+            return (f"{self.arm} beats the scratch CNN by more than the {CONFIDENCE:.0%} interval at every size measured "
+                    f"(up to {self.below:g} images per class)")
+        above = next(s for s, w in zip(self.sizes, self.wins) if s > self.below)
+        return (f"{self.arm} beats the scratch CNN by more than the {CONFIDENCE:.0%} interval up to {self.below:g} images per "
+                f"class; from {above:g} on, the interval of the gap holds 0 or favours the scratch CNN")
+
+
+@dataclass
+class ProtocolSummary:
+    tuning_trials: dict[str, int]  # arm -> trials its tuning sweep ran (duplicates aside)
+    short_arms: list[str]  # arms tuned with fewer trials than another
+    budgets: dict[str, str]  # arm -> its training rule, from its runs' configs
+    compare: list[ArmResult]
+    gaps: list[Gap]
+    reused_seeds: list[str]  # final runs whose seed a tuning run of the same arm used
+    single_split: bool  # compare runs all on one split seed: intervals without split variance
+    curve: list[CurvePoint]
+    crossovers: list[Crossover]
+    curve_metric: str = metrics.TEST_ACC
+    allow_lost_seeds: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def staged(self) -> bool:
+        return bool(self.tuning_trials or self.compare or self.curve)
+
+
+def _value(record: RunRecord, tested: bool) -> float | None:
+    return record.test_acc if tested else record.best_val_acc
+
+
+def _arm_results(records: list[RunRecord]) -> list[ArmResult]:
+    by_arm: dict[str, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        by_arm[arm_of(record)].append(record)
+    results = []
+    for arm, members in by_arm.items():
+        counted = [r for r in members if r.is_complete]
+        lost = [r for r in members if r.state in LOST_STATES]
+        tested = bool(counted) and all(r.test_acc is not None for r in counted)
+        values = [v for v in (_value(r, tested) for r in counted) if v is not None]
+        results.append(ArmResult(
+            arm, members[0].start, metrics.TEST_ACC if tested else f"best {metrics.VAL_ACC}", values, mean_ci(values),
+            sorted(counted, key=lambda r: r.run_id), sorted(lost, key=lambda r: r.run_id),
+            sorted((r for r in counted if r.test_acc is None), key=lambda r: r.run_id),
+            len({r.config_key(without=SEED_KEYS) for r in members if r.state not in LOST_STATES} or {""}),
+            len({str(r.config.get("split_seed")) for r in members})))
+    # Fine-tuned arms by their mean, then the others; the scratch CNN last, the baseline the gaps are taken to.
+    order = {IMAGENET: 0, SCRATCH: 2}
+    return sorted(results, key=lambda a: (order.get(a.start, 1), -(a.mean if a.mean is not None else -1), a.arm))
+
+
+def _gaps(results: list[ArmResult]) -> list[Gap]:
+    scratch = next((a for a in results if a.start == SCRATCH and a.values), None)
+    if scratch is None:
+        return []
+    return [Gap(a.arm, a.mean - scratch.mean, difference_ci(a.values, scratch.values))
+            for a in results if a.start == IMAGENET and a.values]
+
+
+def _curve(records: list[RunRecord], tested: bool) -> list[CurvePoint]:
+    groups: dict[tuple, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        groups[(arm_of(record), float(record.config.get("subset_fraction") or 1.0))].append(record)
+    points = []
+    for (arm, fraction), members in sorted(groups.items()):
+        counted = [r for r in members if r.is_complete]
+        values = [v for v in (_value(r, tested) for r in counted) if v is not None]
+        per_class = [r.summary.get("num_train", 0) / len(r.summary.get("classes") or [0]) for r in counted
+                     if r.summary.get("num_train") and r.summary.get("classes")]
+        points.append(CurvePoint(arm, members[0].start, fraction, round(float(np.mean(per_class)), 1) if per_class else fraction,
+                                 values, mean_ci(values), sum(r.state in LOST_STATES for r in members)))
+    return points
+
+
+def crossovers(points: list[CurvePoint]) -> list[Crossover]:
+    """For each fine-tuned arm: at which data sizes it beats the scratch CNN by more than the interval of the gap, and
+    the size below which it always does (Welch interval over seeds at each size)."""
+    scratch = {p.subset_fraction: p for p in points if p.start == SCRATCH}
+    out = []
+    for arm in sorted({p.arm for p in points if p.start == IMAGENET}):
+        mine = sorted((p for p in points if p.arm == arm and p.subset_fraction in scratch), key=lambda p: p.images_per_class)
+        sizes, wins = [], []
+        for point in mine:
+            gap = difference_ci(point.values, scratch[point.subset_fraction].values)
+            if gap is None:
+                continue
+            sizes.append(point.images_per_class)
+            wins.append(gap.low > 0)
+        below = None
+        for size, win in zip(sizes, wins):
+            if not win:
+                break
+            below = size
+        out.append(Crossover(arm, sizes, wins, below))
+    return out
+
+
+def summarise_protocol(table: RunTable, allow_lost_seeds: bool = False) -> ProtocolSummary:
+    staged = defaultdict(list)
+    for record in table.records:
+        staged[stage_of(record)].append(record)
+    tuning = staged[TUNE]
+    trials = Counter(arm_of(r) for r in tuning)
+    most = max(trials.values(), default=0)
+    short = sorted(arm for arm, count in trials.items() if count < most)
+    budgets: dict[str, set[str]] = defaultdict(set)
+    for record in [*tuning, *staged[COMPARE], *staged[CURVE]]:
+        epochs, patience = record.config.get("epochs"), record.config.get("patience")
+        budgets[arm_of(record)].add(f"at most {epochs} epochs" + (f", patience {patience}" if patience else ", no early stopping"))
+    compare = _arm_results(staged[COMPARE])
+    tuned_seeds = defaultdict(set)
+    for record in tuning:
+        tuned_seeds[arm_of(record)].add(record.config.get("seed"))
+    reused = sorted(r.run_id for r in [*staged[COMPARE], *staged[CURVE]] if r.config.get("seed") in tuned_seeds.get(arm_of(r), ()))
+    curve_runs = [r for r in staged[CURVE] if r.is_complete]
+    curve_tested = bool(curve_runs) and all(r.test_acc is not None for r in curve_runs)
+    curve = _curve(staged[CURVE], curve_tested)
+    return ProtocolSummary(
+        tuning_trials=dict(sorted(trials.items())), short_arms=short,
+        budgets={arm: "; ".join(sorted(rules)) for arm, rules in sorted(budgets.items())},
+        compare=compare, gaps=_gaps(compare), reused_seeds=reused,
+        single_split=bool(staged[COMPARE]) and len({str(r.config.get("split_seed")) for r in staged[COMPARE]}) < 2,
+        curve=curve, crossovers=crossovers(curve),
+        curve_metric=metrics.TEST_ACC if curve_tested else f"best {metrics.VAL_ACC}", allow_lost_seeds=allow_lost_seeds,
+    )

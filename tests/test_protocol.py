@@ -1,0 +1,318 @@
+"""The fair protocol: stages, recipes written from tuning sweeps, fresh seeds, the test aggregate, the data-efficiency
+curve and its crossover, and the W&B side.
+
+The whole protocol end to end runs real `agent.py` trials (`slow`; CI runs it on its own); the rest recompute the
+report's numbers by hand on crafted run folders.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from scipy import stats
+
+from common.errors import UserError
+from report.markdown import render
+from report.protocol import Crossover, CurvePoint, crossovers
+from report.sources import load_table
+from report.stats import summarise
+from sweeper import protocol as P
+from trainer import metrics
+
+TINY_SCRATCH = {"filters": {"value": 8}, "dense_units": {"value": 16}}
+
+
+def sweep_yaml(path: Path, name: str, parameters: dict, method: str = "random") -> Path:
+    path.write_text(yaml.safe_dump({"name": name, "program": "agent.py", "method": method,
+                                    "metric": {"name": "val_acc", "goal": "maximize"}, "parameters": parameters}))
+    return path
+
+
+@pytest.fixture
+def protocol_files(tmp_path):
+    """A protocol of two arms (MobileNetV3-Small from 'ImageNet' weights, the scratch CNN) at 32 px, tiny budgets."""
+    recipes = tmp_path / "compare"
+    backbone = sweep_yaml(tmp_path / "tune_backbone.yaml", "tune-backbone", {
+        "model": {"value": "mobilenet_v3_small"}, "strategy": {"values": ["head_only", "last_k"]}, "k_layers": {"value": 1},
+        "lr": {"values": [0.01, 0.003]}, "input_size": {"value": 32}, "batch_size": {"value": 8}, "augment": {"value": "none"}})
+    scratch = sweep_yaml(tmp_path / "tune_scratch.yaml", "tune-scratch", {
+        "model": {"value": "scratch_cnn"}, "lr": {"values": [0.01, 0.003]}, "input_size": {"value": 32}, "batch_size": {"value": 16},
+        "augment": {"value": "none"}, **TINY_SCRATCH})
+    final = {"config": {"values": [str(recipes / "mobilenet_v3_small.yaml"), str(recipes / "scratch_cnn.yaml")]},
+             "seed": {"values": [100, 101]}, "split_seed": {"values": [1, 2]}, "stage": {"value": "compare"}}
+    compare = sweep_yaml(tmp_path / "compare.yaml", "compare", final, "grid")
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(yaml.safe_dump({
+        "name": "fair", "tune": {"trials_per_arm": 2, "seed": 0, "split_seed": 0,
+                                 "arms": {"mobilenet_v3_small": str(backbone), "scratch_cnn": str(scratch)}},
+        "budget": {"pretrained": {"epochs": 2, "patience": 1}, "from_scratch": {"epochs": 3, "patience": 2}},
+        "compare": str(compare), "recipes_dir": str(recipes)}))
+    return protocol
+
+
+@pytest.fixture
+def imagenet_stand_in(tmp_path, monkeypatch):
+    """MobileNetV3-Small's ImageNet file in an empty torch hub cache (random values: nothing is downloaded here). The
+    hub loads a cached file without checking it, so trials in subprocesses fine-tune from it as from ImageNet weights."""
+    import torchvision.models as tvm
+
+    home = tmp_path / "torch_home"
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    member = tvm.MobileNet_V3_Small_Weights.IMAGENET1K_V1
+    torch.manual_seed(0)
+    torch.save(tvm.mobilenet_v3_small(weights=None).state_dict(), home / "hub" / "checkpoints" / Path(member.url).name)
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+def test_a_protocol_file_is_read_with_its_budgets_and_arms(protocol_files):
+    protocol = P.load_protocol(protocol_files)
+    assert [a.model for a in protocol.arms] == ["mobilenet_v3_small", "scratch_cnn"]
+    assert [protocol.budget(a) for a in protocol.arms] == [P.Budget(2, 1), P.Budget(3, 2)]  # random init: the larger budget
+    fixed = P.tune_fixed(protocol, protocol.arms[1], {"data_dir": "d"})
+    assert fixed == {"data_dir": "d", "model": "scratch_cnn", "epochs": "3", "patience": "2", "seed": "0", "split_seed": "0", "stage": "tune"}
+    default = P.load_protocol(P.PROTOCOL_FILE)  # the repository's own protocol reads, and its compare.yaml is fair
+    assert {a.model for a in default.arms} >= {"resnet50", "scratch_cnn"}
+    assert P.final_problems(default, default.compare, {0}, "compare") == []
+    assert P.final_problems(default, default.curve, {0}, "curve") == []
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["tune"].pop("trials_per_arm"), "tune.trials_per_arm must be a int"),
+    (lambda d: d["tune"]["arms"].update(resnet05="x.yaml"), "unknown model 'resnet05'"),
+    (lambda d: d["budget"].pop("from_scratch"), "budget.from_scratch must be a dict"),
+    (lambda d: d["tune"].update(trials_per_arm=0), "trials_per_arm=0 must be at least 1"),
+])
+def test_a_protocol_file_mistake_is_one_line(protocol_files, change, message):
+    data = yaml.safe_load(protocol_files.read_text())
+    change(data)
+    protocol_files.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match=message) as caught:
+        P.load_protocol(protocol_files)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_final_stage_refuses_tuning_seeds_one_split_and_a_missing_recipe(protocol_files, tmp_path):
+    protocol = P.load_protocol(protocol_files)
+    definition = yaml.safe_load(protocol.compare.read_text())
+    definition["parameters"]["seed"] = {"values": [0, 100]}
+    definition["parameters"]["split_seed"] = {"value": 1}
+    definition["parameters"]["config"]["values"] = definition["parameters"]["config"]["values"][:1]
+    protocol.compare.write_text(yaml.safe_dump(definition))
+    problems = P.final_problems(protocol, protocol.compare, {0}, "compare")
+    assert any("arm scratch_cnn has no recipe" in p for p in problems)
+    assert any("seed(s) [0] that tuning used" in p for p in problems)
+    assert any("lists 1 split_seed(s): list two or more" in p for p in problems)
+    with pytest.raises(UserError, match="compare stage: "):
+        P.run_final(protocol, "compare", tmp_path / "fair", 1, {})
+
+
+def test_the_wandb_tuning_sweeps_carry_the_arm_and_the_count_set_once(protocol_files):
+    protocol = P.load_protocol(protocol_files)
+    config = P.wandb_tune_config(protocol, protocol.arms[0], {}, "finetune-sweeps")
+    assert config["run_cap"] == 2 and config["project"] == "finetune-sweeps" and config["name"] == "fair-tune-mobilenet_v3_small"
+    assert {k: config["parameters"][k] for k in ("model", "epochs", "patience", "seed", "stage")} == {
+        "model": {"value": "mobilenet_v3_small"}, "epochs": {"value": 2}, "patience": {"value": 1}, "seed": {"value": 0},
+        "stage": {"value": "tune"}}
+
+
+# --- the report's numbers, by hand -------------------------------------------------------------------
+
+def write_run(runs: Path, run_id: str, config: dict, state: str = metrics.FINISHED, val: float = 0.5, test: float | None = None,
+              epochs: tuple[int, int] = (2, 3), num_train: int = 30) -> None:
+    folder = runs / run_id
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"epochs": 3, "patience": 2, "batch_size": 8, **config}))
+    best, done = epochs
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val_acc": val if e == best else val - 0.1,
+                                                              "images_per_second": 100.0}) + "\n" for e in range(1, done + 1)))
+    summary = {metrics.STATE: state, metrics.BEST_VAL_ACC: val, metrics.BEST_EPOCH: best, metrics.EPOCHS_COMPLETED: done,
+               "num_train": num_train, "classes": ["a", "b", "c"], metrics.WEIGHTS_VERSION: "none" if config["model"] == "scratch_cnn"
+               else "MobileNet_V3_Small_Weights.IMAGENET1K_V1", metrics.SPLIT_HASH: f"split-{config.get('split_seed', 0)}"}
+    if state != metrics.FINISHED:
+        summary[metrics.REASON] = "train_loss is nan at epoch 2"
+    (folder / "summary.json").write_text(json.dumps(summary))
+    if test is not None:
+        (folder / "test").mkdir()
+        (folder / "test" / "test.json").write_text(json.dumps({"test_acc": test, "num_images": 100, "best_epoch": best}))
+
+
+MOBILE = {"model": "mobilenet_v3_small", "strategy": "last_k", "k_layers": 1, "lr": 0.01, "input_size": 32}
+SCRATCH = {"model": "scratch_cnn", "lr": 0.003, "input_size": 32, "filters": 8}
+
+
+def crafted_protocol(root: Path) -> dict[str, list[float]]:
+    """Tuning (validation only), then the compare stage on seeds 100/101 x split seeds 1/2, tested; one lost seed."""
+    tests = {"mobilenet_v3_small": [0.80, 0.84, 0.78, 0.82], "scratch_cnn": [0.60, 0.66, 0.58]}
+    for i, lr in enumerate((0.01, 0.003)):
+        write_run(root / "tune" / "mobilenet_v3_small" / "runs", f"t-m{i}", {**MOBILE, "lr": lr, "seed": 0, "stage": "tune"}, val=0.7 + i / 10)
+        write_run(root / "tune" / "scratch_cnn" / "runs", f"t-s{i}", {**SCRATCH, "seed": 0, "stage": "tune"}, val=0.5, epochs=(3, 3))
+    write_run(root / "tune" / "scratch_cnn" / "runs", "t-s2", {**SCRATCH, "seed": 0, "stage": "tune"}, val=0.4)
+    for folder in (root / "tune" / "mobilenet_v3_small", root / "tune" / "scratch_cnn", root / "compare"):
+        folder.mkdir(parents=True, exist_ok=True)
+        sweep_yaml(folder / "sweep.yaml", folder.name, {"lr": {"value": 0.01}})
+    cells = [(seed, split) for seed in (100, 101) for split in (1, 2)]
+    for arm, config in (("mobilenet_v3_small", MOBILE), ("scratch_cnn", SCRATCH)):
+        for n, (seed, split) in enumerate(cells):
+            lost = arm == "scratch_cnn" and n == 3
+            write_run(root / "compare" / "runs", f"c-{arm[:5]}-{n}", {**config, "seed": seed, "split_seed": split, "stage": "compare"},
+                      state=metrics.DIVERGED if lost else metrics.FINISHED, test=None if lost else tests[arm][n])
+    return tests
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float]:
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return float(np.mean(a) - np.mean(b)), float(stats.t.ppf(0.975, df) * math.sqrt(va + vb))
+
+
+def test_the_report_aggregates_the_compare_stage_on_the_test_set_per_arm(tmp_path):
+    tests = crafted_protocol(tmp_path / "fair")
+    summary = summarise(load_table(str(tmp_path / "fair")))
+    protocol = summary.protocol
+    assert protocol.tuning_trials == {"mobilenet_v3_small": 2, "scratch_cnn": 3} and protocol.short_arms == ["mobilenet_v3_small"]
+    mobile, scratch = protocol.compare
+    assert (mobile.arm, scratch.arm) == ("mobilenet_v3_small", "scratch_cnn") and mobile.metric == metrics.TEST_ACC
+    # By hand: a Student t interval over the runs (seed x split seed) that finished; the diverged one is n/k, not a value.
+    values = tests["mobilenet_v3_small"]
+    half = stats.t.ppf(0.975, 3) * np.std(values, ddof=1) / 2
+    assert mobile.ci.mean == pytest.approx(np.mean(values)) and mobile.ci.half_width == pytest.approx(half)
+    assert (len(scratch.runs), scratch.planned, [r.run_id for r in scratch.lost]) == (3, 4, ["c-scrat-3"])
+    assert scratch.values == tests["scratch_cnn"] and mobile.splits == 2
+    gap, half_gap = welch(values, tests["scratch_cnn"])
+    assert protocol.gaps[0].difference == pytest.approx(gap) and protocol.gaps[0].ci.half_width == pytest.approx(half_gap)
+    text = render(summary, {}, {})
+    headline = text[text.index("## 1."):text.index("## 2.")]
+    assert "### Final comparison (compare stage)" in headline and "evaluated **once** on the held-out test set" in headline
+    assert f"| mobilenet_v3_small | {np.mean(values) * 100:.2f}% ± {half * 100:.2f}" in headline
+    assert "| 3/4 | 2 | test | `c-scrat-3` (diverged" in headline
+    assert f"**mobilenet_v3_small minus scratch_cnn: {gap * 100:+.2f} points**" in headline
+    assert "### Tuning (tune stage, validation split: what the recipes were selected on)" in headline
+    # Every seed of one recipe per arm was tested: that is no selection, and no warning says it is.
+    assert not any("evaluated on the test set" in w for w in summary.provenance.warnings)
+    budgets = text[text.index("## 9."):]
+    assert "| mobilenet_v3_small | 2 | at most 3 epochs, patience 2 | **fewer trials than another arm** |" in budgets
+    assert "**Still improving at their last epoch** (2 finished run(s)): `t-s0`" in budgets
+
+
+def test_recipes_carry_every_value_the_winner_trained_with(tmp_path, protocol_files):
+    protocol = P.load_protocol(protocol_files)
+    root = tmp_path / "fair"
+    crafted_protocol(root)
+    # The scratch arm's winner ran out of memory once and trained at half its batch size: the recipe says 8, not 16.
+    summary = json.loads((root / "tune" / "scratch_cnn" / "runs" / "t-s0" / "summary.json").read_text())
+    (root / "tune" / "scratch_cnn" / "runs" / "t-s0" / "summary.json").write_text(json.dumps({**summary, metrics.BEST_VAL_ACC: 0.9, "batch_size": 4}))
+    written = P.write_recipes(protocol, root)
+    mobile, scratch = (yaml.safe_load(path.read_text()) for path in written)
+    assert mobile["lr"] == 0.003 and mobile["input_size"] == 32 and mobile["batch_size"] == 8  # t-m1, the better val_acc
+    assert scratch["batch_size"] == 4 and scratch["input_size"] == 32 and scratch["filters"] == 8
+    assert not {"seed", "split_seed", "stage", "data_dir"} & (set(mobile) | set(scratch))
+    assert "run t-m1, best val_acc 0.8000" in written[0].read_text()
+    for run in (root / "tune" / "scratch_cnn" / "runs").iterdir():  # an arm with no finished trial stops the stage
+        (run / "summary.json").write_text(json.dumps({metrics.STATE: metrics.FAILED}))
+    with pytest.raises(UserError, match="arm scratch_cnn has no finished tuning trial"):
+        P.write_recipes(protocol, root)
+
+
+def test_recipes_from_wandb_name_an_unreachable_sweep_in_one_line(tmp_path, protocol_files, monkeypatch):
+    protocol = P.load_protocol(protocol_files)
+    (tmp_path / "fair").mkdir()
+    with pytest.raises(UserError, match="has no W&B tuning sweep"):
+        P.write_recipes(protocol, tmp_path / "fair", wandb=True)
+    (tmp_path / "fair" / P.WANDB_FILE).write_text(json.dumps({"mobilenet_v3_small": "me/proj/gone123", "scratch_cnn": "me/proj/x"}))
+    import wandb
+
+    class Unreachable:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def sweep(self, path):
+            raise ValueError(f"Could not find sweep {path}")
+
+    monkeypatch.setattr(wandb, "Api", Unreachable)
+    with pytest.raises(UserError, match="cannot read W&B sweep me/proj/gone123") as caught:
+        P.write_recipes(protocol, tmp_path / "fair", wandb=True)
+    assert "\n" not in str(caught.value)
+
+
+# --- the data-efficiency curve ----------------------------------------------------------------------
+
+def test_the_crossover_is_the_size_below_which_fine_tuning_wins_by_more_than_the_interval():
+    def point(arm: str, start: str, size: float, values: list[float]) -> CurvePoint:
+        from report.stats import mean_ci
+
+        return CurvePoint(arm, start, size / 100, size, values, mean_ci(values), 0)
+
+    points = [point("resnet50", "imagenet", 5, [0.60, 0.62, 0.61]), point("scratch_cnn", "scratch", 5, [0.30, 0.33, 0.31]),
+              point("resnet50", "imagenet", 20, [0.70, 0.72, 0.71]), point("scratch_cnn", "scratch", 20, [0.55, 0.58, 0.56]),
+              point("resnet50", "imagenet", 80, [0.80, 0.70, 0.90]), point("scratch_cnn", "scratch", 80, [0.79, 0.75, 0.83])]
+    (crossover,) = crossovers(points)
+    assert crossover.sizes == [5, 20, 80] and crossover.wins == [True, True, False] and crossover.below == 20
+    assert "up to 20 images per class; from 80 on, the interval of the gap holds 0" in crossover.statement()
+    assert Crossover("vit", [5, 20], [True, True], 20).statement().endswith("at every size measured (up to 20 images per class)")
+    assert "no crossover" in Crossover("vit", [5, 20], [False, True], None).statement()
+
+
+def test_the_curve_stage_is_reported_with_its_points_and_plot(tmp_path):
+    root = tmp_path / "fair"
+    (root / "curve").mkdir(parents=True)
+    sweep_yaml(root / "curve" / "sweep.yaml", "curve", {"lr": {"value": 0.01}})
+    rng = np.random.default_rng(0)
+    for fraction, per_class in ((0.1, 10), (1.0, 100)):
+        for seed in (100, 101, 102):
+            for arm, config, level in (("m", MOBILE, 0.8), ("s", SCRATCH, 0.4 + fraction * 0.4)):
+                write_run(root / "curve" / "runs", f"{arm}-{fraction}-{seed}", {**config, "seed": seed, "split_seed": 1,
+                                                                                "subset_fraction": fraction, "stage": "curve"},
+                          test=level + rng.normal(0, 0.01), num_train=per_class * 3)
+    from report.build import build_report
+
+    report = build_report(str(root), tmp_path / "out")
+    text = report.read_text()
+    curve = text[text.index("## 10."):]
+    assert "| mobilenet_v3_small | 0.1 | 10 |" in curve and "| scratch_cnn | 1 | 100 |" in curve
+    assert "mobilenet_v3_small beats the scratch CNN by more than the 95% interval up to 10 images per class" in curve
+    assert (tmp_path / "out" / "data_efficiency.png").stat().st_size > 1000 and "](data_efficiency.png)" in curve
+
+
+# --- end to end ---------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_whole_protocol_end_to_end(protocol_files, imagenet_stand_in, nature_dir, tmp_path, monkeypatch, capsys):
+    """Tune both arms with the same count, write the recipes, compare them on fresh seeds and two split seeds, test every
+    final run once, and report: the numbers recomputed by hand from the runs' own test results."""
+    import agent
+
+    monkeypatch.chdir(tmp_path)
+    common = [f"--data_dir={nature_dir}", f"--cache_dir={tmp_path / 'cache'}", "--num_workers=0", "--wandb_mode=disabled"]
+    folder = ["--protocol_dir", str(tmp_path / "fair")]
+    assert agent.main(["protocol", "tune", str(protocol_files), *folder, "--workers", "2", *common]) == 0
+    table = load_table(str(tmp_path / "fair"))
+    tune = [r for r in table.records if r.config.get("stage") == "tune"]
+    assert sorted((r.model, r.config["seed"], r.config["epochs"]) for r in tune) == [
+        ("mobilenet_v3_small", 0, 2), ("mobilenet_v3_small", 0, 2), ("scratch_cnn", 0, 3), ("scratch_cnn", 0, 3)]
+    assert agent.main(["protocol", "recipes", str(protocol_files), *folder]) == 0
+    assert agent.main(["protocol", "compare", str(protocol_files), *folder, "--workers", "2", *common]) == 0
+    assert agent.main(["protocol", "test", str(protocol_files), *folder, f"--data_dir={nature_dir}"]) == 0
+    summary = summarise(load_table(str(tmp_path / "fair")))
+    final = [r for r in summary.table.records if r.config.get("stage") == "compare"]
+    assert len(final) == 8 and {r.config["seed"] for r in final} == {100, 101} and {r.config["split_seed"] for r in final} == {1, 2}
+    assert all(r.test_acc is not None for r in final if r.is_complete)
+    recipe = yaml.safe_load((tmp_path / "compare" / "scratch_cnn.yaml").read_text())
+    assert all(r.config["batch_size"] == recipe["batch_size"] == 16 for r in final if r.model == "scratch_cnn")
+    by_arm = {a.arm: a for a in summary.protocol.compare}
+    for arm in ("mobilenet_v3_small", "scratch_cnn"):
+        values = sorted(r.test_acc for r in final if r.model == arm and r.is_complete)
+        assert sorted(by_arm[arm].values) == values and by_arm[arm].ci.mean == pytest.approx(np.mean(values))
+    assert summary.protocol.tuning_trials == {"mobilenet_v3_small": 2, "scratch_cnn": 2} and not summary.protocol.short_arms
+    assert by_arm["mobilenet_v3_small"].start == "imagenet"  # the cached ImageNet file: fine-tuned, not a warm start
+    text = render(summary, {}, {})
+    assert "### Final comparison (compare stage)" in text and "mobilenet_v3_small minus scratch_cnn" in text
+    capsys.readouterr()
+    assert agent.main(["protocol", "test", str(protocol_files), *folder, f"--data_dir={nature_dir}"]) == 0
+    assert "nothing to test" in capsys.readouterr().out  # the test set is read once per final run
