@@ -59,13 +59,15 @@ def run_config_from_args(args: list[str]):
     sources = [load_yaml_values(config_file)] if config_file else []
     probe = parse_run_config(*sources, cli)
     if probe.resume:
-        from trainer.record import RunRecord
+        from trainer.record import LAST_CHECKPOINT, RunRecord
         from trainer.run import resolve_run_id
-        from trainer.store import stored_config
+        from trainer.store import checkpoint_config, stored_config
 
         run_id = resolve_run_id(probe)
-        # A mistyped run id creates no folder. On a new machine only the --checkpoint_store folder has the run.
-        saved = RunRecord.saved_config(Path(probe.output_dir).expanduser() / run_id) or stored_config(probe.checkpoint_store, run_id) or {}
+        folder = Path(probe.output_dir).expanduser() / run_id
+        # A mistyped run id creates no folder. On a new machine only the --checkpoint_store folder has the run; a
+        # config.yaml deleted as damaged leaves the settings inside last.pt.
+        saved = RunRecord.saved_config(folder) or stored_config(probe.checkpoint_store, run_id) or checkpoint_config(folder / LAST_CHECKPOINT) or {}
         saved.pop("run_id", None)
         sources = [saved, *sources]
         cli = {**cli, "run_id": run_id}

@@ -13,9 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from common.errors import UserError
+from common.yamlfile import read_yaml
 from report.table import (CHECKPOINT, DUPLICATE, NUM_IMAGES, PER_CLASS_ACC, TEST_ACC, RunRecord, RunTable,
                           SkippedDuplicate, finite)
 from trainer import metrics
@@ -79,7 +78,8 @@ def _load_local(path: Path) -> RunTable:
     else:  # a folder of run folders; `sweep/runs` passed directly still finds the sweep one level up
         run_folders = _run_folders(path)
         sweep_dir = path.parent if (path.parent / SWEEP_FILE).exists() else path
-    sweep = _read_yaml(sweep_dir / SWEEP_FILE) if sweep_dir and (sweep_dir / SWEEP_FILE).exists() else {}
+    sweep = _read_yaml(sweep_dir / SWEEP_FILE, "sweep file", "replace it with a copy of the sweep's YAML") \
+        if sweep_dir and (sweep_dir / SWEEP_FILE).exists() else {}
     metric = sweep.get("metric") or {}
 
     records = [_read_run_folder(folder) for folder in run_folders]
@@ -113,6 +113,10 @@ def _load_local(path: Path) -> RunTable:
             records.append(RunRecord(run_id, str(row.get("state") or metrics.FAILED), row.get("config") or {},
                                      summary))
             known.add(run_id)
+        elif run_id in folder_of and isinstance(row.get("config"), dict) and row["config"]:
+            i = next(i for i, record in enumerate(records) if record.run_id == run_id)
+            if not records[i].config:  # its config.yaml was deleted as damaged: the table keeps the trial's settings
+                records[i] = dataclasses.replace(records[i], config=dict(row["config"]))
     return RunTable(records=records, name=str(sweep.get("name") or (sweep_dir or path).resolve().name),
                     source=str(path), metric_name=metric.get("name"), metric_goal=metric.get("goal"),
                     duplicates=duplicates)
@@ -123,7 +127,8 @@ def _run_folders(folder: Path) -> list[Path]:
 
 
 def _read_run_folder(folder: Path) -> RunRecord:
-    config = _read_yaml(folder / CONFIG_FILE) if (folder / CONFIG_FILE).exists() else {}
+    config = _read_yaml(folder / CONFIG_FILE, "run config", "delete it: a sweep trial's settings are also in the sweep's "
+                        "table.jsonl") if (folder / CONFIG_FILE).exists() else {}
     history = _read_jsonl(folder / METRICS_FILE)
     if (folder / SUMMARY_FILE).exists():
         summary = _read_json(folder / SUMMARY_FILE)
@@ -142,11 +147,11 @@ def _read_run_folder(folder: Path) -> RunRecord:
     return RunRecord(folder.name, state, config, summary, _sorted_epochs(history), test, folder)
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path, what: str, fix: str) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise UserError(f"cannot read {path}: {str(error).splitlines()[0]}")
+        data = read_yaml(path, what)
+    except UserError as error:
+        raise UserError(f"{error}; {fix}") from None
     return data if isinstance(data, dict) else {}
 
 

@@ -17,7 +17,8 @@ import yaml
 
 from common.atomic import write_text
 from common.errors import UserError
-from common.parsing import nearest, yaml_problem
+from common.parsing import nearest
+from common.yamlfile import read_yaml
 from sweeper.table import TABLE_FILE
 from trainer.config import FIELDS, SPEC_KEYS, load_yaml_values, parse_run_config, parse_value
 from trainer.metrics import VAL_ACC
@@ -207,13 +208,10 @@ def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -
 
 def load_definition(path: Path | str) -> SweepDefinition:
     path = Path(path)
-    try:
-        text = path.read_text()
-        config = yaml.safe_load(text)
-    except FileNotFoundError:
-        raise UserError(f"sweep file {path} not found; the definitions live in sweeps/*.yaml") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"sweep file {path} is not valid YAML: {yaml_problem(exc)}") from None
+    if not path.exists():
+        raise UserError(f"sweep file {path} not found; the definitions live in sweeps/*.yaml")
+    config = read_yaml(path, "sweep file")
+    text = path.read_text()  # pinned as written, comments included; read_yaml has just checked it is small UTF-8
     problems = definition_problems(config)
     if problems:
         raise problems_error(path, problems)
@@ -237,10 +235,7 @@ def pin_definition(sweep_dir: Path, definition: SweepDefinition, bound: bool = T
     pinned = sweep_dir / SWEEP_FILE
     existed = pinned.exists()
     if existed:
-        try:
-            existing = yaml.safe_load(pinned.read_text())
-        except yaml.YAMLError:
-            existing = None
+        existing = _read_pinned(pinned, f"replace it with a copy of {definition.path}, the definition it pins")
         if existing == definition.config:
             return False
         if bound:
@@ -248,6 +243,14 @@ def pin_definition(sweep_dir: Path, definition: SweepDefinition, bound: bool = T
                             f"use --sweep_dir=NEW_DIR for a new sweep, or the original YAML to continue this one")
     write_text(pinned, definition.text)
     return existed
+
+
+def _read_pinned(path: Path, fix: str) -> Any:
+    """A YAML file the driver wrote into the sweep folder; damaged (edited by hand, a disk fault), it says how to mend it."""
+    try:
+        return read_yaml(path, "sweep folder file")
+    except UserError as exc:
+        raise UserError(f"{exc}; {fix}") from None
 
 
 def effective_fixed(fixed: Mapping[str, Any]) -> dict[str, Any]:
@@ -266,7 +269,7 @@ def pin_fixed(sweep_dir: Path, fixed: Mapping[str, Any], started_with: Mapping[s
     """
     effective = effective_fixed(fixed)
     pinned = sweep_dir / FIXED_FILE
-    before = (yaml.safe_load(pinned.read_text()) or {}) if pinned.exists() else \
+    before = (_read_pinned(pinned, "delete it, and the fixed arguments of the folder's first trial stand in") or {}) if pinned.exists() else \
         effective_fixed(started_with) if started_with is not None else None
     if before is not None and before != effective and bound:
         changed = sorted(set(before) ^ set(effective) | {k for k in set(before) & set(effective) if before[k] != effective[k]})

@@ -358,7 +358,11 @@ class LocalSweep:
             folder = self.table.run_folder(trial)
             summary = RunRecord.read_summary(folder)
             split, data = summary.get(M.SPLIT_HASH), summary.get(M.DATA_HASH)
-            config = RunRecord.saved_config(folder) or {}
+            try:
+                config = RunRecord.saved_config(folder) or {}
+            except UserError as damaged:  # the sweep's outcome stands; the file is named with its fix
+                print(f"warning: {damaged}", flush=True)
+                config = {}
             if split:
                 request = tuple(config.get(key) for key in ("split_seed", "val_fraction", "subset_fraction"))
                 by_request.setdefault(request, {}).setdefault(split, []).append(trial.run_id)

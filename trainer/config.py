@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
-
 from common.errors import UserError
-from common.parsing import nearest, parse_bool, yaml_problem
+from common.parsing import nearest, parse_bool
+from common.yamlfile import read_yaml
 
 GROUPS = ("data", "model", "freezing", "scratch_cnn", "optimization", "runtime", "record")
 
@@ -200,14 +199,7 @@ SPEC_KEYS = ("value", "values", "distribution", "min", "max", "mu", "sigma", "q"
 def load_yaml_values(path: Path | str) -> dict[str, Any]:
     """A flat YAML mapping of parameters, or a W&B sweep-style `parameters: {name: {value: v}}` block."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise UserError(f"config file {path} not found") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise UserError(f"config file {path} cannot be read ({type(exc).__name__}): pass a YAML file") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {yaml_problem(exc)}") from None
+    data = read_yaml(path, "config file") or {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of parameter: value")
     if isinstance(data.get("parameters"), dict):

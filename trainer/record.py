@@ -20,6 +20,7 @@ import yaml
 
 from common.atomic import write_json, write_text
 from common.errors import UserError
+from common.yamlfile import read_yaml
 from trainer import metrics as M
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.jsonl", "summary.json"
@@ -117,9 +118,20 @@ class RunRecord:
 
     @staticmethod
     def saved_config(folder: Path) -> dict[str, Any] | None:
-        """The run's config.yaml (read-only: unlike a RunRecord, creates nothing)."""
+        """The run's config.yaml (read-only: unlike a RunRecord, creates nothing). A damaged one is a one-line error:
+        without it, the commands that need the run's settings take them from its checkpoint."""
         path = Path(folder) / CONFIG_FILE
-        return yaml.safe_load(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        fix = (f"delete it and run the command again: the run's {LAST_CHECKPOINT} and {BEST_CHECKPOINT} keep the settings it "
+               f"trained with (give its paths, such as --data_dir, again)")
+        try:
+            saved = read_yaml(path, "run config")
+        except UserError as exc:
+            raise UserError(f"{exc}; {fix}") from None
+        if not isinstance(saved, dict):
+            raise UserError(f"run config {path} holds no mapping of settings; {fix}")
+        return saved
 
     # metrics
     @staticmethod

@@ -1,0 +1,97 @@
+"""Every bad input ends in one line: hostile YAML, damaged records, files small on disk and huge in memory, names
+and links in the data, numbers past what their consumer takes, run ids that are paths, a full disk.
+
+Each test is one class of bad input, and asserts the one line (an `error:` and exit 2, or a skip or note that
+names the file), never a traceback, a hang or memory exhaustion.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import agent
+from common.errors import UserError
+from common.yamlfile import MAX_YAML_BYTES, read_yaml
+from sweeper.definition import load_definition
+from trainer.config import load_yaml_values
+from trainer.record import RunRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_error_line(capsys) -> str:
+    """The `error: ...` line a command printed, checked to be its only output on stderr."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+# --- YAML: one loader for every YAML file the harness reads --------------------------------------------
+
+def _sweep_text() -> str:
+    return (ROOT / "sweeps" / "tiny.yaml").read_text()
+
+
+YAML_READERS = {
+    "config file": lambda path: load_yaml_values(path),
+    "sweep file": lambda path: load_definition(path),
+    "run config": lambda path: RunRecord.saved_config(path.parent),
+}
+
+
+@pytest.mark.parametrize("reader", YAML_READERS)
+def test_a_key_given_twice_is_an_error_naming_the_key_and_both_lines(reader, tmp_path):
+    path = tmp_path / ("config.yaml" if reader == "run config" else "twice.yaml")
+    text = _sweep_text() if reader == "sweep file" else "lr: 0.01\nepochs: 2\n"
+    path.write_text(text + ("method: random\n" if reader == "sweep file" else "lr: 0.1\n"))
+    first = next(n for n, line in enumerate(text.splitlines(), 1) if line.startswith("method:" if reader == "sweep file" else "lr:"))
+    key = "method" if reader == "sweep file" else "lr"
+    with pytest.raises(UserError, match=rf"^{reader} {path} has the key '{key}' twice \(lines {first} and {len(text.splitlines()) + 1}\)"):
+        YAML_READERS[reader](path)
+
+
+def test_a_merge_key_may_still_be_overridden_by_a_key_of_its_own(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &base {lr: 0.1, epochs: 2}\nrun:\n  <<: *base\n  lr: 0.01\n")
+    assert read_yaml(path)["run"] == {"lr": 0.01, "epochs": 2}
+
+
+@pytest.mark.parametrize("reader", YAML_READERS)
+def test_anchors_and_aliases_cannot_expand_without_bound_nor_into_themselves(reader, tmp_path):
+    path = tmp_path / ("config.yaml" if reader == "run config" else "laughs.yaml")
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10^9 values once expanded
+    path.write_text("\n".join(levels) + "\n")
+    with pytest.raises(UserError, match=rf"^{reader} {path} expands to more than 100,000 values through its anchors and aliases"):
+        YAML_READERS[reader](path)
+    path.write_text("parameters: &p {lr: *p}\n")
+    with pytest.raises(UserError, match=r"has an alias inside its own anchor \(line 1\)"):
+        YAML_READERS[reader](path)
+
+
+def test_yaml_nested_past_the_limit_is_refused(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("[" * 400 + "]" * 400)
+    with pytest.raises(UserError, match="nests lists and mappings more than 64 levels deep"):
+        read_yaml(path, "config file")
+
+
+def test_a_yaml_file_is_read_at_most_up_to_its_size_limit(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * MAX_YAML_BYTES + "\n")
+    with pytest.raises(UserError, match=rf"^config file {big} is larger than 1 MB"):
+        load_yaml_values(big)
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_a_device_a_folder_or_a_binary_file_given_as_yaml_is_one_line(command, tmp_path, capsys):
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(b"\x80\x02}q\x00(X\x05\x00\x00\x00model\xff\xfe")
+    for path, says in (("/dev/zero", "it is a device"), (tmp_path, "it is a folder"), (binary, "is not UTF-8 text")):
+        argv = [f"--config={path}"] if command == "run" else ["check", str(path)]
+        assert agent.main(argv) == 2  # /dev/zero is never read: it would never end
+        assert says in one_error_line(capsys)
