@@ -95,3 +95,48 @@ def test_a_device_a_folder_or_a_binary_file_given_as_yaml_is_one_line(command, t
         argv = [f"--config={path}"] if command == "run" else ["check", str(path)]
         assert agent.main(argv) == 2  # /dev/zero is never read: it would never end
         assert says in one_error_line(capsys)
+
+
+# --- images small on disk and huge in memory: one admission check, before decoding ---------------------
+
+def write_png(path: Path, width: int, height: int) -> Path:
+    """A valid 1-bit grayscale PNG of any size, written a row at a time: a few KB on disk, never held in memory."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row, packer, parts = b"\x00" * (1 + -(-width // 8)), zlib.compressobj(9), []
+    for _ in range(height):
+        parts.append(packer.compress(row))
+    parts.append(packer.flush())
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Fails the test if any image is decoded: the limits must be checked from the header alone."""
+    from PIL import ImageFile
+
+    def refuse(self):
+        raise AssertionError(f"decoded {self.size}: the admission check must come first")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+
+
+@pytest.mark.parametrize("width, height, says", [
+    (100_000, 1, "100000x1 pixels is more elongated than 20:1"),  # 138 bytes; resized to 256 px high: 6.5 GB
+    (1, 100_000, "1x100000 pixels is more elongated than 20:1"),
+    (9_000, 9_000, "9000x9000 pixels is more than the 67,108,864 an image may have"),  # under PIL's own warning
+])
+def test_an_image_small_on_disk_and_huge_in_memory_is_refused_from_its_header(width, height, says, tmp_path, no_decoding):
+    from data.images import ImageRefused, check_image, decode_working
+
+    path = write_png(tmp_path / "bomb.png", width, height)
+    assert path.stat().st_size < 20_000
+    assert check_image(path).startswith(says)
+    with pytest.raises(ImageRefused, match=says):  # nor decoded by any later reader, should it change after the scan
+        decode_working(path, 32)
