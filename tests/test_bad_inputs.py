@@ -140,3 +140,92 @@ def test_an_image_small_on_disk_and_huge_in_memory_is_refused_from_its_header(wi
     assert check_image(path).startswith(says)
     with pytest.raises(ImageRefused, match=says):  # nor decoded by any later reader, should it change after the scan
         decode_working(path, 32)
+
+
+# --- names and links in the data; the scan cache; the hints and notes of a dataset ---------------------
+
+def small_dataset(root: Path, classes=("Aves", "Fungi"), per_class: int = 3) -> Path:
+    """root/<class>/<n>.png: tiny valid images, distinct per class."""
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.new("RGB", (24 + i, 20), (60 * c, 100, 20 * i)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_names_that_are_not_utf8_and_symlink_loops_are_skipped_and_named(tmp_path, capsys):
+    import os
+
+    from data.scan import scan_folder
+
+    train = small_dataset(tmp_path / "train")
+    bad_name = os.fsdecode(b"Aves/caf\xe9.png")  # Latin-1 bytes: a name no UTF-8 text can hold
+    os.link(train / "Aves" / "0.png", train / bad_name)
+    (train / os.fsdecode(b"Bad\xffClass")).mkdir()
+    (train / "Aves" / "self.png").symlink_to("self.png")
+    (train / "Fungi" / "a.png").symlink_to("b.png")
+    (train / "Fungi" / "b.png").symlink_to("a.png")
+    (train / "Fungi" / "gone.png").symlink_to("nowhere.png")
+    (train / "Fungi" / "up").symlink_to("..")  # a folder link to its parent is not followed: no endless walk
+
+    index = scan_folder(train)
+    skipped = dict(index.skipped)
+    assert skipped == {
+        "Aves/caf\\xe9.png": "file name is not valid UTF-8: rename it",
+        "Bad\\xffClass": "folder name is not valid UTF-8: rename it",
+        "Aves/self.png": "symlink loop (Too many levels of symbolic links)",
+        "Fungi/a.png": "symlink loop (Too many levels of symbolic links)",
+        "Fungi/b.png": "symlink loop (Too many levels of symbolic links)",
+        "Fungi/gone.png": "broken symlink (its target does not exist)",
+    }
+    assert index.classes == ("Aves", "Fungi") and len(index) == 6
+    assert "warning: skipped 6 unreadable file(s)" in capsys.readouterr().out
+
+
+def test_a_file_whose_permissions_were_fixed_is_scanned_again(tmp_path, monkeypatch):
+    """The scan cache is keyed by names, sizes and mtimes; a chmod changes none of them."""
+    import os
+
+    import data.scan
+    from data.images import check_image
+
+    train, cache = small_dataset(tmp_path / "train"), tmp_path / "cache"
+    locked = str(train / "Aves" / "1.png")
+    # Tests may run as root, whom no permission stops: unreadable is simulated where readability is looked at.
+    monkeypatch.setattr(data.scan, "check_image", lambda path: "PermissionError: [Errno 13] Permission denied" if str(path) == locked else check_image(path))
+    monkeypatch.setattr(os, "access", lambda path, mode, real=os.access: False if str(path) == locked else real(path, mode))
+    assert dict(data.scan.scan_folder(train, cache, verbose=False).skipped) == {"Aves/1.png": "PermissionError: [Errno 13] Permission denied"}
+
+    monkeypatch.undo()  # chmod a+r: the same names, sizes and mtimes
+    fixed = data.scan.scan_folder(train, cache, verbose=False)
+    assert fixed.skipped == () and "Aves/1.png" in fixed.paths
+
+    monkeypatch.setattr(os, "access", lambda path, mode, real=os.access: False if str(path) == locked else real(path, mode))
+    again = data.scan.scan_folder(train, cache, verbose=False)  # chmod a-r after a scan: skipped, not a crash at decode time
+    assert dict(again.skipped) == {"Aves/1.png": "PermissionError: no read permission"} and "Aves/1.png" not in again.paths
+
+
+def test_without_train_the_hint_asks_for_train_beside_test_not_inside_it(tmp_path):
+    from data.layout import locate_dataset
+
+    small_dataset(tmp_path / "data" / "test")
+    with pytest.raises(UserError) as caught:
+        locate_dataset(tmp_path / "data", download=True)
+    message = str(caught.value)
+    assert f"it has test/ but no train/: put the class folders of the training images into {tmp_path / 'data' / 'train'}/" in message
+    assert "test/train" not in message
+
+
+def test_a_class_with_one_image_is_said_to_have_no_validation_image(tmp_path, capsys):
+    from data.scan import scan_folder
+    from data.split import stratified_split
+
+    train = small_dataset(tmp_path / "train")
+    for extra in (train / "Fungi").glob("[12].png"):
+        extra.unlink()
+    split = stratified_split(scan_folder(train, verbose=False), 0.2)
+    assert len(split.val) == 1  # Aves' one; Fungi has none
+    note = capsys.readouterr().out
+    assert "note: class Fungi of" in note and "has a single image, which trains: no validation image measures it" in note
