@@ -191,18 +191,19 @@ def test_a_file_whose_permissions_were_fixed_is_scanned_again(tmp_path, monkeypa
     import data.scan
     from data.images import check_image
 
-    train, cache = small_dataset(tmp_path / "train"), tmp_path / "cache"
+    train, cache, real_access = small_dataset(tmp_path / "train"), tmp_path / "cache", os.access
     locked = str(train / "Aves" / "1.png")
     # Tests may run as root, whom no permission stops: unreadable is simulated where readability is looked at.
     monkeypatch.setattr(data.scan, "check_image", lambda path: "PermissionError: [Errno 13] Permission denied" if str(path) == locked else check_image(path))
-    monkeypatch.setattr(os, "access", lambda path, mode, real=os.access: False if str(path) == locked else real(path, mode))
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == locked else real_access(path, mode))
     assert dict(data.scan.scan_folder(train, cache, verbose=False).skipped) == {"Aves/1.png": "PermissionError: [Errno 13] Permission denied"}
 
-    monkeypatch.undo()  # chmod a+r: the same names, sizes and mtimes
+    monkeypatch.setattr(data.scan, "check_image", check_image)  # chmod a+r: the same names, sizes and mtimes
+    monkeypatch.setattr(os, "access", real_access)
     fixed = data.scan.scan_folder(train, cache, verbose=False)
     assert fixed.skipped == () and "Aves/1.png" in fixed.paths
 
-    monkeypatch.setattr(os, "access", lambda path, mode, real=os.access: False if str(path) == locked else real(path, mode))
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == locked else real_access(path, mode))
     again = data.scan.scan_folder(train, cache, verbose=False)  # chmod a-r after a scan: skipped, not a crash at decode time
     assert dict(again.skipped) == {"Aves/1.png": "PermissionError: no read permission"} and "Aves/1.png" not in again.paths
 
@@ -229,3 +230,44 @@ def test_a_class_with_one_image_is_said_to_have_no_validation_image(tmp_path, ca
     assert len(split.val) == 1  # Aves' one; Fungi has none
     note = capsys.readouterr().out
     assert "note: class Fungi of" in note and "has a single image, which trains: no validation image measures it" in note
+
+
+# --- runs: notes a resumed run owes its user ---------------------------------------------------------------
+
+def tiny_run(nature_dir: Path, tmp_path: Path, **overrides):
+    """The scratch CNN at 32 px on the tests' dataset: a run of two epochs takes about a second."""
+    from trainer.config import parse_run_config
+
+    return parse_run_config({
+        "data_dir": str(nature_dir), "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "runs"),
+        "wandb_mode": "disabled", "weights": "none", "batch_size": 8, "epochs": 2, "warmup_epochs": 0.5,
+        "model": "scratch_cnn", "input_size": 32, "filters": 8, "dense_units": 16, **overrides})
+
+
+def test_a_resume_under_another_torch_thread_count_says_its_losses_may_differ(nature_dir, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    import torch
+
+    from trainer.run import run_training
+
+    real = RunRecord.append_epoch
+
+    def stop_after_the_first_epoch(self, row):
+        real(self, row)
+        if row["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # a real preemption: the run checkpoints epoch 1 and stops
+
+    monkeypatch.setattr(RunRecord, "append_epoch", stop_after_the_first_epoch)
+    config = tiny_run(nature_dir, tmp_path, run_id="threads")
+    assert run_training(config).state == "preempted"
+    monkeypatch.setattr(RunRecord, "append_epoch", real)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert run_training(config).state == "finished"
+    finally:
+        torch.set_num_threads(threads)
+    assert (f"note: run threads trained with {threads} torch threads and resumes with {threads + 1}: CPU sums are then added up "
+            f"in another order, so its losses may differ from an uninterrupted run's by about 1e-5") in capsys.readouterr().out

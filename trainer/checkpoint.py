@@ -70,6 +70,7 @@ def checkpoint_payload(*, model, optimizer, scaler, state: LoopState, identity: 
         "epoch": state.epoch,
         "loop": asdict(state),
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "torch_threads": torch.get_num_threads(),  # CPU sums round by how they are split: a resume under others says so
         "identity": identity,
         "config": config,
         # The per-epoch metrics travel with the checkpoint, so a run resumed on a machine whose disk held

@@ -258,6 +258,11 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
                   f"nothing to train; pass another --run_id to train this config again")
         else:
             print(f"resuming run {run_id} from epoch {state.epoch + 1}, batch {state.batch} ({best})")
+            threads = payload.get("torch_threads")
+            if device.type == "cpu" and isinstance(threads, int) and threads != torch.get_num_threads():
+                print(f"note: run {run_id} trained with {threads} torch threads and resumes with {torch.get_num_threads()}: CPU sums "
+                      f"are then added up in another order, so its losses may differ from an uninterrupted run's by about 1e-5 "
+                      f"(OMP_NUM_THREADS={threads} gives identical numbers)")
     elif config.resume:
         raise UserError(f"--resume: run {run_id} has no checkpoint in {record.folder} or its store; drop --resume to start it fresh")
     elif record.set_aside_previous_model():  # W&B's summary too: the sweep reads val_acc from there
