@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import yaml
 
 from common.atomic import write_text
@@ -120,7 +123,42 @@ def _spec_problems(name: str, spec: dict) -> list[str]:
         except UserError as exc:
             problems.append(f"parameter {name!r}: {exc}")
             break
+    else:
+        problems.extend(_drawn_problems(name, spec))
     return problems
+
+
+def _drawn_problems(name: str, spec: dict) -> list[str]:
+    """A distribution that can draw a value the parameter refuses (a seed past SEED_MAX, a normal's tails): every
+    such draw would be a failed trial. The engine's own percentage point function gives the lowest and highest draw."""
+    meta = FIELDS[name].metadata
+    if "distribution" not in spec or (meta["low"] is None and meta["high"] is None):
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sweeps 0.3 trips a pydantic v2 deprecation warning; scipy warns at the tails
+        from sweeps.params import HyperParameter
+
+        try:
+            parameter = HyperParameter(name, spec)
+            lowest, highest = (float(np.asarray(parameter.ppf(p)).item()) for p in (np.nextafter(0.0, 1.0), 1.0))
+        except Exception:  # a spec the schema refuses: its violations name it
+            return []
+    lowest, highest = min(lowest, highest), max(lowest, highest)
+    low, high = meta["low"], meta["high"]
+    allowed = f"{name} takes {'' if low is None else low}..{'' if high is None else high}"
+    if (low is not None and lowest == -math.inf) or (high is not None and highest == math.inf):
+        return [f"parameter {name!r}: distribution {spec['distribution']} draws values without bound, but {allowed}; "
+                f"use one with a min and a max (uniform, int_uniform, log_uniform_values)"]
+    if high is not None and highest > high:
+        return [f"parameter {name!r}: distribution {spec['distribution']} draws values up to {_plain(highest)}, but {allowed}; make it draw within that range"]
+    if low is not None and lowest < low:
+        return [f"parameter {name!r}: distribution {spec['distribution']} draws values down to {_plain(lowest)}, but {allowed}; make it draw within that range"]
+    return []
+
+
+def _plain(number: float) -> str:
+    """2147483648, not 2.14748e+09: a drawn bound as the user wrote it."""
+    return str(int(number)) if number.is_integer() and abs(number) < 1e16 else f"{number:g}"
 
 
 def _recipe_problems(spec: Any) -> list[str]:

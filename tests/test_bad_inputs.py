@@ -271,3 +271,51 @@ def test_a_resume_under_another_torch_thread_count_says_its_losses_may_differ(na
         torch.set_num_threads(threads)
     assert (f"note: run threads trained with {threads} torch threads and resumes with {threads + 1}: CPU sums are then added up "
             f"in another order, so its losses may differ from an uninterrupted run's by about 1e-5") in capsys.readouterr().out
+
+
+# --- numbers: one bound per parameter, the one its consumer takes ------------------------------------------
+
+def test_the_largest_seed_reaches_its_last_batch_and_the_next_one_is_refused():
+    import torch
+
+    from data.augment import batch_generator
+    from data.loading import epoch_order
+    from data.seeds import MAX_BATCHES, MAX_EPOCHS, SEED_MAX
+    from trainer.config import FIELDS, parse_value
+
+    assert FIELDS["epochs"].metadata["high"] == MAX_EPOCHS
+    batch_generator(SEED_MAX, MAX_EPOCHS, MAX_BATCHES)  # the largest seed any batch of any run derives: torch takes it
+    epoch_order(torch.arange(4).numpy(), SEED_MAX, MAX_EPOCHS, shuffle=True)
+    with pytest.raises(ValueError, match="Overflow"):  # the derivation's real limit (about 18.4 million) is not far above it
+        batch_generator(18_500_000, 1, 0)
+    assert parse_value("seed", str(SEED_MAX)) == SEED_MAX
+    with pytest.raises(UserError, match=r"^seed=16777216 is out of range \[0, 16777215\]"):
+        parse_value("seed", SEED_MAX + 1)
+    assert parse_value("split_seed", "4294967295") == 2**32 - 1  # an integer read as such, not through a float
+
+
+def test_check_refuses_a_sweep_whose_seeds_or_values_can_be_drawn_past_their_bound(tmp_path, capsys):
+    sweep = yaml.safe_load(_sweep_text())
+    for spec, says in (
+        ({"distribution": "int_uniform", "min": 0, "max": 2**31}, "parameter 'seed': seed=2147483648 is out of range [0, 16777215]"),
+        ({"distribution": "q_uniform", "min": 0, "max": 16_777_215, "q": 10}, "distribution q_uniform draws values up to 16777220, but seed takes 0..16777215"),
+        ({"distribution": "normal", "mu": 100, "sigma": 10}, "distribution normal draws values without bound, but seed takes 0..16777215"),
+    ):
+        path = tmp_path / "seeds.yaml"
+        path.write_text(yaml.safe_dump({**sweep, "parameters": {**sweep["parameters"], "seed": spec}}))
+        assert agent.main(["check", str(path)]) == 2
+        assert says in one_error_line(capsys)
+    path.write_text(yaml.safe_dump({**sweep, "parameters": {**sweep["parameters"], "seed": {"distribution": "int_uniform", "min": 0, "max": 1000}}}))
+    assert agent.main(["check", str(path)]) == 0
+
+
+def test_num_workers_is_bounded_and_never_more_than_the_cores(monkeypatch, capsys):
+    import data.loading
+    from trainer.config import parse_value
+
+    with pytest.raises(UserError, match=r"^num_workers=100000 is out of range \[-1, 64\]"):
+        parse_value("num_workers", "100000")  # refused at the edge: not one process is started
+    monkeypatch.setattr(data.loading, "_cores", lambda: 2)
+    assert data.loading.worker_count(64, decoding=True) == 2
+    assert "note: --num_workers=64 is more than the 2 CPU core(s) here; starting 2" in capsys.readouterr().out
+    assert data.loading.worker_count(1, decoding=True) == 1 and data.loading.worker_count(-1, decoding=False) == 1

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping
 from common.errors import UserError
 from common.parsing import nearest, parse_bool
 from common.yamlfile import read_yaml
+from data.seeds import SEED_MAX
 
 GROUPS = ("data", "model", "freezing", "scratch_cnn", "optimization", "runtime", "record")
 
@@ -47,13 +48,13 @@ class RunConfig:
     data_dir: str = _opt("datasets/nature_12K", "dataset folder: nature_12K (inaturalist_12K/train, val) or any folder with train/ and val/ or test/ class sub-folders", "data", effective=False, env="FINETUNE_DATA_DIR")
     download: bool = _opt(True, "download nature_12K.zip into data_dir when no dataset is found there", "data", effective=False)
     val_fraction: float = _opt(0.2, "fraction of train/ held out for validation, per class", "data", low=0.01, high=0.9)
-    split_seed: int = _opt(0, "seed of the train/validation split; keep it fixed across a sweep", "data", low=0)
+    split_seed: int = _opt(0, "seed of the train/validation split; keep it fixed across a sweep", "data", low=0, high=2**32 - 1)
     subset_fraction: float = _opt(1.0, "stratified fraction of the training part to use (nested: 0.25 is inside 0.5)", "data", low=0.001, high=1.0)
     augment: str = _opt("standard", "train augmentation: none, standard (random resized crop + flip), strong (+ rotation, colour jitter)", "data", choices=("none", "standard", "strong"))
     cache_dir: str = _opt(_DEFAULT_CACHE, "where decoded images and frozen-layer features are cached, shared by all runs", "data", effective=False, env="FINETUNE_CACHE_DIR")
     image_cache: bool = _opt(True, "decode each image once into a memory-mapped cache instead of every epoch", "data", effective=False)
     feature_cache: bool = _opt(True, "with augment=none, compute frozen leading stages once and train only the rest", "data", effective=False)
-    num_workers: int = _opt(-1, "data loader worker processes; -1 picks from the CPU count", "data", low=-1, effective=False)
+    num_workers: int = _opt(-1, "data loader worker processes; -1 picks from the CPU count, and more than its cores start one per core", "data", low=-1, high=64, effective=False)
     # model
     model: str = _opt("resnet50", "backbone name (python agent.py models lists them) or scratch_cnn", "model")
     weights: str = _opt("imagenet", "imagenet (the registry's explicit version), a version name like IMAGENET1K_V1, none, or a checkpoint path", "model")
@@ -71,7 +72,7 @@ class RunConfig:
     activation: str | None = _opt("relu", "scratch_cnn: activation", "scratch_cnn", choices=("relu", "gelu", "silu", "mish", "leaky_relu"))
     batch_norm: bool | None = _opt(True, "scratch_cnn: batch norm after each convolution", "scratch_cnn")
     dropout: float | None = _opt(0.2, "scratch_cnn: dropout before the output layer", "scratch_cnn", low=0.0, high=0.9)
-    dense_units: int | None = _opt(256, "scratch_cnn: width of the dense layer", "scratch_cnn", low=1)
+    dense_units: int | None = _opt(256, "scratch_cnn: width of the dense layer", "scratch_cnn", low=1, high=65_536)
     input_size: int | None = _opt(224, "scratch_cnn: input image size in pixels", "scratch_cnn", low=32, high=1024)
     # optimization
     optimizer: str = _opt("adamw", "optimizer", "optimization", choices=("adamw", "sgd"))
@@ -87,7 +88,7 @@ class RunConfig:
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss", "optimization", low=0.0, high=0.5)
     grad_clip: float = _opt(1.0, "clip the gradient norm to this; 0 = off", "optimization", low=0.0)
     patience: int = _opt(5, "early stopping: epochs without a better val_acc before stopping; 0 = off", "optimization", low=0)
-    seed: int = _opt(0, "seed of weight init, data order, augmentation and dropout", "optimization", low=0)
+    seed: int = _opt(0, "seed of weight init, data order, augmentation and dropout", "optimization", low=0, high=SEED_MAX)
     # runtime
     device: str = _opt("auto", "auto (CUDA when available), cpu, cuda or cuda:N", "runtime", effective=False)
     precision: str = _opt("auto", "auto (bf16 on GPUs that support it, else fp16 with a grad scaler; fp32 on CPU), fp32, bf16, fp16", "runtime", choices=("auto", "fp32", "bf16", "fp16"), effective=False)
@@ -144,7 +145,7 @@ def parse_value(name: str, raw: Any) -> Any:
         if kind is bool:
             value = parse_bool(raw, name)
         elif kind is int:
-            number = float(raw) if isinstance(raw, str) else raw
+            number = _int_or_float(raw) if isinstance(raw, str) else raw
             if isinstance(number, bool) or float(number) != int(float(number)):
                 raise ValueError
             value = int(number)
@@ -168,6 +169,14 @@ def parse_value(name: str, raw: Any) -> Any:
         high = meta["high"] if meta["high"] is not None else "inf"
         raise UserError(f"{name}={value} is out of range [{low}, {high}]")
     return value
+
+
+def _int_or_float(text: str) -> int | float:
+    """"17" exactly (a float holds integers only up to 2^53), and "1e3" as the number it writes."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def parse_cli(args: Iterable[str]) -> dict[str, str]:
