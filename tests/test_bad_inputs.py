@@ -319,3 +319,17 @@ def test_num_workers_is_bounded_and_never_more_than_the_cores(monkeypatch, capsy
     assert data.loading.worker_count(64, decoding=True) == 2
     assert "note: --num_workers=64 is more than the 2 CPU core(s) here; starting 2" in capsys.readouterr().out
     assert data.loading.worker_count(1, decoding=True) == 1 and data.loading.worker_count(-1, decoding=False) == 1
+
+
+# --- run ids are names, never paths -------------------------------------------------------------------
+
+@pytest.mark.parametrize("run_id", ["../../escaped", "/tmp/escaped-absolute", "..", "a/b"])
+def test_a_run_id_that_is_a_path_is_refused_before_anything_is_written(run_id, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "deep" / "runs"
+    argv = [f"--output_dir={output}", f"--data_dir={tmp_path / 'no-data'}", "--download=false", "--wandb_mode=disabled"]
+    assert agent.main([*argv, f"--run_id={run_id}"]) == 2
+    assert f"run_id={run_id!r} is not a run id" in one_error_line(capsys)
+    monkeypatch.setenv("WANDB_RUN_ID", run_id)  # what `wandb agent` sets for a trial
+    assert agent.main(argv) == 2
+    assert f"WANDB_RUN_ID={run_id!r} is not a run id" in one_error_line(capsys)
+    assert not (tmp_path / "escaped").exists() and not Path("/tmp/escaped-absolute").exists() and not output.exists()

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -128,6 +129,18 @@ def _base_type(name: str):
     return (args[0] if args else hint), type(None) in typing.get_args(hint)
 
 
+RUN_ID_CHARACTERS = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def run_id_problem(run_id: str) -> str | None:
+    """Why `run_id` cannot name a run folder inside --output_dir (a path, a separator, `..`), or None. The one rule
+    for every run id: --run_id, WANDB_RUN_ID and the ids a sweep makes."""
+    if RUN_ID_CHARACTERS.fullmatch(run_id) and run_id not in (".", ".."):
+        return None
+    return (f"{run_id!r} is not a run id: a run id names a folder inside --output_dir, so it uses letters, digits, '-', '_' "
+            f"and '.' only (at most 128 of them, and not '.' or '..')")
+
+
 def parse_value(name: str, raw: Any) -> Any:
     """One field's value from whatever form it arrived in (YAML scalar, CLI string, numpy scalar)."""
     if name not in FIELDS:
@@ -161,6 +174,8 @@ def parse_value(name: str, raw: Any) -> Any:
                 return None
     except (TypeError, ValueError, OverflowError):
         raise UserError(f"{name}={raw!r} is not a valid {kind.__name__}: {meta['help']}") from None
+    if name == "run_id" and value and run_id_problem(value):
+        raise UserError(f"run_id={run_id_problem(value)}")
     choices = meta["choices"]
     if choices and value not in choices:
         raise UserError(f"{name}={value!r} is not one of {', '.join(choices)}{nearest(value, choices)}")

@@ -32,7 +32,7 @@ from scratch_cnn import ScratchCNNConfig
 from trainer import metrics as M
 from trainer.checkpoint import (CheckpointRefused, LoopState, check_frozen_base, checkpoint_payload, identity_mismatch, keep_as,
                                 load_checkpoint, restore, write_checkpoint)
-from trainer.config import RunConfig, config_hash, effective_config, rehash, to_dict
+from trainer.config import RunConfig, config_hash, effective_config, rehash, run_id_problem, to_dict
 from trainer.inputs import build_inputs, load_split
 from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, nothing_left, train
 from trainer.optim import build_optimizer
@@ -69,7 +69,10 @@ def resolve_run_id(config: RunConfig) -> str:
         if latest is None:
             raise UserError(f"--resume: no unfinished run with a checkpoint in {config.output_dir}; pass --run_id=ID of the run to resume")
         return latest
-    return os.environ.get("WANDB_RUN_ID") or new_run_id(config)
+    from_wandb = os.environ.get("WANDB_RUN_ID")
+    if from_wandb and run_id_problem(from_wandb):
+        raise UserError(f"WANDB_RUN_ID={run_id_problem(from_wandb)}; unset it or set it to a run id")
+    return from_wandb or new_run_id(config)
 
 
 def latest_unfinished_run(output_dir: Path) -> str | None:
