@@ -200,6 +200,13 @@ def command_models(args: list[str]) -> int:
     return 0
 
 
+def _say_error(problem: Exception) -> None:
+    try:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+    except OSError:  # stderr is a log on the disk that just filled up: the exit status still says it
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -215,13 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[command](argv)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say_error(exc)
         return EXIT_USER_ERROR
-    except OSError as exc:  # a read-only or full disk met outside a run (which records its own)
+    except Exception as exc:  # a read-only or full disk, wherever it struck (a run records its own first)
         problem = disk_problem(exc, WRITE_HINTS.get(command, "choose a folder you can write to"), permissions=True)
         if problem is None:
             raise
-        print(f"error: {problem}", file=sys.stderr)
+        _say_error(problem)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

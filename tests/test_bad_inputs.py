@@ -333,3 +333,51 @@ def test_a_run_id_that_is_a_path_is_refused_before_anything_is_written(run_id, t
     assert agent.main(argv) == 2
     assert f"WANDB_RUN_ID={run_id!r} is not a run id" in one_error_line(capsys)
     assert not (tmp_path / "escaped").exists() and not Path("/tmp/escaped-absolute").exists() and not output.exists()
+
+
+# --- a full disk, wherever it strikes, is the disk's problem: one line, exit 2, retried ------------------
+
+class FillsUp:
+    """A file whose disk fills up after `room` bytes, as the OS reports it: write() raises ENOSPC."""
+
+    def __init__(self, handle, room: int = 4096):
+        self.handle, self.room = handle, room
+
+    def write(self, data) -> int:
+        import errno
+
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def test_a_disk_that_fills_up_inside_torch_save_is_a_setup_failure_not_the_trials_own(nature_dir, tmp_path, monkeypatch):
+    import trainer.checkpoint
+    from trainer.run import run_training
+
+    real = trainer.checkpoint.atomic_write
+    # torch.save turns the OSError into a RuntimeError ("unexpected pos ...") raised while handling it; the space
+    # check that follows finds room again, as the half-written file was removed.
+    monkeypatch.setattr(trainer.checkpoint, "atomic_write", lambda path, write, mode="w": real(path, lambda h: write(FillsUp(h)), mode))
+    with pytest.raises(UserError, match=r"the disk of .* filled up while writing checkpoint last.pt: free some space or pass --output_dir"):
+        run_training(tiny_run(nature_dir, tmp_path, run_id="full", epochs=1))
+    summary = json.loads((tmp_path / "runs" / "full" / "summary.json").read_text())
+    assert summary["state"] == "failed" and summary["exit_code"] == 2  # a sweep retries it when the command runs again
+
+
+def test_a_full_disk_under_stderr_still_ends_in_exit_2(tmp_path, monkeypatch):
+    import sys
+
+    class FullLog:
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+        def flush(self):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sys, "stderr", FullLog())
+    assert agent.main(["check", str(tmp_path / "missing.yaml")]) == 2

@@ -22,7 +22,7 @@ import torch
 import torchvision
 
 from common.atomic import write_text
-from common.disk import disk_problem, ensure_writable
+from common.disk import disk_cause, disk_problem, ensure_writable
 from common.errors import EXIT_USER_ERROR, UserError
 from common.provenance import code_version
 from models import build_model, count_parameters, preprocessing_for
@@ -426,7 +426,7 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
                 _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
                 raise
             except Exception as exc:  # the run boundary: record why, let the sweep go on
-                problem = disk_problem(exc, _disk_hint(config, exc))
+                problem = disk_problem(exc, _disk_hint(config, disk_cause(exc) or exc))
                 if problem is not None:  # the machine's, not the trial's: a sweep retries it as a setup failure
                     state_name, reason, exit_code = M.FAILED, str(problem), EXIT_USER_ERROR
                     _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
