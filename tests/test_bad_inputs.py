@@ -381,3 +381,28 @@ def test_a_full_disk_under_stderr_still_ends_in_exit_2(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sys, "stderr", FullLog())
     assert agent.main(["check", str(tmp_path / "missing.yaml")]) == 2
+
+
+# --- report outputs are written like run records ---------------------------------------------------------
+
+def test_a_report_figure_cut_short_leaves_the_previous_png_whole(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from report import plots
+
+    path = tmp_path / "report" / "learning_curves.png"
+    path.parent.mkdir()
+    path.write_bytes(b"the previous figure")
+    figure = plt.figure()
+
+    def half_then_full(target, **options):
+        if isinstance(target, (str, Path)):
+            Path(target).write_bytes(b"\x89PNG half")
+        else:
+            target.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    figure.savefig = half_then_full
+    with pytest.raises(OSError, match=str(path)):  # named, so the one error line says which file and disk
+        plots._save(figure, path)
+    assert path.read_bytes() == b"the previous figure" and sorted(p.name for p in path.parent.iterdir()) == [path.name]
