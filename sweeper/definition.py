@@ -99,7 +99,7 @@ METHODS = ("grid", "random", "bayes")  # the engine's search methods this driver
 _BOUNDED_BY_VALUES = ("int_uniform", "uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values")
 
 
-def _listed(spec: Any) -> list[Any]:
+def listed_values(spec: Any) -> list[Any]:
     """The values a parameter lists (`value` or `values`); [] for a distribution."""
     if not isinstance(spec, dict):
         return []
@@ -114,7 +114,7 @@ def _spec_problems(name: str, spec: dict) -> list[str]:
         if isinstance(spec.get(bound), str) and _number_like(spec[bound]):
             problems.append(f"parameter {name!r} has {bound}: {spec[bound]}, which YAML reads as a string; write it with "
                             f"a dot and a signed exponent, e.g. {_yaml_float(spec[bound])}")
-    candidates = _listed(spec)
+    candidates = listed_values(spec)
     if spec.get("distribution", "") in _BOUNDED_BY_VALUES:
         candidates += [spec[bound] for bound in ("min", "max") if bound in spec]
     for value in candidates:
@@ -163,10 +163,10 @@ def _plain(number: float) -> str:
 
 def _recipe_problems(spec: Any) -> list[str]:
     """The recipe parameter lists files (value or values) that each hold fixed run values."""
-    if not (isinstance(spec, dict) and _listed(spec) and set(spec) <= {"value", "values"}):
+    if not (isinstance(spec, dict) and listed_values(spec) and set(spec) <= {"value", "values"}):
         return [f"parameter {RECIPE!r} lists YAML files of fixed values, one per trial recipe: write {RECIPE}: {{values: [FILE, ...]}}"]
     problems = []
-    for path in _listed(spec):
+    for path in listed_values(spec):
         try:
             load_yaml_values(str(path))
         except UserError as exc:
@@ -206,9 +206,9 @@ def _value_problems(name: str, spec: dict) -> list[str]:
 def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -> list[str]:
     """Listed values that no trial of this sweep could train with, under any listed model and strategy (k_layers=7
     when the only model has 5 stages): each suggestion of one would be a failed trial."""
-    axes = [[fixed[name]] if name in fixed else _listed(parameters.get(name)) or [None] for name in ("model", "strategy")]
+    axes = [[fixed[name]] if name in fixed else listed_values(parameters.get(name)) or [None] for name in ("model", "strategy")]
     try:  # unreadable recipe files are definition_problems' to name
-        recipes = [load_yaml_values(str(path)) for path in _listed(parameters.get(RECIPE))] or [{}]
+        recipes = [load_yaml_values(str(path)) for path in listed_values(parameters.get(RECIPE))] or [{}]
     except UserError:
         recipes = [{}]
 
@@ -225,7 +225,7 @@ def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -
 
     problems = []
     if RECIPE in parameters:
-        for path, recipe in zip(_listed(parameters[RECIPE]), recipes):
+        for path, recipe in zip(listed_values(parameters[RECIPE]), recipes):
             try:
                 parse_run_config(recipe, fixed)
             except UserError as exc:
@@ -233,7 +233,7 @@ def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -
     for name, spec in parameters.items():
         if name in ("model", "strategy", RECIPE) or name in fixed:
             continue
-        for value in _listed(spec):
+        for value in listed_values(spec):
             reason = fits(name, value)
             if reason:
                 problems.append(f"parameter {name!r} lists {value!r}, which no trial can train with: {reason}")

@@ -406,3 +406,102 @@ def test_a_report_figure_cut_short_leaves_the_previous_png_whole(tmp_path):
     with pytest.raises(OSError, match=str(path)):  # named, so the one error line says which file and disk
         plots._save(figure, path)
     assert path.read_bytes() == b"the previous figure" and sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+# --- damaged records: one line naming the file and the fix, and no trial ever trained or counted twice ---
+
+@pytest.fixture
+def finished_sweep(nature_dir, tmp_path):
+    """A sweep folder of two finished trials (a grid over two seeds), written as the driver writes one."""
+    from sweeper.definition import pin_definition, pin_fixed
+    from sweeper.table import Trial, TrialTable
+    from trainer.config import config_hash, effective_config, parse_run_config, to_dict
+
+    definition = yaml.safe_load(_sweep_text())
+    definition["parameters"].update(activation={"value": "relu"}, lr={"value": 0.001}, seed={"values": [1, 2]})
+    sweep_yaml = tmp_path / "grid.yaml"
+    sweep_yaml.write_text(yaml.safe_dump(definition, sort_keys=False))
+    fixed = {"data_dir": str(nature_dir), "cache_dir": str(tmp_path / "cache"), "wandb_mode": "disabled"}
+    sweep_dir = tmp_path / "sweep"
+    pin_definition(sweep_dir, load_definition(sweep_yaml))
+    pin_fixed(sweep_dir, fixed)
+    table = TrialTable(sweep_dir)
+    for number, seed in enumerate((1, 2), start=1):
+        suggestion = {name: spec["value"] for name, spec in definition["parameters"].items() if "value" in spec} | {"seed": seed}
+        config, run_id = parse_run_config(suggestion, fixed), f"tiny-{number:03d}-0a0{number}"
+        record = RunRecord(sweep_dir / "runs" / run_id)
+        record.write_config(to_dict(config) | {"run_id": run_id})
+        record.update_summary(state="finished", best_val_acc=0.5, best_epoch=2, config_hash=config_hash(config))
+        table.add(Trial(run_id, "finished", effective_config(config), config_hash(config), suggestion, best_val_acc=0.5, fixed=fixed))
+    return sweep_yaml, sweep_dir, fixed
+
+
+@pytest.mark.parametrize("damage", ["cut mid-write", "deleted as advised"])
+def test_a_lost_last_row_of_the_table_is_read_back_never_trained_again_nor_counted_twice(damage, finished_sweep, capsys):
+    from report.sources import load_table
+    from sweeper import run_local_sweep
+
+    sweep_yaml, sweep_dir, fixed = finished_sweep
+    table = sweep_dir / "table.jsonl"
+    lines = table.read_text().splitlines(keepends=True)
+    table.write_text(lines[0] + (lines[1][: len(lines[1]) // 2] if damage == "cut mid-write" else ""))
+    summary = run_local_sweep(sweep_yaml, count=2, sweep_dir=sweep_dir, fixed=fixed)
+    assert summary["new"] == 0 and summary["trials"] == 2
+    rows = [json.loads(line) for line in table.read_text().splitlines()]
+    assert [row["run_id"] for row in rows] == ["tiny-001-0a01", "tiny-002-0a02"] and rows[1]["state"] == "finished"
+    assert sorted(p.name for p in (sweep_dir / "runs").iterdir()) == ["tiny-001-0a01", "tiny-002-0a02"]
+    assert "trial tiny-002-0a02 (finished) had no row in table.jsonl: read back from" in capsys.readouterr().out
+    assert sorted(record.run_id for record in load_table(str(sweep_dir)).records) == ["tiny-001-0a01", "tiny-002-0a02"]
+
+
+def test_a_damaged_row_in_the_middle_of_the_table_is_one_line_naming_it(finished_sweep):
+    from sweeper.table import TrialTable
+
+    _, sweep_dir, _ = finished_sweep
+    table = sweep_dir / "table.jsonl"
+    lines = table.read_text().splitlines(keepends=True)
+    table.write_text(lines[0].replace('"run_id": "tiny-001-0a01"', '"run_id": "../../outside"') + lines[1])
+    with pytest.raises(UserError, match=rf"^{table} line 1 is damaged \(run_id '../../outside' is not a run id\): delete that line"):
+        TrialTable(sweep_dir)
+
+
+def test_a_damaged_config_yaml_inside_a_sweep_folder_is_named_and_the_sweep_goes_on(finished_sweep, capsys):
+    from sweeper import run_local_sweep
+
+    sweep_yaml, sweep_dir, fixed = finished_sweep
+    damaged = sweep_dir / "runs" / "tiny-002-0a02" / "config.yaml"
+    damaged.write_text("model: scratch_cnn\n  lr: [0.1\n")
+    assert run_local_sweep(sweep_yaml, count=2, sweep_dir=sweep_dir, fixed=fixed)["new"] == 0
+    warning = [line for line in capsys.readouterr().out.splitlines() if str(damaged) in line]
+    assert len(warning) == 1 and warning[0].startswith(f"warning: run config {damaged} is not valid YAML: line 2")
+    assert warning[0].endswith("delete it and run the command again: the run's last.pt and best.pt keep the settings it "
+                               "trained with (give its paths, such as --data_dir, again)")
+
+
+def test_a_damaged_config_yaml_under_resume_says_how_to_go_on_and_then_resumes(nature_dir, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    real = RunRecord.append_epoch
+
+    def stop_after_the_first_epoch(self, row):
+        real(self, row)
+        if row["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    from trainer.run import run_training
+
+    monkeypatch.setattr(RunRecord, "append_epoch", stop_after_the_first_epoch)
+    config = tiny_run(nature_dir, tmp_path, run_id="cut")
+    assert run_training(config).state == "preempted"
+    monkeypatch.setattr(RunRecord, "append_epoch", real)
+    damaged = tmp_path / "runs" / "cut" / "config.yaml"
+    damaged.write_bytes(damaged.read_bytes()[:40] + b"\x00\xff garbage")
+    argv = ["--resume", "--run_id=cut", f"--output_dir={tmp_path / 'runs'}"]
+    assert agent.main(argv) == 2
+    assert one_error_line(capsys).startswith(f"error: run config {damaged} is not UTF-8 text")
+    damaged.unlink()  # as the error says: the settings the run trained with come from its last.pt
+    assert agent.main([*argv, f"--data_dir={nature_dir}", f"--cache_dir={tmp_path / 'cache'}", "--wandb_mode=disabled"]) == 0
+    assert "resuming run cut from epoch 2" in capsys.readouterr().out
+    assert json.loads((tmp_path / "runs" / "cut" / "summary.json").read_text())["state"] == "finished"
+

@@ -141,11 +141,14 @@ class RunRecord:
         if not path.exists():
             return []
         rows = []
-        for line in path.read_text().splitlines():
+        for line in path.read_text(errors="replace").splitlines():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+                row = json.loads(line)
+            except (ValueError, RecursionError):
                 break  # a torn last line cannot happen with atomic writes, but never trust a file blindly
+            if not isinstance(row, dict) or not isinstance(row.get(M.EPOCH), int):
+                break
+            rows.append(row)
         return rows
 
     def truncate_history(self, completed_epochs: int, saved: list[dict[str, Any]] | None = None) -> None:
@@ -211,6 +214,7 @@ class RunRecord:
         path = Path(folder) / SUMMARY_FILE
         try:
             data = json.loads(path.read_text()) if path.exists() else {}
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON
             return {}
         return data if isinstance(data, dict) else {}
+
