@@ -91,9 +91,10 @@ def _load_local(path: Path) -> RunTable:
     for i, record in enumerate(records):
         # A trial killed outright (a signal, a full disk) could not say so in its folder; the sweep's table did.
         row = ended.get(record.run_id)
+        # Its summary.json says so from now on: a run nobody trains is not `running` (TrainerRecord.settle).
         if record.state == metrics.RUNNING and row is not None and not TrainerRecord.in_training(folder_of[record.run_id]):
-            summary = {**record.summary, metrics.STATE: row["state"], metrics.REASON: row.get("reason"), metrics.EXIT_CODE: row.get("exit_code")}
-            records[i] = dataclasses.replace(record, state=str(row["state"]), summary=summary)
+            summary = TrainerRecord.settle(record.folder, str(row["state"]), row.get("reason"), row.get("exit_code"))
+            records[i] = dataclasses.replace(record, state=str(row["state"]), summary={**record.summary, **summary})
         elif record.state == metrics.PREEMPTED and row is not None and row.get("state") == metrics.PREEMPTED and row.get("reason"):
             # The trial's own reason says how one run resumes; the sweep's says what resumes a trial of a sweep.
             records[i] = dataclasses.replace(record, summary={**record.summary, metrics.REASON: row["reason"]})
@@ -103,7 +104,8 @@ def _load_local(path: Path) -> RunTable:
                    f"`python agent.py --resume --run_id={record.run_id} --output_dir={folder.parent}`")
             reason = (f"not training now: its process was stopped or killed before it could record how it ended; "
                       f"{how} to resume it")
-            records[i] = dataclasses.replace(record, summary={**record.summary, metrics.REASON: reason})
+            summary = TrainerRecord.settle(folder, metrics.PREEMPTED, reason)
+            records[i] = dataclasses.replace(record, state=str(summary[metrics.STATE]), summary={**record.summary, **summary})
     for row in rows:
         run_id = str(row.get("run_id"))
         if row.get("state") == DUPLICATE:

@@ -415,6 +415,8 @@ class LocalSweep:
                 continue
             del self.running[run_id]
             result = outcome(launched, self.interrupted)
+            # A trial that died before its record could say how (a full disk) is not left `running` in summary.json.
+            RunRecord.settle(launched.folder, result.state, result.reason, result.exit_code)
             trial = self.table.get(run_id)
             trial.state, trial.reason, trial.exit_code, trial.best_val_acc = result.state, result.reason, result.exit_code, result.best_val_acc
             if trial.state == M.PREEMPTED:  # the trainer's reason speaks of run ids; in a sweep, the command is the way

@@ -505,3 +505,22 @@ def test_a_damaged_config_yaml_under_resume_says_how_to_go_on_and_then_resumes(n
     assert "resuming run cut from epoch 2" in capsys.readouterr().out
     assert json.loads((tmp_path / "runs" / "cut" / "summary.json").read_text())["state"] == "finished"
 
+
+def test_a_trial_that_died_before_recording_how_is_not_left_running(finished_sweep):
+    import sys
+
+    from sweeper.definition import load_definition
+    from sweeper.local import LocalSweep
+    from sweeper.trial import launch
+
+    sweep_yaml, sweep_dir, fixed = finished_sweep
+    sweep = LocalSweep(load_definition(sweep_yaml), sweep_dir, fixed, workers=1)
+    folder = sweep_dir / "runs" / "tiny-002-0a02"
+    # The trial's last words on a disk that filled up: its summary.json could not be written, only its exit status.
+    died = [sys.executable, "-c", "print('error: No space left on device for last.pt'); raise SystemExit(2)"]
+    sweep.running["tiny-002-0a02"] = launch("tiny-002-0a02", folder, died, None)
+    sweep.tags["tiny-002-0a02"] = "resume"
+    sweep.running["tiny-002-0a02"].process.wait()
+    sweep._collect()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["state"] == "failed" and summary["exit_code"] == 2 and "No space left on device" in summary["reason"]

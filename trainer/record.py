@@ -218,3 +218,19 @@ class RunRecord:
             return {}
         return data if isinstance(data, dict) else {}
 
+    @staticmethod
+    def settle(folder: Path, state: str = M.PREEMPTED, reason: str | None = None, exit_code: int | None = None) -> dict[str, Any]:
+        """The run's summary, where one that still says running while no process trains the run (it died before it
+        could record how it ended: a full disk, a kill) becomes `state` with `reason`, in summary.json too when the
+        folder can be written. An unheld lock is the proof: the trainer holds it for the whole run."""
+        summary = RunRecord.read_summary(folder)
+        if summary.get(M.STATE) != M.RUNNING or RunRecord.in_training(folder):
+            return summary
+        reason = reason or (f"its process ended before it could record how (a full disk or a kill, most often); relaunched "
+                            f"with run_id={Path(folder).name} it resumes from its checkpoint")
+        summary.update({M.STATE: state, M.REASON: reason, M.EXIT_CODE: exit_code})
+        try:
+            write_json(Path(folder) / SUMMARY_FILE, summary)
+        except OSError:  # a read-only copy, or the disk is still full: the summary returned says it all the same
+            pass
+        return summary
