@@ -209,6 +209,9 @@ def _say_error(problem: Exception) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # a name that is not UTF-8 prints escaped, never as a UnicodeEncodeError
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-") and nearest(argv[0], COMMANDS):
         print(f"error: unknown command {argv[0]!r}{nearest(argv[0], COMMANDS)}; commands: {', '.join(COMMANDS)}", file=sys.stderr)

@@ -86,8 +86,9 @@ def _check_expansion(root: yaml.Node) -> None:
 def parse_yaml(text: str, what: str) -> Any:
     """The document in `text` as plain Python values (None when empty). `what` names the source in errors
     ("sweep file sweeps/x.yaml")."""
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # the reader refuses control characters at once
         node = loader.get_single_node()
         if node is None:
             return None
@@ -102,7 +103,8 @@ def parse_yaml(text: str, what: str) -> Any:
     except ValueError as exc:  # a scalar YAML reads as a date that does not exist (2024-02-31)
         raise UserError(f"{what} is not valid YAML: {exc}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml(path: Path | str, what: str = "YAML file") -> Any:

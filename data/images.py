@@ -7,6 +7,7 @@ no image is decoded beyond a pixel budget and an aspect-ratio limit, both read f
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,10 @@ DECODE_VERSION = 3
 # resizing its short side to the working size would then need gigabytes. Both limits are read from the header.
 MAX_IMAGE_PIXELS = 2**26  # 67 megapixels, 8192 x 8192: any camera photo; decoding one takes at most ~400 MB
 MAX_ASPECT_RATIO = 20  # long side / short side: wide panoramas pass; 20 x the working size is the resize's largest image
+
+
+# PIL warns at open above its own, higher limit; admission_problem refuses those images with its own one-line reason.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageRefused(ValueError):

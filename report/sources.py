@@ -80,13 +80,13 @@ def _load_local(path: Path) -> RunTable:
         sweep_dir = path.parent if (path.parent / SWEEP_FILE).exists() else path
     sweep = _read_yaml(sweep_dir / SWEEP_FILE, "sweep file", "replace it with a copy of the sweep's YAML") \
         if sweep_dir and (sweep_dir / SWEEP_FILE).exists() else {}
-    metric = sweep.get("metric") or {}
+    metric = sweep.get("metric") if isinstance(sweep.get("metric"), dict) else {}
 
     records = [_read_run_folder(folder) for folder in run_folders]
     folder_of = {folder.name: folder for folder in run_folders}
     duplicates: list[SkippedDuplicate] = []
     known = {r.run_id for r in records}
-    rows = _read_jsonl(sweep_dir / TABLE_FILE) if sweep_dir else []
+    rows = [row for row in _read_jsonl(sweep_dir / TABLE_FILE) if _is_trial_row(row)] if sweep_dir else []
     ended = {str(row.get("run_id")): row for row in rows if row.get("state") not in (None, metrics.RUNNING, DUPLICATE)}
     for i, record in enumerate(records):
         # A trial killed outright (a signal, a full disk) could not say so in its folder; the sweep's table did.
@@ -122,6 +122,12 @@ def _load_local(path: Path) -> RunTable:
     return RunTable(records=records, name=str(sweep.get("name") or (sweep_dir or path).resolve().name),
                     source=str(path), metric_name=metric.get("name"), metric_goal=metric.get("goal"),
                     duplicates=duplicates)
+
+
+def _is_trial_row(row: dict) -> bool:
+    """A row as the sweep driver writes it; others (edited or damaged by hand) the driver names, the report skips."""
+    return (isinstance(row.get("run_id"), str) and isinstance(row.get("state"), str)
+            and all(isinstance(row.get(key) or {}, dict) for key in ("config", "suggested", "fixed")))
 
 
 def _run_folders(folder: Path) -> list[Path]:
@@ -169,10 +175,10 @@ def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue  # a run killed mid-append leaves half a last line; the complete epochs still count
         if isinstance(row, dict):
             rows.append(row)

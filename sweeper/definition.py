@@ -70,20 +70,27 @@ def definition_problems(config: Any) -> list[str]:
     problems = []  # ours first: they name the parameter, the schema's messages often do not
     if config.get("method") not in METHODS:
         problems.append(f"method {config.get('method')!r} is not one of {', '.join(METHODS)}{nearest(str(config.get('method')), METHODS)}")
-    for name, spec in (config.get("parameters") or {}).items():
+    if not isinstance(config.get("parameters"), dict):  # W&B's schema check itself would fail on it
+        return [*problems, "parameters must be a mapping of each parameter's name to {value: v} or {values: [...]}, ..."]
+    for name, spec in config["parameters"].items():
         if name in DRIVER_OWNED:
             problems.append(f"parameter {name!r} is set by the sweep driver for each trial; remove it")
         elif name == RECIPE:
             problems.extend(_recipe_problems(spec))
         elif name not in FIELDS:
             problems.append(f"parameter {name!r} is not a run parameter{nearest(name, FIELDS)}; `python agent.py --help` lists them")
-        elif isinstance(spec, dict) and "parameters" in spec:
+        elif not isinstance(spec, dict):
+            problems.append(f"parameter {name!r} is {spec!r}; write {name}: {{value: v}} for a fixed value, or {{values: [...]}}")
+        elif "parameters" in spec:
             problems.append(f"parameter {name!r} is nested; run parameters are flat")
-        elif isinstance(spec, dict):
+        else:
             problems.extend(_spec_problems(name, spec))
             if config.get("method") == "bayes":
                 problems.extend(_value_problems(name, spec))
-    problems.extend(schema_violations_from_proposed_config(config))
+    try:
+        problems.extend(schema_violations_from_proposed_config(config))
+    except ValueError as exc:  # the schema raises some violations (a parameter that is not a mapping) rather than list them
+        problems.append(str(exc))
     metric = config.get("metric")
     metric_name = metric.get("name") if isinstance(metric, dict) else None
     goal = metric.get("goal") if isinstance(metric, dict) else None

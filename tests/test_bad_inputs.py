@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import agent
-from common.errors import UserError
+from common.errors import UserError, printable
 from common.yamlfile import MAX_YAML_BYTES, read_yaml
 from sweeper.definition import load_definition
 from trainer.config import load_yaml_values
@@ -524,3 +524,50 @@ def test_a_trial_that_died_before_recording_how_is_not_left_running(finished_swe
     sweep._collect()
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["state"] == "failed" and summary["exit_code"] == 2 and "No space left on device" in summary["reason"]
+
+
+# --- all at once: a sweep over a data tree that holds one member of every bad data class -----------------
+
+def test_a_sweep_over_every_kind_of_bad_file_finishes_and_names_each_once(tmp_path, capsys):
+    import os
+
+    from sweeper import run_local_sweep
+
+    train = small_dataset(tmp_path / "data" / "train", classes=("Amphibia", "Aves", "Fungi"), per_class=8)
+    bad = {
+        os.fsdecode(b"Aves/caf\xe9.png"): "file name is not valid UTF-8",
+        "Aves/self.png": "symlink loop",
+        "Fungi/loop_a.png": "symlink loop",
+        "Fungi/loop_b.png": "symlink loop",
+        "Fungi/bomb.png": "100000x1 pixels is more elongated than 20:1",
+        "Amphibia/truncated.png": "OSError",
+        "Amphibia/locked.png": "PermissionError",
+    }
+    os.link(train / "Aves" / "0.png", train / os.fsdecode(b"Aves/caf\xe9.png"))
+    (train / "Aves" / "self.png").symlink_to("self.png")
+    (train / "Fungi" / "loop_a.png").symlink_to("loop_b.png")
+    (train / "Fungi" / "loop_b.png").symlink_to("loop_a.png")
+    write_png(train / "Fungi" / "bomb.png", 100_000, 1)
+    whole = (train / "Amphibia" / "0.png").read_bytes()
+    (train / "Amphibia" / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    (train / "Amphibia" / "locked.png").write_bytes(whole)
+    (train / "Amphibia" / "locked.png").chmod(0)
+    if os.access(train / "Amphibia" / "locked.png", os.R_OK):  # root reads it anyway: then it is a good image
+        del bad["Amphibia/locked.png"]
+
+    definition = yaml.safe_load(_sweep_text())
+    definition["parameters"].update(activation={"value": "relu"}, lr={"value": 0.01}, epochs={"value": 1})
+    sweep_yaml = tmp_path / "bad.yaml"
+    sweep_yaml.write_text(yaml.safe_dump(definition, sort_keys=False))
+    fixed = {"data_dir": str(tmp_path / "data"), "cache_dir": str(tmp_path / "cache"), "wandb_mode": "disabled", "batch_size": "8"}
+    summary = run_local_sweep(sweep_yaml, count=1, sweep_dir=tmp_path / "sweep", fixed=fixed)
+    assert summary["states"] == {"finished": 1}
+    console = capsys.readouterr().out
+    assert console.count(f"warning: skipped {len(bad)} unreadable file(s)") == 1 and "Traceback" not in console
+
+    (run,) = (tmp_path / "sweep" / "runs").iterdir()
+    listed = [line.split("\t") for line in (run / "skipped_files.txt").read_text(encoding="utf-8").splitlines()]
+    named, expected = dict(listed), {printable(path): reason for path, reason in bad.items()}  # caf\xe9.png, as written
+    assert len(listed) == len(expected) and set(named) == set(expected)  # each bad file once, and nothing else
+    assert all(reason in named[path] for path, reason in expected.items()), named
+    assert "Traceback" not in (run / "output.log").read_text(errors="replace")

@@ -172,6 +172,8 @@ def parse_value(name: str, raw: Any) -> Any:
             value = str(raw).strip()
             if optional and value.lower() in NULL_STRINGS:
                 return None
+            if "\x00" in value:  # no path or name can hold one; os calls would fail on it much later
+                raise UserError(f"{name}={value!r} contains a NUL character: {meta['help']}")
     except (TypeError, ValueError, OverflowError):
         raise UserError(f"{name}={raw!r} is not a valid {kind.__name__}: {meta['help']}") from None
     if name == "run_id" and value and run_id_problem(value):
