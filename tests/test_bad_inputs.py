@@ -571,3 +571,22 @@ def test_a_sweep_over_every_kind_of_bad_file_finishes_and_names_each_once(tmp_pa
     assert len(listed) == len(expected) and set(named) == set(expected)  # each bad file once, and nothing else
     assert all(reason in named[path] for path, reason in expected.items()), named
     assert "Traceback" not in (run / "output.log").read_text(errors="replace")
+
+
+def test_docs_limits_states_the_limits_the_code_enforces():
+    """docs/limits.md is what a user reads before a sweep: every number in it is the code's."""
+    import re
+
+    from common.yamlfile import MAX_YAML_DEPTH, MAX_YAML_VALUES
+    from data.images import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
+    from trainer.config import FIELDS
+
+    text = (ROOT / "docs" / "limits.md").read_text()
+    assert f"{MAX_IMAGE_PIXELS:,} pixels" in text and f"{MAX_ASPECT_RATIO}:1" in text
+    assert f"{MAX_YAML_VALUES:,}" in text and f"{MAX_YAML_DEPTH} levels" in text and f"{MAX_YAML_BYTES // 2**20} MB" in text
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \|", text, flags=re.M)
+    assert len(rows) > 15
+    for name, allowed in rows:
+        low, high = FIELDS[name].metadata["low"], FIELDS[name].metadata["high"]
+        assert allowed.strip() == f"{'' if low is None else low}..{'' if high is None else high}", name
+    assert "(docs/limits.md)" in (ROOT / "README.md").read_text()
