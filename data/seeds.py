@@ -23,4 +23,3 @@ def order_seed(seed: int, epoch: int) -> int:
 def batch_seed(seed: int, epoch: int, batch_index: int) -> int:
     """The seed of one batch's augmentation."""
     return (seed * _BATCH_PRIME + epoch) * _BATCH_PRIME + batch_index
-

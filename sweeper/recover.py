@@ -44,12 +44,12 @@ def _trial_of(folder: Path, definition: SweepDefinition, fixed: Mapping[str, Any
     from trainer.store import checkpoint_config
 
     saved = RunRecord.saved_config(folder) or checkpoint_config(folder / LAST_CHECKPOINT)  # damaged: a one-line error
+    if not saved:
+        return None
     try:
-        config = parse_run_config({key: value for key, value in (saved or {}).items() if key in FIELDS and key != "run_id"})
+        config = parse_run_config({key: value for key, value in saved.items() if key in FIELDS and key != "run_id"})
     except UserError as exc:
         print(f"note: {folder} has no row in {TABLE_FILE} and its config cannot be read back ({exc}); left out", flush=True)
-        return None
-    if not saved:
         return None
     summary = RunRecord.read_summary(folder)
     state = summary.get(M.STATE)

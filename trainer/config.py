@@ -189,7 +189,7 @@ def parse_value(name: str, raw: Any) -> Any:
 
 
 def _int_or_float(text: str) -> int | float:
-    """"17" exactly (a float holds integers only up to 2^53), and "1e3" as the number it writes."""
+    """An integer written as text, read exactly (a float holds integers only up to 2^53); "1e3" as the number it is."""
     try:
         return int(text)
     except ValueError:
