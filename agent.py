@@ -60,13 +60,15 @@ def run_config_from_args(args: list[str]):
     sources = [load_yaml_values(config_file)] if config_file else []
     probe = parse_run_config(*sources, cli)
     if probe.resume:
-        from trainer.record import RunRecord
+        from trainer.record import LAST_CHECKPOINT, RunRecord
         from trainer.run import resolve_run_id
-        from trainer.store import stored_config
+        from trainer.store import checkpoint_config, stored_config
 
         run_id = resolve_run_id(probe)
-        # A mistyped run id creates no folder. On a new machine only the --checkpoint_store folder has the run.
-        saved = RunRecord.saved_config(Path(probe.output_dir).expanduser() / run_id) or stored_config(probe.checkpoint_store, run_id) or {}
+        folder = Path(probe.output_dir).expanduser() / run_id
+        # A mistyped run id creates no folder. On a new machine only the --checkpoint_store folder has the run; a
+        # config.yaml deleted as damaged leaves the settings inside last.pt.
+        saved = RunRecord.saved_config(folder) or stored_config(probe.checkpoint_store, run_id) or checkpoint_config(folder / LAST_CHECKPOINT) or {}
         saved.pop("run_id", None)
         sources = [saved, *sources]
         cli = {**cli, "run_id": run_id}
@@ -269,8 +271,18 @@ def command_models(args: list[str]) -> int:
     return 0
 
 
+def _say_error(problem: Exception) -> None:
+    try:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+    except OSError:  # stderr is a log on the disk that just filled up: the exit status still says it
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # a name that is not UTF-8 prints escaped, never as a UnicodeEncodeError
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-") and nearest(argv[0], COMMANDS):
         print(f"error: unknown command {argv[0]!r}{nearest(argv[0], COMMANDS)}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
@@ -284,13 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[command](argv)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say_error(exc)
         return EXIT_USER_ERROR
-    except OSError as exc:  # a read-only or full disk met outside a run (which records its own)
+    except Exception as exc:  # a read-only or full disk, wherever it struck (a run records its own first)
         problem = disk_problem(exc, WRITE_HINTS.get(command, "choose a folder you can write to"), permissions=True)
         if problem is None:
             raise
-        print(f"error: {problem}", file=sys.stderr)
+        _say_error(problem)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from common.disk import disk_cause
 
 
 def atomic_write(path: Path | str, write: Callable[[Any], None], mode: str = "w") -> None:
@@ -26,8 +27,9 @@ def atomic_write(path: Path | str, write: Callable[[Any], None], mode: str = "w"
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(exc, OSError) and exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # write() names no file: the disk of `path` is full
+        disk = disk_cause(exc)
+        if disk is not None and disk.filename is None:
+            raise OSError(disk.errno, disk.strerror, str(path)) from exc  # write() names no file: the disk of `path` is full
         raise
 
 

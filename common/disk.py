@@ -40,11 +40,25 @@ DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the disk's state, not
 PERMISSION_ERRNOS = (errno.EACCES, errno.EPERM)
 
 
+def disk_cause(exc: BaseException | None) -> OSError | None:
+    """The full or read-only disk behind `exc`: itself, or an error it was raised from or while handling. torch.save
+    reports a disk that fills up as a RuntimeError ("unexpected pos ...") raised while handling the OSError."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def disk_problem(exc: BaseException, hint: str = "choose a folder you can write to", permissions: bool = False) -> UserError | None:
-    """A full or read-only disk (with `permissions`, also a file this user may not touch) as a one-line UserError
-    naming the file; None for other errors."""
-    if not isinstance(exc, OSError) or exc.errno not in DISK_ERRNOS + (PERMISSION_ERRNOS if permissions else ()):
-        return None
+    """A full or read-only disk, wherever in `exc`'s chain it struck (with `permissions`, also a file this user may
+    not touch), as a one-line UserError naming the file; None for other errors."""
+    if not (permissions and isinstance(exc, OSError) and exc.errno in PERMISSION_ERRNOS):
+        exc = disk_cause(exc)
+        if exc is None:
+            return None
     where = exc.filename or "a file"
     if exc.errno in PERMISSION_ERRNOS:
         return UserError(f"{exc.strerror or exc} for {where}: check its permissions, or {hint}")

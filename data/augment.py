@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from common.preprocessing import Preprocessing
+from data.seeds import batch_seed
 
 AUGMENT_LEVELS = ("none", "standard", "strong")
 
@@ -172,4 +173,4 @@ class TrainTransform:
 
 def batch_generator(seed: int, epoch: int, batch_index: int) -> torch.Generator:
     """The augmentation randomness of one batch depends on (seed, epoch, batch) only: resumes reproduce it."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + batch_index)
+    return torch.Generator().manual_seed(batch_seed(seed, epoch, batch_index))

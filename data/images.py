@@ -1,11 +1,13 @@
 """Open any image file as 8-bit RGB, upright, at a working resolution: the one decode path of the harness.
 
 Every consumer (the scan, the decoded-image cache, on-the-fly loading, the test grid) goes through
-`decode_working`, so cached and uncached training see bit-identical pixels.
+`decode_working`, so cached and uncached training see bit-identical pixels. It is also the one admission check:
+no image is decoded beyond a pixel budget and an aspect-ratio limit, both read from its header first.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,39 @@ from PIL import Image, ImageOps
 # their keys, so a change in decoding rebuilds them. 2: 16-bit images scaled by their format, not their maximum.
 # 3: torchvision's Resize + CenterCrop geometry (long side truncated, the square placed for the later centre crop).
 DECODE_VERSION = 3
+
+# What an image may be before it is decoded: a PNG of a few hundred bytes can declare 100000 x 1 pixels, and
+# resizing its short side to the working size would then need gigabytes. Both limits are read from the header.
+MAX_IMAGE_PIXELS = 2**26  # 67 megapixels, 8192 x 8192: any camera photo; decoding one takes at most ~400 MB
+MAX_ASPECT_RATIO = 20  # long side / short side: wide panoramas pass; 20 x the working size is the resize's largest image
+
+
+# PIL warns at open above its own, higher limit; admission_problem refuses those images with its own one-line reason.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class ImageRefused(ValueError):
+    """An image the admission check refuses (too many pixels, too extreme a shape): the reason in words."""
+
+
+def admission_problem(width: int, height: int) -> str | None:
+    """Why an image of `width` x `height` pixels is not decoded, or None when it may be."""
+    if min(width, height) < 1:
+        return "empty image"
+    if width * height > MAX_IMAGE_PIXELS:
+        return (f"{width}x{height} pixels is more than the {MAX_IMAGE_PIXELS:,} an image may have "
+                f"(a decompression bomb, or a huge scan): resize it")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        return f"{width}x{height} pixels is more elongated than {MAX_ASPECT_RATIO}:1: crop it"
+    return None
+
+
+def _admit(image: Image.Image) -> None:
+    """Refuse, from the header alone, an image whose decoding or resizing would exhaust memory."""
+    problem = admission_problem(*image.size)
+    if problem:
+        raise ImageRefused(problem)
+
 
 _INTERPOLATION = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -51,6 +86,7 @@ def open_rgb(path: Path | str, min_side: int | None = None) -> Image.Image:
     decoding a 1000x750 photo in full and then throwing most pixels away.
     """
     with Image.open(path) as image:
+        _admit(image)  # a file changed since the scan checked it is still never decoded past the limits
         if min_side and image.format == "JPEG":
             # EXIF rotation may swap width and height, so ask for a square of min_side: both sides stay >= it.
             image.draft("RGB", (min_side, min_side))
@@ -97,14 +133,16 @@ def decode_working(path: Path | str, size: int, interpolation: str = "bilinear",
 
 
 def check_image(path: Path | str) -> str | None:
-    """None when `path` decodes fully, else a short reason. Catches truncated files, not just bad headers."""
+    """None when `path` is admitted (see admission_problem) and decodes fully, else a short reason. Catches
+    truncated files, not just bad headers."""
     try:
         with Image.open(path) as image:
+            problem = admission_problem(*image.size)  # before decoding: the header is all that has been read
+            if problem:
+                return problem
             if image.format == "JPEG":
                 image.draft("RGB", (64, 64))  # a cheap full pass over the entropy-coded data
             image.load()
-            if min(image.size) < 1:
-                return "empty image"
     except Exception as exc:  # PIL raises many types for bad files; any of them means unusable
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'unreadable'}"
     return None

@@ -59,8 +59,12 @@ def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None 
         others = sorted(p.name for p in data_dir.iterdir() if not p.name.startswith((ZIP_NAME, "."))) if data_dir.exists() else []
         if others:
             holder = _class_holder(data_dir)
+            held_out = [name for name in TEST_FOLDER_NAMES if (data_dir / name).is_dir()]
             if data_dir.name in ("train", *TEST_FOLDER_NAMES):
                 hint = "it looks like a train/ or val/ folder of class sub-folders: pass the folder above it"
+            elif held_out:  # the held-out set is there: what is missing is train/ beside it, not a level above it
+                hint = (f"it has {held_out[0]}/ but no train/: put the class folders of the training images into "
+                        f"{data_dir / 'train'}/ (the same class names as {held_out[0]}/), then pass --data_dir={data_dir} again")
             elif holder is not None:  # a plain folder of class folders: the layout a user most often has
                 hint = (f"{holder} holds class folders directly: move them into {holder / 'train'}/ (and a held-out set with "
                         f"the same class folders into {holder / 'test'}/), then pass --data_dir={holder}")
@@ -91,7 +95,10 @@ def _class_holder(data_dir: Path) -> Path | None:
 
     def holds_classes(folder: Path) -> bool:
         subs = subfolders(folder)
-        return len(subs) >= 2 and all(any(f.is_file() for f in sub.iterdir()) for sub in subs[:50])
+        try:
+            return len(subs) >= 2 and all(any(f.is_file() for f in sub.iterdir()) for sub in subs[:50])
+        except OSError:  # a folder that cannot be listed holds no classes we could train on
+            return False
 
     if holds_classes(data_dir):
         return data_dir

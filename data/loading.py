@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.images import decode_working
 from data.scan import ImageIndex
+from data.seeds import order_seed
 
 
 class ImageStore(Protocol):
@@ -51,7 +52,7 @@ def epoch_order(indices: np.ndarray, seed: int, epoch: int, shuffle: bool) -> np
     """The order of one epoch depends on (seed, epoch) only, so a resumed epoch replays it exactly."""
     if not shuffle:
         return indices
-    generator = torch.Generator().manual_seed(seed * 7_919 + epoch)
+    generator = torch.Generator().manual_seed(order_seed(seed, epoch))
     return indices[torch.randperm(len(indices), generator=generator).numpy()]
 
 
@@ -59,10 +60,26 @@ def batch_count(num_items: int, batch_size: int, drop_last: bool) -> int:
     return num_items // batch_size if drop_last and num_items >= batch_size else -(-num_items // batch_size)
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_num_workers(decoding: bool) -> int:
     """Decoding wants every core; a cached store needs little more than the main process."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = _cores()
     return min(cores, 8) if decoding else min(2, max(0, cores - 1))
+
+
+def worker_count(asked: int, decoding: bool) -> int:
+    """Loader processes for `--num_workers=asked` (-1: chosen from the CPU count). More than this machine's cores
+    are lowered to them: each is a process holding batches in memory, and none decodes faster than a core."""
+    if asked < 0:
+        return default_num_workers(decoding)
+    cores = _cores()
+    if asked > cores:
+        print(f"note: --num_workers={asked} is more than the {cores} CPU core(s) here; starting {cores}", flush=True)
+        return cores
+    return asked
 
 
 class _EpochBatches(Sampler):

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from common.atomic import atomic_write  # noqa: E402
 from report.stats import Summary, strategy_sort_key  # noqa: E402
 from report.table import SCRATCH_MODEL, RunRecord  # noqa: E402
 from trainer import metrics  # noqa: E402
@@ -23,10 +24,12 @@ DPI = 110
 
 
 def _save(figure, path: Path) -> Path:
+    """Written like every record: atomically, so a kill or a full disk never leaves half a PNG behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(figure)
+    try:
+        atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=DPI, bbox_inches="tight"), mode="wb")
+    finally:
+        plt.close(figure)
     return path
 
 

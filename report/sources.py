@@ -13,9 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from common.errors import UserError
+from common.yamlfile import read_yaml
 from report.table import (CHECKPOINT, DUPLICATE, NUM_IMAGES, PER_CLASS_ACC, TEST_ACC, RunRecord, RunTable,
                           SkippedDuplicate, finite)
 from trainer import metrics
@@ -91,21 +90,23 @@ def _load_local(path: Path) -> RunTable:
     else:  # a folder of run folders; `sweep/runs` passed directly still finds the sweep one level up
         run_folders = _run_folders(path)
         sweep_dir = path.parent if (path.parent / SWEEP_FILE).exists() else path
-    sweep = _read_yaml(sweep_dir / SWEEP_FILE) if sweep_dir and (sweep_dir / SWEEP_FILE).exists() else {}
-    metric = sweep.get("metric") or {}
+    sweep = _read_yaml(sweep_dir / SWEEP_FILE, "sweep file", "replace it with a copy of the sweep's YAML") \
+        if sweep_dir and (sweep_dir / SWEEP_FILE).exists() else {}
+    metric = sweep.get("metric") if isinstance(sweep.get("metric"), dict) else {}
 
     records = [_read_run_folder(folder) for folder in run_folders]
     folder_of = {folder.name: folder for folder in run_folders}
     duplicates: list[SkippedDuplicate] = []
     known = {r.run_id for r in records}
-    rows = _read_jsonl(sweep_dir / TABLE_FILE) if sweep_dir else []
+    rows = [row for row in _read_jsonl(sweep_dir / TABLE_FILE) if _is_trial_row(row)] if sweep_dir else []
     ended = {str(row.get("run_id")): row for row in rows if row.get("state") not in (None, metrics.RUNNING, DUPLICATE)}
     for i, record in enumerate(records):
         # A trial killed outright (a signal, a full disk) could not say so in its folder; the sweep's table did.
         row = ended.get(record.run_id)
+        # Its summary.json says so from now on: a run nobody trains is not `running` (TrainerRecord.settle).
         if record.state == metrics.RUNNING and row is not None and not TrainerRecord.in_training(folder_of[record.run_id]):
-            summary = {**record.summary, metrics.STATE: row["state"], metrics.REASON: row.get("reason"), metrics.EXIT_CODE: row.get("exit_code")}
-            records[i] = dataclasses.replace(record, state=str(row["state"]), summary=summary)
+            summary = TrainerRecord.settle(record.folder, str(row["state"]), row.get("reason"), row.get("exit_code"))
+            records[i] = dataclasses.replace(record, state=str(row["state"]), summary={**record.summary, **summary})
         elif record.state == metrics.PREEMPTED and row is not None and row.get("state") == metrics.PREEMPTED and row.get("reason"):
             # The trial's own reason says how one run resumes; the sweep's says what resumes a trial of a sweep.
             records[i] = dataclasses.replace(record, summary={**record.summary, metrics.REASON: row["reason"]})
@@ -115,7 +116,8 @@ def _load_local(path: Path) -> RunTable:
                    f"`python agent.py --resume --run_id={record.run_id} --output_dir={folder.parent}`")
             reason = (f"not training now: its process was stopped or killed before it could record how it ended; "
                       f"{how} to resume it")
-            records[i] = dataclasses.replace(record, summary={**record.summary, metrics.REASON: reason})
+            summary = TrainerRecord.settle(folder, metrics.PREEMPTED, reason)
+            records[i] = dataclasses.replace(record, state=str(summary[metrics.STATE]), summary={**record.summary, **summary})
     for row in rows:
         run_id = str(row.get("run_id"))
         if row.get("state") == DUPLICATE:
@@ -125,9 +127,19 @@ def _load_local(path: Path) -> RunTable:
             records.append(RunRecord(run_id, str(row.get("state") or metrics.FAILED), row.get("config") or {},
                                      summary))
             known.add(run_id)
+        elif run_id in folder_of and isinstance(row.get("config"), dict) and row["config"]:
+            i = next(i for i, record in enumerate(records) if record.run_id == run_id)
+            if not records[i].config:  # its config.yaml was deleted as damaged: the table keeps the trial's settings
+                records[i] = dataclasses.replace(records[i], config=dict(row["config"]))
     return RunTable(records=records, name=str(sweep.get("name") or (sweep_dir or path).resolve().name),
                     source=str(path), metric_name=metric.get("name"), metric_goal=metric.get("goal"),
                     duplicates=duplicates)
+
+
+def _is_trial_row(row: dict) -> bool:
+    """A row as the sweep driver writes it; others (edited or damaged by hand) the driver names, the report skips."""
+    return (isinstance(row.get("run_id"), str) and isinstance(row.get("state"), str)
+            and all(isinstance(row.get(key) or {}, dict) for key in ("config", "suggested", "fixed")))
 
 
 def _run_folders(folder: Path) -> list[Path]:
@@ -135,7 +147,8 @@ def _run_folders(folder: Path) -> list[Path]:
 
 
 def _read_run_folder(folder: Path) -> RunRecord:
-    config = _read_yaml(folder / CONFIG_FILE) if (folder / CONFIG_FILE).exists() else {}
+    config = _read_yaml(folder / CONFIG_FILE, "run config", "delete it: a sweep trial's settings are also in the sweep's "
+                        "table.jsonl") if (folder / CONFIG_FILE).exists() else {}
     history = _read_jsonl(folder / METRICS_FILE)
     if (folder / SUMMARY_FILE).exists():
         summary = _read_json(folder / SUMMARY_FILE)
@@ -154,11 +167,11 @@ def _read_run_folder(folder: Path) -> RunRecord:
     return RunRecord(folder.name, state, config, summary, _sorted_epochs(history), test, folder)
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path, what: str, fix: str) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise UserError(f"cannot read {path}: {str(error).splitlines()[0]}")
+        data = read_yaml(path, what)
+    except UserError as error:
+        raise UserError(f"{error}; {fix}") from None
     return data if isinstance(data, dict) else {}
 
 
@@ -174,10 +187,10 @@ def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue  # a run killed mid-append leaves half a last line; the complete epochs still count
         if isinstance(row, dict):
             rows.append(row)

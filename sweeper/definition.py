@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import yaml
 
 from common.atomic import write_text
 from common.errors import UserError
-from common.parsing import nearest, yaml_problem
+from common.parsing import nearest
+from common.yamlfile import read_yaml
 from sweeper.table import TABLE_FILE
 from trainer.config import FIELDS, SPEC_KEYS, load_yaml_values, parse_run_config, parse_value
 from trainer.metrics import VAL_ACC
@@ -70,20 +74,27 @@ def definition_problems(config: Any) -> list[str]:
     problems = []  # ours first: they name the parameter, the schema's messages often do not
     if config.get("method") not in METHODS:
         problems.append(f"method {config.get('method')!r} is not one of {', '.join(METHODS)}{nearest(str(config.get('method')), METHODS)}")
-    for name, spec in (config.get("parameters") or {}).items():
+    if not isinstance(config.get("parameters"), dict):  # W&B's schema check itself would fail on it
+        return [*problems, "parameters must be a mapping of each parameter's name to {value: v} or {values: [...]}, ..."]
+    for name, spec in config["parameters"].items():
         if name in DRIVER_OWNED:
             problems.append(f"parameter {name!r} is set by the sweep driver for each trial; remove it")
         elif name == RECIPE:
             problems.extend(_recipe_problems(spec))
         elif name not in FIELDS:
             problems.append(f"parameter {name!r} is not a run parameter{nearest(name, FIELDS)}; `python agent.py --help` lists them")
-        elif isinstance(spec, dict) and "parameters" in spec:
+        elif not isinstance(spec, dict):
+            problems.append(f"parameter {name!r} is {spec!r}; write {name}: {{value: v}} for a fixed value, or {{values: [...]}}")
+        elif "parameters" in spec:
             problems.append(f"parameter {name!r} is nested; run parameters are flat")
-        elif isinstance(spec, dict):
+        else:
             problems.extend(_spec_problems(name, spec))
             if config.get("method") == "bayes":
                 problems.extend(_value_problems(name, spec))
-    problems.extend(schema_violations_from_proposed_config(config))
+    try:
+        problems.extend(schema_violations_from_proposed_config(config))
+    except ValueError as exc:  # the schema raises some violations (a parameter that is not a mapping) rather than list them
+        problems.append(str(exc))
     metric = config.get("metric")
     metric_name = metric.get("name") if isinstance(metric, dict) else None
     goal = metric.get("goal") if isinstance(metric, dict) else None
@@ -99,7 +110,7 @@ METHODS = ("grid", "random", "bayes")  # the engine's search methods this driver
 _BOUNDED_BY_VALUES = ("int_uniform", "uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values")
 
 
-def _listed(spec: Any) -> list[Any]:
+def listed_values(spec: Any) -> list[Any]:
     """The values a parameter lists (`value` or `values`); [] for a distribution."""
     if not isinstance(spec, dict):
         return []
@@ -114,7 +125,7 @@ def _spec_problems(name: str, spec: dict) -> list[str]:
         if isinstance(spec.get(bound), str) and _number_like(spec[bound]):
             problems.append(f"parameter {name!r} has {bound}: {spec[bound]}, which YAML reads as a string; write it with "
                             f"a dot and a signed exponent, e.g. {_yaml_float(spec[bound])}")
-    candidates = _listed(spec)
+    candidates = listed_values(spec)
     if spec.get("distribution", "") in _BOUNDED_BY_VALUES:
         candidates += [spec[bound] for bound in ("min", "max") if bound in spec]
     for value in candidates:
@@ -123,15 +134,50 @@ def _spec_problems(name: str, spec: dict) -> list[str]:
         except UserError as exc:
             problems.append(f"parameter {name!r}: {exc}")
             break
+    else:
+        problems.extend(_drawn_problems(name, spec))
     return problems
+
+
+def _drawn_problems(name: str, spec: dict) -> list[str]:
+    """A distribution that can draw a value the parameter refuses (a seed past SEED_MAX, a normal's tails): every
+    such draw would be a failed trial. The engine's own percentage point function gives the lowest and highest draw."""
+    meta = FIELDS[name].metadata
+    if "distribution" not in spec or (meta["low"] is None and meta["high"] is None):
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sweeps 0.3 trips a pydantic v2 deprecation warning; scipy warns at the tails
+        from sweeps.params import HyperParameter
+
+        try:
+            parameter = HyperParameter(name, spec)
+            lowest, highest = (float(np.asarray(parameter.ppf(p)).item()) for p in (np.nextafter(0.0, 1.0), 1.0))
+        except Exception:  # a spec the schema refuses: its violations name it
+            return []
+    lowest, highest = min(lowest, highest), max(lowest, highest)
+    low, high = meta["low"], meta["high"]
+    allowed = f"{name} takes {'' if low is None else low}..{'' if high is None else high}"
+    if (low is not None and lowest == -math.inf) or (high is not None and highest == math.inf):
+        return [f"parameter {name!r}: distribution {spec['distribution']} draws values without bound, but {allowed}; "
+                f"use one with a min and a max (uniform, int_uniform, log_uniform_values)"]
+    if high is not None and highest > high:
+        return [f"parameter {name!r}: distribution {spec['distribution']} draws values up to {_plain(highest)}, but {allowed}; make it draw within that range"]
+    if low is not None and lowest < low:
+        return [f"parameter {name!r}: distribution {spec['distribution']} draws values down to {_plain(lowest)}, but {allowed}; make it draw within that range"]
+    return []
+
+
+def _plain(number: float) -> str:
+    """2147483648, not 2.14748e+09: a drawn bound as the user wrote it."""
+    return str(int(number)) if number.is_integer() and abs(number) < 1e16 else f"{number:g}"
 
 
 def _recipe_problems(spec: Any) -> list[str]:
     """The recipe parameter lists files (value or values) that each hold fixed run values."""
-    if not (isinstance(spec, dict) and _listed(spec) and set(spec) <= {"value", "values"}):
+    if not (isinstance(spec, dict) and listed_values(spec) and set(spec) <= {"value", "values"}):
         return [f"parameter {RECIPE!r} lists YAML files of fixed values, one per trial recipe: write {RECIPE}: {{values: [FILE, ...]}}"]
     problems = []
-    for path in _listed(spec):
+    for path in listed_values(spec):
         try:
             load_yaml_values(str(path))
         except UserError as exc:
@@ -171,9 +217,9 @@ def _value_problems(name: str, spec: dict) -> list[str]:
 def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -> list[str]:
     """Listed values that no trial of this sweep could train with, under any listed model and strategy (k_layers=7
     when the only model has 5 stages): each suggestion of one would be a failed trial."""
-    axes = [[fixed[name]] if name in fixed else _listed(parameters.get(name)) or [None] for name in ("model", "strategy")]
+    axes = [[fixed[name]] if name in fixed else listed_values(parameters.get(name)) or [None] for name in ("model", "strategy")]
     try:  # unreadable recipe files are definition_problems' to name
-        recipes = [load_yaml_values(str(path)) for path in _listed(parameters.get(RECIPE))] or [{}]
+        recipes = [load_yaml_values(str(path)) for path in listed_values(parameters.get(RECIPE))] or [{}]
     except UserError:
         recipes = [{}]
 
@@ -201,7 +247,7 @@ def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -
 
     problems = []
     if RECIPE in parameters:
-        for path, recipe in zip(_listed(parameters[RECIPE]), recipes):
+        for path, recipe in zip(listed_values(parameters[RECIPE]), recipes):
             try:
                 parse_run_config(recipe, fixed)
             except UserError as exc:
@@ -209,7 +255,7 @@ def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -
     for name, spec in parameters.items():
         if name in ("model", "strategy", RECIPE) or name in fixed:
             continue
-        for value in _listed(spec):
+        for value in listed_values(spec):
             reason = fits(name, value)
             if reason:
                 problems.append(f"parameter {name!r} lists {value!r}, which no trial can train with: {reason}")
@@ -225,13 +271,10 @@ def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -
 
 def load_definition(path: Path | str) -> SweepDefinition:
     path = Path(path)
-    try:
-        text = path.read_text()
-        config = yaml.safe_load(text)
-    except FileNotFoundError:
-        raise UserError(f"sweep file {path} not found; the definitions live in sweeps/*.yaml") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"sweep file {path} is not valid YAML: {yaml_problem(exc)}") from None
+    if not path.exists():
+        raise UserError(f"sweep file {path} not found; the definitions live in sweeps/*.yaml")
+    config = read_yaml(path, "sweep file")
+    text = path.read_text()  # pinned as written, comments included; read_yaml has just checked it is small UTF-8
     problems = definition_problems(config)
     if problems:
         raise problems_error(path, problems)
@@ -255,10 +298,7 @@ def pin_definition(sweep_dir: Path, definition: SweepDefinition, bound: bool = T
     pinned = sweep_dir / SWEEP_FILE
     existed = pinned.exists()
     if existed:
-        try:
-            existing = yaml.safe_load(pinned.read_text())
-        except yaml.YAMLError:
-            existing = None
+        existing = _read_pinned(pinned, f"replace it with a copy of {definition.path}, the definition it pins")
         if existing == definition.config:
             return False
         if bound:
@@ -266,6 +306,14 @@ def pin_definition(sweep_dir: Path, definition: SweepDefinition, bound: bool = T
                             f"use --sweep_dir=NEW_DIR for a new sweep, or the original YAML to continue this one")
     write_text(pinned, definition.text)
     return existed
+
+
+def _read_pinned(path: Path, fix: str) -> Any:
+    """A YAML file the driver wrote into the sweep folder; damaged (edited by hand, a disk fault), it says how to mend it."""
+    try:
+        return read_yaml(path, "sweep folder file")
+    except UserError as exc:
+        raise UserError(f"{exc}; {fix}") from None
 
 
 def effective_fixed(fixed: Mapping[str, Any]) -> dict[str, Any]:
@@ -284,7 +332,7 @@ def pin_fixed(sweep_dir: Path, fixed: Mapping[str, Any], started_with: Mapping[s
     """
     effective = effective_fixed(fixed)
     pinned = sweep_dir / FIXED_FILE
-    before = (yaml.safe_load(pinned.read_text()) or {}) if pinned.exists() else \
+    before = (_read_pinned(pinned, "delete it, and the fixed arguments of the folder's first trial stand in") or {}) if pinned.exists() else \
         effective_fixed(started_with) if started_with is not None else None
     if before is not None and before != effective and bound:
         changed = sorted(set(before) ^ set(effective) | {k for k in set(before) & set(effective) if before[k] != effective[k]})

@@ -41,6 +41,7 @@ from sweeper import console
 from sweeper.definition import DRIVER_OWNED, RECIPE, SweepDefinition, with_recipe, engine_config, load_definition, pin_definition, pin_fixed, problems_error, unrunnable_values
 from sweeper.engine import runs_to_stop, suggest, sweep_run
 from sweeper.interrupt import DriverInterrupt
+from sweeper.recover import read_back_lost_trials
 from sweeper.table import (DUPLICATE, RUNS_DIR, UNFINISHED, Trial, TrialTable, binds_folder, failed_on_setup, killed_by_host, run_id_prefix,
                            suggestion_identity)
 from sweeper.trial import (LaunchedTrial, has_checkpoint, launch, outcome, read_history, recorded_outcome,
@@ -94,6 +95,7 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
     ensure_writable(sweep_dir, "sweep folder", "--sweep_dir")
     with exclusive(sweep_dir):
         table = TrialTable(sweep_dir)
+        read_back_lost_trials(table, definition, fixed)  # before anything asks which configs were trained
         # The folder is this sweep's from its first trial that got past setup; until then a corrected call may
         # change the definition and the fixed arguments, and the failed trials of the old ones are dropped.
         bound, real = any(binds_folder(t) for t in table), table.real()
@@ -358,7 +360,11 @@ class LocalSweep:
             folder = self.table.run_folder(trial)
             summary = RunRecord.read_summary(folder)
             split, data = summary.get(M.SPLIT_HASH), summary.get(M.DATA_HASH)
-            config = RunRecord.saved_config(folder) or {}
+            try:
+                config = RunRecord.saved_config(folder) or {}
+            except UserError as damaged:  # the sweep's outcome stands; the file is named with its fix
+                print(f"warning: {damaged}", flush=True)
+                config = {}
             if split:
                 request = tuple(config.get(key) for key in ("split_seed", "val_fraction", "subset_fraction"))
                 by_request.setdefault(request, {}).setdefault(split, []).append(trial.run_id)
@@ -409,6 +415,8 @@ class LocalSweep:
                 continue
             del self.running[run_id]
             result = outcome(launched, self.interrupted)
+            # A trial that died before its record could say how (a full disk) is not left `running` in summary.json.
+            RunRecord.settle(launched.folder, result.state, result.reason, result.exit_code)
             trial = self.table.get(run_id)
             trial.state, trial.reason, trial.exit_code, trial.best_val_acc = result.state, result.reason, result.exit_code, result.best_val_acc
             if trial.state == M.PREEMPTED:  # the trainer's reason speaks of run ids; in a sweep, the command is the way

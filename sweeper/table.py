@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from common.atomic import write_text
 from common.errors import EXIT_USER_ERROR, UserError
 from trainer import metrics as M
-from trainer.config import rehash
+from trainer.config import rehash, run_id_problem
 
 TABLE_FILE = "table.jsonl"
 RUNS_DIR = "runs"
@@ -54,18 +54,28 @@ class TrialTable:
         self._identities: dict[str, str] = {}  # run id -> trial_identity: a trial's config never changes
 
     def _read(self) -> list[Trial]:
+        """The rows; a last row cut off mid-write (no newline after it) is left out, its number in `lost_line`. Its
+        trial is not lost: sweeper.recover reads it back from its run folder."""
+        self.lost_line: int | None = None
         if not self.path.exists():
             return []
-        known = {f.name for f in dataclasses.fields(Trial)}
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise UserError(f"{self.path} cannot be read ({exc.strerror}): check its permissions") from None
+        lines = data.split(b"\n")
         trials = []
-        for number, line in enumerate(self.path.read_text().splitlines(), start=1):
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                trials.append(Trial(**{k: v for k, v in row.items() if k in known}))
-            except (ValueError, TypeError) as exc:
-                raise UserError(f"{self.path} line {number} is not a trial row ({exc}); repair or delete that line") from None
+                trials.append(trial_from_row(json.loads(line.decode("utf-8"))))
+            except (ValueError, TypeError, RecursionError) as exc:
+                if number == len(lines):  # no newline after it: the write that made it was cut short
+                    self.lost_line = number
+                    continue
+                raise UserError(f"{self.path} line {number} is damaged ({str(exc)[:80]}): delete that line; the next sweep "
+                                f"command reads that trial back from its run folder") from None
         return trials
 
     def save(self) -> None:
@@ -108,6 +118,27 @@ class TrialTable:
     def new_run_id(self, sweep_name: str) -> str:
         # The random tail keeps ids unique across sweeps with the same name: W&B run ids share a project.
         return f"{run_id_prefix(sweep_name)}-{len(self.trials) + 1:03d}-{secrets.token_hex(2)}"
+
+
+_ROW_TYPES = {"run_id": str, "state": str, "config": dict, "config_hash": (str, type(None)), "suggested": dict,
+              "reason": (str, type(None)), "duplicate_of": (str, type(None)), "exit_code": (int, type(None)),
+              "best_val_acc": (int, float, type(None)), "fixed": dict}
+
+
+def trial_from_row(row: Any) -> Trial:
+    """A table row as a Trial, every field of the type the driver wrote (TypeError otherwise): a row edited by
+    hand cannot send a run id that is a path, or a config that is not a mapping, into the driver."""
+    if not isinstance(row, dict):
+        raise TypeError("not a JSON object")
+    values = {key: value for key, value in row.items() if key in _ROW_TYPES}
+    for key, kind in _ROW_TYPES.items():
+        if key in values and (isinstance(values[key], bool) or not isinstance(values[key], kind)):
+            raise TypeError(f"{key} is {type(values[key]).__name__}")
+    if "run_id" not in values or run_id_problem(values["run_id"]):
+        raise TypeError(f"run_id {values.get('run_id')!r} is not a run id")
+    if values.get("state") not in (*M.STATES, DUPLICATE):
+        raise TypeError(f"state {values.get('state')!r} is not a trial state")
+    return Trial(**values)
 
 
 def run_id_prefix(sweep_name: str) -> str:

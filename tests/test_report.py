@@ -695,12 +695,14 @@ def test_a_run_whose_process_is_gone_says_how_to_resume_it_and_one_in_training_s
     folder = tmp_path / "runs" / "r03"
     summary_path = folder / "summary.json"
     summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), metrics.STATE: "running", metrics.REASON: None}))
-    record = {r.run_id: r for r in load_table(str(tmp_path / "runs")).records}["r03"]
-    assert record.state == "running" and record.reason.startswith("not training now: its process was stopped or killed")
-    assert f"`python agent.py --resume --run_id=r03 --output_dir={tmp_path / 'runs'}` to resume it" in record.reason
     with RunFolder(folder).exclusive():  # being trained now
         record = {r.run_id: r for r in load_table(str(tmp_path / "runs")).records}["r03"]
         assert record.reason is None and failure_reason(record) == "training now"
+    record = {r.run_id: r for r in load_table(str(tmp_path / "runs")).records}["r03"]
+    # Nobody holds its lock: it is dead, and its summary.json no longer says running (a full disk kept it from saying so).
+    assert record.state == "preempted" and record.reason.startswith("not training now: its process was stopped or killed")
+    assert f"`python agent.py --resume --run_id=r03 --output_dir={tmp_path / 'runs'}` to resume it" in record.reason
+    assert json.loads(summary_path.read_text())[metrics.STATE] == "preempted"
 
 
 # --- edge cases: how a run's numbers are read, where its runs come from, what the report says -------------
@@ -1208,7 +1210,7 @@ def test_a_sweeps_run_whose_process_is_gone_says_to_run_the_sweep_again(tmp_path
     summary_path = tmp_path / "sweep" / "runs" / "r03" / "summary.json"
     summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), metrics.STATE: "running", metrics.REASON: None}))
     record = {r.run_id: r for r in load_table(str(tmp_path / "sweep")).records}["r03"]
-    assert record.state == "running" and record.reason.endswith("run the sweep command again to resume it")
+    assert record.state == "preempted" and record.reason.endswith("run the sweep command again to resume it")
 
 
 def test_runs_on_several_devices_or_precisions_are_flagged_and_their_seconds_qualified(tmp_path):

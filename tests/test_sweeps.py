@@ -119,7 +119,7 @@ def test_definition_problems_name_the_mistake(tmp_path):
     assert "'lrr'" in problems and "'lr'" in problems
     assert "output_dir" in problems and "set by the sweep driver" in problems
     assert "val_accuracy" in problems
-    beta = tiny_definition(dropout={"distribution": "beta", "a": 2.0, "b": 5.0})  # every key W&B's schema knows is taken
+    beta = tiny_definition(weight_decay={"distribution": "beta", "a": 2.0, "b": 5.0})  # every key W&B's schema knows is taken
     assert definition_problems(beta) == []
     typos = {**tiny_definition(lr={"valuse": [0.1, 0.2]}), "method": "bayse"}
     problems = definition_problems(typos)

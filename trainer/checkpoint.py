@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from common.atomic import atomic_write
-from common.disk import ensure_space
+from common.disk import disk_cause, ensure_space
 from common.errors import UserError
 from models.weights import FROZEN_BASE
 from trainer.config import effective_config, parse_run_config, rehash
@@ -70,6 +70,7 @@ def checkpoint_payload(*, model, optimizer, scaler, state: LoopState, identity: 
         "epoch": state.epoch,
         "loop": asdict(state),
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "torch_threads": torch.get_num_threads(),  # CPU sums round by how they are split: a resume under others says so
         "identity": identity,
         "config": config,
         # The per-epoch metrics travel with the checkpoint, so a run resumed on a machine whose disk held
@@ -108,8 +109,9 @@ def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     ensure_space(path.parent, needed, what, option)
     try:
         atomic_write(path, lambda handle: torch.save(payload, handle), mode="wb")
-    except (OSError, RuntimeError) as exc:
-        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as exc:
+        full = disk_cause(exc)  # however torch reports it: an OSError, or a RuntimeError raised while handling one
+        if full is not None and full.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(f"the disk of {path.parent} filled up while writing {what}: free some space or pass {option} on a bigger disk") from None
         ensure_space(path.parent, needed, what, option)  # another process filled it meanwhile: say so
         raise

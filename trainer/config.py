@@ -18,16 +18,17 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
-
 from common.errors import UserError
-from common.parsing import nearest, parse_bool, yaml_problem
+from common.parsing import nearest, parse_bool
+from common.yamlfile import read_yaml
+from data.seeds import SEED_MAX
 
 GROUPS = ("data", "model", "freezing", "scratch_cnn", "optimization", "runtime", "record")
 
@@ -49,13 +50,13 @@ class RunConfig:
     data_dir: str = _opt("datasets/nature_12K", "dataset folder: nature_12K (inaturalist_12K/train, val) or any folder with train/ and val/ or test/ class sub-folders", "data", effective=False, env="FINETUNE_DATA_DIR")
     download: bool = _opt(True, "download nature_12K.zip into data_dir when no dataset is found there", "data", effective=False)
     val_fraction: float = _opt(0.2, "fraction of train/ held out for validation, per class", "data", low=0.01, high=0.9)
-    split_seed: int = _opt(0, "seed of the train/validation split; keep it fixed across a sweep", "data", low=0)
+    split_seed: int = _opt(0, "seed of the train/validation split; keep it fixed across a sweep", "data", low=0, high=2**32 - 1)
     subset_fraction: float = _opt(1.0, "stratified fraction of the training part to use (nested: 0.25 is inside 0.5)", "data", low=0.001, high=1.0)
     augment: str = _opt("standard", "train augmentation: none, standard (random resized crop + flip), strong (+ rotation, colour jitter)", "data", choices=("none", "standard", "strong"))
     cache_dir: str = _opt(_DEFAULT_CACHE, "where decoded images and frozen-layer features are cached, shared by all runs", "data", effective=False, env="FINETUNE_CACHE_DIR")
     image_cache: bool = _opt(True, "decode each image once into a memory-mapped cache instead of every epoch", "data", effective=False)
     feature_cache: bool = _opt(True, "with augment=none, compute frozen leading stages once and train only the rest", "data", effective=False)
-    num_workers: int = _opt(-1, "data loader worker processes; -1 picks from the CPU count", "data", low=-1, effective=False)
+    num_workers: int = _opt(-1, "data loader worker processes; -1 picks from the CPU count, and more than its cores start one per core", "data", low=-1, high=64, effective=False)
     # model
     model: str = _opt("resnet50", "backbone name (python agent.py models lists them) or scratch_cnn", "model")
     weights: str = _opt("imagenet", "imagenet (the registry's explicit version), a version name like IMAGENET1K_V1, none, or a checkpoint path", "model")
@@ -77,7 +78,7 @@ class RunConfig:
     activation: str | None = _opt("relu", "scratch_cnn: activation", "scratch_cnn", choices=("relu", "gelu", "silu", "mish", "leaky_relu"))
     batch_norm: bool | None = _opt(True, "scratch_cnn: batch norm after each convolution", "scratch_cnn")
     dropout: float | None = _opt(0.2, "scratch_cnn: dropout before the output layer", "scratch_cnn", low=0.0, high=0.9)
-    dense_units: int | None = _opt(256, "scratch_cnn: width of the dense layer", "scratch_cnn", low=1)
+    dense_units: int | None = _opt(256, "scratch_cnn: width of the dense layer", "scratch_cnn", low=1, high=65_536)
     # optimization
     optimizer: str = _opt("adamw", "optimizer", "optimization", choices=("adamw", "sgd"))
     lr: float = _opt(1e-3, "learning rate of the head (and of every layer of scratch_cnn)", "optimization", low=1e-7, high=10.0)
@@ -92,7 +93,7 @@ class RunConfig:
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss", "optimization", low=0.0, high=0.5)
     grad_clip: float = _opt(1.0, "clip the gradient norm to this; 0 = off", "optimization", low=0.0)
     patience: int = _opt(5, "early stopping: epochs without a better val_acc before stopping; 0 = off", "optimization", low=0)
-    seed: int = _opt(0, "seed of weight init, data order, augmentation and dropout", "optimization", low=0)
+    seed: int = _opt(0, "seed of weight init, data order, augmentation and dropout", "optimization", low=0, high=SEED_MAX)
     # runtime
     device: str = _opt("auto", "auto (CUDA when available), cpu, cuda or cuda:N", "runtime", effective=False)
     precision: str = _opt("auto", "auto (bf16 on GPUs that support it, else fp16 with a grad scaler; fp32 on CPU), fp32, bf16, fp16", "runtime", choices=("auto", "fp32", "bf16", "fp16"), effective=False)
@@ -134,6 +135,18 @@ def _base_type(name: str):
     return (args[0] if args else hint), type(None) in typing.get_args(hint)
 
 
+RUN_ID_CHARACTERS = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def run_id_problem(run_id: str) -> str | None:
+    """Why `run_id` cannot name a run folder inside --output_dir (a path, a separator, `..`), or None. The one rule
+    for every run id: --run_id, WANDB_RUN_ID and the ids a sweep makes."""
+    if RUN_ID_CHARACTERS.fullmatch(run_id) and run_id not in (".", ".."):
+        return None
+    return (f"{run_id!r} is not a run id: a run id names a folder inside --output_dir, so it uses letters, digits, '-', '_' "
+            f"and '.' only (at most 128 of them, and not '.' or '..')")
+
+
 def parse_value(name: str, raw: Any) -> Any:
     """One field's value from whatever form it arrived in (YAML scalar, CLI string, numpy scalar)."""
     if name not in FIELDS:
@@ -157,7 +170,7 @@ def parse_value(name: str, raw: Any) -> Any:
         if kind is bool:
             value = parse_bool(raw, name)
         elif kind is int:
-            number = float(raw) if isinstance(raw, str) else raw
+            number = _int_or_float(raw) if isinstance(raw, str) else raw
             if isinstance(number, bool) or float(number) != int(float(number)):
                 raise ValueError
             value = int(number)
@@ -171,9 +184,13 @@ def parse_value(name: str, raw: Any) -> Any:
             value = str(raw).strip()
             if optional and value.lower() in NULL_STRINGS:
                 return None
+            if "\x00" in value:  # no path or name can hold one; os calls would fail on it much later
+                raise UserError(f"{name}={value!r} contains a NUL character: {meta['help']}")
     except (TypeError, ValueError, OverflowError):
         kind_name = "list of three numbers" if typing.get_origin(kind) is tuple else kind.__name__
         raise UserError(f"{name}={raw!r} is not a valid {kind_name}: {meta['help']}") from None
+    if name == "run_id" and value and run_id_problem(value):
+        raise UserError(f"run_id={run_id_problem(value)}")
     choices = meta["choices"]
     if choices and value not in choices:
         raise UserError(f"{name}={value!r} is not one of {', '.join(choices)}{nearest(value, choices)}")
@@ -199,6 +216,14 @@ def _parse_triple(raw: Any) -> tuple[float, float, float]:
 def _plain(value: Any) -> Any:
     """Tuples as lists: the form YAML, JSON and W&B write and read back."""
     return list(value) if isinstance(value, tuple) else value
+
+
+def _int_or_float(text: str) -> int | float:
+    """An integer written as text, read exactly (a float holds integers only up to 2^53); "1e3" as the number it is."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def parse_cli(args: Iterable[str]) -> dict[str, str]:
@@ -230,14 +255,7 @@ SPEC_KEYS = ("value", "values", "distribution", "min", "max", "mu", "sigma", "q"
 def load_yaml_values(path: Path | str) -> dict[str, Any]:
     """A flat YAML mapping of parameters, or a W&B sweep-style `parameters: {name: {value: v}}` block."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise UserError(f"config file {path} not found") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise UserError(f"config file {path} cannot be read ({type(exc).__name__}): pass a YAML file") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {yaml_problem(exc)}") from None
+    data = read_yaml(path, "config file") or {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of parameter: value")
     if isinstance(data.get("parameters"), dict):

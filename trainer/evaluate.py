@@ -31,6 +31,7 @@ from trainer import metrics as M
 from trainer.config import config_hash, parse_run_config, rehash
 from trainer.record import BEST_CHECKPOINT, TESTING, RunRecord
 from trainer.run import resolve_device, resolve_precision, scratch_config
+from trainer.store import checkpoint_config
 
 GRID_ROWS, GRID_COLUMNS = 10, 3
 
@@ -58,8 +59,9 @@ def _earlier_result(out: Path) -> dict | None:
 
 def evaluate_on_test_set(run_folder: Path, data_dir: str | None = None, device: str = "auto") -> dict:
     run_folder = Path(run_folder)
-    saved = RunRecord.saved_config(run_folder) if run_folder.is_dir() else None
     checkpoint = run_folder / BEST_CHECKPOINT
+    # A config.yaml deleted as damaged leaves the settings the model was trained with inside best.pt.
+    saved = (RunRecord.saved_config(run_folder) or checkpoint_config(checkpoint)) if run_folder.is_dir() else None
     if saved and not checkpoint.exists():  # a run folder, but no epoch of it ever finished
         if RunRecord.in_training(run_folder):
             raise UserError(f"run {run_folder.name} is in its first epoch, {RunRecord.held_by(run_folder)}: test it once it has finished")

@@ -23,7 +23,7 @@ from common.preprocessing import Preprocessing
 from data.augment import EvalTransform, TrainTransform, batch_generator
 from data.cache import CACHE_OPTION, DecodedImageCache
 from data.layout import locate_dataset
-from data.loading import BatchLoader, DecodingStore, default_num_workers
+from data.loading import BatchLoader, DecodingStore, worker_count
 from data.scan import ImageIndex, scan_folder
 from data.split import Split, stratified_split
 from trainer.features import build_or_open_features
@@ -87,7 +87,7 @@ def build_inputs(config, data: DataSplit, pre: Preprocessing, model, feature_dep
     cache_dir = Path(config.cache_dir).expanduser()
     train_store = image_store(data.index, pre, cache_dir, config.image_cache)
     val_store = train_store if eval_pre == pre else image_store(data.index, eval_pre, cache_dir, config.image_cache)
-    workers = config.num_workers if config.num_workers >= 0 else default_num_workers(decoding=not config.image_cache)
+    workers = worker_count(config.num_workers, decoding=not config.image_cache)
     if not cuda and config.image_cache and config.num_workers < 0:
         workers = 0  # on a CPU the gather is a memcpy; worker processes would only compete with the model for cores
     train_transform = TrainTransform(pre, config.augment, channels_last)

@@ -20,6 +20,7 @@ import yaml
 
 from common.atomic import write_json, write_text
 from common.errors import UserError
+from common.yamlfile import read_yaml
 from trainer import metrics as M
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.jsonl", "summary.json"
@@ -117,9 +118,20 @@ class RunRecord:
 
     @staticmethod
     def saved_config(folder: Path) -> dict[str, Any] | None:
-        """The run's config.yaml (read-only: unlike a RunRecord, creates nothing)."""
+        """The run's config.yaml (read-only: unlike a RunRecord, creates nothing). A damaged one is a one-line error:
+        without it, the commands that need the run's settings take them from its checkpoint."""
         path = Path(folder) / CONFIG_FILE
-        return yaml.safe_load(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        fix = (f"delete it and run the command again: the run's {LAST_CHECKPOINT} and {BEST_CHECKPOINT} keep the settings it "
+               f"trained with (give its paths, such as --data_dir, again)")
+        try:
+            saved = read_yaml(path, "run config")
+        except UserError as exc:
+            raise UserError(f"{exc}; {fix}") from None
+        if not isinstance(saved, dict):
+            raise UserError(f"run config {path} holds no mapping of settings; {fix}")
+        return saved
 
     # metrics
     @staticmethod
@@ -129,11 +141,14 @@ class RunRecord:
         if not path.exists():
             return []
         rows = []
-        for line in path.read_text().splitlines():
+        for line in path.read_text(errors="replace").splitlines():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+                row = json.loads(line)
+            except (ValueError, RecursionError):
                 break  # a torn last line cannot happen with atomic writes, but never trust a file blindly
+            if not isinstance(row, dict) or not isinstance(row.get(M.EPOCH), int):
+                break
+            rows.append(row)
         return rows
 
     def truncate_history(self, completed_epochs: int, saved: list[dict[str, Any]] | None = None) -> None:
@@ -199,6 +214,23 @@ class RunRecord:
         path = Path(folder) / SUMMARY_FILE
         try:
             data = json.loads(path.read_text()) if path.exists() else {}
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON
             return {}
         return data if isinstance(data, dict) else {}
+
+    @staticmethod
+    def settle(folder: Path, state: str = M.PREEMPTED, reason: str | None = None, exit_code: int | None = None) -> dict[str, Any]:
+        """The run's summary, where one that still says running while no process trains the run (it died before it
+        could record how it ended: a full disk, a kill) becomes `state` with `reason`, in summary.json too when the
+        folder can be written. An unheld lock is the proof: the trainer holds it for the whole run."""
+        summary = RunRecord.read_summary(folder)
+        if summary.get(M.STATE) != M.RUNNING or RunRecord.in_training(folder):
+            return summary
+        reason = reason or (f"its process ended before it could record how (a full disk or a kill, most often); relaunched "
+                            f"with run_id={Path(folder).name} it resumes from its checkpoint")
+        summary.update({M.STATE: state, M.REASON: reason, M.EXIT_CODE: exit_code})
+        try:
+            write_json(Path(folder) / SUMMARY_FILE, summary)
+        except OSError:  # a read-only copy, or the disk is still full: the summary returned says it all the same
+            pass
+        return summary

@@ -22,7 +22,7 @@ import torch
 import torchvision
 
 from common.atomic import write_text
-from common.disk import disk_problem, ensure_writable
+from common.disk import disk_cause, disk_problem, ensure_writable
 from common.errors import EXIT_USER_ERROR, UserError
 from common.preprocessing import Preprocessing
 from common.provenance import code_version
@@ -33,7 +33,7 @@ from scratch_cnn import ScratchCNNConfig
 from trainer import metrics as M
 from trainer.checkpoint import (CheckpointRefused, LoopState, check_frozen_base, checkpoint_payload, identity_mismatch, keep_as,
                                 load_checkpoint, restore, write_checkpoint)
-from trainer.config import RunConfig, config_hash, effective_config, rehash, to_dict
+from trainer.config import RunConfig, config_hash, effective_config, rehash, run_id_problem, to_dict
 from trainer.inputs import build_inputs, load_split
 from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, nothing_left, train
 from trainer.optim import build_optimizer
@@ -70,7 +70,10 @@ def resolve_run_id(config: RunConfig) -> str:
         if latest is None:
             raise UserError(f"--resume: no unfinished run with a checkpoint in {config.output_dir}; pass --run_id=ID of the run to resume")
         return latest
-    return os.environ.get("WANDB_RUN_ID") or new_run_id(config)
+    from_wandb = os.environ.get("WANDB_RUN_ID")
+    if from_wandb and run_id_problem(from_wandb):
+        raise UserError(f"WANDB_RUN_ID={run_id_problem(from_wandb)}; unset it or set it to a run id")
+    return from_wandb or new_run_id(config)
 
 
 def latest_unfinished_run(output_dir: Path) -> str | None:
@@ -286,6 +289,11 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
                   f"nothing to train; pass another --run_id to train this config again")
         else:
             print(f"resuming run {run_id} from epoch {state.epoch + 1}, batch {state.batch} ({best})")
+            threads = payload.get("torch_threads")
+            if device.type == "cpu" and isinstance(threads, int) and threads != torch.get_num_threads():
+                print(f"note: run {run_id} trained with {threads} torch threads and resumes with {torch.get_num_threads()}: CPU sums "
+                      f"are then added up in another order, so its losses may differ from an uninterrupted run's by about 1e-5 "
+                      f"(OMP_NUM_THREADS={threads} gives identical numbers)")
     elif config.resume:
         raise UserError(f"--resume: run {run_id} has no checkpoint in {record.folder} or its store; drop --resume to start it fresh")
     elif record.set_aside_previous_model():  # W&B's summary too: the sweep reads val_acc from there
@@ -452,7 +460,7 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
                 _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
                 raise
             except Exception as exc:  # the run boundary: record why, let the sweep go on
-                problem = disk_problem(exc, _disk_hint(config, exc))
+                problem = disk_problem(exc, _disk_hint(config, disk_cause(exc) or exc))
                 if problem is not None:  # the machine's, not the trial's: a sweep retries it as a setup failure
                     state_name, reason, exit_code = M.FAILED, str(problem), EXIT_USER_ERROR
                     _finish(record, logger, state_name, reason, exit_code, facts, loop_state)

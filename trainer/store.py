@@ -17,8 +17,6 @@ import sys
 import threading
 from pathlib import Path
 
-import yaml
-
 from common.atomic import atomic_write
 from common.disk import ensure_space, ensure_writable
 from common.errors import UserError
@@ -90,7 +88,7 @@ def stored_config(choice: str, run_id: str) -> dict | None:
     folder = Path(choice).expanduser() / run_id
     try:
         saved = RunRecord.saved_config(folder)
-    except (OSError, yaml.YAMLError):
+    except UserError:  # damaged: the checkpoint's own copy of the config stands in
         saved = None
     return saved if isinstance(saved, dict) else checkpoint_config(folder / LAST_CHECKPOINT)
 
