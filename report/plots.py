@@ -116,7 +116,9 @@ def plot_cost(summary: Summary, path: Path) -> Path:
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel(f"best {metrics.VAL_ACC} (%)")
-    axes[-1].legend(fontsize=8, loc="lower right")
+    labelled = [axis for axis in axes if axis.get_legend_handles_labels()[0]]  # a panel with no cost recorded has none
+    if labelled:
+        labelled[-1].legend(fontsize=8, loc="lower right")
     figure.suptitle("Accuracy against cost (up and left is better)")
     figure.tight_layout()
     return _save(figure, path)

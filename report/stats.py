@@ -438,15 +438,26 @@ def _best_seed_group(records: list[RunRecord], unstable: dict[str, list[RunRecor
 def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
     warnings = []
     split_hashes = Counter(str(r.summary.get(metrics.SPLIT_HASH)) for r in successful)
-    known_splits = set(split_hashes) - {"None"}
-    if len(known_splits) > 1:
-        warnings.append(f"runs used {len(known_splits)} different data splits ({_counts(split_hashes)}): "
-                        "their accuracies are measured on different validation sets and are NOT comparable")
-    data_hashes = Counter(str(r.summary[metrics.DATA_HASH]) for r in successful if r.summary.get(metrics.DATA_HASH))
-    if len(data_hashes) > 1 and len(known_splits) <= 1:
-        warnings.append(f"runs were trained on {len(data_hashes)} different sets of files under the same names "
-                        f"({_counts(data_hashes)}): the images were replaced (resized, re-exported) between runs, so "
-                        "their accuracies are NOT comparable")
+    # Runs that ought to share one split: those of one stage. The protocol's final stages vary the split seed (and the
+    # curve the subset) on purpose, so there each split seed and subset is a group of its own.
+    groups: dict[tuple, list[RunRecord]] = defaultdict(list)
+    for record in successful:
+        stage = record.config.get("stage") or ""
+        final = stage in ("compare", "curve")
+        groups[(stage, record.config.get("split_seed") if final else None, record.config.get("subset_fraction") if final else None)].append(record)
+    for (stage, split_seed, subset), members in sorted(groups.items(), key=lambda item: str(item[0])):
+        where = f"{stage} stage " if stage else ""
+        where += f"with split_seed={split_seed}{f', subset_fraction={subset}' if subset not in (None, 1.0) else ''} " if split_seed is not None else ""
+        hashes = Counter(str(r.summary.get(metrics.SPLIT_HASH)) for r in members)
+        known_splits = set(hashes) - {"None"}
+        if len(known_splits) > 1:
+            warnings.append(f"{where}runs used {len(known_splits)} different data splits ({_counts(hashes)}): "
+                            "their accuracies are measured on different validation sets and are NOT comparable")
+        data_hashes = Counter(str(r.summary[metrics.DATA_HASH]) for r in members if r.summary.get(metrics.DATA_HASH))
+        if len(data_hashes) > 1 and len(known_splits) <= 1:
+            warnings.append(f"{where}runs were trained on {len(data_hashes)} different sets of files under the same names "
+                            f"({_counts(data_hashes)}): the images were replaced (resized, re-exported) between runs, so "
+                            "their accuracies are NOT comparable")
     if "None" in split_hashes:
         warnings.append(f"{split_hashes['None']} successful runs recorded no {metrics.SPLIT_HASH}: "
                         "nothing shows which data split they were measured on")

@@ -26,6 +26,7 @@ import yaml
 
 from common.atomic import write_text
 from common.errors import UserError
+from common.yamlfile import read_yaml
 from models.registry import get_spec
 from sweeper.definition import RECIPE, load_definition
 
@@ -81,12 +82,9 @@ class Protocol:
 def load_protocol(path: Path | str = PROTOCOL_FILE) -> Protocol:
     """Read and check a protocol file; every mistake is one line naming the file and the key."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"protocol file {path} not found; the default is {PROTOCOL_FILE}") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UserError(f"protocol file {path} cannot be read ({type(exc).__name__}): pass a YAML protocol file") from None
+    if not path.exists():
+        raise UserError(f"protocol file {path} not found; the default is {PROTOCOL_FILE}")
+    data = read_yaml(path, "protocol file")
 
     def need(mapping: Any, key: str, kind: type, where: str):
         value = mapping.get(key) if isinstance(mapping, dict) else None
@@ -210,10 +208,9 @@ def _listed(parameters: Mapping[str, Any], name: str) -> list:
 
 def final_problems(protocol: Protocol, sweep_yaml: Path, tuned_seeds: set, stage: str) -> list[str]:
     """Why a final sweep would not be a fair comparison: an arm without its recipe, a seed tuning used, one split."""
-    try:  # read as it is: its recipes may not exist yet, which is one of the problems to name
-        raw = yaml.safe_load(Path(sweep_yaml).read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        return [f"{sweep_yaml} cannot be read ({type(exc).__name__})"]
+    raw = read_yaml(sweep_yaml, "sweep file") or {}  # as it is: its recipes may not exist yet, one of the problems to name
+    if not isinstance(raw, dict):
+        return [f"{sweep_yaml} must hold a mapping (method, metric, parameters, ...)"]
     parameters = raw.get("parameters") if isinstance(raw.get("parameters"), dict) else {}
     problems = []
     if raw.get("method") != "grid":
@@ -242,9 +239,11 @@ def tuned_seeds(protocol: Protocol, protocol_dir: Path | None) -> set:
     seeds = {protocol.tune_seed}
     for config in (protocol.folder(protocol_dir) / "tune").glob(f"*/runs/*/config.yaml"):
         try:
-            seeds.add((yaml.safe_load(config.read_text()) or {}).get("seed"))
-        except (OSError, yaml.YAMLError):
+            saved = read_yaml(config, "run config")
+        except UserError:  # a damaged record says nothing of its seed; the protocol's own seed is in the set anyway
             continue
+        if isinstance(saved, dict):
+            seeds.add(saved.get("seed"))
     return seeds - {None}
 
 
