@@ -33,6 +33,7 @@ from typing import Any, Iterator, Mapping
 
 from common.disk import ensure_writable
 from common.errors import UserError
+from common.locks import try_lock
 from data.cache import CACHE_OPTION
 from data.layout import locate_dataset
 from data.scan import scan_folder
@@ -48,6 +49,7 @@ from sweeper.trial import (LaunchedTrial, has_checkpoint, launch, outcome, read_
 from trainer import metrics as M
 from trainer.config import FIELDS, config_hash, effective_config, parse_run_config, parse_value
 from trainer.record import RunRecord
+from trainer.signals import EARLY_STOP_SIGNAL
 
 POLL_SECONDS = 0.5  # how often finished trials are collected and hyperband is asked
 MAX_CONSECUTIVE_DUPLICATES = 100  # a random/bayes search over a small effective space never ends otherwise
@@ -163,16 +165,9 @@ def check_fixed(fixed: Mapping[str, Any]) -> dict[str, str]:
 @contextlib.contextmanager
 def exclusive(sweep_dir: Path) -> Iterator[None]:
     """One driver per sweep folder: a second one would relaunch the first one's running trials."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, as before
-        yield
-        return
     with open(sweep_dir / LOCK_FILE, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another sweep driver is running on {sweep_dir}; wait for it or stop it first") from None
+        if not try_lock(handle):
+            raise UserError(f"another sweep driver is running on {sweep_dir}; wait for it or stop it first")
         yield
 
 
@@ -436,8 +431,8 @@ class LocalSweep:
 
     def _early_terminate(self) -> None:
         """Ask hyperband which running trials trail the others; they stop gracefully as early_stopped."""
-        if not self.running or not self.config.get("early_terminate"):
-            return
+        if not self.running or not self.config.get("early_terminate") or EARLY_STOP_SIGNAL is None:
+            return  # no SIGUSR1 (Windows): trials run to their end
         for run_id in runs_to_stop(self.config, self._engine_runs(for_stopping=True)):
             launched, trial = self.running.get(run_id), self.table.get(run_id)
             if launched is None or trial is None or not launched.is_training():
@@ -445,7 +440,7 @@ class LocalSweep:
             epochs = trial.config.get("epochs")
             if epochs and len(self._history(trial)) >= epochs:
                 continue  # on its last epoch already: stopping saves nothing
-            if launched.send(signal.SIGUSR1):
+            if launched.send(EARLY_STOP_SIGNAL):
                 print(f"[stop] {run_id}: hyperband early termination after {len(self._history(trial))} epoch(s)", flush=True)
 
     def _summary(self, new_trials: int, resumed: int) -> dict:

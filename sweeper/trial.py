@@ -19,6 +19,7 @@ from typing import IO, Any, Mapping
 from common.errors import UserError
 from trainer import metrics as M
 from trainer.record import LAST_CHECKPOINT, METRICS_FILE, RunRecord
+from trainer.signals import EARLY_STOP_SIGNAL
 
 AGENT = Path(__file__).resolve().parents[1] / "agent.py"
 LOG_FILE = "output.log"
@@ -169,7 +170,7 @@ def outcome(trial: LaunchedTrial, driver_interrupted: bool) -> Outcome:
     """How the trial ended, from its summary.json, its exit code and the signals we sent it."""
     code = trial.process.returncode
     killed_by = -code if code is not None and code < 0 else None
-    if killed_by == signal.SIGUSR1 and signal.SIGUSR1 in trial.signals_sent:
+    if killed_by is not None and killed_by == EARLY_STOP_SIGNAL and EARLY_STOP_SIGNAL in trial.signals_sent:
         # The stop arrived after the trainer released its handlers (its last moments): the history is complete.
         best = max((row[M.VAL_ACC] for row in read_history(trial.folder) if M.VAL_ACC in row), default=None)
         return Outcome(M.EARLY_STOPPED, "stopped by hyperband early termination", code, best)
@@ -180,7 +181,7 @@ def outcome(trial: LaunchedTrial, driver_interrupted: bool) -> Outcome:
     # Killed before it could record how it ended: say what we know instead of guessing "finished".
     if driver_interrupted or killed_by in (signal.SIGTERM, signal.SIGINT):
         return Outcome(M.PREEMPTED, f"interrupted (exit {code}) before it could record its state; the next call relaunches it", code, best)
-    if killed_by == signal.SIGKILL:  # no trainer error dies this way: the host's out-of-memory killer, most often
+    if killed_by == getattr(signal, "SIGKILL", None):  # no trainer error dies this way: the host's out-of-memory killer, most often
         return Outcome(M.FAILED, KILLED_REASON, code, best)
     if killed_by is not None:
         return Outcome(M.FAILED, f"killed by signal {killed_by}", code, best)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 PREEMPT = "preempt"
 EARLY_STOP = "early_stop"
+# The sweep driver's early stop; Windows has no SIGUSR1, and there hyperband lets trials run to their end.
+EARLY_STOP_SIGNAL = getattr(signal, "SIGUSR1", None)
 
 
 @dataclass
@@ -43,8 +45,10 @@ class GracefulStop:
         self.flag.request(EARLY_STOP, signum)
 
     def __enter__(self) -> StopFlag:
-        handlers = {signal.SIGTERM: self._on_preempt, signal.SIGINT: self._on_preempt, signal.SIGUSR1: self._on_early_stop}
+        handlers = {signal.SIGTERM: self._on_preempt, signal.SIGINT: self._on_preempt, EARLY_STOP_SIGNAL: self._on_early_stop}
         for signum, handler in handlers.items():
+            if signum is None:
+                continue
             try:
                 self._previous[signum] = signal.signal(signum, handler)
             except ValueError:  # not the main thread (e.g. a test harness): no handlers, the flag still works

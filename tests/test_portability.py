@@ -1,0 +1,55 @@
+"""Beyond Linux: the package imports and trains on a CPU where the OS has no fcntl and no SIGUSR1/SIGKILL (Windows).
+
+Each check runs in a fresh interpreter, where those modules and signals are taken away before anything imports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("common", "data", "models", "scratch_cnn", "trainer", "sweeper", "report")
+
+WITHOUT_FCNTL = """
+import importlib, json, pkgutil, signal, sys
+from pathlib import Path
+sys.modules["fcntl"] = None  # `import fcntl` raises ImportError, as on Windows
+for name in ("SIGUSR1", "SIGKILL"):  # nor has Windows these signals
+    delattr(signal, name)
+sys.path.insert(0, {root!r})
+modules = ["agent"] + [f"{{package}}.{{info.name}}" for package in {packages!r}
+                       for info in pkgutil.iter_modules([str(Path({root!r}) / package)])]
+for name in modules:
+    importlib.import_module(name)
+
+from common.locks import file_lock
+from sweeper.local import exclusive
+from trainer.config import parse_run_config
+from trainer.record import RunRecord
+from trainer.run import run_training
+
+tmp = Path({tmp!r})
+with RunRecord(tmp / "run").exclusive():
+    pass
+with file_lock(tmp / "cache.lock"), exclusive(tmp):
+    pass
+assert RunRecord.held_by(tmp / "run") is None
+config = parse_run_config({{"model": "scratch_cnn", "input_size": 32, "filters": 8, "dense_units": 16, "epochs": 1,
+                            "batch_size": 8, "weights": "none", "data_dir": {data!r}, "cache_dir": str(tmp / "cache"),
+                            "output_dir": str(tmp / "runs"), "wandb_mode": "disabled", "num_workers": 0}})
+outcome = run_training(config)
+print(json.dumps({{"modules": len(modules), "state": outcome.state}}))
+"""
+
+
+def test_every_module_imports_and_a_cpu_run_trains_without_fcntl(nature_dir, tmp_path):
+    script = WITHOUT_FCNTL.format(root=str(ROOT), packages=PACKAGES, tmp=str(tmp_path), data=str(nature_dir))
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "WANDB_MODE": "disabled"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["modules"] > 50 and report["state"] == "finished"
