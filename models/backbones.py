@@ -7,16 +7,19 @@ torchvision's), so freezing "the last k stages" means the same kind of block on 
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Union
+from typing import TYPE_CHECKING, Callable, Union
 
-import torch
-import torchvision.models as tvm
-from torch import Tensor, nn
-
+from common.lazy import LazyAttribute, lazy_module
 from models.registry import AuxHead, BackboneSpec, Stage, register
-from scratch_cnn import build_scratch_cnn
 
-Step = Union[str, Callable[[nn.Module, Tensor], Tensor]]
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+# Imported when a model is built, not here: `--help`, `check` and `report` read the entries' names and stages only.
+torch, tvm = lazy_module("torch"), lazy_module("torchvision.models")
+build_scratch_cnn = LazyAttribute("scratch_cnn.model", "build_scratch_cnn")
+
+Step = Union[str, Callable[["nn.Module", "Tensor"], "Tensor"]]
 
 
 def _flatten(net: nn.Module, x: Tensor) -> Tensor:

@@ -7,9 +7,10 @@ architecture; nothing downstream indexes `children()` or matches parameter-name 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from torch import Tensor, nn
+if TYPE_CHECKING:  # annotations only: the registry is read without importing torch
+    from torch import Tensor, nn
 
 from common.errors import UserError
 from common.parsing import nearest
