@@ -437,6 +437,20 @@ def test_wandb_offline_run_is_syncable(base, monkeypatch, capsys):
     assert offline, "an offline run folder for `wandb sync`"
 
 
+def test_a_run_prints_one_wandb_line_and_verbose_brings_the_banner_back(base, monkeypatch, capfd):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_SILENT")  # the fixture's: the harness must be quiet by itself
+    outcome = run_training(scratch(base, run_id="quiet", epochs=1, wandb_mode="offline"))
+    out, err = capfd.readouterr()
+    [line] = [line for line in (out + err).splitlines() if "W&B" in line or line.startswith("wandb")]
+    offline = next((outcome.folder.parent / "wandb").glob("offline-run-*quiet"))
+    assert line == f"W&B offline: sync with `wandb sync {offline}`"
+    run_training(scratch(base, run_id="loud", epochs=1, wandb_mode="offline", verbose=True))
+    out, err = capfd.readouterr()
+    assert sum(line.startswith("wandb:") for line in (out + err).splitlines()) > 5  # W&B's own banner and summary
+
+
 def test_a_run_refused_before_training_tells_wandb_its_exit_status(base, tmp_path, monkeypatch):
     """The report groups refused runs by their exit status, from W&B as from the run folder."""
     from trainer.wandb_log import RunLogger

@@ -105,6 +105,7 @@ class RunConfig:
     wandb_mode: str = _opt("auto", "auto (online when logged in, else offline), online, offline, disabled", "record", choices=("auto", "online", "offline", "disabled"), effective=False)
     wandb_project: str = _opt("finetune-sweeps", "W&B project", "record", effective=False, env="WANDB_PROJECT")
     wandb_entity: str = _opt("", "W&B entity (team or user); empty = your default", "record", effective=False, env="WANDB_ENTITY")
+    verbose: bool = _opt(False, "print W&B's own start banner and end-of-run summary; by default a run prints one W&B line, its URL or the `wandb sync` command", "record", effective=False)
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)

@@ -189,7 +189,7 @@ def _log_to_wandb(config, saved: dict, run_folder: Path, result: dict) -> None:
         return
     mode = "offline" if logged[-1].name.startswith("offline-run-") else "online"
     logger = start_logger(mode, config.wandb_project, config.wandb_entity, run_folder.name,
-                          {**saved, "run_id": run_folder.name}, run_folder.parent, effective_config(config))
+                          {**saved, "run_id": run_folder.name}, run_folder.parent, effective_config(config), verbose=config.verbose)
     logger.summary({key: result[key] for key in (M.TEST_ACC, M.PER_CLASS_ACC, M.NUM_IMAGES, M.CHECKPOINT)})
     logger.finish(0)
 

@@ -371,7 +371,8 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
     # With config.yaml, at once: a rerun that fails before training must not leave the old hash beside a new config.
     started = {M.STATE: M.RUNNING, M.REASON: None, M.EXIT_CODE: None}  # nothing of an earlier process of this run id
     record.update_summary(run_id=run_id, config_hash=config_hash(config), **started, started_at=datetime.datetime.now().isoformat(timespec="seconds"))
-    logger = start_logger(config.wandb_mode, config.wandb_project, config.wandb_entity, run_id, config_dict, folder.parent, effective_config(config))
+    logger = start_logger(config.wandb_mode, config.wandb_project, config.wandb_entity, run_id, config_dict, folder.parent, effective_config(config),
+                          verbose=config.verbose)
     # W&B too: a resumed W&B run that had finished, then killed before its end, must not still read finished.
     logger.summary(started)
     print(f"run {run_id}: {config.model} strategy={config.strategy} -> {folder}")

@@ -211,6 +211,13 @@ class WandbLogger(RunLogger):
         except Exception:  # no such artifact yet is the normal case for a new run
             return False
 
+    def where(self) -> str:
+        """One line saying where the run's W&B record is: its URL, or how to upload an offline one."""
+        if self.online:
+            return f"W&B: {self._guard('url', lambda: self.run.url)}"
+        sync_dir = self._guard("sync_dir", lambda: self.run.settings.sync_dir)
+        return f"W&B offline: sync with `wandb sync {sync_dir}`"
+
     def finish(self, exit_code=0):
         self._guard("finish", lambda: self.run.finish(exit_code=exit_code))
 
@@ -219,7 +226,9 @@ EFFECTIVE_KEY = "effective"  # the normalised, result-determining config, logged
 
 
 def start_logger(mode: str, project: str, entity: str, run_id: str, config: dict[str, Any], folder: Path,
-                 effective: dict[str, Any] | None = None) -> RunLogger:
+                 effective: dict[str, Any] | None = None, verbose: bool = False) -> RunLogger:
+    """The run's logger. Quiet unless `verbose`: one line of ours (the run's URL, or the `wandb sync` command of an
+    offline run) instead of W&B's banner and end-of-run summary; W&B's warnings and errors still show."""
     requested, mode = mode, resolve_mode(mode)
     if mode == "disabled":
         return RunLogger()
@@ -229,15 +238,17 @@ def start_logger(mode: str, project: str, entity: str, run_id: str, config: dict
         _warn("wandb is not installed; logging locally only")
         return RunLogger()
     fallback = requested == "auto" and mode == "online"  # chosen for the user: offline keeps a record if it fails
-    logger = _start(wandb, mode, project, entity, run_id, config, folder, effective, quiet=fallback)
+    logger = _start(wandb, mode, project, entity, run_id, config, folder, effective, quiet=fallback, verbose=verbose)
     if logger is None and fallback:  # the server refused or timed out
         print("note: W&B could not start online; logging offline (`wandb sync` uploads it later)", flush=True)
-        logger = _start(wandb, "offline", project, entity, run_id, config, folder, effective, quiet=False)
+        logger = _start(wandb, "offline", project, entity, run_id, config, folder, effective, quiet=False, verbose=verbose)
+    if logger is not None:
+        print(logger.where(), flush=True)
     return logger or RunLogger()
 
 
 def _start(wandb, mode: str, project: str, entity: str, run_id: str, config: dict[str, Any], folder: Path,
-           effective: dict[str, Any] | None, quiet: bool) -> "WandbLogger | None":
+           effective: dict[str, Any] | None, quiet: bool, verbose: bool = False) -> "WandbLogger | None":
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -248,7 +259,8 @@ def _start(wandb, mode: str, project: str, entity: str, run_id: str, config: dic
                 resume="allow",  # a re-queued or resumed trial continues the same W&B run
                 mode=mode,
                 dir=str(folder),
-                settings=wandb.Settings(init_timeout=90, console="off"),
+                # silent: W&B's banner and end-of-run summary (about 30 lines) give way to our one line
+                settings=wandb.Settings(init_timeout=90, console="off", silent=not verbose),
             )
             # Keys a sweep set are locked (updates to them are ignored with a warning each): add only the others,
             # and the normalised values under one key of their own.
