@@ -451,6 +451,23 @@ def test_a_run_prints_one_wandb_line_and_verbose_brings_the_banner_back(base, mo
     assert sum(line.startswith("wandb:") for line in (out + err).splitlines()) > 5  # W&B's own banner and summary
 
 
+def test_a_runs_first_lines_name_the_device_precision_model_size_and_parameters(base, monkeypatch, capsys):
+    from trainer.progress import run_header
+
+    outcome = run_training(scratch(base, run_id="header", epochs=1))  # device auto, on a machine without a GPU here
+    lines = capsys.readouterr().out.splitlines()
+    trainable, total = outcome.summary[M.TRAINABLE_PARAMS], outcome.summary[M.TOTAL_PARAMS]
+    device_line = next(line for line in lines if line.startswith("warning: CPU: no GPU found"))
+    assert "fp32" in device_line and "Colab" in device_line
+    assert f"model: scratch_cnn (weights none) at 32 px: {trainable:,} of {total:,} parameters trainable" in lines
+    assert lines.index(device_line) < min(i for i, line in enumerate(lines) if line.startswith("epoch "))
+    assert run_header("cpu", torch.device("cpu"), None, "resnet18", "IMAGENET1K_V1", 224, 513, 11_177_538).splitlines() == [
+        "device: cpu, precision fp32", "model: resnet18 (weights IMAGENET1K_V1) at 224 px: 513 of 11,177,538 parameters trainable"]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    gpu = run_header("auto", torch.device("cuda:0"), torch.float16, "resnet50", "IMAGENET1K_V2", 224, 1, 2).splitlines()[0]
+    assert gpu == "device: cuda:0 (Tesla T4), precision fp16 with a grad scaler"
+
+
 def test_a_run_refused_before_training_tells_wandb_its_exit_status(base, tmp_path, monkeypatch):
     """The report groups refused runs by their exit status, from W&B as from the run folder."""
     from trainer.wandb_log import RunLogger

@@ -1,8 +1,33 @@
-"""A progress bar per epoch on a terminal; nothing per step otherwise (the loop prints one line per epoch)."""
+"""What a run shows while it trains: its first lines (device, precision, model, size, parameters), and a progress
+bar per epoch on a terminal; nothing per step otherwise (the loop prints one line per epoch)."""
 
 from __future__ import annotations
 
 import sys
+
+CPU_WARNING = "warning: CPU: no GPU found"
+GPU_HINT = "on Colab: Runtime > Change runtime type > GPU; on Kaggle: Settings > Accelerator"
+
+
+def precision_name(dtype) -> str:
+    """The autocast dtype as a person reads it; None is fp32."""
+    names = {"torch.bfloat16": "bf16", "torch.float16": "fp16 with a grad scaler"}
+    return names.get(str(dtype), "fp32") if dtype is not None else "fp32"
+
+
+def run_header(requested_device: str, device, dtype, model: str, weights: str, crop_size: int, trainable: int, total: int) -> str:
+    """A run's first lines: where it trains and at what precision (a warning when `auto` found no GPU, the mistake of
+    a notebook whose GPU runtime was forgotten), then the model, its input size and what share of it trains."""
+    precision = precision_name(dtype)
+    if device.type == "cuda":
+        import torch
+
+        where = f"device: {device} ({torch.cuda.get_device_name(device)}), precision {precision}"
+    elif requested_device == "auto":
+        where = f"{CPU_WARNING}; training on the CPU in {precision}, which is slow for anything but tiny models ({GPU_HINT})"
+    else:
+        where = f"device: {device}, precision {precision}"
+    return f"{where}\nmodel: {model} (weights {weights}) at {crop_size} px: {trainable:,} of {total:,} parameters trainable"
 
 POSTFIX_EVERY_STEPS = 20  # reading the loss value syncs the GPU; do it rarely
 

@@ -36,6 +36,7 @@ from trainer.config import RunConfig, config_hash, effective_config, rehash, to_
 from trainer.inputs import build_inputs, load_split
 from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, nothing_left, train
 from trainer.optim import build_optimizer
+from trainer.progress import run_header
 from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_BEST, REFUSED_LAST, RunRecord
 from trainer.signals import GracefulStop
 from trainer.store import STORE_CHOICES, checkpoint_config, make_store
@@ -266,6 +267,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     if not payload:  # a fresh start in a W&B run that has history already: log after it, not over it
         state.log_step_offset = max(0, logger.next_step() - 1)
     record.truncate_history(state.epoch, payload.get("history") if payload else None)
+    print(run_header(config.device, device, dtype, model.spec.name, model.weights_version, pre.crop_size, *count_parameters(model)), flush=True)
 
     autocast = autocast_factory(device, dtype)
     started = time.perf_counter()
