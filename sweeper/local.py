@@ -48,6 +48,7 @@ from sweeper.trial import (LaunchedTrial, has_checkpoint, launch, outcome, read_
                            trial_command, visible_gpus)
 from trainer import metrics as M
 from trainer.config import FIELDS, config_hash, effective_config, parse_run_config, parse_value
+from trainer.progress import FORWARDED
 from trainer.record import RunRecord
 from trainer.signals import EARLY_STOP_SIGNAL
 
@@ -185,6 +186,9 @@ class LocalSweep:
         self.setup_streak = 0  # new trials in a row that failed on setup
         self.retries: set[str] = set()  # run ids of setup failures this call retries
         self._final_histories: dict[str, list[dict]] = {}
+        self.count, self.started = 0, time.monotonic()
+        self.trained_seconds: list[float] = []  # durations of this call's trials that trained: the pace of the estimate
+        self._warnings_shown: set[str] = set()  # each distinct warning of the trials once (every CPU trial has one)
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -194,10 +198,13 @@ class LocalSweep:
         self.retries = {trial.run_id for trial in relaunch if failed_on_setup(trial)}
         new_trials = resumed = 0
         earlier = len(self.table.real())  # --count is the sweep's size, across calls
+        self.count, self.started = count, time.monotonic()
         asking = True
         with DriverInterrupt(self._on_interrupt) as interrupt, self._stop_trials_on_error():
             while True:
                 self._collect()
+                for run_id, launched in self.running.items():
+                    self._show_output(run_id, launched)
                 if interrupt:
                     for launched in self.running.values():
                         launched.send(signal.SIGTERM)  # a trial started while the signal arrived
@@ -402,6 +409,7 @@ class LocalSweep:
         for run_id, launched in list(self.running.items()):
             if launched.poll() is None:
                 continue
+            self._show_output(run_id, launched)  # its last epoch's line before the line saying how it ended
             del self.running[run_id]
             result = outcome(launched, self.interrupted)
             trial = self.table.get(run_id)
@@ -411,7 +419,30 @@ class LocalSweep:
             self.table.save()
             self._final_histories.pop(run_id, None)
             print(console.trial_line(self.tags.pop(run_id), trial, self.searched, launched.seconds), flush=True)
+            if trial.state in TRAINED:
+                self.trained_seconds.append(launched.seconds)
+            print(self._progress(), flush=True)
             self._judge_setup(trial)
+
+    def _show_output(self, run_id: str, launched: LaunchedTrial) -> None:
+        """A running trial's epoch lines and warnings, live on the sweep's console, each named by its trial."""
+        for line in launched.new_lines():
+            if not line.startswith(FORWARDED):
+                continue
+            if line.startswith("warning:"):
+                if line in self._warnings_shown:
+                    continue
+                self._warnings_shown.add(line)
+            print(console.trial_output(self.tags.get(run_id, "?"), run_id, line), flush=True)
+
+    def _progress(self) -> str:
+        """Trials done of the sweep's size, and the time left at the pace of this call's trials that trained."""
+        done = sum(t.state not in UNFINISHED for t in self.table.real())
+        total, left = max(self.count, done + len(self.running)), None
+        remaining = max(0, total - done)
+        if self.trained_seconds and remaining:
+            left = sum(self.trained_seconds) / len(self.trained_seconds) * remaining / max(1, min(self.workers, remaining))
+        return console.progress_line(done, total, len(self.running), time.monotonic() - self.started, left)
 
     def _judge_setup(self, trial: Trial) -> None:
         """After a trial ended: does a setup failure stop the sweep (the sweep's setup is broken) or only this trial

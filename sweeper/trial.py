@@ -77,6 +77,19 @@ class LaunchedTrial:
     started: float = field(default_factory=time.monotonic)
     started_at: float = field(default_factory=time.time)
     signals_sent: set[int] = field(default_factory=set)
+    read_offset: int = 0  # how far the driver has read output.log: this launch's lines start there
+
+    def new_lines(self) -> list[str]:
+        """The complete lines the trial wrote to its output.log since the last call (a line being written waits)."""
+        try:
+            with open(self.folder / LOG_FILE, "rb") as handle:
+                handle.seek(self.read_offset)
+                data = handle.read()
+        except OSError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self.read_offset += end
+        return data[:end].decode(errors="replace").splitlines()
 
     def send(self, signum: int) -> bool:
         """Send a signal once; False when it was already sent or the process is gone."""
@@ -122,7 +135,7 @@ def launch(run_id: str, folder: Path, command: list[str], gpu: str | None) -> La
     log.write(f"$ {' '.join(command)}\n")
     log.flush()
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=trial_env(gpu))
-    return LaunchedTrial(run_id, folder, process, log, gpu)
+    return LaunchedTrial(run_id, folder, process, log, gpu, read_offset=log.tell())
 
 
 def has_checkpoint(folder: Path) -> bool:

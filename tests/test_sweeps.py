@@ -7,8 +7,11 @@ The hyperband end-to-end check is `slow`; the driver's side of it is tested with
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -314,8 +317,11 @@ def grid_sweep(tmp_path_factory, fixed_args):
     sweep = write_yaml(folder / "grid.yaml", definition)
     sweep_dir = folder / "sweep"
     phases = []
-    for count, workers in ((3, 2), (5, 2), (7, 1)):
-        summary = run_local_sweep(sweep, count=count, workers=workers, sweep_dir=sweep_dir, fixed=fixed_args)
+    for number, (count, workers) in enumerate(((3, 2), (5, 2), (7, 1))):
+        console = io.StringIO()  # what the user sees; kept beside the sweep folder for the console's own test
+        with contextlib.redirect_stdout(console):
+            summary = run_local_sweep(sweep, count=count, workers=workers, sweep_dir=sweep_dir, fixed=fixed_args)
+        (folder / f"console-{number}.txt").write_text(console.getvalue())
         phases.append((summary, table_rows(sweep_dir)))
     return sweep_dir, phases
 
@@ -335,6 +341,27 @@ def test_count_trains_that_many_distinct_configs(grid_sweep):
         assert (sweep_dir / "runs" / row["run_id"] / "output.log").exists()
         assert not (sweep_dir / "runs" / row["run_id"] / "test").exists() and M.TEST_ACC not in run_summary  # pitfall 7
     assert yaml.safe_load((sweep_dir / "sweep.yaml").read_text())["parameters"]["k_layers"] == {"values": [1, 2]}
+
+
+def test_the_sweep_console_shows_each_trials_epochs_by_name_and_the_sweeps_progress(grid_sweep):
+    sweep_dir, phases = grid_sweep
+    lines = (sweep_dir.parent / "console-0.txt").read_text().splitlines()  # --count 3 --workers 2
+    tags = {}
+    for row in [row for row in phases[0][1] if row["state"] != DUPLICATE]:
+        run_id = row["run_id"]
+        started = next(line for line in lines if line.endswith(f"{run_id}/output.log") and " started " in line)
+        tags[run_id] = started.split("]")[0] + "]"
+        # The trial's own epoch line (epoch, train loss, val_acc, images/s, seconds), named by its trial, live.
+        [epoch] = [i for i, line in enumerate(lines) if line.startswith(f"{tags[run_id]} {run_id}  epoch 1/1  train_loss ")]
+        assert re.search(r"val_acc \d\.\d{4}  \d+ img/s  \d+\.\ds$", lines[epoch])
+        ended = lines.index(next(line for line in lines if line.startswith(f"{tags[run_id]} {run_id} finished")))
+        assert epoch < ended and lines[ended + 1].startswith("sweep: ")
+    assert len(set(tags.values())) == 3  # two at once: each line says whose it is
+    progress = [line for line in lines if line.startswith("sweep: ")]
+    assert [line.split(" trials done")[0] for line in progress] == ["sweep: 1/3", "sweep: 2/3", "sweep: 3/3"]
+    assert re.fullmatch(r"sweep: 2/3 trials done, [01] running, \d+s elapsed, about \d+s left", progress[1])
+    assert re.fullmatch(r"sweep: 3/3 trials done, 0 running, \d+s elapsed", progress[2])
+    assert sum("warning: CPU: no GPU found" in line for line in lines) == 1  # every trial's, shown once
 
 
 def test_duplicates_are_recorded_not_trained(grid_sweep):

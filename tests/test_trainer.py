@@ -1775,7 +1775,7 @@ def test_a_wandb_call_that_fails_mid_run_warns_once_and_the_run_goes_on(capfd):
     assert BrokenRun.calls == 1  # after the first failure W&B is left alone
 
 
-def test_the_progress_bar_shows_only_on_a_terminal(capfd, monkeypatch):
+def test_the_progress_bar_shows_only_on_a_terminal_or_in_a_notebook(capfd, monkeypatch):
     from trainer.progress import EpochProgress
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # a sweep trial's output goes to a log file
@@ -1785,4 +1785,7 @@ def test_the_progress_bar_shows_only_on_a_terminal(capfd, monkeypatch):
     progress.close()
     assert progress.bar is None and capfd.readouterr().err == ""
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert EpochProgress("epoch 1/2", 10).bar is not None
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    monkeypatch.setitem(sys.modules, "ipykernel", type(sys)("ipykernel"))  # a notebook: tqdm.auto draws a widget
     assert EpochProgress("epoch 1/2", 10).bar is not None

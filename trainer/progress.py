@@ -3,7 +3,7 @@ bar per epoch on a terminal; nothing per step otherwise (the loop prints one lin
 
 from __future__ import annotations
 
-import sys
+from common.terminal import live_output
 
 CPU_WARNING = "warning: CPU: no GPU found"
 GPU_HINT = "on Colab: Runtime > Change runtime type > GPU; on Kaggle: Settings > Accelerator"
@@ -35,13 +35,16 @@ def run_header(requested_device: str, device, dtype, model: str, weights: str, c
     return "\n".join(lines)
 
 POSTFIX_EVERY_STEPS = 20  # reading the loss value syncs the GPU; do it rarely
+# Lines of a trial's output that a local sweep shows on its own console, named by the trial (sweeper/local.py).
+FORWARDED = ("epoch ", "warning:", "resuming run ")
+
 
 
 class EpochProgress:
     def __init__(self, description: str, total: int, initial: int = 0, enabled: bool | None = None):
         self.bar = None
-        if enabled if enabled is not None else sys.stderr.isatty():
-            from tqdm import tqdm
+        if enabled if enabled is not None else live_output():
+            from tqdm.auto import tqdm  # a widget in a notebook, a text bar on a terminal
 
             self.bar = tqdm(total=total, initial=initial, desc=description, leave=False, dynamic_ncols=True)
         self.steps = 0
