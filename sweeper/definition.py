@@ -226,6 +226,12 @@ def problems_error(path: Path | str, problems: list[str], advice: str = "") -> U
     return UserError(f"sweep file {path}: {problems[0]}{more}{advice}")
 
 
+def _searched(config: Any) -> Any:
+    """A definition without the keys that say where W&B files its runs, not what is searched: a sweep folder of a YAML
+    without `project` goes on with the same YAML that names it."""
+    return {k: v for k, v in config.items() if k not in ("project", "entity")} if isinstance(config, dict) else config
+
+
 def pin_definition(sweep_dir: Path, definition: SweepDefinition, bound: bool = True) -> bool:
     """Copy the definition into the sweep folder, or check that the folder's copy is the same sweep.
 
@@ -241,7 +247,7 @@ def pin_definition(sweep_dir: Path, definition: SweepDefinition, bound: bool = T
             existing = yaml.safe_load(pinned.read_text())
         except yaml.YAMLError:
             existing = None
-        if existing == definition.config:
+        if _searched(existing) == _searched(definition.config):
             return False
         if bound:
             raise UserError(f"{sweep_dir} holds a different sweep ({pinned} differs from {definition.path}); "

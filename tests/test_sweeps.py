@@ -364,6 +364,20 @@ def test_the_sweep_console_shows_each_trials_epochs_by_name_and_the_sweeps_progr
     assert sum("warning: CPU: no GPU found" in line for line in lines) == 1  # every trial's, shown once
 
 
+def test_a_sweep_folder_of_a_yaml_without_its_project_goes_on_with_the_yaml_that_names_it(tmp_path):
+    from sweeper.definition import pin_definition
+
+    today = tiny_definition()
+    assert today["project"] == FIELDS["wandb_project"].metadata["default"]
+    older = {k: v for k, v in today.items() if k != "project"}
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    assert pin_definition(sweep_dir, load_definition(write_yaml(tmp_path / "older.yaml", older)), bound=True) is False
+    assert pin_definition(sweep_dir, load_definition(write_yaml(tmp_path / "tiny.yaml", today)), bound=True) is False
+    with pytest.raises(UserError, match="different sweep"):  # the search itself still may not change
+        pin_definition(sweep_dir, load_definition(write_yaml(tmp_path / "other.yaml", {**today, "method": "random"})), bound=True)
+
+
 def test_duplicates_are_recorded_not_trained(grid_sweep):
     sweep_dir, phases = grid_sweep
     rows = phases[-1][1]

@@ -437,18 +437,23 @@ def test_wandb_offline_run_is_syncable(base, monkeypatch, capsys):
     assert offline, "an offline run folder for `wandb sync`"
 
 
-def test_a_run_prints_one_wandb_line_and_verbose_brings_the_banner_back(base, monkeypatch, capfd):
-    pytest.importorskip("wandb")
-    monkeypatch.delenv("WANDB_MODE")
+def test_wandb_prints_one_line_of_ours_and_verbose_brings_its_banner_back(tmp_path, monkeypatch, capfd):
+    """A whole run's console is checked in tests/test_wandb.py; here the logger alone, quiet and verbose."""
+    wandb = pytest.importorskip("wandb")
+    from trainer.wandb_log import start_logger
+
     monkeypatch.delenv("WANDB_SILENT")  # the fixture's: the harness must be quiet by itself
-    outcome = run_training(scratch(base, run_id="quiet", epochs=1, wandb_mode="offline"))
-    out, err = capfd.readouterr()
-    [line] = [line for line in (out + err).splitlines() if "W&B" in line or line.startswith("wandb")]
-    offline = next((outcome.folder.parent / "wandb").glob("offline-run-*quiet"))
-    assert line == f"W&B offline: sync with `wandb sync {offline}`"
-    run_training(scratch(base, run_id="loud", epochs=1, wandb_mode="offline", verbose=True))
-    out, err = capfd.readouterr()
-    assert sum(line.startswith("wandb:") for line in (out + err).splitlines()) > 5  # W&B's own banner and summary
+    printed = {}
+    for verbose in (False, True):
+        wandb.teardown()  # W&B sets its terminal up once per process: each run here starts as in a process of its own
+        start_logger("offline", "p", "", f"verbose-{verbose}", {}, tmp_path, verbose=verbose).finish()
+        out, err = capfd.readouterr()
+        printed[verbose] = [line for line in (out + err).splitlines() if "W&B" in line or line.startswith("wandb")]
+    [line] = printed[False]
+    assert line == f"W&B offline: sync with `wandb sync {next(tmp_path.glob('wandb/offline-run-*-verbose-False'))}`"
+    assert sum(line.startswith("wandb:") for line in printed[True]) > 5  # W&B's own banner and summary
+    wandb.teardown()
+    wandb.setup(wandb.Settings(silent=True))  # as the other tests found W&B: silent, set up without credentials
 
 
 def test_a_runs_first_lines_name_the_device_precision_model_size_and_parameters(base, monkeypatch, capsys):

@@ -3,7 +3,8 @@
 This is the run boundary: whatever happens inside (divergence, CUDA out-of-memory, a bug, a signal), the
 run folder ends with a summary saying what happened and why, and the exit code lets a sweep go on:
 0 for finished, early-stopped, diverged and out-of-memory runs, 128+signal for a preempted run (so W&B
-re-queues it), 1 for an unexpected failure, 2 for a user mistake.
+re-queues it), 1 for an unexpected failure, 2 for a user mistake. W&B is told 3 for a diverged or
+out-of-memory run, which it marks failed: its search never scores one as a result (trainer/wandb_log.py).
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, nothing
 from trainer.optim import build_optimizer
 from trainer.progress import run_header
 from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_BEST, REFUSED_LAST, RunRecord
-from trainer.signals import GracefulStop
+from trainer.signals import UPLOADS_AFTER_SIGNAL_SECONDS, GracefulStop
 from trainer.store import STORE_CHOICES, checkpoint_config, make_store
 from trainer.wandb_log import resolve_mode, start_logger
 from trainer.writer import CheckpointWriter
 
 EXIT_OK, EXIT_FAILED = 0, 1
+MODEL_METADATA = ("run_id", M.BEST_VAL_ACC, M.BEST_EPOCH, M.WEIGHTS_VERSION, M.TRAINABLE_PARAMS, M.TOTAL_PARAMS, "config_hash",
+                  M.SPLIT_HASH, M.DATA_HASH, "classes", "preprocessing", M.CODE_VERSION)  # what a model artifact says of itself
 SKIPPED_FILES = "skipped_files.txt"  # unreadable files the scan left out: relative path, tab, reason
 
 
@@ -436,7 +439,7 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
                     (folder / stale).unlink(missing_ok=True)
                 record.truncate_history(0)
         # Still inside the handlers: a signal arriving while W&B finishes cannot kill the run before its record says why.
-        store.close(timeout=20 if state_name == M.PREEMPTED else 600)
+        store.close(timeout=stop.seconds_left(UPLOADS_AFTER_SIGNAL_SECONDS) if stop else 600)  # a signal: the kill follows
         summary = _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
     return RunOutcome(run_id, folder, state_name, exit_code, summary)
 
@@ -486,7 +489,9 @@ def _finish(record: RunRecord, logger, state: str, reason: str | None, exit_code
         finished_at=datetime.datetime.now().isoformat(timespec="seconds"),
     )
     logger.summary({M.STATE: state, M.REASON: reason, M.EXIT_CODE: exit_code})  # the report tells refusals apart by it
-    logger.finish(exit_code)
+    if state == M.FINISHED:
+        logger.log_model(record.folder / BEST_CHECKPOINT, {key: summary.get(key) for key in MODEL_METADATA})
+    logger.finish(exit_code, state)  # diverged, oom: failed on W&B, so its search scores them as failures
     best = summary.get(M.BEST_VAL_ACC)
     print(f"run {record.folder.name}: {state}" + (f", best val_acc {best:.4f} at epoch {summary.get(M.BEST_EPOCH)}" if best is not None and best >= 0 else "") + (f" ({reason})" if reason else ""))
     return summary
