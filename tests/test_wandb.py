@@ -8,6 +8,7 @@ shows what it would have uploaded.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -70,6 +71,8 @@ def test_a_run_files_under_its_project_its_console_reaches_the_logs_tab_and_the_
     console = "".join(line.line for line in wandb_records.of_kind(trained, "output_raw"))
     assert "epoch 1/1  train_loss" in console and "model: scratch_cnn" in console  # the Logs tab
     assert [exit.exit_code for exit in wandb_records.of_kind(trained, "exit")] == [0]
+    summary = {update.key or update.nested_key[0]: update.value_json for s in wandb_records.of_kind(trained, "summary") for update in s.update}
+    assert [row[M.EPOCH] for row in json.loads(summary[M.EPOCH_HISTORY])] == [1]  # a W&B report reads the curve from there
 
     result = evaluate_on_test_set(outcome_folder)  # `agent.py test`: resumes the run's W&B record by its id
     tested = wandb_records.run_file(outcome_folder.parent, "seen")
