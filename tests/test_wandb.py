@@ -134,7 +134,7 @@ def test_the_best_checkpoint_of_a_finished_run_becomes_a_model_artifact_online(n
     logger.log_model(path, metadata)
     logger.finish()
     [artifact] = wandb_records.of_kind(wandb_records.run_file(tmp_path / "runs", "kept"), "artifact")
-    assert (artifact.type, artifact.name, list(artifact.aliases)) == ("model", "model-kept", ["best", "latest"])
+    assert (artifact.type, artifact.name, set(artifact.aliases)) == ("model", "model-kept", {"best", "latest"})
     assert [entry.path for entry in artifact.manifest.contents] == ["best.pt"]
     assert '"best_val_acc"' in artifact.metadata
     offline_logger = start_logger("offline", "finetune-sweeps", "", "kept2", {}, tmp_path / "runs")

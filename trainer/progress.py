@@ -36,7 +36,7 @@ def run_header(requested_device: str, device, dtype, model: str, weights: str, c
 
 POSTFIX_EVERY_STEPS = 20  # reading the loss value syncs the GPU; do it rarely
 # Lines of a trial's output that a local sweep shows on its own console, named by the trial (sweeper/local.py).
-FORWARDED = ("epoch ", "warning:", "resuming run ")
+FORWARDED = ("epoch ", "warning:")
 
 
 
