@@ -4,8 +4,9 @@
 Each command runs as `python agent.py ...` in a fresh process, interleaved with `python -c pass` (the interpreter
 alone) so that machine load hits all alike; the median of `--repeats` runs is printed with its ratio to the bare
 interpreter, and whether the command imported torch (one extra run under `-X importtime`). `report` reads a small
-sweep folder the script writes itself (12 finished runs of 10 epochs, no training). Target: under 2 s each on an
-idle machine, with no torch. Nothing is asserted: it is a measurement.
+sweep folder the script writes itself (12 finished runs of 10 epochs, no training); a last row times what it imports
+before it reads that folder, the rest being its statistics (scipy, scikit-learn) and figures (matplotlib). Target:
+under 2 s each on an idle machine, with no torch. Nothing is asserted: it is a measurement.
 
     python benchmarks/startup.py [--repeats 5]
 """
@@ -73,6 +74,8 @@ def main(argv=None) -> None:
             "agent.py sweep --help": [python, agent, "sweep", "--help"],
             "agent.py check sweeps/tiny.yaml": [python, agent, "check", str(ROOT / "sweeps" / "tiny.yaml")],
             "agent.py report SWEEP_DIR": [python, agent, "report", str(sweep), "--out", str(Path(work) / "report")],
+            # What `report` loads before it reads its source; the rest of its time is its statistics and figures.
+            "  report's start (its imports)": [python, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); import agent, report.build"],
         }
         times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.repeats):
