@@ -558,6 +558,22 @@ def test_the_sweep_summary_names_the_best_successful_trial_never_a_failed_one(tm
     assert summary["best_run_id"] == "stopped" and summary[M.BEST_VAL_ACC] == 0.6
 
 
+def test_a_diverged_or_out_of_memory_trial_is_recorded_as_such_a_failure_for_the_engine_and_the_sweep_goes_on(tmp_path):
+    from types import SimpleNamespace
+
+    from sweeper.table import failed_on_setup
+    from sweeper.trial import outcome
+
+    for state in (M.DIVERGED, M.OOM):
+        folder = tmp_path / state
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({M.STATE: state, M.REASON: "lower lr", M.EXIT_CODE: 0, M.BEST_VAL_ACC: 0.9}))
+        ended = outcome(SimpleNamespace(process=SimpleNamespace(returncode=0), signals_sent=set(), folder=folder), False)
+        trial = Trial(state, ended.state, {}, "h", {"lr": 0.1}, reason=ended.reason, exit_code=ended.exit_code, best_val_acc=ended.best_val_acc)
+        assert (trial.state, trial.exit_code) == (state, 0) and not failed_on_setup(trial)  # not a setup failure: no stop
+        assert engine.engine_state(trial) == sweeps.RunState.failed  # the worst result, as W&B's failed run (exit 3 there)
+
+
 def test_a_recorded_best_of_minus_one_means_no_best(tmp_path):
     """The trainer's -1 sentinel (no epoch validated) is read as no best, never ranked as an accuracy."""
     sweep = local_sweep(tmp_path)
