@@ -120,11 +120,12 @@ def _number(text: str) -> float:
 
 def command_run(args: list[str]) -> int:
     from trainer.config import help_text
-    from trainer.run import run_training
 
     if "--help" in args or "-h" in args:
         print(__doc__.strip() + "\n\nRun parameters (--key=value or --key value; strings like 'false' or 'no' work):" + help_text())
         return 0
+    from trainer.run import run_training  # torch: only once there is a run to train
+
     return run_training(run_config_from_args(args)).exit_code
 
 

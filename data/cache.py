@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from common.atomic import write_json
 from common.disk import reserve, size_text
 from common.locks import file_lock
+from common.terminal import live_output
 from data.images import DECODE_VERSION, decode_working
 from data.scan import ImageIndex
 
@@ -69,7 +69,7 @@ class DecodedImageCache:
 
 
 def _build(index: ImageIndex, size: int, crop_size: int, interpolation: str, path: Path, meta_path: Path, progress: bool | None) -> None:
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a widget in a notebook
 
     tmp = path.with_suffix(".u8.tmp")
     count = len(index)
@@ -80,7 +80,7 @@ def _build(index: ImageIndex, size: int, crop_size: int, interpolation: str, pat
     def decode(i: int) -> None:
         out[i] = decode_working(index.absolute(i), size, interpolation, crop_size)
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = live_output() if progress is None else progress
     # PIL releases the GIL in decode and resize, so threads scale over the (few) cores without IPC copies.
     # Sizes grow as their square (352 px holds 2.5x the bytes of 224 px): say what a cache costs before writing it.
     print(f"caching {count} decoded images at {size}px: {size_text(count * size * size * 3)} on disk in {path.parent}", flush=True)

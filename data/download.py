@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tempfile
 import time
 import urllib.error
@@ -22,12 +21,13 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in a notebook
 
 from common.atomic import write_text
 from common.errors import UserError
 from common.disk import ensure_space, size_text, write_problem
 from common.locks import file_lock
+from common.terminal import live_output
 
 NATURE_12K_URL = "https://storage.googleapis.com/wandb_datasets/nature_12K.zip"
 ZIP_NAME = "nature_12K.zip"
@@ -203,7 +203,7 @@ def _want_progress(progress: bool | None) -> bool:
     if progress is not None:
         return progress
     try:
-        return sys.stderr.isatty()
+        return live_output()
     except (AttributeError, ValueError):
         return False
 

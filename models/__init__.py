@@ -1,11 +1,13 @@
 """Backbone registry, staged models, weights, freezing strategies and optimizer groups.
 
 Importing the package registers every backbone (models/backbones.py). Knows nothing of data files, W&B or the
-trainer.
+trainer. The registry and the strategies import no torch; the names that build or describe models import it on
+first use, so a command that only reads the registry (`--help`, `check`, `report`) starts in well under a second.
 """
 
+import importlib
+
 from models import backbones as _backbones  # noqa: F401  (registers the backbones)
-from models.describe import describe_model, describe_models
 from models.freezing import (
     FreezeOptions,
     Strategy,
@@ -15,10 +17,24 @@ from models.freezing import (
     strategy_names,
     validate_options,
 )
-from models.param_groups import add_missing_groups, build_param_groups, count_parameters, groups_for_stages, trainable_stage_names
 from models.registry import AuxHead, BackboneSpec, Stage, backbone_names, get_spec, register
-from models.staged import StagedModel
-from models.weights import build_model, preprocessing_for, resolve_weights
+
+_WITH_TORCH = {  # name -> module, imported on first use
+    "describe_model": "models.describe", "describe_models": "models.describe",
+    "add_missing_groups": "models.param_groups", "build_param_groups": "models.param_groups",
+    "count_parameters": "models.param_groups", "groups_for_stages": "models.param_groups",
+    "trainable_stage_names": "models.param_groups", "StagedModel": "models.staged",
+    "build_model": "models.weights", "preprocessing_for": "models.weights", "resolve_weights": "models.weights",
+}
+
+
+def __getattr__(name: str):
+    if name not in _WITH_TORCH:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WITH_TORCH[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AuxHead", "BackboneSpec", "FreezeOptions", "Stage", "StagedModel", "Strategy", "TrainPlan",

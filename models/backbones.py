@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Callable, Union
+from typing import TYPE_CHECKING, Callable, Union
 
-import torch
-import torchvision.models as tvm
-from torch import Tensor, nn
-
+from common.lazy import LazyAttribute, lazy_module
 from models.registry import AuxHead, BackboneSpec, Stage, register
-from scratch_cnn import build_scratch_cnn
 
-Step = Union[str, Callable[[nn.Module, Tensor], Tensor]]
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+# Imported when a model is built, not here: `--help`, `check` and `report` read the entries' names and stages only.
+torch, tvm = lazy_module("torch"), lazy_module("torchvision.models")
+build_scratch_cnn = LazyAttribute("scratch_cnn.model", "build_scratch_cnn")
+
+Step = Union[str, Callable[["nn.Module", "Tensor"], "Tensor"]]
 
 
 def _flatten(net: nn.Module, x: Tensor) -> Tensor:
@@ -53,7 +56,7 @@ def _vit_resize(net: nn.Module, size: int) -> None:
     """Make a ViT take `size` px: its position embeddings become those of the new patch grid, for good."""
     if size == net.image_size:
         return
-    net.encoder.pos_embedding = nn.Parameter(_vit_positions(net.encoder.pos_embedding.detach(), size, net.patch_size))
+    net.encoder.pos_embedding = torch.nn.Parameter(_vit_positions(net.encoder.pos_embedding.detach(), size, net.patch_size))
     net.image_size, net.seq_length = size, net.encoder.pos_embedding.shape[1]
 
 
@@ -86,6 +89,7 @@ def _vit_head(net: nn.Module, x: Tensor) -> Tensor:
 
 register(BackboneSpec(
     name="resnet18",
+    native_sizes=(("IMAGENET1K_V1", 224),),
     build_net=partial(tvm.resnet18, weights=None),
     weights_enum=tvm.ResNet18_Weights,
     default_weights="IMAGENET1K_V1",
@@ -101,6 +105,7 @@ register(BackboneSpec(
 
 register(BackboneSpec(
     name="resnet50",
+    native_sizes=(("IMAGENET1K_V1", 224), ("IMAGENET1K_V2", 224)),
     build_net=partial(tvm.resnet50, weights=None),
     weights_enum=tvm.ResNet50_Weights,
     default_weights="IMAGENET1K_V2",  # V2 (newer recipe) is about 4 points better top-1 than V1
@@ -116,6 +121,7 @@ register(BackboneSpec(
 _VGG16_POOLS = (4, 9, 16, 23, 30)  # indices of the max-pools in vgg16.features; each ends a block
 register(BackboneSpec(
     name="vgg16",
+    native_sizes=(("IMAGENET1K_V1", 224),),
     build_net=partial(tvm.vgg16, weights=None),
     weights_enum=tvm.VGG16_Weights,
     default_weights="IMAGENET1K_V1",
@@ -139,6 +145,7 @@ register(BackboneSpec(
 _INCEPTION_MIXED = ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c")
 register(BackboneSpec(
     name="inception_v3",
+    native_sizes=(("IMAGENET1K_V1", 299),),
     # transform_input is the setting of the pretrained weights; kept whatever the weights, so checkpoints agree.
     build_net=partial(tvm.inception_v3, weights=None, aux_logits=True, init_weights=False, transform_input=True),
     weights_enum=tvm.Inception_V3_Weights,
@@ -160,6 +167,7 @@ register(BackboneSpec(
 
 register(BackboneSpec(
     name="googlenet",
+    native_sizes=(("IMAGENET1K_V1", 224),),
     build_net=partial(tvm.googlenet, weights=None, aux_logits=True, init_weights=False, transform_input=True),
     weights_enum=tvm.GoogLeNet_Weights,
     default_weights="IMAGENET1K_V1",
@@ -184,6 +192,7 @@ register(BackboneSpec(
 
 register(BackboneSpec(
     name="efficientnet_v2_s",
+    native_sizes=(("IMAGENET1K_V1", 384),),
     build_net=partial(tvm.efficientnet_v2_s, weights=None),
     weights_enum=tvm.EfficientNet_V2_S_Weights,
     default_weights="IMAGENET1K_V1",
@@ -199,6 +208,7 @@ register(BackboneSpec(
 
 register(BackboneSpec(
     name="vit_b_16",
+    native_sizes=(("IMAGENET1K_V1", 224), ("IMAGENET1K_SWAG_LINEAR_V1", 224)),
     build_net=partial(tvm.vit_b_16, weights=None),
     weights_enum=tvm.ViT_B_16_Weights,
     default_weights="IMAGENET1K_V1",
@@ -224,6 +234,7 @@ register(BackboneSpec(
 
 register(BackboneSpec(
     name="mobilenet_v3_small",
+    native_sizes=(("IMAGENET1K_V1", 224),),
     build_net=partial(tvm.mobilenet_v3_small, weights=None),
     weights_enum=tvm.MobileNet_V3_Small_Weights,
     default_weights="IMAGENET1K_V1",

@@ -7,9 +7,10 @@ architecture; nothing downstream indexes `children()` or matches parameter-name 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from torch import Tensor, nn
+if TYPE_CHECKING:  # annotations only: the registry is read without importing torch
+    from torch import Tensor, nn
 
 from common.errors import UserError
 from common.parsing import nearest
@@ -73,6 +74,9 @@ class BackboneSpec:
     input_size_of_state: Callable[[dict], int | None] | None = None
     # Built for one input size (a dense layer over the flattened last map): it evaluates at that size only.
     sized_by_input: bool = False
+    # (weights member, its crop size in px) for every member a run may name: the default input_size, read without
+    # importing torchvision (`check` validates thousands of configs); a test holds it to the weights' own transforms().
+    native_sizes: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self):
         names = [stage.name for stage in self.stages]
@@ -89,6 +93,14 @@ class BackboneSpec:
     @property
     def stage_names(self) -> tuple[str, ...]:
         return tuple(stage.name for stage in self.stages)
+
+    def native_size(self, weights: str) -> int | None:
+        """The crop size of the ImageNet weights `weights` names ("imagenet", a member name, or "none": the default
+        member's, the size the architecture was designed for); None for anything else (a file)."""
+        sizes = dict(self.native_sizes)
+        if weights in ("imagenet", "none"):
+            return sizes.get(self.default_weights or "")
+        return sizes.get(weights)
 
     @property
     def is_scratch(self) -> bool:

@@ -206,16 +206,26 @@ def _sorted_epochs(history: list[dict]) -> list[dict]:
 
 # --- W&B --------------------------------------------------------------------------------------------
 
+RUNS_PER_PAGE = 100  # runs per request, each with its config and summary (and, there, its epochs)
+
+
 def _load_wandb(path: str) -> RunTable:
+    """A W&B sweep's runs through the public API, in few requests: the sweep, then its runs a page at a time, each
+    with its config and summary, where the trainer also keeps the run's epochs (trainer.metrics.EPOCH_HISTORY). Only
+    a run logged by older code, without them, costs a history request of its own."""
     try:
         import wandb
     except ImportError:
         raise UserError(f"{path} looks like a W&B sweep path but wandb is not installed: pip install wandb")
+    entity, project, sweep_id = path.split("/")
     try:
-        sweep = wandb.Api().sweep(path)
+        api = wandb.Api()
+        sweep = api.sweep(path)
         sweep_config = dict(sweep.config or {})
-        # Iterate the paginated collection to its end: a first page alone silently drops runs.
-        records = [_wandb_record(run) for run in sweep.runs]
+        # Iterate the paginated collection to its end: a first page alone silently drops runs. Not `sweep.runs`: it
+        # pages 10 runs at a time and fetches each run's config and summary with a request of its own.
+        runs = api.runs(f"{entity}/{project}", filters={"sweep": sweep_id}, per_page=RUNS_PER_PAGE, lazy=False)
+        records = [_wandb_record(run) for run in runs]
         name = getattr(sweep, "name", None) or path
     except UserError:
         raise
@@ -235,10 +245,10 @@ def _wandb_record(run: Any) -> RunRecord:
     effective = config.pop(EFFECTIVE_KEY, None)
     if isinstance(effective, dict):
         config.update(effective)
-    raw_summary = getattr(run.summary, "_json_dict", None)
-    summary = dict(raw_summary if isinstance(raw_summary, dict) else run.summary)
+    summary = dict(run.summary_metrics)
     # W&B's own summary `val_acc` is the LAST logged value: keep only our keys, never that one.
     summary.pop(metrics.VAL_ACC, None)
+    epochs = summary.pop(metrics.EPOCH_HISTORY, None)
     wandb_state = str(getattr(run, "state", "") or "").lower()
     state = summary.get(metrics.STATE)
     if state == metrics.RUNNING and _WANDB_STATES.get(wandb_state) not in (None, metrics.RUNNING, metrics.FINISHED):
@@ -250,7 +260,7 @@ def _wandb_record(run: Any) -> RunRecord:
         summary.setdefault(metrics.REASON, None)
         if state != metrics.FINISHED and not summary.get(metrics.REASON):
             summary[metrics.REASON] = f"W&B state {wandb_state or 'unknown'}"
-    history = _wandb_history(run)
+    history = _sorted_epochs([row for row in epochs if isinstance(row, dict)]) if isinstance(epochs, list) else _wandb_history(run)
     test = None
     if finite(summary.get(TEST_ACC)) is not None:  # a test evaluation logged to the W&B run, if any
         test = {k: summary[k] for k in (TEST_ACC, PER_CLASS_ACC, NUM_IMAGES, CHECKPOINT) if k in summary}

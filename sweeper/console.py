@@ -53,6 +53,27 @@ def trial_line(tag: str, trial: Trial, searched: list[str], seconds: float | Non
     return f"[{tag}] {trial.run_id} {trial.state}  val_acc {accuracy(trial.best_val_acc)}  {trained(trial, searched)}{timing}{reason}"
 
 
+def duration(seconds: float) -> str:
+    """4m05s, 1h03m: a sweep's times as a person reads them."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def trial_output(tag: str, run_id: str, line: str) -> str:
+    """A line of a running trial's own output (its epochs, its warnings), named by the trial it comes from."""
+    return f"[{tag}] {run_id}  {line.strip()}"
+
+
+def progress_line(done: int, total: int, running: int, elapsed: float, left: float | None) -> str:
+    """The sweep as a whole: trials done of its size, elapsed, and what is left at this call's pace."""
+    estimate = f", about {duration(left)} left" if left is not None else ""
+    return f"sweep: {done}/{total} trials done, {running} running, {duration(elapsed)} elapsed{estimate}"
+
+
 def final_table(trials: list[Trial], searched: list[str]) -> str:
     headers = ["run_id", "state", M.VAL_ACC, *searched, "note"]
     rows = []

@@ -229,7 +229,8 @@ def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -
         for recipe, model, strategy in itertools.product(recipes, *axes):
             values = {**fixed, name: value, **{k: v for k, v in (("model", model), ("strategy", strategy)) if v is not None}}
             try:
-                used = used or getattr(parse_run_config(recipe, values), name) is not None  # not dropped as unused
+                # Used as given: not dropped as unused, nor written over by a folded strategy (fraction as last_k).
+                used = used or getattr(parse_run_config(recipe, values), name) == parse_value(name, value)
             except UserError as exc:
                 errors.append(str(exc))
         return errors[0] if errors and not used else None
@@ -287,6 +288,12 @@ def problems_error(path: Path | str, problems: list[str], advice: str = "") -> U
     return UserError(f"sweep file {path}: {problems[0]}{more}{advice}")
 
 
+def _searched(config: Any) -> Any:
+    """A definition without the keys that say where W&B files its runs, not what is searched: a sweep folder of a YAML
+    without `project` goes on with the same YAML that names it."""
+    return {k: v for k, v in config.items() if k not in ("project", "entity")} if isinstance(config, dict) else config
+
+
 def pin_definition(sweep_dir: Path, definition: SweepDefinition, bound: bool = True) -> bool:
     """Copy the definition into the sweep folder, or check that the folder's copy is the same sweep.
 
@@ -299,7 +306,7 @@ def pin_definition(sweep_dir: Path, definition: SweepDefinition, bound: bool = T
     existed = pinned.exists()
     if existed:
         existing = _read_pinned(pinned, f"replace it with a copy of {definition.path}, the definition it pins")
-        if existing == definition.config:
+        if _searched(existing) == _searched(definition.config):
             return False
         if bound:
             raise UserError(f"{sweep_dir} holds a different sweep ({pinned} differs from {definition.path}); "

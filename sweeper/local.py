@@ -33,6 +33,7 @@ from typing import Any, Iterator, Mapping
 
 from common.disk import ensure_writable
 from common.errors import UserError
+from common.locks import try_lock
 from data.cache import CACHE_OPTION
 from data.layout import locate_dataset
 from data.scan import scan_folder
@@ -48,7 +49,9 @@ from sweeper.trial import (LaunchedTrial, has_checkpoint, launch, outcome, read_
                            trial_command, visible_gpus)
 from trainer import metrics as M
 from trainer.config import FIELDS, config_hash, effective_config, parse_run_config, parse_value
+from trainer.progress import FORWARDED
 from trainer.record import RunRecord
+from trainer.signals import EARLY_STOP_SIGNAL
 
 POLL_SECONDS = 0.5  # how often finished trials are collected and hyperband is asked
 MAX_CONSECUTIVE_DUPLICATES = 100  # a random/bayes search over a small effective space never ends otherwise
@@ -165,16 +168,9 @@ def check_fixed(fixed: Mapping[str, Any]) -> dict[str, str]:
 @contextlib.contextmanager
 def exclusive(sweep_dir: Path) -> Iterator[None]:
     """One driver per sweep folder: a second one would relaunch the first one's running trials."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, as before
-        yield
-        return
     with open(sweep_dir / LOCK_FILE, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another sweep driver is running on {sweep_dir}; wait for it or stop it first") from None
+        if not try_lock(handle):
+            raise UserError(f"another sweep driver is running on {sweep_dir}; wait for it or stop it first")
         yield
 
 
@@ -192,6 +188,9 @@ class LocalSweep:
         self.setup_streak = 0  # new trials in a row that failed on setup
         self.retries: set[str] = set()  # run ids of setup failures this call retries
         self._final_histories: dict[str, list[dict]] = {}
+        self.count, self.started = 0, time.monotonic()
+        self.trained_seconds: list[float] = []  # durations of this call's trials that trained: the pace of the estimate
+        self._warnings_shown: set[str] = set()  # each distinct warning of the trials once (every CPU trial has one)
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -201,10 +200,13 @@ class LocalSweep:
         self.retries = {trial.run_id for trial in relaunch if failed_on_setup(trial)}
         new_trials = resumed = 0
         earlier = len(self.table.real())  # --count is the sweep's size, across calls
+        self.count, self.started = count, time.monotonic()
         asking = True
         with DriverInterrupt(self._on_interrupt) as interrupt, self._stop_trials_on_error():
             while True:
                 self._collect()
+                for run_id, launched in self.running.items():
+                    self._show_output(run_id, launched)
                 if interrupt:
                     for launched in self.running.values():
                         launched.send(signal.SIGTERM)  # a trial started while the signal arrived
@@ -413,6 +415,7 @@ class LocalSweep:
         for run_id, launched in list(self.running.items()):
             if launched.poll() is None:
                 continue
+            self._show_output(run_id, launched)  # its last epoch's line before the line saying how it ended
             del self.running[run_id]
             result = outcome(launched, self.interrupted)
             # A trial that died before its record could say how (a full disk) is not left `running` in summary.json.
@@ -424,7 +427,30 @@ class LocalSweep:
             self.table.save()
             self._final_histories.pop(run_id, None)
             print(console.trial_line(self.tags.pop(run_id), trial, self.searched, launched.seconds), flush=True)
+            if trial.state in TRAINED:
+                self.trained_seconds.append(launched.seconds)
+            print(self._progress(), flush=True)
             self._judge_setup(trial)
+
+    def _show_output(self, run_id: str, launched: LaunchedTrial) -> None:
+        """A running trial's epoch lines and warnings, live on the sweep's console, each named by its trial."""
+        for line in launched.new_lines():
+            if not line.startswith(FORWARDED):
+                continue
+            if line.startswith("warning:"):
+                if line in self._warnings_shown:
+                    continue
+                self._warnings_shown.add(line)
+            print(console.trial_output(self.tags.get(run_id, "?"), run_id, line), flush=True)
+
+    def _progress(self) -> str:
+        """Trials done of the sweep's size, and the time left at the pace of this call's trials that trained."""
+        done = sum(t.state not in UNFINISHED for t in self.table.real())
+        total, left = max(self.count, done + len(self.running)), None
+        remaining = max(0, total - done)
+        if self.trained_seconds and remaining:
+            left = sum(self.trained_seconds) / len(self.trained_seconds) * remaining / max(1, min(self.workers, remaining))
+        return console.progress_line(done, total, len(self.running), time.monotonic() - self.started, left)
 
     def _judge_setup(self, trial: Trial) -> None:
         """After a trial ended: does a setup failure stop the sweep (the sweep's setup is broken) or only this trial
@@ -444,8 +470,8 @@ class LocalSweep:
 
     def _early_terminate(self) -> None:
         """Ask hyperband which running trials trail the others; they stop gracefully as early_stopped."""
-        if not self.running or not self.config.get("early_terminate"):
-            return
+        if not self.running or not self.config.get("early_terminate") or EARLY_STOP_SIGNAL is None:
+            return  # no SIGUSR1 (Windows): trials run to their end
         for run_id in runs_to_stop(self.config, self._engine_runs(for_stopping=True)):
             launched, trial = self.running.get(run_id), self.table.get(run_id)
             if launched is None or trial is None or not launched.is_training():
@@ -453,7 +479,7 @@ class LocalSweep:
             epochs = trial.config.get("epochs")
             if epochs and len(self._history(trial)) >= epochs:
                 continue  # on its last epoch already: stopping saves nothing
-            if launched.send(signal.SIGUSR1):
+            if launched.send(EARLY_STOP_SIGNAL):
                 print(f"[stop] {run_id}: hyperband early termination after {len(self._history(trial))} epoch(s)", flush=True)
 
     def _summary(self, new_trials: int, resumed: int) -> dict:

@@ -155,7 +155,7 @@ def failed_on_setup(trial: Trial) -> bool:
 def killed_by_host(trial: Trial) -> bool:
     """A trial SIGKILLed from outside (the host's out-of-memory killer, most often, with parallel trials): its config
     is not at fault, so like a preempted one a later call resumes it from its checkpoint."""
-    return trial.state == M.FAILED and trial.exit_code == -signal.SIGKILL
+    return trial.state == M.FAILED and trial.exit_code == -getattr(signal, "SIGKILL", 9)  # Windows: neither, nor negative codes
 
 
 def binds_folder(trial: Trial) -> bool:

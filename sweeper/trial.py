@@ -19,6 +19,7 @@ from typing import IO, Any, Mapping
 from common.errors import UserError
 from trainer import metrics as M
 from trainer.record import LAST_CHECKPOINT, METRICS_FILE, RunRecord
+from trainer.signals import EARLY_STOP_SIGNAL
 
 AGENT = Path(__file__).resolve().parents[1] / "agent.py"
 LOG_FILE = "output.log"
@@ -76,6 +77,19 @@ class LaunchedTrial:
     started: float = field(default_factory=time.monotonic)
     started_at: float = field(default_factory=time.time)
     signals_sent: set[int] = field(default_factory=set)
+    read_offset: int = 0  # how far the driver has read output.log: this launch's lines start there
+
+    def new_lines(self) -> list[str]:
+        """The complete lines the trial wrote to its output.log since the last call (a line being written waits)."""
+        try:
+            with open(self.folder / LOG_FILE, "rb") as handle:
+                handle.seek(self.read_offset)
+                data = handle.read()
+        except OSError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self.read_offset += end
+        return data[:end].decode(errors="replace").splitlines()
 
     def send(self, signum: int) -> bool:
         """Send a signal once; False when it was already sent or the process is gone."""
@@ -121,7 +135,7 @@ def launch(run_id: str, folder: Path, command: list[str], gpu: str | None) -> La
     log.write(f"$ {' '.join(command)}\n")
     log.flush()
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=trial_env(gpu))
-    return LaunchedTrial(run_id, folder, process, log, gpu)
+    return LaunchedTrial(run_id, folder, process, log, gpu, read_offset=log.tell())
 
 
 def has_checkpoint(folder: Path) -> bool:
@@ -169,7 +183,7 @@ def outcome(trial: LaunchedTrial, driver_interrupted: bool) -> Outcome:
     """How the trial ended, from its summary.json, its exit code and the signals we sent it."""
     code = trial.process.returncode
     killed_by = -code if code is not None and code < 0 else None
-    if killed_by == signal.SIGUSR1 and signal.SIGUSR1 in trial.signals_sent:
+    if killed_by is not None and killed_by == EARLY_STOP_SIGNAL and EARLY_STOP_SIGNAL in trial.signals_sent:
         # The stop arrived after the trainer released its handlers (its last moments): the history is complete.
         best = max((row[M.VAL_ACC] for row in read_history(trial.folder) if M.VAL_ACC in row), default=None)
         return Outcome(M.EARLY_STOPPED, "stopped by hyperband early termination", code, best)
@@ -180,7 +194,7 @@ def outcome(trial: LaunchedTrial, driver_interrupted: bool) -> Outcome:
     # Killed before it could record how it ended: say what we know instead of guessing "finished".
     if driver_interrupted or killed_by in (signal.SIGTERM, signal.SIGINT):
         return Outcome(M.PREEMPTED, f"interrupted (exit {code}) before it could record its state; the next call relaunches it", code, best)
-    if killed_by == signal.SIGKILL:  # no trainer error dies this way: the host's out-of-memory killer, most often
+    if killed_by == getattr(signal, "SIGKILL", None):  # no trainer error dies this way: the host's out-of-memory killer, most often
         return Outcome(M.FAILED, KILLED_REASON, code, best)
     if killed_by is not None:
         return Outcome(M.FAILED, f"killed by signal {killed_by}", code, best)

@@ -460,6 +460,7 @@ class FakeRun:
         last = {metrics.VAL_ACC: RUNS[run_id][3][-1], "_runtime": 12.0}
         data = {**summary, **last}
         self.summary = FakeSummary(data) if as_object else data
+        self.summary_metrics = data  # what the report reads: the public property, never `summary._json_dict`
         self._history = [{**row, "_step": i} for i, row in enumerate(make_history(run_id))]
 
     def scan_history(self, keys=None):
@@ -499,6 +500,10 @@ def fake_wandb(monkeypatch, sweep=None, error=None):
         def sweep(self, path):
             assert path == "team/project/abc123"
             return sweep
+
+        def runs(self, path, filters=None, per_page=50, lazy=True):
+            assert (path, filters, lazy) == ("team/project", {"sweep": "abc123"}, False)
+            return sweep.runs
 
     monkeypatch.setattr(wandb, "Api", Api)
 
@@ -546,7 +551,7 @@ def test_wandb_run_without_its_best_takes_the_best_logged_epoch_not_the_last():
     from report.sources import _wandb_record
 
     run = FakeRun("r01", "finished", {}, as_object=True)
-    run.summary = FakeSummary({metrics.STATE: metrics.FINISHED, metrics.VAL_ACC: 0.6, "_runtime": 12.0})  # the last
+    run.summary_metrics = {metrics.STATE: metrics.FINISHED, metrics.VAL_ACC: 0.6, "_runtime": 12.0}  # the last
     run._history = [{**row, "_step": i} for i, row in enumerate(epochs([0.5, 0.8, 0.6], 100))]
     record = _wandb_record(run)
     assert (record.best_val_acc, record.best_epoch) == (0.8, 2)
@@ -560,6 +565,80 @@ def test_wandb_failure_is_one_line_user_error(monkeypatch):
     message = str(caught.value)
     assert "\n" not in message and "wandb login" in message
     assert key not in message and key[:20] not in message and "rejected" in message
+
+
+class FakeWandbServer:
+    """W&B's server for the public API, faked where wandb's Python hands each request to wandb-core, the process that
+    sends it over the network (`ServiceApi.send_api_request`, and `finalize`, which would start that process). All of
+    wandb's own Python (Api, Sweep, Runs and its pages, Run) runs unchanged, and every request it makes is counted."""
+
+    def __init__(self, runs: dict[str, tuple[str, dict, dict]]):
+        self.runs = runs  # run id -> (W&B state, config, summary)
+        self.requests: list[str] = []
+
+    def node(self, run_id: str) -> dict:
+        state, config, summary = self.runs[run_id]
+        return {"id": f"id-{run_id}", "name": run_id, "displayName": run_id, "sweepName": "abc123", "state": state,
+                "config": json.dumps({key: {"value": value} for key, value in config.items()}),
+                "summaryMetrics": json.dumps(summary), "systemMetrics": "{}", "historyLineCount": 3, "historyKeys": {},
+                "tags": [], "group": None, "jobType": None, "commit": None, "readOnly": False, "createdAt": "2026-01-01T00:00:00",
+                "heartbeatAt": "2026-01-01T00:00:00", "description": None, "notes": None, "projectId": 1}
+
+    def answer(self, query: str, variables: dict) -> dict:
+        if "query Runs(" in query:
+            names = sorted(self.runs)
+            start = int(variables.get("cursor") or 0)
+            page = names[start:start + int(variables.get("perPage") or 50)]
+            edges = [{"node": self.node(name), "cursor": str(start + i + 1)} for i, name in enumerate(page)]
+            return {"project": {"internalId": "p1", "runCount": len(names), "readOnly": False,
+                                "runs": {"edges": edges, "pageInfo": {"endCursor": str(start + len(page)),
+                                                                     "hasNextPage": start + len(page) < len(names)}}}}
+        if "sweep(" in query:
+            config = yaml.safe_dump({"name": "synthetic", "method": "random", "metric": {"name": metrics.VAL_ACC, "goal": "maximize"}})
+            return {"project": {"sweep": {"__typename": "Sweep", "id": "abc123", "name": "abc123", "displayName": "synthetic",
+                                          "method": "random", "state": "FINISHED", "config": config, "runCount": len(self.runs)}}}
+        if "run(name:" in query:  # one run, with its config and summary (what `sweep.runs` fetched per run)
+            return {"project": {"run": self.node(variables["name"])}}
+        if "viewer" in query:  # the logged-in user's default entity, asked once per Api
+            return {"viewer": {"id": "u1", "entity": "team"}}
+        return {}
+
+    def send_api_request(self, service_api, request, timeout=None):
+        from wandb.proto import wandb_api_pb2 as pb
+
+        kind = request.WhichOneof("request")
+        self.requests.append(kind)
+        if kind == "graphql_request":
+            data = self.answer(request.graphql_request.query, json.loads(request.graphql_request.variables_json or "{}"))
+            return pb.ApiResponse(graphql_response=pb.GraphQLResponse(data_json=json.dumps(data)))
+        return pb.ApiResponse()  # the login check; history scans of runs that have no rows
+
+
+def test_a_wandb_sweep_of_150_runs_is_read_in_a_few_requests(monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from wandb.apis.public.service_api import ServiceApi
+
+    templates = list(RUNS)
+    runs = {}
+    for number in range(150):
+        template = templates[number % len(templates)]
+        summary = {**make_summary(template), metrics.EPOCH_HISTORY: make_history(template), metrics.VAL_ACC: 0.01}
+        runs[f"s{number:03d}"] = ("finished", {**make_config(template), "effective": make_config(template)}, summary)
+    server = FakeWandbServer(runs)
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # a key shaped like one; the fake server takes any
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setattr(ServiceApi, "send_api_request", lambda self, request, timeout=None: server.send_api_request(self, request, timeout))
+    monkeypatch.setattr(ServiceApi, "finalize", lambda self, obj, cleanup: (lambda: None))
+    table = load_table("team/project/abc123")
+    # The login check, the default entity, the sweep, then the runs 100 a page: 5 requests, not 3 to 7 per run.
+    assert len(server.requests) <= 6, (len(server.requests), server.requests[:12])
+    assert len(table.records) == 150 and table.name == "synthetic"
+    record = next(r for r in table.records if r.run_id == "s003")
+    assert record.history == _sorted(make_history(templates[3])) and record.best_val_acc == max(RUNS[templates[3]][3])
+
+
+def _sorted(history: list[dict]) -> list[dict]:
+    return sorted(({k: row[k] for k in metrics.EPOCH_METRICS if k in row} for row in history), key=lambda row: row[metrics.EPOCH])
 
 
 @pytest.mark.parametrize("source", ["", "no/such/folder/here", "missing_folder"])

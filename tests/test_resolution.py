@@ -129,6 +129,16 @@ def test_the_default_size_is_each_weights_own_preprocessing_exactly(name):
         assert pre.mean == tuple(preset.mean) and pre.std == tuple(preset.std)
 
 
+@pytest.mark.parametrize("name", [n for n in backbone_names() if n != "scratch_cnn"])
+def test_the_registrys_native_sizes_are_the_weights_own(name):
+    """The default sizes are read without torchvision (`check` parses thousands of configs): held here to the weights'
+    own transforms(), member for member, so the two cannot drift apart."""
+    spec = get_spec(name)
+    allowed = [m.name for m in spec.weights_enum if not spec.weights_choices or m.name in spec.weights_choices]
+    assert dict(spec.native_sizes) == {m: spec.weights_enum[m].transforms().crop_size[0] for m in allowed}
+    assert spec.native_size("imagenet") == spec.native_size("none") == dict(spec.native_sizes)[spec.default_weights]
+
+
 def test_an_explicit_default_size_is_the_same_config_and_other_sizes_keep_the_weights_ratio():
     default = parse_run_config({"model": "resnet50"})
     assert config_hash(default) == config_hash(parse_run_config({"model": "resnet50", "input_size": 224, "eval_size": 224}))

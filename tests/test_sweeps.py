@@ -7,8 +7,11 @@ The hyperband end-to-end check is `slow`; the driver's side of it is tested with
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -317,8 +320,11 @@ def grid_sweep(tmp_path_factory, fixed_args):
     sweep = write_yaml(folder / "grid.yaml", definition)
     sweep_dir = folder / "sweep"
     phases = []
-    for count, workers in ((3, 2), (5, 2), (7, 1)):
-        summary = run_local_sweep(sweep, count=count, workers=workers, sweep_dir=sweep_dir, fixed=fixed_args)
+    for number, (count, workers) in enumerate(((3, 2), (5, 2), (7, 1))):
+        console = io.StringIO()  # what the user sees; kept beside the sweep folder for the console's own test
+        with contextlib.redirect_stdout(console):
+            summary = run_local_sweep(sweep, count=count, workers=workers, sweep_dir=sweep_dir, fixed=fixed_args)
+        (folder / f"console-{number}.txt").write_text(console.getvalue())
         phases.append((summary, table_rows(sweep_dir)))
     return sweep_dir, phases
 
@@ -338,6 +344,41 @@ def test_count_trains_that_many_distinct_configs(grid_sweep):
         assert (sweep_dir / "runs" / row["run_id"] / "output.log").exists()
         assert not (sweep_dir / "runs" / row["run_id"] / "test").exists() and M.TEST_ACC not in run_summary  # pitfall 7
     assert yaml.safe_load((sweep_dir / "sweep.yaml").read_text())["parameters"]["k_layers"] == {"values": [1, 2]}
+
+
+def test_the_sweep_console_shows_each_trials_epochs_by_name_and_the_sweeps_progress(grid_sweep):
+    sweep_dir, phases = grid_sweep
+    lines = (sweep_dir.parent / "console-0.txt").read_text().splitlines()  # --count 3 --workers 2
+    tags = {}
+    for row in [row for row in phases[0][1] if row["state"] != DUPLICATE]:
+        run_id = row["run_id"]
+        started = next(line for line in lines if line.endswith(f"{run_id}/output.log") and " started " in line)
+        tags[run_id] = started.split("]")[0] + "]"
+        # The trial's own epoch line (epoch, train loss, val_acc, images/s, seconds), named by its trial, live.
+        [epoch] = [i for i, line in enumerate(lines) if line.startswith(f"{tags[run_id]} {run_id}  epoch 1/1  train_loss ")]
+        assert re.search(r"val_acc \d\.\d{4}  \d+ img/s  \d+\.\ds$", lines[epoch])
+        ended = lines.index(next(line for line in lines if line.startswith(f"{tags[run_id]} {run_id} finished")))
+        assert epoch < ended and lines[ended + 1].startswith("sweep: ")
+    assert len(set(tags.values())) == 3  # two at once: each line says whose it is
+    progress = [line for line in lines if line.startswith("sweep: ")]
+    assert [line.split(" trials done")[0] for line in progress] == ["sweep: 1/3", "sweep: 2/3", "sweep: 3/3"]
+    assert re.fullmatch(r"sweep: 2/3 trials done, [01] running, \d+s elapsed, about \d+s left", progress[1])
+    assert re.fullmatch(r"sweep: 3/3 trials done, 0 running, \d+s elapsed", progress[2])
+    assert sum("warning: CPU: no GPU found" in line for line in lines) == 1  # every trial's, shown once
+
+
+def test_a_sweep_folder_of_a_yaml_without_its_project_goes_on_with_the_yaml_that_names_it(tmp_path):
+    from sweeper.definition import pin_definition
+
+    today = tiny_definition()
+    assert today["project"] == FIELDS["wandb_project"].metadata["default"]
+    older = {k: v for k, v in today.items() if k != "project"}
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    assert pin_definition(sweep_dir, load_definition(write_yaml(tmp_path / "older.yaml", older)), bound=True) is False
+    assert pin_definition(sweep_dir, load_definition(write_yaml(tmp_path / "tiny.yaml", today)), bound=True) is False
+    with pytest.raises(UserError, match="different sweep"):  # the search itself still may not change
+        pin_definition(sweep_dir, load_definition(write_yaml(tmp_path / "other.yaml", {**today, "method": "random"})), bound=True)
 
 
 def test_duplicates_are_recorded_not_trained(grid_sweep):
@@ -518,6 +559,22 @@ def test_the_sweep_summary_names_the_best_successful_trial_never_a_failed_one(tm
         sweep.table.add(Trial(run_id, state, {}, f"hash-{run_id}", {"lr": len(sweep.table)}, exit_code=0, best_val_acc=best))
     summary = sweep.run(count=0)
     assert summary["best_run_id"] == "stopped" and summary[M.BEST_VAL_ACC] == 0.6
+
+
+def test_a_diverged_or_out_of_memory_trial_is_recorded_as_such_a_failure_for_the_engine_and_the_sweep_goes_on(tmp_path):
+    from types import SimpleNamespace
+
+    from sweeper.table import failed_on_setup
+    from sweeper.trial import outcome
+
+    for state in (M.DIVERGED, M.OOM):
+        folder = tmp_path / state
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({M.STATE: state, M.REASON: "lower lr", M.EXIT_CODE: 0, M.BEST_VAL_ACC: 0.9}))
+        ended = outcome(SimpleNamespace(process=SimpleNamespace(returncode=0), signals_sent=set(), folder=folder), False)
+        trial = Trial(state, ended.state, {}, "h", {"lr": 0.1}, reason=ended.reason, exit_code=ended.exit_code, best_val_acc=ended.best_val_acc)
+        assert (trial.state, trial.exit_code) == (state, 0) and not failed_on_setup(trial)  # not a setup failure: no stop
+        assert engine.engine_state(trial) == sweeps.RunState.failed  # the worst result, as W&B's failed run (exit 3 there)
 
 
 def test_a_recorded_best_of_minus_one_means_no_best(tmp_path):
@@ -936,8 +993,8 @@ def test_definitions_the_engine_would_misread_are_refused():
     (["sweeep", "sweeps/tiny.yaml"], 2, "", "unknown command 'sweeep' (did you mean 'sweep'?); commands: run, sweep, check"),
     (["check"], 2, "", "usage: python agent.py check SWEEP.yaml"),
     (["check", "--model=resnet18", "sweeps/freeze.yaml"], 2, "", "usage: python agent.py check SWEEP.yaml"),  # YAML first
-    (["check", "sweeps/freeze.yaml"], 0, "is fine: method bayes, metric val_acc (maximize), searching 5 parameter(s)", ""),
-    (["check", "sweeps/freeze.yaml", "--model=resnet18"], 0, "searching 4 parameter(s) (strategy, k_layers, lr, augment)", ""),
+    (["check", "sweeps/freeze.yaml"], 0, "is fine: method bayes, metric val_acc (maximize), searching 6 parameter(s)", ""),
+    (["check", "sweeps/freeze.yaml", "--model=resnet18"], 0, "searching 5 parameter(s) (strategy, k_layers, lr, augment, input_size)", ""),
     (["check", "sweeps/freeze.yaml", "--model=vgg16", "--k_layers=9"], 2, "", "k_layers"),
     (["check", "sweeps/nope.yaml"], 2, "", "sweep file sweeps/nope.yaml not found"),
 ])

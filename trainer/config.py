@@ -111,6 +111,7 @@ class RunConfig:
     wandb_project: str = _opt("finetune-sweeps", "W&B project", "record", effective=False, env="WANDB_PROJECT")
     wandb_entity: str = _opt("", "W&B entity (team or user); empty = your default", "record", effective=False, env="WANDB_ENTITY")
     stage: str = _opt("", "the protocol stage this run belongs to (tune, compare, curve): set by `agent.py protocol` and the protocol's sweep YAMLs, read by the report; empty = none", "record", choices=("", "tune", "compare", "curve"), effective=False)
+    verbose: bool = _opt(False, "print W&B's own start banner and end-of-run summary; by default a run prints one W&B line, its URL or the `wandb sync` command", "record", effective=False)
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -345,17 +346,22 @@ def _input_sizes(spec, config: RunConfig) -> dict[str, Any]:
     """The training and evaluation sizes written as numbers (the default is the start's own size, so an explicit
     --input_size=224 on ResNet-50 is the same config as none), checked against what the net can take; the aux
     loss off by default where the aux head cannot take the size; mean/std dropped where the weights bring theirs."""
-    from models.weights import input_geometry
-
     changes: dict[str, Any] = {}
     if spec.is_scratch:
         size = config.input_size if config.input_size is not None else FIELDS["input_size"].default or 224
         changes["input_size"] = size
     else:
-        geometry = input_geometry(spec.name, config.weights)
-        size = config.input_size if config.input_size is not None else geometry.default_size
+        native = spec.native_size(config.weights)  # ImageNet weights or random init: no file to read, no torch to import
+        if native is not None:
+            default, imagenet = native, config.weights != "none"
+        else:  # a file: torchvision's own file of a version, or a warm start with a size recorded or in its sidecar
+            from models.weights import input_geometry
+
+            geometry = input_geometry(spec.name, config.weights)
+            default, imagenet = geometry.default_size, geometry.start == "imagenet"
+        size = config.input_size if config.input_size is not None else default
         changes["input_size"] = size
-        if geometry.start == "imagenet":
+        if imagenet:
             changes.update({name: None for name in NORMALISATION_FIELDS})  # ImageNet weights: their own mean/std
         needs_aux = max((aux.min_input_size for aux in spec.aux_heads), default=1)
         if spec.aux_heads and size < needs_aux and config.aux_loss_weight is None:

@@ -177,25 +177,30 @@ def _evaluate(run_folder: Path, record: RunRecord, saved: dict, checkpoint: Path
     rows = min(GRID_ROWS, -(-len(chosen) // GRID_COLUMNS))  # a small test set fills fewer rows
     plot_prediction_grid(images, [names[truth[i]] for i in chosen], [names[predicted[i]] for i in chosen], out / "grid.png", rows=rows, cols=GRID_COLUMNS)
     record.update_summary(**{M.TEST_ACC: result[M.TEST_ACC]})
-    _log_to_wandb(config, saved, run_folder, result)
+    grid = [(image, names[truth[i]], names[predicted[i]]) for image, i in zip(images, chosen)]
+    _log_to_wandb(config, saved, run_folder, result, (truth, predicted, names, grid))
     return result
 
 
-def _log_to_wandb(config, saved: dict, run_folder: Path, result: dict) -> None:
-    """The run's W&B record gets the result too (its summary, never a history row): a report read from W&B then
-    sees which runs were tested, and warns when more than one was. It goes where the training logged (online or
-    offline, as its latest W&B folder shows), and nowhere when it logged none. A W&B failure only warns."""
+def _log_to_wandb(config, saved: dict, run_folder: Path, result: dict, media: tuple = ()) -> None:
+    """The run's W&B record gets the result too: in its summary, so a report read from W&B sees which runs were
+    tested (and warns when more than one was), and as media (`media`: truth, predictions, class names and the grid's
+    (image, true, predicted) rows), the confusion matrix and the prediction grid. It goes where the training logged
+    (online or offline, as its latest W&B folder shows), and nowhere when it logged none. A W&B failure only warns."""
     from trainer.config import effective_config
     from trainer.wandb_log import start_logger
 
-    if RunRecord.read_summary(run_folder).get(M.STATE) in (M.RUNNING, M.PREEMPTED, None):
+    summary = RunRecord.read_summary(run_folder)
+    if summary.get(M.STATE) in (M.RUNNING, M.PREEMPTED, None):
         return  # reopening its W&B run would end it as finished while the run itself has not ended
     logged = sorted((run_folder.parent / "wandb").glob(f"*run-*-{run_folder.name}"), key=lambda p: p.stat().st_mtime)
     if not logged:
         return
     mode = "offline" if logged[-1].name.startswith("offline-run-") else "online"
     logger = start_logger(mode, config.wandb_project, config.wandb_entity, run_folder.name,
-                          {**saved, "run_id": run_folder.name}, run_folder.parent, effective_config(config))
+                          {**saved, "run_id": run_folder.name}, run_folder.parent, effective_config(config), verbose=config.verbose)
     logger.summary({key: result[key] for key in (M.TEST_ACC, M.PER_CLASS_ACC, M.NUM_IMAGES, M.CHECKPOINT)})
-    logger.finish(0)
+    if media:
+        logger.log_test(*media)
+    logger.finish(summary.get(M.EXIT_CODE) or 0, summary.get(M.STATE))  # ends as the run ended (failed stays failed)
 

@@ -196,7 +196,8 @@ def train(loop: Loop, state: LoopState) -> str:
         loop.logger.log(row, step=state.log_step_offset + epoch + 1)
         summary = {M.BEST_VAL_ACC: state.best_val_acc, M.BEST_EPOCH: state.best_epoch, M.EPOCHS_COMPLETED: state.epoch, M.TRAIN_SECONDS: round(state.train_seconds, 3)}
         loop.record.update_summary(**summary)
-        loop.logger.summary({**summary, M.VAL_ACC: state.best_val_acc})  # the sweep optimises the best, not the last
+        # The sweep optimises the best, not the last; the epochs ride along for a report read from W&B (report/sources.py).
+        loop.logger.summary({**summary, M.VAL_ACC: state.best_val_acc, M.EPOCH_HISTORY: loop.record.history})
         loop.checkpoint(state, improved)
         last_checkpoint = time.monotonic()
         if patience_spent(config, state):  # before a stop request: this run is done, not to be resumed

@@ -50,6 +50,9 @@ DUPLICATE = "duplicate"  # a sweep trial whose effective config was already trai
 SUCCESSFUL_STATES = (FINISHED, EARLY_STOPPED)
 
 CONFIG_HASH = "config_hash"
+# The run's epochs (metrics.jsonl's rows) in its W&B summary too: a W&B report reads a sweep's runs, curves included,
+# a page of runs per request, instead of a history request (or three) per run.
+EPOCH_HISTORY = "epoch_history"
 
 # The held-out test evaluation (`agent.py test RUN` -> RUN/test/test.json).
 TEST_ACC = "test_acc"

@@ -7,7 +7,6 @@ epochs after the checkpoint it resumes from are dropped, never duplicated.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ import yaml
 from common.atomic import write_json, write_text
 from common.errors import UserError
 from common.yamlfile import read_yaml
+from common.locks import try_lock, unlock
 from trainer import metrics as M
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.jsonl", "summary.json"
@@ -34,7 +34,7 @@ def _holder(text: str) -> str:
     """The lock file's "<pid> <role>" in words; a pid is named only while that process lives."""
     pid, _, role = text.strip().partition(" ")
     alive = False
-    if pid.isdigit():
+    if pid.isdigit() and os.name == "posix":  # on Windows, os.kill(pid, 0) would end that process
         try:
             os.kill(int(pid), 0)
             alive = True
@@ -44,6 +44,15 @@ def _holder(text: str) -> str:
             pass
     doing = "being tested" if role == TESTING else "being trained"
     return f"{doing} by another process{f' (pid {pid})' if alive else ''}"
+
+
+def _read_holder(handle) -> str:
+    """The holder's "<pid> <role>"; empty where the OS keeps a locked file from being read (Windows)."""
+    try:
+        handle.seek(0)
+        return handle.read()
+    except OSError:
+        return ""
 
 
 class RunRecord:
@@ -61,17 +70,14 @@ class RunRecord:
         handle = open(self.folder / ".lock", "a+")
         deadline = time.monotonic() + 0.5  # a moment's shared lock (another process looking: `held_by`) is no holder
         while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if try_lock(handle):
                 break
-            except BlockingIOError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    continue
-                handle.seek(0)
-                holder = _holder(handle.read())
-                handle.close()
-                raise UserError(f"run {self.folder.name} is {holder} in {self.folder}: {busy}") from None
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            holder = _holder(_read_holder(handle))
+            handle.close()
+            raise UserError(f"run {self.folder.name} is {holder} in {self.folder}: {busy}")
         try:
             handle.seek(0)
             handle.truncate()
@@ -80,7 +86,7 @@ class RunRecord:
             yield self
         finally:
             handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            unlock(handle)
             handle.close()
 
     @staticmethod
@@ -90,11 +96,9 @@ class RunRecord:
         if not path.exists():
             return None
         with open(path, "r") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return handle.read()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if not try_lock(handle, shared=True):
+                return _read_holder(handle)
+            unlock(handle)
         return None
 
     @staticmethod

@@ -3,7 +3,8 @@
 This is the run boundary: whatever happens inside (divergence, CUDA out-of-memory, a bug, a signal), the
 run folder ends with a summary saying what happened and why, and the exit code lets a sweep go on:
 0 for finished, early-stopped, diverged and out-of-memory runs, 128+signal for a preempted run (so W&B
-re-queues it), 1 for an unexpected failure, 2 for a user mistake.
+re-queues it), 1 for an unexpected failure, 2 for a user mistake. W&B is told 3 for a diverged or
+out-of-memory run, which it marks failed: its search never scores one as a result (trainer/wandb_log.py).
 """
 
 from __future__ import annotations
@@ -37,13 +38,16 @@ from trainer.config import RunConfig, config_hash, effective_config, rehash, run
 from trainer.inputs import build_inputs, load_split
 from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, nothing_left, train
 from trainer.optim import build_optimizer
+from trainer.progress import run_header
 from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_BEST, REFUSED_LAST, RunRecord
-from trainer.signals import GracefulStop
+from trainer.signals import UPLOADS_AFTER_SIGNAL_SECONDS, GracefulStop
 from trainer.store import STORE_CHOICES, checkpoint_config, make_store
 from trainer.wandb_log import resolve_mode, start_logger
 from trainer.writer import CheckpointWriter
 
 EXIT_OK, EXIT_FAILED = 0, 1
+MODEL_METADATA = ("run_id", M.BEST_VAL_ACC, M.BEST_EPOCH, M.WEIGHTS_VERSION, M.TRAINABLE_PARAMS, M.TOTAL_PARAMS, "config_hash",
+                  M.SPLIT_HASH, M.DATA_HASH, "classes", "preprocessing", M.CODE_VERSION)  # what a model artifact says of itself
 SKIPPED_FILES = "skipped_files.txt"  # unreadable files the scan left out: relative path, tab, reason
 
 
@@ -302,6 +306,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     if not payload:  # a fresh start in a W&B run that has history already: log after it, not over it
         state.log_step_offset = max(0, logger.next_step() - 1)
     record.truncate_history(state.epoch, payload.get("history") if payload else None)
+    print(run_header(config.device, device, dtype, model.spec.name, model.weights_version, pre.crop_size, *count_parameters(model)), flush=True)
 
     autocast = autocast_factory(device, dtype)
     started = time.perf_counter()
@@ -411,7 +416,8 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
     # With config.yaml, at once: a rerun that fails before training must not leave the old hash beside a new config.
     started = {M.STATE: M.RUNNING, M.REASON: None, M.EXIT_CODE: None}  # nothing of an earlier process of this run id
     record.update_summary(run_id=run_id, config_hash=config_hash(config), **started, started_at=datetime.datetime.now().isoformat(timespec="seconds"))
-    logger = start_logger(config.wandb_mode, config.wandb_project, config.wandb_entity, run_id, config_dict, folder.parent, effective_config(config))
+    logger = start_logger(config.wandb_mode, config.wandb_project, config.wandb_entity, run_id, config_dict, folder.parent, effective_config(config),
+                          verbose=config.verbose)
     # W&B too: a resumed W&B run that had finished, then killed before its end, must not still read finished.
     logger.summary(started)
     print(f"run {run_id}: {config.model} strategy={config.strategy} -> {folder}")
@@ -475,7 +481,7 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
                     (folder / stale).unlink(missing_ok=True)
                 record.truncate_history(0)
         # Still inside the handlers: a signal arriving while W&B finishes cannot kill the run before its record says why.
-        store.close(timeout=20 if state_name == M.PREEMPTED else 600)
+        store.close(timeout=stop.seconds_left(UPLOADS_AFTER_SIGNAL_SECONDS) if stop else 600)  # a signal: the kill follows
         summary = _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
     return RunOutcome(run_id, folder, state_name, exit_code, summary)
 
@@ -525,7 +531,9 @@ def _finish(record: RunRecord, logger, state: str, reason: str | None, exit_code
         finished_at=datetime.datetime.now().isoformat(timespec="seconds"),
     )
     logger.summary({M.STATE: state, M.REASON: reason, M.EXIT_CODE: exit_code})  # the report tells refusals apart by it
-    logger.finish(exit_code)
+    if state == M.FINISHED:
+        logger.log_model(record.folder / BEST_CHECKPOINT, {key: summary.get(key) for key in MODEL_METADATA})
+    logger.finish(exit_code, state)  # diverged, oom: failed on W&B, so its search scores them as failures
     best = summary.get(M.BEST_VAL_ACC)
     print(f"run {record.folder.name}: {state}" + (f", best val_acc {best:.4f} at epoch {summary.get(M.BEST_EPOCH)}" if best is not None and best >= 0 else "") + (f" ({reason})" if reason else ""))
     return summary

@@ -127,6 +127,7 @@ class ArtifactStore(LocalStore):
         self._wake = threading.Event()
         self._pending: dict[str, Path] = {}
         self._closing = False
+        self._abandoned = False  # the deadline of close() passed: what still waits is left to the run folder
         self._warned = False
         self._thread = threading.Thread(target=self._worker, daemon=True, name="checkpoint-upload")
         self._thread.start()
@@ -152,6 +153,9 @@ class ArtifactStore(LocalStore):
                 self._wake.clear()
                 closing = self._closing
             for filename, snapshot in batch.items():
+                if self._abandoned:
+                    snapshot.unlink(missing_ok=True)
+                    continue
                 self._upload(filename, snapshot)
             if closing:
                 with self._lock:
@@ -192,11 +196,19 @@ class ArtifactStore(LocalStore):
         return self.logger.download_artifact_file(self.artifact_name(dest.name), dest.name, dest)
 
     def close(self, timeout: float | None = 600) -> None:
-        """Wait for queued uploads (a preempted run waits briefly: the previous version is already safe)."""
+        """Wait for queued uploads, at most `timeout` seconds (a stopped run: its kill follows). Uploads not begun by then
+        are dropped: the run folder keeps the checkpoint, and the store's previous version is already safe."""
         with self._lock:
             self._closing = True
         self._wake.set()
         self._thread.join(timeout=timeout)
+        if self._thread.is_alive():
+            with self._lock:
+                self._abandoned = True
+                left, self._pending = self._pending, {}
+            for snapshot in left.values():
+                snapshot.unlink(missing_ok=True)
+            print(f"note: checkpoint upload to W&B not finished within {timeout:.0f} s; left to the run folder's own copy", flush=True)
 
 
 def make_store(choice: str, logger, run_id: str) -> LocalStore:

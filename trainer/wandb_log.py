@@ -18,7 +18,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from trainer.metrics import EPOCH
+from trainer.metrics import DIVERGED, EPOCH, OOM
+
+# A diverged or out-of-memory run ends its W&B run with this exit code, so W&B marks it `failed`. W&B's search
+# (the `sweeps` package, as the local engine: bayes_search._construct_gp_data) scores a `finished` run by the best
+# val_acc in its history, which for a run that diverged is a good number; a `failed` one gets the worst result of
+# the sweep (metric.impute: worst), as the local engine gives it. The process itself still exits 0: `wandb agent`
+# stops after repeated non-zero exits (wandb_agent.py: Agent.is_failing, is_flapping), and a few bad learning rates
+# must not end a sweep.
+FAILED_RESULT_EXIT_CODE = 3
+FAILED_RESULTS = (DIVERGED, OOM)
 
 
 def _warn(message: str) -> None:
@@ -58,7 +67,9 @@ class RunLogger:
     def log_artifact_file(self, path: Path, name: str, kind: str, aliases: list[str], filename: str | None = None) -> None: ...
     def download_artifact_file(self, name: str, filename: str, dest: Path) -> bool:
         return False
-    def finish(self, exit_code: int = 0) -> None: ...
+    def log_model(self, path: Path, metadata: dict[str, Any]) -> None: ...
+    def log_test(self, truth, predicted, class_names, grid) -> None: ...
+    def finish(self, exit_code: int = 0, state: str | None = None) -> None: ...
 
 
 def resolve_mode(requested: str) -> str:
@@ -211,15 +222,55 @@ class WandbLogger(RunLogger):
         except Exception:  # no such artifact yet is the normal case for a new run
             return False
 
-    def finish(self, exit_code=0):
-        self._guard("finish", lambda: self.run.finish(exit_code=exit_code))
+    def log_model(self, path, metadata):
+        """The best checkpoint of a finished run as a `model` artifact, `model-<run id>`, online only (offline, `wandb
+        sync` would upload later what the run folder already keeps). A failed upload warns; the run is recorded."""
+        if not self.online or self._broken or not Path(path).exists():
+            return
+        try:
+            import wandb
+
+            artifact = wandb.Artifact(f"model-{self.run.id}", type="model", metadata=metadata,
+                                      description="best.pt of the run: load with `--weights=best.pt` or `agent.py test`")
+            artifact.add_file(str(path), name=Path(path).name)
+            self.run.log_artifact(artifact, aliases=["best", "latest"])
+        except Exception as exc:
+            _warn(f"W&B model artifact failed ({type(exc).__name__}: {exc}); best.pt stays in the run folder")
+
+    def log_test(self, truth, predicted, class_names, grid):
+        """The held-out test's confusion matrix (a W&B chart) and its prediction grid (a table of images with their true
+        and predicted classes), as media of the run that was tested."""
+        def log() -> None:
+            import wandb
+
+            table = wandb.Table(columns=["image", "true", "predicted", "correct"])
+            for image, true_name, predicted_name in grid:
+                table.add_data(wandb.Image(image), true_name, predicted_name, true_name == predicted_name)
+            chart = wandb.plot.confusion_matrix(y_true=[int(i) for i in truth], preds=[int(i) for i in predicted],
+                                                class_names=list(class_names), title="test-set confusion")
+            self.run.log({"test/confusion_matrix": chart, "test/predictions": table})
+
+        self._guard("test media", log)
+
+    def where(self) -> str:
+        """One line saying where the run's W&B record is: its URL, or how to upload an offline one."""
+        if self.online:
+            return f"W&B: {self._guard('url', lambda: self.run.url)}"
+        sync_dir = self._guard("sync_dir", lambda: self.run.settings.sync_dir)
+        return f"W&B offline: sync with `wandb sync {sync_dir}`"
+
+    def finish(self, exit_code=0, state=None):
+        code = exit_code or (FAILED_RESULT_EXIT_CODE if state in FAILED_RESULTS else 0)
+        self._guard("finish", lambda: self.run.finish(exit_code=code))
 
 
 EFFECTIVE_KEY = "effective"  # the normalised, result-determining config, logged beside the raw sweep values
 
 
 def start_logger(mode: str, project: str, entity: str, run_id: str, config: dict[str, Any], folder: Path,
-                 effective: dict[str, Any] | None = None) -> RunLogger:
+                 effective: dict[str, Any] | None = None, verbose: bool = False) -> RunLogger:
+    """The run's logger. Quiet unless `verbose`: one line of ours (the run's URL, or the `wandb sync` command of an
+    offline run) instead of W&B's banner and end-of-run summary; W&B's warnings and errors still show."""
     requested, mode = mode, resolve_mode(mode)
     if mode == "disabled":
         return RunLogger()
@@ -229,15 +280,17 @@ def start_logger(mode: str, project: str, entity: str, run_id: str, config: dict
         _warn("wandb is not installed; logging locally only")
         return RunLogger()
     fallback = requested == "auto" and mode == "online"  # chosen for the user: offline keeps a record if it fails
-    logger = _start(wandb, mode, project, entity, run_id, config, folder, effective, quiet=fallback)
+    logger = _start(wandb, mode, project, entity, run_id, config, folder, effective, quiet=fallback, verbose=verbose)
     if logger is None and fallback:  # the server refused or timed out
         print("note: W&B could not start online; logging offline (`wandb sync` uploads it later)", flush=True)
-        logger = _start(wandb, "offline", project, entity, run_id, config, folder, effective, quiet=False)
+        logger = _start(wandb, "offline", project, entity, run_id, config, folder, effective, quiet=False, verbose=verbose)
+    if logger is not None:
+        print(logger.where(), flush=True)
     return logger or RunLogger()
 
 
 def _start(wandb, mode: str, project: str, entity: str, run_id: str, config: dict[str, Any], folder: Path,
-           effective: dict[str, Any] | None, quiet: bool) -> "WandbLogger | None":
+           effective: dict[str, Any] | None, quiet: bool, verbose: bool = False) -> "WandbLogger | None":
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -248,7 +301,9 @@ def _start(wandb, mode: str, project: str, entity: str, run_id: str, config: dic
                 resume="allow",  # a re-queued or resumed trial continues the same W&B run
                 mode=mode,
                 dir=str(folder),
-                settings=wandb.Settings(init_timeout=90, console="off"),
+                # silent: W&B's banner and end-of-run summary (about 30 lines) give way to our one line
+                # console wrap: what the run prints reaches the run's Logs tab
+                settings=wandb.Settings(init_timeout=90, console="wrap", silent=not verbose),
             )
             # Keys a sweep set are locked (updates to them are ignored with a warning each): add only the others,
             # and the normalised values under one key of their own.
