@@ -312,3 +312,46 @@ def test_a_warm_start_uses_the_normalisation_given_or_its_sidecar_and_says_which
     (tmp_path / "mine.pt.json").write_text("{not json")
     with pytest.raises(UserError, match="mine.pt.json cannot be read"):
         parse_run_config({"model": "resnet18", "weights": str(path)})
+
+
+# --- nothing changes at the default size ------------------------------------------------------------
+
+# (train_loss, val_loss, val_acc) per epoch of these runs, as the code before sizes were parameters trained them
+# (commit f7c7fb5, on `make_image_folder(classes=3, train_per_class=20, test_per_class=2)`, one torch thread).
+BEFORE = {
+    "scratch": [(0.9769923587640127, 1.0995408693949382, 1 / 3), (0.5348022108276685, 1.0668035348256428, 1 / 3)],
+    "r18none": [(1.231636881828308, 1.2396899859110515, 1 / 3), (1.0953485369682312, 1.079164981842041, 1 / 3)],
+    "r18": [(0.7096241687734922, 1.9017283121744792, 1 / 3), (0.18282045548160872, 0.40984543164571124, 5 / 6)],
+}
+RUNS = {
+    "scratch": {"model": "scratch_cnn", "filters": 8, "dense_units": 16, "input_size": 64},
+    "r18none": {"model": "resnet18", "weights": "none", "strategy": "head_only", "augment": "none"},  # the feature cache
+    "r18": {"model": "resnet18", "weights": "none", "strategy": "last_k", "k_layers": 1},  # random resized crops at 224 px
+}
+
+
+@pytest.fixture(scope="module")
+def before_data(tmp_path_factory):
+    from data.synthetic import make_image_folder
+
+    return make_image_folder(tmp_path_factory.mktemp("before"), classes=3, train_per_class=20, test_per_class=2, workers=1)
+
+
+@pytest.mark.parametrize("run_id", [pytest.param(r, marks=pytest.mark.slow if r == "r18" else ()) for r in RUNS])
+def test_a_run_at_the_default_size_trains_metric_for_metric_what_it_trained_before(run_id, before_data, tmp_path):
+    from trainer.run import run_training
+
+    common = {"data_dir": str(before_data), "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "runs"),
+              "wandb_mode": "disabled", "num_workers": 0, "checkpoint_store": "local", "epochs": 2, "batch_size": 8}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the runs above were measured: sums over two threads round otherwise, and drift
+    try:
+        outcome = run_training(parse_run_config({**common, **RUNS[run_id], "run_id": run_id}))
+    finally:
+        torch.set_num_threads(threads)
+    rows = [json.loads(line) for line in (outcome.folder / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == len(BEFORE[run_id])
+    for row, (train_loss, val_loss, val_acc) in zip(rows, BEFORE[run_id]):
+        # 1e-5: another CPU's kernels may round otherwise; a pixel or a schedule that changed moves these by far more.
+        assert row["train_loss"] == pytest.approx(train_loss, abs=1e-5) and row["val_loss"] == pytest.approx(val_loss, abs=1e-5)
+        assert row["val_acc"] == pytest.approx(val_acc)
