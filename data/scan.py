@@ -176,9 +176,14 @@ def scan_folder(folder: Path | str, cache_dir: Path | str | None = None, verbose
         labels.extend([label] * len(good))
     skipped = tuple(sorted({**{Path(p).as_posix(): r for p, r in bad.items()}, **refused}.items()))
     if skipped and verbose:
-        examples = ", ".join(f"{p} ({r})" for p, r in skipped[:3])
-        print(f"warning: skipped {len(skipped)} unreadable file(s) in {printable(str(folder))}: {examples}{' ...' if len(skipped) > 3 else ''}")
+        print(skipped_warning(folder, skipped))
     return ImageIndex(folder, classes, tuple(paths), np.asarray(labels, dtype=np.int64), skipped, key, tuple(sizes))
+
+
+def skipped_warning(folder: Path, skipped) -> str:
+    """The one line that names a scan's unreadable files: a count and three examples (the run folder lists them all)."""
+    examples = ", ".join(f"{p} ({r})" for p, r in skipped[:3])
+    return f"warning: skipped {len(skipped)} unreadable file(s) in {printable(str(folder))}: {examples}{' ...' if len(skipped) > 3 else ''}"
 
 
 def check_same_classes(classes: tuple[str, ...], source: str, test: ImageIndex) -> None:

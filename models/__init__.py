@@ -10,6 +10,7 @@ import importlib
 from models import backbones as _backbones  # noqa: F401  (registers the backbones)
 from models.freezing import (
     FreezeOptions,
+    Freezing,
     Strategy,
     TrainPlan,
     plan_for_epoch,
@@ -21,8 +22,7 @@ from models.registry import AuxHead, BackboneSpec, Stage, backbone_names, get_sp
 
 _WITH_TORCH = {  # name -> module, imported on first use
     "describe_model": "models.describe", "describe_models": "models.describe",
-    "add_missing_groups": "models.param_groups", "build_param_groups": "models.param_groups",
-    "count_parameters": "models.param_groups", "groups_for_stages": "models.param_groups",
+    "count_parameters": "models.param_groups", "parameter_groups": "models.param_groups",
     "trainable_stage_names": "models.param_groups", "StagedModel": "models.staged",
     "build_model": "models.weights", "preprocessing_for": "models.weights", "resolve_weights": "models.weights",
 }
@@ -37,8 +37,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "AuxHead", "BackboneSpec", "FreezeOptions", "Stage", "StagedModel", "Strategy", "TrainPlan",
-    "backbone_names", "build_model", "build_param_groups", "count_parameters", "describe_model",
-    "add_missing_groups", "describe_models", "get_spec", "groups_for_stages", "plan_for_epoch", "preprocessing_for", "register",
+    "AuxHead", "BackboneSpec", "FreezeOptions", "Freezing", "Stage", "StagedModel", "Strategy", "TrainPlan",
+    "backbone_names", "build_model", "count_parameters", "describe_model", "parameter_groups",
+    "describe_models", "get_spec", "plan_for_epoch", "preprocessing_for", "register",
     "resolve_strategy", "resolve_weights", "strategy_names", "trainable_stage_names", "validate_options",
 ]

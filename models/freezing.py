@@ -2,6 +2,13 @@
 
 Strategies count named stages (never child indices or parameter tensors), so `k_layers=2` trains the same kind
 of block on every backbone, and an out-of-range `k_layers` is an error rather than a silent full fine-tune.
+A strategy is one `register_strategy` entry: its name, aliases, options and help here give the order reports
+show strategies in (registration order: least to most of the backbone trained), `--help`'s text and the tests.
+`Freezing.of` is the one place a strategy and its options are built from a run's values.
+
+Walk of strategy/k_layers: sweeps/freeze.yaml -> trainer/config.py (parsed; folded to the simplest equivalent)
+-> models/freezing.py (`Freezing.plan`: the stages that train in an epoch) -> models/staged.py (`apply_plan`
+sets requires_grad and keeps frozen stages in eval mode).
 """
 
 from __future__ import annotations
@@ -47,6 +54,35 @@ def _backbone(stage_names: tuple[str, ...]) -> tuple[str, ...]:
     if not stage_names or stage_names[-1] != HEAD:
         raise ValueError(f"stage names must end with {HEAD!r}, got {stage_names}")
     return tuple(stage_names[:-1])
+
+
+@dataclass(frozen=True)
+class Freezing:
+    """A strategy with its options: what a run freezes in each epoch."""
+
+    strategy: "Strategy"
+    options: FreezeOptions = FreezeOptions()
+
+    @classmethod
+    def of(cls, strategy: str, k_layers: int | None = None, freeze_fraction: float | None = None,
+           unfreeze_every_epochs: int | None = None) -> "Freezing":
+        """The one builder: a strategy name or alias and its options, None meaning the option's default."""
+        given = {"k_layers": k_layers, "freeze_fraction": freeze_fraction, "unfreeze_every_epochs": unfreeze_every_epochs}
+        return cls(resolve_strategy(strategy), FreezeOptions(**{k: v for k, v in given.items() if v is not None}))
+
+    @property
+    def name(self) -> str:
+        return self.strategy.name
+
+    def validate(self, stage_names: tuple[str, ...], model_name: str = "the model") -> None:
+        validate_options(self.strategy, stage_names, self.options, model_name)
+
+    def plan(self, stage_names: tuple[str, ...], epoch: int, model_name: str = "the model") -> "TrainPlan":
+        return plan_for_epoch(self.strategy, stage_names, self.options, epoch, model_name)
+
+    def plans(self, stage_names: tuple[str, ...], epochs: int, model_name: str = "the model") -> list["TrainPlan"]:
+        """The plan of every epoch of a run of `epochs` epochs."""
+        return [self.plan(stage_names, epoch, model_name) for epoch in range(epochs)]
 
 
 def _top(stage_names: tuple[str, ...], count: int) -> TrainPlan:
@@ -102,25 +138,31 @@ def register_strategy(strategy: Strategy) -> Strategy:
     return strategy
 
 
-for _strategy in (
+for _strategy in (  # least to most of the backbone trained: the order reports show them in
     Strategy("head_only", ("freeze_all",), (), _head_only,
              "train only the new classification head (a linear probe)"),
+    Strategy("norm_and_head", ("freeze_except_bn_and_fc", "bn_and_head"), (), _norm_and_head,
+             "train the head and every norm layer's affine parameters (BatchNorm statistics adapt too)"),
     Strategy("last_k", ("freeze_partial",), ("k_layers",), _last_k,
              "train the head and the last k_layers backbone stages (k_layers=0: head only)"),
     Strategy("fraction", ("freeze_k_percent",), ("freeze_fraction",), _fraction,
              "freeze the first round(freeze_fraction x backbone stages) stages, train the rest and the head"),
-    Strategy("norm_and_head", ("freeze_except_bn_and_fc", "bn_and_head"), (), _norm_and_head,
-             "train the head and every norm layer's affine parameters (BatchNorm statistics adapt too)"),
-    Strategy("full", ("unfreeze_all",), (), _full, "train every stage"),
     Strategy("gradual", (), ("unfreeze_every_epochs",), _gradual,
              "ULMFiT-style: head only at epoch 0, then one more stage from the top every unfreeze_every_epochs"),
+    Strategy("full", ("unfreeze_all",), (), _full, "train every stage"),
 ):
     register_strategy(_strategy)
 
 
 def strategy_names() -> tuple[str, ...]:
-    """Canonical names, without aliases."""
+    """Canonical names, without aliases, in registration order: from least to most of the backbone trained."""
     return tuple(_STRATEGIES)
+
+
+def strategy_help() -> str:
+    """The names and aliases, for `--help` and the configuration reference: derived, so a new entry is listed."""
+    aliases = [alias for alias, name in _ALIASES.items() if alias != name]
+    return f"freezing strategy: {', '.join(strategy_names())} (aliases: {', '.join(aliases)})"
 
 
 def resolve_strategy(name: str) -> Strategy:

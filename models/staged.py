@@ -173,6 +173,15 @@ class StagedModel(nn.Module):
             depth += 1
         return depth
 
+    def frozen_depth_over(self, plans) -> int:
+        """Leading stages frozen under every plan of a run (gradual unfreezing shrinks the prefix over time): they
+        never train, so they can run without autograd, or be computed once. Leaves the last plan applied."""
+        depths = []
+        for plan in set(plans):
+            self.apply_plan(plan)
+            depths.append(self.frozen_prefix_depth())
+        return min(depths)
+
     # ---- forward ---------------------------------------------------------------------------------
 
     def forward(self, x: Tensor, start: int = 0):

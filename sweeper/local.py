@@ -36,7 +36,7 @@ from common.errors import UserError
 from common.locks import try_lock
 from data.cache import CACHE_OPTION
 from data.layout import locate_dataset
-from data.scan import scan_folder
+from data.scan import scan_folder, skipped_warning
 from models import get_spec, resolve_strategy
 from sweeper import console
 from sweeper.definition import DRIVER_OWNED, RECIPE, SweepDefinition, with_recipe, engine_config, load_definition, pin_definition, pin_fixed, problems_error, unrunnable_values
@@ -91,7 +91,7 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
         parent = next(p for p in sweep_dir.parents if p.exists())  # checked before a download, creating nothing
         if not os.access(parent, os.W_OK):
             raise UserError(f"sweep folder {sweep_dir} cannot be created: {parent} is not writable; pass --sweep_dir with a writable folder")
-        prepare_dataset(definition, fixed)  # a first call that fails here leaves no sweep folder behind
+        said = prepare_dataset(definition, fixed)  # a first call that fails here leaves no sweep folder behind
         in_yaml = definition.parameters.get("checkpoint_store")
         store = fixed.get("checkpoint_store") or (in_yaml.get("value") if isinstance(in_yaml, dict) else None)
         _note_orphans_in_store(definition.name, store, sweep_dir)
@@ -113,8 +113,8 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
                     table.run_folder(trial).replace(sweep_dir / DROPPED_DIR / trial.run_id)
             table.clear()
         if existed:
-            prepare_dataset(definition, fixed)
-        return LocalSweep(definition, sweep_dir, fixed, workers).run(count)
+            said = prepare_dataset(definition, fixed)
+        return LocalSweep(definition, sweep_dir, fixed, workers, shown_warnings=[said] if said else []).run(count)
 
 
 def _note_orphans_in_store(name: str, store: Any, sweep_dir: Path) -> None:
@@ -133,7 +133,7 @@ def _note_orphans_in_store(name: str, store: Any, sweep_dir: Path) -> None:
               f"sweep, stop and pass the --sweep_dir it used (keep it on the same drive as the store)", flush=True)
 
 
-def prepare_dataset(definition: SweepDefinition, fixed: Mapping[str, Any]) -> None:
+def prepare_dataset(definition: SweepDefinition, fixed: Mapping[str, Any]) -> str | None:
     """Find the dataset once, before any trial: a wrong --data_dir refuses the sweep instead of failing every
     trial, and a download (nature_12K when the folder is empty) happens once, not in each parallel trial."""
     constants = {name: spec["value"] for name, spec in definition.parameters.items()
@@ -149,6 +149,8 @@ def prepare_dataset(definition: SweepDefinition, fixed: Mapping[str, Any]) -> No
     index = scan_folder(layout.train_dir, cache_dir=ensure_writable(config.cache_dir, "cache_dir", CACHE_OPTION))
     if index.skipped:
         print(f"note: every trial trains without those {len(index.skipped)} file(s) and lists them in its skipped_files.txt", flush=True)
+        return skipped_warning(index.root, index.skipped)  # said once here: the trials' own copies of it are not repeated
+    return None
 
 
 def check_fixed(fixed: Mapping[str, Any]) -> dict[str, str]:
@@ -175,7 +177,8 @@ def exclusive(sweep_dir: Path) -> Iterator[None]:
 
 
 class LocalSweep:
-    def __init__(self, definition: SweepDefinition, sweep_dir: Path, fixed: dict[str, str], workers: int):
+    def __init__(self, definition: SweepDefinition, sweep_dir: Path, fixed: dict[str, str], workers: int,
+                 shown_warnings: list[str] | tuple[str, ...] = ()):
         self.definition, self.fixed, self.workers = definition, fixed, workers
         self.config = engine_config(definition, fixed)
         self.table = TrialTable(sweep_dir)
@@ -190,7 +193,8 @@ class LocalSweep:
         self._final_histories: dict[str, list[dict]] = {}
         self.count, self.started = 0, time.monotonic()
         self.trained_seconds: list[float] = []  # durations of this call's trials that trained: the pace of the estimate
-        self._warnings_shown: set[str] = set()  # each distinct warning of the trials once (every CPU trial has one)
+        # Each distinct warning of the trials once (every CPU trial has one), and none the driver said already.
+        self._warnings_shown: set[str] = set(shown_warnings)
 
     # --- the loop ---------------------------------------------------------------------------------
 

@@ -16,10 +16,8 @@ from models import (
     FreezeOptions,
     StagedModel,
     TrainPlan,
-    add_missing_groups,
     backbone_names,
     build_model,
-    build_param_groups,
     count_parameters,
     get_spec,
     plan_for_epoch,
@@ -30,6 +28,17 @@ from models import (
 from scratch_cnn import ScratchCNNConfig
 
 from model_helpers import NUM_CLASSES, build, each_backbone, every_backbone, images  # noqa: E402
+from models.param_groups import trainable_stage_names  # noqa: E402
+from trainer.optim import LearningRates  # noqa: E402
+
+
+def build_param_groups(model, lr: float, backbone_lr_mult: float = 1.0, layer_decay: float = 1.0, weight_decay: float = 0.0):
+    """The optimizer groups of the model's current plan, as trainer/optim.py builds them."""
+    return LearningRates(lr, backbone_lr_mult, layer_decay, weight_decay).groups(model, trainable_stage_names(model))
+
+
+def add_missing_groups(model, optimizer, lr: float, backbone_lr_mult: float = 1.0, layer_decay: float = 1.0, weight_decay: float = 0.0):
+    return LearningRates(lr, backbone_lr_mult, layer_decay, weight_decay).add_unfrozen(model, optimizer)
 
 RESNET_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
 NORMS = (_BatchNorm, nn.LayerNorm, nn.GroupNorm)

@@ -1036,23 +1036,20 @@ def test_a_run_folder_in_use_by_another_process_is_refused(base):
 
 def test_stages_unfrozen_later_keep_the_backbone_lr_multiplier():
     """backbone_lr_mult must hold for stages that gradual unfreezing adds mid-run too (not become 1)."""
-    from types import SimpleNamespace
-
-    from models import FreezeOptions, plan_for_epoch, resolve_strategy
-    from trainer.loop import apply_epoch_plan
-    from trainer.optim import build_optimizer
+    from trainer.config import freezing_of
+    from trainer.loop import advance_plan
+    from trainer.optim import LearningRates
 
     config = parse_run_config({"model": "resnet18", "strategy": "gradual", "backbone_lr_mult": 0.05, "lr": 0.1})
     model = build_model("resnet18", 3, "none")
-    options = FreezeOptions(unfreeze_every_epochs=1)
-    model.apply_plan(plan_for_epoch(resolve_strategy("gradual"), model.stage_names, options, 0))
-    loop = SimpleNamespace(config=config, model=model, strategy=resolve_strategy("gradual"), freeze_options=options,
-                           optimizer=build_optimizer(model, config))
-    head_groups = len(loop.optimizer.param_groups)
-    apply_epoch_plan(loop, 1)  # layer4 joins the optimizer
-    added = loop.optimizer.param_groups[head_groups:]
+    freezing, rates = freezing_of(config), LearningRates.of(config)
+    model.apply_plan(freezing.plan(model.stage_names, 0))
+    optimizer = rates.optimizer_for(model)
+    head_groups = len(optimizer.param_groups)
+    advance_plan(model, optimizer, rates, freezing, 1)  # layer4 joins the optimizer
+    added = optimizer.param_groups[head_groups:]
     assert added and all(group["initial_lr"] == pytest.approx(0.005) for group in added)
-    assert loop.optimizer.param_groups[0]["initial_lr"] == 0.1
+    assert optimizer.param_groups[0]["initial_lr"] == 0.1
 
 
 @pytest.mark.parametrize("settings, refused", [
@@ -1063,12 +1060,12 @@ def test_stages_unfrozen_later_keep_the_backbone_lr_multiplier():
 ])
 def test_a_zero_backbone_lr_multiplier_is_refused_where_backbone_stages_train(settings, refused):
     """lr 0 for "trained" stages: head-only in effect, under another strategy's name, with BatchNorm drifting."""
-    from models import resolve_strategy
-    from trainer.run import freeze_options, refuse_idle_backbone
+    from trainer.config import freezing_of
+    from trainer.run import refuse_idle_backbone
 
     config = parse_run_config({"model": "resnet18", "backbone_lr_mult": 0, "epochs": 3, **settings})  # reads: old runs load
     stages = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
-    check = lambda: refuse_idle_backbone(config, stages, resolve_strategy(config.strategy), freeze_options(config))  # noqa: E731
+    check = lambda: refuse_idle_backbone(config, stages, freezing_of(config))  # noqa: E731
     if refused:
         with pytest.raises(UserError) as caught:
             check()
@@ -1242,11 +1239,11 @@ def test_patience_stops_a_run_says_so_and_a_resume_does_not_train_past_it(base, 
 def test_the_learning_rate_schedule_steps_every_batch(base, monkeypatch, schedule, warmup_epochs):
     """The schedule is a function of the global step, never of the epoch, whatever the schedule; warmup is
     counted in epochs of batches."""
-    import trainer.loop
+    import trainer.optim
     from trainer.optim import lr_factor
 
-    factors, real = [], trainer.loop.set_learning_rates
-    monkeypatch.setattr(trainer.loop, "set_learning_rates", lambda opt, f: (factors.append(f), real(opt, f))[1])
+    factors, real = [], trainer.optim.set_learning_rates
+    monkeypatch.setattr(trainer.optim, "set_learning_rates", lambda opt, f: (factors.append(f), real(opt, f))[1])
     outcome = run_training(scratch(base, run_id="sched", epochs=2, warmup_epochs=warmup_epochs, schedule=schedule))
     assert outcome.state == M.FINISHED
     per_epoch = outcome.summary["num_train"] // 8

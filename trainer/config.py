@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from common.errors import UserError
+from models.freezing import Freezing, strategy_help
 from common.parsing import nearest, parse_bool
 from common.yamlfile import read_yaml
 from data.seeds import SEED_MAX
@@ -66,7 +67,7 @@ class RunConfig:
     mean: tuple[float, float, float] | None = _opt(None, "input normalisation mean (r,g,b in 0..1) of a warm start, random init or scratch_cnn; empty = the start's own (a run checkpoint's record, FILE.json beside a weights FILE, else ImageNet's)", "model", low=0.0, high=1.0)
     std: tuple[float, float, float] | None = _opt(None, "input normalisation std (r,g,b), as mean", "model", low=1e-6, high=10.0)
     # freezing
-    strategy: str = _opt("last_k", "freezing strategy: head_only, last_k, fraction, norm_and_head, full, gradual (aliases: freeze_all, freeze_partial, freeze_k_percent, freeze_except_bn_and_fc, unfreeze_all)", "freezing")
+    strategy: str = _opt("last_k", strategy_help(), "freezing")
     k_layers: int | None = _opt(1, "last_k: number of trailing backbone stages trained with the head", "freezing", low=0)
     freeze_fraction: float | None = _opt(0.5, "fraction: share of leading backbone stages kept frozen", "freezing", low=0.0, high=1.0)
     unfreeze_every_epochs: int | None = _opt(1, "gradual: epochs between unfreezing one more stage", "freezing", low=1)
@@ -293,12 +294,11 @@ def parse_run_config(*sources: Mapping[str, Any]) -> "RunConfig":
 
 def normalise(config: RunConfig) -> RunConfig:
     """Fill architecture-dependent values and null out parameters that do not apply to this run."""
-    from models.freezing import resolve_strategy
     from models.registry import get_spec
 
     spec = get_spec(config.model)
     changes: dict[str, Any] = {"model": spec.name}
-    strategy = resolve_strategy(config.strategy)  # a typo is one even where the strategy does not apply
+    freezing = freezing_of(config)  # a typo is one even where the strategy does not apply
     if spec.weights_enum is None:  # trained from scratch: no pretrained weights, everything trains
         if config.weights.lower() in ("imagenet",) or config.weights.upper().startswith("IMAGENET"):
             changes["weights"] = "none"
@@ -308,10 +308,11 @@ def normalise(config: RunConfig) -> RunConfig:
             if getattr(config, name) is None:
                 changes[name] = FIELDS[name].default
     else:
-        strategy, options = _canonical_strategy(spec, strategy, config)  # equivalent strategies written as one
+        freezing = _canonical_freezing(spec, freezing, config.epochs)  # equivalent strategies written as one
+        strategy = freezing.strategy
         changes["strategy"] = strategy.name
         for name in FREEZE_OPTION_FIELDS:
-            changes[name] = getattr(options, name) if name in strategy.uses else None
+            changes[name] = getattr(freezing.options, name) if name in strategy.uses else None
         changes.update({name: None for name in SCRATCH_FIELDS})
         if not spec.aux_heads:
             changes["aux_loss_weight"] = None
@@ -320,7 +321,7 @@ def normalise(config: RunConfig) -> RunConfig:
         else:
             changes["backbone_lr_mult"] = 0.1 if config.backbone_lr_mult is None else config.backbone_lr_mult
             changes["layer_decay"] = 1.0 if config.layer_decay is None else config.layer_decay
-        changes.update(_fold_freezing(spec, strategy, dataclasses.replace(config, **changes)))
+        changes.update(_fold_bn_mode(spec, freezing))
         if config.weights == spec.default_weights:  # the explicit name of what "imagenet" means
             changes["weights"] = "imagenet"
     changes.update(_input_sizes(spec, dataclasses.replace(config, **changes)))
@@ -401,39 +402,40 @@ def unused_reason(key: str, config: "RunConfig") -> str:
     return "it does not apply"
 
 
-def _canonical_strategy(spec, strategy, config: RunConfig):
-    """(strategy, options) written one way among those that train the same parameters in every epoch: a static plan
-    is head_only, last_k with k_layers=k, or full (fraction=0.5 of ResNet-50's 5 stages is last_k with k_layers=2;
+def freezing_of(config: RunConfig) -> Freezing:
+    """The run's strategy with the options it uses: the one place a RunConfig becomes a `Freezing`."""
+    strategy = Freezing.of(config.strategy).strategy
+    return Freezing.of(config.strategy, **{name: getattr(config, name) for name in FREEZE_OPTION_FIELDS if name in strategy.uses})
+
+
+def _canonical_freezing(spec, freezing: Freezing, epochs: int) -> Freezing:
+    """The freezing written one way among those that train the same parameters in every epoch: a static plan is
+    head_only, last_k with k_layers=k, or full (fraction=0.5 of ResNet-50's 5 stages is last_k with k_layers=2;
     last_k with every stage is full), and norm_and_head on a net without norm layers (VGG-16) is head_only. Gradual
     unfreezing that never unfreezes within the run is head_only; one that does stays itself."""
-    from models.freezing import HEAD, FreezeOptions, TrainPlan, plan_for_epoch, resolve_strategy
+    from models.freezing import HEAD, TrainPlan
 
-    given = {name: getattr(config, name) for name in FREEZE_OPTION_FIELDS if name in strategy.uses and getattr(config, name) is not None}
-    options = FreezeOptions(**given)
-    plans = {plan_for_epoch(strategy, spec.stage_names, options, epoch, spec.name) for epoch in range(config.epochs)}  # validates
+    plans = set(freezing.plans(spec.stage_names, epochs, spec.name))  # validates
     if len(plans) > 1:
-        return strategy, options
+        return freezing
     plan = plans.pop()
     if plan.train_norm_layers:
         if spec.norm_layers:
-            return resolve_strategy("norm_and_head"), FreezeOptions()
+            return Freezing.of("norm_and_head")
         plan = TrainPlan(frozenset({HEAD}))  # no norm layer to train: the head alone
     backbone = spec.stage_names[:-1]
     trained = sum(stage in plan.trainable_stages for stage in backbone)
     if trained == 0:
-        return resolve_strategy("head_only"), FreezeOptions()
+        return Freezing.of("head_only")
     if trained == len(backbone):
-        return resolve_strategy("full"), FreezeOptions()
-    return resolve_strategy("last_k"), FreezeOptions(k_layers=trained)
+        return Freezing.of("full")
+    return Freezing.of("last_k", k_layers=trained)
 
 
-def _fold_freezing(spec, strategy, config: RunConfig) -> dict[str, Any]:
+def _fold_bn_mode(spec, freezing: Freezing) -> dict[str, Any]:
     """bn_mode written as the default where no frozen stage has BatchNorm in eval mode (nothing frozen, norm layers
     trained by the plan, or a net without BatchNorm): both values train the same model."""
-    from models.freezing import FreezeOptions, plan_for_epoch
-
-    options = FreezeOptions(**{name: getattr(config, name) for name in FREEZE_OPTION_FIELDS if getattr(config, name) is not None})
-    first = plan_for_epoch(strategy, spec.stage_names, options, 0, spec.name)  # the first epoch freezes most
+    first = freezing.plan(spec.stage_names, 0, spec.name)  # the first epoch freezes most
     if not spec.batch_norm or first.train_norm_layers or first.trainable_stages >= set(spec.stage_names):
         return {"bn_mode": FIELDS["bn_mode"].default}
     return {}

@@ -1,5 +1,8 @@
 """Everything between files on disk and model inputs for one run: scan, split, stores, loaders, transforms.
 
+Walk of augment: sweeps/*.yaml -> trainer/config.py (RunConfig.augment) -> trainer/inputs.py (`TrainTransform`, and no
+feature cache under random augmentation) -> data/augment.py (`_Policy`: the crop scale, flip, rotation, jitter).
+
 The result, `RunInputs`, hands the loop ready-to-use batches for training and validation. Images come from
 the decoded-image cache (or are decoded on the fly), become tensors on the device, and are augmented there;
 when the frozen-prefix cache applies, training and validation read cached prefix features instead and the
@@ -77,10 +80,13 @@ def image_store(index: ImageIndex, pre: Preprocessing, cache_dir: Path, use_cach
     return DecodingStore(index, pre.resize_size, pre.interpolation, pre.crop_size)
 
 
-def build_inputs(config, data: DataSplit, pre: Preprocessing, model, feature_depth: int, device: torch.device, autocast, batch_size: int,
+def build_inputs(config, data: DataSplit, pre: Preprocessing, model, frozen_depth: int, device: torch.device, autocast, batch_size: int,
                  dtype: torch.dtype | None = None, eval_pre: Preprocessing | None = None) -> RunInputs:
     """`autocast` runs the model at `dtype` (None: fp32). `pre` is the training preprocessing, `eval_pre` the
-    validation one (default: the same); at another size validation reads its own cache of images or features."""
+    validation one (default: the same); at another size validation reads its own cache of images or features.
+
+    `frozen_depth` leading stages never train in this run: without random augmentation their outputs never change
+    either, so with `feature_cache` they are computed once and training starts after them (`start_stage`)."""
     eval_pre = eval_pre or pre
     cuda = device.type == "cuda"
     channels_last = config.channels_last
@@ -92,6 +98,7 @@ def build_inputs(config, data: DataSplit, pre: Preprocessing, model, feature_dep
         workers = 0  # on a CPU the gather is a memcpy; worker processes would only compete with the model for cores
     train_transform = TrainTransform(pre, config.augment, channels_last)
     eval_transform = EvalTransform(eval_pre, channels_last)
+    feature_depth = frozen_depth if (config.feature_cache and not train_transform.is_random) else 0
 
     def to_device(batch: torch.Tensor) -> torch.Tensor:
         return batch.to(device, non_blocking=True)

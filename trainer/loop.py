@@ -1,27 +1,33 @@
 """The training loop: epochs of steps, validation, record, checkpoint. Reads top to bottom.
 
-Set-up (data, model, optimizer) happens in `trainer.run`; this module only trains, given a `Loop` that
-holds the pieces. It returns the final state name; it raises `Diverged` when the loss stops being finite.
+Set-up (data, model, optimizer) happens in `trainer.run`; this module only trains, given a `Loop` that holds the
+pieces as typed values (no run config below `run()`). It returns the final state name; it raises `Diverged` when
+the loss stops being finite.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
-from models.freezing import plan_for_epoch
-from models.param_groups import add_missing_groups
+from models.freezing import Freezing
+from models.staged import StagedModel
 from trainer import metrics as M
 from trainer.checkpoint import LoopState
-from trainer.optim import group_options, lr_factor, set_learning_rates
+from trainer.optim import LearningRates
 from trainer.progress import EpochProgress
 from trainer.signals import EARLY_STOP, StopFlag
+
+if TYPE_CHECKING:
+    from trainer.inputs import RunInputs
+    from trainer.record import RunRecord
+    from trainer.wandb_log import RunLogger
 
 NAN_CHECK_EVERY_STEPS = 25  # checking finiteness forces a GPU sync; every step would stall the pipeline
 
@@ -30,19 +36,34 @@ class Diverged(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """What the loop itself reads of a run's settings: how long to train, when to stop, the loss, the checkpoints."""
+
+    epochs: int
+    patience: int = 0  # epochs without a better val_acc before stopping; 0 = off
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # 0 = off
+    checkpoint_minutes: float = 0.0  # also checkpoint inside long epochs; 0 = at epoch ends only
+
+    @classmethod
+    def of(cls, config) -> "TrainSettings":
+        return cls(config.epochs, config.patience, config.label_smoothing, config.grad_clip, config.checkpoint_minutes)
+
+
 @dataclass
 class Loop:
-    config: Any
-    model: torch.nn.Module
+    settings: TrainSettings
+    rates: LearningRates
+    freezing: Freezing
+    model: StagedModel
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    inputs: Any  # trainer.inputs.RunInputs
+    inputs: RunInputs
     device: torch.device
-    autocast: Callable[[], Any]
-    strategy: Any
-    freeze_options: Any
-    record: Any  # trainer.record.RunRecord
-    logger: Any  # trainer.wandb_log.RunLogger
+    autocast: Callable[[], AbstractContextManager]
+    record: RunRecord
+    logger: RunLogger
     checkpoint: Callable[[LoopState, bool], None]  # (state, is_best) -> writes last (and best)
     stop: StopFlag = field(default_factory=StopFlag)
     inference_prefix: int = 0  # frozen leading stages run without autograd when training on images
@@ -64,15 +85,41 @@ def split_output(output) -> tuple[torch.Tensor, list[torch.Tensor]]:
     return (output[0], list(output[1])) if isinstance(output, tuple) else (output, [])
 
 
-def apply_epoch_plan(loop: Loop, epoch: int) -> None:
-    """Set which stages train in this epoch; what starts training joins the optimizer (gradual unfreezing)."""
-    advance_plan(loop.model, loop.optimizer, loop.config, loop.strategy, loop.freeze_options, epoch)
+def advance_plan(model: StagedModel, optimizer: torch.optim.Optimizer, rates: LearningRates, freezing: Freezing, epoch: int) -> None:
+    """Apply epoch `epoch`'s plan; what starts training joins the optimizer at its base rate (gradual unfreezing)."""
+    model.apply_plan(freezing.plan(model.stage_names, epoch))
+    rates.add_unfrozen(model, optimizer)
 
 
-def advance_plan(model, optimizer, config, strategy, options, epoch: int) -> None:
-    """Apply epoch `epoch`'s plan and add groups for the parameters that newly train (stages, aux heads)."""
-    model.apply_plan(plan_for_epoch(strategy, model.stage_names, options, epoch))
-    add_missing_groups(model, optimizer, **group_options(config))
+def optimizer_after(model: StagedModel, rates: LearningRates, freezing: Freezing, epoch: int) -> torch.optim.Optimizer:
+    """The optimizer with the groups it has after `epoch`'s plan: the plans of epochs 0..epoch replayed in order, so a
+    checkpoint's optimizer state (gradual unfreezing grows the groups) loads group for group."""
+    model.apply_plan(freezing.plan(model.stage_names, 0))
+    optimizer = rates.optimizer_for(model)
+    for later in range(1, epoch + 1):
+        advance_plan(model, optimizer, rates, freezing, later)
+    return optimizer
+
+
+def train_step(loop: Loop, x: torch.Tensor, y: torch.Tensor, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimisation step: (the objective, the main head's plain cross-entropy for the record, the logits)."""
+    settings = loop.settings
+    with loop.autocast():
+        logits, aux_logits = split_output(loop.forward(x, loop.inputs.start_stage))
+        loss = F.cross_entropy(logits, y, label_smoothing=settings.label_smoothing)
+        # train_loss is the main head's plain cross-entropy, as val_loss is: aux heads and label smoothing
+        # are part of the objective, not of the number compared across models and against val_loss.
+        logged = loss.detach() if not settings.label_smoothing else F.cross_entropy(logits.detach().float(), y)
+        for aux in aux_logits:
+            loss = loss + (loop.model.aux_loss_weight or 0.0) * F.cross_entropy(aux, y, label_smoothing=settings.label_smoothing)
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.scaler.scale(loss).backward()
+    if settings.grad_clip > 0:
+        loop.scaler.unscale_(loop.optimizer)
+        torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+    return loss, logged, logits
 
 
 @torch.inference_mode()
@@ -92,27 +139,24 @@ def evaluate(loop: Loop, loader) -> tuple[float, float]:
     return (loss_sum.item() / max(1, seen), correct.item() / max(1, seen))
 
 
-def patience_spent(config, state: LoopState) -> bool:
-    return bool(config.patience) and state.stale_epochs >= config.patience
+def patience_spent(settings: TrainSettings, state: LoopState) -> bool:
+    return bool(settings.patience) and state.stale_epochs >= settings.patience
 
 
-def nothing_left(config, state: LoopState) -> bool:
+def nothing_left(settings: TrainSettings, state: LoopState) -> bool:
     """A checkpoint of a run that has trained all it will: every epoch, or until its patience ran out."""
-    return state.epoch >= config.epochs or patience_spent(config, state)
+    return state.epoch >= settings.epochs or patience_spent(settings, state)
 
 
 def train(loop: Loop, state: LoopState) -> str:
-    config, model, optimizer = loop.config, loop.model, loop.optimizer
-    if patience_spent(config, state):  # a resumed run whose patience ran out stays stopped
+    settings, model, optimizer = loop.settings, loop.model, loop.optimizer
+    if patience_spent(settings, state):  # a resumed run whose patience ran out stays stopped
         return M.FINISHED
     steps_per_epoch = loop.inputs.train_loader.num_batches()
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = round((config.warmup_epochs or 0) * steps_per_epoch)  # None under onecycle
     last_checkpoint = time.monotonic()
-    aux_weight = model.aux_loss_weight or 0.0
 
-    for epoch in range(state.epoch, config.epochs):
-        apply_epoch_plan(loop, epoch)
+    for epoch in range(state.epoch, settings.epochs):
+        advance_plan(model, optimizer, loop.rates, loop.freezing, epoch)
         model.train()  # StagedModel.train keeps frozen stages (and their BatchNorm statistics) in eval mode
         params = [p for g in optimizer.param_groups for p in g["params"]]
         loss_sum = torch.tensor(state.loss_sum, device=loop.device, dtype=torch.float64)
@@ -121,27 +165,13 @@ def train(loop: Loop, state: LoopState) -> str:
         # A mid-epoch checkpoint of an older version has the epoch's images but not its time: count only ours.
         uncounted_images = state.seen if state.epoch_seconds == 0 else 0
         lr = optimizer.param_groups[0]["lr"]
-        progress = EpochProgress(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch, initial=state.batch)
+        progress = EpochProgress(f"epoch {epoch + 1}/{settings.epochs}", steps_per_epoch, initial=state.batch)
 
         for images, labels in loop.inputs.train_loader.epoch(epoch, start_batch=state.batch):
             x = loop.inputs.train_input(images, epoch, state.batch)
             y = labels.to(loop.device, non_blocking=True)
-            lr = set_learning_rates(optimizer, lr_factor(state.step, total_steps, warmup_steps, config.schedule))
-            with loop.autocast():
-                logits, aux_logits = split_output(loop.forward(x, loop.inputs.start_stage))
-                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-                # train_loss is the main head's plain cross-entropy, as val_loss is: aux heads and label smoothing
-                # are part of the objective, not of the number compared across models and against val_loss.
-                logged = loss.detach() if not config.label_smoothing else F.cross_entropy(logits.detach().float(), y)
-                for aux in aux_logits:
-                    loss = loss + aux_weight * F.cross_entropy(aux, y, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loop.scaler.scale(loss).backward()
-            if config.grad_clip > 0:
-                loop.scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            loop.scaler.step(optimizer)
-            loop.scaler.update()
+            lr = loop.rates.apply(optimizer, state.step, steps_per_epoch)
+            loss, logged, logits = train_step(loop, x, y, params)
 
             state.step, state.batch = state.step + 1, state.batch + 1
             loss_sum += logged.double() * len(y)
@@ -150,7 +180,7 @@ def train(loop: Loop, state: LoopState) -> str:
             progress.update(loss=loss, lr=lr)
             if state.step % NAN_CHECK_EVERY_STEPS == 0 and not torch.isfinite(loss_sum):
                 raise Diverged(f"training loss became {loss_sum.item()} in epoch {epoch + 1} (step {state.step}); lower lr")
-            minutes = config.checkpoint_minutes
+            minutes = settings.checkpoint_minutes
             if loop.stop or (minutes and time.monotonic() - last_checkpoint > 60 * minutes):
                 state.loss_sum, state.correct = loss_sum.item(), int(correct.item())
                 state.train_seconds, state.epoch_seconds = add_elapsed_seconds(started, state.train_seconds, state.epoch_seconds)
@@ -187,7 +217,7 @@ def train(loop: Loop, state: LoopState) -> str:
             state.stale_epochs += 1
         state.epoch, state.batch, state.loss_sum, state.correct, state.seen, state.epoch_seconds = epoch + 1, 0, 0.0, 0, 0, 0.0
         print(
-            f"epoch {epoch + 1}/{config.epochs}  train_loss {row[M.TRAIN_LOSS]:.4f}  train_acc {row[M.TRAIN_ACC]:.4f}  "
+            f"epoch {epoch + 1}/{settings.epochs}  train_loss {row[M.TRAIN_LOSS]:.4f}  train_acc {row[M.TRAIN_ACC]:.4f}  "
             f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  {row[M.IMAGES_PER_SECOND]:.0f} img/s  {epoch_seconds:.1f}s",
             flush=True,
         )
@@ -200,13 +230,13 @@ def train(loop: Loop, state: LoopState) -> str:
         loop.logger.summary({**summary, M.VAL_ACC: state.best_val_acc, M.EPOCH_HISTORY: loop.record.history})
         loop.checkpoint(state, improved)
         last_checkpoint = time.monotonic()
-        if patience_spent(config, state):  # before a stop request: this run is done, not to be resumed
-            if state.epoch < config.epochs:  # on the last epoch, patience cut nothing
-                note = f"val_acc did not improve for {config.patience} epochs (patience): stopped after epoch {state.epoch} of {config.epochs}"
+        if patience_spent(settings, state):  # before a stop request: this run is done, not to be resumed
+            if state.epoch < settings.epochs:  # on the last epoch, patience cut nothing
+                note = f"val_acc did not improve for {settings.patience} epochs (patience): stopped after epoch {state.epoch} of {settings.epochs}"
                 print(f"early stopping: {note}")
                 loop.record.update_summary(stopped_by_patience=note)
             break
-        if loop.stop and state.epoch < config.epochs:  # a stop during the last validation finds the run done
+        if loop.stop and state.epoch < settings.epochs:  # a stop during the last validation finds the run done
             return M.EARLY_STOPPED if loop.stop.reason == EARLY_STOP else M.PREEMPTED
     return M.FINISHED
 

@@ -28,18 +28,18 @@ from common.errors import EXIT_USER_ERROR, UserError
 from common.preprocessing import Preprocessing
 from common.provenance import code_version
 from models import build_model, count_parameters, preprocessing_for
-from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy, validate_options
+from models.freezing import Freezing
 from models.weights import frozen_fingerprint
 from scratch_cnn import ScratchCNNConfig
 from trainer import metrics as M
-from trainer.checkpoint import (CheckpointRefused, LoopState, check_frozen_base, checkpoint_payload, identity_mismatch, keep_as,
-                                load_checkpoint, restore, write_checkpoint)
-from trainer.config import RunConfig, config_hash, effective_config, rehash, run_id_problem, to_dict
+from trainer.checkpoint import LoopState, checkpoint_payload, keep_as, write_checkpoint
+from trainer.config import RunConfig, config_hash, effective_config, freezing_of, rehash, run_id_problem, to_dict
 from trainer.inputs import build_inputs, load_split
-from trainer.loop import Diverged, Loop, advance_plan, autocast_factory, nothing_left, train
-from trainer.optim import build_optimizer
+from trainer.loop import Diverged, Loop, TrainSettings, autocast_factory, optimizer_after, train
+from trainer.optim import LearningRates
 from trainer.progress import run_header
-from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_BEST, REFUSED_LAST, RunRecord
+from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_BEST, RunRecord
+from trainer.resume import ResumeRequest, resume_or_start
 from trainer.signals import UPLOADS_AFTER_SIGNAL_SECONDS, GracefulStop
 from trainer.store import STORE_CHOICES, checkpoint_config, make_store
 from trainer.wandb_log import resolve_mode, start_logger
@@ -143,179 +143,45 @@ def normalisation_note(config: RunConfig, pre: Preprocessing) -> str | None:
             f"{list(pre.mean)}, std {list(pre.std)}: {given}")
 
 
-def freeze_options(config: RunConfig) -> FreezeOptions:
-    defaults = FreezeOptions()
-    return FreezeOptions(
-        k_layers=config.k_layers if config.k_layers is not None else defaults.k_layers,
-        freeze_fraction=config.freeze_fraction if config.freeze_fraction is not None else defaults.freeze_fraction,
-        unfreeze_every_epochs=config.unfreeze_every_epochs or defaults.unfreeze_every_epochs,
-    )
-
-
-def _min_depth_over_epochs(model, strategy, options, epochs: int) -> int:
-    """Leading stages frozen in every epoch of the run (gradual unfreezing shrinks it over time)."""
-    plans = {plan_for_epoch(strategy, model.stage_names, options, epoch) for epoch in range(epochs)}
-    depths = []
-    for plan in plans:
-        model.apply_plan(plan)
-        depths.append(model.frozen_prefix_depth())
-    return min(depths)
-
-
-def _optimizer_as_saved(model, config: RunConfig, strategy, options, payload: dict | None):
-    """The optimizer with the groups it had when `payload` was written (a fresh one without a payload).
-
-    Groups grow as stages unfreeze: the plans of epochs 0..the checkpoint's epoch are replayed in order, so a
-    checkpoint's optimizer state loads group for group.
-    """
-    saved_plan_epoch = 0 if not payload else max(0, payload["loop"]["epoch"] - (payload["loop"]["batch"] == 0))
-    model.apply_plan(plan_for_epoch(strategy, model.stage_names, options, 0))
-    optimizer = build_optimizer(model, config)
-    for epoch in range(1, saved_plan_epoch + 1):
-        advance_plan(model, optimizer, config, strategy, options, epoch)
-    return optimizer
-
-
-def _fetch_best(store, best_path: Path, last_path: Path, identity: dict, state: LoopState) -> None:
-    """Give a resumed run the best epoch's weights (a new machine has none, `agent.py test` needs them), and only
-    its own: a store may still hold the best.pt of a model that a fresh start replaced."""
-    best_epoch = state.best_epoch
-    if best_epoch <= 0:
-        best_path.unlink(missing_ok=True)
-        return
-    if store.fetch(best_path):
-        try:  # mmap: the tensors are not read, only the small header
-            best = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)
-            same_run, epoch = identity_mismatch(best, identity) is None, best.get("epoch")
-        except Exception:
-            same_run, epoch = False, None
-        if same_run and epoch == best_epoch:
-            return
-    if best_epoch == state.epoch and state.batch == 0:
-        # last.pt is the best epoch itself: the run stopped between writing it and keeping it as best.pt.
-        keep_as(last_path, best_path)
-        store.save(best_path)
-        print(f"note: {best_path} of epoch {best_epoch} was not kept before the run stopped; made again from {last_path.name}")
-    elif best_path.exists():
-        print(f"warning: {best_path} is not this run's epoch {best_epoch}; set aside as {PREVIOUS_BEST}")
-        best_path.replace(best_path.with_name(PREVIOUS_BEST))
-
-
-def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, batch_size: int, stop, fresh: bool = False) -> tuple[str, LoopState, dict]:
-    """Set up everything and train; returns (state, loop state, summary facts). Raises on failure.
-
-    `fresh` (a retry after running out of memory) ignores every checkpoint, the store's included.
-    """
-    torch.manual_seed(config.seed)
+def _device_and_precision(config: RunConfig) -> tuple[torch.device, torch.dtype | None]:
     device = resolve_device(config.device)
-    dtype = resolve_precision(config.precision, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    data = load_split(config)
-    if data.index.skipped:  # the scan's warning names a few; the run folder keeps them all
+    return device, resolve_precision(config.precision, device)
+
+
+def _list_skipped(record: RunRecord, skipped: list) -> None:
+    """The scan's warning names a few unreadable files; the run folder keeps them all."""
+    if skipped:
         listing = record.folder / SKIPPED_FILES
-        write_text(listing, "".join(f"{path}\t{reason}\n" for path, reason in data.index.skipped))
-        print(f"note: all {len(data.index.skipped)} skipped file(s) are listed in {listing}")
-    scratch = scratch_config(config)
-    model = build_model(config.model, len(data.classes), config.weights, config.aux_loss_weight, config.bn_mode, scratch, config.input_size)
-    pre, eval_pre = run_preprocessing(config, scratch)
-    note = normalisation_note(config, pre)
-    if note:
-        print(f"note: {note}", flush=True)
-    strategy, options = resolve_strategy(config.strategy), freeze_options(config)
-    validate_options(strategy, model.stage_names, options, model_name=config.model)
-    refuse_idle_backbone(config, model.stage_names, strategy, options)
-    identity = {
-        "config_hash": config_hash(config), "model": model.spec.name, "weights_version": model.weights_version,
-        "stage_names": list(model.stage_names), "classes": list(data.classes), "split_hash": data.split.hash,
-        M.DATA_HASH: data.split.data_hash, "preprocessing": pre.as_record(), "eval_preprocessing": eval_pre.as_record(),
-    }
+        write_text(listing, "".join(f"{path}\t{reason}\n" for path, reason in skipped))
+        print(f"note: all {len(skipped)} skipped file(s) are listed in {listing}")
 
-    # Depth of the frozen prefix that never trains in this run: cached (augment none) or run without autograd.
-    frozen_depth = _min_depth_over_epochs(model, strategy, options, config.epochs)
-    feature_depth = frozen_depth if (config.augment == "none" and config.feature_cache) else 0
-    # Stages frozen all run on ImageNet weights stay those weights: checkpoints leave them out (not random
-    # init or a user's file, which a loader could not rebuild exactly), with a fingerprint of the values.
-    lean = None
+
+def _frozen_base(model, frozen_depth: int) -> dict | None:
+    """Stages frozen all run on ImageNet weights stay those weights: checkpoints may leave them out (not random init
+    or a user's file, which a loader could not rebuild exactly), with a fingerprint of their values."""
     on_imagenet = model.weights_version != "none" and not model.weights_version.startswith("file:")
-    if frozen_depth and on_imagenet:
-        keys = model.stage_state_keys(model.stage_names[:frozen_depth])
-        lean = {"weights": model.weights_version, "keys": keys, "fingerprint": frozen_fingerprint(model.state_dict(), keys)}
-        if model.weights_file:  # torchvision's file given by path (offline): where a loader finds those weights again
-            lean["file"] = model.weights_file
-    frozen_base = None if config.checkpoint_frozen_stages else lean
-    model.to(device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
+    if not (frozen_depth and on_imagenet):
+        return None
+    keys = model.stage_state_keys(model.stage_names[:frozen_depth])
+    lean = {"weights": model.weights_version, "keys": keys, "fingerprint": frozen_fingerprint(model.state_dict(), keys)}
+    if model.weights_file:  # torchvision's file given by path (offline): where a loader finds those weights again
+        lean["file"] = model.weights_file
+    return lean
 
-    last_path, best_path = record.folder / LAST_CHECKPOINT, record.folder / BEST_CHECKPOINT
 
-    def refuse(refused: CheckpointRefused) -> None:
-        if config.resume:
-            raise UserError(str(refused).replace("starting fresh", "drop --resume to start the run fresh", 1)) from None
-        print(f"warning: {refused}")
-        record.update_summary(resume_refused=str(refused))
-        last_path.replace(last_path.with_name(REFUSED_LAST))
-        # The store's copies are the earlier model's too, and on a new machine its only ones: set them aside there
-        # as well, or this fresh start's first checkpoint overwrites them. Its best.pt comes here first, so the
-        # run folder keeps it as best.previous.pt like a local one.
-        store.fetch(best_path)
-        store.set_aside({LAST_CHECKPOINT: REFUSED_LAST, BEST_CHECKPOINT: PREVIOUS_BEST})
-
-    payload = None
-    if not fresh and store.fetch(last_path):
-        try:
-            payload = load_checkpoint(last_path, identity, effective_config(config))
-            check_frozen_base(payload, lean, last_path)
-        except CheckpointRefused as refused:
-            payload = None
-            refuse(refused)
-    optimizer = _optimizer_as_saved(model, config, strategy, options, payload)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    state = LoopState(batch_size=batch_size)
-    if payload:
-        try:
-            state = restore(payload, model=model, optimizer=optimizer, scaler=scaler)
-        except CheckpointRefused as refused:  # nothing was loaded: start fresh
-            payload = None
-            refuse(refused)
-            optimizer = _optimizer_as_saved(model, config, strategy, options, None)
-    if payload:
-        _fetch_best(store, best_path, last_path, identity, state)
-        batch_size = state.batch_size or batch_size
-        record.update_summary(**{M.BEST_VAL_ACC: state.best_val_acc, M.BEST_EPOCH: state.best_epoch, M.EPOCHS_COMPLETED: state.epoch}, resumed_from_epoch=state.epoch)
-        best = f"best val_acc so far {state.best_val_acc:.4f}" if state.best_epoch else "no epoch validated yet"
-        if nothing_left(config, state):
-            print(f"run {run_id} has already trained all it will ({state.epoch} of {config.epochs} epochs, {best}): "
-                  f"nothing to train; pass another --run_id to train this config again")
-        else:
-            print(f"resuming run {run_id} from epoch {state.epoch + 1}, batch {state.batch} ({best})")
-            threads = payload.get("torch_threads")
-            if device.type == "cpu" and isinstance(threads, int) and threads != torch.get_num_threads():
-                print(f"note: run {run_id} trained with {threads} torch threads and resumes with {torch.get_num_threads()}: CPU sums "
-                      f"are then added up in another order, so its losses may differ from an uninterrupted run's by about 1e-5 "
-                      f"(OMP_NUM_THREADS={threads} gives identical numbers)")
-    elif config.resume:
-        raise UserError(f"--resume: run {run_id} has no checkpoint in {record.folder} or its store; drop --resume to start it fresh")
-    elif record.set_aside_previous_model():  # W&B's summary too: the sweep reads val_acc from there
-        logger.summary({key: None for key in (M.VAL_ACC, M.BEST_VAL_ACC, M.BEST_EPOCH, M.EPOCHS_COMPLETED, M.TEST_ACC)})
-    state.batch_size = batch_size
-    if not payload:  # a fresh start in a W&B run that has history already: log after it, not over it
-        state.log_step_offset = max(0, logger.next_step() - 1)
-    record.truncate_history(state.epoch, payload.get("history") if payload else None)
-    print(run_header(config.device, device, dtype, model.spec.name, model.weights_version, pre.crop_size, *count_parameters(model)), flush=True)
-
-    autocast = autocast_factory(device, dtype)
-    started = time.perf_counter()
-    inputs = build_inputs(config, data, pre, model, feature_depth, device, autocast, batch_size, dtype, eval_pre)
-    cache_seconds = round(time.perf_counter() - started, 3)
+def _run_facts(model, data, identity: dict, pre: Preprocessing, eval_pre: Preprocessing, device: torch.device,
+               dtype: torch.dtype | None, batch_size: int, asked: int, feature_depth: int, cache_seconds: float) -> dict:
+    """What the summary and W&B record of a run that starts training: what it is, on what data, on what machine."""
     trainable, total = count_parameters(model)
-    facts = {
+    return {
         M.TRAINABLE_PARAMS: trainable, M.TOTAL_PARAMS: total, M.WEIGHTS_VERSION: model.weights_version,
-        M.SPLIT_HASH: data.split.hash, M.DATA_HASH: data.split.data_hash, M.DEVICE: torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        M.SPLIT_HASH: data.split.hash, M.DATA_HASH: data.split.data_hash,
+        M.DEVICE: torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "config_hash": identity["config_hash"], "num_train": len(data.split.train), "num_val": len(data.split.val),
         "classes": list(data.classes), M.BATCH_SIZE: batch_size, "feature_cache_depth": feature_depth,
         M.PRECISION: str(dtype).replace("torch.", "") if dtype else "fp32", M.CACHE_SECONDS: cache_seconds,
@@ -324,12 +190,14 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
         "preprocessing": pre.as_record(),  # what the images were: a warm start and `agent.py test` read it back
         "eval_preprocessing": eval_pre.as_record(), M.INPUT_SIZE: pre.crop_size, M.EVAL_SIZE: eval_pre.crop_size,
         M.WEIGHTS_SHA256: model.weights_sha256,  # a warm start's file, by content: a path says nothing of what it held
+        M.BATCH_SIZE_ASKED: asked if batch_size != asked else None,
     }
-    facts[M.BATCH_SIZE_ASKED] = config.batch_size if batch_size != config.batch_size else None
-    record.update_summary(**facts, **{M.STATE: M.RUNNING, M.REASON: None})
-    logger.summary(facts)
 
-    writer = CheckpointWriter(background=device.type == "cuda")  # a CPU's cores are busy training
+
+def _checkpointer(record: RunRecord, store, logger, writer: CheckpointWriter, model, optimizer, scaler, identity: dict,
+                  frozen_base: dict | None, config: dict):
+    """The loop's checkpoint callback: last.pt (and best.pt) into the run folder and the store."""
+    last_path, best_path = record.folder / LAST_CHECKPOINT, record.folder / BEST_CHECKPOINT
 
     def checkpoint(loop_state: LoopState, is_best: bool) -> None:
         if is_best and record.set_aside_test():  # tested before this (resumed) run found a better epoch
@@ -338,8 +206,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
             logger.summary({M.TEST_ACC: None})
         # The loop waits for the host-memory snapshot only; the file, best.pt and the store follow in the background.
         payload = checkpoint_payload(model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity,
-                                     history=record.history, frozen_base=frozen_base, config=effective_config(config),
-                                     copy=writer.background)
+                                     history=record.history, frozen_base=frozen_base, config=config, copy=writer.background)
 
         def write() -> None:
             write_checkpoint(last_path, payload)
@@ -350,17 +217,57 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
 
         writer.submit(write)
 
+    return checkpoint
+
+
+def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, batch_size: int, stop, fresh: bool = False) -> tuple[str, LoopState, dict]:
+    """The recipe of a run: data, model, where it starts, inputs, then the loop. Returns (state, loop state, summary
+    facts); raises on failure. `fresh` (a retry after running out of memory) ignores every checkpoint."""
+    torch.manual_seed(config.seed)
+    device, dtype = _device_and_precision(config)
+    data = load_split(config)
+    _list_skipped(record, data.index.skipped)
+    scratch = scratch_config(config)
+    model = build_model(config.model, len(data.classes), config.weights, config.aux_loss_weight, config.bn_mode, scratch, config.input_size)
+    pre, eval_pre = run_preprocessing(config, scratch)
+    note = normalisation_note(config, pre)
+    if note:
+        print(f"note: {note}", flush=True)
+    freezing, rates, settings = freezing_of(config), LearningRates.of(config), TrainSettings.of(config)
+    freezing.validate(model.stage_names, config.model)
+    refuse_idle_backbone(config, model.stage_names, freezing)
+    identity = {
+        "config_hash": config_hash(config), "model": model.spec.name, "weights_version": model.weights_version,
+        "stage_names": list(model.stage_names), "classes": list(data.classes), "split_hash": data.split.hash,
+        M.DATA_HASH: data.split.data_hash, "preprocessing": pre.as_record(), "eval_preprocessing": eval_pre.as_record(),
+    }
+    frozen_depth = model.frozen_depth_over(freezing.plans(model.stage_names, config.epochs))  # never trains in this run
+    lean = _frozen_base(model, frozen_depth)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    request = ResumeRequest(identity, effective_config(config), lean, batch_size, settings, required=config.resume, fresh=fresh)
+    start = resume_or_start(request, record, store, logger, model, scaler, lambda epoch: optimizer_after(model, rates, freezing, epoch))
+    state, optimizer, batch_size = start.state, start.optimizer, start.state.batch_size
+    print(run_header(config.device, device, dtype, model.spec.name, model.weights_version, pre.crop_size, *count_parameters(model)), flush=True)
+
+    autocast, started = autocast_factory(device, dtype), time.perf_counter()
+    inputs = build_inputs(config, data, pre, model, frozen_depth, device, autocast, batch_size, dtype, eval_pre)
+    facts = _run_facts(model, data, identity, pre, eval_pre, device, dtype, batch_size, config.batch_size, inputs.start_stage,
+                       round(time.perf_counter() - started, 3))
+    record.update_summary(**facts, **{M.STATE: M.RUNNING, M.REASON: None})
+    logger.summary(facts)
+    writer = CheckpointWriter(background=device.type == "cuda")  # a CPU's cores are busy training
+    checkpoint = _checkpointer(record, store, logger, writer, model, optimizer, scaler, identity,
+                               None if config.checkpoint_frozen_stages else lean, effective_config(config))
     try:
         if fresh:  # the retry's starting point replaces the failed attempt's checkpoint in the store, so a preemption
             checkpoint(state, is_best=False)  # before the retry's first real checkpoint resumes the retry at its batch size
             writer.flush()
-        forward_fn = torch.compile(model) if (config.compile and device.type == "cuda") else None
-        loop = Loop(
-            config=config, model=model, optimizer=optimizer, scaler=scaler, inputs=inputs, device=device,
-            autocast=autocast, strategy=strategy, freeze_options=options, record=record, logger=logger,
-            checkpoint=checkpoint, stop=stop, inference_prefix=0 if feature_depth else frozen_depth, forward_fn=forward_fn,
-            writes_done=writer.flush,
-        )
+        loop = Loop(settings, rates, freezing, model, optimizer, scaler, inputs, device, autocast, record, logger, checkpoint,
+                    stop=stop, inference_prefix=0 if inputs.start_stage else frozen_depth, writes_done=writer.flush,
+                    forward_fn=torch.compile(model) if (config.compile and device.type == "cuda") else None)
         final_state = train(loop, state)
         writer.close()
     except BaseException:
@@ -486,16 +393,15 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
     return RunOutcome(run_id, folder, state_name, exit_code, summary)
 
 
-def refuse_idle_backbone(config: RunConfig, stage_names: tuple[str, ...], strategy, options) -> None:
+def refuse_idle_backbone(config: RunConfig, stage_names: tuple[str, ...], freezing: Freezing) -> None:
     """backbone_lr_mult=0 where some epoch trains a backbone stage (or its norm layers): head-only in effect under
     another strategy's name, paying for the backward pass, with BatchNorm statistics drifting. Checked when a run
     starts, not when a config is read: saved configs of older runs still load (to test them, say)."""
     if config.backbone_lr_mult != 0:
         return
-    for epoch in range(config.epochs):
-        plan = plan_for_epoch(strategy, stage_names, options, epoch, config.model)
+    for epoch, plan in enumerate(freezing.plans(stage_names, config.epochs, config.model)):
         if plan.train_norm_layers or set(plan.trainable_stages) - {stage_names[-1]}:
-            raise UserError(f"backbone_lr_mult=0 with strategy={strategy.name} trains backbone stages at lr 0 (from epoch "
+            raise UserError(f"backbone_lr_mult=0 with strategy={freezing.name} trains backbone stages at lr 0 (from epoch "
                             f"{epoch + 1}): they still cost their backward pass and their BatchNorm statistics still move; "
                             f"use --strategy=head_only to train the head alone, or a multiplier above 0")
 
