@@ -53,7 +53,7 @@ def _split_option(args: list[str], name: str, default: str | None = None) -> tup
 def run_config_from_args(args: list[str]):
     """Defaults < the saved config of a resumed run < --config FILE < --key=value arguments: what this command
     passes wins (a new machine's data_dir), and the run's saved values fill in the rest."""
-    from trainer.config import FREEZE_OPTION_FIELDS, load_yaml_values, parse_cli, parse_run_config, unused_reason
+    from trainer.config import FREEZE_OPTION_FIELDS, load_yaml_values, parse_cli, parse_run_config, parse_run_config_explained
 
     config_file, args = _split_option(args, "config")
     cli = parse_cli(args)
@@ -72,12 +72,12 @@ def run_config_from_args(args: list[str]):
         saved.pop("run_id", None)
         sources = [saved, *sources]
         cli = {**cli, "run_id": run_id}
-    config = parse_run_config(*sources, cli)
+    config, dropped = parse_run_config_explained(*sources, cli)
     folded = _folded_strategy(cli, config)
     if folded:
         print(f"note: {folded}", flush=True)
-    ignored = [f"--{key} ({unused_reason(key, config)})" for key, value in cli.items()
-               if value is not None and getattr(config, key, None) is None and not (folded and key in FREEZE_OPTION_FIELDS)]
+    ignored = [f"--{key} ({dropped[key]})" for key, value in cli.items()
+               if value is not None and key in dropped and not (folded and key in FREEZE_OPTION_FIELDS)]
     if ignored:  # normalisation drops what this run cannot use: say so, rather than let it look used
         print(f"note: ignored, as this run has no use for them: {', '.join(ignored)}", flush=True)
     given = {**(sources[-1] if config_file else {}), **cli}

@@ -1,8 +1,7 @@
 """Sweep reports: read a sweep's runs (local folders or W&B), compute its numbers once, write report.md.
 
-`build_report(source, out_dir)` is the entry point; `report.plots.plot_confusion` and
-`report.plots.plot_prediction_grid` draw the figures of a test evaluation. Importing this package
-imports neither wandb nor pyplot.
+`build_report(source, out_dir)` is the entry point (the figures of a test evaluation are common/figures.py's).
+Importing this package imports neither wandb nor pyplot.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from report.stats import MIN_RUNS_FOR_IMPORTANCE, STRATEGY_ORDER, DifferenceCI, MeanCI, SeedGroup, Summary
+from report.stats import MIN_RUNS_FOR_IMPORTANCE, DifferenceCI, MeanCI, SeedGroup, Summary, strategy_order
 from report.table import CHECKPOINT, NUM_IMAGES, PER_CLASS_ACC, SCRATCH_MODEL, RunRecord, failure_reason
 from trainer import metrics
 
@@ -223,7 +223,7 @@ def _groups(s: Summary, image: str | None) -> list[str]:
             for g in s.groups]
     out = ["## 3. By model, resolution and strategy", "",
            f"Finished runs only; early-stopped runs are counted apart and are not in best/mean/std. Strategies "
-           f"run from least to most trained: {', '.join(STRATEGY_ORDER)}; each resolution (*px*) is a group of its own.", "",
+           f"run from least to most trained: {', '.join(strategy_order())}; each resolution (*px*) is a group of its own.", "",
            table(["model", "px", "strategy", "finished runs", "best", "mean", "std (points)", "early-stopped", "img/s"], rows)
            if rows else "No successful runs.", ""]
     if image:

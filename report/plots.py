@@ -1,4 +1,5 @@
-"""PNG figures of a report and of a test evaluation. They draw numbers computed elsewhere, never compute.
+"""PNG figures of a report. They draw numbers computed elsewhere, never compute (a test evaluation's own figures are
+common/figures.py's, which the trainer draws too).
 
 Accuracies are fractions in the table and drawn as percent. Agg backend: reports are built on headless
 machines, and a GUI backend there fails at import.
@@ -15,22 +16,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from common.atomic import atomic_write  # noqa: E402
+from common.figures import save as _save  # noqa: E402
 from report.stats import Summary, strategy_sort_key  # noqa: E402
 from report.table import SCRATCH_MODEL, RunRecord  # noqa: E402
 from trainer import metrics  # noqa: E402
 
-DPI = 110
 
-
-def _save(figure, path: Path) -> Path:
-    """Written like every record: atomically, so a kill or a full disk never leaves half a PNG behind."""
-    path = Path(path)
-    try:
-        atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=DPI, bbox_inches="tight"), mode="wb")
-    finally:
-        plt.close(figure)
-    return path
 
 
 def _model_colors(models) -> dict:
@@ -194,58 +185,4 @@ def plot_importance(summary: Summary, path: Path) -> Path:
     axis.set_xlim(0, max([row.importance for row in rows] + [0.01]) * 1.35)
     axis.set_title("Hyperparameter importance (successful runs; +n: parameters folded in)")
     figure.tight_layout()
-    return _save(figure, path)
-
-
-# --- test evaluation figures (called by `agent.py test RUN`) ----------------------------------------
-
-def plot_confusion(matrix: np.ndarray, class_names, path: Path) -> Path:
-    """Rows are true classes, colour is the row-normalised rate (recall per class), text is the count."""
-    matrix = np.asarray(matrix)
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(class_names):
-        raise ValueError(f"confusion matrix of shape {matrix.shape} does not match {len(class_names)} classes")
-    totals = matrix.sum(axis=1, keepdims=True)
-    rates = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
-    size = max(5.0, 0.55 * len(class_names) + 2)
-    figure, axis = plt.subplots(figsize=(size + 1, size))
-    image = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    for i in range(matrix.shape[0]):
-        for j in range(matrix.shape[1]):
-            axis.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=8,
-                      color="white" if rates[i, j] > 0.5 else "black")
-    axis.set_xticks(range(len(class_names)))
-    axis.set_xticklabels(class_names, rotation=45, ha="right")
-    axis.set_yticks(range(len(class_names)))
-    axis.set_yticklabels(class_names)
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("true")
-    axis.set_title("Test-set confusion (colour: fraction of the true class; text: count)")
-    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
-    figure.tight_layout()
-    return _save(figure, path)
-
-
-def plot_prediction_grid(images, true_names, pred_names, path: Path, rows: int = 10, cols: int = 3) -> Path:
-    """A rows x cols grid of test images with their predicted class; wrong ones in red with the truth."""
-    if not len(images) == len(true_names) == len(pred_names):
-        raise ValueError(f"{len(images)} images, {len(true_names)} true and {len(pred_names)} predicted names")
-    figure, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.9 * rows), squeeze=False)
-    shown = list(zip(images, true_names, pred_names))[: rows * cols]
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, (image, true_name, pred_name) in zip(axes.flat, shown):
-        axis.imshow(np.asarray(image, dtype=np.uint8))
-        if true_name == pred_name:
-            axis.set_title(str(pred_name), fontsize=9, color="black")
-        else:
-            axis.set_title(f"{pred_name}\n(true: {true_name})", fontsize=9, color="red")
-            for side in axis.spines.values():
-                side.set_visible(True)
-                side.set_color("red")
-                side.set_linewidth(3)
-            axis.axis("on")
-            axis.set_xticks([])
-            axis.set_yticks([])
-    figure.suptitle("Test-set predictions (red: wrong, with the true class)")
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.9 * rows)))  # leave room for the title above the first labels
     return _save(figure, path)

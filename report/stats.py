@@ -19,8 +19,11 @@ from report.table import (CODE_VERSION, PRECISION, RANDOM_INIT, SCRATCH, SCRATCH
                           SkippedDuplicate)
 from trainer import metrics
 
-# From least to most of the backbone trained, so tables and plots read as a dose-response.
-STRATEGY_ORDER = ("head_only", "norm_and_head", "last_k", "fraction", "gradual", "full")
+def strategy_order() -> tuple[str, ...]:
+    """From least to most of the backbone trained, so tables and plots read as a dose-response: the registry's order."""
+    from models.freezing import strategy_names
+
+    return strategy_names()
 # Below this many runs a random forest's importances are noise dressed as a ranking.
 MIN_RUNS_FOR_IMPORTANCE = 4
 CONFIDENCE = 0.95
@@ -302,7 +305,8 @@ def rank_key(record: RunRecord):
 
 def strategy_sort_key(model: str | None, strategy: str | None):
     """Pretrained models by name, scratch_cnn last; within a model, strategies from least to most trained."""
-    position = STRATEGY_ORDER.index(strategy) if strategy in STRATEGY_ORDER else len(STRATEGY_ORDER)
+    order = strategy_order()
+    position = order.index(strategy) if strategy in order else len(order)
     return (model == SCRATCH_MODEL, str(model), position, str(strategy))
 
 

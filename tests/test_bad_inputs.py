@@ -388,7 +388,7 @@ def test_a_full_disk_under_stderr_still_ends_in_exit_2(tmp_path, monkeypatch):
 def test_a_report_figure_cut_short_leaves_the_previous_png_whole(tmp_path):
     import matplotlib.pyplot as plt
 
-    from report import plots
+    from common import figures
 
     path = tmp_path / "report" / "learning_curves.png"
     path.parent.mkdir()
@@ -404,7 +404,7 @@ def test_a_report_figure_cut_short_leaves_the_previous_png_whole(tmp_path):
 
     figure.savefig = half_then_full
     with pytest.raises(OSError, match=str(path)):  # named, so the one error line says which file and disk
-        plots._save(figure, path)
+        figures.save(figure, path)
     assert path.read_bytes() == b"the previous figure" and sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
 

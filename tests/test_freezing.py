@@ -604,3 +604,39 @@ def test_the_registry_says_truly_whether_a_backbone_has_norm_layers(name, built_
     model = built_models[name]
     backbone = [m for stage in model.stage_names[:-1] for module in model.stage_modules(stage) for m in module.modules()]
     assert get_spec(name).norm_layers == any(isinstance(m, NORM_LAYERS) for m in backbone)
+
+
+def test_a_new_strategy_is_one_registry_entry(monkeypatch):
+    """Registered in models/freezing.py alone, a strategy shows in --help and the configuration reference, in the
+    report's order, in `agent.py models`' matrix and in the per-backbone tests (which parametrize over the registry)."""
+    import models.freezing as freezing
+    from models import describe_model
+    from report.stats import strategy_order, strategy_sort_key
+    from trainer.config import help_text, parse_run_config, reference_markdown
+
+    def last_k_plus_bn(stage_names, options, epoch):
+        return TrainPlan(freezing._top(stage_names, options.k_layers).trainable_stages, train_norm_layers=True)
+
+    monkeypatch.setattr(freezing, "_STRATEGIES", dict(freezing._STRATEGIES))
+    monkeypatch.setattr(freezing, "_ALIASES", dict(freezing._ALIASES))
+    # Between last_k and fraction: how much of the backbone it trains places it in the reports' dose-response order.
+    entries = list(freezing._STRATEGIES.values())
+    freezing._STRATEGIES.clear()
+    freezing._ALIASES.clear()
+    for entry in entries[:3]:
+        freezing.register_strategy(entry)
+    freezing.register_strategy(freezing.Strategy("last_k_plus_bn", ("last_k_bn",), ("k_layers",), last_k_plus_bn,
+                                                 "the last k_layers stages and every norm layer"))
+    for entry in entries[3:]:
+        freezing.register_strategy(entry)
+
+    assert "last_k_plus_bn" in help_text() and "last_k_bn" in help_text() and "last_k_plus_bn" in reference_markdown()
+    assert strategy_order().index("last_k_plus_bn") == strategy_order().index("last_k") + 1
+    assert strategy_sort_key("resnet50", "last_k") < strategy_sort_key("resnet50", "last_k_plus_bn") < strategy_sort_key("resnet50", "fraction")
+    config = parse_run_config({"model": "resnet18", "strategy": "last_k_bn", "k_layers": 2})
+    assert (config.strategy, config.k_layers) == ("last_k_plus_bn", 2)  # an alias, and the option it uses, kept
+    assert "last_k_plus_bn k_layers=2" in describe_model("resnet18")
+    model = build("resnet18")
+    model.apply_plan(plan(model, "last_k_plus_bn", k_layers=1))
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert any(name.startswith("net.layer4.") for name in trained) and "net.bn1.weight" in trained  # the stem's BN too

@@ -658,3 +658,27 @@ def _imports(package: str) -> set[str]:
 def test_models_and_scratch_cnn_import_neither_data_trainer_nor_wandb():
     assert not _imports("models") & {"data", "trainer", "wandb", "report", "agent"}
     assert not _imports("scratch_cnn") & {"data", "trainer", "wandb", "report", "agent", "models"}
+
+
+def test_what_the_config_and_check_accept_is_what_the_scratch_cnn_builds(tmp_path):
+    """The scratch CNN's fields are declared once (scratch_cnn/config.py): an even kernel_size, once accepted by the run
+    config and `agent.py check` and refused only after the dataset scan, is now refused when the config is read."""
+    import yaml
+
+    from sweeper.local import check_sweep
+    from trainer.config import FIELDS, SCRATCH_FIELDS, parse_run_config
+    from scratch_cnn.config import FIELDS as RULES
+
+    with pytest.raises(UserError, match="kernel_size=4 must be odd"):
+        parse_run_config({"model": "scratch_cnn", "kernel_size": 4})
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "s", "program": "agent.py", "method": "grid", "metric": {"name": "val_acc", "goal": "maximize"},
+                                     "parameters": {"model": {"value": "scratch_cnn"}, "kernel_size": {"values": [3, 4]}}}))
+    with pytest.raises(UserError, match="kernel_size=4 must be odd"):
+        check_sweep(sweep)
+    for name in SCRATCH_FIELDS:  # one declaration: the run config's field is the rule's
+        meta, rule = FIELDS[name].metadata, RULES[name]
+        assert (meta["default"], meta["help"], meta["choices"], meta["low"], meta["high"]) == (rule.default, rule.help, rule.choices, rule.low, rule.high)
+    for name, rule in RULES.items():  # and every value the config accepts at the bounds builds
+        for value in [v for v in (rule.low, rule.high) if v is not None and rule.check is None] or [rule.default]:
+            ScratchCNNConfig(**{name: value})

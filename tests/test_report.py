@@ -20,7 +20,7 @@ from PIL import Image
 from scipy import stats as scipy_stats
 
 from common.errors import UserError
-from report import plots
+from common import figures
 from report.build import FIGURES, build_report, runs_csv
 from report.markdown import ci_text, percent, points, render
 from report.sources import load_table
@@ -128,10 +128,10 @@ def sweep_dir(tmp_path_factory) -> Path:
     test_dir.mkdir()
     (test_dir / "test.json").write_text(json.dumps({"test_acc": 0.815, "per_class_acc": {"Aves": 0.83,
                                                     "Amphibia": 0.80}, "num_images": 2000, "checkpoint": "best.pt"}))
-    plots.plot_confusion(np.array([[8, 2], [1, 9]]), ["Amphibia", "Aves"], test_dir / "confusion.png")
+    figures.plot_confusion(np.array([[8, 2], [1, 9]]), ["Amphibia", "Aves"], test_dir / "confusion.png")
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
-    plots.plot_prediction_grid(images, ["Aves"] * 6, ["Aves", "Amphibia"] * 3, test_dir / "grid.png", rows=2, cols=3)
+    figures.plot_prediction_grid(images, ["Aves"] * 6, ["Aves", "Amphibia"] * 3, test_dir / "grid.png", rows=2, cols=3)
     # The sweep driver's table: a stale state for r01 (the folder wins), a trial with no folder, a duplicate.
     rows = [{"run_id": "r01", "state": "running", "config": make_config("r01"), "reason": None, "duplicate_of": None},
             {"run_id": "r14", "state": "oom", "config": {**make_config("r12"), "batch_size": 256},

@@ -23,10 +23,11 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from common.errors import UserError
 from models.freezing import Freezing, strategy_help
+from scratch_cnn.config import FIELDS as SCRATCH_RULES
 from common.parsing import nearest, parse_bool
 from common.yamlfile import read_yaml
 from data.seeds import SEED_MAX
@@ -34,12 +35,20 @@ from data.seeds import SEED_MAX
 GROUPS = ("data", "model", "freezing", "scratch_cnn", "optimization", "runtime", "record")
 
 
-def _opt(default, help: str, group: str, choices: tuple | None = None, low=None, high=None, effective: bool = True, env: str | None = None):
+def _opt(default, help: str | Callable[[], str], group: str, choices: tuple | None = None, low=None, high=None, effective: bool = True, env: str | None = None,
+         check: Callable[[Any], str | None] | None = None):
     """A config field; `effective` is False for fields that cannot change the trained result (paths, logging)."""
-    meta = {"help": help, "group": group, "choices": choices, "low": low, "high": high, "effective": effective, "env": env, "default": default}
+    meta = {"help": help, "group": group, "choices": choices, "low": low, "high": high, "effective": effective, "env": env, "default": default,
+            "check": check}
     if env:
         return field(default_factory=lambda: os.environ.get(env, default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _scratch(name: str):
+    """A scratch_cnn field of the run config, as scratch_cnn/config.py declares it (default, help, allowed values)."""
+    rule = SCRATCH_RULES[name]
+    return _opt(rule.default, rule.help, "scratch_cnn", choices=rule.choices, low=rule.low, high=rule.high, check=rule.check)
 
 
 _DEFAULT_CACHE = str(Path("~/.cache/finetune-sweeps").expanduser())
@@ -67,19 +76,19 @@ class RunConfig:
     mean: tuple[float, float, float] | None = _opt(None, "input normalisation mean (r,g,b in 0..1) of a warm start, random init or scratch_cnn; empty = the start's own (a run checkpoint's record, FILE.json beside a weights FILE, else ImageNet's)", "model", low=0.0, high=1.0)
     std: tuple[float, float, float] | None = _opt(None, "input normalisation std (r,g,b), as mean", "model", low=1e-6, high=10.0)
     # freezing
-    strategy: str = _opt("last_k", strategy_help(), "freezing")
+    strategy: str = _opt("last_k", strategy_help, "freezing")  # read from the registry when shown: a new entry is listed
     k_layers: int | None = _opt(1, "last_k: number of trailing backbone stages trained with the head", "freezing", low=0)
     freeze_fraction: float | None = _opt(0.5, "fraction: share of leading backbone stages kept frozen", "freezing", low=0.0, high=1.0)
     unfreeze_every_epochs: int | None = _opt(1, "gradual: epochs between unfreezing one more stage", "freezing", low=1)
     bn_mode: str = _opt("freeze", "BatchNorm in frozen stages: freeze (eval mode, statistics fixed) or adapt (statistics follow the data)", "freezing", choices=("freeze", "adapt"))
-    # scratch_cnn
-    filters: int | None = _opt(32, "scratch_cnn: filters of the first conv block", "scratch_cnn", low=1, high=1024)
-    filter_organization: str | None = _opt("double", "scratch_cnn: filters per block: same, double or half of the previous (halving stops at 8, or at filters when smaller)", "scratch_cnn", choices=("same", "double", "half"))
-    kernel_size: int | None = _opt(3, "scratch_cnn: convolution kernel size", "scratch_cnn", low=1, high=11)
-    activation: str | None = _opt("relu", "scratch_cnn: activation", "scratch_cnn", choices=("relu", "gelu", "silu", "mish", "leaky_relu"))
-    batch_norm: bool | None = _opt(True, "scratch_cnn: batch norm after each convolution", "scratch_cnn")
-    dropout: float | None = _opt(0.2, "scratch_cnn: dropout before the output layer", "scratch_cnn", low=0.0, high=0.9)
-    dense_units: int | None = _opt(256, "scratch_cnn: width of the dense layer", "scratch_cnn", low=1, high=65_536)
+    # scratch_cnn: declared once, in scratch_cnn/config.py (what a run accepts is what the model builds)
+    filters: int | None = _scratch("filters")
+    filter_organization: str | None = _scratch("filter_organization")
+    kernel_size: int | None = _scratch("kernel_size")
+    activation: str | None = _scratch("activation")
+    batch_norm: bool | None = _scratch("batch_norm")
+    dropout: float | None = _scratch("dropout")
+    dense_units: int | None = _scratch("dense_units")
     # optimization
     optimizer: str = _opt("adamw", "optimizer", "optimization", choices=("adamw", "sgd"))
     lr: float = _opt(1e-3, "learning rate of the head (and of every layer of scratch_cnn)", "optimization", low=1e-7, high=10.0)
@@ -187,10 +196,10 @@ def parse_value(name: str, raw: Any) -> Any:
             if optional and value.lower() in NULL_STRINGS:
                 return None
             if "\x00" in value:  # no path or name can hold one; os calls would fail on it much later
-                raise UserError(f"{name}={value!r} contains a NUL character: {meta['help']}")
+                raise UserError(f"{name}={value!r} contains a NUL character: {help_of(name)}")
     except (TypeError, ValueError, OverflowError):
         kind_name = "list of three numbers" if typing.get_origin(kind) is tuple else kind.__name__
-        raise UserError(f"{name}={raw!r} is not a valid {kind_name}: {meta['help']}") from None
+        raise UserError(f"{name}={raw!r} is not a valid {kind_name}: {help_of(name)}") from None
     if name == "run_id" and value and run_id_problem(value):
         raise UserError(f"run_id={run_id_problem(value)}")
     choices = meta["choices"]
@@ -200,6 +209,9 @@ def parse_value(name: str, raw: Any) -> Any:
         low = meta["low"] if meta["low"] is not None else "-inf"
         high = meta["high"] if meta["high"] is not None else "inf"
         raise UserError(f"{name}={value} is out of range [{low}, {high}]")
+    reason = meta["check"](value) if meta["check"] else None
+    if reason:
+        raise UserError(f"{name}={value} {reason}")
     return value
 
 
@@ -284,26 +296,43 @@ def load_yaml_values(path: Path | str) -> dict[str, Any]:
 
 def parse_run_config(*sources: Mapping[str, Any]) -> "RunConfig":
     """Defaults, then each mapping in order (later wins); validated, normalised and frozen."""
+    return parse_run_config_explained(*sources)[0]
+
+
+def parse_run_config_explained(*sources: Mapping[str, Any]) -> tuple["RunConfig", dict[str, str]]:
+    """`parse_run_config`, and why normalising nulled each parameter it nulled (see `normalise_explained`)."""
     values: dict[str, Any] = {}
     for source in sources:
         for key, raw in source.items():
             key = key.replace("-", "_")
             values[key] = parse_value(key, raw)
-    return normalise(RunConfig(**values))
+    return normalise_explained(RunConfig(**values))
 
 
 def normalise(config: RunConfig) -> RunConfig:
     """Fill architecture-dependent values and null out parameters that do not apply to this run."""
+    return normalise_explained(config)[0]
+
+
+def normalise_explained(config: RunConfig) -> tuple[RunConfig, dict[str, str]]:
+    """`normalise`, and why it nulled each parameter it nulled (name -> the reason, in words): the one place both
+    are decided, so a note that a value was ignored can never disagree with what the run trains."""
     from models.registry import get_spec
 
     spec = get_spec(config.model)
     changes: dict[str, Any] = {"model": spec.name}
+    why: dict[str, str] = {}
+
+    def drop(names, reason: str) -> None:
+        for name in names:
+            changes[name], why[name] = None, reason
+
     freezing = freezing_of(config)  # a typo is one even where the strategy does not apply
     if spec.weights_enum is None:  # trained from scratch: no pretrained weights, everything trains
         if config.weights.lower() in ("imagenet",) or config.weights.upper().startswith("IMAGENET"):
             changes["weights"] = "none"
-        changes.update(strategy="full", bn_mode="freeze", aux_loss_weight=None, backbone_lr_mult=None, layer_decay=None)
-        changes.update({name: None for name in FREEZE_OPTION_FIELDS})
+        changes.update(strategy="full", bn_mode="freeze")
+        drop(("aux_loss_weight", "backbone_lr_mult", "layer_decay", *FREEZE_OPTION_FIELDS), "scratch_cnn trains every layer alike")
         for name in SCRATCH_FIELDS:
             if getattr(config, name) is None:
                 changes[name] = FIELDS[name].default
@@ -313,34 +342,39 @@ def normalise(config: RunConfig) -> RunConfig:
         changes["strategy"] = strategy.name
         for name in FREEZE_OPTION_FIELDS:
             changes[name] = getattr(freezing.options, name) if name in strategy.uses else None
-        changes.update({name: None for name in SCRATCH_FIELDS})
+            if name not in strategy.uses:
+                why[name] = f"strategy {strategy.name} does not use it"
+        drop(SCRATCH_FIELDS, "scratch_cnn only")
         if not spec.aux_heads:
-            changes["aux_loss_weight"] = None
+            drop(("aux_loss_weight",), f"{spec.name} has no aux heads")
         if strategy.name == "head_only":
-            changes.update(backbone_lr_mult=None, layer_decay=None)
+            drop(("backbone_lr_mult", "layer_decay"), "head_only trains no backbone layer")
         else:
             changes["backbone_lr_mult"] = 0.1 if config.backbone_lr_mult is None else config.backbone_lr_mult
             changes["layer_decay"] = 1.0 if config.layer_decay is None else config.layer_decay
         changes.update(_fold_bn_mode(spec, freezing))
         if config.weights == spec.default_weights:  # the explicit name of what "imagenet" means
             changes["weights"] = "imagenet"
-    changes.update(_input_sizes(spec, dataclasses.replace(config, **changes)))
+    sizes = _input_sizes(spec, dataclasses.replace(config, **changes))
+    changes.update(sizes)
+    if any(sizes.get(name, "kept") is None for name in NORMALISATION_FIELDS):
+        why.update({name: f"the ImageNet weights of {spec.name} bring their own normalisation" for name in NORMALISATION_FIELDS})
     if config.schedule == "onecycle":  # onecycle warms up over its own first 30%
-        changes["warmup_epochs"] = None
+        drop(("warmup_epochs",), "the onecycle schedule warms up by itself")
     elif config.warmup_epochs is None:
         changes["warmup_epochs"] = FIELDS["warmup_epochs"].default
     warmup = changes.get("warmup_epochs", config.warmup_epochs)
     if warmup is not None and warmup > config.epochs / 2:  # a run all warmup never trains at its lr (--epochs=1)
         changes["warmup_epochs"] = config.epochs / 2
     if config.optimizer != "sgd":
-        changes["momentum"] = None
+        drop(("momentum",), f"optimizer {config.optimizer} has none; sgd only")
     elif config.momentum is None:
         changes["momentum"] = 0.9
     if config.weights.lower() == "none":
         changes.setdefault("weights", "none")
     # Recorded absolute (config.yaml, W&B): `agent.py test RUN` from another folder finds the run's data and caches.
     changes.update({name: os.path.abspath(os.path.expanduser(getattr(config, name))) for name in ("data_dir", "cache_dir")})
-    return dataclasses.replace(config, **changes)
+    return dataclasses.replace(config, **changes), why
 
 
 def _input_sizes(spec, config: RunConfig) -> dict[str, Any]:
@@ -380,28 +414,6 @@ def _input_sizes(spec, config: RunConfig) -> dict[str, Any]:
     return changes
 
 
-def unused_reason(key: str, config: "RunConfig") -> str:
-    """Why `normalise` dropped `key` from `config` (set to None): its rules, in words."""
-    scratch = config.model == "scratch_cnn"
-    if key in SCRATCH_FIELDS:
-        return "scratch_cnn only"
-    if key in NORMALISATION_FIELDS:
-        return f"the ImageNet weights of {config.model} bring their own normalisation"
-    if scratch and (key in FREEZE_OPTION_FIELDS or key in ("backbone_lr_mult", "layer_decay")):
-        return "scratch_cnn trains every layer alike"
-    if key in FREEZE_OPTION_FIELDS:
-        return f"strategy {config.strategy} does not use it"
-    if key in ("backbone_lr_mult", "layer_decay"):
-        return "head_only trains no backbone layer"
-    if key == "aux_loss_weight":
-        return f"{config.model} has no aux heads"
-    if key == "momentum":
-        return f"optimizer {config.optimizer} has none; sgd only"
-    if key == "warmup_epochs":
-        return "the onecycle schedule warms up by itself"
-    return "it does not apply"
-
-
 def freezing_of(config: RunConfig) -> Freezing:
     """The run's strategy with the options it uses: the one place a RunConfig becomes a `Freezing`."""
     strategy = Freezing.of(config.strategy).strategy
@@ -413,18 +425,15 @@ def _canonical_freezing(spec, freezing: Freezing, epochs: int) -> Freezing:
     head_only, last_k with k_layers=k, or full (fraction=0.5 of ResNet-50's 5 stages is last_k with k_layers=2;
     last_k with every stage is full), and norm_and_head on a net without norm layers (VGG-16) is head_only. Gradual
     unfreezing that never unfreezes within the run is head_only; one that does stays itself."""
-    from models.freezing import HEAD, TrainPlan
-
     plans = set(freezing.plans(spec.stage_names, epochs, spec.name))  # validates
     if len(plans) > 1:
         return freezing
     plan = plans.pop()
-    if plan.train_norm_layers:
-        if spec.norm_layers:
-            return Freezing.of("norm_and_head")
-        plan = TrainPlan(frozenset({HEAD}))  # no norm layer to train: the head alone
     backbone = spec.stage_names[:-1]
     trained = sum(stage in plan.trainable_stages for stage in backbone)
+    if plan.train_norm_layers and trained < len(backbone) and spec.norm_layers:  # every stage trained: its norms too
+        # The norm layers of frozen stages train: norm_and_head when no stage does; else nothing simpler trains that.
+        return Freezing.of("norm_and_head") if trained == 0 else freezing
     if trained == 0:
         return Freezing.of("head_only")
     if trained == len(backbone):
@@ -482,6 +491,12 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
     return {name: _plain(value) for name, value in dataclasses.asdict(config).items()}
 
 
+def help_of(name: str) -> str:
+    """A field's help text; a registry's fields (the strategy) compute theirs when shown."""
+    text = FIELDS[name].metadata["help"]
+    return text() if callable(text) else text
+
+
 def _documented_fields():
     """(group, name, default as documented, allowed values, env variable, help) for every field, by group."""
     for group in GROUPS:
@@ -496,7 +511,7 @@ def _documented_fields():
                 allowed = f"{'' if meta['low'] is None else meta['low']}..{'' if meta['high'] is None else meta['high']}"
             else:
                 allowed = ""
-            yield group, name, "" if default is None else default, allowed, meta["env"], meta["help"]
+            yield group, name, "" if default is None else default, allowed, meta["env"], help_of(name)
 
 
 def help_text() -> str:

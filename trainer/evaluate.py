@@ -168,7 +168,7 @@ def _evaluate(run_folder: Path, record: RunRecord, saved: dict, checkpoint: Path
               f"{what}) moved to {run_folder / 'test.previous'}")
     write_json(out / "test.json", result)
 
-    from report.plots import plot_confusion, plot_prediction_grid
+    from common.figures import plot_confusion, plot_prediction_grid
 
     plot_confusion(confusion, list(test_index.classes), out / "confusion.png")
     chosen = _grid_indices(truth, count)
