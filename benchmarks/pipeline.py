@@ -63,7 +63,7 @@ from common.preprocessing import Preprocessing  # noqa: E402
 from data.synthetic import make_image_folder  # noqa: E402
 from models import FreezeOptions, build_model, get_spec, plan_for_epoch, preprocessing_for, resolve_strategy  # noqa: E402
 from trainer.config import parse_run_config  # noqa: E402
-from trainer.inputs import load_split  # noqa: E402
+from trainer.inputs import InputSettings, load_split  # noqa: E402
 from trainer.loop import autocast_factory  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
 from trainer.run import resolve_device, resolve_precision, run_training  # noqa: E402
@@ -377,7 +377,7 @@ def workload(args) -> Workload:
     probe = parse_run_config({"model": args.model, "weights": "none", "data_dir": str(data_root), "download": False,
                               "cache_dir": str(work_dir / "split-cache")})
     with contextlib.redirect_stdout(sys.stderr):
-        split = load_split(probe)
+        split = load_split(InputSettings.of(probe))
     rel = lambda indices: [split.index.paths[i] for i in indices]  # noqa: E731
     return Workload(args.model, pre, args.epochs, args.batch_size, args.device, data_root, work_dir, len(split.classes),
                     rel(split.split.train), rel(split.split.val), len(split.index))

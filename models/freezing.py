@@ -6,9 +6,9 @@ A strategy is one `register_strategy` entry: its name, aliases, options and help
 show strategies in (registration order: least to most of the backbone trained), `--help`'s text and the tests.
 `Freezing.of` is the one place a strategy and its options are built from a run's values.
 
-Walk of strategy/k_layers: sweeps/freeze.yaml -> trainer/config.py (parsed; folded to the simplest equivalent)
--> models/freezing.py (`Freezing.plan`: the stages that train in an epoch) -> models/staged.py (`apply_plan`
-sets requires_grad and keeps frozen stages in eval mode).
+Walk of strategy/k_layers: sweeps/freeze.yaml -> trainer/config.py (`freezing_of`; folded to the simplest equivalent)
+-> trainer/optim.py (`LearningRates.advance`, each epoch) -> models/freezing.py (`Freezing.plan`: `_top` picks the stages
+that train; `StagedModel.apply_plan` then sets requires_grad).
 """
 
 from __future__ import annotations

@@ -12,8 +12,12 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from report.protocol import ProtocolSummary
 
 from report.table import (CODE_VERSION, PRECISION, RANDOM_INIT, SCRATCH, SCRATCH_MODEL, SEED, WARM_START, RunRecord, RunTable,
                           SkippedDuplicate)

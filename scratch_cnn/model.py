@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from common.errors import UserError
 from scratch_cnn.config import ACTIVATIONS, BLOCKS, ScratchCNNConfig
 
 _ACTIVATIONS = {

@@ -177,7 +177,7 @@ def test_a_runs_split_never_contains_test_images_and_follows_split_seed(nature_d
     real_split = trainer.inputs.stratified_split
     monkeypatch.setattr(trainer.inputs, "stratified_split", lambda index, val, seed, subset: (seeds.append(seed), real_split(index, val, seed, subset))[1])
     config = parse_run_config({"data_dir": str(nature_dir), "cache_dir": str(tmp_path / "cache"), "split_seed": 7, "seed": 3})
-    data = trainer.inputs.load_split(config)
+    data = trainer.inputs.load_split(trainer.inputs.InputSettings.of(config))
     assert seeds == [7]
     layout = locate_dataset(nature_dir, download=False)
     digest = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()  # noqa: E731
@@ -186,7 +186,7 @@ def test_a_runs_split_never_contains_test_images_and_follows_split_seed(nature_d
     assert len(used) == len(data.index) and test_images
     assert all(p.resolve().is_relative_to(layout.train_dir.resolve()) for p in used)
     assert not {digest(p) for p in used} & test_images
-    other = trainer.inputs.load_split(parse_run_config({**config.__dict__, "split_seed": 8}))
+    other = trainer.inputs.load_split(trainer.inputs.InputSettings.of(parse_run_config({**config.__dict__, "split_seed": 8})))
     assert not np.array_equal(other.split.val, data.split.val)  # the seed decides the split
 
 
@@ -381,10 +381,10 @@ def test_a_dataset_without_a_test_folder_trains_and_says_the_test_command_will_n
 
     shutil.copytree(nature_dir / "inaturalist_12K" / "train", tmp_path / "only" / "train")
     config = parse_run_config({"data_dir": str(tmp_path / "only"), "cache_dir": str(tmp_path / "cache"), "download": False})
-    assert len(trainer.inputs.load_split(config).index) > 0
+    assert len(trainer.inputs.load_split(trainer.inputs.InputSettings.of(config)).index) > 0
     out = capsys.readouterr().out
     assert "no val/ or test/ folder" in out and "agent.py test` will need" in out
-    trainer.inputs.load_split(parse_run_config({**config.__dict__, "data_dir": str(nature_dir)}))
+    trainer.inputs.load_split(trainer.inputs.InputSettings.of(parse_run_config({**config.__dict__, "data_dir": str(nature_dir)})))
     assert "no val/ or test/" not in capsys.readouterr().out
 
 

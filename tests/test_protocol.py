@@ -317,3 +317,34 @@ def test_the_whole_protocol_end_to_end(protocol_files, imagenet_stand_in, nature
     capsys.readouterr()
     assert agent.main(["protocol", "test", str(protocol_files), *folder, f"--data_dir={nature_dir}"]) == 0
     assert "nothing to test" in capsys.readouterr().out  # the test set is read once per final run
+
+
+def test_recipes_are_written_from_the_wandb_tuning_sweeps_faked_at_the_network(tmp_path, protocol_files, monkeypatch):
+    """The W&B side of stage 2a: each arm's tuning sweep read through wandb's own public API (faked only where it hands
+    requests to the network), its best finished trial written as the recipe, batch size and resolution included."""
+    pytest.importorskip("wandb")
+    from wandb.apis.public.service_api import ServiceApi
+
+    from test_report import FakeWandbServer
+
+    def run(model: str, lr: float, best: float, state: str = "finished", **config) -> tuple:
+        config = {**(MOBILE if model == "mobilenet_v3_small" else SCRATCH), "lr": lr, "seed": 0, "split_seed": 0, "stage": "tune",
+                  "epochs": 3, "patience": 2, "batch_size": 8, **config}
+        summary = {metrics.STATE: state if state != "crashed" else metrics.RUNNING, metrics.BEST_VAL_ACC: best, metrics.BEST_EPOCH: 2,
+                   metrics.EPOCHS_COMPLETED: 3, metrics.EPOCH_HISTORY: [{"epoch": 1, "val_acc": best - 0.1}, {"epoch": 2, "val_acc": best}]}
+        return (state, {**config, "effective": config}, summary)
+
+    server = FakeWandbServer({"m1": run("mobilenet_v3_small", 0.01, 0.70), "m2": run("mobilenet_v3_small", 0.003, 0.78, input_size=64),
+                              "m3": run("mobilenet_v3_small", 0.1, 0.95, "crashed"),  # never finished: not a recipe
+                              "s1": run("scratch_cnn", 0.003, 0.55, batch_size=32)})
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setattr(ServiceApi, "send_api_request", lambda self, request, timeout=None: server.send_api_request(self, request, timeout))
+    monkeypatch.setattr(ServiceApi, "finalize", lambda self, obj, cleanup: (lambda: None))
+    protocol = P.load_protocol(protocol_files)
+    (tmp_path / "fair").mkdir()
+    (tmp_path / "fair" / P.WANDB_FILE).write_text(json.dumps({"mobilenet_v3_small": "team/project/abc123", "scratch_cnn": "team/project/abc123"}))
+    mobile, scratch = (yaml.safe_load(path.read_text()) for path in P.write_recipes(protocol, tmp_path / "fair", wandb=True))
+    assert (mobile["lr"], mobile["input_size"], mobile["batch_size"]) == (0.003, 64, 8)
+    assert (scratch["lr"], scratch["batch_size"], scratch["model"]) == (0.003, 32, "scratch_cnn")
+    assert "stage" not in mobile and "seed" not in scratch

@@ -1037,7 +1037,6 @@ def test_a_run_folder_in_use_by_another_process_is_refused(base):
 def test_stages_unfrozen_later_keep_the_backbone_lr_multiplier():
     """backbone_lr_mult must hold for stages that gradual unfreezing adds mid-run too (not become 1)."""
     from trainer.config import freezing_of
-    from trainer.loop import advance_plan
     from trainer.optim import LearningRates
 
     config = parse_run_config({"model": "resnet18", "strategy": "gradual", "backbone_lr_mult": 0.05, "lr": 0.1})
@@ -1046,7 +1045,7 @@ def test_stages_unfrozen_later_keep_the_backbone_lr_multiplier():
     model.apply_plan(freezing.plan(model.stage_names, 0))
     optimizer = rates.optimizer_for(model)
     head_groups = len(optimizer.param_groups)
-    advance_plan(model, optimizer, rates, freezing, 1)  # layer4 joins the optimizer
+    rates.advance(model, optimizer, freezing, 1)  # layer4 joins the optimizer
     added = optimizer.param_groups[head_groups:]
     assert added and all(group["initial_lr"] == pytest.approx(0.005) for group in added)
     assert optimizer.param_groups[0]["initial_lr"] == 0.1

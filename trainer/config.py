@@ -8,6 +8,12 @@ pretrained backbone, warmup under onecycle, bn_mode where no frozen stage has Ba
 equivalent values one way (a strategy as the simplest one that trains the same parameters: fraction as last_k,
 norm_and_head on VGG-16 as head_only; the default weights' name as "imagenet"; sizes as numbers), so two configs
 that train the same thing compare equal in `effective_config`.
+
+The config stops at `trainer.run`: below it, functions take the typed values they use (`LearningRates`, `Freezing`,
+`TrainSettings`, `InputSettings`). The map of the code, one value from the YAML to the line where it acts:
+  lr: sweeps/*.yaml -> trainer/config.py (RunConfig.lr) -> trainer/run.py (LearningRates.of) -> trainer/optim.py (stage_lr, lr_factor)
+  strategy/k_layers: sweeps/*.yaml -> trainer/config.py (freezing_of, folded) -> trainer/optim.py (LearningRates.advance) -> models/freezing.py (Freezing.plan: _top)
+  augment: sweeps/*.yaml -> trainer/config.py (RunConfig.augment) -> trainer/run.py (InputSettings.of) -> trainer/inputs.py -> data/augment.py (_Policy)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Everything between files on disk and model inputs for one run: scan, split, stores, loaders, transforms.
 
-Walk of augment: sweeps/*.yaml -> trainer/config.py (RunConfig.augment) -> trainer/inputs.py (`TrainTransform`, and no
-feature cache under random augmentation) -> data/augment.py (`_Policy`: the crop scale, flip, rotation, jitter).
+Walk of augment: sweeps/*.yaml -> trainer/config.py (RunConfig.augment) -> trainer/run.py (`InputSettings.of`) ->
+trainer/inputs.py (`TrainTransform`; no feature cache under random augmentation) -> data/augment.py (`_Policy`).
 
 The result, `RunInputs`, hands the loop ready-to-use batches for training and validation. Images come from
 the decoded-image cache (or are decoded on the fly), become tensors on the device, and are augmented there;
@@ -32,6 +32,30 @@ from data.split import Split, stratified_split
 from trainer.features import build_or_open_features
 
 
+@dataclass(frozen=True)
+class InputSettings:
+    """What turning files into batches reads of a run's settings, as plain values (no run config below `run()`)."""
+
+    data_dir: str
+    cache_dir: str
+    download: bool = False
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    subset_fraction: float = 1.0
+    augment: str = "standard"
+    image_cache: bool = True
+    feature_cache: bool = True
+    num_workers: int = -1
+    channels_last: bool = True
+    seed: int = 0  # of the data order and the augmentation
+
+    @classmethod
+    def of(cls, config) -> "InputSettings":
+        return cls(config.data_dir, config.cache_dir, config.download, config.val_fraction, config.split_seed,
+                   config.subset_fraction, config.augment, config.image_cache, config.feature_cache, config.num_workers,
+                   config.channels_last, config.seed)
+
+
 @dataclass
 class DataSplit:
     index: ImageIndex
@@ -42,7 +66,7 @@ class DataSplit:
         return self.index.classes
 
 
-def load_split(config) -> DataSplit:
+def load_split(config: InputSettings) -> DataSplit:
     layout = locate_dataset(config.data_dir, download=config.download)
     cache_dir = ensure_writable(config.cache_dir, "cache_dir", CACHE_OPTION)
     index = scan_folder(layout.train_dir, cache_dir=cache_dir)
@@ -80,7 +104,7 @@ def image_store(index: ImageIndex, pre: Preprocessing, cache_dir: Path, use_cach
     return DecodingStore(index, pre.resize_size, pre.interpolation, pre.crop_size)
 
 
-def build_inputs(config, data: DataSplit, pre: Preprocessing, model, frozen_depth: int, device: torch.device, autocast, batch_size: int,
+def build_inputs(config: InputSettings, data: DataSplit, pre: Preprocessing, model, frozen_depth: int, device: torch.device, autocast, batch_size: int,
                  dtype: torch.dtype | None = None, eval_pre: Preprocessing | None = None) -> RunInputs:
     """`autocast` runs the model at `dtype` (None: fp32). `pre` is the training preprocessing, `eval_pre` the
     validation one (default: the same); at another size validation reads its own cache of images or features.

@@ -85,22 +85,6 @@ def split_output(output) -> tuple[torch.Tensor, list[torch.Tensor]]:
     return (output[0], list(output[1])) if isinstance(output, tuple) else (output, [])
 
 
-def advance_plan(model: StagedModel, optimizer: torch.optim.Optimizer, rates: LearningRates, freezing: Freezing, epoch: int) -> None:
-    """Apply epoch `epoch`'s plan; what starts training joins the optimizer at its base rate (gradual unfreezing)."""
-    model.apply_plan(freezing.plan(model.stage_names, epoch))
-    rates.add_unfrozen(model, optimizer)
-
-
-def optimizer_after(model: StagedModel, rates: LearningRates, freezing: Freezing, epoch: int) -> torch.optim.Optimizer:
-    """The optimizer with the groups it has after `epoch`'s plan: the plans of epochs 0..epoch replayed in order, so a
-    checkpoint's optimizer state (gradual unfreezing grows the groups) loads group for group."""
-    model.apply_plan(freezing.plan(model.stage_names, 0))
-    optimizer = rates.optimizer_for(model)
-    for later in range(1, epoch + 1):
-        advance_plan(model, optimizer, rates, freezing, later)
-    return optimizer
-
-
 def train_step(loop: Loop, x: torch.Tensor, y: torch.Tensor, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimisation step: (the objective, the main head's plain cross-entropy for the record, the logits)."""
     settings = loop.settings
@@ -156,7 +140,7 @@ def train(loop: Loop, state: LoopState) -> str:
     last_checkpoint = time.monotonic()
 
     for epoch in range(state.epoch, settings.epochs):
-        advance_plan(model, optimizer, loop.rates, loop.freezing, epoch)
+        loop.rates.advance(model, optimizer, loop.freezing, epoch)  # gradual unfreezing opens stages here
         model.train()  # StagedModel.train keeps frozen stages (and their BatchNorm statistics) in eval mode
         params = [p for g in optimizer.param_groups for p in g["params"]]
         loss_sum = torch.tensor(state.loss_sum, device=loop.device, dtype=torch.float64)
@@ -247,7 +231,7 @@ def add_elapsed_seconds(started: float, *totals: float) -> tuple[float, ...]:
     return tuple(total + elapsed for total in totals)
 
 
-def autocast_factory(device: torch.device, dtype: torch.dtype | None) -> Callable[[], Any]:
+def autocast_factory(device: torch.device, dtype: torch.dtype | None) -> Callable[[], AbstractContextManager]:
     if dtype is None:
         return nullcontext
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,5 +1,5 @@
 """The learning rate's one home: each group's base rate, warmup and the schedule, and the groups that gradual
-unfreezing adds, all from one `LearningRates`.
+unfreezing adds (with the plan that opens their stages), all from one `LearningRates`.
 
 The schedule is stepped per batch in every run (never per epoch in some runs and per batch in others), and being a
 function of the global step it needs no state of its own to resume.
@@ -16,6 +16,7 @@ from typing import Iterable
 
 import torch
 
+from models.freezing import Freezing
 from models.param_groups import parameter_groups, trainable_stage_names
 from models.staged import StagedModel
 
@@ -78,6 +79,25 @@ class LearningRates:
         if held != trainable:
             raise RuntimeError(f"optimizer holds {len(held - trainable)} frozen and lacks {len(trainable - held)} trainable parameters")
         return [group["name"] for group in groups]
+
+    # --- gradual unfreezing ------------------------------------------------------------------------
+
+    def advance(self, model: StagedModel, optimizer: torch.optim.Optimizer | None, freezing: Freezing, epoch: int) -> torch.optim.Optimizer:
+        """Apply epoch `epoch`'s plan; what starts training joins the optimizer at its base rate (gradual unfreezing).
+        Without an optimizer yet, the plan's own is built. Returns the optimizer."""
+        model.apply_plan(freezing.plan(model.stage_names, epoch))
+        if optimizer is None:
+            return self.optimizer_for(model)
+        self.add_unfrozen(model, optimizer)
+        return optimizer
+
+    def optimizer_after(self, model: StagedModel, freezing: Freezing, epoch: int) -> torch.optim.Optimizer:
+        """The optimizer with the groups it has after `epoch`'s plan: the plans of epochs 0..epoch replayed in order, so
+        a checkpoint's optimizer state (gradual unfreezing grows the groups) loads group for group."""
+        optimizer = None
+        for past in range(epoch + 1):
+            optimizer = self.advance(model, optimizer, freezing, past)
+        return optimizer
 
     # --- warmup and schedule ----------------------------------------------------------------------
 

@@ -34,8 +34,8 @@ from scratch_cnn import ScratchCNNConfig
 from trainer import metrics as M
 from trainer.checkpoint import LoopState, checkpoint_payload, keep_as, write_checkpoint
 from trainer.config import RunConfig, config_hash, effective_config, freezing_of, rehash, run_id_problem, to_dict
-from trainer.inputs import build_inputs, load_split
-from trainer.loop import Diverged, Loop, TrainSettings, autocast_factory, optimizer_after, train
+from trainer.inputs import InputSettings, build_inputs, load_split
+from trainer.loop import Diverged, Loop, TrainSettings, autocast_factory, train
 from trainer.optim import LearningRates
 from trainer.progress import run_header
 from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_BEST, RunRecord
@@ -225,7 +225,8 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     facts); raises on failure. `fresh` (a retry after running out of memory) ignores every checkpoint."""
     torch.manual_seed(config.seed)
     device, dtype = _device_and_precision(config)
-    data = load_split(config)
+    settings_in = InputSettings.of(config)
+    data = load_split(settings_in)
     _list_skipped(record, data.index.skipped)
     scratch = scratch_config(config)
     model = build_model(config.model, len(data.classes), config.weights, config.aux_loss_weight, config.bn_mode, scratch, config.input_size)
@@ -248,12 +249,12 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
         model.to(memory_format=torch.channels_last)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     request = ResumeRequest(identity, effective_config(config), lean, batch_size, settings, required=config.resume, fresh=fresh)
-    start = resume_or_start(request, record, store, logger, model, scaler, lambda epoch: optimizer_after(model, rates, freezing, epoch))
+    start = resume_or_start(request, record, store, logger, model, scaler, lambda epoch: rates.optimizer_after(model, freezing, epoch))
     state, optimizer, batch_size = start.state, start.optimizer, start.state.batch_size
     print(run_header(config.device, device, dtype, model.spec.name, model.weights_version, pre.crop_size, *count_parameters(model)), flush=True)
 
     autocast, started = autocast_factory(device, dtype), time.perf_counter()
-    inputs = build_inputs(config, data, pre, model, frozen_depth, device, autocast, batch_size, dtype, eval_pre)
+    inputs = build_inputs(settings_in, data, pre, model, frozen_depth, device, autocast, batch_size, dtype, eval_pre)
     facts = _run_facts(model, data, identity, pre, eval_pre, device, dtype, batch_size, config.batch_size, inputs.start_stage,
                        round(time.perf_counter() - started, 3))
     record.update_summary(**facts, **{M.STATE: M.RUNNING, M.REASON: None})
