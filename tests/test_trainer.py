@@ -249,6 +249,7 @@ def test_out_of_memory_retries_at_half_batch(base, monkeypatch):
     monkeypatch.setattr(trainer.run, "_attempt", always_out_of_memory)
     outcome = run_training(scratch(base, run_id="oom3"))
     assert calls == [(8, False), (4, True)] and outcome.state == M.OOM and "batch_size=4" in outcome.summary[M.REASON]
+    assert "input_size=32" in outcome.summary[M.REASON]  # a size too large for the GPU says so: the size is named
 
 
 def test_out_of_memory_retry_replaces_the_failed_attempts_checkpoint_in_the_store(base, tmp_path, monkeypatch):
