@@ -120,6 +120,10 @@ def _headline(s: Summary) -> list[str]:
     elif ft:
         out.append(f"- **No successful {SCRATCH_MODEL} run** in this sweep: there is no scratch baseline to compare "
                    "against.")
+    elif scratch and s.best_warm_start:  # the offline demo: a warm start is still a start to compare, labelled as what it is
+        out.append(f"- **Gap: {points((s.best_warm_start.best_val_acc - scratch.best_val_acc) * 100)}** (best warm start minus "
+                   f"best {SCRATCH_MODEL}, single runs). No ImageNet fine-tuned run in this sweep: the gap measures what the "
+                   "warm start's weights file brings, not ImageNet fine-tuning.")
     elif scratch:
         out.append(f"- **No successful ImageNet fine-tuned run** in this sweep: there is nothing to compare {SCRATCH_MODEL} "
                    "against.")

@@ -1408,3 +1408,18 @@ def test_resolution_is_shown_grouped_and_costed(tmp_path):
     assert summary.pareto_memory == {"r17", "r18"}  # r16 ties r18 on memory at lower accuracy
     cost = section(text, 4)
     assert "**Against peak GPU memory**" in cost and "| `r17` | resnet50 | 352 | full | 80.00% | 600 | 500 | 23,528,522 | 8.00 |" in cost
+
+
+def test_without_imagenet_runs_the_headline_compares_a_warm_start_with_the_scratch_cnn(tmp_path):
+    """The offline demo: a backbone warm-started from a weights file against the scratch CNN. The headline gives their
+    gap, labelled as a warm start's, rather than saying there is nothing to compare."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    add_run(runs, "r17", "r03", [0.8, 0.9], {**finished_summary("r03", 0.9), metrics.WEIGHTS_VERSION: "file:/w/mine.pt"},
+            weights="/w/mine.pt")
+    add_finished(runs, "r19", "r10", 0.5)
+    summary, text = report_of(runs)
+    headline = section(text, 1)
+    assert summary.best_fine_tuned is None and summary.gap_points is None  # a warm start never counts as fine-tuned
+    assert "**Gap: +40.00 points** (best warm start minus best scratch_cnn, single runs)" in headline
+    assert "not ImageNet fine-tuning" in headline and "nothing to compare" not in headline
