@@ -824,16 +824,6 @@ def test_help_lists_every_parameter_with_default():
     assert "{adamw, sgd}" in text
 
 
-def test_readme_configuration_reference_is_generated_from_the_config():
-    from pathlib import Path
-
-    from trainer.config import reference_markdown
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme.split("<!-- CONFIG-REFERENCE:START -->")[1].split("<!-- CONFIG-REFERENCE:END -->")[0]
-    assert block.strip() == reference_markdown().strip(), "regenerate it: python -m trainer.config --write"
-
-
 def test_gradual_unfreezing_resumes_exactly_after_sigterm(base, small_inputs, monkeypatch):
     """Optimizer groups join mid-run under gradual unfreezing; a resume must rebuild them in the same order."""
     settings = {**base, "model": "resnet18", "strategy": "gradual", "unfreeze_every_epochs": 1, "epochs": 3, "augment": "standard", "lr": 0.01}

@@ -554,6 +554,6 @@ def write_reference(readme: Path) -> None:
 
 if __name__ == "__main__":  # python -m trainer.config [--write]: print the table, or update README.md
     if "--write" in sys.argv[1:]:
-        write_reference(Path(__file__).resolve().parents[1] / "README.md")
+        write_reference(Path(__file__).resolve().parents[1] / "docs" / "configuration.md")
     else:
         print(reference_markdown())
