@@ -55,7 +55,8 @@ class EpochProgress:
         self.bar.update(1)
         self.steps += 1
         if loss is not None and self.steps % POSTFIX_EVERY_STEPS == 1:
-            self.bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.2e}" if lr else None)
+            value = loss.detach() if hasattr(loss, "detach") else loss  # the step's loss still holds its graph
+            self.bar.set_postfix(loss=f"{float(value):.4f}", lr=f"{lr:.2e}" if lr else None)
 
     def close(self) -> None:
         if self.bar is not None:
