@@ -77,6 +77,21 @@ def test_every_relative_link_resolves(page):
     assert broken == [], f"{page.relative_to(ROOT)}: broken links"
 
 
+REPOSITORY_FILE = re.compile(r"(?<![\w/.~-])((?:sweeps|benchmarks|notebooks|tests|docs|data|trainer|report|sweeper|models|"
+                             r"common|scratch_cnn)/[\w./-]*\.(?:yaml|py|sh|ipynb|md))")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_file_a_command_names_exists(page):
+    """The demo's and the sweeps' commands name files of the repository (sweeps/demo/source.yaml, ...): a renamed
+    file breaks them although no link does."""
+    text = page.read_text()
+    blocks = [match.group(0) for match in FENCE.finditer(text)]
+    code = "\n".join(blocks + INLINE_CODE.findall(FENCE.sub("", text)))
+    missing = sorted({name for name in REPOSITORY_FILE.findall(code) if not (ROOT / name).exists()})
+    assert missing == [], f"{page.relative_to(ROOT)} names files that do not exist"
+
+
 def test_the_link_checker_finds_broken_links_and_anchors(tmp_path):
     (tmp_path / "other.md").write_text("# Title\n\n## On W&B's servers\n\n## Offline, or on a CPU\n\n## Title\n")
     page = tmp_path / "page.md"
