@@ -533,7 +533,7 @@ def help_text() -> str:
 
 
 def reference_markdown() -> str:
-    """The README's configuration table, generated so it cannot drift from the code (`python -m trainer.config`)."""
+    """The configuration table of docs/configuration.md, generated so it cannot drift from the code (`python -m trainer.config`)."""
     rows, current = ["| parameter | default | allowed | meaning |", "|---|---|---|---|"], None
     for group, name, default, allowed, env, text in _documented_fields():
         if group != current:
@@ -544,7 +544,7 @@ def reference_markdown() -> str:
 
 
 def write_reference(readme: Path) -> None:
-    """Replace the README's table between the CONFIG-REFERENCE markers with the generated one."""
+    """Replace the table between the CONFIG-REFERENCE markers of docs/configuration.md with the generated one."""
     start, end = "<!-- CONFIG-REFERENCE:START -->", "<!-- CONFIG-REFERENCE:END -->"
     text = readme.read_text()
     head, rest = text.split(start, 1)
@@ -552,7 +552,7 @@ def write_reference(readme: Path) -> None:
     readme.write_text(f"{head}{start}\n{reference_markdown().strip()}\n{end}{tail}")
 
 
-if __name__ == "__main__":  # python -m trainer.config [--write]: print the table, or update README.md
+if __name__ == "__main__":  # python -m trainer.config [--write]: print the table, or update docs/configuration.md
     if "--write" in sys.argv[1:]:
         write_reference(Path(__file__).resolve().parents[1] / "docs" / "configuration.md")
     else:
