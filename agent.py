@@ -108,7 +108,7 @@ def _folded_strategy(cli: dict, config) -> str | None:
 def _aux_needs(model: str) -> int:
     from models.registry import get_spec
 
-    return max((aux.min_input_size for aux in get_spec(model).aux_heads), default=0)
+    return get_spec(model).aux_min_input_size
 
 
 def _number(text: str) -> float:

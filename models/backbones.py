@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable, Union
 
 from common.lazy import LazyAttribute, lazy_module
 from models.registry import AuxHead, BackboneSpec, Stage, register
+from scratch_cnn.config import INPUT_SIZE as SCRATCH_INPUT
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -230,6 +231,7 @@ register(BackboneSpec(
     input_multiple=16,  # the patch: a size between two grids would silently drop the last row of pixels
     resize_net=_vit_resize,
     input_size_of_state=_vit_state_size,
+    size_dependent_keys=("net.encoder.pos_embedding",),
 ))
 
 register(BackboneSpec(
@@ -263,6 +265,6 @@ register(BackboneSpec(
     head_linear="head",
     cpu_friendly=True,
     description="the Part A CNN trained from scratch (no pretrained weights: every strategy trains everything)",
-    min_input_size=32,  # five 2x max-pools
+    min_input_size=SCRATCH_INPUT.low,  # five 2x max-pools
     sized_by_input=True,
 ))

@@ -74,6 +74,9 @@ class BackboneSpec:
     input_size_of_state: Callable[[dict], int | None] | None = None
     # Built for one input size (a dense layer over the flattened last map): it evaluates at that size only.
     sized_by_input: bool = False
+    # state_dict keys (under "net.") whose values a size other than the weights' own changes (ViT's interpolated position
+    # embeddings): never left out of a checkpoint as "the ImageNet weights", since they no longer are.
+    size_dependent_keys: tuple[str, ...] = ()
     # (weights member, its crop size in px) for every member a run may name: the default input_size, read without
     # importing torchvision (`check` validates thousands of configs); a test holds it to the weights' own transforms().
     native_sizes: tuple[tuple[str, int], ...] = ()
@@ -93,6 +96,11 @@ class BackboneSpec:
     @property
     def stage_names(self) -> tuple[str, ...]:
         return tuple(stage.name for stage in self.stages)
+
+    @property
+    def aux_min_input_size(self) -> int:
+        """The smallest training input every aux head can take (1 without aux heads)."""
+        return max((aux.min_input_size for aux in self.aux_heads), default=1)
 
     def native_size(self, weights: str) -> int | None:
         """The crop size of the ImageNet weights `weights` names ("imagenet", a member name, or "none": the default
@@ -117,7 +125,7 @@ class BackboneSpec:
         if size < self.min_input_size:
             return (f"{what}={size} is below {self.name}'s minimum of {self.min_input_size} px (its feature maps vanish): "
                     f"use {what}>={self.min_input_size}")
-        needs = max((aux.min_input_size for aux in self.aux_heads), default=1) if aux_heads else 1
+        needs = self.aux_min_input_size if aux_heads else 1
         if size < needs:
             return (f"{what}={size} is below the {needs} px that {self.name}'s auxiliary classifier needs: use "
                     f"{what}>={needs}, or --aux_loss_weight=0 to train without it")

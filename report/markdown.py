@@ -173,16 +173,24 @@ def _final(s: Summary) -> list[str]:
     p = s.protocol
     if p is None or not p.compare:
         return []
+    tested = all(arm.metric == metrics.TEST_ACC for arm in p.compare)
     out = ["### Final comparison (compare stage)", "",
            "Each arm's recipe, chosen on the validation split in the tune stage, trained again on fresh seeds and split "
-           "seeds; every run that finished was evaluated **once** on the held-out test set. Nothing here was selected.", ""]
+           "seeds. Nothing here was selected. " + ("Every run that finished was evaluated **once** on the held-out test set."
+                                                    if tested else "**Not every arm is tested yet**: an arm on validation is "
+                                                    "not compared with one on the test set; run `python agent.py protocol test`."), ""]
     rows = []
     for arm in p.compare:
         metric = "test" if arm.metric == metrics.TEST_ACC else "validation (not tested yet)"
         value = ci_text(arm.ci) if arm.ci else (percent(arm.values[0]) + " (one run)" if arm.values else "–")
-        lost = _lost_text(arm.lost) if arm.lost else "–"
-        rows.append([_value(arm.arm), value, f"{len(arm.runs)}/{arm.planned}", arm.splits, metric, lost])
-    out += [table(["arm", "mean accuracy (95% CI)", "runs counted / planned", "split seeds", "on", "lost (in n/k, not in the mean)"], rows), ""]
+        missing = _lost_text([*arm.lost, *arm.unfinished]) if arm.lost or arm.unfinished else "–"
+        rows.append([_value(arm.arm), value, f"{len(arm.runs)}/{arm.planned}", arm.splits, metric, missing])
+    out += [table(["arm", "mean accuracy (95% CI)", "runs counted / planned", "split seeds", "on",
+                   "lost or not finished (in n/k, not in the mean)"], rows), ""]
+    unfinished = [r for arm in p.compare for r in arm.unfinished]
+    if unfinished:
+        out.append(f"- **{len(unfinished)} final run(s) have not finished** ({', '.join(f'`{r.run_id}` ({r.state})' for r in unfinished[:6])}): "
+                   "their arms' means are over the others; run the compare stage's command again to finish them.")
     for gap in p.gaps:
         if gap.ci is None:
             out.append(f"- **{gap.arm} minus {SCRATCH_MODEL}: {points(gap.difference * 100)}** (two runs a side are needed for an interval).")

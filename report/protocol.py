@@ -14,17 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from report.stats import CONFIDENCE, DifferenceCI, MeanCI, difference_ci, mean_ci
-from report.table import IMAGENET, SCRATCH, RunRecord, RunTable
+from report.table import COMPARE, CURVE, IMAGENET, SCRATCH, SEED_KEYS, TUNE, RunRecord, RunTable
 from trainer import metrics
-
-TUNE, COMPARE, CURVE = "tune", "compare", "curve"
-LOST_STATES = (metrics.FAILED, metrics.DIVERGED, metrics.OOM)  # a seed that trained to no result
-SEED_KEYS = ("seed", "split_seed")  # what the final stages vary: the rest of a config is the recipe
-
-
-def stage_of(record: RunRecord) -> str:
-    value = record.config.get("stage")
-    return value if isinstance(value, str) else ""
 
 
 def arm_of(record: RunRecord) -> str:
@@ -42,13 +33,14 @@ class ArmResult:
     ci: MeanCI | None
     runs: list[RunRecord]  # counted
     lost: list[RunRecord]  # failed, diverged or out of memory: in n/k, never in the mean
+    unfinished: list[RunRecord]  # preempted, running or stopped early: planned, not (yet) a result; in n/k too
     untested: list[RunRecord]  # finished but without a test result yet
     configs: int  # distinct recipes among its runs (seeds aside): 1 in a protocol
     splits: int  # distinct split seeds
 
     @property
     def planned(self) -> int:
-        return len(self.runs) + len(self.lost)
+        return len(self.runs) + len(self.lost) + len(self.unfinished)
 
     @property
     def mean(self) -> float | None:
@@ -78,20 +70,28 @@ class Crossover:
     arm: str
     sizes: list[float]  # images per class where both arms have points, ascending
     wins: list[bool]  # fine-tuning ahead by more than the interval at each size
-    below: float | None  # the largest size up to which it wins at every size; None when it never does
+    below: float | None  # the largest size up to which it wins at every size; None when it does not at the smallest
 
     def statement(self) -> str:
+        interval = f"by more than the {CONFIDENCE:.0%} interval"
         if not self.sizes:
             return f"{self.arm}: no data size where both it and the scratch CNN have two or more runs"
-        if self.below is None:
-            return (f"{self.arm} does not beat the scratch CNN by more than the {CONFIDENCE:.0%} interval at the smallest size "
-                    f"measured ({self.sizes[0]:g} images per class): no crossover below which fine-tuning clearly wins")
-        if self.below == self.sizes[-1]:
-            return (f"{self.arm} beats the scratch CNN by more than the {CONFIDENCE:.0%} interval at every size measured "
-                    f"(up to {self.below:g} images per class)")
-        above = next(s for s, w in zip(self.sizes, self.wins) if s > self.below)
-        return (f"{self.arm} beats the scratch CNN by more than the {CONFIDENCE:.0%} interval up to {self.below:g} images per "
-                f"class; from {above:g} on, the interval of the gap holds 0 or favours the scratch CNN")
+        if all(self.wins):
+            return f"{self.arm} beats the scratch CNN {interval} at every size measured (up to {self.sizes[-1]:g} images per class)"
+        winning = [size for size, win in zip(self.sizes, self.wins) if win]
+        if not winning:
+            return f"{self.arm} beats the scratch CNN {interval} at no size measured ({_sizes(self.sizes)} images per class)"
+        first_loss = next(size for size, win in zip(self.sizes, self.wins) if not win)
+        if self.below is not None and not any(win for size, win in zip(self.sizes, self.wins) if size > first_loss):
+            return (f"{self.arm} beats the scratch CNN {interval} up to {self.below:g} images per class; from {first_loss:g} "
+                    f"on, the interval of the gap holds 0 or favours the scratch CNN")
+        # Wins that are no prefix of the sizes: no single crossover to state, only where it wins.
+        return (f"{self.arm} beats the scratch CNN {interval} at {_sizes(winning)} images per class but not at "
+                f"{_sizes([size for size, win in zip(self.sizes, self.wins) if not win])}: no single crossover")
+
+
+def _sizes(sizes: list[float]) -> str:
+    return ", ".join(f"{size:g}" for size in sizes)
 
 
 @dataclass
@@ -118,21 +118,26 @@ def _value(record: RunRecord, tested: bool) -> float | None:
     return record.test_acc if tested else record.best_val_acc
 
 
+def _by_id(records) -> list[RunRecord]:
+    return sorted(records, key=lambda r: r.run_id)
+
+
 def _arm_results(records: list[RunRecord]) -> list[ArmResult]:
     by_arm: dict[str, list[RunRecord]] = defaultdict(list)
     for record in records:
-        by_arm[arm_of(record)].append(record)
+        if not record.refused_before_training:  # a setting to fix, retried by the same command: no seed of the arm
+            by_arm[arm_of(record)].append(record)
     results = []
     for arm, members in by_arm.items():
         counted = [r for r in members if r.is_complete]
-        lost = [r for r in members if r.state in LOST_STATES]
+        lost = [r for r in members if r.is_lost]
+        unfinished = [r for r in members if r not in counted and r not in lost]
         tested = bool(counted) and all(r.test_acc is not None for r in counted)
         values = [v for v in (_value(r, tested) for r in counted) if v is not None]
         results.append(ArmResult(
             arm, members[0].start, metrics.TEST_ACC if tested else f"best {metrics.VAL_ACC}", values, mean_ci(values),
-            sorted(counted, key=lambda r: r.run_id), sorted(lost, key=lambda r: r.run_id),
-            sorted((r for r in counted if r.test_acc is None), key=lambda r: r.run_id),
-            len({r.config_key(without=SEED_KEYS) for r in members if r.state not in LOST_STATES} or {""}),
+            _by_id(counted), _by_id(lost), _by_id(unfinished), _by_id(r for r in counted if r.test_acc is None),
+            len({r.config_key_as_asked(without=SEED_KEYS) for r in members} or {""}),
             len({str(r.config.get("split_seed")) for r in members})))
     # Fine-tuned arms by their mean, then the others; the scratch CNN last, the baseline the gaps are taken to.
     order = {IMAGENET: 0, SCRATCH: 2}
@@ -140,11 +145,13 @@ def _arm_results(records: list[RunRecord]) -> list[ArmResult]:
 
 
 def _gaps(results: list[ArmResult]) -> list[Gap]:
+    """Each ImageNet fine-tuned arm minus the scratch CNN, on the same metric only: a test mean minus a validation mean
+    is no gap (the arm still waiting for `protocol test` is said to be)."""
     scratch = next((a for a in results if a.start == SCRATCH and a.values), None)
     if scratch is None:
         return []
     return [Gap(a.arm, a.mean - scratch.mean, difference_ci(a.values, scratch.values))
-            for a in results if a.start == IMAGENET and a.values]
+            for a in results if a.start == IMAGENET and a.values and a.metric == scratch.metric]
 
 
 def _curve(records: list[RunRecord], tested: bool) -> list[CurvePoint]:
@@ -158,7 +165,7 @@ def _curve(records: list[RunRecord], tested: bool) -> list[CurvePoint]:
         per_class = [r.summary.get("num_train", 0) / len(r.summary.get("classes") or [0]) for r in counted
                      if r.summary.get("num_train") and r.summary.get("classes")]
         points.append(CurvePoint(arm, members[0].start, fraction, round(float(np.mean(per_class)), 1) if per_class else fraction,
-                                 values, mean_ci(values), sum(r.state in LOST_STATES for r in members)))
+                                 values, mean_ci(values), sum(r.is_lost for r in members)))
     return points
 
 
@@ -188,9 +195,14 @@ def crossovers(points: list[CurvePoint]) -> list[Crossover]:
 def summarise_protocol(table: RunTable, allow_lost_seeds: bool = False) -> ProtocolSummary:
     staged = defaultdict(list)
     for record in table.records:
-        staged[stage_of(record)].append(record)
-    tuning = staged[TUNE]
-    trials = Counter(arm_of(r) for r in tuning)
+        staged[record.stage].append(record)
+    tuning = [r for r in staged[TUNE] if not r.refused_before_training]
+    # Distinct configs, as the offline sweep counts its trials: W&B's run_cap counts equivalent runs (fraction 0.5 beside
+    # last_k 2) twice, and an arm that got fewer distinct configs than another is flagged either way.
+    configs: dict[str, set[str]] = defaultdict(set)
+    for record in tuning:
+        configs[arm_of(record)].add(record.config_key(without=("seed",)))
+    trials = Counter({arm: len(keys) for arm, keys in configs.items()})
     most = max(trials.values(), default=0)
     short = sorted(arm for arm, count in trials.items() if count < most)
     budgets: dict[str, set[str]] = defaultdict(set)

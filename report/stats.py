@@ -16,18 +16,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from report.protocol import ProtocolSummary
-
+from models.freezing import strategy_names
 from report.table import (CODE_VERSION, PRECISION, RANDOM_INIT, SCRATCH, SCRATCH_MODEL, SEED, WARM_START, RunRecord, RunTable,
                           SkippedDuplicate)
 from trainer import metrics
 
-def strategy_order() -> tuple[str, ...]:
-    """From least to most of the backbone trained, so tables and plots read as a dose-response: the registry's order."""
-    from models.freezing import strategy_names
+if TYPE_CHECKING:
+    from report.protocol import ProtocolSummary
 
-    return strategy_names()
 # Below this many runs a random forest's importances are noise dressed as a ranking.
 MIN_RUNS_FOR_IMPORTANCE = 4
 CONFIDENCE = 0.95
@@ -307,6 +303,11 @@ def rank_key(record: RunRecord):
     return (-record.best_val_acc, seconds if seconds is not None else math.inf, record.run_id)
 
 
+def strategy_order() -> tuple[str, ...]:
+    """From least to most of the backbone trained, so tables and plots read as a dose-response: the registry's order."""
+    return strategy_names()
+
+
 def strategy_sort_key(model: str | None, strategy: str | None):
     """Pretrained models by name, scratch_cnn last; within a model, strategies from least to most trained."""
     order = strategy_order()
@@ -314,20 +315,19 @@ def strategy_sort_key(model: str | None, strategy: str | None):
     return (model == SCRATCH_MODEL, str(model), position, str(strategy))
 
 
-LOST_STATES = (metrics.FAILED, metrics.DIVERGED, metrics.OOM)  # a seed that trained to no result
-
-
 def summarise(table: RunTable, top_n: int = 10, allow_lost_seeds: bool = False) -> Summary:
     """`allow_lost_seeds`: a config that lost a seed may still be the best config over seeds (off: a config whose
     seeds fail is not a recipe to recommend, whatever its survivors reached)."""
     from report.protocol import summarise_protocol
 
-    successful = sorted(table.successful(), key=rank_key)
-    complete = table.complete()
-    lost = [r for r in table.records if r.state in LOST_STATES and not r.refused_before_training]
+    # Every section but the protocol's own is about selection: the runs that chose configs on the validation split.
+    # The final stages' runs (fresh seeds of fixed recipes, subsets of the data) have their own sections and numbers.
+    successful = sorted((r for r in table.successful() if not r.in_final_stage), key=rank_key)
+    complete = [r for r in table.complete() if not r.in_final_stage]
     unstable: dict[str, list[RunRecord]] = defaultdict(list)
-    for record in lost:
-        unstable[record.config_key(without=(SEED,))].append(record)
+    for record in table.records:
+        if record.is_lost and not record.in_final_stage:
+            unstable[record.config_key_as_asked(without=(SEED,))].append(record)
     fine_tuned = [r for r in successful if r.is_fine_tuned]  # ImageNet weights: not random init, not a warm start
     scratch = [r for r in successful if r.start == SCRATCH]
     best_ft = fine_tuned[0] if fine_tuned else None
@@ -383,7 +383,7 @@ def summarise(table: RunTable, top_n: int = 10, allow_lost_seeds: bool = False) 
         tested=sorted((r for r in table.records if r.test), key=lambda r: r.run_id),
         best_per_strategy=sorted(best_per_strategy.values(),
                                  key=lambda r: strategy_sort_key(SCRATCH_MODEL if r.is_scratch else None, r.strategy)),
-        provenance=_provenance(table, successful),
+        provenance=_provenance(table, sorted(table.successful(), key=rank_key)),
         successful=successful,
         protocol=summarise_protocol(table, allow_lost_seeds),
     )

@@ -29,6 +29,13 @@ CODE_VERSION = metrics.CODE_VERSION
 PRECISION = metrics.PRECISION
 
 SEED = "seed"
+# The protocol's stages (the run parameter `stage`): tuning selects recipes on the validation split; the final stages
+# train those recipes again on fresh seeds (compare) and on subsets of the data (curve), and are tested once.
+TUNE, COMPARE, CURVE = "tune", "compare", "curve"
+FINAL_STAGES = (COMPARE, CURVE)
+SEED_KEYS = ("seed", "split_seed")  # what the final stages vary: the rest of a config is its recipe
+LOST_STATES = (metrics.FAILED, metrics.DIVERGED, metrics.OOM)  # a seed that trained to no result
+
 # What a run started from (RunRecord.start), in the headline's order.
 IMAGENET, WARM_START, RANDOM_INIT, SCRATCH = "imagenet", "warm_start", "random_init", "scratch"
 START_KINDS = (IMAGENET, WARM_START, RANDOM_INIT, SCRATCH)
@@ -62,19 +69,26 @@ def finite(value: Any) -> float | None:
 _FOLDED_KEYS = ("strategy", "k_layers", "freeze_fraction", "unfreeze_every_epochs", "bn_mode", "backbone_lr_mult", "layer_decay")
 
 
-def _fold_strategy(config: dict) -> dict:
-    """`config` with its strategy written as today's normalisation writes it, so equivalent runs group as one (fraction
-    0.5 of ResNet-50 with last_k k_layers=2). Configs that no longer parse (older fields, unknown models) stay as they are."""
-    if config.get("model") == SCRATCH_MODEL or not config.get("strategy"):
+def _fold_config(config: dict, weights_version: object) -> dict:
+    """`config` with its strategy and weights written as today's normalisation writes them, so equivalent runs group as
+    one: fraction 0.5 of ResNet-50 with last_k k_layers=2, and torchvision's own weights file given by path (the version
+    the run recorded) with the same weights from the hub cache. Configs that no longer parse stay as they are."""
+    member = weights_version.rpartition(".")[2] if isinstance(weights_version, str) and "." in weights_version and \
+        not weights_version.startswith("file:") else None
+    path_of_member = member is not None and isinstance(config.get("weights"), str) and ("/" in config["weights"] or "." in config["weights"])
+    if config.get("model") == SCRATCH_MODEL or not (config.get("strategy") or path_of_member):
         return config
     from common.errors import UserError
     from trainer.config import parse_run_config
 
+    values = {k: v for k, v in config.items() if k in FIELDS and FIELDS[k].metadata["effective"]}
+    if path_of_member:
+        values["weights"] = member
     try:
-        parsed = parse_run_config({k: v for k, v in config.items() if k in FIELDS and FIELDS[k].metadata["effective"]})
+        parsed = parse_run_config(values)
     except (UserError, TypeError, ValueError):
         return config
-    folded = {key: getattr(parsed, key) for key in _FOLDED_KEYS}
+    folded = {key: getattr(parsed, key) for key in (*_FOLDED_KEYS, *(("weights",) if path_of_member else ()))}
     return config if all(config.get(k) == v for k, v in folded.items()) else {**config, **folded}
 
 
@@ -90,7 +104,7 @@ class RunRecord:
     version_label: str | None = field(default=None, compare=False)  # set by RunTable: see model_label
 
     def __post_init__(self) -> None:
-        self.config = _fold_strategy(self.config)
+        self.config = _fold_config(self.config, self.summary.get(metrics.WEIGHTS_VERSION))
         # A run retried after CUDA ran out of memory trained at half the batch size it asked for: it is shown,
         # grouped and exported as what it trained (its config hash still names the config asked for).
         trained = self.summary.get(metrics.BATCH_SIZE)
@@ -141,6 +155,29 @@ class RunRecord:
         if isinstance(version, str):
             return version.startswith("file:")
         return isinstance(weights, str) and not self.is_scratch and ("/" in weights or "." in weights)
+
+    @property
+    def stage(self) -> str:
+        value = self.config.get("stage")
+        return value if isinstance(value, str) else ""
+
+    @property
+    def in_final_stage(self) -> bool:
+        return self.stage in FINAL_STAGES
+
+    @property
+    def is_lost(self) -> bool:
+        """Trained to no result: failed (after training started), diverged, or out of memory."""
+        return self.state in LOST_STATES and not self.refused_before_training
+
+    def config_key_as_asked(self, without: tuple[str, ...] = ()) -> str:
+        """`config_key`, with the batch size the config asked for: a seed lost after an out-of-memory retry at half the
+        batch belongs to the config it was asked as (its record shows the batch size it last tried)."""
+        asked = self.batch_size_asked
+        if asked is None:
+            return self.config_key(without)
+        config = {k: v for k, v in self.effective_config.items() if k not in without}
+        return json.dumps({**config, metrics.BATCH_SIZE: asked}, sort_keys=True, default=str)
 
     @property
     def start(self) -> str:

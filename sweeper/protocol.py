@@ -28,14 +28,16 @@ from common.atomic import write_text
 from common.errors import UserError
 from common.yamlfile import read_yaml
 from models.registry import get_spec
+from trainer.config import FIELDS
+from report.table import SEED_KEYS
 from sweeper.definition import RECIPE, load_definition
 
 PROTOCOL_FILE = Path("sweeps/protocol.yaml")
 STAGES = ("tune", "recipes", "compare", "test", "curve", "wandb")
 WANDB_FILE = "wandb.json"  # arm -> entity/project/sweep_id of the tuning sweeps `protocol wandb` created
 PRETRAINED, FROM_SCRATCH = "pretrained", "from_scratch"
-# Never carried into a recipe: the compare stage varies them, and the curve varies subset_fraction.
-VARIED_BY_STAGES = ("seed", "split_seed")
+# Never carried into a recipe, never fixed on a final stage's command line: the final stages vary them.
+VARIED_BY_STAGES = SEED_KEYS
 
 
 @dataclass(frozen=True)
@@ -114,10 +116,15 @@ def load_protocol(path: Path | str = PROTOCOL_FILE) -> Protocol:
         if budgets[kind].epochs < 1 or budgets[kind].patience < 0:
             raise UserError(f"protocol file {path}: budget.{kind} needs epochs >= 1 and patience >= 0")
     compare = Path(need(data, "compare", str, ""))
-    curve = data.get("curve")
-    return Protocol(path, str(data.get("name") or path.stem), trials, int(tune.get("seed", 0)), int(tune.get("split_seed", 0)),
-                    tuple(arms), budgets, compare, Path(curve) if curve else None,
-                    Path(data.get("recipes_dir") or compare.parent / "compare"))
+    seeds = {}
+    for key in ("seed", "split_seed"):
+        seeds[key] = need(tune, key, int, "tune.") if key in tune else 0
+        if not 0 <= seeds[key] <= FIELDS[key].metadata["high"]:
+            raise UserError(f"protocol file {path}: tune.{key}={seeds[key]} is out of range [0, {FIELDS[key].metadata['high']}]")
+    curve = need(data, "curve", str, "") if data.get("curve") is not None else None
+    recipes = need(data, "recipes_dir", str, "") if data.get("recipes_dir") is not None else str(compare.parent / "compare")
+    return Protocol(path, str(data.get("name") or path.stem), trials, seeds["seed"], seeds["split_seed"],
+                    tuple(arms), budgets, compare, Path(curve) if curve else None, Path(recipes))
 
 
 # --- stage 1: tune ------------------------------------------------------------------------------------
@@ -170,6 +177,7 @@ def write_recipes(protocol: Protocol, protocol_dir: Path | None, wandb: bool = F
         winner = finished[0]
         values = {key: value for key, value in winner.effective_config.items()
                   if key in FIELDS and key not in VARIED_BY_STAGES and value is not None}
+        values = _without_derived(values)
         path = protocol.recipe_path(arm)
         header = (f"# The recipe of arm {arm.model}, written by `agent.py protocol recipes` on "
                   f"{datetime.date.today().isoformat()}: the best finished tuning trial of {source},\n"
@@ -181,6 +189,22 @@ def write_recipes(protocol: Protocol, protocol_dir: Path | None, wandb: bool = F
         print(f"recipe {path}: {arm.model} from {winner.run_id} (val_acc {winner.best_val_acc:.4f})", flush=True)
         written.append(path)
     return written
+
+
+# Values normalisation derives from others (eval_size from input_size; InceptionV3's aux loss from its size): written into
+# a recipe they would stay behind when its input_size is changed or swept on top of it.
+DERIVED = ("eval_size", "aux_loss_weight")
+
+
+def _without_derived(values: dict) -> dict:
+    """The recipe's values without those that normalisation would write the same from the rest."""
+    from trainer.config import config_hash, parse_run_config
+
+    whole = config_hash(parse_run_config(values))
+    for key in DERIVED:
+        if key in values and config_hash(parse_run_config({k: v for k, v in values.items() if k != key})) == whole:
+            values = {k: v for k, v in values.items() if k != key}
+    return values
 
 
 def _wandb_sweeps(folder: Path) -> dict[str, str]:
@@ -221,6 +245,9 @@ def final_problems(protocol: Protocol, sweep_yaml: Path, tuned_seeds: set, stage
             problems.append(f"arm {arm.model} has no recipe in {sweep_yaml} (expected {protocol.recipe_path(arm)})")
         elif not protocol.recipe_path(arm).is_file():
             problems.append(f"recipe {protocol.recipe_path(arm)} does not exist: run `python agent.py protocol recipes` first")
+    if len(_listed(parameters, "seed")) < 2:
+        problems.append(f"{sweep_yaml} lists {len(_listed(parameters, 'seed'))} seed(s): list two or more fresh ones (none of the "
+                        f"tuning seeds), so each arm's mean has an interval")
     reused = sorted(set(_listed(parameters, "seed")) & tuned_seeds, key=str)
     if reused:
         problems.append(f"{sweep_yaml} lists seed(s) {reused} that tuning used: the final runs need fresh seeds")
@@ -255,6 +282,8 @@ def run_final(protocol: Protocol, stage: str, protocol_dir: Path | None, workers
     if sweep_yaml is None:
         raise UserError(f"protocol file {protocol.path} names no {stage} sweep: add `{stage}: sweeps/{stage}.yaml`")
     problems = final_problems(protocol, sweep_yaml, tuned_seeds(protocol, protocol_dir), stage)
+    problems += [f"--{key} would override the {stage} sweep's own {key}s: the final runs vary it; drop the argument"
+                 for key in VARIED_BY_STAGES if key in user_fixed]
     if problems:
         more = f" (also: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
         raise UserError(f"{stage} stage: {problems[0]}{more}")
@@ -279,7 +308,8 @@ def run_tests(protocol: Protocol, protocol_dir: Path | None, data_dir: str | Non
         for run in runs:
             summary = RunRecord.read_summary(run)
             if summary.get(M.STATE) != M.FINISHED or not (run / BEST_CHECKPOINT).exists():
-                print(f"{stage} run {run.name}: not tested ({summary.get(M.STATE) or 'no summary'}; the report counts it as lost)")
+                print(f"{stage} run {run.name}: not tested ({summary.get(M.STATE) or 'no summary'}; the report counts it in its arm's "
+                      f"n/k as lost or not finished)")
                 continue
             if (run / "test" / "test.json").exists():
                 continue  # read once per final run: a second look is not a second sample

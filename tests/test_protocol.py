@@ -152,8 +152,8 @@ def crafted_protocol(root: Path) -> dict[str, list[float]]:
     tests = {"mobilenet_v3_small": [0.80, 0.84, 0.78, 0.82], "scratch_cnn": [0.60, 0.66, 0.58]}
     for i, lr in enumerate((0.01, 0.003)):
         write_run(root / "tune" / "mobilenet_v3_small" / "runs", f"t-m{i}", {**MOBILE, "lr": lr, "seed": 0, "stage": "tune"}, val=0.7 + i / 10)
-        write_run(root / "tune" / "scratch_cnn" / "runs", f"t-s{i}", {**SCRATCH, "seed": 0, "stage": "tune"}, val=0.5, epochs=(3, 3))
-    write_run(root / "tune" / "scratch_cnn" / "runs", "t-s2", {**SCRATCH, "seed": 0, "stage": "tune"}, val=0.4)
+        write_run(root / "tune" / "scratch_cnn" / "runs", f"t-s{i}", {**SCRATCH, "lr": lr, "seed": 0, "stage": "tune"}, val=0.5, epochs=(3, 3))
+    write_run(root / "tune" / "scratch_cnn" / "runs", "t-s2", {**SCRATCH, "lr": 0.001, "seed": 0, "stage": "tune"}, val=0.4)
     for folder in (root / "tune" / "mobilenet_v3_small", root / "tune" / "scratch_cnn", root / "compare"):
         folder.mkdir(parents=True, exist_ok=True)
         sweep_yaml(folder / "sweep.yaml", folder.name, {"lr": {"value": 0.01}})
@@ -257,7 +257,7 @@ def test_the_crossover_is_the_size_below_which_fine_tuning_wins_by_more_than_the
     assert crossover.sizes == [5, 20, 80] and crossover.wins == [True, True, False] and crossover.below == 20
     assert "up to 20 images per class; from 80 on, the interval of the gap holds 0" in crossover.statement()
     assert Crossover("vit", [5, 20], [True, True], 20).statement().endswith("at every size measured (up to 20 images per class)")
-    assert "no crossover" in Crossover("vit", [5, 20], [False, True], None).statement()
+    assert "no single crossover" in Crossover("vit", [5, 20], [False, True], None).statement()
 
 
 def test_the_curve_stage_is_reported_with_its_points_and_plot(tmp_path):
@@ -348,3 +348,91 @@ def test_recipes_are_written_from_the_wandb_tuning_sweeps_faked_at_the_network(t
     assert (mobile["lr"], mobile["input_size"], mobile["batch_size"]) == (0.003, 64, 8)
     assert (scratch["lr"], scratch["batch_size"], scratch["model"]) == (0.003, 32, "scratch_cnn")
     assert "stage" not in mobile and "seed" not in scratch
+
+
+# --- what the review of the protocol's report found ---------------------------------------------------
+
+def test_final_stage_runs_never_enter_the_tuning_sections(tmp_path):
+    """A lucky compare run is no tuning trial: the tuning headline, the leaderboard and the groups hold the tune stage."""
+    root = tmp_path / "fair"
+    crafted_protocol(root)
+    summary = json.loads((root / "compare" / "runs" / "c-mobil-0" / "summary.json").read_text())
+    (root / "compare" / "runs" / "c-mobil-0" / "summary.json").write_text(json.dumps({**summary, metrics.BEST_VAL_ACC: 0.99}))
+    report = summarise(load_table(str(root)))
+    assert report.best_fine_tuned.run_id == "t-m1" and {r.config["stage"] for r in report.leaderboard} == {"tune"}
+    assert all(r.config["stage"] == "tune" for g in report.groups for r in report.successful if r.model_label == g.model)
+    assert sum(g.stats.count for g in report.groups) == 5  # the 5 tuning runs, none of the 8 final ones
+
+
+def test_no_gap_between_a_tested_arm_and_one_on_validation(tmp_path):
+    root = tmp_path / "fair"
+    crafted_protocol(root)
+    (root / "compare" / "runs" / "c-scrat-0" / "test" / "test.json").unlink()  # one scratch run not tested yet
+    report = summarise(load_table(str(root)))
+    assert [a.metric for a in report.protocol.compare] == [metrics.TEST_ACC, f"best {metrics.VAL_ACC}"]
+    assert report.protocol.gaps == []
+    text = render(report, {}, {})
+    final = text[text.index("### Final comparison"):text.index("### Tuning")]
+    assert "Not every arm is tested yet" in final and "minus scratch_cnn" not in final and "evaluated **once**" not in final
+
+
+def test_a_preempted_or_running_final_run_is_in_its_arms_n_over_k(tmp_path):
+    root = tmp_path / "fair"
+    crafted_protocol(root)
+    summary = json.loads((root / "compare" / "runs" / "c-mobil-3" / "summary.json").read_text())
+    (root / "compare" / "runs" / "c-mobil-3" / "summary.json").write_text(json.dumps({**summary, metrics.STATE: metrics.PREEMPTED}))
+    mobile = next(a for a in summarise(load_table(str(root))).protocol.compare if a.arm == "mobilenet_v3_small")
+    assert (len(mobile.runs), mobile.planned, [r.run_id for r in mobile.unfinished]) == (3, 4, ["c-mobil-3"])
+    assert "| 3/4 |" in render(summarise(load_table(str(root))), {}, {})
+
+
+def test_a_seed_lost_after_an_out_of_memory_retry_counts_against_the_config_it_was_asked_as(tmp_path):
+    """The retry trained (and failed) at half the batch: the lost seed still marks the batch-32 config unstable."""
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(runs, f"ok{seed}", {**MOBILE, "seed": seed, "batch_size": 32}, val=0.8)
+    write_run(runs, "lost", {**MOBILE, "seed": 2, "batch_size": 32}, state=metrics.OOM)
+    summary = json.loads((runs / "lost" / "summary.json").read_text())
+    (runs / "lost" / "summary.json").write_text(json.dumps({**summary, "batch_size": 16}))
+    report = summarise(load_table(str(runs)))
+    assert report.seeds_fine_tuned is None and [r.run_id for g in report.ineligible for r in g.lost] == ["lost"]
+
+
+def test_wins_that_are_no_prefix_of_the_sizes_state_no_single_crossover():
+    statement = Crossover("resnet50", [5, 20, 80], [True, False, True], 5).statement()
+    assert "at 5, 80 images per class but not at 20: no single crossover" in statement and "from 20 on" not in statement
+    assert "at no size measured" in Crossover("vit", [5, 20], [False, False], None).statement()
+    assert "no single crossover" in Crossover("vit", [5, 20], [False, True], None).statement()
+
+
+def test_the_final_stage_refuses_a_fixed_seed_or_too_few_seeds(protocol_files, tmp_path):
+    protocol = P.load_protocol(protocol_files)
+    definition = yaml.safe_load(protocol.compare.read_text())
+    definition["parameters"]["seed"] = {"value": 100}
+    protocol.compare.write_text(yaml.safe_dump(definition))
+    assert any("lists 1 seed(s): list two or more" in p for p in P.final_problems(protocol, protocol.compare, {0}, "compare"))
+    with pytest.raises(UserError, match="--seed would override the compare sweep's own seeds"):
+        P.run_final(protocol, "compare", tmp_path / "fair", 1, {"seed": "0"})
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["tune"].update(seed="abc"), "tune.seed must be a int"),
+    (lambda d: d["tune"].update(split_seed=2**40), "tune.split_seed=1099511627776 is out of range"),
+    (lambda d: d.update(recipes_dir=5), "recipes_dir must be a str"),
+    (lambda d: d.update(curve=5), "curve must be a str"),
+])
+def test_more_protocol_file_mistakes_are_one_line(protocol_files, change, message):
+    data = yaml.safe_load(protocol_files.read_text())
+    change(data)
+    protocol_files.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match=message):
+        P.load_protocol(protocol_files)
+
+
+def test_a_recipe_leaves_out_what_normalisation_derives(tmp_path, protocol_files):
+    """eval_size equal to input_size, InceptionV3's aux loss switched off below 299 px: written into a recipe, they would
+    stay behind when its input_size is changed or swept on top of it."""
+    assert P._without_derived({"model": "inception_v3", "input_size": 224, "eval_size": 224, "aux_loss_weight": 0.0, "lr": 0.01}) == \
+        {"model": "inception_v3", "input_size": 224, "lr": 0.01}
+    kept = P._without_derived({"model": "resnet50", "input_size": 224, "eval_size": 288, "lr": 0.01})
+    assert kept["eval_size"] == 288  # FixRes: a value of its own

@@ -355,3 +355,17 @@ def test_a_run_at_the_default_size_trains_metric_for_metric_what_it_trained_befo
         # 1e-5: another CPU's kernels may round otherwise; a pixel or a schedule that changed moves these by far more.
         assert row["train_loss"] == pytest.approx(train_loss, abs=1e-5) and row["val_loss"] == pytest.approx(val_loss, abs=1e-5)
         assert row["val_acc"] == pytest.approx(val_acc)
+
+
+def test_a_vit_at_another_size_keeps_its_interpolated_positions_in_lean_checkpoints():
+    """Frozen stages on ImageNet weights are left out of checkpoints as those weights; a ViT's position embeddings at
+    another size are no longer those weights but an interpolation of them, which another machine could round a last bit
+    otherwise: they stay in the checkpoint, so its reload never hangs on a fingerprint of floating-point rounding."""
+    from trainer.run import _frozen_base
+
+    model = build_model("vit_b_16", NUM_CLASSES, "none")
+    model.weights_version = "ViT_B_16_Weights.IMAGENET1K_V1"  # as a run from the hub's file records it
+    native = _frozen_base(model, 1, parse_run_config({"model": "vit_b_16"}))
+    resized = _frozen_base(model, 1, parse_run_config({"model": "vit_b_16", "input_size": 288}))
+    assert "net.encoder.pos_embedding" in native["keys"] and "net.encoder.pos_embedding" not in resized["keys"]
+    assert set(native["keys"]) - set(resized["keys"]) == {"net.encoder.pos_embedding"}

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Mapping
 from common.errors import UserError
 from models.freezing import Freezing, strategy_help
 from scratch_cnn.config import FIELDS as SCRATCH_RULES
+from scratch_cnn.config import INPUT_SIZE as SCRATCH_INPUT
 from common.parsing import nearest, parse_bool
 from common.yamlfile import read_yaml
 from data.seeds import SEED_MAX
@@ -389,7 +390,7 @@ def _input_sizes(spec, config: RunConfig) -> dict[str, Any]:
     loss off by default where the aux head cannot take the size; mean/std dropped where the weights bring theirs."""
     changes: dict[str, Any] = {}
     if spec.is_scratch:
-        size = config.input_size if config.input_size is not None else FIELDS["input_size"].default or 224
+        size = config.input_size if config.input_size is not None else SCRATCH_INPUT.default
         changes["input_size"] = size
     else:
         native = spec.native_size(config.weights)  # ImageNet weights or random init: no file to read, no torch to import
@@ -404,8 +405,7 @@ def _input_sizes(spec, config: RunConfig) -> dict[str, Any]:
         changes["input_size"] = size
         if imagenet:
             changes.update({name: None for name in NORMALISATION_FIELDS})  # ImageNet weights: their own mean/std
-        needs_aux = max((aux.min_input_size for aux in spec.aux_heads), default=1)
-        if spec.aux_heads and size < needs_aux and config.aux_loss_weight is None:
+        if spec.aux_heads and size < spec.aux_min_input_size and config.aux_loss_weight is None:
             changes["aux_loss_weight"] = 0.0  # the aux head cannot run below its size: off, and written so
     aux_on = bool(spec.aux_heads) and changes.get("aux_loss_weight", config.aux_loss_weight) != 0
     problem = spec.input_size_problem(size, "input_size", aux_heads=aux_on)

@@ -161,13 +161,17 @@ def _list_skipped(record: RunRecord, skipped: list) -> None:
         print(f"note: all {len(skipped)} skipped file(s) are listed in {listing}")
 
 
-def _frozen_base(model, frozen_depth: int) -> dict | None:
+def _frozen_base(model, frozen_depth: int, config: RunConfig) -> dict | None:
     """Stages frozen all run on ImageNet weights stay those weights: checkpoints may leave them out (not random init
-    or a user's file, which a loader could not rebuild exactly), with a fingerprint of their values."""
+    or a user's file, which a loader could not rebuild exactly), with a fingerprint of their values. At a size other
+    than the weights' own, the values that size changes (ViT's interpolated position embeddings) stay in: a loader on
+    another machine could interpolate them a last bit otherwise, and refuse the checkpoint for it."""
     on_imagenet = model.weights_version != "none" and not model.weights_version.startswith("file:")
     if not (frozen_depth and on_imagenet):
         return None
-    keys = model.stage_state_keys(model.stage_names[:frozen_depth])
+    own_size = config.input_size == model.spec.native_size(config.weights)
+    keys = [key for key in model.stage_state_keys(model.stage_names[:frozen_depth])
+            if own_size or key not in model.spec.size_dependent_keys]
     lean = {"weights": model.weights_version, "keys": keys, "fingerprint": frozen_fingerprint(model.state_dict(), keys)}
     if model.weights_file:  # torchvision's file given by path (offline): where a loader finds those weights again
         lean["file"] = model.weights_file
@@ -243,7 +247,7 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
         M.DATA_HASH: data.split.data_hash, "preprocessing": pre.as_record(), "eval_preprocessing": eval_pre.as_record(),
     }
     frozen_depth = model.frozen_depth_over(freezing.plans(model.stage_names, config.epochs))  # never trains in this run
-    lean = _frozen_base(model, frozen_depth)
+    lean = _frozen_base(model, frozen_depth, config)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
