@@ -16,7 +16,7 @@ import hashlib
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from data.loading import BatchLoader, DecodingStore, worker_count
 from data.scan import ImageIndex, scan_folder
 from data.split import Split, stratified_split
 from trainer.features import build_or_open_features
+
+if TYPE_CHECKING:  # the run config is read once, here, at the edge of the run
+    from trainer.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class InputSettings:
     seed: int = 0  # of the data order and the augmentation
 
     @classmethod
-    def of(cls, config) -> "InputSettings":
+    def of(cls, config: RunConfig) -> "InputSettings":
         return cls(config.data_dir, config.cache_dir, config.download, config.val_fraction, config.split_seed,
                    config.subset_fraction, config.augment, config.image_cache, config.feature_cache, config.num_workers,
                    config.channels_last, config.seed)

@@ -25,6 +25,7 @@ from trainer.progress import EpochProgress
 from trainer.signals import EARLY_STOP, StopFlag
 
 if TYPE_CHECKING:
+    from trainer.config import RunConfig
     from trainer.inputs import RunInputs
     from trainer.record import RunRecord
     from trainer.wandb_log import RunLogger
@@ -47,7 +48,7 @@ class TrainSettings:
     checkpoint_minutes: float = 0.0  # also checkpoint inside long epochs; 0 = at epoch ends only
 
     @classmethod
-    def of(cls, config) -> "TrainSettings":
+    def of(cls, config: RunConfig) -> "TrainSettings":
         return cls(config.epochs, config.patience, config.label_smoothing, config.grad_clip, config.checkpoint_minutes)
 
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 
 from models.freezing import Freezing
 from models.param_groups import parameter_groups, trainable_stage_names
 from models.staged import StagedModel
+
+if TYPE_CHECKING:  # the run config is read once, here, at the edge of the run
+    from trainer.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class LearningRates:
     epochs: int = 1
 
     @classmethod
-    def of(cls, config) -> "LearningRates":
+    def of(cls, config: RunConfig) -> "LearningRates":
         """From a RunConfig; options it normalised away (null) mean 1, and a 0 multiplier stays 0."""
         return cls(
             lr=config.lr, backbone_lr_mult=1.0 if config.backbone_lr_mult is None else config.backbone_lr_mult,
