@@ -239,13 +239,15 @@ def preprocessing_for(name: str, weights: str = "imagenet", scratch: ScratchCNNC
 
 
 def build_model(name: str, num_classes: int, weights: str = "imagenet", aux_loss_weight: float | None = None,
-                bn_mode: str = "freeze", scratch: ScratchCNNConfig | None = None, input_size: int | None = None) -> StagedModel:
+                bn_mode: str = "freeze", scratch: ScratchCNNConfig | None = None, input_size: int | None = None,
+                classes: tuple[str, ...] | None = None) -> StagedModel:
     """A StagedModel with `num_classes` outputs, every stage trainable until a plan is applied.
 
     `aux_loss_weight=None` takes the backbone's default (0 where it has no aux heads); 0 disables aux heads.
     `scratch` configures the scratch CNN (its input size included) and is ignored by the pretrained backbones.
     `input_size` adapts a backbone whose shapes depend on it (ViT's position embeddings, interpolated from the
-    weights' grid); the others take any size through adaptive pooling.
+    weights' grid); the others take any size through adaptive pooling. `classes` (the run's, in label order) decides
+    whether a weights file's head is this task's: one trained on other classes is trained afresh.
     """
     spec = get_spec(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -280,7 +282,7 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet", aux_loss
                             f"this one and it downloads again), or train with --checkpoint_frozen_stages=true")
         if not spec.is_scratch and spec.input_size_of_state:
             _resize(spec, net, spec.input_size_of_state(state))  # the file's shapes first, then this run's size
-        _load_file(spec, net, resolved.path, state, from_base)
+        _load_file(spec, net, resolved.path, state, from_base, _recorded_classes(resolved.path), classes)
     if not spec.is_scratch:
         _resize(spec, net, input_size)
     return StagedModel(spec, net, num_classes, resolved.version, aux_loss_weight, bn_mode, resolved.sha256,
@@ -454,9 +456,23 @@ def _state_dict_from(obj: object, path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_file(spec: BackboneSpec, net: nn.Module, path: str, state: dict[str, torch.Tensor], from_base: set[str]) -> None:
+def _recorded_classes(path: str) -> list[str] | None:
+    """The classes a run of this harness recorded in its checkpoint, in label order; None for other files."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mapped: no tensor is read
+    except Exception:
+        return None
+    identity = obj.get("identity") if isinstance(obj, Mapping) else None
+    classes = identity.get("classes") if isinstance(identity, Mapping) else None
+    return list(classes) if isinstance(classes, list) else None
+
+
+def _load_file(spec: BackboneSpec, net: nn.Module, path: str, state: dict[str, torch.Tensor], from_base: set[str],
+               recorded: list[str] | None = None, classes: tuple[str, ...] | None = None) -> None:
     """Load a local checkpoint: every non-head tensor strictly (`from_base`: keys already loaded from the
-    ImageNet weights the checkpoint names); head tensors only where their shapes fit."""
+    ImageNet weights the checkpoint names); head tensors only where their shapes fit and, where the file says which
+    classes it was trained on, only for those same classes in the same order (a head for other classes with the
+    same count would map every image to an unrelated class)."""
     expected = net.state_dict()
     head_keys = {f"{linear}.{kind}" for linear in head_linear_paths(spec) for kind in ("weight", "bias")}
     missing = sorted(set(expected) - set(state) - head_keys - from_base)
@@ -471,9 +487,19 @@ def _load_file(spec: BackboneSpec, net: nn.Module, path: str, state: dict[str, t
         raise UserError(f"weights file {path} does not fit {spec.name}: {key} has shape {tuple(state[key].shape)}, "
                         f"the model {tuple(expected[key].shape)}; was it saved with another config?")
     loadable = {key: value for key, value in state.items() if key not in head_keys}
+    other_classes = recorded is not None and classes is not None and list(recorded) != list(classes)
+    loaded_head = False
     for linear in head_linear_paths(spec):
         # A head saved for another number of classes (e.g. ImageNet's 1000) stays freshly initialised.
         keys = [key for key in expected if key.startswith(f"{linear}.")]
-        if all(key in state and state[key].shape == expected[key].shape for key in keys):
+        if all(key in state and state[key].shape == expected[key].shape for key in keys) and not other_classes:
             loadable.update({key: state[key] for key in keys})
+            loaded_head = True
     net.load_state_dict(loadable, strict=False)
+    if other_classes and all(f"{spec.head_linear}.{kind}" in state for kind in ("weight", "bias")):
+        print(f"note: the head of {path} was trained on other classes ({', '.join(recorded[:4])}{' ...' if len(recorded) > 4 else ''}): "
+              f"this run trains a new one", flush=True)
+    elif loaded_head and recorded is None and classes is not None:
+        print(f"note: the head of {path} has this run's {len(classes)} outputs and is kept, its classes taken to be this run's "
+              f"in label order ({', '.join(classes[:4])}{' ...' if len(classes) > 4 else ''}); a head for other classes would "
+              f"mislabel every image: then remove its {spec.head_linear}.* tensors from the file, and a new head is trained", flush=True)

@@ -326,7 +326,8 @@ BEFORE = {
 RUNS = {
     "scratch": {"model": "scratch_cnn", "filters": 8, "dense_units": 16, "input_size": 64},
     "r18none": {"model": "resnet18", "weights": "none", "strategy": "head_only", "augment": "none"},  # the feature cache
-    "r18": {"model": "resnet18", "weights": "none", "strategy": "last_k", "k_layers": 1},  # random resized crops at 224 px
+    # Random resized crops at 224 px. backbone_lr_mult as the default was then: random init now defaults to 1.
+    "r18": {"model": "resnet18", "weights": "none", "strategy": "last_k", "k_layers": 1, "backbone_lr_mult": 0.1},
 }
 
 
@@ -369,3 +370,35 @@ def test_a_vit_at_another_size_keeps_its_interpolated_positions_in_lean_checkpoi
     resized = _frozen_base(model, 1, parse_run_config({"model": "vit_b_16", "input_size": 288}))
     assert "net.encoder.pos_embedding" in native["keys"] and "net.encoder.pos_embedding" not in resized["keys"]
     assert set(native["keys"]) - set(resized["keys"]) == {"net.encoder.pos_embedding"}
+
+
+def test_a_warm_start_keeps_a_head_only_for_the_classes_it_was_trained_on(tmp_path, capsys):
+    """A run checkpoint says which classes its head maps to: another task with as many classes gets a new head, since
+    the old one would map every image to an unrelated class. A plain state dict says nothing: its head is kept, and the
+    run says what it took its classes to be."""
+    import torchvision.models as tvm
+
+    torch.manual_seed(0)
+    source = build_model("resnet18", 3, "none")
+    run_file = tmp_path / "run.pt"
+    torch.save({"model": source.state_dict(), "identity": {"model": "resnet18", "classes": ["ant", "bee", "cat"]}}, run_file)
+    same = build_model("resnet18", 3, str(run_file), classes=("ant", "bee", "cat"))
+    assert torch.equal(same.net.fc.weight, source.net.fc.weight) and capsys.readouterr().out == ""
+    other = build_model("resnet18", 3, str(run_file), classes=("dog", "eel", "fox"))
+    assert not torch.equal(other.net.fc.weight, source.net.fc.weight)
+    assert torch.equal(other.net.layer4[0].conv1.weight, source.net.layer4[0].conv1.weight)  # the body is kept
+    assert "the head of" in capsys.readouterr().out
+    plain = tmp_path / "plain.pt"
+    net = tvm.resnet18(weights=None, num_classes=3)
+    torch.save(net.state_dict(), plain)
+    kept = build_model("resnet18", 3, str(plain), classes=("dog", "eel", "fox"))
+    assert torch.equal(kept.net.fc.weight, net.fc.weight)
+    out = capsys.readouterr().out
+    assert "has this run's 3 outputs and is kept" in out and "remove its fc.* tensors" in out
+
+
+def test_random_init_trains_its_backbone_at_the_heads_rate_by_default():
+    """Discriminative rates protect pretrained weights; random init has none to protect, so its backbone learns at lr."""
+    assert parse_run_config({"model": "resnet18", "weights": "none", "strategy": "full"}).backbone_lr_mult == 1.0
+    assert parse_run_config({"model": "resnet18", "strategy": "full"}).backbone_lr_mult == 0.1
+    assert parse_run_config({"model": "resnet18", "weights": "none", "backbone_lr_mult": 0.3}).backbone_lr_mult == 0.3

@@ -99,7 +99,7 @@ class RunConfig:
     # optimization
     optimizer: str = _opt("adamw", "optimizer", "optimization", choices=("adamw", "sgd"))
     lr: float = _opt(1e-3, "learning rate of the head (and of every layer of scratch_cnn)", "optimization", low=1e-7, high=10.0)
-    backbone_lr_mult: float | None = _opt(0.1, "backbone learning rate = lr x this (discriminative learning rates)", "optimization", low=0.0, high=10.0)
+    backbone_lr_mult: float | None = _opt(None, "backbone learning rate = lr x this (discriminative learning rates); empty = 0.1 for pretrained weights (ImageNet or a file), 1 for random init, which has nothing to keep", "optimization", low=0.0, high=10.0)
     layer_decay: float | None = _opt(1.0, "extra factor per stage further from the head (layer-wise lr decay; 1 = off)", "optimization", low=0.01, high=1.0)
     weight_decay: float = _opt(0.01, "weight decay (not applied to biases and norm layers)", "optimization", low=0.0, high=1.0)
     momentum: float | None = _opt(0.9, "sgd momentum", "optimization", low=0.0, high=0.999)
@@ -357,7 +357,8 @@ def normalise_explained(config: RunConfig) -> tuple[RunConfig, dict[str, str]]:
         if strategy.name == "head_only":
             drop(("backbone_lr_mult", "layer_decay"), "head_only trains no backbone layer")
         else:
-            changes["backbone_lr_mult"] = 0.1 if config.backbone_lr_mult is None else config.backbone_lr_mult
+            random_init = config.weights.lower() == "none"  # nothing pretrained to keep: the backbone learns at lr
+            changes["backbone_lr_mult"] = (1.0 if random_init else 0.1) if config.backbone_lr_mult is None else config.backbone_lr_mult
             changes["layer_decay"] = 1.0 if config.layer_decay is None else config.layer_decay
         changes.update(_fold_bn_mode(spec, freezing))
         if config.weights == spec.default_weights:  # the explicit name of what "imagenet" means

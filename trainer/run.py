@@ -233,7 +233,8 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     data = load_split(settings_in)
     _list_skipped(record, data.index.skipped)
     scratch = scratch_config(config)
-    model = build_model(config.model, len(data.classes), config.weights, config.aux_loss_weight, config.bn_mode, scratch, config.input_size)
+    model = build_model(config.model, len(data.classes), config.weights, config.aux_loss_weight, config.bn_mode, scratch,
+                        config.input_size, data.classes)
     pre, eval_pre = run_preprocessing(config, scratch)
     note = normalisation_note(config, pre)
     if note:
