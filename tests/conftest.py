@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny nature_12K-shaped dataset written by the tests themselves."""
+"""Shared fixtures: a tiny nature_12K-shaped dataset written by the tests themselves, and a small run's settings."""
 
 from __future__ import annotations
 
@@ -95,3 +95,22 @@ def _isolated_env(monkeypatch, tmp_path):
     trainer.wandb_log._online_reachable.cache_clear()  # probed once per process: once per test here
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture
+def small_inputs(monkeypatch):
+    """Backbones at 64 px instead of their 224: the same code path, a CPU-friendly cost."""
+    import trainer.run
+    from trainer_helpers import SMALL
+
+    real = trainer.run.preprocessing_for
+    monkeypatch.setattr(trainer.run, "preprocessing_for", lambda name, weights, scratch=None, *rest: real(name, weights, scratch, *rest) if name == "scratch_cnn" else SMALL)
+
+
+@pytest.fixture
+def base(nature_dir, tmp_path):
+    """The settings of a small, quick run on the tiny dataset, W&B off; a test adds its model and run id."""
+    return {
+        "data_dir": str(nature_dir), "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "runs"),
+        "wandb_mode": "disabled", "weights": "none", "batch_size": 8, "epochs": 2, "warmup_epochs": 0.5,
+    }
