@@ -114,3 +114,9 @@ def base(nature_dir, tmp_path):
         "data_dir": str(nature_dir), "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "runs"),
         "wandb_mode": "disabled", "weights": "none", "batch_size": 8, "epochs": 2, "warmup_epochs": 0.5,
     }
+
+
+@pytest.fixture(scope="session")
+def fixed_args(nature_dir, tmp_path_factory) -> dict[str, str]:
+    """The fixed arguments of the sweep tests' trials: the tiny dataset, one cache for the session, W&B off."""
+    return {"data_dir": str(nature_dir), "cache_dir": str(tmp_path_factory.mktemp("cache")), "wandb_mode": "disabled"}
