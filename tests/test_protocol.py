@@ -325,7 +325,7 @@ def test_recipes_are_written_from_the_wandb_tuning_sweeps_faked_at_the_network(t
     pytest.importorskip("wandb")
     from wandb.apis.public.service_api import ServiceApi
 
-    from test_report import FakeWandbServer
+    from report_helpers import FakeWandbServer
 
     def run(model: str, lr: float, best: float, state: str = "finished", **config) -> tuple:
         config = {**(MOBILE if model == "mobilenet_v3_small" else SCRATCH), "lr": lr, "seed": 0, "split_seed": 0, "stage": "tune",
