@@ -53,7 +53,13 @@ def _split_option(args: list[str], name: str, default: str | None = None) -> tup
 def run_config_from_args(args: list[str]):
     """Defaults < the saved config of a resumed run < --config FILE < --key=value arguments: what this command
     passes wins (a new machine's data_dir), and the run's saved values fill in the rest."""
-    from trainer.config import FREEZE_OPTION_FIELDS, load_yaml_values, parse_cli, parse_run_config, parse_run_config_explained
+    from trainer.config import (
+        FREEZE_OPTION_FIELDS,
+        load_yaml_values,
+        parse_cli,
+        parse_run_config,
+        parse_run_config_explained,
+    )
 
     config_file, args = _split_option(args, "config")
     cli = parse_cli(args)

@@ -32,9 +32,9 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from pipeline import write_section  # noqa: E402  (benchmarks/, the script's own folder)
 
 from models import build_model  # noqa: E402
-from pipeline import write_section  # noqa: E402  (benchmarks/, the script's own folder)
 from trainer.checkpoint import LoopState, checkpoint_payload, write_checkpoint  # noqa: E402
 from trainer.config import parse_run_config  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402

@@ -32,11 +32,11 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from pipeline import device_name, write_section  # noqa: E402  (benchmarks/, the script's own folder)
 
 from data.images import check_image, decode_working  # noqa: E402
 from data.synthetic import make_image_folder  # noqa: E402
 from models.weights import preprocessing_for  # noqa: E402
-from pipeline import device_name, write_section  # noqa: E402  (benchmarks/, the script's own folder)
 
 MODELS = ("mobilenet_v3_small", "resnet50", "vit_b_16", "inception_v3", "efficientnet_v2_s")
 

@@ -55,7 +55,7 @@ class DecodedImageCache:
     def build_or_open(
         cls, index: ImageIndex, size: int, interpolation: str, cache_dir: Path | str, progress: bool | None = None,
         crop_size: int | None = None,
-    ) -> "DecodedImageCache":
+    ) -> DecodedImageCache:
         """`crop_size` places each square for the centre crop evaluation takes (see data.images.resize_center_square)."""
         cache_dir = Path(cache_dir)
         crop_size = size if crop_size is None else crop_size

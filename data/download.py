@@ -24,8 +24,8 @@ from pathlib import Path
 from tqdm.auto import tqdm  # a widget in a notebook
 
 from common.atomic import write_text
-from common.errors import UserError
 from common.disk import ensure_space, size_text, write_problem
+from common.errors import UserError
 from common.locks import file_lock
 from common.terminal import live_output
 

@@ -8,8 +8,9 @@ in parallel across workers while the cached store is a single memory-mapped gath
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch

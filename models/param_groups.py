@@ -8,7 +8,7 @@ Their learning rates are trainer/optim.py's, all in one place.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from torch import nn
 

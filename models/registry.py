@@ -6,8 +6,9 @@ architecture; nothing downstream indexes `children()` or matches parameter-name 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: the registry is read without importing torch
     from torch import Tensor, nn

@@ -12,16 +12,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-from common.figures import save as _save  # noqa: E402
-from report.stats import Summary, strategy_sort_key  # noqa: E402
-from report.table import SCRATCH_MODEL, RunRecord  # noqa: E402
-from trainer import metrics  # noqa: E402
-
-
+from common.figures import save as _save
+from report.stats import Summary, strategy_sort_key
+from report.table import SCRATCH_MODEL, RunRecord
+from trainer import metrics
 
 
 def _model_colors(models) -> dict:

@@ -15,8 +15,17 @@ from typing import Any
 
 from common.errors import UserError
 from common.yamlfile import read_yaml
-from report.table import (CHECKPOINT, DUPLICATE, NUM_IMAGES, PER_CLASS_ACC, TEST_ACC, RunRecord, RunTable,
-                          SkippedDuplicate, finite)
+from report.table import (
+    CHECKPOINT,
+    DUPLICATE,
+    NUM_IMAGES,
+    PER_CLASS_ACC,
+    TEST_ACC,
+    RunRecord,
+    RunTable,
+    SkippedDuplicate,
+    finite,
+)
 from trainer import metrics
 from trainer.record import RunRecord as TrainerRecord  # the trainer's own: whether a run is being trained now
 from trainer.wandb_log import EFFECTIVE_KEY

@@ -19,9 +19,20 @@ import numpy as np
 if TYPE_CHECKING:
     from report.protocol import ProtocolSummary
 
-from report.table import (CODE_VERSION, PRECISION, RANDOM_INIT, SCRATCH, SCRATCH_MODEL, SEED, WARM_START, RunRecord, RunTable,
-                          SkippedDuplicate)
+from report.table import (
+    CODE_VERSION,
+    PRECISION,
+    RANDOM_INIT,
+    SCRATCH,
+    SCRATCH_MODEL,
+    SEED,
+    WARM_START,
+    RunRecord,
+    RunTable,
+    SkippedDuplicate,
+)
 from trainer import metrics
+
 
 def strategy_order() -> tuple[str, ...]:
     """From least to most of the backbone trained, so tables and plots read as a dose-response: the registry's order."""
@@ -298,7 +309,7 @@ class Summary:
     best_per_strategy: list[RunRecord]  # for the learning curves
     provenance: Provenance
     successful: list[RunRecord] = field(default_factory=list)
-    protocol: "ProtocolSummary | None" = None
+    protocol: ProtocolSummary | None = None
 
 
 def rank_key(record: RunRecord):

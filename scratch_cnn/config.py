@@ -7,8 +7,9 @@ itself against the same rules, so what `agent.py check` and a run's config accep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 from common.errors import UserError
 from common.parsing import nearest

@@ -28,8 +28,9 @@ import re
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from common.disk import ensure_writable
 from common.errors import UserError
@@ -39,14 +40,43 @@ from data.layout import locate_dataset
 from data.scan import scan_folder, skipped_warning
 from models import get_spec, resolve_strategy
 from sweeper import console
-from sweeper.definition import DRIVER_OWNED, RECIPE, SweepDefinition, with_recipe, engine_config, load_definition, pin_definition, pin_fixed, problems_error, unrunnable_values
+from sweeper.definition import (
+    DRIVER_OWNED,
+    RECIPE,
+    SweepDefinition,
+    engine_config,
+    load_definition,
+    pin_definition,
+    pin_fixed,
+    problems_error,
+    unrunnable_values,
+    with_recipe,
+)
 from sweeper.engine import runs_to_stop, suggest, sweep_run
 from sweeper.interrupt import DriverInterrupt
 from sweeper.recover import read_back_lost_trials
-from sweeper.table import (DUPLICATE, RUNS_DIR, UNFINISHED, Trial, TrialTable, binds_folder, failed_on_setup, killed_by_host, run_id_prefix,
-                           suggestion_identity)
-from sweeper.trial import (LaunchedTrial, has_checkpoint, launch, outcome, read_history, recorded_outcome,
-                           trial_command, visible_gpus)
+from sweeper.table import (
+    DUPLICATE,
+    RUNS_DIR,
+    UNFINISHED,
+    Trial,
+    TrialTable,
+    binds_folder,
+    failed_on_setup,
+    killed_by_host,
+    run_id_prefix,
+    suggestion_identity,
+)
+from sweeper.trial import (
+    LaunchedTrial,
+    has_checkpoint,
+    launch,
+    outcome,
+    read_history,
+    recorded_outcome,
+    trial_command,
+    visible_gpus,
+)
 from trainer import metrics as M
 from trainer.config import FIELDS, config_hash, effective_config, parse_run_config, parse_value
 from trainer.progress import FORWARDED

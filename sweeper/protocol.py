@@ -18,9 +18,10 @@ from __future__ import annotations
 import datetime
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -237,7 +238,7 @@ def final_problems(protocol: Protocol, sweep_yaml: Path, tuned_seeds: set, stage
 def tuned_seeds(protocol: Protocol, protocol_dir: Path | None) -> set:
     """The seeds the tuning trials trained with: the protocol's, and any a tuning run's config records."""
     seeds = {protocol.tune_seed}
-    for config in (protocol.folder(protocol_dir) / "tune").glob(f"*/runs/*/config.yaml"):
+    for config in (protocol.folder(protocol_dir) / "tune").glob("*/runs/*/config.yaml"):
         try:
             saved = read_yaml(config, "run config")
         except UserError:  # a damaged record says nothing of its seed; the protocol's own seed is in the set anyway

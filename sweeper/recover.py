@@ -8,8 +8,9 @@ counted twice by the report; an unfinished one resumes from its checkpoint like 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from common.errors import UserError
 from sweeper.definition import RECIPE, SweepDefinition, listed_values, with_recipe

@@ -12,9 +12,10 @@ import json
 import re
 import secrets
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from common.atomic import write_text
 from common.errors import EXIT_USER_ERROR, UserError

@@ -20,12 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "benchmarks") not in sys.path:
     sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import each other as top-level modules
 
-import checkpoint as checkpoint_bench
-import decode as decode_bench
-import pipeline as pipeline_bench
+import checkpoint as checkpoint_bench  # noqa: E402
+import decode as decode_bench  # noqa: E402
+import pipeline as pipeline_bench  # noqa: E402
 
-from common.preprocessing import Preprocessing
-from models import FreezeOptions, build_model, plan_for_epoch, resolve_strategy
+from common.preprocessing import Preprocessing  # noqa: E402
+from models import FreezeOptions, build_model, plan_for_epoch, resolve_strategy  # noqa: E402
 
 
 def test_pipeline_benchmark_runs_and_writes_its_section(tmp_path):

@@ -21,7 +21,6 @@ from data.layout import locate_dataset
 from data.loading import BatchLoader, DecodingStore
 from data.scan import ImageIndex, check_same_classes, scan_folder
 from data.split import stratified_split
-
 from data_helpers import shrink_in_place
 
 PRE = Preprocessing(crop_size=24, resize_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -264,7 +263,7 @@ def test_batch_loader_order_is_seeded_and_resumable(index):
     loader = BatchLoader(store, indices, index.labels, 8, seed=1, shuffle=True, drop_last=True)
     epoch0 = [labels for _, labels in loader.epoch(0)]
     assert len(epoch0) == loader.num_batches() == len(index) // 8
-    assert all(torch.equal(a, b) for a, b in zip(epoch0, [l for _, l in loader.epoch(0)]))
+    assert all(torch.equal(a, b) for a, b in zip(epoch0, [labels for _, labels in loader.epoch(0)]))
     tail = [labels for _, labels in loader.epoch(0, start_batch=2)]
     assert all(torch.equal(a, b) for a, b in zip(epoch0[2:], tail)) and len(tail) == len(epoch0) - 2
     epoch1 = [labels for _, labels in loader.epoch(1)]

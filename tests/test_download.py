@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import re
-import socket
 import shutil
+import socket
 import stat
 import threading
 import time

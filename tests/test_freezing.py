@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from common.errors import UserError
+from model_helpers import NUM_CLASSES, build, each_backbone, every_backbone, images
 from models import (
     FreezeOptions,
     StagedModel,
@@ -25,11 +26,9 @@ from models import (
     strategy_names,
     validate_options,
 )
+from models.param_groups import trainable_stage_names
 from scratch_cnn import ScratchCNNConfig
-
-from model_helpers import NUM_CLASSES, build, each_backbone, every_backbone, images  # noqa: E402
-from models.param_groups import trainable_stage_names  # noqa: E402
-from trainer.optim import LearningRates  # noqa: E402
+from trainer.optim import LearningRates
 
 
 def build_param_groups(model, lr: float, backbone_lr_mult: float = 1.0, layer_decay: float = 1.0, weight_decay: float = 0.0):

@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.models.vgg import cfgs as vgg_configs, make_layers as vgg_layers
 
 from common.errors import UserError
+from model_helpers import NUM_CLASSES, build, each_backbone, every_backbone, images
 from models import (
     AuxHead,
     BackboneSpec,
@@ -33,8 +34,6 @@ from models import (
 from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy
 from models.weights import IMAGENET_MEAN, IMAGENET_STD
 from scratch_cnn import ScratchCNNConfig, build_scratch_cnn
-
-from model_helpers import NUM_CLASSES, build, each_backbone, every_backbone, images  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -665,9 +664,9 @@ def test_what_the_config_and_check_accept_is_what_the_scratch_cnn_builds(tmp_pat
     config and `agent.py check` and refused only after the dataset scan, is now refused when the config is read."""
     import yaml
 
+    from scratch_cnn.config import FIELDS as RULES
     from sweeper.local import check_sweep
     from trainer.config import FIELDS, SCRATCH_FIELDS, parse_run_config
-    from scratch_cnn.config import FIELDS as RULES
 
     with pytest.raises(UserError, match="kernel_size=4 must be odd"):
         parse_run_config({"model": "scratch_cnn", "kernel_size": 4})

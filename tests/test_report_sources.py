@@ -92,7 +92,7 @@ def test_wandb_failure_is_one_line_user_error(monkeypatch):
 
 
 def test_a_wandb_sweep_of_150_runs_is_read_in_a_few_requests(monkeypatch):
-    wandb = pytest.importorskip("wandb")
+    pytest.importorskip("wandb")
     from wandb.apis.public.service_api import ServiceApi
 
     templates = list(RUNS)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torchvision.models as tvm
@@ -19,7 +17,6 @@ from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
 
 from common.errors import UserError
-from common.preprocessing import Preprocessing
 from model_helpers import each_backbone
 from models import backbone_names, build_model, get_spec, preprocessing_for
 from models.backbones import _vit_patch_embed, _vit_resize

@@ -88,7 +88,7 @@ def test_the_sweep_command_without_the_sweep_engine_says_what_to_install(monkeyp
 def test_false_booleans_reach_the_trial_as_false(tmp_path):
     """Pitfall 13 on the way to a trial: the engine's False is passed as a value the run parses back to False."""
     from sweeper.trial import trial_command
-    from trainer.config import parse_cli, parse_run_config
+    from trainer.config import parse_cli
 
     command = trial_command({"model": "scratch_cnn", "batch_norm": False, "feature_cache": True}, tmp_path, "t-001")
     assert "--batch_norm=false" in command and "--feature_cache=true" in command

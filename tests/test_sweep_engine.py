@@ -53,7 +53,7 @@ def test_hyperband_decision_is_the_engines(monkeypatch):
 
 def test_trials_of_code_that_normalised_otherwise_are_still_found(tmp_path):
     """Older code kept warmup_epochs under onecycle, so hashed the same trial otherwise: it is still a duplicate."""
-    from trainer.config import config_hash, effective_config
+    from trainer.config import effective_config
 
     today = parse_run_config({"model": "resnet50", "schedule": "onecycle", "warmup_epochs": 3})
     older = {**effective_config(today), "warmup_epochs": 3.0}

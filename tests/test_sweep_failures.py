@@ -117,8 +117,12 @@ def test_only_new_setup_failures_in_a_row_stop_a_sweep_that_has_trained(tmp_path
     from types import SimpleNamespace
 
     sweep = LocalSweep(load_definition(write_yaml(tmp_path / "s.yaml", tiny_definition())), tmp_path / "sweep", {}, workers=2)
-    trial = lambda run_id, state, code: sweep.table.add(Trial(run_id, state, {}, f"hash-{run_id}", {"lr": len(sweep.table)}, exit_code=code))
-    failed = lambda run_id: trial(run_id, M.FAILED, 2)
+
+    def trial(run_id, state, code):
+        return sweep.table.add(Trial(run_id, state, {}, f"hash-{run_id}", {"lr": len(sweep.table)}, exit_code=code))
+
+    def failed(run_id):
+        return trial(run_id, M.FAILED, 2)
 
     sweep._judge_setup(failed("first"))  # nothing trained yet: the setup is the sweep's
     assert sweep.setup_failure.run_id == "first"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import data.synthetic
 from data.layout import locate_dataset
 from data.scan import scan_folder
-import data.synthetic
 from data.synthetic import MARKER, PENDING, class_names, main, make_image_folder
 
 SMALL = dict(classes=3, train_per_class=3, test_per_class=1, min_size=(40, 30), max_size=(64, 48))

@@ -20,14 +20,13 @@ import pytest
 import torch
 import yaml
 
+import wandb_records
 from trainer import metrics as M
 from trainer.config import FIELDS, parse_run_config
 from trainer.evaluate import evaluate_on_test_set
 from trainer.run import run_training
 from trainer.store import ArtifactStore, LocalStore
 from trainer.wandb_log import FAILED_RESULT_EXIT_CODE, RunLogger, start_logger
-
-import wandb_records
 
 wandb = pytest.importorskip("wandb")
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,16 +27,17 @@ import os
 import re
 import sys
 import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from common.errors import UserError
-from models.freezing import Freezing, strategy_help
-from scratch_cnn.config import FIELDS as SCRATCH_RULES
 from common.parsing import nearest, parse_bool
 from common.yamlfile import read_yaml
 from data.seeds import SEED_MAX
+from models.freezing import Freezing, strategy_help
+from scratch_cnn.config import FIELDS as SCRATCH_RULES
 
 GROUPS = ("data", "model", "freezing", "scratch_cnn", "optimization", "runtime", "record")
 
@@ -129,7 +130,7 @@ class RunConfig:
     stage: str = _opt("", "the protocol stage this run belongs to (tune, compare, curve): set by `agent.py protocol` and the protocol's sweep YAMLs, read by the report; empty = none", "record", choices=("", "tune", "compare", "curve"), effective=False)
     verbose: bool = _opt(False, "print W&B's own start banner and end-of-run summary; by default a run prints one W&B line, its URL or the `wandb sync` command", "record", effective=False)
 
-    def replace(self, **changes) -> "RunConfig":
+    def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -300,12 +301,12 @@ def load_yaml_values(path: Path | str) -> dict[str, Any]:
     return data
 
 
-def parse_run_config(*sources: Mapping[str, Any]) -> "RunConfig":
+def parse_run_config(*sources: Mapping[str, Any]) -> RunConfig:
     """Defaults, then each mapping in order (later wins); validated, normalised and frozen."""
     return parse_run_config_explained(*sources)[0]
 
 
-def parse_run_config_explained(*sources: Mapping[str, Any]) -> tuple["RunConfig", dict[str, str]]:
+def parse_run_config_explained(*sources: Mapping[str, Any]) -> tuple[RunConfig, dict[str, str]]:
     """`parse_run_config`, and why normalising nulled each parameter it nulled (see `normalise_explained`)."""
     values: dict[str, Any] = {}
     for source in sources:

@@ -13,10 +13,9 @@ from a training run.
 from __future__ import annotations
 
 import hashlib
-
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -50,7 +49,7 @@ class InputSettings:
     seed: int = 0  # of the data order and the augmentation
 
     @classmethod
-    def of(cls, config) -> "InputSettings":
+    def of(cls, config) -> InputSettings:
         return cls(config.data_dir, config.cache_dir, config.download, config.val_fraction, config.split_seed,
                    config.subset_fraction, config.augment, config.image_cache, config.feature_cache, config.num_workers,
                    config.channels_last, config.seed)

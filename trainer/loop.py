@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ class TrainSettings:
     checkpoint_minutes: float = 0.0  # also checkpoint inside long epochs; 0 = at epoch ends only
 
     @classmethod
-    def of(cls, config) -> "TrainSettings":
+    def of(cls, config) -> TrainSettings:
         return cls(config.epochs, config.patience, config.label_smoothing, config.grad_clip, config.checkpoint_minutes)
 
 

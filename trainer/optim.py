@@ -11,8 +11,8 @@ trainer/optim.py (`stage_lr`: a group's base rate; `lr_factor`: warmup and sched
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 
@@ -36,7 +36,7 @@ class LearningRates:
     epochs: int = 1
 
     @classmethod
-    def of(cls, config) -> "LearningRates":
+    def of(cls, config) -> LearningRates:
         """From a RunConfig; options it normalised away (null) mean 1, and a 0 multiplier stays 0."""
         return cls(
             lr=config.lr, backbone_lr_mult=1.0 if config.backbone_lr_mult is None else config.backbone_lr_mult,

@@ -30,8 +30,8 @@ def run_header(requested_device: str, device, dtype, model: str, weights: str, c
         where = f"device: {device}, precision {precision}"
     lines = [where, f"model: {model} (weights {weights}) at {crop_size} px: {trainable:,} of {total:,} parameters trainable"]
     if weights == "none" and trainable < total:  # frozen stages of random init: features of nothing, accuracy near chance
-        lines.append(f"warning: frozen stages at random init (--weights=none): this trains a head on random features and ends "
-                     f"near chance; use --strategy=full to train them, or ImageNet weights")
+        lines.append("warning: frozen stages at random init (--weights=none): this trains a head on random features and ends "
+                     "near chance; use --strategy=full to train them, or ImageNet weights")
     return "\n".join(lines)
 
 POSTFIX_EVERY_STEPS = 20  # reading the loss value syncs the GPU; do it rarely

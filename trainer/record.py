@@ -19,8 +19,8 @@ import yaml
 
 from common.atomic import write_json, write_text
 from common.errors import UserError
-from common.yamlfile import read_yaml
 from common.locks import try_lock, unlock
+from common.yamlfile import read_yaml
 from trainer import metrics as M
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.jsonl", "summary.json"
@@ -95,7 +95,7 @@ class RunRecord:
         path = Path(folder) / ".lock"
         if not path.exists():
             return None
-        with open(path, "r") as handle:
+        with open(path) as handle:
             if not try_lock(handle, shared=True):
                 return _read_holder(handle)
             unlock(handle)

@@ -9,15 +9,24 @@ model and trains nothing: the caller hands it the built pieces and gets back a `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from common.errors import UserError
 from trainer import metrics as M
-from trainer.checkpoint import CheckpointRefused, LoopState, check_frozen_base, identity_mismatch, keep_as, load_checkpoint, restore
+from trainer.checkpoint import (
+    CheckpointRefused,
+    LoopState,
+    check_frozen_base,
+    identity_mismatch,
+    keep_as,
+    load_checkpoint,
+    restore,
+)
 from trainer.loop import TrainSettings, nothing_left
 from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_BEST, REFUSED_LAST, RunRecord
 

@@ -290,7 +290,7 @@ def start_logger(mode: str, project: str, entity: str, run_id: str, config: dict
 
 
 def _start(wandb, mode: str, project: str, entity: str, run_id: str, config: dict[str, Any], folder: Path,
-           effective: dict[str, Any] | None, quiet: bool, verbose: bool = False) -> "WandbLogger | None":
+           effective: dict[str, Any] | None, quiet: bool, verbose: bool = False) -> WandbLogger | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
