@@ -72,7 +72,8 @@ class Trainee:
         self.device, self.dtype = args.device, resolve_precision("auto", args.device)
         self.model = build_model(args.model, 10, "none").to(self.device, memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, self.config)
-        self.x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=self.device).to(memory_format=torch.channels_last)
+        self.x = torch.randn(args.batch_size, 3, args.input_size, args.input_size,
+                             device=self.device).to(memory_format=torch.channels_last)
         self.y = torch.randint(0, 10, (args.batch_size,), device=self.device)
         self.identity = {"model": args.model}
 
@@ -136,9 +137,9 @@ def main(argv=None) -> None:
         "",
         f"`{command.strip()}`",
         "",
-        f"{datetime.date.today()}; torch {torch.__version__}; {size_mb:.0f} MB per checkpoint (weights and AdamW state); "
-        f"{args.epochs} epochs of {args.steps_per_epoch} steps at batch {args.batch_size}, a checkpoint after each; "
-        f"{args.repeats} repetition(s), medians.",
+        f"{datetime.date.today()}; torch {torch.__version__}; {size_mb:.0f} MB per checkpoint (weights and AdamW "
+        f"state); {args.epochs} epochs of {args.steps_per_epoch} steps at batch {args.batch_size}, a checkpoint after "
+        f"each; {args.repeats} repetition(s), medians.",
         "",
         "| checkpoints | run s | overhead per epoch s |",
         "|---|---:|---:|",

@@ -36,7 +36,8 @@ class DecodingStore:
     crop_size: int | None = None  # where each square is placed: for this centre crop (data.images.resize_center_square)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
-        return np.stack([decode_working(self.index.absolute(int(i)), self.size, self.interpolation, self.crop_size) for i in indices])
+        return np.stack([decode_working(self.index.absolute(int(i)), self.size, self.interpolation, self.crop_size)
+                         for i in indices])
 
 
 class _BatchDataset(Dataset):

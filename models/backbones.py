@@ -57,7 +57,8 @@ def _vit_resize(net: nn.Module, size: int) -> None:
     """Make a ViT take `size` px: its position embeddings become those of the new patch grid, for good."""
     if size == net.image_size:
         return
-    net.encoder.pos_embedding = torch.nn.Parameter(_vit_positions(net.encoder.pos_embedding.detach(), size, net.patch_size))
+    net.encoder.pos_embedding = torch.nn.Parameter(
+        _vit_positions(net.encoder.pos_embedding.detach(), size, net.patch_size))
     net.image_size, net.seq_length = size, net.encoder.pos_embedding.shape[1]
 
 

@@ -7,8 +7,8 @@ show strategies in (registration order: least to most of the backbone trained), 
 `Freezing.of` is the one place a strategy and its options are built from a run's values.
 
 Walk of strategy/k_layers: sweeps/freeze.yaml -> trainer/config.py (`freezing_of`; folded to the simplest equivalent)
--> trainer/optim.py (`LearningRates.advance`, each epoch) -> models/freezing.py (`Freezing.plan`: `_top` picks the stages
-that train; `StagedModel.apply_plan` then sets requires_grad).
+-> trainer/optim.py (`LearningRates.advance`, each epoch) -> models/freezing.py (`Freezing.plan`: `_top` picks the
+stages that train; `StagedModel.apply_plan` then sets requires_grad).
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ class Freezing:
     def of(cls, strategy: str, k_layers: int | None = None, freeze_fraction: float | None = None,
            unfreeze_every_epochs: int | None = None) -> Freezing:
         """The one builder: a strategy name or alias and its options, None meaning the option's default."""
-        given = {"k_layers": k_layers, "freeze_fraction": freeze_fraction, "unfreeze_every_epochs": unfreeze_every_epochs}
+        given = {"k_layers": k_layers, "freeze_fraction": freeze_fraction,
+                 "unfreeze_every_epochs": unfreeze_every_epochs}
         return cls(resolve_strategy(strategy), FreezeOptions(**{k: v for k, v in given.items() if v is not None}))
 
     @property

@@ -116,8 +116,8 @@ class BackboneSpec:
             return (f"{what}={size} is not a multiple of {self.name}'s {self.input_multiple} px patch: use "
                     f"{below or above} or {above}")
         if size < self.min_input_size:
-            return (f"{what}={size} is below {self.name}'s minimum of {self.min_input_size} px (its feature maps vanish): "
-                    f"use {what}>={self.min_input_size}")
+            return (f"{what}={size} is below {self.name}'s minimum of {self.min_input_size} px (its feature maps "
+                    f"vanish): use {what}>={self.min_input_size}")
         needs = max((aux.min_input_size for aux in self.aux_heads), default=1) if aux_heads else 1
         if size < needs:
             return (f"{what}={size} is below the {needs} px that {self.name}'s auxiliary classifier needs: use "

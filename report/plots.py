@@ -162,7 +162,8 @@ def plot_data_efficiency(summary: Summary, path: Path) -> Path:
             axis.axvline(crossover.below, color="grey", linewidth=0.8, linestyle=":")
     axis.set_xscale("log")
     axis.set_xlabel("training images per class (log)")
-    axis.set_ylabel(("test accuracy" if protocol.curve_metric == metrics.TEST_ACC else f"best {metrics.VAL_ACC}") + " (%)")
+    axis.set_ylabel(
+        ("test accuracy" if protocol.curve_metric == metrics.TEST_ACC else f"best {metrics.VAL_ACC}") + " (%)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="lower right")
     axis.set_title("Is fine-tuning worth it? Accuracy against data (95% intervals over seeds)")

@@ -84,14 +84,15 @@ class Crossover:
         if not self.sizes:
             return f"{self.arm}: no data size where both it and the scratch CNN have two or more runs"
         if self.below is None:
-            return (f"{self.arm} does not beat the scratch CNN by more than the {CONFIDENCE:.0%} interval at the smallest size "
-                    f"measured ({self.sizes[0]:g} images per class): no crossover below which fine-tuning clearly wins")
+            return (f"{self.arm} does not beat the scratch CNN by more than the {CONFIDENCE:.0%} "
+                    f"interval at the smallest size measured ({self.sizes[0]:g} images per "
+                    "class): no crossover below which fine-tuning clearly wins")
         if self.below == self.sizes[-1]:
-            return (f"{self.arm} beats the scratch CNN by more than the {CONFIDENCE:.0%} interval at every size measured "
-                    f"(up to {self.below:g} images per class)")
+            return (f"{self.arm} beats the scratch CNN by more than the {CONFIDENCE:.0%} interval at every size "
+                    f"measured (up to {self.below:g} images per class)")
         above = next(s for s, w in zip(self.sizes, self.wins) if s > self.below)
-        return (f"{self.arm} beats the scratch CNN by more than the {CONFIDENCE:.0%} interval up to {self.below:g} images per "
-                f"class; from {above:g} on, the interval of the gap holds 0 or favours the scratch CNN")
+        return (f"{self.arm} beats the scratch CNN by more than the {CONFIDENCE:.0%} interval up to {self.below:g} "
+                f"images per class; from {above:g} on, the interval of the gap holds 0 or favours the scratch CNN")
 
 
 @dataclass
@@ -157,7 +158,8 @@ def _curve(records: list[RunRecord], tested: bool) -> list[CurvePoint]:
         values = [v for v in (_value(r, tested) for r in counted) if v is not None]
         per_class = [r.summary.get("num_train", 0) / len(r.summary.get("classes") or [0]) for r in counted
                      if r.summary.get("num_train") and r.summary.get("classes")]
-        points.append(CurvePoint(arm, members[0].start, fraction, round(float(np.mean(per_class)), 1) if per_class else fraction,
+        points.append(CurvePoint(arm, members[0].start, fraction,
+                                 round(float(np.mean(per_class)), 1) if per_class else fraction,
                                  values, mean_ci(values), sum(r.state in LOST_STATES for r in members)))
     return points
 
@@ -168,7 +170,8 @@ def crossovers(points: list[CurvePoint]) -> list[Crossover]:
     scratch = {p.subset_fraction: p for p in points if p.start == SCRATCH}
     out = []
     for arm in sorted({p.arm for p in points if p.start == IMAGENET}):
-        mine = sorted((p for p in points if p.arm == arm and p.subset_fraction in scratch), key=lambda p: p.images_per_class)
+        mine = sorted((p for p in points if p.arm == arm and p.subset_fraction in scratch),
+                      key=lambda p: p.images_per_class)
         sizes, wins = [], []
         for point in mine:
             gap = difference_ci(point.values, scratch[point.subset_fraction].values)
@@ -196,12 +199,14 @@ def summarise_protocol(table: RunTable, allow_lost_seeds: bool = False) -> Proto
     budgets: dict[str, set[str]] = defaultdict(set)
     for record in [*tuning, *staged[COMPARE], *staged[CURVE]]:
         epochs, patience = record.config.get("epochs"), record.config.get("patience")
-        budgets[arm_of(record)].add(f"at most {epochs} epochs" + (f", patience {patience}" if patience else ", no early stopping"))
+        budgets[arm_of(record)].add(
+            f"at most {epochs} epochs" + (f", patience {patience}" if patience else ", no early stopping"))
     compare = _arm_results(staged[COMPARE])
     tuned_seeds = defaultdict(set)
     for record in tuning:
         tuned_seeds[arm_of(record)].add(record.config.get("seed"))
-    reused = sorted(r.run_id for r in [*staged[COMPARE], *staged[CURVE]] if r.config.get("seed") in tuned_seeds.get(arm_of(r), ()))
+    reused = sorted(r.run_id for r in [*staged[COMPARE], *staged[CURVE]]
+                    if r.config.get("seed") in tuned_seeds.get(arm_of(r), ()))
     curve_runs = [r for r in staged[CURVE] if r.is_complete]
     curve_tested = bool(curve_runs) and all(r.test_acc is not None for r in curve_runs)
     curve = _curve(staged[CURVE], curve_tested)

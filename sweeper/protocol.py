@@ -11,7 +11,7 @@
 An arm is the scratch CNN, or one backbone with all its strategies. The protocol folder (sweep_runs/<name>/, or
 --protocol_dir) holds an ordinary sweep folder per stage: tune/<arm>/, compare/, curve/; every trial records its
 stage (the run parameter `stage`), so the report tells tuning numbers from final ones wherever the runs come from.
-"""
+"""  # noqa: E501  (the usage table: one command a line)
 
 from __future__ import annotations
 
@@ -111,13 +111,14 @@ def load_protocol(path: Path | str = PROTOCOL_FILE) -> Protocol:
     budgets = {}
     for kind in (PRETRAINED, FROM_SCRATCH):
         entry = need(need(data, "budget", dict, ""), kind, dict, "budget.")
-        budgets[kind] = Budget(need(entry, "epochs", int, f"budget.{kind}."), need(entry, "patience", int, f"budget.{kind}."))
+        budgets[kind] = Budget(need(entry, "epochs", int, f"budget.{kind}."),
+                               need(entry, "patience", int, f"budget.{kind}."))
         if budgets[kind].epochs < 1 or budgets[kind].patience < 0:
             raise UserError(f"protocol file {path}: budget.{kind} needs epochs >= 1 and patience >= 0")
     compare = Path(need(data, "compare", str, ""))
     curve = data.get("curve")
-    return Protocol(path, str(data.get("name") or path.stem), trials, int(tune.get("seed", 0)), int(tune.get("split_seed", 0)),
-                    tuple(arms), budgets, compare, Path(curve) if curve else None,
+    return Protocol(path, str(data.get("name") or path.stem), trials, int(tune.get("seed", 0)),
+                    int(tune.get("split_seed", 0)), tuple(arms), budgets, compare, Path(curve) if curve else None,
                     Path(data.get("recipes_dir") or compare.parent / "compare"))
 
 
@@ -138,7 +139,8 @@ def run_tune(protocol: Protocol, protocol_dir: Path | None, workers: int, user_f
     for arm in protocol.arms:
         print(f"== tune {arm.model}: {protocol.trials_per_arm} trials of {arm.search}, {protocol.budget(arm).text()} "
               f"-> {folder / 'tune' / arm.model}", flush=True)
-        if run_local_sweep(arm.search, protocol.trials_per_arm, workers, folder / "tune" / arm.model, tune_fixed(protocol, arm, user_fixed)) is None:
+        if run_local_sweep(arm.search, protocol.trials_per_arm, workers, folder / "tune" / arm.model,
+                           tune_fixed(protocol, arm, user_fixed)) is None:
             return False
     return True
 
@@ -161,13 +163,15 @@ def write_recipes(protocol: Protocol, protocol_dir: Path | None, wandb: bool = F
             raise UserError(f"arm {arm.model} has no W&B tuning sweep in {folder / WANDB_FILE}: create them with "
                             f"`python agent.py protocol wandb {protocol.path}`")
         if not wandb and not Path(source).is_dir():
-            raise UserError(f"arm {arm.model} has no tuning sweep in {source}: run `python agent.py protocol tune {protocol.path}` first")
+            raise UserError(
+                f"arm {arm.model} has no tuning sweep in {source}: run `python "
+                f"agent.py protocol tune {protocol.path}` first")
         table = load_table(source)
         finished = sorted((r for r in table.complete() if r.model == arm.model), key=rank_key)
         if not finished:
             states = ", ".join(sorted({r.state for r in table.records})) or "no runs"
-            raise UserError(f"arm {arm.model} has no finished tuning trial in {source} ({states}): the compare stage needs "
-                            f"one per arm; run its tuning sweep further")
+            raise UserError(f"arm {arm.model} has no finished tuning trial in {source} ({states}): the compare stage "
+                            "needs one per arm; run its tuning sweep further")
         winner = finished[0]
         values = {key: value for key, value in winner.effective_config.items()
                   if key in FIELDS and key not in VARIED_BY_STAGES and value is not None}
@@ -190,14 +194,16 @@ def _wandb_sweeps(folder: Path) -> dict[str, str]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise UserError(f"{folder / WANDB_FILE} cannot be read ({type(exc).__name__}): run `agent.py protocol wandb` again") from None
+        raise UserError(f"{folder / WANDB_FILE} cannot be read "
+                        f"({type(exc).__name__}): run `agent.py protocol wandb` again") from None
 
 
 # --- stage 2b and the curve: final sweeps -------------------------------------------------------------
 
 def grid_size(parameters: Mapping[str, Any]) -> int:
     """Runs in a grid: the product of its listed values' counts."""
-    return math.prod(len(spec["values"]) for spec in parameters.values() if isinstance(spec, dict) and isinstance(spec.get("values"), list))
+    return math.prod(len(spec["values"]) for spec in parameters.values() if isinstance(spec, dict)
+                     and isinstance(spec.get("values"), list))
 
 
 def _listed(parameters: Mapping[str, Any], name: str) -> list:
@@ -209,7 +215,8 @@ def _listed(parameters: Mapping[str, Any], name: str) -> list:
 
 def final_problems(protocol: Protocol, sweep_yaml: Path, tuned_seeds: set, stage: str) -> list[str]:
     """Why a final sweep would not be a fair comparison: an arm without its recipe, a seed tuning used, one split."""
-    raw = read_yaml(sweep_yaml, "sweep file") or {}  # as it is: its recipes may not exist yet, one of the problems to name
+    # as it is: its recipes may not exist yet, one of the problems to name
+    raw = read_yaml(sweep_yaml, "sweep file") or {}
     if not isinstance(raw, dict):
         return [f"{sweep_yaml} must hold a mapping (method, metric, parameters, ...)"]
     parameters = raw.get("parameters") if isinstance(raw.get("parameters"), dict) else {}
@@ -221,7 +228,8 @@ def final_problems(protocol: Protocol, sweep_yaml: Path, tuned_seeds: set, stage
         if protocol.recipe_path(arm).resolve() not in listed:
             problems.append(f"arm {arm.model} has no recipe in {sweep_yaml} (expected {protocol.recipe_path(arm)})")
         elif not protocol.recipe_path(arm).is_file():
-            problems.append(f"recipe {protocol.recipe_path(arm)} does not exist: run `python agent.py protocol recipes` first")
+            problems.append(
+                f"recipe {protocol.recipe_path(arm)} does not exist: run `python agent.py protocol recipes` first")
     reused = sorted(set(_listed(parameters, "seed")) & tuned_seeds, key=str)
     if reused:
         problems.append(f"{sweep_yaml} lists seed(s) {reused} that tuning used: the final runs need fresh seeds")
@@ -229,7 +237,8 @@ def final_problems(protocol: Protocol, sweep_yaml: Path, tuned_seeds: set, stage
         problems.append(f"{sweep_yaml} lists {len(_listed(parameters, 'split_seed'))} split_seed(s): list two or more, "
                         f"so the intervals include the variance of the split")
     if _listed(parameters, "stage") != [stage]:
-        problems.append(f"{sweep_yaml} must fix stage: {{value: {stage}}}, so its runs are reported as the {stage} stage")
+        problems.append(
+            f"{sweep_yaml} must fix stage: {{value: {stage}}}, so its runs are reported as the {stage} stage")
     if not problems:
         load_definition(sweep_yaml)  # every check a sweep makes, now that its recipes exist
     return problems
@@ -248,7 +257,8 @@ def tuned_seeds(protocol: Protocol, protocol_dir: Path | None) -> set:
     return seeds - {None}
 
 
-def run_final(protocol: Protocol, stage: str, protocol_dir: Path | None, workers: int, user_fixed: Mapping[str, str]) -> bool:
+def run_final(protocol: Protocol, stage: str, protocol_dir: Path | None, workers: int,
+              user_fixed: Mapping[str, str]) -> bool:
     """The compare or curve sweep: its whole grid, in its own folder; False when interrupted."""
     from sweeper.local import run_local_sweep
 
@@ -268,7 +278,8 @@ def run_final(protocol: Protocol, stage: str, protocol_dir: Path | None, workers
 # --- stage 3: test ------------------------------------------------------------------------------------
 
 def run_tests(protocol: Protocol, protocol_dir: Path | None, data_dir: str | None, device: str = "auto") -> list[dict]:
-    """Every final run that trained to its end, on the held-out test set, once: runs tested before are not read again."""
+    """Every final run that trained to its end, on the held-out
+    test set, once: runs tested before are not read again."""
     from trainer import metrics as M
     from trainer.evaluate import evaluate_on_test_set
     from trainer.record import BEST_CHECKPOINT, RunRecord
@@ -280,7 +291,9 @@ def run_tests(protocol: Protocol, protocol_dir: Path | None, data_dir: str | Non
         for run in runs:
             summary = RunRecord.read_summary(run)
             if summary.get(M.STATE) != M.FINISHED or not (run / BEST_CHECKPOINT).exists():
-                print(f"{stage} run {run.name}: not tested ({summary.get(M.STATE) or 'no summary'}; the report counts it as lost)")
+                print(
+                    f"{stage} run {run.name}: not tested "
+                    f"({summary.get(M.STATE) or 'no summary'}; the report counts it as lost)")
                 continue
             if (run / "test" / "test.json").exists():
                 continue  # read once per final run: a second look is not a second sample
@@ -323,13 +336,16 @@ def create_wandb_sweeps(protocol: Protocol, protocol_dir: Path | None, user_fixe
         try:
             sweep_id = wandb.sweep(config, project=project, entity=entity or None)
         except Exception as exc:  # no login, no network: one line
-            raise UserError(f"cannot create the W&B sweep of arm {arm.model} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
-                            f"check `wandb login` and the network, or tune offline with `agent.py protocol tune`") from None
+            raise UserError(f"cannot create the W&B sweep of arm {arm.model} "
+                            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): check `wandb login` "
+                            "and the network, or tune offline with `agent.py protocol tune`") from None
         path = f"{entity or wandb.Api().default_entity}/{project}/{sweep_id}"
         created[arm.model] = path
         folder.mkdir(parents=True, exist_ok=True)
         write_text(folder / WANDB_FILE, json.dumps(created, indent=2, sort_keys=True))
     for arm in protocol.arms:
-        print(f"wandb agent {created[arm.model]}    # arm {arm.model}: stops by itself after {protocol.trials_per_arm} runs (run_cap)")
+        print(
+            f"wandb agent {created[arm.model]}    # arm {arm.model}: stops by "
+            f"itself after {protocol.trials_per_arm} runs (run_cap)")
     print(f"then: python agent.py protocol recipes {protocol.path} --wandb")
     return created

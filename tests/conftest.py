@@ -105,7 +105,8 @@ def small_inputs(monkeypatch):
     from trainer_helpers import SMALL
 
     real = trainer.run.preprocessing_for
-    monkeypatch.setattr(trainer.run, "preprocessing_for", lambda name, weights, scratch=None, *rest: real(name, weights, scratch, *rest) if name == "scratch_cnn" else SMALL)
+    monkeypatch.setattr(trainer.run, "preprocessing_for", lambda name, weights, scratch=None,
+                        *rest: real(name, weights, scratch, *rest) if name == "scratch_cnn" else SMALL)
 
 
 @pytest.fixture

@@ -198,7 +198,8 @@ class FakeWandbServer:
         return {"id": f"id-{run_id}", "name": run_id, "displayName": run_id, "sweepName": "abc123", "state": state,
                 "config": json.dumps({key: {"value": value} for key, value in config.items()}),
                 "summaryMetrics": json.dumps(summary), "systemMetrics": "{}", "historyLineCount": 3, "historyKeys": {},
-                "tags": [], "group": None, "jobType": None, "commit": None, "readOnly": False, "createdAt": "2026-01-01T00:00:00",
+                "tags": [], "group": None, "jobType": None, "commit": None, "readOnly": False,
+                "createdAt": "2026-01-01T00:00:00",
                 "heartbeatAt": "2026-01-01T00:00:00", "description": None, "notes": None, "projectId": 1}
 
     def answer(self, query: str, variables: dict) -> dict:
@@ -211,9 +212,12 @@ class FakeWandbServer:
                                 "runs": {"edges": edges, "pageInfo": {"endCursor": str(start + len(page)),
                                                                      "hasNextPage": start + len(page) < len(names)}}}}
         if "sweep(" in query:
-            config = yaml.safe_dump({"name": "synthetic", "method": "random", "metric": {"name": metrics.VAL_ACC, "goal": "maximize"}})
-            return {"project": {"sweep": {"__typename": "Sweep", "id": "abc123", "name": "abc123", "displayName": "synthetic",
-                                          "method": "random", "state": "FINISHED", "config": config, "runCount": len(self.runs)}}}
+            config = yaml.safe_dump(
+                {"name": "synthetic", "method": "random", "metric": {"name": metrics.VAL_ACC, "goal": "maximize"}})
+            return {"project": {"sweep": {"__typename": "Sweep", "id": "abc123", "name": "abc123",
+                                          "displayName": "synthetic",
+                                          "method": "random", "state": "FINISHED", "config": config,
+                                          "runCount": len(self.runs)}}}
         if "run(name:" in query:  # one run, with its config and summary (what `sweep.runs` fetched per run)
             return {"project": {"run": self.node(variables["name"])}}
         if "viewer" in query:  # the logged-in user's default entity, asked once per Api
@@ -226,7 +230,8 @@ class FakeWandbServer:
         kind = request.WhichOneof("request")
         self.requests.append(kind)
         if kind == "graphql_request":
-            data = self.answer(request.graphql_request.query, json.loads(request.graphql_request.variables_json or "{}"))
+            data = self.answer(request.graphql_request.query,
+                               json.loads(request.graphql_request.variables_json or "{}"))
             return pb.ApiResponse(graphql_response=pb.GraphQLResponse(data_json=json.dumps(data)))
         return pb.ApiResponse()  # the login check; history scans of runs that have no rows
 

@@ -129,7 +129,8 @@ def test_training_goes_on_while_a_checkpoint_is_written_and_the_file_is_the_snap
     monkeypatch.setattr(trainer.loop, "EpochProgress", Progress)
     monkeypatch.setattr(trainer.run, "checkpoint_payload", payload)
     monkeypatch.setattr(trainer.run, "write_checkpoint", write)
-    monkeypatch.setattr(trainer.run, "CheckpointWriter", lambda background: CheckpointWriter(background=True))  # as on a GPU
+    # as on a GPU
+    monkeypatch.setattr(trainer.run, "CheckpointWriter", lambda background: CheckpointWriter(background=True))
     outcome = run_training(scratch(base, run_id="background", epochs=2))
     assert outcome.state == M.FINISHED and checks == [True, True]
     final = torch.load(outcome.folder / "last.pt", weights_only=True)
@@ -157,7 +158,8 @@ def test_no_checkpoint_write_is_in_flight_when_validation_may_fork_loader_worker
 
     monkeypatch.setattr(trainer.run, "write_checkpoint", slow_write)
     monkeypatch.setattr(trainer.loop, "evaluate", evaluate)
-    monkeypatch.setattr(trainer.run, "CheckpointWriter", lambda background: CheckpointWriter(background=True))  # as on a GPU
+    # as on a GPU
+    monkeypatch.setattr(trainer.run, "CheckpointWriter", lambda background: CheckpointWriter(background=True))
     # A checkpoint after every step: the last step's write is still running when the epoch ends.
     outcome = run_training(scratch(base, run_id="nofork", epochs=2, checkpoint_minutes=1e-6))
     assert outcome.state == M.FINISHED and in_flight == [False, False]
@@ -206,7 +208,8 @@ def test_a_checkpoint_write_that_fails_ends_the_run_with_its_reason(base, monkey
 
 def test_gradual_unfreezing_resumes_exactly_after_sigterm(base, small_inputs, monkeypatch):
     """Optimizer groups join mid-run under gradual unfreezing; a resume must rebuild them in the same order."""
-    settings = {**base, "model": "resnet18", "strategy": "gradual", "unfreeze_every_epochs": 1, "epochs": 3, "augment": "standard", "lr": 0.01}
+    settings = {**base, "model": "resnet18", "strategy": "gradual", "unfreeze_every_epochs": 1, "epochs": 3,
+                "augment": "standard", "lr": 0.01}
     straight = run_training(parse_run_config({**settings, "run_id": "g-straight"}))
 
     import trainer.loop

@@ -19,8 +19,8 @@ from trainer_helpers import scratch
 def test_options_a_run_has_no_use_for_are_named_with_the_reason(capsys):
     import agent
 
-    config = agent.run_config_from_args(["--model=resnet18", "--filters=64", "--strategy=head_only", "--k_layers=2", "--lr=0.01",
-                                         "--input_size=64"])
+    config = agent.run_config_from_args(["--model=resnet18", "--filters=64", "--strategy=head_only", "--k_layers=2",
+                                         "--lr=0.01", "--input_size=64"])
     assert config.filters is None and config.k_layers is None and config.input_size == 64  # every model's size
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "--filters (scratch_cnn only)" in out
@@ -47,15 +47,18 @@ def test_unknown_key_suggests_the_nearest():
 def test_bad_values_are_one_line_errors():
     for values, pattern in [({"lr": "fast"}, "lr='fast' is not a valid float"), ({"epochs": 0}, r"out of range"),
                             ({"augment": "strnog"}, "did you mean 'strong'"), ({"epochs": 2.5}, "not a valid int"),
-                            ({"model": "resnet5O"}, "resnet50"), ({"label_smoothing": 0.6}, r"label_smoothing=0.6 is out of range \[0.0, 0.5\]"),
-                            ({"model": "scratch_cnn", "strategy": "head_onyl"}, "did you mean 'head_only'")]:  # ignored there, still a typo
+                            ({"model": "resnet5O"}, "resnet50"),
+                            ({"label_smoothing": 0.6}, r"label_smoothing=0.6 is out of range \[0.0, 0.5\]"),
+                            # ignored there, still a typo
+                            ({"model": "scratch_cnn", "strategy": "head_onyl"}, "did you mean 'head_only'")]:
         with pytest.raises(UserError, match=pattern) as err:
             parse_run_config(values)
         assert "\n" not in str(err.value)
 
 
 def test_strings_from_yaml_and_cli_parse_to_types():
-    config = parse_run_config({"batch_norm": "false", "model": "scratch_cnn"}, parse_cli(["--lr=3e-4", "--epochs", "3", "--image_cache=no", "--compile"]))
+    config = parse_run_config({"batch_norm": "false", "model": "scratch_cnn"},
+                              parse_cli(["--lr=3e-4", "--epochs", "3", "--image_cache=no", "--compile"]))
     assert config.batch_norm is False and config.image_cache is False and config.compile is True
     assert config.lr == 3e-4 and config.epochs == 3
 
@@ -82,23 +85,29 @@ def test_equivalent_values_are_written_one_way():
     assert fraction(model="resnet50", strategy="fraction", freeze_fraction=0.45)
     assert not fraction(model="resnet50", strategy="fraction", freeze_fraction=0.5)
     folded = parse_run_config({"model": "resnet50", "strategy": "fraction", "freeze_fraction": 0.3})
-    assert (folded.strategy, folded.k_layers, folded.freeze_fraction) == ("last_k", 3, None)  # 2 of 5 frozen: the last 3 train
+    # 2 of 5 frozen: the last 3 train
+    assert (folded.strategy, folded.k_layers, folded.freeze_fraction) == ("last_k", 3, None)
 
     # bn_mode matters only where a frozen stage has BatchNorm
     for strategy in ("full", "norm_and_head"):
-        assert same(model="resnet50", strategy=strategy, bn_mode="adapt")(model="resnet50", strategy=strategy, bn_mode="freeze")
+        assert same(model="resnet50", strategy=strategy, bn_mode="adapt")(model="resnet50", strategy=strategy,
+                                                                          bn_mode="freeze")
     for model in ("vgg16", "vit_b_16"):
         assert same(model=model, strategy="head_only", bn_mode="adapt")(model=model, strategy="head_only")
     for strategy in ("head_only", "last_k", "fraction", "gradual"):
         assert not same(model="resnet50", strategy=strategy, bn_mode="adapt")(model="resnet50", strategy=strategy)
-    assert same(model="resnet50", strategy="last_k", k_layers=5, bn_mode="adapt")(model="resnet50", strategy="last_k", k_layers=5)
+    assert same(model="resnet50", strategy="last_k", k_layers=5, bn_mode="adapt")(model="resnet50", strategy="last_k",
+                                                                                  k_layers=5)
 
     # onecycle warms up over its own first 30%: warmup_epochs changes nothing there, and everything elsewhere
-    assert same(model="resnet50", schedule="onecycle", warmup_epochs=0)(model="resnet50", schedule="onecycle", warmup_epochs=3)
-    assert not same(model="resnet50", schedule="cosine", warmup_epochs=0)(model="resnet50", schedule="cosine", warmup_epochs=3)
+    assert same(model="resnet50", schedule="onecycle", warmup_epochs=0)(model="resnet50", schedule="onecycle",
+                                                                        warmup_epochs=3)
+    assert not same(model="resnet50", schedule="cosine", warmup_epochs=0)(model="resnet50", schedule="cosine",
+                                                                          warmup_epochs=3)
     # a warmup longer than half the run is half the run: a 1-epoch run all warmup would never train at its lr
     assert same(model="resnet50", epochs=2, warmup_epochs=1)(model="resnet50", epochs=2, warmup_epochs=5)
-    assert parse_run_config({"epochs": 1}).warmup_epochs == 0.5 and parse_run_config({"epochs": 4, "warmup_epochs": 3}).warmup_epochs == 2
+    assert (parse_run_config({"epochs": 1}).warmup_epochs == 0.5
+            and parse_run_config({"epochs": 4, "warmup_epochs": 3}).warmup_epochs == 2)
     assert parse_run_config({"epochs": 10, "warmup_epochs": 1.5}).warmup_epochs == 1.5
     # ...but what older code saved with a longer warmup trained otherwise: no longer the same config (nor is its
     # 'half' net of 4 filters, widened to 8 then)
@@ -196,19 +205,25 @@ def test_a_resumed_run_takes_its_saved_config_under_what_this_command_passes(bas
 
     run_training(scratch(base, run_id="moved", epochs=1, lr=0.0123, checkpoint_minutes=20, num_workers=1))
     machine = tmp_path / "machine_b.yaml"  # where this machine keeps the data, and how it checkpoints
-    machine.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "elsewhere"), "checkpoint_minutes": 5, "num_workers": 2}))
-    config = agent.run_config_from_args(["--resume", "--run_id=moved", f"--output_dir={base['output_dir']}", "--config", str(machine),
-                                         "--num_workers=0"])
-    assert config.lr == 0.0123 and config.model == "scratch_cnn" and config.epochs == 1  # saved, where this command is silent
-    assert config.data_dir == str(tmp_path / "elsewhere") and config.checkpoint_minutes == 5  # the file over the saved config
+    machine.write_text(
+        yaml.safe_dump({"data_dir": str(tmp_path / "elsewhere"), "checkpoint_minutes": 5, "num_workers": 2}))
+    config = agent.run_config_from_args(["--resume", "--run_id=moved", f"--output_dir={base['output_dir']}", "--config",
+                                         str(machine), "--num_workers=0"])
+    # saved, where this command is silent
+    assert config.lr == 0.0123 and config.model == "scratch_cnn" and config.epochs == 1
+    # the file over the saved config
+    assert config.data_dir == str(tmp_path / "elsewhere") and config.checkpoint_minutes == 5
     assert config.num_workers == 0  # --key=value over both
 
 
 def test_settings_that_change_training_change_the_config_hash_and_paths_do_not():
     default = config_hash(parse_run_config({}))
-    for key, value in {"seed": 1, "split_seed": 1, "val_fraction": 0.3, "subset_fraction": 0.5, "augment": "none", "lr": 0.01,
-                       "label_smoothing": 0.0, "batch_size": 16, "epochs": 3, "patience": 0, "weight_decay": 0.0}.items():
+    for key, value in {"seed": 1, "split_seed": 1, "val_fraction": 0.3, "subset_fraction": 0.5, "augment": "none",
+                       "lr": 0.01,
+                       "label_smoothing": 0.0, "batch_size": 16, "epochs": 3, "patience": 0,
+                       "weight_decay": 0.0}.items():
         assert config_hash(parse_run_config({key: value})) != default, key
-    for key, value in {"output_dir": "elsewhere", "cache_dir": "/tmp/other-cache", "data_dir": "/data/nature", "device": "cpu",
+    for key, value in {"output_dir": "elsewhere", "cache_dir": "/tmp/other-cache", "data_dir": "/data/nature",
+                       "device": "cpu",
                        "num_workers": 0, "wandb_mode": "offline", "run_id": "named", "checkpoint_minutes": 0}.items():
         assert config_hash(parse_run_config({key: value})) == default, key

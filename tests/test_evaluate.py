@@ -59,9 +59,11 @@ def test_test_command_writes_accuracy_confusion_and_grid(base, capsys, monkeypat
     # The same run id trained again with another config starts fresh: the old model's test result leaves with it.
     earlier_history = (outcome.folder / "metrics.jsonl").read_text()
     retrained = run_training(scratch(base, run_id="for-test", filters=16, epochs=1))
-    assert "was trained with filters=8 (now 16)" in retrained.summary["resume_refused"] and M.TEST_ACC not in retrained.summary
+    assert ("was trained with filters=8 (now 16)" in retrained.summary["resume_refused"]
+            and M.TEST_ACC not in retrained.summary)
     assert "was trained before with filters=8 (now 16)" in capsys.readouterr().out
-    assert (outcome.folder / "metrics.previous.jsonl").read_text() == earlier_history != (outcome.folder / "metrics.jsonl").read_text()
+    assert ((outcome.folder / "metrics.previous.jsonl").read_text() == earlier_history
+            != (outcome.folder / "metrics.jsonl").read_text())
     assert yaml.safe_load((outcome.folder / "config.previous.yaml").read_text())["filters"] == 8
     assert json.loads((outcome.folder / "summary.previous.json").read_text())[M.TEST_ACC] == result[M.TEST_ACC]
     assert not out.exists() and (outcome.folder / "test.previous" / "test.json").exists()
@@ -108,14 +110,16 @@ def test_the_test_result_reaches_wandb_in_the_mode_of_the_runs_latest_wandb_fold
     assert opened == ["offline"]
 
 
-def test_the_test_command_finds_a_relative_data_dir_from_any_folder_and_never_downloads(base, nature_dir, tmp_path, monkeypatch):
+def test_the_test_command_finds_a_relative_data_dir_from_any_folder_and_never_downloads(base, nature_dir, tmp_path,
+                                                                                        monkeypatch):
     import shutil
 
     import data.download
 
     monkeypatch.chdir(nature_dir.parent)
     outcome = run_training(scratch(base, run_id="relative", epochs=1, data_dir=nature_dir.name))
-    assert yaml.safe_load((outcome.folder / "config.yaml").read_text())["data_dir"] == str(nature_dir)  # recorded absolute
+    # recorded absolute
+    assert yaml.safe_load((outcome.folder / "config.yaml").read_text())["data_dir"] == str(nature_dir)
     monkeypatch.chdir(tmp_path)  # elsewhere: the recorded path still leads to the run's data
     assert evaluate_on_test_set(outcome.folder)[M.NUM_IMAGES] == 12
 
@@ -123,10 +127,12 @@ def test_the_test_command_finds_a_relative_data_dir_from_any_folder_and_never_do
     config = yaml.safe_load((outcome.folder / "config.yaml").read_text())
     (outcome.folder / "config.yaml").write_text(yaml.safe_dump({**config, "data_dir": str(tmp_path / "gone")}))
     monkeypatch.setattr(data.download, "download_dataset", lambda *a, **k: pytest.fail("the test command downloaded"))
-    with pytest.raises(UserError, match=r"the data folder run relative was trained on, .*gone .* is not there; pass --data_dir"):
+    with pytest.raises(UserError,
+                       match=r"the data folder run relative was trained on, .*gone .* is not there; pass --data_dir"):
         evaluate_on_test_set(outcome.folder)
     assert evaluate_on_test_set(outcome.folder, data_dir=str(moved))[M.NUM_IMAGES] == 12
-    with pytest.raises(UserError, match=r"no dataset found in .*moved.inaturalist_12K.train: pass --data_dir[^,]*$") as error:
+    with pytest.raises(UserError,
+                       match=r"no dataset found in .*moved.inaturalist_12K.train: pass --data_dir[^,]*$") as error:
         evaluate_on_test_set(outcome.folder, data_dir=str(moved / "inaturalist_12K" / "train"))  # one level too deep
     assert "download" not in str(error.value)  # testing never downloads, so the error does not suggest it
 
@@ -164,7 +170,8 @@ def test_a_rerun_that_fails_before_training_leaves_no_stale_model_for_the_test_c
     # and best.pt is still the relu model. The test command must refuse to evaluate it as the gelu network.
     trained = run_training(scratch(base, run_id="rerun", activation="relu", epochs=1))
     with pytest.raises(UserError):
-        run_training(scratch(base, run_id="rerun", activation="gelu", epochs=1, data_dir=str(tmp_path / "nope"), download=False))
+        run_training(
+            scratch(base, run_id="rerun", activation="gelu", epochs=1, data_dir=str(tmp_path / "nope"), download=False))
     assert yaml.safe_load((trained.folder / "config.yaml").read_text())["activation"] == "gelu"
     with pytest.raises(UserError, match="trained with another configuration"):
         evaluate_on_test_set(trained.folder, data_dir=base["data_dir"])
@@ -201,7 +208,8 @@ def test_testing_an_unfinished_run_says_so_and_a_better_epoch_later_sets_the_res
     monkeypatch.setattr(trainer.loop, "EpochProgress", KillAtStep.__mro__[1])
     capsys.readouterr()
     assert evaluate_on_test_set(cut.folder)["best_epoch"] == 1
-    assert "has not finished (preempted, 1 of 2 epochs): this tests its best epoch so far (1)" in capsys.readouterr().out
+    assert ("has not finished (preempted, 1 of 2 epochs): this tests its best epoch so far (1)"
+            in capsys.readouterr().out)
     # Whatever epoch 2 scores, make it the better one: the resumed run then replaces best.pt.
     last = torch.load(cut.folder / "last.pt", weights_only=True)
     last["loop"]["best_val_acc"] = -1.0
@@ -218,7 +226,8 @@ def test_the_test_command_refuses_a_run_in_training_and_a_read_only_folder(base,
 
     outcome = run_training(scratch(base, run_id="busy-test", epochs=1))
     with RunRecord(outcome.folder).exclusive():  # the trainer holds it for the whole run
-        with pytest.raises(UserError, match=rf"being trained by another process \(pid {os.getpid()}\).*test it once that has ended"):
+        with pytest.raises(
+            UserError, match=rf"being trained by another process \(pid {os.getpid()}\).*test it once that has ended"):
             evaluate_on_test_set(outcome.folder)
         assert RunRecord.held_by(outcome.folder) == f"being trained by another process (pid {os.getpid()})"
     with RunRecord(outcome.folder).exclusive("testing"):  # a test holds it: a run is told so, not "trained"
@@ -243,7 +252,8 @@ def test_the_test_command_runs_in_eval_mode_and_fp32_on_a_cpu_and_reports_accura
 
     def build(*args, **kwargs):
         model = real(*args, **kwargs)
-        model.register_forward_hook(lambda module, inputs, output: seen.append((any(m.training for m in module.modules()), output.dtype)))
+        model.register_forward_hook(lambda module, inputs,
+                                    output: seen.append((any(m.training for m in module.modules()), output.dtype)))
         return model
 
     monkeypatch.setattr(trainer.evaluate, "build_model", build)

@@ -49,11 +49,13 @@ def test_prefix_features_are_shared_only_by_runs_that_feed_the_prefix_the_same_p
 
 
 def test_an_augmented_run_never_trains_on_cached_features(base, small_inputs, monkeypatch):
-    """Pitfall 2: cached features are eval-transformed; with augmentation on, every batch goes through TrainTransform."""
+    """Pitfall 2: cached features are eval-transformed; with
+    augmentation on, every batch goes through TrainTransform."""
     from data.augment import TrainTransform
 
     seen, real = [], TrainTransform.__call__
-    monkeypatch.setattr(TrainTransform, "__call__", lambda self, images, g: (seen.append(len(images)), real(self, images, g))[1])
+    monkeypatch.setattr(TrainTransform, "__call__", lambda self, images,
+                        g: (seen.append(len(images)), real(self, images, g))[1])
     outcome = run_training(parse_run_config({**base, "model": "resnet18", "strategy": "head_only", "epochs": 1,
                                              "augment": "standard", "run_id": "aug"}))
     assert outcome.state == M.FINISHED and outcome.summary["feature_cache_depth"] == 0
@@ -79,7 +81,8 @@ def computed_features(model, images: FixedImages) -> torch.Tensor:
 def test_models_with_the_same_weights_but_other_bn_statistics_never_share_cached_features(tmp_path):
     first = tiny_cnn()
     images = FixedImages(seed=1)
-    assert torch.allclose(cached_features(first, images, tmp_path, "split"), computed_features(first, images), atol=1e-2)
+    assert torch.allclose(cached_features(first, images, tmp_path, "split"), computed_features(first, images),
+                          atol=1e-2)
     adapted = copy.deepcopy(first)  # e.g. a run whose BN statistics adapted: same parameters, other running mean/var
     for module in adapted.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -94,7 +97,8 @@ def test_another_split_never_reads_the_cached_features_of_this_one(tmp_path):
     model = tiny_cnn()
     this_split, other_split = FixedImages(seed=1), FixedImages(seed=2)
     cached_features(model, this_split, tmp_path, "split-a")
-    assert torch.allclose(cached_features(model, other_split, tmp_path, "split-b"), computed_features(model, other_split), atol=1e-2)
+    assert torch.allclose(cached_features(model, other_split, tmp_path, "split-b"),
+                          computed_features(model, other_split), atol=1e-2)
 
 
 def test_caching_features_leaves_a_training_model_in_training_mode(tmp_path):

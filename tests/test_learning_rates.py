@@ -44,7 +44,8 @@ def test_a_zero_backbone_lr_multiplier_is_refused_where_backbone_stages_train(se
     from trainer.config import freezing_of
     from trainer.run import refuse_idle_backbone
 
-    config = parse_run_config({"model": "resnet18", "backbone_lr_mult": 0, "epochs": 3, **settings})  # reads: old runs load
+    # reads: old runs load
+    config = parse_run_config({"model": "resnet18", "backbone_lr_mult": 0, "epochs": 3, **settings})
     stages = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
     check = lambda: refuse_idle_backbone(config, stages, freezing_of(config))  # noqa: E731
     if refused:

@@ -28,7 +28,8 @@ def test_training_batches_are_augmented_and_validation_batches_are_not(base, mon
         seen["train"] += len(images)
         seen["levels"].add(self.level)
         out = real_train(self, images, generator)
-        seen["differs"] = seen.get("differs", True) and not torch.allclose(out, real_eval(EvalTransform(self.pre), images))
+        seen["differs"] = seen.get("differs", True) and not torch.allclose(
+            out, real_eval(EvalTransform(self.pre), images))
         return out
 
     def eval_call(self, images):
@@ -81,7 +82,8 @@ def test_patience_stops_a_run_says_so_and_a_resume_does_not_train_past_it(base, 
     monkeypatch.setattr(trainer.loop, "evaluate", lambda loop, loader: (1.0, 0.5))
     fresh = run_training(scratch(base, run_id="patient", epochs=2, patience=0))  # another config: a fresh start
     assert fresh.summary[M.EPOCHS_COMPLETED] == 2 and "stopped_by_patience" not in fresh.summary
-    last = run_training(scratch(base, run_id="last-epoch", epochs=2, patience=1))  # runs out on the last epoch: cut nothing
+    # runs out on the last epoch: cut nothing
+    last = run_training(scratch(base, run_id="last-epoch", epochs=2, patience=1))
     assert last.summary[M.EPOCHS_COMPLETED] == 2 and "stopped_by_patience" not in last.summary
 
 
@@ -93,7 +95,8 @@ def test_images_reach_the_model_at_the_preprocessings_working_size(base, monkeyp
     from scratch_cnn import ScratchCNNConfig
 
     sizes, real = set(), EvalTransform.__call__
-    monkeypatch.setattr(EvalTransform, "__call__", lambda self, images: (sizes.add(tuple(images.shape[1:3])), real(self, images))[1])
+    monkeypatch.setattr(EvalTransform, "__call__", lambda self,
+                        images: (sizes.add(tuple(images.shape[1:3])), real(self, images))[1])
     outcome = run_training(scratch(base, run_id="geom", epochs=1, image_cache=image_cache))
     assert outcome.state == M.FINISHED
     pre = preprocessing_for("scratch_cnn", "none", ScratchCNNConfig(input_size=32))
@@ -125,13 +128,17 @@ def test_the_objective_adds_the_weighted_aux_losses_and_train_loss_is_the_main_h
 
     import trainer.run
 
-    monkeypatch.setattr(trainer.run, "preprocessing_for", lambda *a, **k: dataclasses.replace(SMALL, crop_size=32, resize_size=36))
+    monkeypatch.setattr(trainer.run, "preprocessing_for",
+                        lambda *a, **k: dataclasses.replace(SMALL, crop_size=32, resize_size=36))
     calls, objectives = training_losses(monkeypatch), []
     real_scale = torch.amp.GradScaler.scale
-    monkeypatch.setattr(torch.amp.GradScaler, "scale", lambda self, loss: objectives.append(loss.item()) or real_scale(self, loss))
+    monkeypatch.setattr(torch.amp.GradScaler, "scale", lambda self,
+                        loss: objectives.append(loss.item()) or real_scale(self, loss))
     # GoogLeNet's last 4 stages train: inception4d and so its aux2 head (aux1 reads the frozen inception4a)
-    outcome = run_training(parse_run_config({**base, "model": "googlenet", "strategy": "last_k", "k_layers": 4, "aux_loss_weight": 0.3,
-                                             "label_smoothing": 0.2, "epochs": 1, "subset_fraction": 0.6, "run_id": "aux"}))
+    outcome = run_training(parse_run_config({**base, "model": "googlenet", "strategy": "last_k", "k_layers": 4,
+                                             "aux_loss_weight": 0.3,
+                                             "label_smoothing": 0.2, "epochs": 1, "subset_fraction": 0.6,
+                                             "run_id": "aux"}))
     assert outcome.state == M.FINISHED, outcome.summary.get(M.REASON)
     steps = outcome.summary["num_train"] // 8
     # each step: the smoothed main loss, its plain twin for the log, the smoothed aux2 loss
@@ -152,11 +159,13 @@ def test_validation_runs_the_model_in_eval_mode_and_moves_no_statistic():
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     batches = types.SimpleNamespace(epoch=lambda epoch: [(images[:4], labels[:4]), (images[4:], labels[4:])])
     inputs = types.SimpleNamespace(eval_input=_to_input, start_stage=0)
-    loop = types.SimpleNamespace(model=model, inputs=inputs, device=torch.device("cpu"), autocast=contextlib.nullcontext)
+    loop = types.SimpleNamespace(model=model, inputs=inputs, device=torch.device("cpu"),
+                                 autocast=contextlib.nullcontext)
     before = copy.deepcopy(model.state_dict())
     with torch.no_grad():
         logits = copy.deepcopy(model).eval()(_to_input(images))
-    expected = (torch.nn.functional.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item())
+    expected = (torch.nn.functional.cross_entropy(logits, labels).item(),
+                (logits.argmax(1) == labels).float().mean().item())
     for _ in range(2):
         model.train()  # as the epoch left it
         assert evaluate(loop, batches) == pytest.approx(expected)
@@ -178,7 +187,8 @@ def test_a_training_loss_that_is_not_finite_ends_the_run_as_diverged_even_when_v
     training_losses(monkeypatch, add=float("nan"))
     outcome = run_training(scratch(base, run_id="nan-train", epochs=1))
     assert outcome.state == M.DIVERGED
-    assert outcome.summary[M.REASON].startswith("training loss became nan in epoch 1") and "lower lr" in outcome.summary[M.REASON]
+    assert (outcome.summary[M.REASON].startswith("training loss became nan in epoch 1")
+            and "lower lr" in outcome.summary[M.REASON])
 
 
 def test_every_epoch_trains_in_a_new_order_with_new_augmentation(base, monkeypatch):

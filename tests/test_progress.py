@@ -25,14 +25,18 @@ def test_a_runs_first_lines_name_the_device_precision_model_size_and_parameters(
     assert f"model: scratch_cnn (weights none) at 32 px: {trainable:,} of {total:,} parameters trainable" in lines
     assert lines.index(device_line) < min(i for i, line in enumerate(lines) if line.startswith("epoch "))
     assert not [line for line in lines if "random features" in line]  # random init, but every stage trains
-    assert run_header("cpu", torch.device("cpu"), None, "resnet18", "IMAGENET1K_V1", 224, 513, 11_177_538).splitlines() == [
-        "device: cpu, precision fp32", "model: resnet18 (weights IMAGENET1K_V1) at 224 px: 513 of 11,177,538 parameters trainable"]
+    assert run_header("cpu", torch.device("cpu"), None, "resnet18", "IMAGENET1K_V1", 224, 513,
+                      11_177_538).splitlines() == [
+        "device: cpu, precision fp32",
+        "model: resnet18 (weights IMAGENET1K_V1) at 224 px: 513 of 11,177,538 parameters trainable"]
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
-    gpu = run_header("auto", torch.device("cuda:0"), torch.float16, "resnet50", "IMAGENET1K_V2", 224, 1, 2).splitlines()[0]
+    gpu = run_header("auto", torch.device("cuda:0"), torch.float16, "resnet50", "IMAGENET1K_V2", 224, 1,
+                     2).splitlines()[0]
     assert gpu == "device: cuda:0 (Tesla T4), precision fp16 with a grad scaler"
 
 
-@pytest.mark.parametrize("strategy, warned", [("head_only", True), ("norm_and_head", True), ("gradual", True), ("full", False)])
+@pytest.mark.parametrize("strategy, warned",
+                         [("head_only", True), ("norm_and_head", True), ("gradual", True), ("full", False)])
 def test_a_frozen_strategy_on_random_init_warns_in_one_line(strategy, warned):
     from models import FreezeOptions, plan_for_epoch, resolve_strategy
     from trainer.progress import run_header
@@ -43,8 +47,10 @@ def test_a_frozen_strategy_on_random_init_warns_in_one_line(strategy, warned):
     total = sum(p.numel() for p in model.parameters())
     lines = run_header("cpu", torch.device("cpu"), None, "resnet18", "none", 224, trainable, total).splitlines()
     warnings = [line for line in lines if "random features" in line]
-    assert len(warnings) == warned and all(line.startswith("warning: frozen stages at random init") for line in warnings)
-    assert not [line for line in run_header("cpu", torch.device("cpu"), None, "resnet18", "IMAGENET1K_V1", 224, trainable,
+    assert len(warnings) == warned and all(line.startswith("warning: frozen stages at random init")
+                                           for line in warnings)
+    assert not [line for line in run_header("cpu", torch.device("cpu"), None, "resnet18", "IMAGENET1K_V1", 224,
+                                            trainable,
                                             total).splitlines() if "random" in line]  # pretrained: frozen on purpose
 
 

@@ -19,7 +19,8 @@ def test_summary_records_code_and_weights_provenance(base):
     assert outcome.summary["code_version"] and outcome.summary[M.WEIGHTS_VERSION] == "none"
     assert outcome.summary[M.SPLIT_HASH] and outcome.summary[M.CONFIG_HASH]
     assert outcome.summary["precision"] == "fp32"  # precision=auto on a CPU: no autocast
-    assert (outcome.summary["torch_version"], outcome.summary["torchvision_version"]) == (torch.__version__, torchvision.__version__)
+    assert ((outcome.summary["torch_version"], outcome.summary["torchvision_version"])
+            == (torch.__version__, torchvision.__version__))
 
 
 def test_code_version_is_the_commit_and_says_when_the_code_had_local_changes(tmp_path, monkeypatch):
@@ -32,7 +33,8 @@ def test_code_version_is_the_commit_and_says_when_the_code_had_local_changes(tmp
     (tmp_path / "train.py").write_text("lr = 0.1\n")
     subprocess.run([*git, "add", "train.py"], check=True)
     subprocess.run([*git, "commit", "-qm", "first"], check=True)
-    commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
     monkeypatch.setattr(provenance, "ROOT", tmp_path)
     provenance.code_version.cache_clear()
     try:

@@ -52,7 +52,8 @@ def test_runs_on_other_files_under_the_same_names_are_flagged(tmp_path):
     add_finished(runs, "r18", "r09", 0.45, seed=2)  # trained before runs recorded one: says nothing either way
     warnings = " ".join(report_of(runs)[0].provenance.warnings)
     assert "runs were trained on 2 different sets of files under the same names (files-a x1, files-b x1)" in warnings
-    (runs / "r17" / "summary.json").write_text(json.dumps(finished_summary("r09", 0.5, **{metrics.DATA_HASH: "files-a"})))
+    (runs / "r17" / "summary.json").write_text(
+        json.dumps(finished_summary("r09", 0.5, **{metrics.DATA_HASH: "files-a"})))
     assert "different sets of files" not in " ".join(report_of(runs)[0].provenance.warnings)
 
 
@@ -84,8 +85,10 @@ def test_a_random_init_backbone_is_not_the_fine_tuned_headline(tmp_path, sweep_d
         path = tmp_path / "runs" / "r04" / name
         path.write_text(path.read_text().replace("IMAGENET1K_V1", "none"))
     summary = summarise(load_table(str(tmp_path / "runs")))
-    assert summary.best_fine_tuned.run_id == "r06" and summary.leaderboard[0].run_id == "r04"  # r06 ties r02, and is cheaper
-    assert any("1 run(s) of pretrained architectures used weights=none (efficientnet_b0 x1)" in w for w in summary.provenance.warnings)
+    # r06 ties r02, and is cheaper
+    assert summary.best_fine_tuned.run_id == "r06" and summary.leaderboard[0].run_id == "r04"
+    assert any("1 run(s) of pretrained architectures used weights=none (efficientnet_b0 x1)" in w
+               for w in summary.provenance.warnings)
     assert summary.seeds_fine_tuned and all(r.run_id != "r04" for r in summary.seeds_fine_tuned.records)
 
 
@@ -101,7 +104,8 @@ def test_a_run_retried_at_half_the_batch_is_shown_and_grouped_as_it_trained(tmp_
     record = next(r for r in summary.successful if r.run_id == "r18")
     assert (record.config["batch_size"], record.batch_size_asked) == (16, 32)
     assert "1 run(s) trained at a smaller batch_size than their config asked" in text and "r18 (16, not 32)" in text
-    csv_row = next(row for row in csv.DictReader(runs_csv(load_table(str(runs))).splitlines()) if row["run_id"] == "r18")
+    csv_row = next(row for row in csv.DictReader(runs_csv(load_table(str(runs))).splitlines())
+                   if row["run_id"] == "r18")
     assert csv_row["batch_size"] == "16"
 
 
@@ -126,8 +130,8 @@ def test_comparability_warnings_for_selection_on_test_missing_splits_and_a_minim
     expected = [
         f"1 successful runs recorded no {metrics.SPLIT_HASH}: nothing shows which data split they were measured on",
         f"the sweep's metric goal is 'minimize'; {metrics.VAL_ACC} should be maximized",
-        "3 runs of 2 different configs were evaluated on the test set (r02, r04, r06): choosing among them by test accuracy "
-        "turns the test set into a validation set",
+        "3 runs of 2 different configs were evaluated on the test set (r02, r04, r06): choosing among them by test "
+        "accuracy turns the test set into a validation set",
     ]
     assert summary.provenance.warnings == expected
     for warning in expected:
@@ -141,14 +145,17 @@ def test_runs_refused_before_training_are_grouped_by_their_mistake(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
     add_finished(runs, "r16", "r01", 0.7)
-    add_run(runs, "r17", "r01", [0.4], {**finished_summary("r01", 0.4), metrics.STATE: metrics.FAILED, metrics.REASON: "a bug",
+    add_run(runs, "r17", "r01", [0.4],
+            {**finished_summary("r01", 0.4), metrics.STATE: metrics.FAILED, metrics.REASON: "a bug",
                                          "exit_code": 1})
     for attempt in ("typo-1", "typo-2"):  # the same --data_dir typo, tried twice
         with pytest.raises(UserError, match="no dataset found"):  # agent.py prints it as one line, exit status 2
-            run_training(parse_run_config({"data_dir": str(tmp_path / "datsets"), "output_dir": str(runs), "run_id": attempt,
+            run_training(parse_run_config({"data_dir": str(tmp_path / "datsets"), "output_dir": str(runs),
+                                           "run_id": attempt,
                                            "model": "scratch_cnn", "wandb_mode": "disabled", "download": "false"}))
     summary, text = report_of(runs)
-    assert {state: [r.run_id for r in records] for state, records in summary.not_counted} == {"failed": ["r17", "typo-1", "typo-2"]}
+    assert ({state: [r.run_id for r in records] for state, records in summary.not_counted}
+            == {"failed": ["r17", "typo-1", "typo-2"]})
     part = section(text, 6)
     assert "| `r17` | failed |" in part and "| `typo-1` |" not in part  # a real failure keeps its row
     assert "**Refused before training** (2 run(s), counted as failed above)" in part
@@ -195,10 +202,12 @@ def test_random_init_runs_of_a_pretrained_architecture_are_a_group_of_their_own(
     runs.mkdir()
     add_finished(runs, "r16", "r03", 0.8)
     add_finished(runs, "r17", "r03", 0.9, lr=3e-4)
-    add_run(runs, "r18", "r03", [0.3, 0.4], {**finished_summary("r03", 0.4), metrics.WEIGHTS_VERSION: "none"}, weights="none")
+    add_run(runs, "r18", "r03", [0.3, 0.4], {**finished_summary("r03", 0.4), metrics.WEIGHTS_VERSION: "none"},
+            weights="none")
     summary, text = report_of(runs)
     groups = {(g.model, g.strategy): (g.stats.count, g.stats.mean) for g in summary.groups}
-    assert groups == {("resnet50", "full"): (2, pytest.approx(0.85)), ("resnet50 (random init)", "full"): (1, pytest.approx(0.4))}
+    assert groups == {("resnet50", "full"): (2, pytest.approx(0.85)),
+                      ("resnet50 (random init)", "full"): (1, pytest.approx(0.4))}
     assert "| `r18` | resnet50 (random init) | – | full |" in section(text, 2)
     assert [r.run_id for r in summary.best_per_strategy] == ["r17", "r18"]  # its own learning curve, not hidden
 
@@ -210,9 +219,11 @@ def test_runs_from_another_weights_version_or_a_checkpoint_are_groups_of_their_o
     runs = tmp_path / "runs"
     runs.mkdir()
     add_finished(runs, "r16", "r03", 0.8)
-    add_run(runs, "r17", "r03", [0.6, 0.7], {**finished_summary("r03", 0.7), metrics.WEIGHTS_VERSION: "ResNet50_Weights.IMAGENET1K_V1"},
+    add_run(runs, "r17", "r03", [0.6, 0.7],
+            {**finished_summary("r03", 0.7), metrics.WEIGHTS_VERSION: "ResNet50_Weights.IMAGENET1K_V1"},
             weights="IMAGENET1K_V1")
-    add_run(runs, "r18", "r03", [0.8, 0.9], {**finished_summary("r03", 0.9), metrics.WEIGHTS_VERSION: "file:/runs/r16/best.pt"},
+    add_run(runs, "r18", "r03", [0.8, 0.9],
+            {**finished_summary("r03", 0.9), metrics.WEIGHTS_VERSION: "file:/runs/r16/best.pt"},
             weights="/runs/r16/best.pt")
     summary, text = report_of(runs)
     groups = {(g.model, g.strategy): g.stats.count for g in summary.groups}
@@ -256,7 +267,8 @@ def test_random_init_runs_are_not_another_weights_version_of_their_model(tmp_pat
     runs = tmp_path / "runs"
     runs.mkdir()
     add_finished(runs, "r16", "r03", 0.8)
-    add_run(runs, "r17", "r03", [0.3, 0.4], {**finished_summary("r03", 0.4), metrics.WEIGHTS_VERSION: "none"}, weights="none")
+    add_run(runs, "r17", "r03", [0.3, 0.4], {**finished_summary("r03", 0.4), metrics.WEIGHTS_VERSION: "none"},
+            weights="none")
     warnings = " ".join(report_of(runs)[0].provenance.warnings)
     assert "used weights=none" in warnings and "different weights versions" not in warnings
 
@@ -279,12 +291,14 @@ def test_runs_on_several_devices_or_precisions_are_flagged_and_their_seconds_qua
             "`float16` x2") in section(text, 8)
     assert ("*Train s* compare only within one device and precision, and these runs span several (devices: "
             "`NVIDIA A100-SXM4-80GB` x1, `Tesla T4` x2; precisions: `bfloat16` x1, `float16` x2)") in section(text, 4)
-    csv_row = next(row for row in csv.DictReader(runs_csv(load_table(str(runs))).splitlines()) if row["run_id"] == "r18")
+    csv_row = next(row for row in csv.DictReader(runs_csv(load_table(str(runs))).splitlines())
+                   if row["run_id"] == "r18")
     assert (csv_row[metrics.DEVICE], csv_row["precision"]) == ("NVIDIA A100-SXM4-80GB", "bfloat16")
 
     for run_id in on:  # one device and one precision: nothing to say
         path = runs / run_id / "summary.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), metrics.DEVICE: "Tesla T4", "precision": "float16"}))
+        path.write_text(
+            json.dumps({**json.loads(path.read_text()), metrics.DEVICE: "Tesla T4", "precision": "float16"}))
     summary, text = report_of(runs)
     assert "No comparability warnings." in text and "compare only within" not in text
 
@@ -292,15 +306,19 @@ def test_runs_on_several_devices_or_precisions_are_flagged_and_their_seconds_qua
 def test_resolution_is_shown_grouped_and_costed(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
-    add_run(runs, "r16", "r03", [0.6, 0.7], {**finished_summary("r03", 0.7), metrics.PEAK_GPU_MEMORY: 3.5}, input_size=224)
-    add_run(runs, "r17", "r03", [0.7, 0.8], {**finished_summary("r03", 0.8), metrics.PEAK_GPU_MEMORY: 8.0}, input_size=352)
+    add_run(runs, "r16", "r03", [0.6, 0.7], {**finished_summary("r03", 0.7), metrics.PEAK_GPU_MEMORY: 3.5},
+            input_size=224)
+    add_run(runs, "r17", "r03", [0.7, 0.8], {**finished_summary("r03", 0.8), metrics.PEAK_GPU_MEMORY: 8.0},
+            input_size=352)
     add_run(runs, "r18", "r03", [0.7, 0.75], {**finished_summary("r03", 0.75), metrics.PEAK_GPU_MEMORY: 3.5},
             input_size=224, eval_size=288, seed=1)
     summary, text = report_of(runs)
-    assert {(g.model, g.size, g.stats.count) for g in summary.groups} == {("resnet50", "224", 1), ("resnet50", "352", 1),
+    assert {(g.model, g.size, g.stats.count) for g in summary.groups} == {("resnet50", "224", 1),
+                                                                          ("resnet50", "352", 1),
                                                                           ("resnet50", "224→288", 1)}
     assert [g.size for g in summary.groups] == ["224", "224→288", "352"]  # by resolution within a model and strategy
     assert "| `r17` | resnet50 | 352 | full |" in section(text, 2)
     assert summary.pareto_memory == {"r17", "r18"}  # r16 ties r18 on memory at lower accuracy
     cost = section(text, 4)
-    assert "**Against peak GPU memory**" in cost and "| `r17` | resnet50 | 352 | full | 80.00% | 600 | 500 | 23,528,522 | 8.00 |" in cost
+    assert ("**Against peak GPU memory**" in cost
+            and "| `r17` | resnet50 | 352 | full | 80.00% | 600 | 500 | 23,528,522 | 8.00 |" in cost)

@@ -104,7 +104,8 @@ def test_a_wandb_sweep_of_150_runs_is_read_in_a_few_requests(monkeypatch):
     server = FakeWandbServer(runs)
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # a key shaped like one; the fake server takes any
     monkeypatch.setenv("WANDB_MODE", "online")
-    monkeypatch.setattr(ServiceApi, "send_api_request", lambda self, request, timeout=None: server.send_api_request(self, request, timeout))
+    monkeypatch.setattr(ServiceApi, "send_api_request", lambda self, request,
+                        timeout=None: server.send_api_request(self, request, timeout))
     monkeypatch.setattr(ServiceApi, "finalize", lambda self, obj, cleanup: (lambda: None))
     table = load_table("team/project/abc123")
     # The login check, the default entity, the sweep, then the runs 100 a page: 5 requests, not 3 to 7 per run.
@@ -115,7 +116,8 @@ def test_a_wandb_sweep_of_150_runs_is_read_in_a_few_requests(monkeypatch):
 
 
 def _sorted(history: list[dict]) -> list[dict]:
-    return sorted(({k: row[k] for k in metrics.EPOCH_METRICS if k in row} for row in history), key=lambda row: row[metrics.EPOCH])
+    return sorted(({k: row[k] for k in metrics.EPOCH_METRICS if k in row} for row in history),
+                  key=lambda row: row[metrics.EPOCH])
 
 
 @pytest.mark.parametrize("source", ["", "no/such/folder/here", "missing_folder"])
@@ -187,7 +189,8 @@ def test_a_trial_killed_outright_gets_the_sweeps_reason_not_running(tmp_path, sw
     data = json.loads(summary_path.read_text())
     summary_path.write_text(json.dumps({**data, metrics.STATE: "running", metrics.REASON: None}))  # SIGKILL: no word
     table_path = tmp_path / "sweep" / "table.jsonl"
-    killed = {"run_id": "r03", "state": "failed", "config": make_config("r03"), "reason": "killed by signal 9", "duplicate_of": None}
+    killed = {"run_id": "r03", "state": "failed", "config": make_config("r03"), "reason": "killed by signal 9",
+              "duplicate_of": None}
     table_path.write_text(table_path.read_text() + json.dumps(killed) + "\n")
     records = {r.run_id: r for r in load_table(str(tmp_path / "sweep")).records}
     assert records["r03"].state == "failed" and records["r03"].reason == "killed by signal 9"
@@ -200,7 +203,8 @@ def test_a_preempted_sweep_trial_says_the_sweep_command_resumes_it_not_a_single_
     shutil.copytree(sweep_dir, tmp_path / "sweep")
     summary_path = tmp_path / "sweep" / "runs" / "r03" / "summary.json"
     own = "interrupted by signal 15; resumes from its checkpoint when relaunched with run_id=r03"
-    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), metrics.STATE: "preempted", metrics.REASON: own}))
+    summary_path.write_text(
+        json.dumps({**json.loads(summary_path.read_text()), metrics.STATE: "preempted", metrics.REASON: own}))
     table_path = tmp_path / "sweep" / "table.jsonl"
     sweeps = "interrupted; the same sweep command resumes it from its checkpoint"
     row = {"run_id": "r03", "state": "preempted", "config": make_config("r03"), "reason": sweeps, "duplicate_of": None}
@@ -219,7 +223,8 @@ def test_a_run_resumed_by_hand_while_the_table_says_it_ended_shows_as_running(tm
     summary_path = folder / "summary.json"
     summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), metrics.STATE: "running"}))
     table_path = tmp_path / "sweep" / "table.jsonl"
-    ended = {"run_id": "r03", "state": "preempted", "config": make_config("r03"), "reason": "interrupted", "duplicate_of": None}
+    ended = {"run_id": "r03", "state": "preempted", "config": make_config("r03"), "reason": "interrupted",
+             "duplicate_of": None}
     table_path.write_text(table_path.read_text() + json.dumps(ended) + "\n")
     with RunFolder(folder).exclusive():  # `agent.py --run_id=r03` training it now
         assert {r.run_id: r.state for r in load_table(str(tmp_path / "sweep")).records}["r03"] == "running"
@@ -236,13 +241,16 @@ def test_a_run_whose_process_is_gone_says_how_to_resume_it_and_one_in_training_s
     shutil.copytree(sweep_dir / "runs", tmp_path / "runs")
     folder = tmp_path / "runs" / "r03"
     summary_path = folder / "summary.json"
-    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), metrics.STATE: "running", metrics.REASON: None}))
+    summary_path.write_text(
+        json.dumps({**json.loads(summary_path.read_text()), metrics.STATE: "running", metrics.REASON: None}))
     with RunFolder(folder).exclusive():  # being trained now
         record = {r.run_id: r for r in load_table(str(tmp_path / "runs")).records}["r03"]
         assert record.reason is None and failure_reason(record) == "training now"
     record = {r.run_id: r for r in load_table(str(tmp_path / "runs")).records}["r03"]
-    # Nobody holds its lock: it is dead, and its summary.json no longer says running (a full disk kept it from saying so).
-    assert record.state == "preempted" and record.reason.startswith("not training now: its process was stopped or killed")
+    # Nobody holds its lock: it is dead, and its summary.json no
+    # longer says running (a full disk kept it from saying so).
+    assert record.state == "preempted" and record.reason.startswith(
+        "not training now: its process was stopped or killed")
     assert f"`python agent.py --resume --run_id=r03 --output_dir={tmp_path / 'runs'}` to resume it" in record.reason
     assert json.loads(summary_path.read_text())[metrics.STATE] == "preempted"
 
@@ -303,6 +311,7 @@ def test_a_sweeps_run_whose_process_is_gone_says_to_run_the_sweep_again(tmp_path
 
     shutil.copytree(sweep_dir, tmp_path / "sweep")
     summary_path = tmp_path / "sweep" / "runs" / "r03" / "summary.json"
-    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), metrics.STATE: "running", metrics.REASON: None}))
+    summary_path.write_text(
+        json.dumps({**json.loads(summary_path.read_text()), metrics.STATE: "running", metrics.REASON: None}))
     record = {r.run_id: r for r in load_table(str(tmp_path / "sweep")).records}["r03"]
     assert record.state == "preempted" and record.reason.endswith("run the sweep command again to resume it")

@@ -35,7 +35,8 @@ def test_seed_interval_leaves_out_runs_that_did_not_finish(tmp_path, sweep_dir, 
     assert "unstable: 1 of its seeds lost" in section(text, 2)
     # Opted in, the interval is over the survivors, and the lost seed is still named.
     group = summarise(load_table(str(tmp_path / "runs")), allow_lost_seeds=True).seeds_fine_tuned
-    assert [r.run_id for r in group.records] == ["r04", "r05", "r06"] and group.ci.n == 3 and [r.run_id for r in group.lost] == ["r16"]
+    assert ([r.run_id for r in group.records] == ["r04", "r05", "r06"] and group.ci.n == 3
+            and [r.run_id for r in group.lost] == ["r16"])
     assert group.ci == summary.seeds_fine_tuned.ci
 
 
@@ -61,7 +62,8 @@ def test_one_sided_and_empty_sweeps_say_so_plainly(tmp_path, sweep_dir):
             path.write_text(path.read_text().replace("IMAGENET1K_V1", "none"))
     text = render(summarise(load_table(str(tmp_path / "random"))), {}, {})
     assert "No successful run" not in text and "No ImageNet fine-tuned run and no scratch_cnn run" in text
-    assert "Best run from random initialisation (`weights=none`, not fine-tuned): `r04`**, best val_acc **83.00%**" in text
+    assert ("Best run from random initialisation (`weights=none`, not fine-tuned): `r04`**, best val_acc **83.00%**"
+            in text)
 
 
 def test_headline_takes_the_seed_group_with_the_highest_mean_and_signs_the_gap(tmp_path):
@@ -211,17 +213,21 @@ def test_the_headline_keeps_a_warm_start_out_of_imagenet_fine_tuning(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
     add_finished(runs, "r16", "r03", 0.7)  # ImageNet V2
-    add_run(runs, "r17", "r03", [0.8, 0.95], {**finished_summary("r03", 0.95), metrics.WEIGHTS_VERSION: "file:/w/mine.pt",
+    add_run(runs, "r17", "r03", [0.8, 0.95],
+            {**finished_summary("r03", 0.95), metrics.WEIGHTS_VERSION: "file:/w/mine.pt",
                                               metrics.WEIGHTS_SHA256: "ab" * 32}, weights="/w/mine.pt")
-    add_run(runs, "r18", "r03", [0.5, 0.6], {**finished_summary("r03", 0.6), metrics.WEIGHTS_VERSION: "none"}, weights="none")
+    add_run(runs, "r18", "r03", [0.5, 0.6], {**finished_summary("r03", 0.6), metrics.WEIGHTS_VERSION: "none"},
+            weights="none")
     add_finished(runs, "r19", "r10", 0.5)  # the scratch CNN
     add_run(runs, "r20", "r10", [0.8, 0.9], {**finished_summary("r10", 0.9), metrics.WEIGHTS_VERSION: "file:/w/cnn.pt"},
             weights="/w/cnn.pt")  # a scratch CNN warm-started from a file is not the scratch baseline either
     summary, text = report_of(runs)
-    assert [r.start for r in (summary.best_fine_tuned, summary.best_warm_start, summary.best_random_init, summary.best_scratch)] == \
-        ["imagenet", "warm_start", "random_init", "scratch"]
-    assert (summary.best_fine_tuned.run_id, summary.best_warm_start.run_id, summary.best_scratch.run_id) == ("r16", "r17", "r19")
-    assert summary.gap_points == pytest.approx((0.7 - 0.5) * 100)  # ImageNet fine-tuned minus scratch, never the warm start
+    assert [r.start for r in (summary.best_fine_tuned, summary.best_warm_start, summary.best_random_init,
+                              summary.best_scratch)] == ["imagenet", "warm_start", "random_init", "scratch"]
+    assert (summary.best_fine_tuned.run_id, summary.best_warm_start.run_id,
+            summary.best_scratch.run_id) == ("r16", "r17", "r19")
+    # ImageNet fine-tuned minus scratch, never the warm start
+    assert summary.gap_points == pytest.approx((0.7 - 0.5) * 100)
     headline = section(text, 1)
     assert "**Best ImageNet fine-tuned run: `r16`**" in headline and "**Best scratch_cnn run: `r19`**" in headline
     assert "**Best warm start (from a weights file, not ImageNet fine-tuning): `r17`**" in headline
@@ -234,8 +240,8 @@ def test_without_imagenet_runs_the_headline_compares_a_warm_start_with_the_scrat
     gap, labelled as a warm start's, rather than saying there is nothing to compare."""
     runs = tmp_path / "runs"
     runs.mkdir()
-    add_run(runs, "r17", "r03", [0.8, 0.9], {**finished_summary("r03", 0.9), metrics.WEIGHTS_VERSION: "file:/w/mine.pt"},
-            weights="/w/mine.pt")
+    add_run(runs, "r17", "r03", [0.8, 0.9],
+            {**finished_summary("r03", 0.9), metrics.WEIGHTS_VERSION: "file:/w/mine.pt"}, weights="/w/mine.pt")
     add_finished(runs, "r19", "r10", 0.5)
     summary, text = report_of(runs)
     headline = section(text, 1)

@@ -23,7 +23,8 @@ from trainer_helpers import history, scratch
 def test_scratch_run_writes_a_complete_record(base):
     outcome = run_training(scratch(base, run_id="rec"))
     skipped = (outcome.folder / "skipped_files.txt").read_text().splitlines()  # the scan names 3; all are kept
-    assert sorted(line.split("\t")[0] for line in skipped) == ["Amphibia/broken_000.jpg", "Amphibia/notes.txt", "Aves/truncated_000.jpg"]
+    assert sorted(line.split("\t")[0] for line in skipped) == ["Amphibia/broken_000.jpg", "Amphibia/notes.txt",
+                                                               "Aves/truncated_000.jpg"]
     assert outcome.state == M.FINISHED and outcome.exit_code == 0
     folder = outcome.folder
     assert {p.name for p in folder.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt"}
@@ -32,7 +33,8 @@ def test_scratch_run_writes_a_complete_record(base):
     rows = history(outcome)
     assert [r[M.EPOCH] for r in rows] == [1, 2] and all(set(M.EPOCH_METRICS) <= set(r) for r in rows)
     summary = json.loads((folder / "summary.json").read_text())
-    for key in (M.STATE, M.BEST_VAL_ACC, M.BEST_EPOCH, M.TRAINABLE_PARAMS, M.TOTAL_PARAMS, M.TRAIN_SECONDS, M.SPLIT_HASH, M.WEIGHTS_VERSION, M.DEVICE):
+    for key in (M.STATE, M.BEST_VAL_ACC, M.BEST_EPOCH, M.TRAINABLE_PARAMS, M.TOTAL_PARAMS, M.TRAIN_SECONDS,
+                M.SPLIT_HASH, M.WEIGHTS_VERSION, M.DEVICE):
         assert key in summary
     assert summary[M.CACHE_SECONDS] > 0  # the decoded-image cache was built in this run, outside train_seconds
     assert summary[M.BEST_VAL_ACC] == max(r[M.VAL_ACC] for r in rows)
@@ -45,7 +47,8 @@ def test_scratch_run_writes_a_complete_record(base):
 
 @pytest.mark.parametrize("strategy", strategy_names())
 def test_resnet18_trains_under_every_strategy(base, small_inputs, strategy):
-    config = parse_run_config({**base, "model": "resnet18", "strategy": strategy, "epochs": 1, "augment": "standard", "run_id": strategy})
+    config = parse_run_config(
+        {**base, "model": "resnet18", "strategy": strategy, "epochs": 1, "augment": "standard", "run_id": strategy})
     outcome = run_training(config)
     assert outcome.state == M.FINISHED, outcome.summary.get(M.REASON)
     trainable, total = outcome.summary[M.TRAINABLE_PARAMS], outcome.summary[M.TOTAL_PARAMS]
@@ -58,7 +61,8 @@ def test_resnet18_trains_under_every_strategy(base, small_inputs, strategy):
 
 
 def test_head_only_run_leaves_backbone_and_bn_buffers_untouched(base, small_inputs):
-    config = parse_run_config({**base, "model": "resnet18", "strategy": "head_only", "augment": "standard", "lr": 0.5, "run_id": "frozen"})
+    config = parse_run_config(
+        {**base, "model": "resnet18", "strategy": "head_only", "augment": "standard", "lr": 0.5, "run_id": "frozen"})
     torch.manual_seed(config.seed)  # the run builds its model after seeding with the same seed
     initial = build_model("resnet18", 3, "none").state_dict()
     outcome = run_training(config)
@@ -84,7 +88,8 @@ def test_ctrl_c_twice_still_leaves_a_record_and_the_run_resumes(base, monkeypatc
 
     monkeypatch.setattr(trainer.loop, "EpochProgress", SecondCtrlC)
     cut = run_training(scratch(base, run_id="twice", epochs=2))
-    assert cut.state == M.PREEMPTED and cut.exit_code == 128 + signal.SIGINT and "interrupted twice" in cut.summary[M.REASON]
+    assert (cut.state == M.PREEMPTED and cut.exit_code == 128 + signal.SIGINT
+            and "interrupted twice" in cut.summary[M.REASON])
     assert json.loads((cut.folder / "summary.json").read_text())[M.STATE] == M.PREEMPTED
     monkeypatch.setattr(trainer.loop, "EpochProgress", SecondCtrlC.__mro__[1])
     resumed = run_training(scratch(base, run_id="twice", epochs=2, resume=True))
@@ -115,11 +120,13 @@ def test_out_of_memory_retries_at_half_batch(base, monkeypatch):
     monkeypatch.setattr(trainer.run, "_attempt", attempt)
     outcome = run_training(scratch(base, run_id="oom"))
     assert calls == [(8, False), (4, True)]  # the retry starts fresh: no checkpoint of the failed attempt
-    assert outcome.state == M.FINISHED and (outcome.summary[M.BATCH_SIZE], outcome.summary[M.BATCH_SIZE_ASKED]) == (4, 8)
+    assert (outcome.state == M.FINISHED
+            and (outcome.summary[M.BATCH_SIZE], outcome.summary[M.BATCH_SIZE_ASKED]) == (4, 8))
     monkeypatch.setattr(trainer.run, "_attempt", real)
     again = run_training(scratch(base, run_id="oom", epochs=3))  # another config under the run id, trained at 8
     assert (again.summary[M.BATCH_SIZE], again.summary[M.BATCH_SIZE_ASKED]) == (8, None)
-    monkeypatch.setattr(trainer.run, "_attempt", lambda *a, **k: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("CUDA out of memory")))
+    monkeypatch.setattr(trainer.run, "_attempt",
+                        lambda *a, **k: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("CUDA out of memory")))
     outcome = run_training(scratch(base, run_id="oom2", oom_retry=False))
     assert outcome.state == M.OOM and outcome.exit_code == 0 and "out of memory" in outcome.summary[M.REASON]
 
@@ -135,13 +142,15 @@ def test_out_of_memory_retries_at_half_batch(base, monkeypatch):
 
 
 def test_out_of_memory_retry_replaces_the_failed_attempts_checkpoint_in_the_store(base, tmp_path, monkeypatch):
-    """A preemption before the retry's first checkpoint must resume the retry, not the attempt that ran out of memory."""
+    """A preemption before the retry's first checkpoint must
+    resume the retry, not the attempt that ran out of memory."""
     import trainer.run
 
     store, seen, real_train = tmp_path / "store", [], trainer.run.train
 
     def train(loop, state):
-        payload = torch.load(store / "oom-store" / "last.pt", weights_only=True) if (store / "oom-store" / "last.pt").exists() else None
+        payload = (torch.load(store / "oom-store" / "last.pt", weights_only=True)
+                   if (store / "oom-store" / "last.pt").exists() else None)
         seen.append(payload and (payload["loop"]["epoch"], payload["loop"]["batch_size"]))
         if len(seen) == 1:
             real_train(loop, state)  # attempt 1 checkpoints its epochs into the store, then runs out of memory
@@ -152,7 +161,8 @@ def test_out_of_memory_retry_replaces_the_failed_attempts_checkpoint_in_the_stor
     outcome = run_training(scratch(base, run_id="oom-store", checkpoint_store=str(store)))
     assert outcome.state == M.FINISHED and outcome.summary["batch_size"] == 4
     assert seen == [None, (0, 4)]  # the retry starts from a checkpoint of its own: epoch 0 at batch size 4
-    resumed = run_training(scratch(base, run_id="oom-store", checkpoint_store=str(store), output_dir=str(tmp_path / "machine_b")))
+    resumed = run_training(
+        scratch(base, run_id="oom-store", checkpoint_store=str(store), output_dir=str(tmp_path / "machine_b")))
     assert resumed.summary["batch_size"] == 4 and resumed.summary["resumed_from_epoch"] == 2
 
 
@@ -213,9 +223,11 @@ def test_a_gradual_run_records_the_parameters_that_trained_by_its_end(base, smal
     from models import count_parameters
     from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy
 
-    outcome = run_training(parse_run_config({**base, "model": "resnet18", "strategy": "gradual", "augment": "none", "run_id": "gradual"}))
+    outcome = run_training(
+        parse_run_config({**base, "model": "resnet18", "strategy": "gradual", "augment": "none", "run_id": "gradual"}))
     model = build_model("resnet18", 3, "none")
-    model.apply_plan(plan_for_epoch(resolve_strategy("gradual"), model.stage_names, FreezeOptions(), 1))  # epoch 2: head + layer4
+    # epoch 2: head + layer4
+    model.apply_plan(plan_for_epoch(resolve_strategy("gradual"), model.stage_names, FreezeOptions(), 1))
     assert outcome.summary[M.TRAINABLE_PARAMS] == count_parameters(model)[0] > 512 * 3 + 3
 
 

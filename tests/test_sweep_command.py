@@ -56,13 +56,18 @@ def test_the_command_wandb_agent_runs_works_unchanged(tmp_path, fixed_args):
     (["sweep", "sweeps/tiny.yaml"], 2, "", "--count N is required"),  # a default would silently extend a sweep
     (["sweep", "sweeps/tiny.yaml", "--count", "abc"], 2, "", "--count=abc must be an integer\n"),
     (["sweep", "sweeps/tiny.yaml", "--count"], 2, "", "--count needs a value"),
-    (["sweep", "sweeps/tiny.yaml", "--count=1", "--dropuot=0.1"], 2, "", "'dropuot' (did you mean 'dropout'?)"),  # a run parameter's typo
+    # a run parameter's typo
+    (["sweep", "sweeps/tiny.yaml", "--count=1", "--dropuot=0.1"], 2, "", "'dropuot' (did you mean 'dropout'?)"),
     (["check", "--help"], 0, "usage: python agent.py check SWEEP.yaml", ""),
-    (["sweeep", "sweeps/tiny.yaml"], 2, "", "unknown command 'sweeep' (did you mean 'sweep'?); commands: run, sweep, check"),
+    (["sweeep", "sweeps/tiny.yaml"], 2, "",
+     "unknown command 'sweeep' (did you mean 'sweep'?); commands: run, sweep, check"),
     (["check"], 2, "", "usage: python agent.py check SWEEP.yaml"),
-    (["check", "--model=resnet18", "sweeps/freeze.yaml"], 2, "", "usage: python agent.py check SWEEP.yaml"),  # YAML first
-    (["check", "sweeps/freeze.yaml"], 0, "is fine: method bayes, metric val_acc (maximize), searching 6 parameter(s)", ""),
-    (["check", "sweeps/freeze.yaml", "--model=resnet18"], 0, "searching 5 parameter(s) (strategy, k_layers, lr, augment, input_size)", ""),
+    # YAML first
+    (["check", "--model=resnet18", "sweeps/freeze.yaml"], 2, "", "usage: python agent.py check SWEEP.yaml"),
+    (["check", "sweeps/freeze.yaml"], 0, "is fine: method bayes, metric val_acc (maximize), searching 6 parameter(s)",
+     ""),
+    (["check", "sweeps/freeze.yaml", "--model=resnet18"], 0,
+     "searching 5 parameter(s) (strategy, k_layers, lr, augment, input_size)", ""),
     (["check", "sweeps/freeze.yaml", "--model=vgg16", "--k_layers=9"], 2, "", "k_layers"),
     (["check", "sweeps/nope.yaml"], 2, "", "sweep file sweeps/nope.yaml not found"),
 ])
@@ -101,9 +106,11 @@ def test_the_sweep_command_hands_its_options_and_fixed_arguments_to_the_driver(m
     import sweeper.local
 
     calls, answer = [], {}
-    monkeypatch.setattr(sweeper.local, "run_local_sweep", lambda path, **kwargs: calls.append((path, kwargs)) or answer.get("summary"))
+    monkeypatch.setattr(sweeper.local, "run_local_sweep",
+                        lambda path, **kwargs: calls.append((path, kwargs)) or answer.get("summary"))
     answer["summary"] = {"new": 3}
-    assert agent.main(["sweep", "sweeps/tiny.yaml", "--epochs=1", "--count", "3", f"--sweep-dir={tmp_path}", "--lr", "0.1"]) == 0
+    assert agent.main(["sweep", "sweeps/tiny.yaml", "--epochs=1", "--count", "3", f"--sweep-dir={tmp_path}", "--lr",
+                       "0.1"]) == 0
     [(path, kwargs)] = calls
     assert path == Path("sweeps/tiny.yaml")
     assert kwargs == {"count": 3, "workers": 1, "sweep_dir": tmp_path, "fixed": {"epochs": "1", "lr": "0.1"}}

@@ -16,7 +16,8 @@ from sweeper.table import Trial
 from trainer import metrics as M
 from trainer.config import FIELDS, load_yaml_values, parse_run_config
 
-YAMLS = sorted(p for p in (ROOT / "sweeps").glob("*.yaml") if p.name != "protocol.yaml")  # the protocol file is no sweep
+# the protocol file is no sweep
+YAMLS = sorted(p for p in (ROOT / "sweeps").glob("*.yaml") if p.name != "protocol.yaml")
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
@@ -32,7 +33,8 @@ def test_sweep_yaml_speaks_the_run_config(path):
     config = yaml.safe_load(path.read_text())
     assert config["metric"]["name"] == M.VAL_ACC
     assert config["program"] == "agent.py" and "${args}" in config.get("command", ["${args}"])
-    if config["parameters"].get("stage", {}).get("value") == "compare":  # the protocol's final stage: splits vary on purpose
+    # the protocol's final stage: splits vary on purpose
+    if config["parameters"].get("stage", {}).get("value") == "compare":
         assert len(config["parameters"]["split_seed"]["values"]) >= 2
     else:
         assert "value" in config["parameters"]["split_seed"]  # one split for every trial of a sweep
@@ -40,7 +42,8 @@ def test_sweep_yaml_speaks_the_run_config(path):
         if name == RECIPE:  # files of fixed values, one recipe each: every one trains
             recipes = [load_yaml_values(ROOT / value) for value in spec["values"]]
             assert all(parse_run_config(recipe).model == recipe["model"] for recipe in recipes)
-            assert not set().union(*recipes) & set(config["parameters"]), "a value fixed in the sweep would override the recipes'"
+            assert not set().union(*recipes) & set(config["parameters"]), (
+                "a value fixed in the sweep would override the recipes'")
             continue
         assert name in FIELDS, name
         values = spec.get("values", [spec["value"]] if "value" in spec else [spec.get("min"), spec.get("max")])
@@ -54,7 +57,8 @@ def test_sweep_yaml_speaks_the_run_config(path):
     ("min: 1e-5, max: 1.0e-2", "min: 1e-5", "1.0e-5", ("1e-5", "1.0e-5")),  # 1.0e-2 is a number already
     ("min: 1.0e-5, max: 1e0", "max: 1e0", "1.0e+0", ("1e0", "1.0e+0")),  # 1.0e0 would be a string too: signed
 ])
-def test_an_exponent_yaml_reads_as_a_string_is_named_with_a_spelling_it_reads_as_a_number(bounds, named, hint, fixed, tmp_path):
+def test_an_exponent_yaml_reads_as_a_string_is_named_with_a_spelling_it_reads_as_a_number(bounds, named, hint, fixed,
+                                                                                          tmp_path):
     """`min: 1e-5` is a string to YAML 1.1 (no dot, or no sign): the schema's own message would not say why."""
     path = tmp_path / "lr.yaml"
     path.write_text("method: bayes\nmetric: {name: val_acc, goal: maximize}\n"
@@ -75,7 +79,8 @@ def test_definition_problems_name_the_mistake(tmp_path):
     assert "'lrr'" in problems and "'lr'" in problems
     assert "output_dir" in problems and "set by the sweep driver" in problems
     assert "val_accuracy" in problems
-    beta = tiny_definition(weight_decay={"distribution": "beta", "a": 2.0, "b": 5.0})  # every key W&B's schema knows is taken
+    # every key W&B's schema knows is taken
+    beta = tiny_definition(weight_decay={"distribution": "beta", "a": 2.0, "b": 5.0})
     assert definition_problems(beta) == []
     typos = {**tiny_definition(lr={"valuse": [0.1, 0.2]}), "method": "bayse"}
     problems = definition_problems(typos)
@@ -89,7 +94,8 @@ def test_definition_problems_name_the_mistake(tmp_path):
 def test_a_sweep_file_that_is_not_yaml_says_where(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("method: grid\nparameters:\n  lr: {values: [0.1, 0.2}\n")
-    with pytest.raises(UserError, match=r"broken.yaml is not valid YAML: line 3, column 25: expected ',' or '\]', but got '}'$"):
+    with pytest.raises(UserError,
+                       match=r"broken.yaml is not valid YAML: line 3, column 25: expected ',' or '\]', but got '}'$"):
         load_definition(broken)
 
 
@@ -97,8 +103,10 @@ def test_a_sweep_file_that_is_not_yaml_says_where(tmp_path):
     ({"epochs": {"valeu": 2}}, "parameter 'epochs' has the key 'valeu' (did you mean 'value'?)"),
     ({"activation": {"value": "swish"}}, "parameter 'activation': activation='swish' is not one of"),
     ({"activation": {"values": ["relu", "gelu", "swish"]}}, "'swish' is not one of"),
-    ({"dropout": {"distribution": "uniform", "min": 0.0, "max": 1.5}}, "parameter 'dropout': dropout=1.5 is out of range"),
-    ({"weight_decay": {"distribution": "log_uniform_values", "min": 1e-5, "max": 2.0}}, "weight_decay=2.0 is out of range"),
+    ({"dropout": {"distribution": "uniform", "min": 0.0, "max": 1.5}},
+     "parameter 'dropout': dropout=1.5 is out of range"),
+    ({"weight_decay": {"distribution": "log_uniform_values", "min": 1e-5, "max": 2.0}},
+     "weight_decay=2.0 is out of range"),
 ])
 def test_a_value_no_trial_could_run_is_refused_before_the_first_trial(tmp_path, parameter, named):
     with pytest.raises(UserError) as caught:
@@ -107,15 +115,18 @@ def test_a_value_no_trial_could_run_is_refused_before_the_first_trial(tmp_path, 
 
 
 def test_a_listed_value_no_listed_model_can_train_with_is_refused_before_the_first_trial(tmp_path, fixed_args):
-    pretrained = {"model": {"value": "resnet18"}, "strategy": {"values": ["head_only", "last_k"]}, "k_layers": {"values": [2, 7]}}
+    pretrained = {"model": {"value": "resnet18"}, "strategy": {"values": ["head_only", "last_k"]},
+                  "k_layers": {"values": [2, 7]}}
     sweep = write_yaml(tmp_path / "s.yaml", tiny_definition(**pretrained))
-    with pytest.raises(UserError, match=r"parameter 'k_layers' lists 7, which no trial can train with: k_layers=7 but resnet18 has 5"):
+    with pytest.raises(
+        UserError, match=r"parameter 'k_layers' lists 7, which no trial can train with: k_layers=7 but resnet18 has 5"):
         run_local_sweep(sweep, count=1, sweep_dir=tmp_path / "a", fixed=fixed_args)
     assert not (tmp_path / "a").exists()
     # A fixed --model counts too; a value that some listed model can train with is left to the search.
     from sweeper.definition import unrunnable_values
 
-    searched = {"model": {"values": ["resnet18", "vit_b_16"]}, "strategy": {"value": "last_k"}, "k_layers": {"values": [2, 7]}}
+    searched = {"model": {"values": ["resnet18", "vit_b_16"]}, "strategy": {"value": "last_k"},
+                "k_layers": {"values": [2, 7]}}
     assert unrunnable_values(searched, {}) == []
     assert "lists 7" in " ".join(unrunnable_values(searched, {"model": "resnet18"}))
     assert unrunnable_values({**pretrained, "k_layers": {"values": [2, 5]}}, {}) == []
@@ -125,10 +136,13 @@ def test_recipe_files_are_checked_before_the_first_trial(tmp_path):
     good = write_yaml(tmp_path / "good.yaml", {"model": "resnet18", "strategy": "last_k", "k_layers": 2})
     lost = tmp_path / "lost.yaml"
     problems = definition_problems(tiny_definition(**{RECIPE: {"values": [str(good), str(lost)]}}))
-    assert problems == [f"parameter 'config': config file {lost} not found (a path relative to the folder the sweep runs from)"]
-    assert "lists YAML files of fixed values" in definition_problems(tiny_definition(**{RECIPE: {"distribution": "uniform", "min": 0, "max": 1}}))[0]
+    assert problems == [
+        f"parameter 'config': config file {lost} not found (a path relative to the folder the sweep runs from)"]
+    assert "lists YAML files of fixed values" in definition_problems(
+        tiny_definition(**{RECIPE: {"distribution": "uniform", "min": 0, "max": 1}}))[0]
     # a fixed --k_layers the recipe's model cannot take: named before any trial fails on it
-    assert unrunnable_values({RECIPE: {"values": [str(good)]}}, {"k_layers": "7"})[0].startswith(f"recipe {good} cannot train: k_layers=7")
+    assert unrunnable_values({RECIPE: {"values": [str(good)]}}, {"k_layers": "7"})[0].startswith(
+        f"recipe {good} cannot train: k_layers=7")
     assert unrunnable_values({RECIPE: {"values": [str(good)]}, "seed": {"values": [0, 1]}}, {}) == []
 
 
@@ -160,14 +174,16 @@ def test_a_sweep_folder_of_a_yaml_without_its_project_goes_on_with_the_yaml_that
     assert pin_definition(sweep_dir, load_definition(write_yaml(tmp_path / "older.yaml", older)), bound=True) is False
     assert pin_definition(sweep_dir, load_definition(write_yaml(tmp_path / "tiny.yaml", today)), bound=True) is False
     with pytest.raises(UserError, match="different sweep"):  # the search itself still may not change
-        pin_definition(sweep_dir, load_definition(write_yaml(tmp_path / "other.yaml", {**today, "method": "random"})), bound=True)
+        pin_definition(sweep_dir, load_definition(write_yaml(tmp_path / "other.yaml", {**today, "method": "random"})),
+                       bound=True)
 
 
 def test_definitions_the_engine_would_misread_are_refused():
     base = {**tiny_definition(), "method": "bayes"}
     no_goal = {**base, "metric": {"name": M.VAL_ACC}}
     assert any("goal" in p and "maximize" in p for p in definition_problems(no_goal))
-    assert any("goal is 'minimize'" in p for p in definition_problems({**base, "metric": {"name": M.VAL_ACC, "goal": "minimize"}}))
+    assert any("goal is 'minimize'" in p
+               for p in definition_problems({**base, "metric": {"name": M.VAL_ACC, "goal": "minimize"}}))
     booleans = {**base, "parameters": {**base["parameters"], "batch_norm": {"values": [True, False]}}}
     assert any("'batch_norm'" in p and "string" in p for p in definition_problems(booleans))
     zero_later = {**base, "parameters": {**base["parameters"], "dropout": {"values": [0.2, 0.0]}}}
@@ -187,7 +203,8 @@ def test_check_names_every_mistake_of_a_yaml_headed_for_wandb_sweep(tmp_path, ca
                                              "metric": {"name": "val_accuracy", "goal": "maximize"}})
     assert agent.main(["check", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert "'k_layer' is not a run parameter (did you mean 'k_layers'?)" in err and "metric name is 'val_accuracy'" in err
+    assert ("'k_layer' is not a run parameter (did you mean 'k_layers'?)" in err
+            and "metric name is 'val_accuracy'" in err)
     assert err.count("\n") == 1
 
 
@@ -226,7 +243,8 @@ def test_a_sweep_folder_takes_its_definition_back_with_other_comments_and_layout
     assert pin_definition(sweep_dir, load_definition(write_yaml(tmp_path / "a.yaml", config))) is False
     pinned = (sweep_dir / SWEEP_FILE).read_text()
     reformatted = tmp_path / "b.yaml"
-    reformatted.write_text("# the same sweep, reformatted\n" + yaml.safe_dump(config, sort_keys=True, default_flow_style=True))
+    reformatted.write_text(
+        "# the same sweep, reformatted\n" + yaml.safe_dump(config, sort_keys=True, default_flow_style=True))
     assert pin_definition(sweep_dir, load_definition(reformatted)) is False
     assert (sweep_dir / SWEEP_FILE).read_text() == pinned
     changed = write_yaml(tmp_path / "c.yaml", tiny_definition(lr={"values": [1e-3, 1e-1]}))

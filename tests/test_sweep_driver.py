@@ -32,9 +32,11 @@ from trainer.config import FIELDS, config_hash, parse_run_config
 def test_the_sweep_console_names_the_files_its_trials_skip(tmp_path, fixed_args, capsys):
     from sweeper.local import prepare_dataset
 
-    prepare_dataset(load_definition(write_yaml(tmp_path / "s.yaml", tiny_definition())), {**fixed_args, "cache_dir": str(tmp_path / "c")})
+    prepare_dataset(load_definition(write_yaml(tmp_path / "s.yaml", tiny_definition())),
+                    {**fixed_args, "cache_dir": str(tmp_path / "c")})
     out = capsys.readouterr().out
-    assert "skipped 3 unreadable file(s)" in out and "broken_000.jpg" in out and "lists them in its skipped_files.txt" in out
+    assert ("skipped 3 unreadable file(s)" in out and "broken_000.jpg" in out
+            and "lists them in its skipped_files.txt" in out)
     assert list((tmp_path / "c").glob("scan-*.json"))  # the trials read this scan instead of repeating it
 
 
@@ -48,7 +50,9 @@ def test_each_recipe_file_trains_its_own_values_and_the_sweeps_fixed_values_over
     run_local_sweep(write_yaml(tmp_path / "recipes.yaml", definition), count=2, sweep_dir=sweep_dir, fixed=fixed_args)
     rows = table_rows(sweep_dir)
     assert [row["state"] for row in rows] == [M.FINISHED, M.FINISHED]
-    trained = {row["suggested"][RECIPE]: yaml.safe_load((sweep_dir / "runs" / row["run_id"] / "config.yaml").read_text()) for row in rows}
+    trained = {
+        row["suggested"][RECIPE]: yaml.safe_load((sweep_dir / "runs" / row["run_id"] / "config.yaml").read_text())
+        for row in rows}
     a, b = trained[str(recipes[0])], trained[str(recipes[1])]
     assert (a["activation"], a["lr"], a["kernel_size"], a["dropout"]) == ("relu", 0.01, 5, FIELDS["dropout"].default)
     assert (b["activation"], b["lr"], b["kernel_size"], b["dropout"]) == ("gelu", 0.001, 3, 0.1)
@@ -71,11 +75,13 @@ def test_a_new_sweep_folder_beside_a_store_with_this_sweeps_trials_says_it_start
     for name in ("tiny-001-ab12", "tiny-002-0f3c", "tinyx-001-ab12", "other-001-ab12"):
         (store / name).mkdir(parents=True)
     definition = write_yaml(tmp_path / "tiny.yaml", tiny_definition())
-    run_local_sweep(definition, count=0, sweep_dir=tmp_path / "new", fixed={**fixed_args, "checkpoint_store": str(store)})
+    run_local_sweep(definition, count=0, sweep_dir=tmp_path / "new",
+                    fixed={**fixed_args, "checkpoint_store": str(store)})
     out = capsys.readouterr().out
     assert f"note: {store} holds checkpoints of 2 trial(s) of a sweep named tiny (tiny-001-ab12, tiny-002-0f3c)" in out
     assert "pass the --sweep_dir it used" in out
-    run_local_sweep(definition, count=0, sweep_dir=tmp_path / "new", fixed={**fixed_args, "checkpoint_store": str(store)})
+    run_local_sweep(definition, count=0, sweep_dir=tmp_path / "new",
+                    fixed={**fixed_args, "checkpoint_store": str(store)})
     assert "holds checkpoints" not in capsys.readouterr().out  # said when the folder is new only
     in_yaml = write_yaml(tmp_path / "tiny.yaml", tiny_definition(checkpoint_store={"value": str(store)}))
     run_local_sweep(in_yaml, count=0, sweep_dir=tmp_path / "newer", fixed=fixed_args)
@@ -86,7 +92,8 @@ def test_a_sweep_without_its_dataset_refuses_to_start(tmp_path, fixed_args):
     """Not one failed trial per suggestion: the driver finds the data once, before the first trial."""
     sweep, sweep_dir = write_yaml(tmp_path / "s.yaml", tiny_definition()), tmp_path / "sweep"
     with pytest.raises(UserError) as caught:
-        run_local_sweep(sweep, count=3, sweep_dir=sweep_dir, fixed={**fixed_args, "data_dir": str(tmp_path / "empty"), "download": "false"})
+        run_local_sweep(sweep, count=3, sweep_dir=sweep_dir,
+                        fixed={**fixed_args, "data_dir": str(tmp_path / "empty"), "download": "false"})
     assert "no dataset found in" in str(caught.value) and "empty" in str(caught.value) and "\n" not in str(caught.value)
     assert not sweep_dir.exists()  # a first call that failed leaves no folder behind
 
@@ -136,7 +143,8 @@ def test_the_sweep_console_shows_each_trials_epochs_by_name_and_the_sweeps_progr
         started = next(line for line in lines if line.endswith(f"{run_id}/output.log") and " started " in line)
         tags[run_id] = started.split("]")[0] + "]"
         # The trial's own epoch line (epoch, train loss, val_acc, images/s, seconds), named by its trial, live.
-        [epoch] = [i for i, line in enumerate(lines) if line.startswith(f"{tags[run_id]} {run_id}  epoch 1/1  train_loss ")]
+        [epoch] = [i for i, line in enumerate(lines)
+                   if line.startswith(f"{tags[run_id]} {run_id}  epoch 1/1  train_loss ")]
         assert re.search(r"val_acc \d\.\d{4}  \d+ img/s  \d+\.\ds$", lines[epoch])
         ended = lines.index(next(line for line in lines if line.startswith(f"{tags[run_id]} {run_id} finished")))
         assert epoch < ended and lines[ended + 1].startswith("sweep: ")
@@ -201,7 +209,8 @@ def test_the_sweep_summary_names_the_best_successful_trial_never_a_failed_one(tm
     sweep = local_sweep(tmp_path)
     for run_id, state, best in (("diverged", M.DIVERGED, 0.9), ("oom", M.OOM, 0.8), ("finished", M.FINISHED, 0.5),
                                 ("stopped", M.EARLY_STOPPED, 0.6), ("crashed", M.FAILED, 0.95)):
-        sweep.table.add(Trial(run_id, state, {}, f"hash-{run_id}", {"lr": len(sweep.table)}, exit_code=0, best_val_acc=best))
+        sweep.table.add(
+            Trial(run_id, state, {}, f"hash-{run_id}", {"lr": len(sweep.table)}, exit_code=0, best_val_acc=best))
     summary = sweep.run(count=0)
     assert summary["best_run_id"] == "stopped" and summary[M.BEST_VAL_ACC] == 0.6
 
@@ -228,13 +237,16 @@ def test_a_second_driver_on_the_same_sweep_folder_is_refused(tmp_path, fixed_arg
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(UserError) as refused:
             run_local_sweep(sweep, count=0, sweep_dir=sweep_dir, fixed=fixed_args)
-    assert f"another sweep driver is running on {sweep_dir.resolve()}" in str(refused.value) and "\n" not in str(refused.value)
+    assert (f"another sweep driver is running on {sweep_dir.resolve()}" in str(refused.value)
+            and "\n" not in str(refused.value))
     assert not (sweep_dir / "table.jsonl").exists()  # the refused driver touched nothing
-    assert run_local_sweep(sweep, count=0, sweep_dir=sweep_dir, fixed=fixed_args) is not None  # once the first one has gone
+    # once the first one has gone
+    assert run_local_sweep(sweep, count=0, sweep_dir=sweep_dir, fixed=fixed_args) is not None
 
 
 def test_fixed_arguments_that_change_what_is_trained_are_pinned(tmp_path, fixed_args):
-    sweep, sweep_dir = write_yaml(tmp_path / "s.yaml", tiny_definition(activation={"value": "relu"})), tmp_path / "sweep"
+    sweep, sweep_dir = (write_yaml(tmp_path / "s.yaml", tiny_definition(activation={"value": "relu"})),
+                        tmp_path / "sweep")
     # A folder binds with its first trial; this one's table predates fixed.yaml, so the trial's arguments pin it.
     TrialTable(sweep_dir).add(Trial("earlier", M.FINISHED, {}, "hash", {"lr": 0.01}, exit_code=0, best_val_acc=0.5,
                                     fixed={**fixed_args, "epochs": "2"}))
@@ -256,7 +268,8 @@ def test_a_folder_without_trials_is_bound_to_nothing(tmp_path, fixed_args):
     sweep_dir = tmp_path / "sweep"
     first = write_yaml(tmp_path / "first.yaml", tiny_definition(activation={"value": "relu"}))
     with pytest.raises(UserError):
-        run_local_sweep(first, count=1, sweep_dir=sweep_dir, fixed={**fixed_args, "epochs": "1", "data_dir": str(tmp_path / "nope"), "download": "false"})
+        run_local_sweep(first, count=1, sweep_dir=sweep_dir,
+                        fixed={**fixed_args, "epochs": "1", "data_dir": str(tmp_path / "nope"), "download": "false"})
     second = write_yaml(tmp_path / "second.yaml", tiny_definition(activation={"value": "gelu"}))
     assert run_local_sweep(second, count=0, sweep_dir=sweep_dir, fixed={**fixed_args, "epochs": "2"}) is not None
     assert yaml.safe_load((sweep_dir / "fixed.yaml").read_text()) == {"epochs": 2}
@@ -266,7 +279,8 @@ def test_a_folder_without_trials_is_bound_to_nothing(tmp_path, fixed_args):
 def test_trial_lines_show_values_as_a_person_reads_them():
     from sweeper import console
 
-    trial = Trial("t-001", M.FINISHED, {"lr": 0.00012345678901234567, "activation": "gelu", "batch_norm": True}, "h", {})
+    trial = Trial("t-001", M.FINISHED, {"lr": 0.00012345678901234567, "activation": "gelu", "batch_norm": True}, "h",
+                  {})
     line = console.trial_line("1/4", trial, ["lr", "activation", "batch_norm"])
     assert "lr=0.0001235 activation=gelu batch_norm=true" in line
     assert "0.0001235" in console.final_table([trial], ["lr"])
@@ -278,10 +292,12 @@ def test_a_sweep_never_reads_the_test_folder(nature_dir, fixed_args, tmp_path, m
     import PIL.Image
 
     real_open, opened = PIL.Image.open, []
-    monkeypatch.setattr(PIL.Image, "open", lambda path, *a, **k: (opened.append(str(path)), real_open(path, *a, **k))[1])
+    monkeypatch.setattr(PIL.Image, "open", lambda path,
+                        *a, **k: (opened.append(str(path)), real_open(path, *a, **k))[1])
     sweep = write_yaml(tmp_path / "one.yaml", tiny_definition())
     cache = tmp_path / "cache"
-    summary = run_local_sweep(sweep, count=1, sweep_dir=tmp_path / "sweep", fixed={**fixed_args, "cache_dir": str(cache)})
+    summary = run_local_sweep(sweep, count=1, sweep_dir=tmp_path / "sweep",
+                              fixed={**fixed_args, "cache_dir": str(cache)})
     assert summary is not None and table_rows(tmp_path / "sweep")[0]["state"] == M.FINISHED
     test_folder = str(nature_dir / "inaturalist_12K" / "val")
     assert not [p for p in opened if p.startswith(test_folder)]
@@ -305,7 +321,8 @@ def _shrink_three(train: Path) -> None:
     (_shrink_three, 1, 2, "warning: the trials of this sweep trained on images of the same names but different sizes"),
 ])
 def test_a_sweep_whose_images_changed_between_calls_says_its_trials_do_not_compare(change, splits, data_hashes, warning,
-                                                                                   nature_dir, fixed_args, tmp_path, capsys):
+                                                                                   nature_dir, fixed_args, tmp_path,
+                                                                                   capsys):
     data = tmp_path / "data"
     shutil.copytree(nature_dir, data)
     sweep = write_yaml(tmp_path / "s.yaml", tiny_definition())
@@ -316,15 +333,18 @@ def test_a_sweep_whose_images_changed_between_calls_says_its_trials_do_not_compa
     run_local_sweep(sweep, count=2, sweep_dir=tmp_path / "sweep", fixed=fixed)
     out = capsys.readouterr().out
     summaries = [summary_of(tmp_path / "sweep", r["run_id"]) for r in table_rows(tmp_path / "sweep")]
-    assert (len({s[M.SPLIT_HASH] for s in summaries}), len({s[M.DATA_HASH] for s in summaries})) == (splits, data_hashes)
+    assert (len({s[M.SPLIT_HASH] for s in summaries}),
+            len({s[M.DATA_HASH] for s in summaries})) == (splits, data_hashes)
     assert warning in out and "start a new sweep with --sweep_dir" in out
     assert ("different data splits" in out) == (splits == 2)
 
 
 def test_a_sweep_over_the_splits_own_settings_is_no_changed_data(fixed_args, tmp_path, capsys):
-    definition = tiny_definition(activation={"value": "relu"}, lr={"value": 1e-3}, subset_fraction={"values": [0.5, 1.0]})
+    definition = tiny_definition(activation={"value": "relu"}, lr={"value": 1e-3},
+                                 subset_fraction={"values": [0.5, 1.0]})
     sweep = write_yaml(tmp_path / "subsets.yaml", definition)
-    run_local_sweep(sweep, count=2, sweep_dir=tmp_path / "sweep", fixed={**fixed_args, "cache_dir": str(tmp_path / "cache")})
+    run_local_sweep(sweep, count=2, sweep_dir=tmp_path / "sweep",
+                    fixed={**fixed_args, "cache_dir": str(tmp_path / "cache")})
     rows = table_rows(tmp_path / "sweep")
     assert len({summary_of(tmp_path / "sweep", r["run_id"])[M.SPLIT_HASH] for r in rows}) == 2
     assert "different data splits" not in capsys.readouterr().out
@@ -354,6 +374,7 @@ def test_the_final_table_names_each_duplicates_original_and_each_failures_reason
     assert header.split() == ["run_id", "state", M.VAL_ACC, "activation", "k_layers", "note"]
     assert finished.split() == ["s-001", M.FINISHED, "0.7500", "relu", "none"]  # the value it trained with
     assert duplicate.split() == ["s-002", DUPLICATE, "-", "relu", "none", "=", "s-001"]
-    assert failed.split()[:4] == ["s-003", M.FAILED, "-", "gelu"] and failed.endswith("weights file missing.pt not found")
+    assert (failed.split()[:4] == ["s-003", M.FAILED, "-", "gelu"]
+            and failed.endswith("weights file missing.pt not found"))
     # Why the duplicate is one: only the value that was normalised away, not "true" read as True.
     assert console.normalised_away(trials[1]) == " (does not apply here: k_layers=2)"

@@ -38,8 +38,10 @@ def test_hyperband_decision_is_the_engines(monkeypatch):
     runs = [
         engine.sweep_run(Trial("good-1", M.FINISHED, {}, "a", {}), good),
         engine.sweep_run(Trial("good-2", M.FINISHED, {}, "b", {}), good),
-        engine.sweep_run(Trial("leading", M.RUNNING, {}, "c", {}), [{M.EPOCH: 1, M.VAL_ACC: 0.7}, {M.EPOCH: 2, M.VAL_ACC: 0.9}]),
-        engine.sweep_run(Trial("trailing", M.RUNNING, {}, "d", {}), [{M.EPOCH: 1, M.VAL_ACC: 0.3}, {M.EPOCH: 2, M.VAL_ACC: 0.3}]),
+        engine.sweep_run(Trial("leading", M.RUNNING, {}, "c", {}),
+                         [{M.EPOCH: 1, M.VAL_ACC: 0.7}, {M.EPOCH: 2, M.VAL_ACC: 0.9}]),
+        engine.sweep_run(Trial("trailing", M.RUNNING, {}, "d", {}),
+                         [{M.EPOCH: 1, M.VAL_ACC: 0.3}, {M.EPOCH: 2, M.VAL_ACC: 0.3}]),
         engine.sweep_run(Trial("too-young", M.RUNNING, {}, "e", {}), [{M.EPOCH: 1, M.VAL_ACC: 0.1}]),
     ]
     calls = []
@@ -67,7 +69,8 @@ def test_trials_of_code_that_normalised_otherwise_are_still_found(tmp_path):
 
 def test_a_duplicate_reports_its_originals_result_to_the_search_but_not_to_hyperband(tmp_path):
     sweep = local_sweep(tmp_path)
-    original = sweep.table.add(Trial("original", M.FINISHED, {}, "hash", {"k_layers": 1}, exit_code=0, best_val_acc=0.7))
+    original = sweep.table.add(
+        Trial("original", M.FINISHED, {}, "hash", {"k_layers": 1}, exit_code=0, best_val_acc=0.7))
     write_history(sweep.table.run_folder(original), [0.4, 0.7])
     sweep.table.add(Trial("repeat", DUPLICATE, {}, "hash", {"k_layers": 2}, duplicate_of="original"))
     original_run, duplicate_run = sweep._engine_runs()
@@ -98,7 +101,8 @@ def test_the_engines_suggestions_are_plain_python_values():
     config["parameters"]["lr"] = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1}
     config["parameters"]["dropout"] = {"distribution": "q_uniform", "min": 0.0, "max": 0.5, "q": 0.1}
     suggestion = engine.suggest(config, [])
-    assert type(suggestion["lr"]) is float and type(suggestion["dropout"]) is float and type(suggestion["epochs"]) is int
+    assert (type(suggestion["lr"]) is float and type(suggestion["dropout"]) is float
+            and type(suggestion["epochs"]) is int)
     assert parse_value("lr", format_value(suggestion["lr"])) == suggestion["lr"]  # the trial trains the suggested lr
 
 
@@ -111,16 +115,18 @@ def test_a_trial_without_a_validated_epoch_reports_no_accuracy_to_the_engine():
 
 def test_the_table_reads_back_exactly_what_it_wrote_and_rows_of_other_versions(tmp_path):
     table = TrialTable(tmp_path)
-    trials = [Trial("s-001-ab12", M.FINISHED, {"lr": 0.01, "k_layers": None}, "h1", {"lr": 0.01, "k_layers": 2}, reason=None,
-                    exit_code=0, best_val_acc=0.625, fixed={"epochs": "2"}),
-              Trial("s-002-cd34", DUPLICATE, {"lr": 0.01, "k_layers": None}, "h1", {"lr": 0.01, "k_layers": 1}, duplicate_of="s-001-ab12"),
+    trials = [Trial("s-001-ab12", M.FINISHED, {"lr": 0.01, "k_layers": None}, "h1", {"lr": 0.01, "k_layers": 2},
+                    reason=None, exit_code=0, best_val_acc=0.625, fixed={"epochs": "2"}),
+              Trial("s-002-cd34", DUPLICATE, {"lr": 0.01, "k_layers": None}, "h1", {"lr": 0.01, "k_layers": 1},
+                    duplicate_of="s-001-ab12"),
               Trial("s-003-ef56", M.FAILED, {}, None, {"lr": "x"}, reason="invalid suggestion: lr='x'")]
     for trial in trials:
         table.add(trial)
     assert TrialTable(tmp_path).trials == trials
     # A row written by another version of the driver, with a field this one does not know, still reads.
     with (tmp_path / "table.jsonl").open("a") as handle:
-        handle.write(json.dumps({**json.loads(json.dumps(trials[0].__dict__)), "run_id": "s-004-0000", "gpu": "0"}) + "\n")
+        handle.write(
+            json.dumps({**json.loads(json.dumps(trials[0].__dict__)), "run_id": "s-004-0000", "gpu": "0"}) + "\n")
     assert TrialTable(tmp_path).get("s-004-0000").best_val_acc == 0.625
 
 

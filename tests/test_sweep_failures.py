@@ -38,7 +38,8 @@ def test_a_trial_that_ended_while_the_driver_was_away_is_not_rerun(tmp_path, fix
     folder = table.run_folder(trial)
     folder.mkdir(parents=True)
     (folder / "summary.json").write_text(json.dumps({M.STATE: M.FINISHED, M.BEST_VAL_ACC: 0.5, "exit_code": 0}))
-    summary = run_local_sweep(write_yaml(tmp_path / "s.yaml", tiny_definition()), count=0, sweep_dir=sweep_dir, fixed=fixed_args)
+    summary = run_local_sweep(write_yaml(tmp_path / "s.yaml", tiny_definition()), count=0, sweep_dir=sweep_dir,
+                              fixed=fixed_args)
     assert summary["resumed"] == 0 and not (folder / "output.log").exists()
     [row] = table_rows(sweep_dir)
     assert row["state"] == M.FINISHED and row["best_val_acc"] == 0.5
@@ -48,13 +49,16 @@ def test_failing_trials_are_recorded_and_a_setup_failure_stops_the_sweep(tmp_pat
     # k_layers=9 is a valid value, but not for resnet18's 5 stages (it is for vit_b_16's 12 blocks): that suggestion
     # cannot parse (recorded, never launched, the sweep goes on); a missing weights file makes agent.py exit 2, a
     # setup problem every later trial would share: the sweep stops there, saying what to fix.
-    definition = tiny_definition(model={"values": ["resnet18", "vit_b_16"]}, strategy={"value": "last_k"}, k_layers={"values": [9, 1, 2]},
-                                 weights={"value": str(tmp_path / "missing.pt")}, activation={"value": "relu"}, lr={"value": 0.01})
+    definition = tiny_definition(model={"values": ["resnet18", "vit_b_16"]}, strategy={"value": "last_k"},
+                                 k_layers={"values": [9, 1, 2]},
+                                 weights={"value": str(tmp_path / "missing.pt")}, activation={"value": "relu"},
+                                 lr={"value": 0.01})
     sweep_dir = tmp_path / "sweep"
     with pytest.raises(UserError) as stopped:
         run_local_sweep(write_yaml(tmp_path / "bad.yaml", definition), count=3, sweep_dir=sweep_dir, fixed=fixed_args)
     invalid, launched = table_rows(sweep_dir)  # the third point never started
-    assert "failed on a setup problem" in str(stopped.value) and "missing.pt" in str(stopped.value) and "retried" in str(stopped.value)
+    assert ("failed on a setup problem" in str(stopped.value) and "missing.pt" in str(stopped.value)
+            and "retried" in str(stopped.value))
     assert invalid["state"] == M.FAILED and "k_layers=9" in invalid["reason"] and invalid["exit_code"] is None
     assert launched["state"] == M.FAILED and launched["exit_code"] == 2 and "missing.pt" in launched["reason"]
     assert summary_of(sweep_dir, launched["run_id"])[M.REASON] == launched["reason"]
@@ -68,7 +72,8 @@ def test_a_trial_that_failed_on_setup_is_retried_once_it_is_fixed(tmp_path, natu
     empty = data / "inaturalist_12K" / "train" / "Zebras"
     empty.mkdir()  # an empty class folder: every trial would fail on it
     definition = tiny_definition(activation={"values": ["relu", "gelu"]}, lr={"value": 0.01})
-    sweep, sweep_dir, fixed = write_yaml(tmp_path / "s.yaml", definition), tmp_path / "sweep", {**fixed_args, "data_dir": str(data)}
+    sweep, sweep_dir, fixed = write_yaml(tmp_path / "s.yaml", definition), tmp_path / "sweep", {**fixed_args,
+                                                                                                "data_dir": str(data)}
     with pytest.raises(UserError, match="Zebras"):  # the driver's own look at the data: no trial is spent on it
         run_local_sweep(sweep, count=2, sweep_dir=sweep_dir, fixed=fixed)
     assert not sweep_dir.exists()
@@ -89,7 +94,8 @@ def test_a_setup_failure_of_one_searched_value_does_not_stop_the_sweep(tmp_path,
     # weights=none trains; a weights file that is missing fails on setup. Other trials trained, so that failure
     # is its value's: recorded, the sweep goes on, and the next call retries it (fails again: still no stop).
     missing = str(tmp_path / "missing.pt")
-    definition = tiny_definition(weights={"values": ["none", missing]}, activation={"value": "relu"}, lr={"value": 0.01}, epochs={"value": 1})
+    definition = tiny_definition(weights={"values": ["none", missing]}, activation={"value": "relu"},
+                                 lr={"value": 0.01}, epochs={"value": 1})
     sweep, sweep_dir = write_yaml(tmp_path / "s.yaml", definition), tmp_path / "sweep"
     summary = run_local_sweep(sweep, count=2, sweep_dir=sweep_dir, fixed=fixed_args)
     trained, failed = table_rows(sweep_dir)
@@ -98,7 +104,8 @@ def test_a_setup_failure_of_one_searched_value_does_not_stop_the_sweep(tmp_path,
     assert summary["new"] == 2 and summary["best_run_id"] == trained["run_id"]
     assert "of their own values" in capsys.readouterr().out
     again = run_local_sweep(sweep, count=2, sweep_dir=sweep_dir, fixed=fixed_args)  # retried, fails alike, no stop
-    assert again["resumed"] == 1 and again["new"] == 0 and [r["state"] for r in table_rows(sweep_dir)] == [M.FINISHED, M.FAILED]
+    assert (again["resumed"] == 1 and again["new"] == 0
+            and [r["state"] for r in table_rows(sweep_dir)] == [M.FINISHED, M.FAILED])
 
 
 def test_new_trials_failing_on_setup_in_a_row_stop_the_sweep_even_after_others_trained(tmp_path, fixed_args):
@@ -106,7 +113,8 @@ def test_new_trials_failing_on_setup_in_a_row_stop_the_sweep_even_after_others_t
     # row the sweep stops instead of burning its whole count on failures.
     sweep_dir = tmp_path / "sweep"
     TrialTable(sweep_dir).add(Trial("earlier", M.FINISHED, {}, "hash", {"lr": 0.5}, exit_code=0, best_val_acc=0.5))
-    definition = tiny_definition(weights={"value": str(tmp_path / "missing.pt")}, lr={"values": [0.001, 0.01, 0.1]}, epochs={"value": 1})
+    definition = tiny_definition(weights={"value": str(tmp_path / "missing.pt")}, lr={"values": [0.001, 0.01, 0.1]},
+                                 epochs={"value": 1})
     with pytest.raises(UserError, match="failed on a setup problem"):
         run_local_sweep(write_yaml(tmp_path / "s.yaml", definition), count=6, sweep_dir=sweep_dir, fixed=fixed_args)
     rows = table_rows(sweep_dir)
@@ -116,7 +124,8 @@ def test_new_trials_failing_on_setup_in_a_row_stop_the_sweep_even_after_others_t
 def test_only_new_setup_failures_in_a_row_stop_a_sweep_that_has_trained(tmp_path):
     from types import SimpleNamespace
 
-    sweep = LocalSweep(load_definition(write_yaml(tmp_path / "s.yaml", tiny_definition())), tmp_path / "sweep", {}, workers=2)
+    sweep = LocalSweep(load_definition(write_yaml(tmp_path / "s.yaml", tiny_definition())), tmp_path / "sweep", {},
+                       workers=2)
 
     def trial(run_id, state, code):
         return sweep.table.add(Trial(run_id, state, {}, f"hash-{run_id}", {"lr": len(sweep.table)}, exit_code=code))
@@ -153,11 +162,16 @@ def test_a_diverged_or_out_of_memory_trial_is_recorded_as_such_a_failure_for_the
     for state in (M.DIVERGED, M.OOM):
         folder = tmp_path / state
         folder.mkdir()
-        (folder / "summary.json").write_text(json.dumps({M.STATE: state, M.REASON: "lower lr", M.EXIT_CODE: 0, M.BEST_VAL_ACC: 0.9}))
-        ended = outcome(SimpleNamespace(process=SimpleNamespace(returncode=0), signals_sent=set(), folder=folder), False)
-        trial = Trial(state, ended.state, {}, "h", {"lr": 0.1}, reason=ended.reason, exit_code=ended.exit_code, best_val_acc=ended.best_val_acc)
-        assert (trial.state, trial.exit_code) == (state, 0) and not failed_on_setup(trial)  # not a setup failure: no stop
-        assert engine.engine_state(trial) == sweeps.RunState.failed  # the worst result, as W&B's failed run (exit 3 there)
+        (folder / "summary.json").write_text(
+            json.dumps({M.STATE: state, M.REASON: "lower lr", M.EXIT_CODE: 0, M.BEST_VAL_ACC: 0.9}))
+        ended = outcome(SimpleNamespace(process=SimpleNamespace(returncode=0), signals_sent=set(), folder=folder),
+                        False)
+        trial = Trial(state, ended.state, {}, "h", {"lr": 0.1}, reason=ended.reason, exit_code=ended.exit_code,
+                      best_val_acc=ended.best_val_acc)
+        # not a setup failure: no stop
+        assert (trial.state, trial.exit_code) == (state, 0) and not failed_on_setup(trial)
+        # the worst result, as W&B's failed run (exit 3 there)
+        assert engine.engine_state(trial) == sweeps.RunState.failed
 
 
 def test_a_relaunched_trial_takes_this_calls_paths_and_its_own_training_arguments(tmp_path, monkeypatch):
@@ -165,9 +179,11 @@ def test_a_relaunched_trial_takes_this_calls_paths_and_its_own_training_argument
     # trained (here --epochs, pinned for the folder) stays as the trial was started.
     import sweeper.local
 
-    moved = {"data_dir": str(tmp_path / "new_data"), "cache_dir": str(tmp_path / "new_cache"), "wandb_mode": "disabled", "epochs": "2"}
+    moved = {"data_dir": str(tmp_path / "new_data"), "cache_dir": str(tmp_path / "new_cache"), "wandb_mode": "disabled",
+             "epochs": "2"}
     sweep = local_sweep(tmp_path, fixed=moved)
-    sweep.table.add(Trial("preempted", M.PREEMPTED, {"lr": 0.01}, "hash", {"lr": 0.01, "activation": "gelu"}, exit_code=143,
+    sweep.table.add(Trial("preempted", M.PREEMPTED, {"lr": 0.01}, "hash", {"lr": 0.01, "activation": "gelu"},
+                          exit_code=143,
                           fixed={"data_dir": str(tmp_path / "old_data"), "cache_dir": str(tmp_path / "old_cache"),
                                  "wandb_mode": "offline", "epochs": "02"}))
     commands = []
@@ -180,8 +196,8 @@ def test_a_relaunched_trial_takes_this_calls_paths_and_its_own_training_argument
     assert sweep.run(count=0)["resumed"] == 1
     [command] = commands
     arguments = [a for a in command if a.startswith("--")]
-    for expected in (f"--data_dir={tmp_path / 'new_data'}", f"--cache_dir={tmp_path / 'new_cache'}", "--wandb_mode=disabled",
-                     "--epochs=02", "--lr=0.01", "--activation=gelu", "--run_id=preempted"):
+    for expected in (f"--data_dir={tmp_path / 'new_data'}", f"--cache_dir={tmp_path / 'new_cache'}",
+                     "--wandb_mode=disabled", "--epochs=02", "--lr=0.01", "--activation=gelu", "--run_id=preempted"):
         assert expected in arguments
     assert not [a for a in arguments if "old_" in a or a == "--wandb_mode=offline"]
 
@@ -196,13 +212,16 @@ def test_a_trial_sigkilled_from_outside_is_recorded_with_the_cause_and_resumed_b
     folder = tmp_path / "t-005"
     folder.mkdir()
     (folder / "summary.json").write_text(json.dumps({M.STATE: M.RUNNING}))  # a SIGKILLed trainer writes nothing
-    ended = outcome(SimpleNamespace(process=SimpleNamespace(returncode=-signal.SIGKILL), signals_sent=set(), folder=folder), False)
+    ended = outcome(
+        SimpleNamespace(process=SimpleNamespace(returncode=-signal.SIGKILL), signals_sent=set(), folder=folder), False)
     assert ended.state == M.FAILED and "out of memory" in ended.reason and "resumes it" in ended.reason
 
     sweep = local_sweep(tmp_path)
     sweep.table.add(Trial("killed", M.FAILED, {}, "h1", {"lr": 0.01}, exit_code=-signal.SIGKILL, reason=ended.reason))
-    sweep.table.add(Trial("crashed", M.FAILED, {}, "h2", {"lr": 0.02}, exit_code=1, reason="a bug"))  # its values' fault
-    sweep.table.add(Trial("segfault", M.FAILED, {}, "h3", {"lr": 0.03}, exit_code=-signal.SIGSEGV))  # a crash: not resumed
+    # its values' fault
+    sweep.table.add(Trial("crashed", M.FAILED, {}, "h2", {"lr": 0.02}, exit_code=1, reason="a bug"))
+    # a crash: not resumed
+    sweep.table.add(Trial("segfault", M.FAILED, {}, "h3", {"lr": 0.03}, exit_code=-signal.SIGSEGV))
     started = []
 
     def no_launch(run_id, *args):
@@ -240,11 +259,13 @@ def test_a_retry_interrupted_while_it_starts_is_not_taken_for_its_previous_failu
     import sweeper.local
 
     sweep = local_sweep(tmp_path)
-    bad = sweep.table.add(Trial("bad", M.FAILED, {"lr": 0.01}, "hash-bad", {"lr": 0.01}, exit_code=2, reason="weights file x.pt not found"))
+    bad = sweep.table.add(Trial("bad", M.FAILED, {"lr": 0.01}, "hash-bad", {"lr": 0.01}, exit_code=2,
+                                reason="weights file x.pt not found"))
     folder = sweep.table.run_folder(bad)
     folder.mkdir(parents=True)
     (folder / "summary.json").write_text(json.dumps({M.STATE: M.FAILED, M.REASON: bad.reason, "exit_code": 2}))
-    monkeypatch.setattr(sweeper.local, "trial_command", lambda *args: [sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(sweeper.local, "trial_command",
+                        lambda *args: [sys.executable, "-c", "import time; time.sleep(60)"])
     sweep._start(bad, "resume")
     sweep._on_interrupt(signal.SIGINT)
     sweep.running["bad"].process.wait(timeout=30)
@@ -296,7 +317,8 @@ def write_earlier_trials(table: TrialTable, values: tuple, epochs: int = 3) -> N
     trials' histories must be as long as the trial could get before the driver looks.
     """
     for index, lr in enumerate(values):
-        trial = table.add(Trial(f"earlier-{index}", M.FINISHED, {}, f"hash-{index}", {"lr": lr}, exit_code=0, best_val_acc=1.0))
+        trial = table.add(
+            Trial(f"earlier-{index}", M.FINISHED, {}, f"hash-{index}", {"lr": lr}, exit_code=0, best_val_acc=1.0))
         write_history(table.run_folder(trial), [1.0] * epochs)
 
 
@@ -321,7 +343,8 @@ time.sleep(60)
 
 
 def test_the_driver_stops_the_trial_hyperband_names_once(tmp_path):
-    sweep = LocalSweep(load_definition(write_yaml(tmp_path / "hb.yaml", hyperband_definition())), tmp_path / "sweep", {}, workers=1)
+    sweep = LocalSweep(load_definition(write_yaml(tmp_path / "hb.yaml", hyperband_definition())), tmp_path / "sweep",
+                       {}, workers=1)
     write_earlier_trials(sweep.table, (1e-6, 1e-5))
     trailing = sweep.table.add(Trial("trailing", M.RUNNING, {"epochs": 10}, "hash-t", {"lr": 1e-7}))
     folder = sweep.table.run_folder(trailing)
@@ -346,7 +369,8 @@ def test_hyperband_stops_a_trailing_trial_end_to_end(tmp_path, fixed_args):
     sweep_dir = tmp_path / "sweep"
     write_earlier_trials(TrialTable(sweep_dir), (1e-6, 1e-5), epochs=200)
     definition = hyperband_definition(epochs={"value": 200}, patience={"value": 0})
-    summary = run_local_sweep(write_yaml(tmp_path / "hb.yaml", definition), count=3, sweep_dir=sweep_dir, fixed=fixed_args)
+    summary = run_local_sweep(write_yaml(tmp_path / "hb.yaml", definition), count=3, sweep_dir=sweep_dir,
+                              fixed=fixed_args)
     stopped = table_rows(sweep_dir)[-1]
     assert summary["new"] == 1 and stopped["suggested"]["lr"] == 1e-7
     assert stopped["state"] == M.EARLY_STOPPED, stopped
@@ -377,8 +401,8 @@ def test_a_trial_killed_by_the_host_is_resumed_by_the_next_call(tmp_path, fixed_
     [killed] = table_rows(sweep_dir)
     assert killed["state"] == M.FAILED and killed["exit_code"] == -signal.SIGKILL
     assert killed["reason"].startswith("killed by SIGKILL, most often the host running out of memory")
-    assert f"were killed by SIGKILL, most often the host running out of memory ({killed['run_id']}); run the same command again" \
-        in capsys.readouterr().out
+    assert (f"were killed by SIGKILL, most often the host running out of memory ({killed['run_id']}); run the same "
+            "command again") in capsys.readouterr().out
 
     monkeypatch.setattr(sweeper.local, "launch", launch)
     summary = run_local_sweep(sweep, count=1, sweep_dir=sweep_dir, fixed=fixed_args)
@@ -442,7 +466,9 @@ def test_a_trial_still_trained_by_a_killed_sweeps_process_is_not_relaunched(tmp_
     summary = {M.STATE: M.RUNNING, M.EPOCHS_COMPLETED: 3}
     with RunRecord(folder).exclusive():  # the orphaned trial, training on
         RunRecord(folder).update_summary(**summary)
-        with pytest.raises(UserError, match=rf"trial t-001 is still being trained by another process \(pid {os.getpid()}\).*stop it, then run the same sweep command again"):
+        with pytest.raises(UserError,
+                           match=rf"trial t-001 is still being trained by another process \(pid {os.getpid()}\).*stop "
+                                 r"it, then run the same sweep command again"):
             launch("t-001", folder, [sys.executable, "-c", "pass"], None)
     assert RunRecord.read_summary(folder) == summary  # its record untouched
 
@@ -458,7 +484,8 @@ def test_a_trial_killed_by_hyperbands_signal_keeps_its_best_epoch(tmp_path):
     folder = tmp_path / "t-004"
     write_history(folder, [0.3, 0.5, 0.4])
     (folder / "summary.json").write_text(json.dumps({M.STATE: M.RUNNING}))
-    trial = SimpleNamespace(process=SimpleNamespace(returncode=-signal.SIGUSR1), signals_sent=[signal.SIGUSR1], folder=folder)
+    trial = SimpleNamespace(process=SimpleNamespace(returncode=-signal.SIGUSR1), signals_sent=[signal.SIGUSR1],
+                            folder=folder)
     ended = outcome(trial, driver_interrupted=False)
     assert ended.state == M.EARLY_STOPPED and ended.best_val_acc == 0.5
 

@@ -172,7 +172,8 @@ def test_wandb_mode_auto_is_online_only_with_credentials(monkeypatch, tmp_path, 
     assert resolve_mode("auto") == "online"
     monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE")
     monkeypatch.setattr(trainer.wandb_log, "_has_api_key", lambda: 1 / 0)  # wandb's internals moved
-    assert resolve_mode("auto") == "offline" and "could not tell whether W&B credentials are set" in capfd.readouterr().out
+    assert (resolve_mode("auto") == "offline"
+            and "could not tell whether W&B credentials are set" in capfd.readouterr().out)
 
 
 def test_wandb_mode_auto_with_a_key_but_no_network_logs_offline_at_once(monkeypatch, tmp_path, capfd):
@@ -211,7 +212,8 @@ def test_wandb_mode_auto_with_a_key_but_no_network_logs_offline_at_once(monkeypa
         assert answer_with(HTTPS_PROXY=f"http://127.0.0.1:{closed.getsockname()[1]}") == "online"
         monkeypatch.delenv("HTTPS_PROXY")
         assert answer_with(WANDB_BASE_URL="http://wandb.local:80a") == "online"
-        assert answer_with(WANDB_BASE_URL=f"http://127.0.0.1:{closed.getsockname()[1]}", WANDB_SWEEP_ID="abc123") == "online"
+        assert answer_with(WANDB_BASE_URL=f"http://127.0.0.1:{closed.getsockname()[1]}",
+                           WANDB_SWEEP_ID="abc123") == "online"
     finally:
         listening.close()
         closed.close()
@@ -292,5 +294,6 @@ def test_a_wandb_call_that_fails_mid_run_warns_once_and_the_run_goes_on(capfd):
     logger.log({M.EPOCH: 2}, step=2)
     logger.finish(exit_code=0)
     err = capfd.readouterr().err
-    assert err.count("warning: W&B") == 1 and "ConnectionError: wandb service went away" in err and "local record" in err
+    assert (err.count("warning: W&B") == 1 and "ConnectionError: wandb service went away" in err
+            and "local record" in err)
     assert BrokenRun.calls == 1  # after the first failure W&B is left alone
