@@ -11,7 +11,7 @@
   python agent.py protocol STAGE [PROTOCOL.yaml] [...]       the fair protocol: tune, recipes, compare, test, curve, wandb
 
 A user's mistake ends with one line `error: ...` and exit status 2, never a traceback.
-"""
+"""  # noqa: E501  (the usage table: one command a line, as --help prints it)
 
 from __future__ import annotations
 
@@ -53,7 +53,13 @@ def _split_option(args: list[str], name: str, default: str | None = None) -> tup
 def run_config_from_args(args: list[str]):
     """Defaults < the saved config of a resumed run < --config FILE < --key=value arguments: what this command
     passes wins (a new machine's data_dir), and the run's saved values fill in the rest."""
-    from trainer.config import FREEZE_OPTION_FIELDS, load_yaml_values, parse_cli, parse_run_config, parse_run_config_explained
+    from trainer.config import (
+        FREEZE_OPTION_FIELDS,
+        load_yaml_values,
+        parse_cli,
+        parse_run_config,
+        parse_run_config_explained,
+    )
 
     config_file, args = _split_option(args, "config")
     cli = parse_cli(args)
@@ -68,7 +74,8 @@ def run_config_from_args(args: list[str]):
         folder = Path(probe.output_dir).expanduser() / run_id
         # A mistyped run id creates no folder. On a new machine only the --checkpoint_store folder has the run; a
         # config.yaml deleted as damaged leaves the settings inside last.pt.
-        saved = RunRecord.saved_config(folder) or stored_config(probe.checkpoint_store, run_id) or checkpoint_config(folder / LAST_CHECKPOINT) or {}
+        saved = (RunRecord.saved_config(folder) or stored_config(probe.checkpoint_store, run_id)
+                 or checkpoint_config(folder / LAST_CHECKPOINT) or {})
         saved.pop("run_id", None)
         sources = [saved, *sources]
         cli = {**cli, "run_id": run_id}
@@ -81,9 +88,10 @@ def run_config_from_args(args: list[str]):
     if ignored:  # normalisation drops what this run cannot use: say so, rather than let it look used
         print(f"note: ignored, as this run has no use for them: {', '.join(ignored)}", flush=True)
     given = {**(sources[-1] if config_file else {}), **cli}
-    if config.aux_loss_weight == 0 and given.get("aux_loss_weight") in (None, "") and _aux_needs(config.model) > config.input_size:
-        print(f"note: {config.model}'s auxiliary classifier needs >={_aux_needs(config.model)} px; at input_size={config.input_size} "
-              f"it trains without it (aux_loss_weight=0)", flush=True)
+    if (config.aux_loss_weight == 0 and given.get("aux_loss_weight") in (None, "")
+            and _aux_needs(config.model) > config.input_size):
+        print(f"note: {config.model}'s auxiliary classifier needs >={_aux_needs(config.model)} px; at "
+              f"input_size={config.input_size} it trains without it (aux_loss_weight=0)", flush=True)
     asked = cli.get("warmup_epochs")
     if asked and config.warmup_epochs is not None and config.warmup_epochs < _number(asked):
         print(f"note: --warmup_epochs={asked} is more than half of {config.epochs} epochs; warming up over "
@@ -99,7 +107,8 @@ def _folded_strategy(cli: dict, config) -> str | None:
     asked = cli.get("strategy")
     if not asked or config.model == "scratch_cnn" or resolve_strategy(asked).name == config.strategy:
         return None
-    options = ", ".join(f"{key}={cli[key]}" for key in ("k_layers", "freeze_fraction", "unfreeze_every_epochs") if cli.get(key))
+    options = ", ".join(f"{key}={cli[key]}" for key in ("k_layers", "freeze_fraction", "unfreeze_every_epochs")
+                        if cli.get(key))
     recorded = f"{config.strategy}{f' k_layers={config.k_layers}' if config.k_layers is not None else ''}"
     return (f"--strategy={asked}{f' ({options})' if options else ''} trains exactly what strategy={recorded} trains on "
             f"{config.model} over {config.epochs} epochs: recorded as that, so equivalent runs count as one config")
@@ -122,7 +131,8 @@ def command_run(args: list[str]) -> int:
     from trainer.config import help_text
 
     if "--help" in args or "-h" in args:
-        print(__doc__.strip() + "\n\nRun parameters (--key=value or --key value; strings like 'false' or 'no' work):" + help_text())
+        print(__doc__.strip() + "\n\nRun parameters (--key=value or --key value; strings like 'false' or 'no' work):"
+              + help_text())
         return 0
     from trainer.run import run_training  # torch: only once there is a run to train
 
@@ -137,21 +147,26 @@ SWEEP_USAGE = ("usage: python agent.py sweep SWEEP.yaml --count N [--workers N] 
 SWEEP_OPTIONS = ("count", "workers", "sweep_dir")
 USAGES = {
     "sweep": SWEEP_USAGE,
-    "report": "usage: python agent.py report SOURCE [--out DIR] [--allow_lost_seeds]\n  SOURCE: a sweep folder, a runs/ folder, a "
-              "protocol folder (sweep_runs/protocol), or entity/project/sweep_id; writes report.md, plots and runs.csv (default "
-              "SOURCE/report). --allow_lost_seeds lets a config that lost seeds be the best over seeds (named either way)",
-    "test": "usage: python agent.py test RUN_FOLDER [--data_dir=DIR] [--device=auto]\n  evaluates the run's best.pt on the held-out"
-            " test set (val/ of nature_12K, or test/) and writes RUN_FOLDER/test/",
-    "models": "usage: python agent.py models [NAME ...]\n  the registered backbones, their stages and trainable parameters per strategy",
-    "protocol": ("usage: python agent.py protocol STAGE [PROTOCOL.yaml] [--protocol_dir DIR] [--workers N] [--key=value ...]\n"
-                 "  STAGE: tune (every arm's tuning sweep, the same number of trials each), recipes (each arm's winner -> "
-                 "sweeps/compare/<arm>.yaml; --wandb reads the W&B tuning sweeps), compare (the recipes on fresh seeds and "
-                 "split seeds), test (the held-out test set, once per final run), curve (the data-efficiency curve), wandb "
-                 "(create the tuning sweeps on W&B: --project, --entity)\n"
-                 "  PROTOCOL.yaml: default sweeps/protocol.yaml; runs go to sweep_runs/<its name>/ (or --protocol_dir)"),
-    "check": "usage: python agent.py check SWEEP.yaml [--key=value ...]\n  the checks a local sweep makes of its YAML (parameter"
-             " names and values, metric and goal, values no trial could train with), with nothing run: do it before"
-             " `wandb sweep`, whose server checks none of them",
+    "report": "usage: python agent.py report SOURCE [--out DIR] [--allow_lost_seeds]\n"
+              "  SOURCE: a sweep folder, a runs/ folder, a protocol folder (sweep_runs/protocol), or "
+              "entity/project/sweep_id; writes report.md, plots and runs.csv (default SOURCE/report). "
+              "--allow_lost_seeds lets a config that lost seeds be the best over seeds (named either way)",
+    "test": "usage: python agent.py test RUN_FOLDER [--data_dir=DIR] [--device=auto]\n"
+            "  evaluates the run's best.pt on the held-out test set (val/ of nature_12K, or test/) and writes "
+            "RUN_FOLDER/test/",
+    "models": "usage: python agent.py models [NAME ...]\n"
+              "  the registered backbones, their stages and trainable parameters per strategy",
+    "protocol": ("usage: python agent.py protocol STAGE [PROTOCOL.yaml] [--protocol_dir DIR] [--workers N] "
+                 "[--key=value ...]\n"
+                 "  STAGE: tune (every arm's tuning sweep, the same number of trials each), recipes (each arm's winner "
+                 "-> sweeps/compare/<arm>.yaml; --wandb reads the W&B tuning sweeps), compare (the recipes on fresh "
+                 "seeds and split seeds), test (the held-out test set, once per final run), curve (the data-efficiency "
+                 "curve), wandb (create the tuning sweeps on W&B: --project, --entity)\n"
+                 "  PROTOCOL.yaml: default sweeps/protocol.yaml; runs go to sweep_runs/<its name>/ "
+                 "(or --protocol_dir)"),
+    "check": "usage: python agent.py check SWEEP.yaml [--key=value ...]\n"
+             "  the checks a local sweep makes of its YAML (parameter names and values, metric and goal, values no "
+             "trial could train with), with nothing run: do it before `wandb sweep`, whose server checks none of them",
 }
 
 
@@ -169,7 +184,8 @@ def command_sweep(args: list[str]) -> int:
     try:
         from sweeper.local import run_local_sweep
     except ImportError as exc:  # installed without the sweep engine (plain `pip install wandb`)
-        raise UserError(f"the sweep command needs the {exc.name!r} package: pip install \"wandb[sweeps]\" (or pip install -e .)") from None
+        raise UserError(f"the sweep command needs the {exc.name!r} package: pip "
+                        "install \"wandb[sweeps]\" (or pip install -e .)") from None
 
     count, args = _split_option(args, "count")
     workers, args = _split_option(args, "workers", "1")
@@ -182,9 +198,11 @@ def command_sweep(args: list[str]) -> int:
         if any(hint == f" (did you mean {option!r}?)" for option in SWEEP_OPTIONS):
             raise UserError(f"unknown option --{key}{hint}; {SWEEP_USAGE.splitlines()[0]}")
     if count is None:
-        raise UserError("--count N is required: the sweep's size, its trials in all (run the same command again to finish it)")
+        raise UserError(
+            "--count N is required: the sweep's size, its trials in all (run the same command again to finish it)")
     count_value, worker_value = _integer("count", count), _integer("workers", workers)
-    summary = run_local_sweep(Path(args[0]), count=count_value, workers=worker_value, sweep_dir=Path(sweep_dir) if sweep_dir else None, fixed=parse_cli(args[1:]))
+    summary = run_local_sweep(Path(args[0]), count=count_value, workers=worker_value,
+                              sweep_dir=Path(sweep_dir) if sweep_dir else None, fixed=parse_cli(args[1:]))
     return 0 if summary is not None else 130  # None: the sweep was interrupted; rerun the command to continue
 
 
@@ -194,7 +212,8 @@ def command_check(args: list[str]) -> int:
     try:
         from sweeper.local import check_sweep
     except ImportError as exc:
-        raise UserError(f"the check command needs the {exc.name!r} package: pip install \"wandb[sweeps]\" (or pip install -e .)") from None
+        raise UserError(f"the check command needs the {exc.name!r} package: pip "
+                        "install \"wandb[sweeps]\" (or pip install -e .)") from None
     if not args or args[0].startswith("--"):
         raise UserError(USAGES["check"].splitlines()[0])
     print(check_sweep(Path(args[0]), parse_cli(args[1:])))
@@ -211,10 +230,12 @@ def command_report(args: list[str]) -> int:
         raise UserError(USAGES["report"].replace("\n ", ";"))
     source = args[0]
     if Path(source).is_file():  # a sweep's YAML is its definition; its results are in its sweep folder
-        hint = f"pass its sweep folder, sweep_runs/{Path(source).stem} by default" if Path(source).suffix in (".yaml", ".yml") else \
-            "pass a sweep folder, a runs/ folder, or entity/project/sweep_id"
+        hint = (f"pass its sweep folder, sweep_runs/{Path(source).stem} by default"
+                if Path(source).suffix in (".yaml", ".yml")
+                else "pass a sweep folder, a runs/ folder, or entity/project/sweep_id")
         raise UserError(f"report source {source} is a file, not a folder: {hint}")
-    out_dir = Path(out) if out else (Path(source) / "report" if Path(source).exists() else Path("reports") / source.replace("/", "_"))
+    out_dir = Path(out) if out else (Path(source) / "report" if Path(source).exists()
+                                     else Path("reports") / source.replace("/", "_"))
     path = build_report(source, out_dir, allow_lost_seeds=allow_lost_seeds)
     print(f"report written to {path}")
     return 0
@@ -228,7 +249,8 @@ def command_test(args: list[str]) -> int:
     if len(args) != 1:
         raise UserError(USAGES["test"].splitlines()[0])
     result = evaluate_on_test_set(Path(args[0]), data_dir=data_dir, device=device)
-    print(f"test accuracy {result['test_acc']:.4f} on {result['num_images']} held-out images -> {Path(args[0]) / 'test'}")
+    print(
+        f"test accuracy {result['test_acc']:.4f} on {result['num_images']} held-out images -> {Path(args[0]) / 'test'}")
     return 0
 
 
@@ -245,7 +267,8 @@ def command_protocol(args: list[str]) -> int:
     args = [arg for arg in args if arg != "--wandb"]
     if not args or args[0] not in P.STAGES:
         stage = args[0] if args else ""
-        raise UserError(f"protocol needs a stage{f', not {stage!r}' if stage else ''}{nearest(stage, P.STAGES) if stage else ''}: "
+        raise UserError("protocol needs a "
+                        f"stage{f', not {stage!r}' if stage else ''}{nearest(stage, P.STAGES) if stage else ''}: "
                         f"{', '.join(P.STAGES)}; {USAGES['protocol'].splitlines()[0]}")
     stage, args = args[0], args[1:]
     path = args.pop(0) if args and not args[0].startswith("--") else P.PROTOCOL_FILE
@@ -286,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-") and nearest(argv[0], COMMANDS):
-        print(f"error: unknown command {argv[0]!r}{nearest(argv[0], COMMANDS)}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"error: unknown command {argv[0]!r}{nearest(argv[0], COMMANDS)}; commands: {', '.join(COMMANDS)}",
+              file=sys.stderr)
         return EXIT_USER_ERROR
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     handlers = {"run": command_run, "sweep": command_sweep, "check": command_check, "report": command_report,

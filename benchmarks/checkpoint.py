@@ -32,9 +32,9 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from pipeline import write_section  # noqa: E402  (benchmarks/, the script's own folder)
 
 from models import build_model  # noqa: E402
-from pipeline import write_section  # noqa: E402  (benchmarks/, the script's own folder)
 from trainer.checkpoint import LoopState, checkpoint_payload, write_checkpoint  # noqa: E402
 from trainer.config import parse_run_config  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
@@ -72,7 +72,8 @@ class Trainee:
         self.device, self.dtype = args.device, resolve_precision("auto", args.device)
         self.model = build_model(args.model, 10, "none").to(self.device, memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, self.config)
-        self.x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=self.device).to(memory_format=torch.channels_last)
+        self.x = torch.randn(args.batch_size, 3, args.input_size, args.input_size,
+                             device=self.device).to(memory_format=torch.channels_last)
         self.y = torch.randint(0, 10, (args.batch_size,), device=self.device)
         self.identity = {"model": args.model}
 
@@ -136,9 +137,9 @@ def main(argv=None) -> None:
         "",
         f"`{command.strip()}`",
         "",
-        f"{datetime.date.today()}; torch {torch.__version__}; {size_mb:.0f} MB per checkpoint (weights and AdamW state); "
-        f"{args.epochs} epochs of {args.steps_per_epoch} steps at batch {args.batch_size}, a checkpoint after each; "
-        f"{args.repeats} repetition(s), medians.",
+        f"{datetime.date.today()}; torch {torch.__version__}; {size_mb:.0f} MB per checkpoint (weights and AdamW "
+        f"state); {args.epochs} epochs of {args.steps_per_epoch} steps at batch {args.batch_size}, a checkpoint after "
+        f"each; {args.repeats} repetition(s), medians.",
         "",
         "| checkpoints | run s | overhead per epoch s |",
         "|---|---:|---:|",

@@ -32,11 +32,11 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from pipeline import device_name, write_section  # noqa: E402  (benchmarks/, the script's own folder)
 
 from data.images import check_image, decode_working  # noqa: E402
 from data.synthetic import make_image_folder  # noqa: E402
 from models.weights import preprocessing_for  # noqa: E402
-from pipeline import device_name, write_section  # noqa: E402  (benchmarks/, the script's own folder)
 
 MODELS = ("mobilenet_v3_small", "resnet50", "vit_b_16", "inception_v3", "efficientnet_v2_s")
 
@@ -71,8 +71,8 @@ def render(ms: dict[str, float], sizes: dict[int, tuple[str, ...]], count: int, 
         "",
         f"`{command}`",
         "",
-        f"{datetime.date.today()}; {device_name(torch.device('cpu'))}; {count} synthetic JPEGs (500x375 to 1000x750, quality 90); "
-        f"{args.repeats} repetition(s), medians.",
+        f"{datetime.date.today()}; {device_name(torch.device('cpu'))}; {count} synthetic JPEGs (500x375 to 1000x750, "
+        f"quality 90); {args.repeats} repetition(s), medians.",
         "",
         "| resize px | backbones | scan ms | cache decode ms | naive decode ms | scan / cache | naive / cache |",
         "|---:|---|---:|---:|---:|---:|---:|",
@@ -95,8 +95,10 @@ def main(argv=None) -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--images_per_class", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--work_dir", default=str(Path(tempfile.gettempdir()) / "finetune-sweeps-bench"), help="the dataset (kept between invocations)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="results file; its decoding section is replaced")
+    parser.add_argument("--work_dir", default=str(Path(tempfile.gettempdir()) / "finetune-sweeps-bench"),
+                        help="the dataset (kept between invocations)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"),
+                        help="results file; its decoding section is replaced")
     args = parser.parse_args(argv)
     root = make_image_folder(Path(args.work_dir) / f"data-{args.classes}x{args.images_per_class}", classes=args.classes,
                              train_per_class=args.images_per_class, test_per_class=max(1, args.images_per_class // 10))

@@ -31,18 +31,18 @@ import sys
 if "--shared_cores" in sys.argv:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import shlex  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from urllib.parse import urlparse  # noqa: E402
+import argparse
+import contextlib
+import datetime
+import json
+import shlex
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -72,7 +72,8 @@ STRATEGIES = ("head_only", "last_k", "full")
 AUGMENT = {"head_only": "none", "last_k": "none", "full": "standard"}  # as a sweep would run them
 SWEEP = [(s, lr) for lr in (1e-3, 3e-3) for s in STRATEGIES]  # 6 runs: 2 head-only, 2 last-1, 2 full
 LABEL_SMOOTHING = 0.1  # the harness default, used by the naive loop too
-TARGETS = {"head_only_speedup": 8.0, "sweep_speedup": 4.0, "pipeline_efficiency": 0.9, "gpu_full_images_per_second": 2500.0}
+TARGETS = {"head_only_speedup": 8.0, "sweep_speedup": 4.0, "pipeline_efficiency": 0.9,
+           "gpu_full_images_per_second": 2500.0}
 
 
 @dataclass
@@ -144,7 +145,8 @@ def naive_run(w: Workload, strategy: str, lr: float) -> Timing:
     pre, cuda = w.pre, w.device.type == "cuda"
     normalize = T.Normalize(pre.mean, pre.std)
     interpolation = T.InterpolationMode(pre.interpolation)
-    evaluation = T.Compose([T.Resize(pre.resize_size, interpolation), T.CenterCrop(pre.crop_size), T.ToTensor(), normalize])
+    evaluation = T.Compose(
+        [T.Resize(pre.resize_size, interpolation), T.CenterCrop(pre.crop_size), T.ToTensor(), normalize])
     training = evaluation
     if AUGMENT[strategy] != "none":  # the same augmentation as the harness's "standard" level
         training = T.Compose([T.RandomResizedCrop(pre.crop_size, scale=(0.35, 1.0), interpolation=interpolation),
@@ -154,7 +156,8 @@ def naive_run(w: Workload, strategy: str, lr: float) -> Timing:
     position = {Path(path).relative_to(train_dir).as_posix(): i for i, (path, _) in enumerate(train_set.samples)}
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     loader = dict(batch_size=w.batch_size, num_workers=workers, pin_memory=cuda)
-    train_loader = DataLoader(Subset(train_set, [position[p] for p in w.train_rel]), shuffle=True, drop_last=True, **loader)
+    train_loader = DataLoader(Subset(train_set, [position[p] for p in w.train_rel]), shuffle=True,
+                              drop_last=True, **loader)
     val_loader = DataLoader(Subset(val_set, [position[p] for p in w.val_rel]), **loader)
     net = naive_net(w, strategy)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr)
@@ -296,7 +299,8 @@ def model_alone(w: Workload, strategy: str, repeats: int) -> ModelLimit:
     """Same model, optimizer, precision, memory format and step as the harness (trainer.loop.train), no data."""
     config = harness_config(w, strategy, 1e-3, w.work_dir / "unused", w.work_dir / "unused")
     model = build_model(w.model, w.classes, "none")
-    model.apply_plan(plan_for_epoch(resolve_strategy(config.strategy), model.stage_names, FreezeOptions(k_layers=config.k_layers or 1), 0))
+    model.apply_plan(plan_for_epoch(resolve_strategy(config.strategy), model.stage_names,
+                                    FreezeOptions(k_layers=config.k_layers or 1), 0))
     depth = model.frozen_prefix_depth() if config.augment == "none" else 0
     cuda = w.device.type == "cuda"
     if cuda:
@@ -304,14 +308,16 @@ def model_alone(w: Workload, strategy: str, repeats: int) -> ModelLimit:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     model.to(w.device)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format  # as trainer.run, on any device
+    # as trainer.run, on any device
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     optimizer = build_optimizer(model, config)
     dtype = resolve_precision(config.precision, w.device)
     autocast = autocast_factory(w.device, dtype)
     scaler = torch.amp.GradScaler(w.device.type, enabled=dtype == torch.float16)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    images = torch.randn(w.batch_size, 3, w.pre.crop_size, w.pre.crop_size, device=w.device).contiguous(memory_format=memory_format)
+    images = torch.randn(w.batch_size, 3, w.pre.crop_size, w.pre.crop_size,
+                         device=w.device).contiguous(memory_format=memory_format)
     labels = torch.randint(0, w.classes, (w.batch_size,), device=w.device)
 
     def forward_from(x, start):
@@ -347,17 +353,25 @@ def model_alone(w: Workload, strategy: str, repeats: int) -> ModelLimit:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="backbone (default: mobilenet_v3_small on a CPU, resnet50 on a GPU)")
-    parser.add_argument("--input_size", type=int, default=None, help="crop size in px; resize = crop*256/224 (default: 112 on a CPU, the weights' own on a GPU)")
+    parser.add_argument("--model", default=None,
+                        help="backbone (default: mobilenet_v3_small on a CPU, resnet50 on a GPU)")
+    parser.add_argument("--input_size", type=int, default=None,
+                        help="crop size in px; resize = crop*256/224 "
+                             "(default: 112 on a CPU, the weights' own on a GPU)")
     parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--images_per_class", type=int, default=None, help="training-folder images per class (default: 30 on a CPU, 300 on a GPU)")
+    parser.add_argument("--images_per_class", type=int, default=None,
+                        help="training-folder images per class (default: 30 on a CPU, 300 on a GPU)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch_size", type=int, default=None, help="default: 32 on a CPU, 128 on a GPU")
-    parser.add_argument("--repeats", type=int, default=1, help="repetitions of the whole interleaved schedule (medians over them)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="repetitions of the whole interleaved schedule (medians over them)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--work_dir", default=str(Path(tempfile.gettempdir()) / "finetune-sweeps-bench"), help="dataset (kept), caches and runs (wiped)")
-    parser.add_argument("--shared_cores", action="store_true", help="set OMP_WAIT_POLICY=PASSIVE: for a machine whose cores other processes are using")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="results file; its section for this device/model/size is replaced")
+    parser.add_argument("--work_dir", default=str(Path(tempfile.gettempdir()) / "finetune-sweeps-bench"),
+                        help="dataset (kept), caches and runs (wiped)")
+    parser.add_argument("--shared_cores", action="store_true",
+                        help="set OMP_WAIT_POLICY=PASSIVE: for a machine whose cores other processes are using")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"),
+                        help="results file; its section for this device/model/size is replaced")
     args = parser.parse_args(argv)
     args.device = resolve_device(args.device)
     cuda = args.device.type == "cuda"
@@ -370,10 +384,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def workload(args) -> Workload:
     native = preprocessing_for(args.model, "imagenet")
     crop = args.input_size or (native.crop_size if args.device.type == "cuda" else 112)
-    pre = Preprocessing(crop, max(crop, round(crop * native.resize_size / native.crop_size)), native.mean, native.std, native.interpolation)
+    pre = Preprocessing(crop, max(crop, round(crop * native.resize_size / native.crop_size)), native.mean, native.std,
+                        native.interpolation)
     work_dir = Path(args.work_dir)
     data_root = make_image_folder(work_dir / f"data-{args.classes}x{args.images_per_class}", classes=args.classes,
-                                  train_per_class=args.images_per_class, test_per_class=max(1, args.images_per_class // 10))
+                                  train_per_class=args.images_per_class,
+                                  test_per_class=max(1, args.images_per_class // 10))
     probe = parse_run_config({"model": args.model, "weights": "none", "data_dir": str(data_root), "download": False,
                               "cache_dir": str(work_dir / "split-cache")})
     with contextlib.redirect_stdout(sys.stderr):
@@ -386,7 +402,10 @@ def workload(args) -> Workload:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "CPU") if Path("/proc/cpuinfo").exists() else "CPU"
+    model = "CPU"
+    if Path("/proc/cpuinfo").exists():
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "CPU")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"CPU {model}, {cores} cores"
 
@@ -413,7 +432,8 @@ def run_schedule(w: Workload, repeats: int, log) -> dict:
                 if kind == "harness" and strategy == "full":  # the limit, measured next to the run it bounds
                     limits["full"].append(model_alone(w, "full", limit_repeats))
                 print(f"{label} ...", end="", flush=True)
-                timing = naive_run(w, strategy, lr) if kind == "naive" else harness_run(w, strategy, lr, sweep_cache, log)
+                timing = (naive_run(w, strategy, lr) if kind == "naive"
+                          else harness_run(w, strategy, lr, sweep_cache, log))
                 print(f" {timing.run_seconds:7.1f} s  {timing.train_images_per_second:8.1f} train img/s", flush=True)
                 sweep_seconds[kind] += timing.run_seconds
                 if kind == "naive":
@@ -485,12 +505,15 @@ def summarise(w: Workload, results: dict) -> dict:
 
 def targets(w: Workload, summary: dict) -> list[tuple[str, float, float, bool]]:
     checks = [
-        (f"head-only {w.epochs}-epoch run, harness first run vs naive (x)", summary["rows"]["head_only"]["speedup_first"], TARGETS["head_only_speedup"]),
+        (f"head-only {w.epochs}-epoch run, harness first run vs naive (x)",
+         summary["rows"]["head_only"]["speedup_first"], TARGETS["head_only_speedup"]),
         ("6-run mixed sweep, harness vs naive (x)", summary["sweep_speedup"], TARGETS["sweep_speedup"]),
-        ("pipeline efficiency, full fine-tuning (harness / model alone)", summary["pipeline_efficiency"], TARGETS["pipeline_efficiency"]),
+        ("pipeline efficiency, full fine-tuning (harness / model alone)", summary["pipeline_efficiency"],
+         TARGETS["pipeline_efficiency"]),
     ]
     if w.device.type == "cuda":
-        checks.append(("full fine-tuning train img/s", summary["rows"]["full"]["harness_train_images_per_second"], TARGETS["gpu_full_images_per_second"]))
+        checks.append(("full fine-tuning train img/s", summary["rows"]["full"]["harness_train_images_per_second"],
+                       TARGETS["gpu_full_images_per_second"]))
     return [(name, value, target, value >= target) for name, value, target in checks]
 
 
@@ -500,23 +523,30 @@ def render(w: Workload, args, summary: dict, command: str, elapsed: float) -> st
     lines = [
         title, "",
         f"`{command}`", "",
-        f"{datetime.date.today().isoformat()}; torch {torch.__version__}; {w.classes} classes x {args.images_per_class} synthetic JPEGs "
-        f"(500x375 to 1000x750, {len(w.train_rel)} train / {len(w.val_rel)} validation), {w.epochs} epochs, batch {w.batch_size}, "
-        f"crop {w.pre.crop_size} / resize {w.pre.resize_size} for both pipelines (harness: `trainer.run.preprocessing_for` patched), "
-        f"random values in the ImageNet weights file's place (timing does not depend on them; the harness loads them as `weights=imagenet`), harness precision "
-        f"{resolve_precision('auto', w.device) or 'fp32'}, naive fp32; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
-        f"{args.repeats} repetition(s), medians; whole benchmark {elapsed / 60:.1f} min.", "",
-        "| strategy | naive run s | harness first run s | harness later run s | speed-up first | speed-up later | limit first s | limit later s | limit / harness first | limit / harness later | naive train img/s | harness train img/s | model-alone train img/s |",
+        f"{datetime.date.today().isoformat()}; torch {torch.__version__}; {w.classes} classes x "
+        f"{args.images_per_class} synthetic JPEGs (500x375 to 1000x750, {len(w.train_rel)} train / {len(w.val_rel)} "
+        f"validation), {w.epochs} epochs, batch {w.batch_size}, crop {w.pre.crop_size} / resize {w.pre.resize_size} "
+        "for both pipelines (harness: `trainer.run.preprocessing_for` patched), random values in the ImageNet weights "
+        "file's place (timing does not depend on them; the harness loads them as `weights=imagenet`), harness "
+        f"precision {resolve_precision('auto', w.device) or 'fp32'}, naive fp32; "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; {args.repeats} repetition(s), medians; whole "
+        f"benchmark {elapsed / 60:.1f} min.", "",
+        "| strategy | naive run s | harness first run s | harness later run s | speed-up first | speed-up later | "
+        "limit first s | limit later s | limit / harness first | limit / harness later | naive train img/s | harness "
+        "train img/s | model-alone train img/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    names = {"head_only": "head_only (augment none)", "last_k": "last_k k=1 (augment none)", "full": "full (augment standard)"}
+    names = {"head_only": "head_only (augment none)", "last_k": "last_k k=1 (augment none)",
+             "full": "full (augment standard)"}
     for strategy in STRATEGIES:
         r = rows[strategy]
         lines.append(
-            f"| {names[strategy]} | {r['naive_run_seconds']:.1f} | {r['harness_first_run_seconds']:.1f} | {r['harness_later_run_seconds']:.1f} | "
-            f"{r['speedup_first']:.1f}x | {r['speedup_later']:.1f}x | {r['limit_first_run_seconds']:.2f} | {r['limit_later_run_seconds']:.2f} | "
+            f"| {names[strategy]} | {r['naive_run_seconds']:.1f} | {r['harness_first_run_seconds']:.1f} | "
+            f"{r['harness_later_run_seconds']:.1f} | {r['speedup_first']:.1f}x | {r['speedup_later']:.1f}x | "
+            f"{r['limit_first_run_seconds']:.2f} | {r['limit_later_run_seconds']:.2f} | "
             f"{r['limit_fraction_first']:.2f} | {r['limit_fraction_later']:.2f} | "
-            f"{r['naive_train_images_per_second']:.0f} | {r['harness_train_images_per_second']:.0f} | {r['model_alone_step_images_per_second']:.0f} |"
+            f"{r['naive_train_images_per_second']:.0f} | {r['harness_train_images_per_second']:.0f} | "
+            f"{r['model_alone_step_images_per_second']:.0f} |"
         )
     lines += [
         "",
@@ -524,14 +554,15 @@ def render(w: Workload, args, summary: dict, command: str, elapsed: float) -> st
         f"naive {summary['sweep_naive_seconds']:.1f} s, harness {summary['sweep_harness_seconds']:.1f} s, "
         f"**{summary['sweep_speedup']:.1f}x**.",
         "",
-        f"Per run: {w.epochs} x {n} training images. *first run*: empty cache folder, so the scan, the decoded-image cache and "
-        "the frozen-feature cache are built inside the timed run; *later run*: a later run of the sweep, caches present. "
-        "*limit*: the same model's work on tensors already in memory (model alone): per epoch the train steps of the "
-        "trained stages and their validation inference, plus, in a first run, one inference pass of the frozen prefix over "
-        "all images (when the feature cache applies); *limit / harness* is the share of a harness run that is model work. "
-        "*train img/s*: median over epochs of training images per second of the training loop (no validation); for the "
-        "model alone, of its train step (on cached features when the feature cache applies). Pipeline efficiency = "
-        "full fine-tuning's harness train img/s / model-alone train img/s, the latter measured next to each full run.", "",
+        f"Per run: {w.epochs} x {n} training images. *first run*: empty cache folder, so the scan, the decoded-image "
+        "cache and the frozen-feature cache are built inside the timed run; *later run*: a later run of the sweep, "
+        "caches present. *limit*: the same model's work on tensors already in memory (model alone): per epoch the "
+        "train steps of the trained stages and their validation inference, plus, in a first run, one inference pass "
+        "of the frozen prefix over all images (when the feature cache applies); *limit / harness* is the share of a "
+        "harness run that is model work. *train img/s*: median over epochs of training images per second of the "
+        "training loop (no validation); for the model alone, of its train step (on cached features when the feature "
+        "cache applies). Pipeline efficiency = full fine-tuning's harness train img/s / model-alone train img/s, the "
+        "latter measured next to each full run.", "",
         "| where a harness run's time goes (s) | " + " | ".join(f"{s} first | {s} later" for s in STRATEGIES) + " |",
         "|---|" + "---:|" * (2 * len(STRATEGIES)),
     ]
@@ -539,7 +570,8 @@ def render(w: Workload, args, summary: dict, command: str, elapsed: float) -> st
     for key in keys:
         cells = []
         for strategy in STRATEGIES:
-            cells += [f"{rows[strategy]['first_parts'].get(key, 0.0):.2f}", f"{rows[strategy]['later_parts'].get(key, 0.0):.2f}"]
+            cells += [f"{rows[strategy]['first_parts'].get(key, 0.0):.2f}",
+                      f"{rows[strategy]['later_parts'].get(key, 0.0):.2f}"]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += ["", "| target | measured | target | result |", "|---|---:|---:|---|"]
     for name, value, target, ok in targets(w, summary):
@@ -549,11 +581,13 @@ def render(w: Workload, args, summary: dict, command: str, elapsed: float) -> st
 
 def write_section(path: Path, section: str) -> None:
     """Replace this device/model/size's section of the results file (or add it), keeping the others."""
-    header = "# Benchmark results\n\nWritten by the scripts in `benchmarks/`; one section per script, device, model and input size.\n"
+    header = ("# Benchmark results\n\n"
+              "Written by the scripts in `benchmarks/`; one section per script, device, model and input size.\n")
     text = path.read_text() if path.exists() else header
     title = section.splitlines()[0]
     chunks = text.split("\n## ")
-    kept = [chunks[0].rstrip() + "\n"] + ["## " + c.rstrip() + "\n" for c in chunks[1:] if ("## " + c).splitlines()[0] != title]
+    kept = [chunks[0].rstrip() + "\n"] + ["## " + c.rstrip() + "\n" for c in chunks[1:]
+                                          if ("## " + c).splitlines()[0] != title]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(kept + [section]))
 
@@ -561,12 +595,14 @@ def write_section(path: Path, section: str) -> None:
 def main(argv=None) -> None:
     started = time.perf_counter()
     args = parse_args(argv)
-    command = "python benchmarks/pipeline.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python benchmarks/pipeline.py " + " ".join(shlex.quote(a)
+                                                          for a in (argv if argv is not None else sys.argv[1:]))
     print(f"device {device_name(args.device)}; writing the synthetic dataset (not timed) ...", flush=True)
     w = workload(args)
     stand_in_imagenet_weights(w)
-    print(f"{w.model} at {w.pre.crop_size} px (resize {w.pre.resize_size}); {len(w.train_rel)} train / {len(w.val_rel)} validation "
-          f"images; {w.epochs} epochs; batch {w.batch_size}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}", flush=True)
+    print(f"{w.model} at {w.pre.crop_size} px (resize {w.pre.resize_size}); {len(w.train_rel)} train / "
+          f"{len(w.val_rel)} validation images; {w.epochs} epochs; batch {w.batch_size}; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}", flush=True)
     log_path = w.work_dir / "harness.log"
     with open(log_path, "w") as log:
         results = run_schedule(w, args.repeats, log)

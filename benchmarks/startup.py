@@ -37,14 +37,18 @@ def write_sweep_folder(root: Path, runs: int = 12, epochs: int = 10) -> Path:
         folder.mkdir(parents=True)
         lr = (1e-4, 1e-3, 1e-2)[number % 3]
         model, strategy = ("resnet18", "last_k") if number % 2 else ("scratch_cnn", "full")
-        (folder / "config.yaml").write_text(json.dumps({"model": model, "strategy": strategy, "lr": lr, "seed": number // 6,
+        (folder / "config.yaml").write_text(json.dumps({"model": model, "strategy": strategy, "lr": lr,
+                                                        "seed": number // 6,
                                                         "epochs": epochs, "batch_size": 32, "weights": "imagenet"}))
         curve = [min(0.9, 0.3 + 0.05 * epoch + 0.01 * number) for epoch in range(1, epochs + 1)]
-        (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": epoch, "train_loss": 1.0 / epoch, "train_acc": acc,
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": epoch, "train_loss": 1.0 / epoch,
+                                                                  "train_acc": acc,
                                                                   "val_loss": 1.0 - acc, "val_acc": acc, "lr": lr,
-                                                                  "epoch_seconds": 10.0, "images_per_second": 500.0}) + "\n"
+                                                                  "epoch_seconds": 10.0,
+                                                                  "images_per_second": 500.0}) + "\n"
                                                       for epoch, acc in enumerate(curve, start=1)))
-        (folder / "summary.json").write_text(json.dumps({"state": "finished", "best_val_acc": max(curve), "best_epoch": epochs,
+        (folder / "summary.json").write_text(json.dumps({"state": "finished", "best_val_acc": max(curve),
+                                                         "best_epoch": epochs,
                                                          "trainable_params": 1000, "total_params": 11_000_000,
                                                          "train_seconds": 10.0 * epochs, "epochs_completed": epochs}))
     return root
@@ -75,7 +79,8 @@ def main(argv=None) -> None:
             "agent.py check sweeps/tiny.yaml": [python, agent, "check", str(ROOT / "sweeps" / "tiny.yaml")],
             "agent.py report SWEEP_DIR": [python, agent, "report", str(sweep), "--out", str(Path(work) / "report")],
             # What `report` loads before it reads its source; the rest of its time is its statistics and figures.
-            "  report's start (its imports)": [python, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); import agent, report.build"],
+            "  report's start (its imports)": [
+                python, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); import agent, report.build"],
         }
         times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.repeats):

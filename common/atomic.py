@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from common.disk import disk_cause
 
@@ -29,7 +30,8 @@ def atomic_write(path: Path | str, write: Callable[[Any], None], mode: str = "w"
             pass
         disk = disk_cause(exc)
         if disk is not None and disk.filename is None:
-            raise OSError(disk.errno, disk.strerror, str(path)) from exc  # write() names no file: the disk of `path` is full
+            # write() names no file: the disk of `path` is full
+            raise OSError(disk.errno, disk.strerror, str(path)) from exc
         raise
 
 

@@ -52,7 +52,8 @@ def disk_cause(exc: BaseException | None) -> OSError | None:
     return None
 
 
-def disk_problem(exc: BaseException, hint: str = "choose a folder you can write to", permissions: bool = False) -> UserError | None:
+def disk_problem(exc: BaseException, hint: str = "choose a folder you can write to",
+                 permissions: bool = False) -> UserError | None:
     """A full or read-only disk, wherever in `exc`'s chain it struck (with `permissions`, also a file this user may
     not touch), as a one-line UserError naming the file; None for other errors."""
     if not (permissions and isinstance(exc, OSError) and exc.errno in PERMISSION_ERRNOS):
@@ -77,8 +78,9 @@ def ensure_space(folder: Path | str, needed: int, what: str, option: str) -> Non
     the file, up to MARGIN: logs and summaries still have to fit after it)."""
     free, margin = shutil.disk_usage(folder).free, min(MARGIN, needed)
     if free < needed + margin:
-        raise UserError(f"not enough free space in {folder} for {what}: it needs {size_text(needed)} (and "
-                        f"{size_text(margin)} to spare) but {size_text(free)} are free; free some space or pass {option} on a bigger disk")
+        raise UserError(f"not enough free space in {folder} for {what}: it needs {size_text(needed)} "
+                        f"(and {size_text(margin)} to spare) but {size_text(free)} are free; free "
+                        f"some space or pass {option} on a bigger disk")
 
 
 def reserve(path: Path, size: int, what: str, option: str) -> None:
@@ -92,12 +94,14 @@ def reserve(path: Path, size: int, what: str, option: str) -> None:
             else:  # macOS: no reservation, the size only
                 handle.truncate(size)
         except OSError as exc:
-            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve: the checked space has to do
+            # a file system that cannot reserve: the checked space has to do
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
                 handle.truncate(size)
                 return
             path.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise UserError(f"not enough free space in {path.parent} for {what} ({size_text(size)}): free some space or pass {option} on a bigger disk") from None
+                raise UserError(f"not enough free space in {path.parent} for {what} ({size_text(size)}): free some "
+                                f"space or pass {option} on a bigger disk") from None
             raise
         except BaseException:  # Ctrl-C during a slow reservation: no partial file left
             path.unlink(missing_ok=True)

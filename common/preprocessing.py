@@ -31,7 +31,7 @@ class Preprocessing:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_record(cls, record: Any) -> "Preprocessing | None":
+    def from_record(cls, record: Any) -> Preprocessing | None:
         """The preprocessing a run recorded, or None when `record` is missing or not one (older runs)."""
         if not isinstance(record, dict):
             return None

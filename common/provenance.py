@@ -15,7 +15,8 @@ def code_version() -> str:
     """`<commit>`, or `<commit>+dirty.<hash of the local changes>` so that two different edits of one commit are
     two code versions; the package version when the code is not a git checkout."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=5)
         if commit.returncode == 0:
             diff = subprocess.run(["git", "diff", "HEAD", "--no-ext-diff", "--no-color", "--binary"], cwd=ROOT,
                                   capture_output=True, timeout=10)

@@ -44,7 +44,9 @@ class _Loader(yaml.SafeLoader):
                     continue
                 line = key_node.start_mark.line + 1
                 if earlier is not None:
-                    raise _Refused(f"has the key {key!r} twice (lines {earlier} and {line}): keep one, YAML would silently use the last")
+                    raise _Refused(
+                        f"has the key {key!r} twice (lines {earlier} and {line}): "
+                        "keep one, YAML would silently use the last")
                 lines[key] = line
         return super().construct_mapping(node, deep=deep)
 
@@ -75,9 +77,11 @@ def _check_expansion(root: yaml.Node) -> None:
         if key in sizes:
             continue
         if key in on_path:
-            raise _Refused(f"has an alias inside its own anchor (line {node.start_mark.line + 1}): a value cannot contain itself")
+            raise _Refused(
+                f"has an alias inside its own anchor (line {node.start_mark.line + 1}): a value cannot contain itself")
         if depth > MAX_YAML_DEPTH:
-            raise _Refused(f"nests lists and mappings more than {MAX_YAML_DEPTH} levels deep (line {node.start_mark.line + 1})")
+            raise _Refused(
+                f"nests lists and mappings more than {MAX_YAML_DEPTH} levels deep (line {node.start_mark.line + 1})")
         on_path.add(key)
         stack.append((node, depth, True))
         stack.extend((child, depth + 1, False) for child in _children(node) if id(child) not in sizes)
@@ -132,11 +136,15 @@ def read_yaml(path: Path | str, what: str = "YAML file") -> Any:
     except FileNotFoundError:
         raise UserError(f"{name} not found") from None
     except OSError as exc:
-        raise UserError(f"{name} cannot be read ({exc.strerror or type(exc).__name__}): check it is a YAML file you may read") from None
+        raise UserError(f"{name} cannot be read ({exc.strerror or type(exc).__name__}): "
+                        "check it is a YAML file you may read") from None
     if len(data) > MAX_YAML_BYTES:
-        raise UserError(f"{name} is larger than {MAX_YAML_BYTES // 2**20} MB, the most a YAML file may hold here: pass the YAML file itself")
+        raise UserError(
+            f"{name} is larger than {MAX_YAML_BYTES // 2**20} MB, the most a "
+            "YAML file may hold here: pass the YAML file itself")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{name} is not UTF-8 text (byte {exc.start + 1} is {data[exc.start:exc.start + 1]!r}; a binary file?): pass a YAML file") from None
+        raise UserError(f"{name} is not UTF-8 text (byte {exc.start + 1} is {data[exc.start:exc.start + 1]!r}; a "
+                        "binary file?): pass a YAML file") from None
     return parse_yaml(text, name)

@@ -146,7 +146,8 @@ class TrainTransform:
         height = torch.where(found, heights.gather(1, first).squeeze(1), 1.0)
         center_x = (torch.rand(batch, generator=generator) * 2 - 1) * (1 - width)
         center_y = (torch.rand(batch, generator=generator) * 2 - 1) * (1 - height)
-        flip = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0) if policy.flip else torch.ones(batch)
+        flip = (torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0) if policy.flip
+                else torch.ones(batch))
         angle = uniform(-1.0, 1.0) * math.radians(policy.max_rotation_degrees)
         cos, sin = torch.cos(angle), torch.sin(angle)
         theta = torch.stack(

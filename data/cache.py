@@ -55,11 +55,13 @@ class DecodedImageCache:
     def build_or_open(
         cls, index: ImageIndex, size: int, interpolation: str, cache_dir: Path | str, progress: bool | None = None,
         crop_size: int | None = None,
-    ) -> "DecodedImageCache":
-        """`crop_size` places each square for the centre crop evaluation takes (see data.images.resize_center_square)."""
+    ) -> DecodedImageCache:
+        """`crop_size` places each square for the centre crop evaluation takes (see
+        data.images.resize_center_square)."""
         cache_dir = Path(cache_dir)
         crop_size = size if crop_size is None else crop_size
-        stem = f"images-v{CACHE_FORMAT_VERSION}.{DECODE_VERSION}-{index.fingerprint}-{size}-c{crop_size}-{interpolation}"
+        stem = (f"images-v{CACHE_FORMAT_VERSION}.{DECODE_VERSION}-{index.fingerprint}-{size}-c{crop_size}"
+                f"-{interpolation}")
         path, meta_path = cache_dir / f"{stem}.u8", cache_dir / f"{stem}.json"
         with file_lock(cache_dir / f"{stem}.lock"):
             if not (path.exists() and meta_path.exists()):
@@ -68,7 +70,8 @@ class DecodedImageCache:
         return cls(path, meta["count"], meta["size"])
 
 
-def _build(index: ImageIndex, size: int, crop_size: int, interpolation: str, path: Path, meta_path: Path, progress: bool | None) -> None:
+def _build(index: ImageIndex, size: int, crop_size: int, interpolation: str, path: Path, meta_path: Path,
+           progress: bool | None) -> None:
     from tqdm.auto import tqdm  # a widget in a notebook
 
     tmp = path.with_suffix(".u8.tmp")
@@ -83,14 +86,16 @@ def _build(index: ImageIndex, size: int, crop_size: int, interpolation: str, pat
     show = live_output() if progress is None else progress
     # PIL releases the GIL in decode and resize, so threads scale over the (few) cores without IPC copies.
     # Sizes grow as their square (352 px holds 2.5x the bytes of 224 px): say what a cache costs before writing it.
-    print(f"caching {count} decoded images at {size}px: {size_text(count * size * size * 3)} on disk in {path.parent}", flush=True)
+    print(f"caching {count} decoded images at {size}px: {size_text(count * size * size * 3)} on disk in {path.parent}",
+          flush=True)
     try:
         # A memory-mapped file that outgrows the disk kills the process with SIGBUS: its blocks are reserved first.
         reserve(tmp, count * size * size * 3, f"the decoded-image cache ({count} images at {size}px)", CACHE_OPTION)
         out = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(count, size, size, 3))
         with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
             results = pool.map(decode, range(count), chunksize=16)
-            for _ in tqdm(results, total=count, desc=f"caching {count} images at {size}px", disable=not show, unit="img"):
+            for _ in tqdm(results, total=count, desc=f"caching {count} images at {size}px", disable=not show,
+                          unit="img"):
                 pass
         out.flush()
         os.replace(tmp, path)
@@ -98,6 +103,7 @@ def _build(index: ImageIndex, size: int, crop_size: int, interpolation: str, pat
         tmp.unlink(missing_ok=True)  # never leave a disk filled by half a cache
         raise
     seconds = time.perf_counter() - started
-    meta = {"count": count, "size": size, "crop_size": crop_size, "interpolation": interpolation, "root": str(index.root), "seconds": round(seconds, 2)}
+    meta = {"count": count, "size": size, "crop_size": crop_size, "interpolation": interpolation,
+            "root": str(index.root), "seconds": round(seconds, 2)}
     write_json(meta_path, meta)
     print(f"cached {count} decoded images at {size}px in {seconds:.1f}s -> {path}")

@@ -24,8 +24,8 @@ from pathlib import Path
 from tqdm.auto import tqdm  # a widget in a notebook
 
 from common.atomic import write_text
-from common.errors import UserError
 from common.disk import ensure_space, size_text, write_problem
+from common.errors import UserError
 from common.locks import file_lock
 from common.terminal import live_output
 
@@ -66,7 +66,8 @@ def download_file(
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"cannot create {dest.parent} to download into ({error.strerror or error}): pass a --data_dir you can write to") from None
+        raise UserError(f"cannot create {dest.parent} to download into "
+                        f"({error.strerror or error}): pass a --data_dir you can write to") from None
     try:
         _fetch(url, part, _want_progress(progress), timeout, chunk_bytes, unpacked_ratio)
     except (OSError, http.client.HTTPException, _Incomplete) as error:
@@ -110,8 +111,9 @@ def download_dataset(dest_dir: Path, url: str = NATURE_12K_URL, *, progress: boo
     if not marker.exists():  # e.g. a mistyped path under a read-only attached-data folder
         problem = write_problem(dest_dir)
         if problem:
-            raise UserError(f"{dest_dir} holds no dataset, and nature_12K cannot be downloaded into it ({problem}): pass the "
-                            f"--data_dir of the dataset itself (check the path of an attached dataset), or one you can write to")
+            raise UserError(f"{dest_dir} holds no dataset, and nature_12K cannot be downloaded "
+                            f"into it ({problem}): pass the --data_dir of the dataset itself "
+                            "(check the path of an attached dataset), or one you can write to")
     # One download at a time into a folder: parallel trials or sweeps sharing a data_dir would interleave
     # their writes into one .part file. The others wait, then find the marker.
     with file_lock(dest_dir / LOCK_NAME):

@@ -21,7 +21,8 @@ DECODE_VERSION = 3
 # What an image may be before it is decoded: a PNG of a few hundred bytes can declare 100000 x 1 pixels, and
 # resizing its short side to the working size would then need gigabytes. Both limits are read from the header.
 MAX_IMAGE_PIXELS = 2**26  # 67 megapixels, 8192 x 8192: any camera photo; decoding one takes at most ~400 MB
-MAX_ASPECT_RATIO = 20  # long side / short side: wide panoramas pass; 20 x the working size is the resize's largest image
+# long side / short side: wide panoramas pass; 20 x the working size is the resize's largest image
+MAX_ASPECT_RATIO = 20
 
 
 # PIL warns at open above its own, higher limit; admission_problem refuses those images with its own one-line reason.
@@ -67,7 +68,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         if image.mode.startswith("I;16"):  # 16-bit by format: a dark image stays dark
             peak = 65535.0
         else:  # 32-bit int or float (rare): the range is not in the file; guess from the values
-            peak = 65535.0 if values.max(initial=0) > 255 else 1.0 if image.mode == "F" and values.max(initial=0) <= 1 else 255.0
+            peak = (65535.0 if values.max(initial=0) > 255
+                    else 1.0 if image.mode == "F" and values.max(initial=0) <= 1 else 255.0)
         gray = np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
@@ -96,11 +98,13 @@ def open_rgb(path: Path | str, min_side: int | None = None) -> Image.Image:
 
 
 def _centre_offset(extra: int) -> int:
-    """Where torchvision's CenterCrop starts a crop `extra` pixels shorter than the side: Python's round, half to even."""
+    """Where torchvision's CenterCrop starts a crop `extra` pixels
+    shorter than the side: Python's round, half to even."""
     return int(round(extra / 2.0))
 
 
-def resize_center_square(image: Image.Image, size: int, interpolation: str = "bilinear", crop_size: int | None = None) -> Image.Image:
+def resize_center_square(image: Image.Image, size: int, interpolation: str = "bilinear",
+                         crop_size: int | None = None) -> Image.Image:
     """Resize the short side to `size`, then cut a `size` x `size` square whose centre crop of `crop_size` (the
     default: `size`, the square itself) is, pixel for pixel, torchvision's Resize(size) + CenterCrop(crop_size).
 
@@ -125,7 +129,8 @@ def resize_center_square(image: Image.Image, size: int, interpolation: str = "bi
     return image.crop((left, top, left + size, top + size))
 
 
-def decode_working(path: Path | str, size: int, interpolation: str = "bilinear", crop_size: int | None = None) -> np.ndarray:
+def decode_working(path: Path | str, size: int, interpolation: str = "bilinear",
+                   crop_size: int | None = None) -> np.ndarray:
     """The image at `path` as a uint8 array of shape (size, size, 3): upright, RGB, short side resized, the
     square placed so that EvalTransform's centre crop of `crop_size` is torchvision's (see resize_center_square)."""
     image = resize_center_square(open_rgb(path, min_side=size), size, interpolation, crop_size)

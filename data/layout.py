@@ -28,7 +28,8 @@ def find_layout(data_dir: Path) -> DatasetLayout | None:
     """The first folder at or up to two levels below `data_dir` that holds a `train/` folder."""
     candidates = [data_dir]
     for depth in range(2):
-        candidates += sorted(p for c in candidates if c.is_dir() for p in c.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+        candidates += sorted(p for c in candidates if c.is_dir() for p in c.iterdir() if p.is_dir()
+                             and not p.name.startswith((".", "__")))
         candidates = list(dict.fromkeys(candidates))
     for root in candidates:
         if (root / "train").is_dir():
@@ -46,7 +47,9 @@ def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None 
     `offer_download=False` is for commands that never download (testing a run): their error does not suggest it."""
     data_dir = Path(data_dir).expanduser()
     if data_dir.exists() and not data_dir.is_dir():
-        raise UserError(f"--data_dir={data_dir} is a file, not a folder: pass the folder that holds train/ (or the unzipped nature_12K)")
+        raise UserError(
+            f"--data_dir={data_dir} is a file, not a folder: pass the folder "
+            "that holds train/ (or the unzipped nature_12K)")
     layout = find_layout(data_dir) if data_dir.exists() else None
     if layout is None and not data_dir.exists():
         _refuse_a_typo(data_dir)
@@ -56,22 +59,26 @@ def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None 
 
         # Only into a new or empty folder (or one with our own partial download): a folder of other files is a
         # wrong --data_dir (a class folder, train/ itself), and 3.6 GB unpacked into it would become a class.
-        others = sorted(p.name for p in data_dir.iterdir() if not p.name.startswith((ZIP_NAME, "."))) if data_dir.exists() else []
+        others = (sorted(p.name for p in data_dir.iterdir() if not p.name.startswith((ZIP_NAME, ".")))
+                  if data_dir.exists() else [])
         if others:
             holder = _class_holder(data_dir)
             held_out = [name for name in TEST_FOLDER_NAMES if (data_dir / name).is_dir()]
             if data_dir.name in ("train", *TEST_FOLDER_NAMES):
                 hint = "it looks like a train/ or val/ folder of class sub-folders: pass the folder above it"
             elif held_out:  # the held-out set is there: what is missing is train/ beside it, not a level above it
-                hint = (f"it has {held_out[0]}/ but no train/: put the class folders of the training images into "
-                        f"{data_dir / 'train'}/ (the same class names as {held_out[0]}/), then pass --data_dir={data_dir} again")
+                hint = (f"it has {held_out[0]}/ but no train/: put the class folders of "
+                        f"the training images into {data_dir / 'train'}/ (the same class "
+                        f"names as {held_out[0]}/), then pass --data_dir={data_dir} again")
             elif holder is not None:  # a plain folder of class folders: the layout a user most often has
-                hint = (f"{holder} holds class folders directly: move them into {holder / 'train'}/ (and a held-out set with "
-                        f"the same class folders into {holder / 'test'}/), then pass --data_dir={holder}")
+                hint = (f"{holder} holds class folders directly: move them into {holder / 'train'}/ (and a held-out "
+                        f"set with the same class folders into {holder / 'test'}/), then pass --data_dir={holder}")
             else:
-                hint = "pass the folder that holds train/ and val/ (or test/), or an empty folder to download nature_12K into"
-            raise UserError(f"no dataset found in {data_dir} (it holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}), "
-                            f"and nature_12K is only downloaded into an empty folder: {hint}")
+                hint = ("pass the folder that holds train/ and val/ (or test/), or an empty folder to download "
+                        "nature_12K into")
+            raise UserError(f"no dataset found in {data_dir} (it holds "
+                            f"{', '.join(others[:3])}{' ...' if len(others) > 3 else ''}), and nature_12K is only "
+                            f"downloaded into an empty folder: {hint}")
         created = [d for d in (data_dir, *data_dir.parents) if not d.exists()]
         try:
             download_dataset(data_dir, url or NATURE_12K_URL)
@@ -119,8 +126,9 @@ def _refuse_a_typo(data_dir: Path) -> None:
     siblings = [p.name for p in existing.iterdir() if p.is_dir()]
     close = difflib.get_close_matches(missing, siblings, n=1, cutoff=0.8)
     if close and find_layout(existing / close[0]) is not None:  # demo_dat beside demo_data, a dataset
-        raise UserError(f"--data_dir={data_dir} does not exist: did you mean {existing / close[0]}? (a dataset is there; "
-                        f"nature_12K is only downloaded into a new folder whose name is not that close to a dataset's)")
+        raise UserError(f"--data_dir={data_dir} does not exist: did you mean "
+                        f"{existing / close[0]}? (a dataset is there; nature_12K is only "
+                        "downloaded into a new folder whose name is not that close to a dataset's)")
     root = None
     if (existing / "train").is_dir():
         root = existing  # beside train/

@@ -8,8 +8,9 @@ in parallel across workers while the cached store is a single memory-mapped gath
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -35,7 +36,8 @@ class DecodingStore:
     crop_size: int | None = None  # where each square is placed: for this centre crop (data.images.resize_center_square)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
-        return np.stack([decode_working(self.index.absolute(int(i)), self.size, self.interpolation, self.crop_size) for i in indices])
+        return np.stack([decode_working(self.index.absolute(int(i)), self.size, self.interpolation, self.crop_size)
+                         for i in indices])
 
 
 class _BatchDataset(Dataset):

@@ -60,7 +60,8 @@ def _list_files(folder: Path) -> tuple[dict[str, list[os.DirEntry]], dict[str, s
     """The image files of each class folder, and every entry that cannot be one (a name that is not valid UTF-8,
     a symlink loop or a broken link, a folder that cannot be listed) with the reason: skipped and named."""
     if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder: pass --data_dir pointing at a folder with train/ and val/ class sub-folders")
+        raise UserError(
+            f"{folder} is not a folder: pass --data_dir pointing at a folder with train/ and val/ class sub-folders")
     refused: dict[str, str] = {}
 
     def refuse(path: str, reason: str) -> None:
@@ -72,7 +73,8 @@ def _list_files(folder: Path) -> tuple[dict[str, list[os.DirEntry]], dict[str, s
                 return [e for e in listing if not e.name.startswith(".")]
         except OSError as exc:
             if Path(where) == folder:
-                raise UserError(f"{folder} cannot be listed ({exc.strerror}): check its permissions, or pass another --data_dir") from None
+                raise UserError(f"{folder} cannot be listed ({exc.strerror}): check "
+                                "its permissions, or pass another --data_dir") from None
             refuse(where, f"folder cannot be listed ({exc.strerror})")
             return []
 
@@ -81,7 +83,8 @@ def _list_files(folder: Path) -> tuple[dict[str, list[os.DirEntry]], dict[str, s
         try:
             found = "dir" if entry.is_dir() else "file" if entry.is_file() else None
         except OSError as exc:  # ELOOP: a link to itself, or a loop of links
-            refuse(entry.path, f"symlink loop ({exc.strerror})" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror})")
+            refuse(entry.path,
+                   f"symlink loop ({exc.strerror})" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror})")
             return None
         if found is None and entry.is_symlink():
             refuse(entry.path, "broken symlink (its target does not exist)")
@@ -98,7 +101,8 @@ def _list_files(folder: Path) -> tuple[dict[str, list[os.DirEntry]], dict[str, s
         inner = sorted(e.name for e in entries(str(only)) if kind(e) == "dir")
         hint = (f"; its sub-folders ({', '.join(inner[:3])}{', ...' if len(inner) > 3 else ''}) look like the classes: "
                 f"move them up into {folder}" if len(inner) > 1 else "; add a folder of images for each further class")
-        raise UserError(f"{folder} has a single class folder ({classes[0]}): a classifier needs at least 2 class sub-folders{hint}")
+        raise UserError(
+            f"{folder} has a single class folder ({classes[0]}): a classifier needs at least 2 class sub-folders{hint}")
     listing = {}
     for name in classes:
         files, pending = [], [str(folder / name)]
@@ -183,7 +187,8 @@ def scan_folder(folder: Path | str, cache_dir: Path | str | None = None, verbose
 def skipped_warning(folder: Path, skipped) -> str:
     """The one line that names a scan's unreadable files: a count and three examples (the run folder lists them all)."""
     examples = ", ".join(f"{p} ({r})" for p, r in skipped[:3])
-    return f"warning: skipped {len(skipped)} unreadable file(s) in {printable(str(folder))}: {examples}{' ...' if len(skipped) > 3 else ''}"
+    return (f"warning: skipped {len(skipped)} unreadable file(s) in {printable(str(folder))}: "
+            f"{examples}{' ...' if len(skipped) > 3 else ''}")
 
 
 def check_same_classes(classes: tuple[str, ...], source: str, test: ImageIndex) -> None:

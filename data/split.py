@@ -36,7 +36,8 @@ def _class_order(count: int, seed: int, class_name: str) -> np.ndarray:
     return np.random.default_rng([seed, zlib.crc32(class_name.encode())]).permutation(count)
 
 
-def stratified_split(index: ImageIndex, val_fraction: float = 0.2, seed: int = 0, subset_fraction: float = 1.0) -> Split:
+def stratified_split(index: ImageIndex, val_fraction: float = 0.2, seed: int = 0,
+                     subset_fraction: float = 1.0) -> Split:
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"val_fraction={val_fraction} must be between 0 and 1 (exclusive), e.g. 0.2")
     if not 0.0 < subset_fraction <= 1.0:
@@ -51,13 +52,16 @@ def stratified_split(index: ImageIndex, val_fraction: float = 0.2, seed: int = 0
             alone.append(name)
         rest = order[n_val:]
         if len(rest) == 0:
-            raise UserError(f"class {name!r} in {index.root} has {len(order)} image(s): too few to split with val_fraction={val_fraction}")
+            raise UserError(
+                f"class {name!r} in {index.root} has {len(order)} image(s): "
+                f"too few to split with val_fraction={val_fraction}")
         val.extend(order[:n_val].tolist())
         train.extend(rest[: max(1, math.ceil(len(rest) * subset_fraction))].tolist())
     if alone:  # its one image trains; validation accuracy then says nothing about that class
-        print(f"note: class{'es' if len(alone) > 1 else ''} {', '.join(alone[:5])}{' ...' if len(alone) > 5 else ''} of {index.root} "
-              f"{'have' if len(alone) > 1 else 'has'} a single image, which trains: no validation image measures "
-              f"{'them' if len(alone) > 1 else 'it'}; add images to validate {'them' if len(alone) > 1 else 'it'}", flush=True)
+        print(f"note: class{'es' if len(alone) > 1 else ''} {', '.join(alone[:5])}{' ...' if len(alone) > 5 else ''} "
+              f"of {index.root} {'have' if len(alone) > 1 else 'has'} a single image, which trains: no validation "
+              f"image measures {'them' if len(alone) > 1 else 'it'}; add images to validate "
+              f"{'them' if len(alone) > 1 else 'it'}", flush=True)
     train_idx, val_idx = np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
     digest, data = hashlib.sha256(), hashlib.sha256()
     for part, indices in (("train", train_idx), ("val", val_idx)):

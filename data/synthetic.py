@@ -26,7 +26,8 @@ from PIL import Image, ImageDraw
 from common.atomic import write_text
 
 # nature_12K's classes, so a demo run reads like the real one; more classes get generic names.
-NATURE_CLASSES = ("Amphibia", "Animalia", "Arachnida", "Aves", "Fungi", "Insecta", "Mammalia", "Mollusca", "Plantae", "Reptilia")
+NATURE_CLASSES = ("Amphibia", "Animalia", "Arachnida", "Aves", "Fungi", "Insecta", "Mammalia", "Mollusca", "Plantae",
+                  "Reptilia")
 LAYOUTS = {"nature": ("inaturalist_12K/train", "inaturalist_12K/val"), "plain": ("train", "test")}
 MARKER = "synthetic.json"
 PENDING = "synthetic.json.writing"  # present while a call writes: what it finds from a cut-off call is ours to remove
@@ -54,7 +55,8 @@ def _smooth_field(rng: np.random.Generator, width: int, height: int, cells: int,
     """Low-frequency random field: a coarse random grid upsampled bicubically (cheap, photo-like shading)."""
     coarse = rng.uniform(0, 255, size=(cells, max(2, cells * width // max(1, height)), channels)).astype(np.uint8)
     mode = "RGB" if channels == 3 else "L"
-    field = Image.fromarray(coarse if channels == 3 else coarse[..., 0], mode).resize((width, height), Image.Resampling.BICUBIC)
+    field = Image.fromarray(coarse if channels == 3 else coarse[..., 0], mode).resize(
+        (width, height), Image.Resampling.BICUBIC)
     return np.asarray(field, dtype=np.float32).reshape(height, width, channels) / 255.0 - 0.5
 
 
@@ -99,7 +101,8 @@ def _write_one(job: tuple) -> int:
     return os.path.getsize(path)
 
 
-def _jobs(root: Path, layout: str, classes: int, per_split: dict[str, int], min_size, max_size, seed: int) -> list[tuple]:
+def _jobs(root: Path, layout: str, classes: int, per_split: dict[str, int], min_size, max_size,
+          seed: int) -> list[tuple]:
     names, jobs = class_names(classes), []
     for split, folder in zip(("train", "test"), LAYOUTS[layout]):
         for label, name in enumerate(names):
@@ -108,7 +111,8 @@ def _jobs(root: Path, layout: str, classes: int, per_split: dict[str, int], min_
             for i in range(per_split[split]):
                 image_seed = zlib.crc32(f"{split}/{label}/{i}".encode())  # independent of worker count and order
                 size_rng = np.random.default_rng([seed, image_seed, 1])
-                size = (int(size_rng.integers(min_size[0], max_size[0] + 1)), int(size_rng.integers(min_size[1], max_size[1] + 1)))
+                size = (int(size_rng.integers(min_size[0], max_size[0] + 1)),
+                        int(size_rng.integers(min_size[1], max_size[1] + 1)))
                 jobs.append((class_dir / f"{name.lower()}_{i:05d}.jpg", seed, label, image_seed, size))
     return jobs
 
@@ -139,7 +143,8 @@ def make_image_folder(
         raise ValueError(f"min_size {min_size} must be positive and at most max_size {max_size}")
     root = Path(root)
     spec = {
-        "format": FORMAT_VERSION, "classes": classes, "train_per_class": train_per_class, "test_per_class": test_per_class,
+        "format": FORMAT_VERSION, "classes": classes, "train_per_class": train_per_class,
+        "test_per_class": test_per_class,
         "min_size": list(min_size), "max_size": list(max_size), "seed": seed, "layout": layout, "quality": JPEG_QUALITY,
     }
     marker, pending = root / MARKER, root / PENDING
@@ -180,9 +185,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per_class", type=int, default=100, help="training images per class")
     parser.add_argument("--test_per_class", type=int, default=20, help="test images per class")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed")
-    parser.add_argument("--layout", choices=tuple(LAYOUTS), default="nature", help="nature: inaturalist_12K/{train,val}; plain: {train,test}")
+    parser.add_argument("--layout", choices=tuple(LAYOUTS), default="nature",
+                        help="nature: inaturalist_12K/{train,val}; plain: {train,test}")
     args = parser.parse_args(argv)
-    root = make_image_folder(args.root, args.classes, args.per_class, args.test_per_class, seed=args.seed, layout=args.layout)
+    root = make_image_folder(args.root, args.classes, args.per_class, args.test_per_class, seed=args.seed,
+                             layout=args.layout)
     meta = json.loads((root / MARKER).read_text())
     print(f"{meta['images']} synthetic JPEGs ({meta['bytes'] / 1e6:.0f} MB) in {root}; train with --data_dir={root}")
 

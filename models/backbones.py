@@ -7,8 +7,9 @@ torchvision's), so freezing "the last k stages" means the same kind of block on 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING
 
 from common.lazy import LazyAttribute, lazy_module
 from models.registry import AuxHead, BackboneSpec, Stage, register
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 torch, tvm = lazy_module("torch"), lazy_module("torchvision.models")
 build_scratch_cnn = LazyAttribute("scratch_cnn.model", "build_scratch_cnn")
 
-Step = Union[str, Callable[["nn.Module", "Tensor"], "Tensor"]]
+Step = str | Callable[["nn.Module", "Tensor"], "Tensor"]
 
 
 def _flatten(net: nn.Module, x: Tensor) -> Tensor:
@@ -57,7 +58,8 @@ def _vit_resize(net: nn.Module, size: int) -> None:
     """Make a ViT take `size` px: its position embeddings become those of the new patch grid, for good."""
     if size == net.image_size:
         return
-    net.encoder.pos_embedding = torch.nn.Parameter(_vit_positions(net.encoder.pos_embedding.detach(), size, net.patch_size))
+    net.encoder.pos_embedding = torch.nn.Parameter(
+        _vit_positions(net.encoder.pos_embedding.detach(), size, net.patch_size))
     net.image_size, net.seq_length = size, net.encoder.pos_embedding.shape[1]
 
 

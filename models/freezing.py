@@ -7,15 +7,15 @@ show strategies in (registration order: least to most of the backbone trained), 
 `Freezing.of` is the one place a strategy and its options are built from a run's values.
 
 Walk of strategy/k_layers: sweeps/freeze.yaml -> trainer/config.py (`freezing_of`; folded to the simplest equivalent)
--> trainer/optim.py (`LearningRates.advance`, each epoch) -> models/freezing.py (`Freezing.plan`: `_top` picks the stages
-that train; `StagedModel.apply_plan` then sets requires_grad).
+-> trainer/optim.py (`LearningRates.advance`, each epoch) -> models/freezing.py (`Freezing.plan`: `_top` picks the
+stages that train; `StagedModel.apply_plan` then sets requires_grad).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from common.errors import UserError
 from common.parsing import nearest
@@ -60,14 +60,15 @@ def _backbone(stage_names: tuple[str, ...]) -> tuple[str, ...]:
 class Freezing:
     """A strategy with its options: what a run freezes in each epoch."""
 
-    strategy: "Strategy"
+    strategy: Strategy
     options: FreezeOptions = FreezeOptions()
 
     @classmethod
     def of(cls, strategy: str, k_layers: int | None = None, freeze_fraction: float | None = None,
-           unfreeze_every_epochs: int | None = None) -> "Freezing":
+           unfreeze_every_epochs: int | None = None) -> Freezing:
         """The one builder: a strategy name or alias and its options, None meaning the option's default."""
-        given = {"k_layers": k_layers, "freeze_fraction": freeze_fraction, "unfreeze_every_epochs": unfreeze_every_epochs}
+        given = {"k_layers": k_layers, "freeze_fraction": freeze_fraction,
+                 "unfreeze_every_epochs": unfreeze_every_epochs}
         return cls(resolve_strategy(strategy), FreezeOptions(**{k: v for k, v in given.items() if v is not None}))
 
     @property
@@ -77,10 +78,10 @@ class Freezing:
     def validate(self, stage_names: tuple[str, ...], model_name: str = "the model") -> None:
         validate_options(self.strategy, stage_names, self.options, model_name)
 
-    def plan(self, stage_names: tuple[str, ...], epoch: int, model_name: str = "the model") -> "TrainPlan":
+    def plan(self, stage_names: tuple[str, ...], epoch: int, model_name: str = "the model") -> TrainPlan:
         return plan_for_epoch(self.strategy, stage_names, self.options, epoch, model_name)
 
-    def plans(self, stage_names: tuple[str, ...], epochs: int, model_name: str = "the model") -> list["TrainPlan"]:
+    def plans(self, stage_names: tuple[str, ...], epochs: int, model_name: str = "the model") -> list[TrainPlan]:
         """The plan of every epoch of a run of `epochs` epochs."""
         return [self.plan(stage_names, epoch, model_name) for epoch in range(epochs)]
 

@@ -8,7 +8,7 @@ Their learning rates are trainer/optim.py's, all in one place.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from torch import nn
 
@@ -25,7 +25,8 @@ def _no_decay_names(model: StagedModel) -> set[str]:
     return names
 
 
-def parameter_groups(model: StagedModel, stage_names: Iterable[str], exclude: frozenset[int] = frozenset()) -> list[dict]:
+def parameter_groups(model: StagedModel, stage_names: Iterable[str],
+                     exclude: frozenset[int] = frozenset()) -> list[dict]:
     """The trainable parameters of these stages, in the order given, as groups without learning rates (those are
     trainer/optim.py's): `{"params", "name", "stage", "decay"}`.
 

@@ -6,8 +6,9 @@ architecture; nothing downstream indexes `children()` or matches parameter-name 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: the registry is read without importing torch
     from torch import Tensor, nn
@@ -74,7 +75,8 @@ class BackboneSpec:
     input_size_of_state: Callable[[dict], int | None] | None = None
     # Built for one input size (a dense layer over the flattened last map): it evaluates at that size only.
     sized_by_input: bool = False
-    # state_dict keys (under "net.") whose values a size other than the weights' own changes (ViT's interpolated position
+    # state_dict keys (under "net.") whose values a size other
+    # than the weights' own changes (ViT's interpolated position
     # embeddings): never left out of a checkpoint as "the ImageNet weights", since they no longer are.
     size_dependent_keys: tuple[str, ...] = ()
     # (weights member, its crop size in px) for every member a run may name: the default input_size, read without
@@ -123,8 +125,8 @@ class BackboneSpec:
             return (f"{what}={size} is not a multiple of {self.name}'s {self.input_multiple} px patch: use "
                     f"{below or above} or {above}")
         if size < self.min_input_size:
-            return (f"{what}={size} is below {self.name}'s minimum of {self.min_input_size} px (its feature maps vanish): "
-                    f"use {what}>={self.min_input_size}")
+            return (f"{what}={size} is below {self.name}'s minimum of {self.min_input_size} px (its feature maps "
+                    f"vanish): use {what}>={self.min_input_size}")
         needs = self.aux_min_input_size if aux_heads else 1
         if size < needs:
             return (f"{what}={size} is below the {needs} px that {self.name}'s auxiliary classifier needs: use "

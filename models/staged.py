@@ -131,7 +131,7 @@ class StagedModel(nn.Module):
     def _bn_trains_when_frozen(self) -> bool:
         return self.bn_mode == "adapt" or self.plan.train_norm_layers
 
-    def train(self, mode: bool = True) -> "StagedModel":
+    def train(self, mode: bool = True) -> StagedModel:
         """Like nn.Module.train, but frozen stages stay in eval mode (BatchNorm statistics fixed, dropout off).
 
         With bn_mode="adapt" or a plan that trains norm layers, frozen stages' BatchNorm layers alone run in

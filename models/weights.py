@@ -92,9 +92,10 @@ def _recognise(spec: BackboneSpec, path: str) -> ResolvedWeights:
         expected = _HASH_IN_NAME.search(name)
         if expected and digest.startswith(expected.group(1)):
             return ResolvedWeights("imagenet", member=member, path=path, sha256=digest)
-        _warn_once(f"{path} is named like torchvision's {type(member).__name__}.{member.name} file, but its SHA-256 "
-                   f"starts {digest[:len(expected.group(1)) if expected else 8]}, not {expected.group(1) if expected else '?'}: "
-                   f"trained as a warm start from this file, not as those ImageNet weights")
+        _warn_once(f"{path} is named like torchvision's {type(member).__name__}.{member.name} file, "
+                   f"but its SHA-256 starts {digest[:len(expected.group(1)) if expected else 8]}, "
+                   f"not {expected.group(1) if expected else '?'}: trained as a warm start from "
+                   "this file, not as those ImageNet weights")
     return ResolvedWeights("file", path=path, sha256=digest)
 
 
@@ -144,7 +145,8 @@ class InputGeometry:
 
     base: Preprocessing
     start: str  # "imagenet" (the weights' own normalisation), "none", "file" or "scratch"
-    source: str  # in words, for the run's note: "ResNet50_Weights.IMAGENET1K_V2", "recorded by the run that wrote X", ...
+    # in words, for the run's note: "ResNet50_Weights.IMAGENET1K_V2", "recorded by the run that wrote X", ...
+    source: str
     default_size: int  # the training size when none is given: the weights' own crop (or the one a warm start recorded)
 
 
@@ -161,20 +163,24 @@ def input_geometry(name: str, weights: str = "imagenet", scratch_size: int = 224
     if spec.is_scratch:
         resize, crop = SCRATCH_RESIZE_RATIO
         base = sized(Preprocessing(crop, resize, IMAGENET_MEAN, IMAGENET_STD, "bilinear"), scratch_size)
-        return _with_sidecar(InputGeometry(base, "scratch", "ImageNet's mean/std (the scratch CNN's default)", scratch_size), resolved)
+        return _with_sidecar(
+            InputGeometry(base, "scratch", "ImageNet's mean/std (the scratch CNN's default)", scratch_size), resolved)
     if resolved.kind == "imagenet":
         return _from_member(resolved.member, "imagenet", f"{type(resolved.member).__name__}.{resolved.member.name}")
     default = spec.weights_enum[spec.default_weights]
     if resolved.kind == "none":
-        return _from_member(default, "none", f"{type(default).__name__}.{default.name} (the architecture's ImageNet metadata)")
+        return _from_member(default, "none",
+                            f"{type(default).__name__}.{default.name} (the architecture's ImageNet metadata)")
     recorded, origin = _origin(spec, resolved.path)
     if recorded is not None:  # the run that wrote it recorded what it saw: also through a chain of warm starts
         return InputGeometry(recorded, "file", f"recorded by the run that wrote {resolved.path}", recorded.crop_size)
     if origin is not None:
-        return _from_member(origin, "file", f"{type(origin).__name__}.{origin.name}, which {resolved.path} started from")
-    fallback = _from_member(default, "file", f"{type(default).__name__}.{default.name} (the architecture's ImageNet metadata; "
-                                     f"pass --mean/--std or a {os.path.basename(resolved.path)}{SIDECAR_SUFFIX} beside the "
-                                     f"file if it was trained on other inputs)")
+        return _from_member(origin, "file",
+                            f"{type(origin).__name__}.{origin.name}, which {resolved.path} started from")
+    fallback = _from_member(default, "file",
+                            f"{type(default).__name__}.{default.name} (the architecture's ImageNet metadata; pass "
+                            f"--mean/--std or a {os.path.basename(resolved.path)}{SIDECAR_SUFFIX} beside the file if "
+                            "it was trained on other inputs)")
     return _with_sidecar(fallback, resolved)
 
 
@@ -229,12 +235,15 @@ def sized(base: Preprocessing, size: int | None) -> Preprocessing:
     return replace(base, crop_size=size, resize_size=round(size * base.resize_size / base.crop_size))
 
 
-def preprocessing_for(name: str, weights: str = "imagenet", scratch: ScratchCNNConfig | None = None, size: int | None = None,
-                      mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None) -> Preprocessing:
+def preprocessing_for(name: str, weights: str = "imagenet", scratch: ScratchCNNConfig | None = None,
+                      size: int | None = None,
+                      mean: tuple[float, float, float] | None = None,
+                      std: tuple[float, float, float] | None = None) -> Preprocessing:
     """The preprocessing of a start (see `input_geometry`) at a crop of `size` px (default: its own), with mean/std
     given by the user where the start has no say of its own."""
     geometry = input_geometry(name, weights, (scratch or ScratchCNNConfig()).input_size)
-    base = replace(geometry.base, mean=tuple(mean) if mean else geometry.base.mean, std=tuple(std) if std else geometry.base.std)
+    base = replace(geometry.base, mean=tuple(mean) if mean else geometry.base.mean,
+                   std=tuple(std) if std else geometry.base.std)
     return sized(base, size if size is not None else geometry.default_size)
 
 
@@ -276,7 +285,8 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet", aux_loss
             _replace_linear(net, path, num_classes)
     if resolved.kind == "file":
         from_base = set(base["keys"]) if base and not spec.is_scratch else set()
-        if from_base and base.get("fingerprint") and frozen_fingerprint(net.state_dict(), from_base) != base["fingerprint"]:
+        fingerprint = base.get("fingerprint") if from_base else None
+        if fingerprint and frozen_fingerprint(net.state_dict(), from_base) != fingerprint:
             raise UserError(f"{resolved.path} was trained on other {base['weights']} values than the file in "
                             f"{os.path.join(torch.hub.get_dir(), 'checkpoints')}: put the original file there (delete "
                             f"this one and it downloads again), or train with --checkpoint_frozen_stages=true")
@@ -323,8 +333,9 @@ def _replace_linear(net: nn.Module, path: str, num_classes: int) -> None:
 
 
 def _load_imagenet(spec: BackboneSpec, net: nn.Module, member, given: str | None = None) -> None:
-    """Load the 1000-class ImageNet weights strictly: from torchvision's own file of them given by path (an offline
-    notebook's attached copy, recognised by name and hash), else from torchvision's hub cache (downloading if absent)."""
+    """Load the 1000-class ImageNet weights strictly: from torchvision's own file
+    of them given by path (an offline notebook's attached copy, recognised by
+    name and hash), else from torchvision's hub cache (downloading if absent)."""
     filename = os.path.basename(urlparse(member.url).path)
     folder = os.path.join(torch.hub.get_dir(), "checkpoints")
     cached = os.path.join(folder, filename)
@@ -333,7 +344,10 @@ def _load_imagenet(spec: BackboneSpec, net: nn.Module, member, given: str | None
     else:
         given, was_cached = None, os.path.exists(cached)
     try:
-        state = torch.load(given, map_location="cpu", weights_only=True) if given else member.get_state_dict(progress=True, check_hash=True)
+        if given:
+            state = torch.load(given, map_location="cpu", weights_only=True)
+        else:
+            state = member.get_state_dict(progress=True, check_hash=True)
     except _READ_ERRORS as error:
         if was_cached:
             raise UserError(f"cannot read the cached ImageNet weights {cached} ({_first_line(error)}); "
@@ -367,12 +381,18 @@ def _read_file(path: str) -> tuple[dict[str, torch.Tensor], dict | None]:
                         f"torch.save of a checkpoint or state_dict") from None
     base = obj.get(FROZEN_BASE) if isinstance(obj, Mapping) else None
     if base is not None:
-        if not (isinstance(base, Mapping) and isinstance(base.get("weights"), str) and isinstance(base.get("keys"), list)):
-            raise UserError(f"weights file {path} has a malformed {FROZEN_BASE} entry; use the run's checkpoint as written")
-        recorded = Preprocessing.from_record((obj.get("identity") or {}).get("preprocessing")) if isinstance(obj.get("identity"), Mapping) else None
-        base = {"weights": base["weights"], "keys": [_strip_net(key) for key in base["keys"]], "fingerprint": base.get("fingerprint"),
-                "file": base.get("file") if isinstance(base.get("file"), str) else None,  # torchvision's file, given by path
-                "input_size": recorded.crop_size if recorded else None}  # the frozen stages' shapes follow the run's size
+        if not (isinstance(base, Mapping) and isinstance(base.get("weights"), str)
+                and isinstance(base.get("keys"), list)):
+            raise UserError(
+                f"weights file {path} has a malformed {FROZEN_BASE} entry; use the run's checkpoint as written")
+        identity = obj.get("identity")
+        recorded = Preprocessing.from_record(identity.get("preprocessing")) if isinstance(identity, Mapping) else None
+        base = {"weights": base["weights"], "keys": [_strip_net(key) for key in base["keys"]],
+                "fingerprint": base.get("fingerprint"),
+                # torchvision's file, given by path
+                "file": base.get("file") if isinstance(base.get("file"), str) else None,
+                # the frozen stages' shapes follow the run's size
+                "input_size": recorded.crop_size if recorded else None}
     return _state_dict_from(obj, path), base
 
 
@@ -497,9 +517,11 @@ def _load_file(spec: BackboneSpec, net: nn.Module, path: str, state: dict[str, t
             loaded_head = True
     net.load_state_dict(loadable, strict=False)
     if other_classes and all(f"{spec.head_linear}.{kind}" in state for kind in ("weight", "bias")):
-        print(f"note: the head of {path} was trained on other classes ({', '.join(recorded[:4])}{' ...' if len(recorded) > 4 else ''}): "
-              f"this run trains a new one", flush=True)
+        print(f"note: the head of {path} was trained on other classes "
+              f"({', '.join(recorded[:4])}{' ...' if len(recorded) > 4 else ''}): this run trains a new one",
+              flush=True)
     elif loaded_head and recorded is None and classes is not None:
-        print(f"note: the head of {path} has this run's {len(classes)} outputs and is kept, its classes taken to be this run's "
-              f"in label order ({', '.join(classes[:4])}{' ...' if len(classes) > 4 else ''}); a head for other classes would "
-              f"mislabel every image: then remove its {spec.head_linear}.* tensors from the file, and a new head is trained", flush=True)
+        print(f"note: the head of {path} has this run's {len(classes)} outputs and is kept, its classes taken to be "
+              f"this run's in label order ({', '.join(classes[:4])}{' ...' if len(classes) > 4 else ''}); a head for "
+              f"other classes would mislabel every image: then remove its {spec.head_linear}.* tensors from the file, "
+              "and a new head is trained", flush=True)

@@ -28,7 +28,8 @@ TEST_FIGURES = (("confusion matrix", "confusion.png"), ("prediction grid", "grid
 
 # The run's outcome and its provenance, after its config, in runs.csv.
 RESULT_COLUMNS = (metrics.BEST_VAL_ACC, metrics.BEST_EPOCH, metrics.EPOCHS_COMPLETED, metrics.TRAIN_SECONDS,
-                  metrics.IMAGES_PER_SECOND, metrics.PEAK_GPU_MEMORY, metrics.TRAINABLE_PARAMS, metrics.TOTAL_PARAMS, "start",
+                  metrics.IMAGES_PER_SECOND, metrics.PEAK_GPU_MEMORY, metrics.TRAINABLE_PARAMS, metrics.TOTAL_PARAMS,
+                  "start",
                   metrics.WEIGHTS_VERSION, metrics.WEIGHTS_SHA256, metrics.SPLIT_HASH,
                   CONFIG_HASH, CODE_VERSION, metrics.DEVICE, PRECISION, metrics.REASON, TEST_ACC)
 
@@ -105,8 +106,10 @@ def _result(record: RunRecord) -> dict:
         metrics.BEST_VAL_ACC: record.best_val_acc, metrics.BEST_EPOCH: record.best_epoch,
         metrics.EPOCHS_COMPLETED: record.epochs_completed, metrics.TRAIN_SECONDS: record.train_seconds,
         metrics.TRAINABLE_PARAMS: record.trainable_params, metrics.TOTAL_PARAMS: record.total_params,
-        metrics.WEIGHTS_VERSION: record.summary.get(metrics.WEIGHTS_VERSION), metrics.WEIGHTS_SHA256: record.weights_sha256,
-        "start": record.start, metrics.IMAGES_PER_SECOND: record.images_per_second, metrics.PEAK_GPU_MEMORY: record.peak_gpu_memory,
+        metrics.WEIGHTS_VERSION: record.summary.get(metrics.WEIGHTS_VERSION),
+        metrics.WEIGHTS_SHA256: record.weights_sha256,
+        "start": record.start, metrics.IMAGES_PER_SECOND: record.images_per_second,
+        metrics.PEAK_GPU_MEMORY: record.peak_gpu_memory,
         metrics.SPLIT_HASH: record.summary.get(metrics.SPLIT_HASH), CONFIG_HASH: record.summary.get(CONFIG_HASH),
         CODE_VERSION: record.summary.get(CODE_VERSION),
         metrics.DEVICE: record.summary.get(metrics.DEVICE), PRECISION: record.summary.get(PRECISION),

@@ -9,8 +9,8 @@ from report.table import CHECKPOINT, NUM_IMAGES, PER_CLASS_ACC, SCRATCH_MODEL, R
 from trainer import metrics
 
 # Keys a reader looks at first when a config is spelled out; the rest follow alphabetically.
-_CONFIG_FIRST = ("model", "weights", "input_size", "eval_size", "strategy", "k_layers", "freeze_fraction", "lr", "backbone_lr_mult",
-                 "augment", "epochs", "batch_size", "optimizer", "seed")
+_CONFIG_FIRST = ("model", "weights", "input_size", "eval_size", "strategy", "k_layers", "freeze_fraction", "lr",
+                 "backbone_lr_mult", "augment", "epochs", "batch_size", "optimizer", "seed")
 
 
 # --- cell formatting --------------------------------------------------------------------------------
@@ -36,8 +36,8 @@ def ci_text(ci: MeanCI) -> str:
 
 
 def difference_ci_text(ci: DifferenceCI) -> str:
-    return (f"{ci.confidence:.0%} CI [{_bound(ci.low * 100, -100, 100, '+')}, {_bound(ci.high * 100, -100, 100, '+')}], "
-            f"Welch t with {ci.df:.1f} df")
+    return (f"{ci.confidence:.0%} CI [{_bound(ci.low * 100, -100, 100, '+')}, "
+            f"{_bound(ci.high * 100, -100, 100, '+')}], Welch t with {ci.df:.1f} df")
 
 
 def _value(value) -> str:
@@ -95,15 +95,19 @@ def _strategy(record: RunRecord) -> str:
 
 def _start_text(record: RunRecord) -> str:
     """Where a warm start began: the file by name and content hash."""
-    version = str(record.summary.get(metrics.WEIGHTS_VERSION) or record.config.get("weights") or "?").removeprefix("file:")
+    version = record.summary.get(metrics.WEIGHTS_VERSION) or record.config.get("weights") or "?"
+    version = str(version).removeprefix("file:")
     return f"`{version}`" + (f" (sha256 `{record.weights_sha256[:12]}`)" if record.weights_sha256 else "")
 
 
 def _headline(s: Summary) -> list[str]:
     out = ["## 1. Headline: fine-tuning against a CNN from scratch", ""] + _final(s)
-    out += ["One line per kind of start; only runs from torchvision's ImageNet weights count as fine-tuned. Numbers are "
+    staged = s.protocol and s.protocol.compare
+    optimistic = " (single best runs: a winner of many trials is optimistic)" if staged else ""
+    out += ["One line per kind of start; only runs from torchvision's ImageNet weights count as fine-tuned. "
+            "Numbers are "
             f"the best epoch's {metrics.VAL_ACC} on the validation split, the split the configs were selected on"
-            f"{' (single best runs: a winner of many trials is optimistic)' if s.protocol and s.protocol.compare else ''}.", ""]
+            f"{optimistic}.", ""]
     ft, scratch = s.best_fine_tuned, s.best_scratch
     lines = (("Best ImageNet fine-tuned run", ft, ""),
              ("Best warm start (from a weights file, not ImageNet fine-tuning)", s.best_warm_start,
@@ -113,28 +117,32 @@ def _headline(s: Summary) -> list[str]:
     for label, record, extra in lines:
         if record:
             size = f" at {record.size_label} px" if record.size_label else ""
-            out.append(f"- **{label}: `{record.run_id}`**{size}, best {metrics.VAL_ACC} **{percent(record.best_val_acc)}** "
-                       f"(epoch {_epochs(record)}).{extra} Config: {config_text(record.effective_config)}")
+            out.append(f"- **{label}: `{record.run_id}`**{size}, best {metrics.VAL_ACC} "
+                       f"**{percent(record.best_val_acc)}** (epoch {_epochs(record)}).{extra} Config: "
+                       f"{config_text(record.effective_config)}")
     if ft and scratch:
-        out.append(f"- **Gap: {points(s.gap_points)}** (best ImageNet fine-tuned minus best {SCRATCH_MODEL}, single runs).")
+        out.append(
+            f"- **Gap: {points(s.gap_points)}** (best ImageNet fine-tuned minus best {SCRATCH_MODEL}, single runs).")
     elif ft:
         out.append(f"- **No successful {SCRATCH_MODEL} run** in this sweep: there is no scratch baseline to compare "
                    "against.")
-    elif scratch and s.best_warm_start:  # the offline demo: a warm start is still a start to compare, labelled as what it is
-        out.append(f"- **Gap: {points((s.best_warm_start.best_val_acc - scratch.best_val_acc) * 100)}** (best warm start minus "
-                   f"best {SCRATCH_MODEL}, single runs). No ImageNet fine-tuned run in this sweep: the gap measures what the "
-                   "warm start's weights file brings, not ImageNet fine-tuning.")
+    elif scratch and s.best_warm_start:
+        # the offline demo: a warm start is still a start to compare, labelled as what it is
+        out.append(f"- **Gap: {points((s.best_warm_start.best_val_acc - scratch.best_val_acc) * 100)}** (best warm "
+                   f"start minus best {SCRATCH_MODEL}, single runs). No ImageNet fine-tuned run in this sweep: the gap "
+                   "measures what the warm start's weights file brings, not ImageNet fine-tuning.")
     elif scratch:
-        out.append(f"- **No successful ImageNet fine-tuned run** in this sweep: there is nothing to compare {SCRATCH_MODEL} "
-                   "against.")
+        out.append("- **No successful ImageNet fine-tuned run** in this sweep: "
+                   f"there is nothing to compare {SCRATCH_MODEL} against.")
     elif s.best_random_init or s.best_warm_start:
-        out.append(f"- **No ImageNet fine-tuned run and no {SCRATCH_MODEL} run** in this sweep: its successful runs started from "
-                   "random initialisation (`weights=none`) or from weights files, which are neither; run them with ImageNet "
-                   "weights to measure fine-tuning.")
+        out.append(f"- **No ImageNet fine-tuned run and no {SCRATCH_MODEL} run** in this sweep: its successful runs "
+                   "started from random initialisation (`weights=none`) or from weights files, which are neither; run "
+                   "them with ImageNet weights to measure fine-tuning.")
     else:
         out.append("- **No successful run** in this sweep.")
     out.append("")
-    out += _seeds("fine-tuned", s.seeds_fine_tuned, ft, s.ineligible) + _seeds(SCRATCH_MODEL, s.seeds_scratch, scratch, s.ineligible)
+    out += _seeds("fine-tuned", s.seeds_fine_tuned, ft, s.ineligible) + _seeds(SCRATCH_MODEL, s.seeds_scratch, scratch,
+                                                                               s.ineligible)
     gap = s.seed_gap
     if gap and gap.excludes_zero:
         out.append(f"- Gap between these seed means: **{points(gap.difference * 100)}** ({difference_ci_text(gap)}).")
@@ -150,12 +158,13 @@ def _seeds(label: str, group: SeedGroup | None, best: RunRecord | None, ineligib
     for other in ineligible:
         if (label == SCRATCH_MODEL) != (other.records[0].start == "scratch"):
             continue
-        out.append(f"- Over seeds ({label}): {config_text(other.config)} reached {ci_text(other.ci)} over {len(other.seeds)} of "
-                   f"{other.planned} seeds, but lost {_lost_text(other.lost)}: **unstable**, not eligible as the best config over "
-                   "seeds (its mean is over survivors only; `agent.py report --allow_lost_seeds` counts it anyway).")
+        out.append(f"- Over seeds ({label}): {config_text(other.config)} reached {ci_text(other.ci)} over "
+                   f"{len(other.seeds)} of {other.planned} seeds, but lost {_lost_text(other.lost)}: **unstable**, not "
+                   "eligible as the best config over seeds (its mean is over survivors only; `agent.py report "
+                   "--allow_lost_seeds` counts it anyway).")
     if group is None:  # said only under a best run of its own: no numbers above, nothing to qualify
-        return out + ([f"- Over seeds ({label}): no {label} config was repeated over seeds with finished runs and none lost, so "
-                       "the numbers above are single runs and carry their seed's luck."] if best else [])
+        return out + ([f"- Over seeds ({label}): no {label} config was repeated over seeds with finished runs and none "
+                       "lost, so the numbers above are single runs and carry their seed's luck."] if best else [])
     lost = f"; **{len(group.seeds)} of {group.planned} seeds**, lost {_lost_text(group.lost)}" if group.lost else ""
     return out + [f"- Over seeds ({label}): the best config repeated over seeds reaches **{ci_text(group.ci)}** "
                   f"over {len(group.seeds)} seeds ({', '.join(map(_value, group.seeds))}; runs "
@@ -175,10 +184,12 @@ def _final(s: Summary) -> list[str]:
         return []
     tested = all(arm.metric == metrics.TEST_ACC for arm in p.compare)
     out = ["### Final comparison (compare stage)", "",
-           "Each arm's recipe, chosen on the validation split in the tune stage, trained again on fresh seeds and split "
-           "seeds. Nothing here was selected. " + ("Every run that finished was evaluated **once** on the held-out test set."
-                                                    if tested else "**Not every arm is tested yet**: an arm on validation is "
-                                                    "not compared with one on the test set; run `python agent.py protocol test`."), ""]
+           "Each arm's recipe, chosen on the validation split in the tune stage, trained again on fresh seeds and "
+           "split seeds. Nothing here was selected. "
+           + ("Every run that finished was evaluated **once** on the held-out test set."
+                                                    if tested
+              else "**Not every arm is tested yet**: an arm on validation is not compared with one on the test set; "
+                   "run `python agent.py protocol test`."), ""]
     rows = []
     for arm in p.compare:
         metric = "test" if arm.metric == metrics.TEST_ACC else "validation (not tested yet)"
@@ -189,26 +200,35 @@ def _final(s: Summary) -> list[str]:
                    "lost or not finished (in n/k, not in the mean)"], rows), ""]
     unfinished = [r for arm in p.compare for r in arm.unfinished]
     if unfinished:
-        out.append(f"- **{len(unfinished)} final run(s) have not finished** ({', '.join(f'`{r.run_id}` ({r.state})' for r in unfinished[:6])}): "
-                   "their arms' means are over the others; run the compare stage's command again to finish them.")
+        out.append(f"- **{len(unfinished)} final run(s) have not finished** "
+                   f"({', '.join(f'`{r.run_id}` ({r.state})' for r in unfinished[:6])}): their arms' means are over "
+                   "the others; run the compare stage's command again to finish them.")
     for gap in p.gaps:
         if gap.ci is None:
-            out.append(f"- **{gap.arm} minus {SCRATCH_MODEL}: {points(gap.difference * 100)}** (two runs a side are needed for an interval).")
+            out.append(
+                f"- **{gap.arm} minus {SCRATCH_MODEL}: {points(gap.difference * 100)}** "
+                "(two runs a side are needed for an interval).")
         else:
             verdict = "" if gap.ci.excludes_zero else ": the interval holds 0, **not distinguishable with these runs**"
-            out.append(f"- **{gap.arm} minus {SCRATCH_MODEL}: {points(gap.difference * 100)}** ({difference_ci_text(gap.ci)}){verdict}.")
+            out.append(
+                f"- **{gap.arm} minus {SCRATCH_MODEL}: {points(gap.difference * 100)}** "
+                f"({difference_ci_text(gap.ci)}){verdict}.")
     untested = [r for arm in p.compare for r in arm.untested]
     if untested:
-        out.append(f"- {len(untested)} finished run(s) have no test result yet ({', '.join(f'`{r.run_id}`' for r in untested[:6])}"
-                   f"{' ...' if len(untested) > 6 else ''}): their arm is shown on validation; run `python agent.py protocol test`.")
+        out.append(f"- {len(untested)} finished run(s) have no test result yet "
+                   f"({', '.join(f'`{r.run_id}`' for r in untested[:6])}{' ...' if len(untested) > 6 else ''}): their "
+                   "arm is shown on validation; run `python agent.py protocol test`.")
     several = [arm.arm for arm in p.compare if arm.configs > 1]
     if several:
-        out.append(f"- **Warning:** arm(s) {', '.join(several)} ran more than one recipe in the compare stage: the stage compares "
-                   "one recipe per arm; the extra ones turn it into another tuning stage.")
+        out.append(f"- **Warning:** arm(s) {', '.join(several)} ran more than one recipe in the compare stage: the "
+                   "stage compares one recipe per arm; the extra ones turn it into another tuning stage.")
     if p.single_split:
-        out.append("- **Warning:** every compare run used one split seed: the intervals leave out the variance of the split.")
+        out.append(
+            "- **Warning:** every compare run used one split seed: the intervals leave out the variance of the split.")
     if p.reused_seeds:
-        out.append(f"- **Warning:** final run(s) {', '.join(p.reused_seeds[:6])} trained with a seed that tuning used: not fresh.")
+        out.append(
+            f"- **Warning:** final run(s) {', '.join(p.reused_seeds[:6])} "
+            "trained with a seed that tuning used: not fresh.")
     return out + ["", "### Tuning (tune stage, validation split: what the recipes were selected on)", ""]
 
 
@@ -217,26 +237,32 @@ def _leaderboard(s: Summary) -> list[str]:
         lost = s.unstable.get(r.config_key(without=("seed",)))
         return f"`{r.run_id}`" + (f" (unstable: {len(lost)} of its seeds lost)" if lost else "")
 
-    rows = [[rank, run_cell(r), _value(r.model_label), _value(r.size_label), _strategy(r), _value(r.config.get("k_layers")),
+    rows = [[rank, run_cell(r), _value(r.model_label), _value(r.size_label), _strategy(r),
+             _value(r.config.get("k_layers")),
              _value(r.config.get("freeze_fraction")), _value(r.config.get("lr")), _value(r.config.get("augment")),
-             percent(r.best_val_acc), _epochs(r), _seconds(r.train_seconds), _rate(r.images_per_second), _value(r.trainable_params)]
+             percent(r.best_val_acc), _epochs(r), _seconds(r.train_seconds), _rate(r.images_per_second),
+             _value(r.trainable_params)]
             for rank, r in enumerate(s.leaderboard, start=1)]
     return [f"## 2. Leaderboard (top {len(s.leaderboard)} of {len(s.successful)} successful runs)", "",
-            f"Ranked by the **best epoch's** {metrics.VAL_ACC} (not the last epoch's). *px*: the training crop "
-            "(`224→288`: trained at 224, validated at 288); *img/s*: training throughput, the median epoch after the first.", "",
+            f"Ranked by the **best epoch's** {metrics.VAL_ACC} (not the last "
+            "epoch's). *px*: the training crop (`224→288`: trained at 224, validated "
+            "at 288); *img/s*: training throughput, the median epoch after the first.", "",
             table(["#", "run", "model", "px", "strategy", "k_layers", "freeze_fraction", "lr", "augment",
                    f"best {metrics.VAL_ACC}", "best epoch/epochs", "train s", "img/s", "trainable params"], rows)
             if rows else "No successful runs.", ""]
 
 
 def _groups(s: Summary, image: str | None) -> list[str]:
-    rows = [[_value(g.model), _value(g.size), _value(g.strategy), g.stats.count, percent(g.stats.best), percent(g.stats.mean),
+    rows = [[_value(g.model), _value(g.size), _value(g.strategy), g.stats.count, percent(g.stats.best),
+             percent(g.stats.mean),
              "–" if g.stats.std is None else f"{g.stats.std * 100:.2f}", g.early_stopped, _rate(g.images_per_second)]
             for g in s.groups]
     out = ["## 3. By model, resolution and strategy", "",
-           f"Finished runs only; early-stopped runs are counted apart and are not in best/mean/std. Strategies "
-           f"run from least to most trained: {', '.join(strategy_order())}; each resolution (*px*) is a group of its own.", "",
-           table(["model", "px", "strategy", "finished runs", "best", "mean", "std (points)", "early-stopped", "img/s"], rows)
+           "Finished runs only; early-stopped runs are counted apart and are not in best/mean/std. Strategies run "
+           f"from least to most trained: {', '.join(strategy_order())}; each resolution (*px*) is a group of its own.",
+           "",
+           table(["model", "px", "strategy", "finished runs", "best", "mean", "std (points)", "early-stopped", "img/s"],
+                 rows)
            if rows else "No successful runs.", ""]
     if image:
         out += [f"![val_acc by strategy]({image})", ""]
@@ -254,11 +280,12 @@ def _cost(s: Summary, image: str | None) -> list[str]:
     for title, front, key in fronts:
         members = sorted((r for r in s.successful if r.run_id in front), key=lambda r: (key(r), r.run_id))
         rows = [[f"`{r.run_id}`", _value(r.model_label), _value(r.size_label), _strategy(r), percent(r.best_val_acc),
-                 _seconds(r.train_seconds), _rate(r.images_per_second), _value(r.trainable_params), _memory(r.peak_gpu_memory)]
+                 _seconds(r.train_seconds), _rate(r.images_per_second), _value(r.trainable_params),
+                 _memory(r.peak_gpu_memory)]
                 for r in members]
         out += [f"**Against {title}**", "",
-                table(["run", "model", "px", "strategy", f"best {metrics.VAL_ACC}", "train s", "img/s", "trainable params",
-                       "peak GPU GiB"], rows)
+                table(["run", "model", "px", "strategy", f"best {metrics.VAL_ACC}", "train s", "img/s",
+                       "trainable params", "peak GPU GiB"], rows)
                 if rows else f"No successful run recorded its {title}.", ""]
     p = s.provenance
     if len(p.devices) > 1 or len(p.precisions) > 1:
@@ -268,9 +295,9 @@ def _cost(s: Summary, image: str | None) -> list[str]:
     cache = [r.summary.get(metrics.CACHE_SECONDS) for r in s.successful]
     cache = [c for c in cache if isinstance(c, (int, float))]
     if cache:
-        out += [f"*Train s* counts the training steps. Building the caches it reads (decoded images; "
-                f"with `augment=none`, the frozen stages' features) took {sum(cache):.0f} s over these runs, most of it "
-                f"in the first run of each model and depth: the runs after it train on what it built.", ""]
+        out += ["*Train s* counts the training steps. Building the caches it reads (decoded images; with "
+                f"`augment=none`, the frozen stages' features) took {sum(cache):.0f} s over these runs, most of it in "
+                "the first run of each model and depth: the runs after it train on what it built.", ""]
     if image:
         out += [f"![accuracy against cost]({image})", ""]
     return out
@@ -301,7 +328,8 @@ def _not_counted(s: Summary) -> list[str]:
     out += ["None of these enter any mean, spread or interval. Early-stopped runs appear on the leaderboard "
             "with their best epoch but not in the means.", "", table(["state", "runs"], counts), ""]
     rows = [[f"`{r.run_id}`", state, _value(r.model_label), _strategy(r), _value(r.epochs_completed), failure_reason(r)]
-            for state, records in s.not_counted if state != metrics.EARLY_STOPPED for r in records if not r.refused_before_training]
+            for state, records in s.not_counted if state != metrics.EARLY_STOPPED for r in records
+            if not r.refused_before_training]
     if rows:
         out += ["**Failed, diverged, out of memory, preempted, running or without a result**", "",
                 table(["run", "state", "model", "strategy", "epochs", "reason"], rows), ""]
@@ -382,16 +410,17 @@ def _protocol(s: Summary) -> list[str]:
     p = s.protocol
     out = ["## 9. Budgets and tuning", ""]
     if p is not None and p.tuning_trials:
-        rows = [[arm, count, p.budgets.get(arm, "–"), "**fewer trials than another arm**" if arm in p.short_arms else ""]
+        rows = [[arm, count, p.budgets.get(arm, "–"),
+                 "**fewer trials than another arm**" if arm in p.short_arms else ""]
                 for arm, count in p.tuning_trials.items()]
-        out += ["Tuning trials per arm (tune stage) and the training rule each arm's runs followed. Every arm should get the "
-                "same number of trials: an arm tuned more often wins by search, not by its start.", "",
+        out += ["Tuning trials per arm (tune stage) and the training rule each arm's runs followed. Every arm should "
+                "get the same number of trials: an arm tuned more often wins by search, not by its start.", "",
                 table(["arm", "tuning trials", "training rule", ""], rows), ""]
     if s.still_improving:
         ids = ", ".join(f"`{r.run_id}` ({_value(r.model_label)}, epoch {r.best_epoch})" for r in s.still_improving[:12])
-        out += [f"**Still improving at their last epoch** ({len(s.still_improving)} finished run(s)): {ids}"
-                f"{' ...' if len(s.still_improving) > 12 else ''}. Their best epoch was their last: a longer budget might "
-                "have trained them further, so their numbers are a lower bound.", ""]
+        out += [f"**Still improving at their last epoch** ({len(s.still_improving)} finished run(s)): "
+                f"{ids}{' ...' if len(s.still_improving) > 12 else ''}. Their best epoch was their last: a longer "
+                "budget might have trained them further, so their numbers are a lower bound.", ""]
     else:
         out += ["No finished run had its best epoch at its last: every run stopped improving within its budget.", ""]
     return out
@@ -401,9 +430,11 @@ def _curve(s: Summary, image: str | None) -> list[str]:
     p = s.protocol
     if p is None or not p.curve:
         return []
-    metric = "test accuracy" if p.curve_metric == metrics.TEST_ACC else "best val_acc (the curve's runs are not all tested)"
+    tested = p.curve_metric == metrics.TEST_ACC
+    metric = "test accuracy" if tested else "best val_acc (the curve's runs are not all tested)"
     rows = [[_value(point.arm), f"{point.subset_fraction:g}", f"{point.images_per_class:g}",
-             ci_text(point.ci) if point.ci else (percent(point.values[0]) if point.values else "–"), len(point.values), point.lost]
+             ci_text(point.ci) if point.ci else (percent(point.values[0]) if point.values else "–"), len(point.values),
+             point.lost]
             for point in p.curve]
     out = ["## 10. Data-efficiency curve", "",
            f"Each arm's recipe trained on nested subsets of the training images (curve stage), {metric} over seeds, "
@@ -418,8 +449,8 @@ def _curve(s: Summary, image: str | None) -> list[str]:
 def render(summary: Summary, images: dict[str, str], test_images: dict[str, list[tuple[str, str]]]) -> str:
     """`images` maps a figure's role (by_strategy, cost, curves, importance) to its relative path."""
     lines = [f"# Sweep report: {summary.provenance.sweep_name}", "",
-             f"{len(summary.table.records)} run{'s' * (len(summary.table.records) != 1)}, {len(summary.successful)} successful; accuracies are the "
-             f"best epoch's {metrics.VAL_ACC} on the validation split.", ""]
+             f"{len(summary.table.records)} run{'s' * (len(summary.table.records) != 1)}, {len(summary.successful)} "
+             f"successful; accuracies are the best epoch's {metrics.VAL_ACC} on the validation split.", ""]
     lines += _warnings(summary)
     lines += _headline(summary)
     if images.get("curves"):

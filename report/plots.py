@@ -12,16 +12,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-from common.figures import save as _save  # noqa: E402
-from report.stats import Summary, strategy_sort_key  # noqa: E402
-from report.table import SCRATCH_MODEL, RunRecord  # noqa: E402
-from trainer import metrics  # noqa: E402
-
-
+from common.figures import save as _save
+from report.stats import Summary, strategy_sort_key
+from report.table import SCRATCH_MODEL, RunRecord
+from trainer import metrics
 
 
 def _model_colors(models) -> dict:
@@ -164,7 +162,8 @@ def plot_data_efficiency(summary: Summary, path: Path) -> Path:
             axis.axvline(crossover.below, color="grey", linewidth=0.8, linestyle=":")
     axis.set_xscale("log")
     axis.set_xlabel("training images per class (log)")
-    axis.set_ylabel(("test accuracy" if protocol.curve_metric == metrics.TEST_ACC else f"best {metrics.VAL_ACC}") + " (%)")
+    axis.set_ylabel(
+        ("test accuracy" if protocol.curve_metric == metrics.TEST_ACC else f"best {metrics.VAL_ACC}") + " (%)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="lower right")
     axis.set_title("Is fine-tuning worth it? Accuracy against data (95% intervals over seeds)")

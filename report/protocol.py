@@ -77,14 +77,16 @@ class Crossover:
         if not self.sizes:
             return f"{self.arm}: no data size where both it and the scratch CNN have two or more runs"
         if all(self.wins):
-            return f"{self.arm} beats the scratch CNN {interval} at every size measured (up to {self.sizes[-1]:g} images per class)"
+            return (f"{self.arm} beats the scratch CNN {interval} at every size measured "
+                    f"(up to {self.sizes[-1]:g} images per class)")
         winning = [size for size, win in zip(self.sizes, self.wins) if win]
         if not winning:
-            return f"{self.arm} beats the scratch CNN {interval} at no size measured ({_sizes(self.sizes)} images per class)"
+            return (f"{self.arm} beats the scratch CNN {interval} at no size measured "
+                    f"({_sizes(self.sizes)} images per class)")
         first_loss = next(size for size, win in zip(self.sizes, self.wins) if not win)
         if self.below is not None and not any(win for size, win in zip(self.sizes, self.wins) if size > first_loss):
-            return (f"{self.arm} beats the scratch CNN {interval} up to {self.below:g} images per class; from {first_loss:g} "
-                    f"on, the interval of the gap holds 0 or favours the scratch CNN")
+            return (f"{self.arm} beats the scratch CNN {interval} up to {self.below:g} images per class; from "
+                    f"{first_loss:g} on, the interval of the gap holds 0 or favours the scratch CNN")
         # Wins that are no prefix of the sizes: no single crossover to state, only where it wins.
         return (f"{self.arm} beats the scratch CNN {interval} at {_sizes(winning)} images per class but not at "
                 f"{_sizes([size for size, win in zip(self.sizes, self.wins) if not win])}: no single crossover")
@@ -164,7 +166,8 @@ def _curve(records: list[RunRecord], tested: bool) -> list[CurvePoint]:
         values = [v for v in (_value(r, tested) for r in counted) if v is not None]
         per_class = [r.summary.get("num_train", 0) / len(r.summary.get("classes") or [0]) for r in counted
                      if r.summary.get("num_train") and r.summary.get("classes")]
-        points.append(CurvePoint(arm, members[0].start, fraction, round(float(np.mean(per_class)), 1) if per_class else fraction,
+        points.append(CurvePoint(arm, members[0].start, fraction,
+                                 round(float(np.mean(per_class)), 1) if per_class else fraction,
                                  values, mean_ci(values), sum(r.is_lost for r in members)))
     return points
 
@@ -175,7 +178,8 @@ def crossovers(points: list[CurvePoint]) -> list[Crossover]:
     scratch = {p.subset_fraction: p for p in points if p.start == SCRATCH}
     out = []
     for arm in sorted({p.arm for p in points if p.start == IMAGENET}):
-        mine = sorted((p for p in points if p.arm == arm and p.subset_fraction in scratch), key=lambda p: p.images_per_class)
+        mine = sorted((p for p in points if p.arm == arm and p.subset_fraction in scratch),
+                      key=lambda p: p.images_per_class)
         sizes, wins = [], []
         for point in mine:
             gap = difference_ci(point.values, scratch[point.subset_fraction].values)
@@ -197,7 +201,8 @@ def summarise_protocol(table: RunTable, allow_lost_seeds: bool = False) -> Proto
     for record in table.records:
         staged[record.stage].append(record)
     tuning = [r for r in staged[TUNE] if not r.refused_before_training]
-    # Distinct configs, as the offline sweep counts its trials: W&B's run_cap counts equivalent runs (fraction 0.5 beside
+    # Distinct configs, as the offline sweep counts its trials:
+    # W&B's run_cap counts equivalent runs (fraction 0.5 beside
     # last_k 2) twice, and an arm that got fewer distinct configs than another is flagged either way.
     configs: dict[str, set[str]] = defaultdict(set)
     for record in tuning:
@@ -208,12 +213,14 @@ def summarise_protocol(table: RunTable, allow_lost_seeds: bool = False) -> Proto
     budgets: dict[str, set[str]] = defaultdict(set)
     for record in [*tuning, *staged[COMPARE], *staged[CURVE]]:
         epochs, patience = record.config.get("epochs"), record.config.get("patience")
-        budgets[arm_of(record)].add(f"at most {epochs} epochs" + (f", patience {patience}" if patience else ", no early stopping"))
+        budgets[arm_of(record)].add(
+            f"at most {epochs} epochs" + (f", patience {patience}" if patience else ", no early stopping"))
     compare = _arm_results(staged[COMPARE])
     tuned_seeds = defaultdict(set)
     for record in tuning:
         tuned_seeds[arm_of(record)].add(record.config.get("seed"))
-    reused = sorted(r.run_id for r in [*staged[COMPARE], *staged[CURVE]] if r.config.get("seed") in tuned_seeds.get(arm_of(r), ()))
+    reused = sorted(r.run_id for r in [*staged[COMPARE], *staged[CURVE]]
+                    if r.config.get("seed") in tuned_seeds.get(arm_of(r), ()))
     curve_runs = [r for r in staged[CURVE] if r.is_complete]
     curve_tested = bool(curve_runs) and all(r.test_acc is not None for r in curve_runs)
     curve = _curve(staged[CURVE], curve_tested)

@@ -15,8 +15,17 @@ from typing import Any
 
 from common.errors import UserError
 from common.yamlfile import read_yaml
-from report.table import (CHECKPOINT, DUPLICATE, NUM_IMAGES, PER_CLASS_ACC, TEST_ACC, RunRecord, RunTable,
-                          SkippedDuplicate, finite)
+from report.table import (
+    CHECKPOINT,
+    DUPLICATE,
+    NUM_IMAGES,
+    PER_CLASS_ACC,
+    TEST_ACC,
+    RunRecord,
+    RunTable,
+    SkippedDuplicate,
+    finite,
+)
 from trainer import metrics
 from trainer.record import RunRecord as TrainerRecord  # the trainer's own: whether a run is being trained now
 from trainer.wandb_log import EFFECTIVE_KEY
@@ -72,7 +81,8 @@ def _is_run_folder(path: Path) -> bool:
 
 def _sweep_folders(path: Path) -> list[Path]:
     """The sweep folders of a protocol folder (tune/<arm>/, compare/, curve/): one or two levels down."""
-    found = [p.parent for pattern in (f"*/{SWEEP_FILE}", f"*/*/{SWEEP_FILE}") for p in path.glob(pattern) if (p.parent / RUNS_DIR).is_dir()]
+    found = [p.parent for pattern in (f"*/{SWEEP_FILE}", f"*/*/{SWEEP_FILE}") for p in path.glob(pattern)
+             if (p.parent / RUNS_DIR).is_dir()]
     return sorted(set(found))
 
 
@@ -104,10 +114,12 @@ def _load_local(path: Path) -> RunTable:
         # A trial killed outright (a signal, a full disk) could not say so in its folder; the sweep's table did.
         row = ended.get(record.run_id)
         # Its summary.json says so from now on: a run nobody trains is not `running` (TrainerRecord.settle).
-        if record.state == metrics.RUNNING and row is not None and not TrainerRecord.in_training(folder_of[record.run_id]):
+        if (record.state == metrics.RUNNING and row is not None
+                and not TrainerRecord.in_training(folder_of[record.run_id])):
             summary = TrainerRecord.settle(record.folder, str(row["state"]), row.get("reason"), row.get("exit_code"))
             records[i] = dataclasses.replace(record, state=str(row["state"]), summary={**record.summary, **summary})
-        elif record.state == metrics.PREEMPTED and row is not None and row.get("state") == metrics.PREEMPTED and row.get("reason"):
+        elif (record.state == metrics.PREEMPTED and row is not None and row.get("state") == metrics.PREEMPTED
+              and row.get("reason")):
             # The trial's own reason says how one run resumes; the sweep's says what resumes a trial of a sweep.
             records[i] = dataclasses.replace(record, summary={**record.summary, metrics.REASON: row["reason"]})
         elif record.state == metrics.RUNNING and not record.reason and not TrainerRecord.in_training(record.folder):
@@ -117,13 +129,15 @@ def _load_local(path: Path) -> RunTable:
             reason = (f"not training now: its process was stopped or killed before it could record how it ended; "
                       f"{how} to resume it")
             summary = TrainerRecord.settle(folder, metrics.PREEMPTED, reason)
-            records[i] = dataclasses.replace(record, state=str(summary[metrics.STATE]), summary={**record.summary, **summary})
+            records[i] = dataclasses.replace(record, state=str(summary[metrics.STATE]),
+                                             summary={**record.summary, **summary})
     for row in rows:
         run_id = str(row.get("run_id"))
         if row.get("state") == DUPLICATE:
             duplicates.append(SkippedDuplicate(run_id, row.get("duplicate_of"), row.get("config") or {}))
         elif run_id not in known:  # a trial that failed before it could create its folder
-            summary = {metrics.STATE: row.get("state"), metrics.REASON: row.get("reason"), metrics.EXIT_CODE: row.get("exit_code")}
+            summary = {metrics.STATE: row.get("state"), metrics.REASON: row.get("reason"),
+                       metrics.EXIT_CODE: row.get("exit_code")}
             records.append(RunRecord(run_id, str(row.get("state") or metrics.FAILED), row.get("config") or {},
                                      summary))
             known.add(run_id)
@@ -147,7 +161,8 @@ def _run_folders(folder: Path) -> list[Path]:
 
 
 def _read_run_folder(folder: Path) -> RunRecord:
-    config = _read_yaml(folder / CONFIG_FILE, "run config", "delete it: a sweep trial's settings are also in the sweep's "
+    config = _read_yaml(folder / CONFIG_FILE, "run config",
+                        "delete it: a sweep trial's settings are also in the sweep's "
                         "table.jsonl") if (folder / CONFIG_FILE).exists() else {}
     history = _read_jsonl(folder / METRICS_FILE)
     if (folder / SUMMARY_FILE).exists():
@@ -260,7 +275,8 @@ def _wandb_record(run: Any) -> RunRecord:
         summary.setdefault(metrics.REASON, None)
         if state != metrics.FINISHED and not summary.get(metrics.REASON):
             summary[metrics.REASON] = f"W&B state {wandb_state or 'unknown'}"
-    history = _sorted_epochs([row for row in epochs if isinstance(row, dict)]) if isinstance(epochs, list) else _wandb_history(run)
+    history = (_sorted_epochs([row for row in epochs if isinstance(row, dict)]) if isinstance(epochs, list)
+               else _wandb_history(run))
     test = None
     if finite(summary.get(TEST_ACC)) is not None:  # a test evaluation logged to the W&B run, if any
         test = {k: summary[k] for k in (TEST_ACC, PER_CLASS_ACC, NUM_IMAGES, CHECKPOINT) if k in summary}

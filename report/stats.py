@@ -17,8 +17,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from models.freezing import strategy_names
-from report.table import (CODE_VERSION, PRECISION, RANDOM_INIT, SCRATCH, SCRATCH_MODEL, SEED, WARM_START, RunRecord, RunTable,
-                          SkippedDuplicate)
+from report.table import (
+    CODE_VERSION,
+    PRECISION,
+    RANDOM_INIT,
+    SCRATCH,
+    SCRATCH_MODEL,
+    SEED,
+    WARM_START,
+    RunRecord,
+    RunTable,
+    SkippedDuplicate,
+)
 from trainer import metrics
 
 if TYPE_CHECKING:
@@ -229,7 +239,8 @@ class SeedGroup:
     records: list[RunRecord]
     ci: MeanCI
     seed_means: list[float]  # one value per seed, what the interval is computed from
-    lost: list[RunRecord] = field(default_factory=list)  # seeds of this config that failed, diverged or ran out of memory
+    # seeds of this config that failed, diverged or ran out of memory
+    lost: list[RunRecord] = field(default_factory=list)
 
     @property
     def planned(self) -> int:
@@ -294,7 +305,7 @@ class Summary:
     best_per_strategy: list[RunRecord]  # for the learning curves
     provenance: Provenance
     successful: list[RunRecord] = field(default_factory=list)
-    protocol: "ProtocolSummary | None" = None
+    protocol: ProtocolSummary | None = None
 
 
 def rank_key(record: RunRecord):
@@ -339,7 +350,8 @@ def summarise(table: RunTable, top_n: int = 10, allow_lost_seeds: bool = False) 
     for record in successful:
         by_group[(record.model_label, record.strategy, record.size_label)].append(record)
     for (model, strategy, size), members in sorted(by_group.items(),
-                                                   key=lambda item: (*strategy_sort_key(*item[0][:2]), _size_order(item[0][2]))):
+                                                   key=lambda item: (*strategy_sort_key(*item[0][:2]),
+                                                                     _size_order(item[0][2]))):
         values = [r.best_val_acc for r in members if r.is_complete]
         speeds = sorted(r.images_per_second for r in members if r.images_per_second is not None)
         groups.append(StrategyGroup(model, strategy, group_stats(values),
@@ -352,9 +364,12 @@ def summarise(table: RunTable, top_n: int = 10, allow_lost_seeds: bool = False) 
         best_per_strategy.setdefault(label, record)
 
     ineligible: list[SeedGroup] = []
-    seeds_fine_tuned = _best_seed_group([r for r in complete if r.is_fine_tuned], unstable, allow_lost_seeds, ineligible)
-    seeds_scratch = _best_seed_group([r for r in complete if r.start == SCRATCH], unstable, allow_lost_seeds, ineligible)
-    seed_gap = difference_ci(seeds_fine_tuned.seed_means, seeds_scratch.seed_means) if seeds_fine_tuned and seeds_scratch else None
+    seeds_fine_tuned = _best_seed_group([r for r in complete if r.is_fine_tuned], unstable, allow_lost_seeds,
+                                        ineligible)
+    seeds_scratch = _best_seed_group([r for r in complete if r.start == SCRATCH], unstable, allow_lost_seeds,
+                                     ineligible)
+    both = seeds_fine_tuned and seeds_scratch
+    seed_gap = difference_ci(seeds_fine_tuned.seed_means, seeds_scratch.seed_means) if both else None
     not_counted_groups = table.not_counted()
     ordered_states = [s for s in NOT_COUNTED_ORDER if s in not_counted_groups]
     ordered_states += sorted(set(not_counted_groups) - set(ordered_states))
@@ -401,8 +416,8 @@ def _points(records: list[RunRecord], cost) -> dict[str, tuple[float, float]]:
     return {r.run_id: (r.best_val_acc, float(cost(r))) for r in records if cost(r) is not None}
 
 
-def _best_seed_group(records: list[RunRecord], unstable: dict[str, list[RunRecord]] | None = None, allow_lost: bool = False,
-                     ineligible: list[SeedGroup] | None = None) -> SeedGroup | None:
+def _best_seed_group(records: list[RunRecord], unstable: dict[str, list[RunRecord]] | None = None,
+                     allow_lost: bool = False, ineligible: list[SeedGroup] | None = None) -> SeedGroup | None:
     """The config repeated over seeds with the highest mean: the one claim a reader can lean on. A config that lost a
     seed (failed, diverged, out of memory) is not eligible unless `allow_lost`: its mean is over survivors only."""
     unstable = unstable or {}
@@ -452,10 +467,15 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
     for record in successful:
         stage = record.config.get("stage") or ""
         final = stage in ("compare", "curve")
-        groups[(stage, record.config.get("split_seed") if final else None, record.config.get("subset_fraction") if final else None)].append(record)
+        split, subset = (None, None)
+        if final:
+            split, subset = record.config.get("split_seed"), record.config.get("subset_fraction")
+        groups[(stage, split, subset)].append(record)
     for (stage, split_seed, subset), members in sorted(groups.items(), key=lambda item: str(item[0])):
         where = f"{stage} stage " if stage else ""
-        where += f"with split_seed={split_seed}{f', subset_fraction={subset}' if subset not in (None, 1.0) else ''} " if split_seed is not None else ""
+        if split_seed is not None:
+            part = f", subset_fraction={subset}" if subset not in (None, 1.0) else ""
+            where += f"with split_seed={split_seed}{part} "
         hashes = Counter(str(r.summary.get(metrics.SPLIT_HASH)) for r in members)
         known_splits = set(hashes) - {"None"}
         if len(known_splits) > 1:
@@ -463,9 +483,9 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
                             "their accuracies are measured on different validation sets and are NOT comparable")
         data_hashes = Counter(str(r.summary[metrics.DATA_HASH]) for r in members if r.summary.get(metrics.DATA_HASH))
         if len(data_hashes) > 1 and len(known_splits) <= 1:
-            warnings.append(f"{where}runs were trained on {len(data_hashes)} different sets of files under the same names "
-                            f"({_counts(data_hashes)}): the images were replaced (resized, re-exported) between runs, so "
-                            "their accuracies are NOT comparable")
+            warnings.append(f"{where}runs were trained on {len(data_hashes)} different sets of files under the same "
+                            f"names ({_counts(data_hashes)}): the images were replaced (resized, re-exported) between "
+                            "runs, so their accuracies are NOT comparable")
     if "None" in split_hashes:
         warnings.append(f"{split_hashes['None']} successful runs recorded no {metrics.SPLIT_HASH}: "
                         "nothing shows which data split they were measured on")
@@ -494,20 +514,24 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
         if len(versions) > 1:
             warnings.append(f"model {model} ran with {len(versions)} different weights versions "
                             f"({_counts(versions)}): different experiments, shown and grouped apart by version")
-    smaller = [f"{r.run_id} ({r.config.get(metrics.BATCH_SIZE)}, not {r.batch_size_asked})" for r in successful if r.batch_size_asked]
+    smaller = [f"{r.run_id} ({r.config.get(metrics.BATCH_SIZE)}, not {r.batch_size_asked})" for r in successful
+               if r.batch_size_asked]
     if smaller:
-        warnings.append(f"{len(smaller)} run(s) trained at a smaller batch_size than their config asked, after CUDA ran out of "
-                        f"memory (--oom_retry): {', '.join(smaller)}; they are shown and grouped at the batch size they trained with")
-    warm = Counter(f"{r.model} from {str(r.summary.get(metrics.WEIGHTS_VERSION) or r.config.get('weights')).removeprefix('file:')}"
-                   f"{f' (sha256 {r.weights_sha256[:12]})' if r.weights_sha256 else ''}" for r in successful if r.start == WARM_START)
+        warnings.append(f"{len(smaller)} run(s) trained at a smaller batch_size than their config "
+                        f"asked, after CUDA ran out of memory (--oom_retry): {', '.join(smaller)}; "
+                        "they are shown and grouped at the batch size they trained with")
+    warm = Counter(f"{r.model} from {_start_file(r)}"
+                   f"{f' (sha256 {r.weights_sha256[:12]})' if r.weights_sha256 else ''}" for r in successful
+                   if r.start == WARM_START)
     if warm:
-        warnings.append(f"{sum(warm.values())} run(s) started from weights files that are not torchvision's ImageNet files "
-                        f"({_counts(warm)}): warm starts, reported on a line of their own and never counted as ImageNet "
-                        "fine-tuning")
+        warnings.append(f"{sum(warm.values())} run(s) started from weights files that are not "
+                        f"torchvision's ImageNet files ({_counts(warm)}): warm starts, reported "
+                        "on a line of their own and never counted as ImageNet fine-tuning")
     random_init = Counter(str(r.model) for r in successful if r.is_random_init)
     if random_init:
-        warnings.append(f"{sum(random_init.values())} run(s) of pretrained architectures used weights=none ({_counts(random_init)}): "
-                        "trained from random initialisation, they are not fine-tuned runs and are left out of the headline")
+        warnings.append(f"{sum(random_init.values())} run(s) of pretrained architectures used weights=none "
+                        f"({_counts(random_init)}): trained from random initialisation, they are not fine-tuned runs "
+                        "and are left out of the headline")
     for record in successful:
         from_history = record.history_best_val_acc
         if from_history is not None and abs(from_history - record.best_val_acc) > 1e-6:
@@ -525,11 +549,12 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
     configs: dict[str, set[str]] = defaultdict(set)
     for record in tested:
         final = record.config.get("stage") in ("compare", "curve")
-        configs[str(record.model_label) if final else ""].add(record.config_key(without=(SEED, "split_seed", "subset_fraction")))
+        configs[str(record.model_label) if final else ""].add(
+            record.config_key(without=(SEED, "split_seed", "subset_fraction")))
     if sum(len(keys) for keys in configs.values()) > len(configs) or len(configs) > 1 and "" in configs:
-        warnings.append(f"{len(tested)} runs of {sum(len(keys) for keys in configs.values())} different configs were evaluated on the "
-                        f"test set ({', '.join(sorted(r.run_id for r in tested))}): choosing among them by test accuracy turns "
-                        "the test set into a validation set")
+        warnings.append(f"{len(tested)} runs of {sum(len(keys) for keys in configs.values())} different configs were "
+                        f"evaluated on the test set ({', '.join(sorted(r.run_id for r in tested))}): choosing among "
+                        "them by test accuracy turns the test set into a validation set")
     return Provenance(
         source=table.source, sweep_name=table.name, metric_name=table.metric_name,
         metric_goal=table.metric_goal, run_count=len(table.records),
@@ -538,6 +563,10 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
         generated_utc=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), code_versions=code_versions,
         devices=devices, precisions=precisions,
     )
+
+
+def _start_file(record: RunRecord) -> str:
+    return str(record.summary.get(metrics.WEIGHTS_VERSION) or record.config.get("weights")).removeprefix("file:")
 
 
 def _counts(counter: Counter) -> str:

@@ -21,7 +21,8 @@ from trainer.config import FIELDS
 SCRATCH_MODEL = "scratch_cnn"
 
 # Keys of the test record (test/test.json) and of the config hash, defined once in trainer.metrics.
-TEST_ACC, PER_CLASS_ACC, NUM_IMAGES, CHECKPOINT = metrics.TEST_ACC, metrics.PER_CLASS_ACC, metrics.NUM_IMAGES, metrics.CHECKPOINT
+TEST_ACC, PER_CLASS_ACC = metrics.TEST_ACC, metrics.PER_CLASS_ACC
+NUM_IMAGES, CHECKPOINT = metrics.NUM_IMAGES, metrics.CHECKPOINT
 CONFIG_HASH = metrics.CONFIG_HASH
 # The git commit (`+dirty.<hash of the changes>` with local changes) of the code that trained a run, from its summary.
 CODE_VERSION = metrics.CODE_VERSION
@@ -66,7 +67,8 @@ def finite(value: Any) -> float | None:
 
 # The freezing keys today's normalisation may write otherwise than the run recorded: a W&B sweep locks the values it
 # suggested (strategy=fraction stays fraction there), and older trainers did not fold equivalent strategies.
-_FOLDED_KEYS = ("strategy", "k_layers", "freeze_fraction", "unfreeze_every_epochs", "bn_mode", "backbone_lr_mult", "layer_decay")
+_FOLDED_KEYS = ("strategy", "k_layers", "freeze_fraction", "unfreeze_every_epochs", "bn_mode", "backbone_lr_mult",
+                "layer_decay")
 
 
 def _fold_config(config: dict, weights_version: object) -> dict:
@@ -75,7 +77,8 @@ def _fold_config(config: dict, weights_version: object) -> dict:
     the run recorded) with the same weights from the hub cache. Configs that no longer parse stay as they are."""
     member = weights_version.rpartition(".")[2] if isinstance(weights_version, str) and "." in weights_version and \
         not weights_version.startswith("file:") else None
-    path_of_member = member is not None and isinstance(config.get("weights"), str) and ("/" in config["weights"] or "." in config["weights"])
+    path_of_member = member is not None and isinstance(config.get("weights"), str) and ("/" in config["weights"]
+                                                                                        or "." in config["weights"])
     if config.get("model") == SCRATCH_MODEL or not (config.get("strategy") or path_of_member):
         return config
     from common.errors import UserError
@@ -108,7 +111,8 @@ class RunRecord:
         # A run retried after CUDA ran out of memory trained at half the batch size it asked for: it is shown,
         # grouped and exported as what it trained (its config hash still names the config asked for).
         trained = self.summary.get(metrics.BATCH_SIZE)
-        if isinstance(trained, int) and not isinstance(trained, bool) and trained != self.config.get(metrics.BATCH_SIZE):
+        is_count = isinstance(trained, int) and not isinstance(trained, bool)
+        if is_count and trained != self.config.get(metrics.BATCH_SIZE):
             if metrics.BATCH_SIZE in self.config:
                 self.summary = {metrics.BATCH_SIZE_ASKED: self.config[metrics.BATCH_SIZE], **self.summary}
             self.config = {**self.config, metrics.BATCH_SIZE: trained}
@@ -181,8 +185,9 @@ class RunRecord:
 
     @property
     def start(self) -> str:
-        """What training started from, one of START_KINDS: the headline gives each kind its own line, so a warm start
-        from a user's file is never counted as ImageNet fine-tuning, nor a scratch CNN resumed from a file as scratch."""
+        """What training started from, one of START_KINDS: the headline gives each
+        kind its own line, so a warm start from a user's file is never counted as
+        ImageNet fine-tuning, nor a scratch CNN resumed from a file as scratch."""
         if self.is_warm_start:
             return WARM_START
         if self.is_scratch:
@@ -198,7 +203,8 @@ class RunRecord:
     def input_size(self) -> int | None:
         """The training crop in px: the config's (a number since sizes are parameters), else what the run recorded."""
         for value in (self.config.get(metrics.INPUT_SIZE), self.summary.get(metrics.INPUT_SIZE),
-                      (self.summary.get("preprocessing") or {}).get("crop_size") if isinstance(self.summary.get("preprocessing"), dict) else None):
+                      (self.summary.get("preprocessing") or {}).get("crop_size")
+                      if isinstance(self.summary.get("preprocessing"), dict) else None):
             if isinstance(value, int) and not isinstance(value, bool):
                 return value
         return None
@@ -215,7 +221,9 @@ class RunRecord:
         """`288`, or `224→288` for a run evaluated at another size than it trained at."""
         if self.input_size is None:
             return None
-        return str(self.input_size) if self.eval_size in (None, self.input_size) else f"{self.input_size}→{self.eval_size}"
+        if self.eval_size in (None, self.input_size):
+            return str(self.input_size)
+        return f"{self.input_size}→{self.eval_size}"
 
     @property
     def images_per_second(self) -> float | None:
@@ -315,7 +323,8 @@ class RunRecord:
     def refused_before_training(self) -> bool:
         """Refused before training (exit status 2: a data folder, weights file or setting to fix): no result to
         weigh, only a mistake to correct, often the same one in several attempts."""
-        return self.state == metrics.FAILED and self.summary.get(metrics.EXIT_CODE) == EXIT_USER_ERROR and not self.history
+        refused = self.summary.get(metrics.EXIT_CODE) == EXIT_USER_ERROR
+        return self.state == metrics.FAILED and refused and not self.history
 
     @property
     def test_acc(self) -> float | None:

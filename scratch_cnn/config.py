@@ -7,8 +7,9 @@ itself against the same rules, so what `agent.py check` and a run's config accep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 from common.errors import UserError
 from common.parsing import nearest
@@ -40,8 +41,11 @@ class Rule:
         if kind is bool:
             return None if isinstance(value, bool) else f"{name}={value!r} must be true or false"
         if self.choices is not None:
-            return None if value in self.choices else f"{name}={value!r} is not one of {', '.join(self.choices)}{nearest(str(value), self.choices)}"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+            if value in self.choices:
+                return None
+            return f"{name}={value!r} is not one of {', '.join(self.choices)}{nearest(str(value), self.choices)}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int
+                                                                              and not isinstance(value, int)):
             return f"{name}={value!r} must be {'an integer' if kind is int else 'a number'}"
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
             return f"{name}={value} is out of range [{self.low}, {self.high}]"
@@ -53,7 +57,8 @@ class Rule:
 # field in the run config); the scratch CNN's dense layer is built for it.
 FIELDS: dict[str, Rule] = {
     "filters": Rule(32, "scratch_cnn: filters of the first conv block", low=1, high=1024),
-    "filter_organization": Rule("double", f"scratch_cnn: filters per block: same, double or half of the previous (halving stops "
+    "filter_organization": Rule("double",
+                                f"scratch_cnn: filters per block: same, double or half of the previous (halving stops "
                                           f"at {MIN_FILTERS}, or at filters when smaller)", choices=ORGANIZATIONS),
     "kernel_size": Rule(3, "scratch_cnn: convolution kernel size, odd", low=1, high=11, check=_odd),
     "activation": Rule("relu", "scratch_cnn: activation", choices=ACTIVATIONS),

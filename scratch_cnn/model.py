@@ -1,4 +1,5 @@
-"""The Part A baseline: a five-block CNN trained from scratch, configured by `ScratchCNNConfig` (scratch_cnn/config.py)."""
+"""The Part A baseline: a five-block CNN trained from scratch,
+configured by `ScratchCNNConfig` (scratch_cnn/config.py)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from sweeper.definition import RECIPE
 from sweeper.table import Trial
@@ -50,7 +51,8 @@ def accuracy(value: float | None) -> str:
 def trial_line(tag: str, trial: Trial, searched: list[str], seconds: float | None = None) -> str:
     timing = f"  {seconds:.0f}s" if seconds is not None else ""
     reason = f"  ({trial.reason})" if trial.reason and trial.state != M.FINISHED else ""
-    return f"[{tag}] {trial.run_id} {trial.state}  val_acc {accuracy(trial.best_val_acc)}  {trained(trial, searched)}{timing}{reason}"
+    return (f"[{tag}] {trial.run_id} {trial.state}  val_acc {accuracy(trial.best_val_acc)}  "
+            f"{trained(trial, searched)}{timing}{reason}")
 
 
 def duration(seconds: float) -> str:

@@ -11,9 +11,10 @@ import copy
 import itertools
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import yaml
@@ -68,23 +69,29 @@ def definition_problems(config: Any) -> list[str]:
     if not isinstance(config, dict):
         return ["the file must hold a mapping (method, metric, parameters, ...)"]
     if "tune" in config and "budget" in config and "parameters" not in config:
-        return ["it is a protocol file, not a sweep: run its stages with `python agent.py protocol tune|recipes|compare|test|curve FILE`"]
+        return ["it is a protocol file, not a sweep: run its stages with `python agent.py protocol "
+                "tune|recipes|compare|test|curve FILE`"]
     from sweeps import schema_violations_from_proposed_config
 
     problems = []  # ours first: they name the parameter, the schema's messages often do not
     if config.get("method") not in METHODS:
-        problems.append(f"method {config.get('method')!r} is not one of {', '.join(METHODS)}{nearest(str(config.get('method')), METHODS)}")
+        problems.append(
+            f"method {config.get('method')!r} is not one of "
+            f"{', '.join(METHODS)}{nearest(str(config.get('method')), METHODS)}")
     if not isinstance(config.get("parameters"), dict):  # W&B's schema check itself would fail on it
-        return [*problems, "parameters must be a mapping of each parameter's name to {value: v} or {values: [...]}, ..."]
+        return [*problems,
+                "parameters must be a mapping of each parameter's name to {value: v} or {values: [...]}, ..."]
     for name, spec in config["parameters"].items():
         if name in DRIVER_OWNED:
             problems.append(f"parameter {name!r} is set by the sweep driver for each trial; remove it")
         elif name == RECIPE:
             problems.extend(_recipe_problems(spec))
         elif name not in FIELDS:
-            problems.append(f"parameter {name!r} is not a run parameter{nearest(name, FIELDS)}; `python agent.py --help` lists them")
+            problems.append(f"parameter {name!r} is not a run parameter{nearest(name, FIELDS)}; "
+                            "`python agent.py --help` lists them")
         elif not isinstance(spec, dict):
-            problems.append(f"parameter {name!r} is {spec!r}; write {name}: {{value: v}} for a fixed value, or {{values: [...]}}")
+            problems.append(
+                f"parameter {name!r} is {spec!r}; write {name}: {{value: v}} for a fixed value, or {{values: [...]}}")
         elif "parameters" in spec:
             problems.append(f"parameter {name!r} is nested; run parameters are flat")
         else:
@@ -93,21 +100,26 @@ def definition_problems(config: Any) -> list[str]:
                 problems.extend(_value_problems(name, spec))
     try:
         problems.extend(schema_violations_from_proposed_config(config))
-    except ValueError as exc:  # the schema raises some violations (a parameter that is not a mapping) rather than list them
+    except ValueError as exc:
+        # the schema raises some violations (a parameter that is not a mapping) rather than list them
         problems.append(str(exc))
     metric = config.get("metric")
     metric_name = metric.get("name") if isinstance(metric, dict) else None
     goal = metric.get("goal") if isinstance(metric, dict) else None
     if metric_name != VAL_ACC:
-        problems.append(f"metric name is {metric_name!r}; the trainer logs {VAL_ACC!r}: use metric: {{name: {VAL_ACC}, goal: maximize}}")
+        problems.append(
+            f"metric name is {metric_name!r}; the trainer logs {VAL_ACC!r}: "
+            f"use metric: {{name: {VAL_ACC}, goal: maximize}}")
     elif goal != "maximize":  # without a goal the engine minimises: it would search for the worst accuracy
-        problems.append(f"metric goal is {goal!r}; {VAL_ACC} is an accuracy: use metric: {{name: {VAL_ACC}, goal: maximize}}")
+        problems.append(
+            f"metric goal is {goal!r}; {VAL_ACC} is an accuracy: use metric: {{name: {VAL_ACC}, goal: maximize}}")
     return problems
 
 
 METHODS = ("grid", "random", "bayes")  # the engine's search methods this driver runs
 # Distributions whose min/max are values of the parameter itself (log_uniform's are exponents, normal's unbounded).
-_BOUNDED_BY_VALUES = ("int_uniform", "uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values")
+_BOUNDED_BY_VALUES = ("int_uniform", "uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values",
+                      "inv_log_uniform_values")
 
 
 def listed_values(spec: Any) -> list[Any]:
@@ -119,12 +131,13 @@ def listed_values(spec: Any) -> list[Any]:
 
 def _spec_problems(name: str, spec: dict) -> list[str]:
     """A misspelled key, or a value the run config refuses, named here rather than failing every trial."""
-    problems = [f"parameter {name!r} has the key {key!r}{nearest(key, SPEC_KEYS)}; a parameter takes {', '.join(SPEC_KEYS[:3])}, ..."
+    problems = [f"parameter {name!r} has the key {key!r}{nearest(key, SPEC_KEYS)}; "
+                f"a parameter takes {', '.join(SPEC_KEYS[:3])}, ..."
                 for key in spec if key not in SPEC_KEYS]
     for bound in ("min", "max"):  # YAML 1.1 reads 1e-5 (no dot) as a string; the schema's message does not say so
         if isinstance(spec.get(bound), str) and _number_like(spec[bound]):
-            problems.append(f"parameter {name!r} has {bound}: {spec[bound]}, which YAML reads as a string; write it with "
-                            f"a dot and a signed exponent, e.g. {_yaml_float(spec[bound])}")
+            problems.append(f"parameter {name!r} has {bound}: {spec[bound]}, which YAML reads as a string; write it "
+                            f"with a dot and a signed exponent, e.g. {_yaml_float(spec[bound])}")
     candidates = listed_values(spec)
     if spec.get("distribution", "") in _BOUNDED_BY_VALUES:
         candidates += [spec[bound] for bound in ("min", "max") if bound in spec]
@@ -161,9 +174,11 @@ def _drawn_problems(name: str, spec: dict) -> list[str]:
         return [f"parameter {name!r}: distribution {spec['distribution']} draws values without bound, but {allowed}; "
                 f"use one with a min and a max (uniform, int_uniform, log_uniform_values)"]
     if high is not None and highest > high:
-        return [f"parameter {name!r}: distribution {spec['distribution']} draws values up to {_plain(highest)}, but {allowed}; make it draw within that range"]
+        return [f"parameter {name!r}: distribution {spec['distribution']} draws values up to {_plain(highest)}, but "
+                f"{allowed}; make it draw within that range"]
     if low is not None and lowest < low:
-        return [f"parameter {name!r}: distribution {spec['distribution']} draws values down to {_plain(lowest)}, but {allowed}; make it draw within that range"]
+        return [f"parameter {name!r}: distribution {spec['distribution']} draws values down to {_plain(lowest)}, but "
+                f"{allowed}; make it draw within that range"]
     return []
 
 
@@ -175,7 +190,8 @@ def _plain(number: float) -> str:
 def _recipe_problems(spec: Any) -> list[str]:
     """The recipe parameter lists files (value or values) that each hold fixed run values."""
     if not (isinstance(spec, dict) and listed_values(spec) and set(spec) <= {"value", "values"}):
-        return [f"parameter {RECIPE!r} lists YAML files of fixed values, one per trial recipe: write {RECIPE}: {{values: [FILE, ...]}}"]
+        return [f"parameter {RECIPE!r} lists YAML files of fixed values, one "
+                f"per trial recipe: write {RECIPE}: {{values: [FILE, ...]}}"]
     problems = []
     for path in listed_values(spec):
         try:
@@ -207,27 +223,34 @@ def _value_problems(name: str, spec: dict) -> list[str]:
     values = spec.get("values") if isinstance(spec.get("values"), list) else []
     problems = []
     if any(isinstance(value, bool) for value in values):
-        problems.append(f"parameter {name!r} has a YAML boolean; write it as a string ('true'/'false'): the engine reads false as the first value")
+        problems.append(
+            f"parameter {name!r} has a YAML boolean; write it as a string "
+            "('true'/'false'): the engine reads false as the first value")
     elif any(not value for value in values[1:]):
         falsy = next(value for value in values[1:] if not value)
-        problems.append(f"parameter {name!r} lists {falsy!r} after the first value; put it first: the engine reads it as the first value")
+        problems.append(
+            f"parameter {name!r} lists {falsy!r} after the first value; put "
+            "it first: the engine reads it as the first value")
     return problems
 
 
 def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -> list[str]:
     """Listed values that no trial of this sweep could train with, under any listed model and strategy (k_layers=7
     when the only model has 5 stages): each suggestion of one would be a failed trial."""
-    axes = [[fixed[name]] if name in fixed else listed_values(parameters.get(name)) or [None] for name in ("model", "strategy")]
+    axes = [[fixed[name]] if name in fixed else listed_values(parameters.get(name)) or [None]
+            for name in ("model", "strategy")]
     try:  # unreadable recipe files are definition_problems' to name
         recipes = [load_yaml_values(str(path)) for path in listed_values(parameters.get(RECIPE))] or [{}]
     except UserError:
         recipes = [{}]
 
     def fits(name: str, value: Any) -> str | None:
-        """None when some recipe, listed model and strategy trains with `name=value`; else the first reason none does."""
+        """None when some recipe, listed model and strategy trains
+        with `name=value`; else the first reason none does."""
         used, errors = False, []
         for recipe, model, strategy in itertools.product(recipes, *axes):
-            values = {**fixed, name: value, **{k: v for k, v in (("model", model), ("strategy", strategy)) if v is not None}}
+            values = {
+                **fixed, name: value, **{k: v for k, v in (("model", model), ("strategy", strategy)) if v is not None}}
             try:
                 # Used as given: not dropped as unused, nor written over by a folded strategy (fraction as last_k).
                 used = used or getattr(parse_run_config(recipe, values), name) == parse_value(name, value)
@@ -261,8 +284,8 @@ def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -
             if reason:
                 problems.append(f"parameter {name!r} lists {value!r}, which no trial can train with: {reason}")
             elif name in PAIRED_WITH_EVERY_MODEL and fits_every_model(name, value):
-                problems.append(f"parameter {name!r} lists {value!r}, which trials of some listed model cannot train with: "
-                                f"{fits_every_model(name, value)}")
+                problems.append(f"parameter {name!r} lists {value!r}, which trials of some listed model cannot train "
+                                f"with: {fits_every_model(name, value)}")
     for name, value in fixed.items():  # --k_layers=9 beside models of 5 stages: every trial would fail on it
         reason = None if name in ("model", "strategy") else fits(name, value)
         if reason:
@@ -316,7 +339,8 @@ def pin_definition(sweep_dir: Path, definition: SweepDefinition, bound: bool = T
 
 
 def _read_pinned(path: Path, fix: str) -> Any:
-    """A YAML file the driver wrote into the sweep folder; damaged (edited by hand, a disk fault), it says how to mend it."""
+    """A YAML file the driver wrote into the sweep folder; damaged
+    (edited by hand, a disk fault), it says how to mend it."""
     try:
         return read_yaml(path, "sweep folder file")
     except UserError as exc:
@@ -328,7 +352,8 @@ def effective_fixed(fixed: Mapping[str, Any]) -> dict[str, Any]:
     return {key: parse_value(key, value) for key, value in sorted(fixed.items()) if FIELDS[key].metadata["effective"]}
 
 
-def pin_fixed(sweep_dir: Path, fixed: Mapping[str, Any], started_with: Mapping[str, Any] | None = None, bound: bool = True) -> bool:
+def pin_fixed(sweep_dir: Path, fixed: Mapping[str, Any], started_with: Mapping[str, Any] | None = None,
+              bound: bool = True) -> bool:
     """Pin the fixed `--key=value` arguments that change what is trained (epochs, model...) like the definition:
     a second call with --epochs=1 after --epochs=2 would mix two sweeps in one table. Paths, devices and logging
     may differ from call to call (another machine).
@@ -339,10 +364,13 @@ def pin_fixed(sweep_dir: Path, fixed: Mapping[str, Any], started_with: Mapping[s
     """
     effective = effective_fixed(fixed)
     pinned = sweep_dir / FIXED_FILE
-    before = (_read_pinned(pinned, "delete it, and the fixed arguments of the folder's first trial stand in") or {}) if pinned.exists() else \
-        effective_fixed(started_with) if started_with is not None else None
+    if pinned.exists():
+        before = _read_pinned(pinned, "delete it, and the fixed arguments of the folder's first trial stand in") or {}
+    else:
+        before = effective_fixed(started_with) if started_with is not None else None
     if before is not None and before != effective and bound:
-        changed = sorted(set(before) ^ set(effective) | {k for k in set(before) & set(effective) if before[k] != effective[k]})
+        changed = sorted(
+            set(before) ^ set(effective) | {k for k in set(before) & set(effective) if before[k] != effective[k]})
         was = ", ".join(f"--{k}={before[k]}" if k in before else f"no --{k}" for k in changed)
         source = pinned if pinned.exists() else sweep_dir / TABLE_FILE
         raise UserError(f"{sweep_dir} was started with {was} ({source}); pass the same fixed arguments to continue it, "

@@ -7,7 +7,7 @@ the next call of the same sweep resumes them. A second Ctrl-C aborts at once, as
 from __future__ import annotations
 
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 
 class DriverInterrupt:
@@ -29,7 +29,7 @@ class DriverInterrupt:
     def __bool__(self) -> bool:
         return self.signum is not None
 
-    def __enter__(self) -> "DriverInterrupt":
+    def __enter__(self) -> DriverInterrupt:
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)

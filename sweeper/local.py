@@ -28,8 +28,9 @@ import re
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from common.disk import ensure_writable
 from common.errors import UserError
@@ -39,14 +40,43 @@ from data.layout import locate_dataset
 from data.scan import scan_folder, skipped_warning
 from models import get_spec, resolve_strategy
 from sweeper import console
-from sweeper.definition import DRIVER_OWNED, RECIPE, SweepDefinition, with_recipe, engine_config, load_definition, pin_definition, pin_fixed, problems_error, unrunnable_values
+from sweeper.definition import (
+    DRIVER_OWNED,
+    RECIPE,
+    SweepDefinition,
+    engine_config,
+    load_definition,
+    pin_definition,
+    pin_fixed,
+    problems_error,
+    unrunnable_values,
+    with_recipe,
+)
 from sweeper.engine import runs_to_stop, suggest, sweep_run
 from sweeper.interrupt import DriverInterrupt
 from sweeper.recover import read_back_lost_trials
-from sweeper.table import (DUPLICATE, RUNS_DIR, UNFINISHED, Trial, TrialTable, binds_folder, failed_on_setup, killed_by_host, run_id_prefix,
-                           suggestion_identity)
-from sweeper.trial import (LaunchedTrial, has_checkpoint, launch, outcome, read_history, recorded_outcome,
-                           trial_command, visible_gpus)
+from sweeper.table import (
+    DUPLICATE,
+    RUNS_DIR,
+    UNFINISHED,
+    Trial,
+    TrialTable,
+    binds_folder,
+    failed_on_setup,
+    killed_by_host,
+    run_id_prefix,
+    suggestion_identity,
+)
+from sweeper.trial import (
+    LaunchedTrial,
+    has_checkpoint,
+    launch,
+    outcome,
+    read_history,
+    recorded_outcome,
+    trial_command,
+    visible_gpus,
+)
 from trainer import metrics as M
 from trainer.config import FIELDS, config_hash, effective_config, parse_run_config, parse_value
 from trainer.progress import FORWARDED
@@ -90,7 +120,9 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
     if not existed:
         parent = next(p for p in sweep_dir.parents if p.exists())  # checked before a download, creating nothing
         if not os.access(parent, os.W_OK):
-            raise UserError(f"sweep folder {sweep_dir} cannot be created: {parent} is not writable; pass --sweep_dir with a writable folder")
+            raise UserError(
+                f"sweep folder {sweep_dir} cannot be created: {parent} is not "
+                "writable; pass --sweep_dir with a writable folder")
         said = prepare_dataset(definition, fixed)  # a first call that fails here leaves no sweep folder behind
         in_yaml = definition.parameters.get("checkpoint_store")
         store = fixed.get("checkpoint_store") or (in_yaml.get("value") if isinstance(in_yaml, dict) else None)
@@ -106,7 +138,8 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
         replaced |= pin_fixed(sweep_dir, fixed, real[0].fixed if real else None, bound)
         if replaced and len(table):
             print(f"note: the {len(real)} earlier trial(s) of {sweep_dir} all failed before training, under another "
-                  f"definition or fixed arguments: dropped from the sweep, their folders moved to {DROPPED_DIR}/", flush=True)
+                  f"definition or fixed arguments: dropped from the sweep, their folders moved to {DROPPED_DIR}/",
+                  flush=True)
             for trial in table:  # out of runs/, which reports read
                 if table.run_folder(trial).exists():
                     (sweep_dir / DROPPED_DIR).mkdir(exist_ok=True)
@@ -126,11 +159,13 @@ def _note_orphans_in_store(name: str, store: Any, sweep_dir: Path) -> None:
         return
     folder = Path(str(store)).expanduser()
     pattern = re.compile(rf"{re.escape(run_id_prefix(name))}-\d{{3}}-[0-9a-f]{{4}}")
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and pattern.fullmatch(p.name)) if folder.is_dir() else []
+    found = (sorted(p.name for p in folder.iterdir() if p.is_dir() and pattern.fullmatch(p.name))
+             if folder.is_dir() else [])
     if found:
-        print(f"note: {folder} holds checkpoints of {len(found)} trial(s) of a sweep named {name} ({', '.join(found[:3])}"
-              f"{' ...' if len(found) > 3 else ''}), but {sweep_dir} is new, so this sweep starts over: to continue that "
-              f"sweep, stop and pass the --sweep_dir it used (keep it on the same drive as the store)", flush=True)
+        print(f"note: {folder} holds checkpoints of {len(found)} trial(s) of a sweep named "
+              f"{name} ({', '.join(found[:3])}{' ...' if len(found) > 3 else ''}), but "
+              f"{sweep_dir} is new, so this sweep starts over: to continue that sweep, stop "
+              "and pass the --sweep_dir it used (keep it on the same drive as the store)", flush=True)
 
 
 def prepare_dataset(definition: SweepDefinition, fixed: Mapping[str, Any]) -> str | None:
@@ -148,8 +183,11 @@ def prepare_dataset(definition: SweepDefinition, fixed: Mapping[str, Any]) -> st
     # The scan, once here (trials read its cached result): unreadable files are named on the sweep's console.
     index = scan_folder(layout.train_dir, cache_dir=ensure_writable(config.cache_dir, "cache_dir", CACHE_OPTION))
     if index.skipped:
-        print(f"note: every trial trains without those {len(index.skipped)} file(s) and lists them in its skipped_files.txt", flush=True)
-        return skipped_warning(index.root, index.skipped)  # said once here: the trials' own copies of it are not repeated
+        print(
+            f"note: every trial trains without those {len(index.skipped)} "
+            "file(s) and lists them in its skipped_files.txt", flush=True)
+        # said once here: the trials' own copies of it are not repeated
+        return skipped_warning(index.root, index.skipped)
     return None
 
 
@@ -158,7 +196,9 @@ def check_fixed(fixed: Mapping[str, Any]) -> dict[str, str]:
     fixed = {key.replace("-", "_"): value for key, value in fixed.items()}
     for key in fixed:
         if key in DRIVER_OWNED:
-            raise UserError(f"--{key} is set by the sweep for each trial (runs go to SWEEP_DIR/{RUNS_DIR}/RUN_ID); use --sweep_dir=DIR to choose the folder")
+            raise UserError(
+                f"--{key} is set by the sweep for each trial (runs go to SWEEP_DIR/{RUNS_DIR}/RUN_ID); use "
+                "--sweep_dir=DIR to choose the folder")
         parse_value(key, fixed[key])  # name, type and range; whether it fits a model is each trial's to say
     if "model" in fixed:
         get_spec(str(fixed["model"]))  # a typo fails here once, not in every trial
@@ -239,21 +279,26 @@ class LocalSweep:
         self._warn_if_the_data_changed()
         if self.interrupted:
             unfinished = sum(t.state in UNFINISHED for t in self.table)
-            print(f"sweep interrupted: {unfinished} trial(s) to resume; run the same command again to continue", flush=True)
+            print(f"sweep interrupted: {unfinished} trial(s) to resume; run the same command again to continue",
+                  flush=True)
             return None
         if self.setup_failure:
-            raise UserError(f"sweep stopped: trial {self.setup_failure.run_id} failed on a setup problem ({self.setup_failure.reason}); "
-                            f"fix it and run the same command again: that trial is retried, and nothing else is lost")
+            raise UserError(f"sweep stopped: trial {self.setup_failure.run_id} failed on a setup problem "
+                            f"({self.setup_failure.reason}); fix it and run the same command again: that trial is "
+                            "retried, and nothing else is lost")
         own = [t.run_id for t in self.table.real() if failed_on_setup(t)]
         if own:
-            print(f"{len(own)} trial(s) failed on a setup problem of their own values ({', '.join(own)}: see their reason in "
-                  f"table.jsonl); fix it and run the same command again to retry them", flush=True)
+            print(f"{len(own)} trial(s) failed on a setup problem of their own values ({', '.join(own)}: see their "
+                  "reason in table.jsonl); fix it and run the same command again to retry them", flush=True)
         killed = [t.run_id for t in self.table.real() if killed_by_host(t)]
         if killed:
-            print(f"{len(killed)} trial(s) were killed by SIGKILL, most often the host running out of memory ({', '.join(killed)}); "
-                  f"run the same command again, with fewer --workers or --num_workers=0 if memory is short, to resume them", flush=True)
+            print(f"{len(killed)} trial(s) were killed by SIGKILL, most often the host running out of memory "
+                  f"({', '.join(killed)}); run the same command again, with fewer --workers or --num_workers=0 if "
+                  "memory is short, to resume them", flush=True)
         if earlier >= count and not resumed:
-            print(f"the sweep already has {earlier} trial(s), --count {count}: nothing to do; raise --count to extend it", flush=True)
+            print(
+                f"the sweep already has {earlier} trial(s), --count {count}: nothing to do; raise --count to extend it",
+                flush=True)
         return self._summary(new_trials, resumed)
 
     @contextlib.contextmanager
@@ -273,7 +318,8 @@ class LocalSweep:
 
     def _on_interrupt(self, signum: int) -> None:
         self.interrupted = True
-        print(f"signal {signum}: stopping {len(self.running)} running trial(s) at their next step (they checkpoint)", flush=True)
+        print(f"signal {signum}: stopping {len(self.running)} running trial(s) at their next step (they checkpoint)",
+              flush=True)
         for launched in self.running.values():
             launched.send(signal.SIGTERM)
 
@@ -295,7 +341,9 @@ class LocalSweep:
                 return trial
             print(f"[dup] {trial.run_id} = {trial.duplicate_of}: {console.describe(trial.suggested, self.searched)}"
                   f"{console.normalised_away(trial)}", flush=True)
-        print(f"stopping: the last {MAX_CONSECUTIVE_DUPLICATES} suggestions all repeated trained configs; the effective search space looks exhausted", flush=True)
+        print(
+            f"stopping: the last {MAX_CONSECUTIVE_DUPLICATES} suggestions all repeated trained configs; the effective "
+            "search space looks exhausted", flush=True)
         return None
 
     def _record(self, suggestion: dict[str, Any]) -> Trial:
@@ -307,7 +355,8 @@ class LocalSweep:
             original = self.table.find_identity(suggestion_identity(suggestion))
             if original:
                 return self.table.add(Trial(run_id, DUPLICATE, {}, None, suggestion, duplicate_of=original.run_id))
-            return self.table.add(Trial(run_id, M.FAILED, {}, None, suggestion, reason=f"invalid suggestion: {exc}", fixed=self.fixed))
+            return self.table.add(
+                Trial(run_id, M.FAILED, {}, None, suggestion, reason=f"invalid suggestion: {exc}", fixed=self.fixed))
         config, identity = effective_config(run_config), config_hash(run_config)
         original = self.table.find_identity(identity)
         if original:
@@ -352,7 +401,8 @@ class LocalSweep:
         recorded = recorded_outcome(self.table.run_folder(trial))
         if recorded is None or recorded.state in UNFINISHED:
             return False
-        trial.state, trial.reason, trial.exit_code, trial.best_val_acc = recorded.state, recorded.reason, recorded.exit_code, recorded.best_val_acc
+        trial.state, trial.reason, trial.exit_code, trial.best_val_acc = (recorded.state, recorded.reason,
+                                                                          recorded.exit_code, recorded.best_val_acc)
         self.table.save()
         print(console.trial_line("recorded", trial, self.searched), flush=True)
         return True
@@ -386,9 +436,11 @@ class LocalSweep:
         for splits in by_request.values():
             if len(splits) < 2:
                 continue
-            groups = "; ".join(f"{len(ids)} on split {split} ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})" for split, ids in splits.items())
-            print(f"warning: the trials of this sweep trained on {len(splits)} different data splits, so their numbers do not "
-                  f"compare: the images changed between calls ({groups}); restore the data, or start a new sweep with --sweep_dir", flush=True)
+            groups = "; ".join(f"{len(ids)} on split {split} ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})"
+                               for split, ids in splits.items())
+            print(f"warning: the trials of this sweep trained on {len(splits)} different data splits, so their numbers "
+                  f"do not compare: the images changed between calls ({groups}); restore the data, or start a new "
+                  "sweep with --sweep_dir", flush=True)
 
     def _start(self, trial: Trial, tag: str) -> None:
         folder = self.table.run_folder(trial)
@@ -425,7 +477,8 @@ class LocalSweep:
             # A trial that died before its record could say how (a full disk) is not left `running` in summary.json.
             RunRecord.settle(launched.folder, result.state, result.reason, result.exit_code)
             trial = self.table.get(run_id)
-            trial.state, trial.reason, trial.exit_code, trial.best_val_acc = result.state, result.reason, result.exit_code, result.best_val_acc
+            trial.state, trial.reason, trial.exit_code, trial.best_val_acc = (result.state, result.reason,
+                                                                              result.exit_code, result.best_val_acc)
             if trial.state == M.PREEMPTED:  # the trainer's reason speaks of run ids; in a sweep, the command is the way
                 trial.reason = "interrupted; the same sweep command resumes it from its checkpoint"
             self.table.save()
@@ -453,7 +506,8 @@ class LocalSweep:
         total, left = max(self.count, done + len(self.running)), None
         remaining = max(0, total - done)
         if self.trained_seconds and remaining:
-            left = sum(self.trained_seconds) / len(self.trained_seconds) * remaining / max(1, min(self.workers, remaining))
+            left = (sum(self.trained_seconds) / len(self.trained_seconds) * remaining
+                    / max(1, min(self.workers, remaining)))
         return console.progress_line(done, total, len(self.running), time.monotonic() - self.started, left)
 
     def _judge_setup(self, trial: Trial) -> None:
@@ -465,12 +519,13 @@ class LocalSweep:
         self.setup_streak += trial.run_id not in self.retries  # a retry failing again says nothing new
         if self.setup_failure:
             return
-        trained = any(t.state in TRAINED for t in self.table.real()) or any(other.is_training() for other in self.running.values())
+        trained = any(t.state in TRAINED for t in self.table.real()) or any(other.is_training()
+                                                                            for other in self.running.values())
         if not trained or self.setup_streak >= SETUP_FAILURES_IN_A_ROW:
             self.setup_failure = trial  # every later trial would fail alike: no new ones start
         else:
-            print(f"  {trial.run_id} failed on a setup problem of its own values, not the sweep's (other trials trained): "
-                  f"recorded, the sweep goes on, the next call retries it", flush=True)
+            print(f"  {trial.run_id} failed on a setup problem of its own values, not the sweep's (other trials "
+                  "trained): recorded, the sweep goes on, the next call retries it", flush=True)
 
     def _early_terminate(self) -> None:
         """Ask hyperband which running trials trail the others; they stop gracefully as early_stopped."""
@@ -484,7 +539,8 @@ class LocalSweep:
             if epochs and len(self._history(trial)) >= epochs:
                 continue  # on its last epoch already: stopping saves nothing
             if launched.send(EARLY_STOP_SIGNAL):
-                print(f"[stop] {run_id}: hyperband early termination after {len(self._history(trial))} epoch(s)", flush=True)
+                print(f"[stop] {run_id}: hyperband early termination after {len(self._history(trial))} epoch(s)",
+                      flush=True)
 
     def _summary(self, new_trials: int, resumed: int) -> dict:
         states = Counter(t.state for t in self.table)

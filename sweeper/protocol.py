@@ -11,16 +11,17 @@
 An arm is the scratch CNN, or one backbone with all its strategies. The protocol folder (sweep_runs/<name>/, or
 --protocol_dir) holds an ordinary sweep folder per stage: tune/<arm>/, compare/, curve/; every trial records its
 stage (the run parameter `stage`), so the report tells tuning numbers from final ones wherever the runs come from.
-"""
+"""  # noqa: E501  (the usage table: one command a line)
 
 from __future__ import annotations
 
 import datetime
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -28,9 +29,9 @@ from common.atomic import write_text
 from common.errors import UserError
 from common.yamlfile import read_yaml
 from models.registry import get_spec
-from trainer.config import FIELDS
 from report.table import SEED_KEYS
 from sweeper.definition import RECIPE, load_definition
+from trainer.config import FIELDS
 
 PROTOCOL_FILE = Path("sweeps/protocol.yaml")
 STAGES = ("tune", "recipes", "compare", "test", "curve", "wandb")
@@ -112,7 +113,8 @@ def load_protocol(path: Path | str = PROTOCOL_FILE) -> Protocol:
     budgets = {}
     for kind in (PRETRAINED, FROM_SCRATCH):
         entry = need(need(data, "budget", dict, ""), kind, dict, "budget.")
-        budgets[kind] = Budget(need(entry, "epochs", int, f"budget.{kind}."), need(entry, "patience", int, f"budget.{kind}."))
+        budgets[kind] = Budget(need(entry, "epochs", int, f"budget.{kind}."),
+                               need(entry, "patience", int, f"budget.{kind}."))
         if budgets[kind].epochs < 1 or budgets[kind].patience < 0:
             raise UserError(f"protocol file {path}: budget.{kind} needs epochs >= 1 and patience >= 0")
     compare = Path(need(data, "compare", str, ""))
@@ -120,9 +122,11 @@ def load_protocol(path: Path | str = PROTOCOL_FILE) -> Protocol:
     for key in ("seed", "split_seed"):
         seeds[key] = need(tune, key, int, "tune.") if key in tune else 0
         if not 0 <= seeds[key] <= FIELDS[key].metadata["high"]:
-            raise UserError(f"protocol file {path}: tune.{key}={seeds[key]} is out of range [0, {FIELDS[key].metadata['high']}]")
+            raise UserError(
+                f"protocol file {path}: tune.{key}={seeds[key]} is out of range [0, {FIELDS[key].metadata['high']}]")
     curve = need(data, "curve", str, "") if data.get("curve") is not None else None
-    recipes = need(data, "recipes_dir", str, "") if data.get("recipes_dir") is not None else str(compare.parent / "compare")
+    recipes = need(data, "recipes_dir", str, "") if data.get("recipes_dir") is not None else str(compare.parent
+                                                                                                 / "compare")
     return Protocol(path, str(data.get("name") or path.stem), trials, seeds["seed"], seeds["split_seed"],
                     tuple(arms), budgets, compare, Path(curve) if curve else None, Path(recipes))
 
@@ -144,7 +148,8 @@ def run_tune(protocol: Protocol, protocol_dir: Path | None, workers: int, user_f
     for arm in protocol.arms:
         print(f"== tune {arm.model}: {protocol.trials_per_arm} trials of {arm.search}, {protocol.budget(arm).text()} "
               f"-> {folder / 'tune' / arm.model}", flush=True)
-        if run_local_sweep(arm.search, protocol.trials_per_arm, workers, folder / "tune" / arm.model, tune_fixed(protocol, arm, user_fixed)) is None:
+        fixed = tune_fixed(protocol, arm, user_fixed)
+        if run_local_sweep(arm.search, protocol.trials_per_arm, workers, folder / "tune" / arm.model, fixed) is None:
             return False
     return True
 
@@ -167,13 +172,15 @@ def write_recipes(protocol: Protocol, protocol_dir: Path | None, wandb: bool = F
             raise UserError(f"arm {arm.model} has no W&B tuning sweep in {folder / WANDB_FILE}: create them with "
                             f"`python agent.py protocol wandb {protocol.path}`")
         if not wandb and not Path(source).is_dir():
-            raise UserError(f"arm {arm.model} has no tuning sweep in {source}: run `python agent.py protocol tune {protocol.path}` first")
+            raise UserError(
+                f"arm {arm.model} has no tuning sweep in {source}: run `python "
+                f"agent.py protocol tune {protocol.path}` first")
         table = load_table(source)
         finished = sorted((r for r in table.complete() if r.model == arm.model), key=rank_key)
         if not finished:
             states = ", ".join(sorted({r.state for r in table.records})) or "no runs"
-            raise UserError(f"arm {arm.model} has no finished tuning trial in {source} ({states}): the compare stage needs "
-                            f"one per arm; run its tuning sweep further")
+            raise UserError(f"arm {arm.model} has no finished tuning trial in {source} ({states}): the compare stage "
+                            "needs one per arm; run its tuning sweep further")
         winner = finished[0]
         values = {key: value for key, value in winner.effective_config.items()
                   if key in FIELDS and key not in VARIED_BY_STAGES and value is not None}
@@ -191,7 +198,8 @@ def write_recipes(protocol: Protocol, protocol_dir: Path | None, wandb: bool = F
     return written
 
 
-# Values normalisation derives from others (eval_size from input_size; InceptionV3's aux loss from its size): written into
+# Values normalisation derives from others (eval_size from
+# input_size; InceptionV3's aux loss from its size): written into
 # a recipe they would stay behind when its input_size is changed or swept on top of it.
 DERIVED = ("eval_size", "aux_loss_weight")
 
@@ -213,14 +221,16 @@ def _wandb_sweeps(folder: Path) -> dict[str, str]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise UserError(f"{folder / WANDB_FILE} cannot be read ({type(exc).__name__}): run `agent.py protocol wandb` again") from None
+        raise UserError(f"{folder / WANDB_FILE} cannot be read "
+                        f"({type(exc).__name__}): run `agent.py protocol wandb` again") from None
 
 
 # --- stage 2b and the curve: final sweeps -------------------------------------------------------------
 
 def grid_size(parameters: Mapping[str, Any]) -> int:
     """Runs in a grid: the product of its listed values' counts."""
-    return math.prod(len(spec["values"]) for spec in parameters.values() if isinstance(spec, dict) and isinstance(spec.get("values"), list))
+    return math.prod(len(spec["values"]) for spec in parameters.values() if isinstance(spec, dict)
+                     and isinstance(spec.get("values"), list))
 
 
 def _listed(parameters: Mapping[str, Any], name: str) -> list:
@@ -232,7 +242,8 @@ def _listed(parameters: Mapping[str, Any], name: str) -> list:
 
 def final_problems(protocol: Protocol, sweep_yaml: Path, tuned_seeds: set, stage: str) -> list[str]:
     """Why a final sweep would not be a fair comparison: an arm without its recipe, a seed tuning used, one split."""
-    raw = read_yaml(sweep_yaml, "sweep file") or {}  # as it is: its recipes may not exist yet, one of the problems to name
+    # as it is: its recipes may not exist yet, one of the problems to name
+    raw = read_yaml(sweep_yaml, "sweep file") or {}
     if not isinstance(raw, dict):
         return [f"{sweep_yaml} must hold a mapping (method, metric, parameters, ...)"]
     parameters = raw.get("parameters") if isinstance(raw.get("parameters"), dict) else {}
@@ -244,10 +255,11 @@ def final_problems(protocol: Protocol, sweep_yaml: Path, tuned_seeds: set, stage
         if protocol.recipe_path(arm).resolve() not in listed:
             problems.append(f"arm {arm.model} has no recipe in {sweep_yaml} (expected {protocol.recipe_path(arm)})")
         elif not protocol.recipe_path(arm).is_file():
-            problems.append(f"recipe {protocol.recipe_path(arm)} does not exist: run `python agent.py protocol recipes` first")
+            problems.append(
+                f"recipe {protocol.recipe_path(arm)} does not exist: run `python agent.py protocol recipes` first")
     if len(_listed(parameters, "seed")) < 2:
-        problems.append(f"{sweep_yaml} lists {len(_listed(parameters, 'seed'))} seed(s): list two or more fresh ones (none of the "
-                        f"tuning seeds), so each arm's mean has an interval")
+        problems.append(f"{sweep_yaml} lists {len(_listed(parameters, 'seed'))} seed(s): list two or more fresh ones "
+                        "(none of the tuning seeds), so each arm's mean has an interval")
     reused = sorted(set(_listed(parameters, "seed")) & tuned_seeds, key=str)
     if reused:
         problems.append(f"{sweep_yaml} lists seed(s) {reused} that tuning used: the final runs need fresh seeds")
@@ -255,7 +267,8 @@ def final_problems(protocol: Protocol, sweep_yaml: Path, tuned_seeds: set, stage
         problems.append(f"{sweep_yaml} lists {len(_listed(parameters, 'split_seed'))} split_seed(s): list two or more, "
                         f"so the intervals include the variance of the split")
     if _listed(parameters, "stage") != [stage]:
-        problems.append(f"{sweep_yaml} must fix stage: {{value: {stage}}}, so its runs are reported as the {stage} stage")
+        problems.append(
+            f"{sweep_yaml} must fix stage: {{value: {stage}}}, so its runs are reported as the {stage} stage")
     if not problems:
         load_definition(sweep_yaml)  # every check a sweep makes, now that its recipes exist
     return problems
@@ -264,7 +277,7 @@ def final_problems(protocol: Protocol, sweep_yaml: Path, tuned_seeds: set, stage
 def tuned_seeds(protocol: Protocol, protocol_dir: Path | None) -> set:
     """The seeds the tuning trials trained with: the protocol's, and any a tuning run's config records."""
     seeds = {protocol.tune_seed}
-    for config in (protocol.folder(protocol_dir) / "tune").glob(f"*/runs/*/config.yaml"):
+    for config in (protocol.folder(protocol_dir) / "tune").glob("*/runs/*/config.yaml"):
         try:
             saved = read_yaml(config, "run config")
         except UserError:  # a damaged record says nothing of its seed; the protocol's own seed is in the set anyway
@@ -274,7 +287,8 @@ def tuned_seeds(protocol: Protocol, protocol_dir: Path | None) -> set:
     return seeds - {None}
 
 
-def run_final(protocol: Protocol, stage: str, protocol_dir: Path | None, workers: int, user_fixed: Mapping[str, str]) -> bool:
+def run_final(protocol: Protocol, stage: str, protocol_dir: Path | None, workers: int,
+              user_fixed: Mapping[str, str]) -> bool:
     """The compare or curve sweep: its whole grid, in its own folder; False when interrupted."""
     from sweeper.local import run_local_sweep
 
@@ -296,7 +310,8 @@ def run_final(protocol: Protocol, stage: str, protocol_dir: Path | None, workers
 # --- stage 3: test ------------------------------------------------------------------------------------
 
 def run_tests(protocol: Protocol, protocol_dir: Path | None, data_dir: str | None, device: str = "auto") -> list[dict]:
-    """Every final run that trained to its end, on the held-out test set, once: runs tested before are not read again."""
+    """Every final run that trained to its end, on the held-out
+    test set, once: runs tested before are not read again."""
     from trainer import metrics as M
     from trainer.evaluate import evaluate_on_test_set
     from trainer.record import BEST_CHECKPOINT, RunRecord
@@ -308,8 +323,8 @@ def run_tests(protocol: Protocol, protocol_dir: Path | None, data_dir: str | Non
         for run in runs:
             summary = RunRecord.read_summary(run)
             if summary.get(M.STATE) != M.FINISHED or not (run / BEST_CHECKPOINT).exists():
-                print(f"{stage} run {run.name}: not tested ({summary.get(M.STATE) or 'no summary'}; the report counts it in its arm's "
-                      f"n/k as lost or not finished)")
+                print(f"{stage} run {run.name}: not tested ({summary.get(M.STATE) or 'no summary'}; the report counts "
+                      "it in its arm's n/k as lost or not finished)")
                 continue
             if (run / "test" / "test.json").exists():
                 continue  # read once per final run: a second look is not a second sample
@@ -352,13 +367,16 @@ def create_wandb_sweeps(protocol: Protocol, protocol_dir: Path | None, user_fixe
         try:
             sweep_id = wandb.sweep(config, project=project, entity=entity or None)
         except Exception as exc:  # no login, no network: one line
-            raise UserError(f"cannot create the W&B sweep of arm {arm.model} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
-                            f"check `wandb login` and the network, or tune offline with `agent.py protocol tune`") from None
+            raise UserError(f"cannot create the W&B sweep of arm {arm.model} "
+                            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): check `wandb login` "
+                            "and the network, or tune offline with `agent.py protocol tune`") from None
         path = f"{entity or wandb.Api().default_entity}/{project}/{sweep_id}"
         created[arm.model] = path
         folder.mkdir(parents=True, exist_ok=True)
         write_text(folder / WANDB_FILE, json.dumps(created, indent=2, sort_keys=True))
     for arm in protocol.arms:
-        print(f"wandb agent {created[arm.model]}    # arm {arm.model}: stops by itself after {protocol.trials_per_arm} runs (run_cap)")
+        print(
+            f"wandb agent {created[arm.model]}    # arm {arm.model}: stops by "
+            f"itself after {protocol.trials_per_arm} runs (run_cap)")
     print(f"then: python agent.py protocol recipes {protocol.path} --wandb")
     return created

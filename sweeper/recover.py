@@ -1,4 +1,5 @@
-"""Trials whose row table.jsonl lost (a line cut off mid-write, or deleted as damaged), read back from their run folders.
+"""Trials whose row table.jsonl lost (a line cut off mid-write,
+or deleted as damaged), read back from their run folders.
 
 A trial's run folder holds what its row held: the config it trained (config.yaml, or the copy inside last.pt) and
 how it ended (summary.json). Read back into the table, the trial is neither trained again under a new run id nor
@@ -8,8 +9,9 @@ counted twice by the report; an unfinished one resumes from its checkpoint like 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from common.errors import UserError
 from sweeper.definition import RECIPE, SweepDefinition, listed_values, with_recipe
@@ -23,14 +25,15 @@ def read_back_lost_trials(table: TrialTable, definition: SweepDefinition, fixed:
     """Give every run folder of this sweep without a row its row again (in run id order), and drop a cut-off line."""
     pattern = re.compile(rf"{re.escape(run_id_prefix(definition.name))}-(\d{{3}})-[0-9a-f]{{4}}")
     runs, known = table.sweep_dir / RUNS_DIR, {trial.run_id for trial in table}
-    lost = sorted(p for p in runs.iterdir() if p.is_dir() and p.name not in known and pattern.fullmatch(p.name)) if runs.is_dir() else []
+    lost = (sorted(p for p in runs.iterdir() if p.is_dir() and p.name not in known and pattern.fullmatch(p.name))
+            if runs.is_dir() else [])
     found = [trial for trial in (_trial_of(folder, definition, fixed) for folder in lost) if trial is not None]
     if table.lost_line is not None:
         print(f"note: line {table.lost_line} of {table.path} was cut off mid-write; dropped"
               f"{', its trial read back from its run folder' if found else ''}", flush=True)
     for trial in found:
-        print(f"note: trial {trial.run_id} ({trial.state}) had no row in {TABLE_FILE}: read back from {table.run_folder(trial)}, "
-              f"so it is not trained again under a new run id", flush=True)
+        print(f"note: trial {trial.run_id} ({trial.state}) had no row in {TABLE_FILE}: read back from "
+              f"{table.run_folder(trial)}, so it is not trained again under a new run id", flush=True)
     if not found and table.lost_line is None:
         return
     table.trials.extend(found)
@@ -49,7 +52,8 @@ def _trial_of(folder: Path, definition: SweepDefinition, fixed: Mapping[str, Any
     try:
         config = parse_run_config({key: value for key, value in saved.items() if key in FIELDS and key != "run_id"})
     except UserError as exc:
-        print(f"note: {folder} has no row in {TABLE_FILE} and its config cannot be read back ({exc}); left out", flush=True)
+        print(f"note: {folder} has no row in {TABLE_FILE} and its config cannot be read back ({exc}); left out",
+              flush=True)
         return None
     summary = RunRecord.read_summary(folder)
     state = summary.get(M.STATE)
@@ -58,7 +62,8 @@ def _trial_of(folder: Path, definition: SweepDefinition, fixed: Mapping[str, Any
     best = summary.get(M.BEST_VAL_ACC)
     exit_code = summary.get(M.EXIT_CODE)
     identity = config_hash(config)
-    return Trial(folder.name, state, effective_config(config), identity, _suggestion(config, identity, definition, fixed),
+    return Trial(folder.name, state, effective_config(config), identity,
+                 _suggestion(config, identity, definition, fixed),
                  reason=summary.get(M.REASON) if isinstance(summary.get(M.REASON), str) else None,
                  exit_code=exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else None,
                  best_val_acc=float(best) if isinstance(best, (int, float)) and not isinstance(best, bool) else None,

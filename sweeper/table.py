@@ -12,9 +12,10 @@ import json
 import re
 import secrets
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from common.atomic import write_text
 from common.errors import EXIT_USER_ERROR, UserError
@@ -74,8 +75,8 @@ class TrialTable:
                 if number == len(lines):  # no newline after it: the write that made it was cut short
                     self.lost_line = number
                     continue
-                raise UserError(f"{self.path} line {number} is damaged ({str(exc)[:80]}): delete that line; the next sweep "
-                                f"command reads that trial back from its run folder") from None
+                raise UserError(f"{self.path} line {number} is damaged ({str(exc)[:80]}): delete that line; the next "
+                                "sweep command reads that trial back from its run folder") from None
         return trials
 
     def save(self) -> None:
@@ -155,7 +156,8 @@ def failed_on_setup(trial: Trial) -> bool:
 def killed_by_host(trial: Trial) -> bool:
     """A trial SIGKILLed from outside (the host's out-of-memory killer, most often, with parallel trials): its config
     is not at fault, so like a preempted one a later call resumes it from its checkpoint."""
-    return trial.state == M.FAILED and trial.exit_code == -getattr(signal, "SIGKILL", 9)  # Windows: neither, nor negative codes
+    # Windows: neither, nor negative codes
+    return trial.state == M.FAILED and trial.exit_code == -getattr(signal, "SIGKILL", 9)
 
 
 def binds_folder(trial: Trial) -> bool:

@@ -12,9 +12,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Mapping
+from typing import IO, Any
 
 from common.errors import UserError
 from trainer import metrics as M
@@ -175,8 +176,8 @@ def recorded_outcome(folder: Path) -> Outcome | None:
     return Outcome(state, summary.get(M.REASON), summary.get(M.EXIT_CODE), best)
 
 
-KILLED_REASON = ("killed by SIGKILL, most often the host running out of memory; the same sweep command resumes it from its "
-                 "checkpoint (with fewer --workers or --num_workers=0 if memory is short)")
+KILLED_REASON = ("killed by SIGKILL, most often the host running out of memory; the same sweep command resumes it from "
+                 "its checkpoint (with fewer --workers or --num_workers=0 if memory is short)")
 
 
 def outcome(trial: LaunchedTrial, driver_interrupted: bool) -> Outcome:
@@ -193,8 +194,10 @@ def outcome(trial: LaunchedTrial, driver_interrupted: bool) -> Outcome:
     best = None
     # Killed before it could record how it ended: say what we know instead of guessing "finished".
     if driver_interrupted or killed_by in (signal.SIGTERM, signal.SIGINT):
-        return Outcome(M.PREEMPTED, f"interrupted (exit {code}) before it could record its state; the next call relaunches it", code, best)
-    if killed_by == getattr(signal, "SIGKILL", None):  # no trainer error dies this way: the host's out-of-memory killer, most often
+        return Outcome(M.PREEMPTED, f"interrupted (exit {code}) before it could record its state; the next call "
+                       "relaunches it", code, best)
+    # no trainer error dies this way: the host's out-of-memory killer, most often
+    if killed_by == getattr(signal, "SIGKILL", None):
         return Outcome(M.FAILED, KILLED_REASON, code, best)
     if killed_by is not None:
         return Outcome(M.FAILED, f"killed by signal {killed_by}", code, best)

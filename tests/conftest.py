@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny nature_12K-shaped dataset written by the tests themselves."""
+"""Shared fixtures: a tiny nature_12K-shaped dataset written by the tests themselves, a small run's settings, the
+sweep tests' fixed arguments, and the report tests' synthetic sweep."""
 
 from __future__ import annotations
 
@@ -95,3 +96,88 @@ def _isolated_env(monkeypatch, tmp_path):
     trainer.wandb_log._online_reachable.cache_clear()  # probed once per process: once per test here
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture
+def small_inputs(monkeypatch):
+    """Backbones at 64 px instead of their 224: the same code path, a CPU-friendly cost."""
+    import trainer.run
+    from trainer_helpers import SMALL
+
+    real = trainer.run.preprocessing_for
+    monkeypatch.setattr(trainer.run, "preprocessing_for", lambda name, weights, scratch=None,
+                        *rest: real(name, weights, scratch, *rest) if name == "scratch_cnn" else SMALL)
+
+
+@pytest.fixture
+def base(nature_dir, tmp_path):
+    """The settings of a small, quick run on the tiny dataset, W&B off; a test adds its model and run id."""
+    return {
+        "data_dir": str(nature_dir), "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "runs"),
+        "wandb_mode": "disabled", "weights": "none", "batch_size": 8, "epochs": 2, "warmup_epochs": 0.5,
+    }
+
+
+@pytest.fixture(scope="session")
+def fixed_args(nature_dir, tmp_path_factory) -> dict[str, str]:
+    """The fixed arguments of the sweep tests' trials: the tiny dataset, one cache for the session, W&B off."""
+    return {"data_dir": str(nature_dir), "cache_dir": str(tmp_path_factory.mktemp("cache")), "wandb_mode": "disabled"}
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    """The report tests' synthetic sweep (tests/report_helpers.py), written as the sweep driver leaves a folder."""
+    import json
+
+    import yaml
+
+    from common import figures
+    from report_helpers import OOM_REASON, RUNS, make_config, make_history, make_summary
+    from trainer import metrics
+
+    root = tmp_path_factory.mktemp("sweep")
+    (root / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "synthetic", "method": "random", "metric": {"name": metrics.VAL_ACC, "goal": "maximize"},
+        "parameters": {"lr": {"values": [1e-4, 1e-3]}}}))
+    for run_id in RUNS:
+        folder = root / "runs" / run_id
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump(make_config(run_id)))
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in make_history(run_id)))
+        (folder / "summary.json").write_text(json.dumps(make_summary(run_id)))
+    # The held-out test evaluation of the chosen run, drawn by the functions `agent.py test` calls.
+    test_dir = root / "runs" / "r04" / "test"
+    test_dir.mkdir()
+    (test_dir / "test.json").write_text(json.dumps({"test_acc": 0.815, "per_class_acc": {"Aves": 0.83,
+                                                    "Amphibia": 0.80}, "num_images": 2000, "checkpoint": "best.pt"}))
+    figures.plot_confusion(np.array([[8, 2], [1, 9]]), ["Amphibia", "Aves"], test_dir / "confusion.png")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    figures.plot_prediction_grid(images, ["Aves"] * 6, ["Aves", "Amphibia"] * 3, test_dir / "grid.png", rows=2, cols=3)
+    # The sweep driver's table: a stale state for r01 (the folder wins), a trial with no folder, a duplicate.
+    rows = [{"run_id": "r01", "state": "running", "config": make_config("r01"), "reason": None, "duplicate_of": None},
+            {"run_id": "r14", "state": "oom", "config": {**make_config("r12"), "batch_size": 256},
+             "reason": OOM_REASON, "duplicate_of": None},
+            {"run_id": "r15", "state": "duplicate", "config": make_config("r04"), "reason": None,
+             "duplicate_of": "r04"}]
+    (root / "table.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(sweep_dir, tmp_path_factory):
+    """The report of the synthetic sweep: its folder and its markdown."""
+    from report.build import build_report
+
+    out = tmp_path_factory.mktemp("report")
+    report = build_report(str(sweep_dir), out)
+    return out, report.read_text()
+
+
+@pytest.fixture(scope="module")
+def summary(sweep_dir):
+    """The synthetic sweep's summary, the numbers the report renders."""
+    from report.sources import load_table
+    from report.stats import summarise
+
+    return summarise(load_table(str(sweep_dir)))

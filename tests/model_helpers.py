@@ -15,7 +15,8 @@ INPUT_SIZE = {"inception_v3": 299, "vit_b_16": 224}  # architectures that need t
 
 def each_backbone():
     """Every backbone; forward passes of the heavy ones are marked slow."""
-    return [pytest.param(name, marks=() if get_spec(name).cpu_friendly else pytest.mark.slow) for name in backbone_names()]
+    return [pytest.param(name, marks=() if get_spec(name).cpu_friendly else pytest.mark.slow)
+            for name in backbone_names()]
 
 
 def every_backbone():

@@ -48,9 +48,12 @@ def test_a_key_given_twice_is_an_error_naming_the_key_and_both_lines(reader, tmp
     path = tmp_path / ("config.yaml" if reader == "run config" else "twice.yaml")
     text = _sweep_text() if reader == "sweep file" else "lr: 0.01\nepochs: 2\n"
     path.write_text(text + ("method: random\n" if reader == "sweep file" else "lr: 0.1\n"))
-    first = next(n for n, line in enumerate(text.splitlines(), 1) if line.startswith("method:" if reader == "sweep file" else "lr:"))
+    first = next(n for n, line in enumerate(text.splitlines(), 1)
+                 if line.startswith("method:" if reader == "sweep file" else "lr:"))
     key = "method" if reader == "sweep file" else "lr"
-    with pytest.raises(UserError, match=rf"^{reader} {path} has the key '{key}' twice \(lines {first} and {len(text.splitlines()) + 1}\)"):
+    with pytest.raises(UserError,
+                       match=rf"^{reader} {path} has the key '{key}' twice \(lines {first} and "
+                             rf"{len(text.splitlines()) + 1}\)"):
         YAML_READERS[reader](path)
 
 
@@ -66,7 +69,8 @@ def test_anchors_and_aliases_cannot_expand_without_bound_nor_into_themselves(rea
     levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10^9 values once expanded
     path.write_text("\n".join(levels) + "\n")
-    with pytest.raises(UserError, match=rf"^{reader} {path} expands to more than 100,000 values through its anchors and aliases"):
+    with pytest.raises(UserError,
+                       match=rf"^{reader} {path} expands to more than 100,000 values through its anchors and aliases"):
         YAML_READERS[reader](path)
     path.write_text("parameters: &p {lr: *p}\n")
     with pytest.raises(UserError, match=r"has an alias inside its own anchor \(line 1\)"):
@@ -112,7 +116,8 @@ def write_png(path: Path, width: int, height: int) -> Path:
         parts.append(packer.compress(row))
     parts.append(packer.flush())
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
     return path
 
 
@@ -132,7 +137,8 @@ def no_decoding(monkeypatch):
     (1, 100_000, "1x100000 pixels is more elongated than 20:1"),
     (9_000, 9_000, "9000x9000 pixels is more than the 67,108,864 an image may have"),  # under PIL's own warning
 ])
-def test_an_image_small_on_disk_and_huge_in_memory_is_refused_from_its_header(width, height, says, tmp_path, no_decoding):
+def test_an_image_small_on_disk_and_huge_in_memory_is_refused_from_its_header(width, height, says, tmp_path,
+                                                                              no_decoding):
     from data.images import ImageRefused, check_image, decode_working
 
     path = write_png(tmp_path / "bomb.png", width, height)
@@ -194,9 +200,11 @@ def test_a_file_whose_permissions_were_fixed_is_scanned_again(tmp_path, monkeypa
     train, cache, real_access = small_dataset(tmp_path / "train"), tmp_path / "cache", os.access
     locked = str(train / "Aves" / "1.png")
     # Tests may run as root, whom no permission stops: unreadable is simulated where readability is looked at.
-    monkeypatch.setattr(data.scan, "check_image", lambda path: "PermissionError: [Errno 13] Permission denied" if str(path) == locked else check_image(path))
+    monkeypatch.setattr(data.scan, "check_image", lambda path: "PermissionError: [Errno 13] Permission denied"
+                        if str(path) == locked else check_image(path))
     monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == locked else real_access(path, mode))
-    assert dict(data.scan.scan_folder(train, cache, verbose=False).skipped) == {"Aves/1.png": "PermissionError: [Errno 13] Permission denied"}
+    assert dict(data.scan.scan_folder(train, cache, verbose=False).skipped) == {
+        "Aves/1.png": "PermissionError: [Errno 13] Permission denied"}
 
     monkeypatch.setattr(data.scan, "check_image", check_image)  # chmod a+r: the same names, sizes and mtimes
     monkeypatch.setattr(os, "access", real_access)
@@ -204,8 +212,10 @@ def test_a_file_whose_permissions_were_fixed_is_scanned_again(tmp_path, monkeypa
     assert fixed.skipped == () and "Aves/1.png" in fixed.paths
 
     monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == locked else real_access(path, mode))
-    again = data.scan.scan_folder(train, cache, verbose=False)  # chmod a-r after a scan: skipped, not a crash at decode time
-    assert dict(again.skipped) == {"Aves/1.png": "PermissionError: no read permission"} and "Aves/1.png" not in again.paths
+    # chmod a-r after a scan: skipped, not a crash at decode time
+    again = data.scan.scan_folder(train, cache, verbose=False)
+    assert (dict(again.skipped) == {"Aves/1.png": "PermissionError: no read permission"}
+            and "Aves/1.png" not in again.paths)
 
 
 def test_without_train_the_hint_asks_for_train_beside_test_not_inside_it(tmp_path):
@@ -215,7 +225,8 @@ def test_without_train_the_hint_asks_for_train_beside_test_not_inside_it(tmp_pat
     with pytest.raises(UserError) as caught:
         locate_dataset(tmp_path / "data", download=True)
     message = str(caught.value)
-    assert f"it has test/ but no train/: put the class folders of the training images into {tmp_path / 'data' / 'train'}/" in message
+    assert (f"it has test/ but no train/: put the class folders of the training images into "
+            f"{tmp_path / 'data' / 'train'}/") in message
     assert "test/train" not in message
 
 
@@ -229,7 +240,8 @@ def test_a_class_with_one_image_is_said_to_have_no_validation_image(tmp_path, ca
     split = stratified_split(scan_folder(train, verbose=False), 0.2)
     assert len(split.val) == 1  # Aves' one; Fungi has none
     note = capsys.readouterr().out
-    assert "note: class Fungi of" in note and "has a single image, which trains: no validation image measures it" in note
+    assert ("note: class Fungi of" in note
+            and "has a single image, which trains: no validation image measures it" in note)
 
 
 # --- runs: notes a resumed run owes its user ---------------------------------------------------------------
@@ -244,7 +256,8 @@ def tiny_run(nature_dir: Path, tmp_path: Path, **overrides):
         "model": "scratch_cnn", "input_size": 32, "filters": 8, "dense_units": 16, **overrides})
 
 
-def test_a_resume_under_another_torch_thread_count_says_its_losses_may_differ(nature_dir, tmp_path, monkeypatch, capsys):
+def test_a_resume_under_another_torch_thread_count_says_its_losses_may_differ(nature_dir, tmp_path, monkeypatch,
+                                                                              capsys):
     import os
     import signal
 
@@ -269,8 +282,9 @@ def test_a_resume_under_another_torch_thread_count_says_its_losses_may_differ(na
         assert run_training(config).state == "finished"
     finally:
         torch.set_num_threads(threads)
-    assert (f"note: run threads trained with {threads} torch threads and resumes with {threads + 1}: CPU sums are then added up "
-            f"in another order, so its losses may differ from an uninterrupted run's by about 1e-5") in capsys.readouterr().out
+    assert (f"note: run threads trained with {threads} torch threads and resumes with {threads + 1}: CPU sums are then "
+            "added up in another order, so its losses may differ from an uninterrupted run's by about 1e-5"
+            ) in capsys.readouterr().out
 
 
 # --- numbers: one bound per parameter, the one its consumer takes ------------------------------------------
@@ -286,7 +300,8 @@ def test_the_largest_seed_reaches_its_last_batch_and_the_next_one_is_refused():
     assert FIELDS["epochs"].metadata["high"] == MAX_EPOCHS
     batch_generator(SEED_MAX, MAX_EPOCHS, MAX_BATCHES)  # the largest seed any batch of any run derives: torch takes it
     epoch_order(torch.arange(4).numpy(), SEED_MAX, MAX_EPOCHS, shuffle=True)
-    with pytest.raises(ValueError, match="Overflow"):  # the derivation's real limit (about 18.4 million) is not far above it
+    # the derivation's real limit (about 18.4 million) is not far above it
+    with pytest.raises(ValueError, match="Overflow"):
         batch_generator(18_500_000, 1, 0)
     assert parse_value("seed", str(SEED_MAX)) == SEED_MAX
     with pytest.raises(UserError, match=r"^seed=16777216 is out of range \[0, 16777215\]"):
@@ -297,15 +312,19 @@ def test_the_largest_seed_reaches_its_last_batch_and_the_next_one_is_refused():
 def test_check_refuses_a_sweep_whose_seeds_or_values_can_be_drawn_past_their_bound(tmp_path, capsys):
     sweep = yaml.safe_load(_sweep_text())
     for spec, says in (
-        ({"distribution": "int_uniform", "min": 0, "max": 2**31}, "parameter 'seed': seed=2147483648 is out of range [0, 16777215]"),
-        ({"distribution": "q_uniform", "min": 0, "max": 16_777_215, "q": 10}, "distribution q_uniform draws values up to 16777220, but seed takes 0..16777215"),
-        ({"distribution": "normal", "mu": 100, "sigma": 10}, "distribution normal draws values without bound, but seed takes 0..16777215"),
+        ({"distribution": "int_uniform", "min": 0, "max": 2**31},
+         "parameter 'seed': seed=2147483648 is out of range [0, 16777215]"),
+        ({"distribution": "q_uniform", "min": 0, "max": 16_777_215, "q": 10},
+         "distribution q_uniform draws values up to 16777220, but seed takes 0..16777215"),
+        ({"distribution": "normal", "mu": 100, "sigma": 10},
+         "distribution normal draws values without bound, but seed takes 0..16777215"),
     ):
         path = tmp_path / "seeds.yaml"
         path.write_text(yaml.safe_dump({**sweep, "parameters": {**sweep["parameters"], "seed": spec}}))
         assert agent.main(["check", str(path)]) == 2
         assert says in one_error_line(capsys)
-    path.write_text(yaml.safe_dump({**sweep, "parameters": {**sweep["parameters"], "seed": {"distribution": "int_uniform", "min": 0, "max": 1000}}}))
+    path.write_text(yaml.safe_dump({**sweep, "parameters": {
+        **sweep["parameters"], "seed": {"distribution": "int_uniform", "min": 0, "max": 1000}}}))
     assert agent.main(["check", str(path)]) == 0
 
 
@@ -355,15 +374,19 @@ class FillsUp:
         self.handle.flush()
 
 
-def test_a_disk_that_fills_up_inside_torch_save_is_a_setup_failure_not_the_trials_own(nature_dir, tmp_path, monkeypatch):
+def test_a_disk_that_fills_up_inside_torch_save_is_a_setup_failure_not_the_trials_own(nature_dir, tmp_path,
+                                                                                      monkeypatch):
     import trainer.checkpoint
     from trainer.run import run_training
 
     real = trainer.checkpoint.atomic_write
     # torch.save turns the OSError into a RuntimeError ("unexpected pos ...") raised while handling it; the space
     # check that follows finds room again, as the half-written file was removed.
-    monkeypatch.setattr(trainer.checkpoint, "atomic_write", lambda path, write, mode="w": real(path, lambda h: write(FillsUp(h)), mode))
-    with pytest.raises(UserError, match=r"the disk of .* filled up while writing checkpoint last.pt: free some space or pass --output_dir"):
+    monkeypatch.setattr(trainer.checkpoint, "atomic_write", lambda path, write,
+                        mode="w": real(path, lambda h: write(FillsUp(h)), mode))
+    with pytest.raises(UserError,
+                       match=r"the disk of .* filled up while writing checkpoint "
+                             r"last.pt: free some space or pass --output_dir"):
         run_training(tiny_run(nature_dir, tmp_path, run_id="full", epochs=1))
     summary = json.loads((tmp_path / "runs" / "full" / "summary.json").read_text())
     assert summary["state"] == "failed" and summary["exit_code"] == 2  # a sweep retries it when the command runs again
@@ -427,17 +450,20 @@ def finished_sweep(nature_dir, tmp_path):
     pin_fixed(sweep_dir, fixed)
     table = TrialTable(sweep_dir)
     for number, seed in enumerate((1, 2), start=1):
-        suggestion = {name: spec["value"] for name, spec in definition["parameters"].items() if "value" in spec} | {"seed": seed}
+        suggestion = ({name: spec["value"] for name, spec in definition["parameters"].items() if "value" in spec}
+                      | {"seed": seed})
         config, run_id = parse_run_config(suggestion, fixed), f"tiny-{number:03d}-0a0{number}"
         record = RunRecord(sweep_dir / "runs" / run_id)
         record.write_config(to_dict(config) | {"run_id": run_id})
         record.update_summary(state="finished", best_val_acc=0.5, best_epoch=2, config_hash=config_hash(config))
-        table.add(Trial(run_id, "finished", effective_config(config), config_hash(config), suggestion, best_val_acc=0.5, fixed=fixed))
+        table.add(Trial(run_id, "finished", effective_config(config), config_hash(config), suggestion, best_val_acc=0.5,
+                        fixed=fixed))
     return sweep_yaml, sweep_dir, fixed
 
 
 @pytest.mark.parametrize("damage", ["cut mid-write", "deleted as advised"])
-def test_a_lost_last_row_of_the_table_is_read_back_never_trained_again_nor_counted_twice(damage, finished_sweep, capsys):
+def test_a_lost_last_row_of_the_table_is_read_back_never_trained_again_nor_counted_twice(damage, finished_sweep,
+                                                                                         capsys):
     from report.sources import load_table
     from sweeper import run_local_sweep
 
@@ -461,7 +487,8 @@ def test_a_damaged_row_in_the_middle_of_the_table_is_one_line_naming_it(finished
     table = sweep_dir / "table.jsonl"
     lines = table.read_text().splitlines(keepends=True)
     table.write_text(lines[0].replace('"run_id": "tiny-001-0a01"', '"run_id": "../../outside"') + lines[1])
-    with pytest.raises(UserError, match=rf"^{table} line 1 is damaged \(run_id '../../outside' is not a run id\): delete that line"):
+    with pytest.raises(
+        UserError, match=rf"^{table} line 1 is damaged \(run_id '../../outside' is not a run id\): delete that line"):
         TrialTable(sweep_dir)
 
 
@@ -474,11 +501,12 @@ def test_a_damaged_config_yaml_inside_a_sweep_folder_is_named_and_the_sweep_goes
     assert run_local_sweep(sweep_yaml, count=2, sweep_dir=sweep_dir, fixed=fixed)["new"] == 0
     warning = [line for line in capsys.readouterr().out.splitlines() if str(damaged) in line]
     assert len(warning) == 1 and warning[0].startswith(f"warning: run config {damaged} is not valid YAML: line 2")
-    assert warning[0].endswith("delete it and run the command again: the run's last.pt and best.pt keep the settings it "
-                               "trained with (give its paths, such as --data_dir, again)")
+    assert warning[0].endswith("delete it and run the command again: the run's last.pt and best.pt keep the settings "
+                               "it trained with (give its paths, such as --data_dir, again)")
 
 
-def test_a_damaged_config_yaml_under_resume_says_how_to_go_on_and_then_resumes(nature_dir, tmp_path, monkeypatch, capsys):
+def test_a_damaged_config_yaml_under_resume_says_how_to_go_on_and_then_resumes(nature_dir, tmp_path, monkeypatch,
+                                                                               capsys):
     import os
     import signal
 
@@ -501,7 +529,8 @@ def test_a_damaged_config_yaml_under_resume_says_how_to_go_on_and_then_resumes(n
     assert agent.main(argv) == 2
     assert one_error_line(capsys).startswith(f"error: run config {damaged} is not UTF-8 text")
     damaged.unlink()  # as the error says: the settings the run trained with come from its last.pt
-    assert agent.main([*argv, f"--data_dir={nature_dir}", f"--cache_dir={tmp_path / 'cache'}", "--wandb_mode=disabled"]) == 0
+    assert agent.main([*argv, f"--data_dir={nature_dir}", f"--cache_dir={tmp_path / 'cache'}",
+                       "--wandb_mode=disabled"]) == 0
     assert "resuming run cut from epoch 2" in capsys.readouterr().out
     assert json.loads((tmp_path / "runs" / "cut" / "summary.json").read_text())["state"] == "finished"
 
@@ -559,7 +588,8 @@ def test_a_sweep_over_every_kind_of_bad_file_finishes_and_names_each_once(tmp_pa
     definition["parameters"].update(activation={"value": "relu"}, lr={"value": 0.01}, epochs={"value": 1})
     sweep_yaml = tmp_path / "bad.yaml"
     sweep_yaml.write_text(yaml.safe_dump(definition, sort_keys=False))
-    fixed = {"data_dir": str(tmp_path / "data"), "cache_dir": str(tmp_path / "cache"), "wandb_mode": "disabled", "batch_size": "8"}
+    fixed = {"data_dir": str(tmp_path / "data"), "cache_dir": str(tmp_path / "cache"), "wandb_mode": "disabled",
+             "batch_size": "8"}
     summary = run_local_sweep(sweep_yaml, count=1, sweep_dir=tmp_path / "sweep", fixed=fixed)
     assert summary["states"] == {"finished": 1}
     console = capsys.readouterr().out
@@ -583,7 +613,8 @@ def test_docs_limits_states_the_limits_the_code_enforces():
 
     text = (ROOT / "docs" / "limits.md").read_text()
     assert f"{MAX_IMAGE_PIXELS:,} pixels" in text and f"{MAX_ASPECT_RATIO}:1" in text
-    assert f"{MAX_YAML_VALUES:,}" in text and f"{MAX_YAML_DEPTH} levels" in text and f"{MAX_YAML_BYTES // 2**20} MB" in text
+    assert (f"{MAX_YAML_VALUES:,}" in text and f"{MAX_YAML_DEPTH} levels" in text
+            and f"{MAX_YAML_BYTES // 2**20} MB" in text)
     rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \|", text, flags=re.M)
     assert len(rows) > 15
     for name, allowed in rows:

@@ -20,12 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "benchmarks") not in sys.path:
     sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import each other as top-level modules
 
-import checkpoint as checkpoint_bench
-import decode as decode_bench
-import pipeline as pipeline_bench
+import checkpoint as checkpoint_bench  # noqa: E402
+import decode as decode_bench  # noqa: E402
+import pipeline as pipeline_bench  # noqa: E402
 
-from common.preprocessing import Preprocessing
-from models import FreezeOptions, build_model, plan_for_epoch, resolve_strategy
+from common.preprocessing import Preprocessing  # noqa: E402
+from models import FreezeOptions, build_model, plan_for_epoch, resolve_strategy  # noqa: E402
 
 
 def test_pipeline_benchmark_runs_and_writes_its_section(tmp_path):
@@ -34,26 +34,31 @@ def test_pipeline_benchmark_runs_and_writes_its_section(tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--classes", "2", "--images_per_class", "6",
                "--epochs", "1", "--batch_size", "4", "--input_size", "32", "--device", "cpu",
                "--work_dir", str(tmp_path / "work"), "--out", str(results)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     text = results.read_text()
     assert "## kept section" in text and "## CPU" in text and "mobilenet_v3_small · 32 px" in text
     assert "crop 32 / resize 37 for both pipelines" in text  # the weights' resize/crop ratio (256/224) kept at 32 px
-    for label in ("head_only (augment none)", "last_k k=1 (augment none)", "full (augment standard)", "6-run mixed sweep"):
+    for label in ("head_only (augment none)", "last_k k=1 (augment none)", "full (augment standard)",
+                  "6-run mixed sweep"):
         assert label in text
     summary = json.loads((tmp_path / "work" / "summary.json").read_text())
     assert set(summary["rows"]) == {"head_only", "last_k", "full"}
     for row in summary["rows"].values():
-        assert row["naive_run_seconds"] > 0 and row["harness_first_run_seconds"] > 0 and row["harness_train_images_per_second"] > 0
+        assert (row["naive_run_seconds"] > 0 and row["harness_first_run_seconds"] > 0
+                and row["harness_train_images_per_second"] > 0)
 
 
 def test_checkpoint_benchmark_runs_and_writes_its_section(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n## kept section\n\nfrom another device\n")
-    command = [sys.executable, str(ROOT / "benchmarks" / "checkpoint.py"), "--model", "mobilenet_v3_small", "--input_size", "32",
+    command = [sys.executable, str(ROOT / "benchmarks" / "checkpoint.py"), "--model", "mobilenet_v3_small",
+               "--input_size", "32",
                "--batch_size", "2", "--steps_per_epoch", "1", "--epochs", "2", "--repeats", "1", "--device", "cpu",
                "--work_dir", str(tmp_path), "--out", str(results)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     text = results.read_text()
     assert "## kept section" in text and "## Checkpoints · CPU · mobilenet_v3_small full fine-tuning · 32 px" in text
@@ -83,7 +88,8 @@ def test_decode_benchmark_runs_and_writes_its_section(tmp_path):
 
 def tiny_workload(tmp_path, epochs=3, batch_size=4, train=10, val=2, num_all=12) -> pipeline_bench.Workload:
     pre = Preprocessing(32, 37, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
-    return pipeline_bench.Workload("mobilenet_v3_small", pre, epochs, batch_size, torch.device("cpu"), tmp_path / "data", tmp_path,
+    return pipeline_bench.Workload("mobilenet_v3_small", pre, epochs, batch_size, torch.device("cpu"),
+                                   tmp_path / "data", tmp_path,
                                    3, [f"c/{i}.jpg" for i in range(train)], [f"v/{i}.jpg" for i in range(val)], num_all)
 
 
@@ -98,7 +104,8 @@ def test_naive_net_is_plain_fp32_torchvision_and_trains_the_same_tensors_as_the_
         assert type(net) is torchvision.models.MobileNetV3 and net.classifier[3].out_features == w.classes
         assert all(p.dtype == torch.float32 for p in net.parameters())
         config = pipeline_bench.harness_config(w, strategy, 1e-3, tmp_path / "cache", tmp_path / "runs")
-        harness.apply_plan(plan_for_epoch(resolve_strategy(config.strategy), harness.stage_names, FreezeOptions(k_layers=config.k_layers or 1), 0))
+        harness.apply_plan(plan_for_epoch(resolve_strategy(config.strategy), harness.stage_names,
+                                          FreezeOptions(k_layers=config.k_layers or 1), 0))
         trained = {name for name, p in net.named_parameters() if p.requires_grad}
         assert trained == {name.removeprefix("net.") for name, p in harness.named_parameters() if p.requires_grad}
         assert trained == expected.get(strategy, {name for name, _ in net.named_parameters()})
@@ -106,10 +113,12 @@ def test_naive_net_is_plain_fp32_torchvision_and_trains_the_same_tensors_as_the_
 
 def test_harness_runs_are_head_only_last_one_stage_and_full_with_imagenet_weights(tmp_path):
     w = tiny_workload(tmp_path)
-    configs = {s: pipeline_bench.harness_config(w, s, 3e-3, tmp_path / "cache", tmp_path / "runs") for s in pipeline_bench.STRATEGIES}
+    configs = {s: pipeline_bench.harness_config(w, s, 3e-3, tmp_path / "cache", tmp_path / "runs")
+               for s in pipeline_bench.STRATEGIES}
     assert {s: (c.strategy, c.augment, c.k_layers) for s, c in configs.items()} == {
         "head_only": ("head_only", "none", None), "last_k": ("last_k", "none", 1), "full": ("full", "standard", None)}
-    assert all((c.weights, c.lr, c.epochs, c.batch_size, c.patience) == ("imagenet", 3e-3, 3, 4, 0) for c in configs.values())
+    assert all((c.weights, c.lr, c.epochs, c.batch_size, c.patience) == ("imagenet", 3e-3, 3, 4, 0)
+               for c in configs.values())
     assert pipeline_bench.SWEEP == [(s, lr) for lr in (1e-3, 3e-3) for s in ("head_only", "last_k", "full")]
 
 
@@ -119,7 +128,8 @@ def fake_results() -> dict:
         "naive": {"head_only": [T(30, 10), T(34, 12)], "last_k": [T(40, 9), T(44, 9)], "full": [T(50, 8), T(54, 8)]},
         "first": {"head_only": [T(4, 100)], "last_k": [T(8, 90)], "full": [T(20, 60)]},
         "later": {"head_only": [T(2, 400, {"scan": 0.5})], "last_k": [T(5, 200)], "full": [T(9, 150), T(11, 170)]},
-        "limits": {"head_only": [L(0.01, 0.001, 0.0005, 13)], "last_k": [L(0.01, 0.002, 0.001, 12)], "full": [L(0.0, 0.004, 0.002, 0)]},
+        "limits": {"head_only": [L(0.01, 0.001, 0.0005, 13)], "last_k": [L(0.01, 0.002, 0.001, 12)],
+                   "full": [L(0.0, 0.004, 0.002, 0)]},
         "sweeps": {"naive": [60.0, 80.0], "harness": [10.0, 20.0]},
     }
 
@@ -129,7 +139,8 @@ def test_summary_ratios_are_naive_over_harness_and_harness_over_model_alone(tmp_
     assert w.num_train_per_epoch == 8
     summary = pipeline_bench.summarise(w, fake_results())
     head, last, full = (summary["rows"][s] for s in ("head_only", "last_k", "full"))
-    assert (head["naive_run_seconds"], head["harness_first_run_seconds"], head["harness_later_run_seconds"]) == (32, 4, 2)
+    assert (head["naive_run_seconds"], head["harness_first_run_seconds"],
+            head["harness_later_run_seconds"]) == (32, 4, 2)
     assert head["speedup_first"] == 32 / 4 and head["speedup_later"] == 32 / 2 and full["speedup_later"] == 52 / 10
     # The limit: a first run also pays the frozen prefix over all 12 images; every epoch 8 steps and 2 evaluations.
     assert head["limit_first_run_seconds"] == 12 * 0.01 + 3 * (8 * 0.001 + 2 * 0.0005)
@@ -167,10 +178,12 @@ def test_schedule_interleaves_the_sweep_and_files_each_run_as_first_or_later(tmp
 
     monkeypatch.setattr(pipeline_bench, "naive_run", fake("naive"))
     monkeypatch.setattr(pipeline_bench, "harness_run", fake("harness"))
-    monkeypatch.setattr(pipeline_bench, "model_alone", lambda w, strategy, repeats: pipeline_bench.ModelLimit(0.0, 1.0, 1.0, 0))
+    monkeypatch.setattr(pipeline_bench, "model_alone", lambda w, strategy,
+                        repeats: pipeline_bench.ModelLimit(0.0, 1.0, 1.0, 0))
     results = pipeline_bench.run_schedule(tiny_workload(tmp_path), 1, io.StringIO())
     sweep = [c for c in calls if c[3] != "cache-cold-last_k-0" and c[3] != "cache-cold-full-0"]
-    assert [c[:3] for c in sweep[::2]] == [("naive", *r) if i % 2 == 0 else ("harness", *r) for i, r in enumerate(pipeline_bench.SWEEP)]
+    assert [c[:3] for c in sweep[::2]] == [("naive", *r) if i % 2 == 0 else ("harness", *r) for i,
+                                           r in enumerate(pipeline_bench.SWEEP)]
     assert {c[3] for c in sweep if c[0] == "harness"} == {"cache-sweep-0"}  # one cache folder for the whole sweep
     index = {call: i + 1.0 for i, call in enumerate(calls)}  # each Timing's run_seconds is its call's number
     first = {s: [t.run_seconds for t in ts] for s, ts in results["first"].items()}
@@ -180,7 +193,8 @@ def test_schedule_interleaves_the_sweep_and_files_each_run_as_first_or_later(tmp
                      "full": [index["harness", "full", 1e-3, "cache-cold-full-0"]]}
     assert later == {"head_only": [index["harness", "head_only", 3e-3, "cache-sweep-0"]],
                      "last_k": [index["harness", "last_k", 3e-3, "cache-sweep-0"]],
-                     "full": [index["harness", "full", 1e-3, "cache-sweep-0"], index["harness", "full", 3e-3, "cache-sweep-0"]]}
+                     "full": [index["harness", "full", 1e-3, "cache-sweep-0"],
+                              index["harness", "full", 3e-3, "cache-sweep-0"]]}
     assert [len(results["naive"][s]) for s in pipeline_bench.STRATEGIES] == [2, 2, 2]
     assert results["sweeps"]["harness"] == [sum(index[c] for c in sweep if c[0] == "harness")]
     assert results["sweeps"]["naive"] == [sum(index[c] for c in sweep if c[0] == "naive")]

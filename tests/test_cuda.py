@@ -28,7 +28,8 @@ def gpu_run(nature_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer.run, "preprocessing_for", lambda *a, **k: SMALL)
 
     def run(**overrides):
-        values = {"data_dir": str(nature_dir), "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "runs"),
+        values = {"data_dir": str(nature_dir), "cache_dir": str(tmp_path / "cache"),
+                  "output_dir": str(tmp_path / "runs"),
                   "wandb_mode": "disabled", "weights": "none", "model": "resnet18", "strategy": "last_k", "k_layers": 1,
                   "augment": "standard", "batch_size": 8, "epochs": 2, "device": "cuda", **overrides}
         return run_training(parse_run_config(values))
@@ -40,7 +41,8 @@ def history(outcome) -> list[dict]:
     return [json.loads(line) for line in (outcome.folder / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("precision, recorded, dtype", [("bf16", "bfloat16", torch.bfloat16), ("fp16", "float16", torch.float16),
+@pytest.mark.parametrize("precision, recorded, dtype",
+                         [("bf16", "bfloat16", torch.bfloat16), ("fp16", "float16", torch.float16),
                                                        ("fp32", "fp32", None)])
 def test_each_precision_trains_and_is_recorded(gpu_run, monkeypatch, precision, recorded, dtype):
     import trainer.run
@@ -48,7 +50,8 @@ def test_each_precision_trains_and_is_recorded(gpu_run, monkeypatch, precision, 
     if precision == "bf16" and torch.cuda.get_device_capability()[0] < 8:
         pytest.skip("bf16 is emulated before compute capability 8")
     real, used = trainer.run.autocast_factory, []
-    monkeypatch.setattr(trainer.run, "autocast_factory", lambda device, dt: used.append((device.type, dt)) or real(device, dt))
+    monkeypatch.setattr(trainer.run, "autocast_factory", lambda device,
+                        dt: used.append((device.type, dt)) or real(device, dt))
     outcome = gpu_run(run_id=f"p-{precision}", precision=precision)
     assert outcome.state == M.FINISHED, outcome.summary.get(M.REASON)
     assert used == [("cuda", dtype)]  # the loop's autocast runs in that dtype
@@ -120,7 +123,8 @@ def test_compiled_model_trains(gpu_run, monkeypatch):
     import trainer.run
 
     real, compiled = torch.compile, []
-    monkeypatch.setattr(trainer.run.torch, "compile", lambda model, *a, **k: compiled.append(model) or real(model, *a, **k))
+    monkeypatch.setattr(trainer.run.torch, "compile", lambda model,
+                        *a, **k: compiled.append(model) or real(model, *a, **k))
     outcome = gpu_run(run_id="compiled", compile=True)
     assert outcome.state == M.FINISHED, outcome.summary.get(M.REASON)
     assert len(compiled) == 1

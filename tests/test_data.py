@@ -21,7 +21,6 @@ from data.layout import locate_dataset
 from data.loading import BatchLoader, DecodingStore
 from data.scan import ImageIndex, check_same_classes, scan_folder
 from data.split import stratified_split
-
 from data_helpers import shrink_in_place
 
 PRE = Preprocessing(crop_size=24, resize_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -95,7 +94,9 @@ def test_a_single_class_is_refused_and_classes_one_level_too_deep_are_pointed_at
     for name in ("a", "b"):
         (tmp_path / "nested" / "images" / name).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / "nested" / "images" / name / "x.png")
-    with pytest.raises(UserError, match=r"single class folder \(images\).*sub-folders \(a, b\) look like the classes: move them up into .*nested$"):
+    with pytest.raises(UserError,
+                       match=r"single class folder \(images\).*sub-folders \(a, b\) "
+                             r"look like the classes: move them up into .*nested$"):
         scan_folder(tmp_path / "nested", verbose=False)  # merged into one class, it would train to 100 %
     with pytest.raises(UserError, match=r"single class folder \(a\).*add a folder of images for each further class"):
         scan_folder(_only(tmp_path, "a"), verbose=False)
@@ -130,7 +131,8 @@ def test_mismatched_test_classes_are_an_error(nature_dir, tmp_path):
 
 
 def test_the_data_hash_sees_replaced_files_and_not_which_machine_holds_them(index, tmp_path):
-    """Another machine (a copy elsewhere, new mtimes) resumes the same run; resized copies under the same names do not."""
+    """Another machine (a copy elsewhere, new mtimes) resumes
+    the same run; resized copies under the same names do not."""
     copy = tmp_path / "elsewhere"
     shutil.copytree(index.root, copy)  # new folder, new mtimes
     os.utime(next(copy.rglob("*.jpg")), (1, 1))
@@ -175,8 +177,10 @@ def test_a_runs_split_never_contains_test_images_and_follows_split_seed(nature_d
 
     seeds = []
     real_split = trainer.inputs.stratified_split
-    monkeypatch.setattr(trainer.inputs, "stratified_split", lambda index, val, seed, subset: (seeds.append(seed), real_split(index, val, seed, subset))[1])
-    config = parse_run_config({"data_dir": str(nature_dir), "cache_dir": str(tmp_path / "cache"), "split_seed": 7, "seed": 3})
+    monkeypatch.setattr(trainer.inputs, "stratified_split", lambda index, val, seed,
+                        subset: (seeds.append(seed), real_split(index, val, seed, subset))[1])
+    config = parse_run_config(
+        {"data_dir": str(nature_dir), "cache_dir": str(tmp_path / "cache"), "split_seed": 7, "seed": 3})
     data = trainer.inputs.load_split(trainer.inputs.InputSettings.of(config))
     assert seeds == [7]
     layout = locate_dataset(nature_dir, download=False)
@@ -186,11 +190,13 @@ def test_a_runs_split_never_contains_test_images_and_follows_split_seed(nature_d
     assert len(used) == len(data.index) and test_images
     assert all(p.resolve().is_relative_to(layout.train_dir.resolve()) for p in used)
     assert not {digest(p) for p in used} & test_images
-    other = trainer.inputs.load_split(trainer.inputs.InputSettings.of(parse_run_config({**config.__dict__, "split_seed": 8})))
+    other = trainer.inputs.load_split(
+        trainer.inputs.InputSettings.of(parse_run_config({**config.__dict__, "split_seed": 8})))
     assert not np.array_equal(other.split.val, data.split.val)  # the seed decides the split
 
 
-@pytest.mark.parametrize("text,expected", [("false", False), ("no", False), ("0", False), ("off", False), ("True", True), ("yes", True), ("1", True)])
+@pytest.mark.parametrize("text,expected", [("false", False), ("no", False), ("0", False), ("off", False),
+                                           ("True", True), ("yes", True), ("1", True)])
 def test_booleans_from_strings(text, expected):
     assert parse_bool(text) is expected
 
@@ -264,7 +270,7 @@ def test_batch_loader_order_is_seeded_and_resumable(index):
     loader = BatchLoader(store, indices, index.labels, 8, seed=1, shuffle=True, drop_last=True)
     epoch0 = [labels for _, labels in loader.epoch(0)]
     assert len(epoch0) == loader.num_batches() == len(index) // 8
-    assert all(torch.equal(a, b) for a, b in zip(epoch0, [l for _, l in loader.epoch(0)]))
+    assert all(torch.equal(a, b) for a, b in zip(epoch0, [labels for _, labels in loader.epoch(0)]))
     tail = [labels for _, labels in loader.epoch(0, start_batch=2)]
     assert all(torch.equal(a, b) for a, b in zip(epoch0[2:], tail)) and len(tail) == len(epoch0) - 2
     epoch1 = [labels for _, labels in loader.epoch(1)]
@@ -281,7 +287,8 @@ def test_validation_batches_are_identical_every_epoch_and_training_batches_are_n
     assert all(torch.equal(a, b) for a, b in zip(first, later))
     train = BatchLoader(store, np.arange(8), index.labels, 8)
     (images, _), = list(train.epoch(0))
-    assert not torch.equal(train_transform(images, batch_generator(0, 0, 0)), train_transform(images, batch_generator(0, 1, 0)))
+    assert not torch.equal(train_transform(images, batch_generator(0, 0, 0)),
+                           train_transform(images, batch_generator(0, 1, 0)))
     with pytest.raises(Exception):  # frozen: nobody can switch a transform's behaviour after construction
         train_transform.level = "none"
 
@@ -306,7 +313,8 @@ def test_the_image_cache_key_includes_interpolation(index, tmp_path):
     nearest = DecodedImageCache.build_or_open(index, 16, "nearest", tmp_path, progress=False)
     rows = np.arange(4)
     assert nearest.path != bilinear.path
-    assert np.array_equal(nearest.read(rows), np.stack([decode_working(index.absolute(i), 16, "nearest") for i in rows]))
+    assert np.array_equal(nearest.read(rows),
+                          np.stack([decode_working(index.absolute(i), 16, "nearest") for i in rows]))
     assert not np.array_equal(nearest.read(rows), bilinear.read(rows))
 
 
@@ -341,7 +349,8 @@ def test_the_split_for_seed_0_is_pinned_across_versions():
     """Runs record and compare the split hash: any change to the shuffle moves images between train and val."""
     index = _hand_index()
     split = stratified_split(index, 0.2, seed=0)
-    assert [index.paths[i] for i in split.val] == ["cat/00.jpg", "cat/02.jpg", "dog/01.jpg", "dog/02.jpg", "owl/01.jpg", "owl/07.jpg"]
+    assert [index.paths[i] for i in split.val] == ["cat/00.jpg", "cat/02.jpg", "dog/01.jpg", "dog/02.jpg", "owl/01.jpg",
+                                                   "owl/07.jpg"]
     assert len(split.train) == 24 and split.hash == "749770d852632d9f"
 
 
@@ -380,11 +389,13 @@ def test_a_dataset_without_a_test_folder_trains_and_says_the_test_command_will_n
     from trainer.config import parse_run_config
 
     shutil.copytree(nature_dir / "inaturalist_12K" / "train", tmp_path / "only" / "train")
-    config = parse_run_config({"data_dir": str(tmp_path / "only"), "cache_dir": str(tmp_path / "cache"), "download": False})
+    config = parse_run_config(
+        {"data_dir": str(tmp_path / "only"), "cache_dir": str(tmp_path / "cache"), "download": False})
     assert len(trainer.inputs.load_split(trainer.inputs.InputSettings.of(config)).index) > 0
     out = capsys.readouterr().out
     assert "no val/ or test/ folder" in out and "agent.py test` will need" in out
-    trainer.inputs.load_split(trainer.inputs.InputSettings.of(parse_run_config({**config.__dict__, "data_dir": str(nature_dir)})))
+    trainer.inputs.load_split(
+        trainer.inputs.InputSettings.of(parse_run_config({**config.__dict__, "data_dir": str(nature_dir)})))
     assert "no val/ or test/" not in capsys.readouterr().out
 
 
@@ -555,7 +566,8 @@ def test_class_labels_are_alphabetical_whatever_order_the_folders_are_listed_in(
 # Fidelity to torchvision: the eval pipeline is the weights' own transforms(), the train crop is RandomResizedCrop.
 
 # Landscape, portrait, near-square, smaller than the resize size (upscaled) and 4:3 photo sizes.
-_ODD_SIZES = ((500, 375), (375, 500), (333, 517), (517, 333), (1000, 750), (257, 256), (256, 257), (640, 427), (343, 800), (200, 150))
+_ODD_SIZES = ((500, 375), (375, 500), (333, 517), (517, 333), (1000, 750), (257, 256), (256, 257), (640, 427),
+              (343, 800), (200, 150))
 
 
 @pytest.fixture(scope="module")
@@ -591,7 +603,8 @@ def test_eval_pixels_are_the_weights_own_transforms(name, odd_pngs):
     if isinstance(source, tuple):
         reference = getattr(getattr(torchvision.models, source[0]), source[1]).transforms()
     else:
-        reference = ImageClassification(**{**source, "interpolation": InterpolationMode(source.get("interpolation", "bilinear"))})
+        reference = ImageClassification(
+            **{**source, "interpolation": InterpolationMode(source.get("interpolation", "bilinear"))})
     (resize,), (crop,) = reference.resize_size, reference.crop_size
     pre = Preprocessing(crop, resize, tuple(reference.mean), tuple(reference.std), reference.interpolation.value)
     for path in odd_pngs:

@@ -40,8 +40,10 @@ def test_an_image_cache_that_would_not_fit_is_refused_before_a_byte_is_written(n
     index = scan_folder(locate_dataset(nature_dir, download=False).train_dir, verbose=False)
     disk_with_free(monkeypatch, int(0.6 * 2**20))  # the cache needs 0.4 MB, and as much to spare
     assert len(index) * 64 * 64 * 3 == pytest.approx(0.4 * 2**20, rel=0.1)
-    with pytest.raises(UserError, match=rf"not enough free space in .*cache for the decoded-image cache \({len(index)} images at 64px\): "
-                                        r"it needs 0.4 MB \(and 0.4 MB to spare\) but 0.6 MB are free; free some space or pass --cache_dir"):
+    with pytest.raises(UserError,
+                       match=r"not enough free space in .*cache for the decoded-image cache "
+                             rf"\({len(index)} images at 64px\): it needs 0.4 MB \(and 0.4 MB to "
+                             r"spare\) but 0.6 MB are free; free some space or pass --cache_dir"):
         DecodedImageCache.build_or_open(index, 64, "bilinear", tmp_path / "cache", progress=False)
     assert not list((tmp_path / "cache").glob("*.u8*"))  # no half cache filling the disk (SIGBUS on a real one)
 
@@ -50,7 +52,8 @@ def test_a_failed_cache_build_leaves_no_temporary_file(nature_dir, tmp_path, mon
     import data.cache
 
     index = scan_folder(locate_dataset(nature_dir, download=False).train_dir, verbose=False)
-    monkeypatch.setattr(data.cache, "decode_working", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    monkeypatch.setattr(data.cache, "decode_working",
+                        lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
     with pytest.raises(OSError):
         DecodedImageCache.build_or_open(index, 32, "bilinear", tmp_path / "cache", progress=False)
     assert not list((tmp_path / "cache").glob("*.u8*"))
@@ -59,7 +62,9 @@ def test_a_failed_cache_build_leaves_no_temporary_file(nature_dir, tmp_path, mon
 def test_a_checkpoint_that_would_not_fit_is_named_with_its_size(tmp_path, monkeypatch):
     payload = {"model": {"w": torch.zeros(2**20)}}  # 4 MB
     disk_with_free(monkeypatch, 2**20)
-    with pytest.raises(UserError, match=r"for checkpoint last.pt: it needs 4.0 MB \(and 4.0 MB to spare\) but 1.0 MB are free; free some space or pass --output_dir on"):
+    with pytest.raises(UserError,
+                       match=r"for checkpoint last.pt: it needs 4.0 MB \(and 4.0 MB to spare\) but 1.0 MB are free; "
+                             r"free some space or pass --output_dir on"):
         write_checkpoint(tmp_path / "last.pt", payload)
     assert not list(tmp_path.iterdir())
 
@@ -71,7 +76,8 @@ def test_a_disk_filling_up_during_a_run_ends_it_with_a_setup_failure_and_a_recor
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(trainer.checkpoint.torch, "save", full)
-    with pytest.raises(UserError, match=r"filled up while writing checkpoint last.pt: free some space or pass --output_dir"):
+    with pytest.raises(UserError,
+                       match=r"filled up while writing checkpoint last.pt: free some space or pass --output_dir"):
         run_training(run_config(nature_dir, tmp_path, run_id="full"))
     summary = json.loads((tmp_path / "runs" / "full" / "summary.json").read_text())
     assert summary[M.STATE] == M.FAILED and summary["exit_code"] == 2 and "filled up" in summary[M.REASON]
@@ -82,7 +88,8 @@ def test_an_unwritable_cache_dir_is_a_one_line_error_naming_the_option(nature_di
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    args = [f"--data_dir={nature_dir}", f"--cache_dir={blocker / 'cache'}", f"--output_dir={tmp_path / 'runs'}", "--run_id=ro",
+    args = [f"--data_dir={nature_dir}", f"--cache_dir={blocker / 'cache'}", f"--output_dir={tmp_path / 'runs'}",
+            "--run_id=ro",
             "--model=scratch_cnn", "--input_size=32", "--filters=8", "--dense_units=16", "--epochs=1", "--weights=none",
             "--wandb_mode=disabled"]
     assert agent.main(args) == 2
@@ -102,7 +109,8 @@ def test_a_read_only_disk_met_outside_a_run_is_one_line_naming_the_option(tmp_pa
     monkeypatch.setattr(report.build, "build_report", read_only)
     assert agent.main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err == "error: Read-only file system for /kaggle/input/old-run/report/report.md: pass --out DIR with a folder you can write to\n"
+    assert err == ("error: Read-only file system for /kaggle/input/old-run/report/report.md: pass --out DIR with a "
+                   "folder you can write to\n")
 
 
 def test_a_data_dir_that_holds_nothing_and_cannot_be_written_is_not_downloaded_into(tmp_path):
@@ -110,7 +118,9 @@ def test_a_data_dir_that_holds_nothing_and_cannot_be_written_is_not_downloaded_i
 
     blocker = tmp_path / "input"
     blocker.write_text("a read-only mount, as far as writing goes")
-    with pytest.raises(UserError, match=r"holds no dataset, and nature_12K cannot be downloaded into it \(Not a directory\): pass the --data_dir of the dataset itself"):
+    with pytest.raises(UserError,
+                       match=r"holds no dataset, and nature_12K cannot be downloaded into it \(Not a directory\): pass "
+                             r"the --data_dir of the dataset itself"):
         download_dataset(blocker / "nature-12k", url="http://127.0.0.1:9/none.zip")
 
 
@@ -130,7 +140,8 @@ def test_a_cache_file_has_its_blocks_reserved_or_is_refused(tmp_path, monkeypatc
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(common.disk.os, "posix_fallocate", full, raising=False)
-    with pytest.raises(UserError, match=r"not enough free space in .* for the cache \(3.0 MB\): free some space or pass --cache_dir"):
+    with pytest.raises(
+        UserError, match=r"not enough free space in .* for the cache \(3.0 MB\): free some space or pass --cache_dir"):
         common.disk.reserve(tmp_path / "b.u8.tmp", 3 * 2**20, "the cache", "--cache_dir")
     assert not (tmp_path / "b.u8.tmp").exists()
 
@@ -146,8 +157,10 @@ def test_a_write_error_names_the_file_and_only_disk_states_become_setup_failures
         common.atomic.atomic_write(tmp_path / "summary.json", full)
     assert raised.value.filename == str(tmp_path / "summary.json") and raised.value.errno == errno.ENOSPC
     write_bytes(tmp_path / "ok.bin", b"x")  # unaffected
-    assert disk_problem(PermissionError(errno.EACCES, "Permission denied", "/root/.cache/torch")) is None  # a run's own bug
-    assert "check its permissions" in str(disk_problem(PermissionError(errno.EACCES, "Permission denied", "/x"), permissions=True))
+    # a run's own bug
+    assert disk_problem(PermissionError(errno.EACCES, "Permission denied", "/root/.cache/torch")) is None
+    assert "check its permissions" in str(
+        disk_problem(PermissionError(errno.EACCES, "Permission denied", "/x"), permissions=True))
 
 
 def test_a_full_disk_inside_a_run_names_the_option_of_its_folder(nature_dir, tmp_path, monkeypatch):
@@ -158,16 +171,23 @@ def test_a_full_disk_inside_a_run_names_the_option_of_its_folder(nature_dir, tmp
     assert hint(tmp_path / "cache" / "images.u8.tmp") == "pass --cache_dir with a folder on another disk"
     assert hint(tmp_path / "drive" / "r" / "last.pt") == "pass --checkpoint_store with a folder on another disk"
     assert hint(tmp_path / "runs" / "r" / "metrics.jsonl") == "pass --output_dir with a folder on another disk"
-    assert "--output_dir, --cache_dir or --checkpoint_store" in _disk_hint(config, OSError(errno.ENOSPC, "No space left on device"))
-    nested = run_config(nature_dir, tmp_path, cache_dir=str(tmp_path / "runs" / "cache"))  # the innermost folder's option
-    assert _disk_hint(nested, OSError(errno.ENOSPC, "full", str(tmp_path / "runs" / "cache" / "x.u8"))) == "pass --cache_dir with a folder on another disk"
+    assert "--output_dir, --cache_dir or --checkpoint_store" in _disk_hint(
+        config, OSError(errno.ENOSPC, "No space left on device"))
+    # the innermost folder's option
+    nested = run_config(nature_dir, tmp_path, cache_dir=str(tmp_path / "runs" / "cache"))
+    assert (_disk_hint(nested, OSError(errno.ENOSPC, "full", str(tmp_path / "runs" / "cache" / "x.u8")))
+            == "pass --cache_dir with a folder on another disk")
     loop = tmp_path / "loop"
     loop.symlink_to(loop)
-    assert "--output_dir, --cache_dir" in _disk_hint(config, OSError(errno.ENOSPC, "full", str(loop / "x")))  # no RuntimeError
+    # no RuntimeError
+    assert "--output_dir, --cache_dir" in _disk_hint(config, OSError(errno.ENOSPC, "full", str(loop / "x")))
 
     real = common.disk.shutil.disk_usage
-    monkeypatch.setattr(common.disk.shutil, "disk_usage", lambda p: Usage(1, 1, 2**10) if "drive" in str(p) else real(p))
-    with pytest.raises(UserError, match=r"not enough free space in .*drive.* for the copy of last.pt: .* pass --checkpoint_store on a bigger disk"):
+    monkeypatch.setattr(common.disk.shutil, "disk_usage",
+                        lambda p: Usage(1, 1, 2**10) if "drive" in str(p) else real(p))
+    with pytest.raises(UserError,
+                       match=r"not enough free space in .*drive.* for the copy of "
+                             r"last.pt: .* pass --checkpoint_store on a bigger disk"):
         run_training(run_config(nature_dir, tmp_path, run_id="store-full", checkpoint_store=str(tmp_path / "drive")))
 
 
@@ -180,7 +200,8 @@ def test_a_file_system_that_cannot_reserve_still_gets_its_file(tmp_path, monkeyp
     assert (tmp_path / "c.u8.tmp").stat().st_size == 2**20
 
 
-@pytest.mark.parametrize("cut", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()], ids=["disk-full", "ctrl-c"])
+@pytest.mark.parametrize("cut", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()],
+                         ids=["disk-full", "ctrl-c"])
 def test_a_write_cut_short_leaves_the_old_file_whole_and_no_temporary_file(tmp_path, cut):
     target = tmp_path / "summary.json"
     common.atomic.write_json(target, {"state": "running", "epoch": 3})
@@ -223,9 +244,11 @@ def test_a_cache_lock_makes_another_process_wait_until_it_is_released(tmp_path):
     from common.locks import file_lock
 
     lock, entered = tmp_path / "cache" / "images.lock", tmp_path / "entered"
-    child = f"from pathlib import Path; from common.locks import file_lock\nwith file_lock(Path({str(lock)!r})): Path({str(entered)!r}).write_text('x')"
+    child = ("from pathlib import Path; from common.locks import file_lock\n"
+             f"with file_lock(Path({str(lock)!r})): Path({str(entered)!r}).write_text('x')")
     with file_lock(lock):
-        process = subprocess.Popen([sys.executable, "-c", child], cwd=Path(__file__).resolve().parents[1])  # this checkout's code
+        # this checkout's code
+        process = subprocess.Popen([sys.executable, "-c", child], cwd=Path(__file__).resolve().parents[1])
         time.sleep(1.0)  # the child starts and blocks on the lock
         assert process.poll() is None and not entered.exists()
     assert process.wait(timeout=30) == 0 and entered.exists()

@@ -77,8 +77,8 @@ def test_every_relative_link_resolves(page):
     assert broken == [], f"{page.relative_to(ROOT)}: broken links"
 
 
-REPOSITORY_FILE = re.compile(r"(?<![\w/.~-])((?:sweeps|benchmarks|notebooks|tests|docs|data|trainer|report|sweeper|models|"
-                             r"common|scratch_cnn)/[\w./-]*\.(?:yaml|py|sh|ipynb|md))")
+REPOSITORY_FILE = re.compile(r"(?<![\w/.~-])((?:sweeps|benchmarks|notebooks|tests|docs|data|trainer|report|sweeper|"
+                             r"models|common|scratch_cnn)/[\w./-]*\.(?:yaml|py|sh|ipynb|md))")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import re
-import socket
 import shutil
+import socket
 import stat
 import threading
 import time
@@ -32,7 +32,8 @@ def _tree_files() -> dict[str, bytes]:
     return files
 
 
-def _zip_bytes(files: dict[str, bytes], extra: list[tuple[zipfile.ZipInfo, bytes]] = (), compression=zipfile.ZIP_DEFLATED) -> bytes:
+def _zip_bytes(files: dict[str, bytes], extra: list[tuple[zipfile.ZipInfo, bytes]] = (),
+               compression=zipfile.ZIP_DEFLATED) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression) as archive:
         for name, data in files.items():
@@ -335,7 +336,8 @@ def test_locate_downloads_into_an_empty_folder_only(serve, dataset_zip, tmp_path
 
     # A --data_dir that does not exist inside a dataset is a typo: named, with the dataset's folder, never created
     train = nature_dir / "inaturalist_12K" / "train"
-    for typo, missing in ((train / "Amphibai", "'Amphibai' (did you mean 'Amphibia'?)"), (train.parent / "trian", "'trian' (did you mean 'train'?)")):
+    for typo, missing in ((train / "Amphibai", "'Amphibai' (did you mean 'Amphibia'?)"),
+                          (train.parent / "trian", "'trian' (did you mean 'train'?)")):
         with pytest.raises(UserError) as error:
             locate_dataset(typo, url=server.url)
         message = _assert_one_line(error)
@@ -349,7 +351,8 @@ def test_only_a_path_inside_a_dataset_counts_as_a_typo(tmp_path, nature_dir):
     train = nature_dir / "inaturalist_12K" / "train"
     with pytest.raises(UserError, match=f"pass --data_dir={train.parent}"):
         _refuse_a_typo(train / "Amphibia" / "extra" / "more")  # under a class folder
-    for typo, meant in ((nature_dir / "inaturalist_12k", nature_dir / "inaturalist_12K"), (nature_dir.with_name(nature_dir.name + "x"), nature_dir)):
+    for typo, meant in ((nature_dir / "inaturalist_12k", nature_dir / "inaturalist_12K"),
+                        (nature_dir.with_name(nature_dir.name + "x"), nature_dir)):
         with pytest.raises(UserError) as error:  # a dataset's own name, mistyped: not a new folder to download into
             _refuse_a_typo(typo)
         assert f"did you mean {meant}?" in str(error.value)
@@ -434,7 +437,8 @@ def _free_space(monkeypatch, free: int) -> None:
     """Make every free-space check see `free` bytes."""
     import common.disk
 
-    monkeypatch.setattr(common.disk.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 * free, 9 * free, free))
+    monkeypatch.setattr(common.disk.shutil, "disk_usage",
+                        lambda path: shutil._ntuple_diskusage(10 * free, 9 * free, free))
 
 
 def _unpacked(payload: bytes) -> int:

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from common.errors import UserError
+from model_helpers import NUM_CLASSES, build, each_backbone, every_backbone, images
 from models import (
     FreezeOptions,
     StagedModel,
@@ -25,19 +26,19 @@ from models import (
     strategy_names,
     validate_options,
 )
+from models.param_groups import trainable_stage_names
 from scratch_cnn import ScratchCNNConfig
-
-from model_helpers import NUM_CLASSES, build, each_backbone, every_backbone, images  # noqa: E402
-from models.param_groups import trainable_stage_names  # noqa: E402
-from trainer.optim import LearningRates  # noqa: E402
+from trainer.optim import LearningRates
 
 
-def build_param_groups(model, lr: float, backbone_lr_mult: float = 1.0, layer_decay: float = 1.0, weight_decay: float = 0.0):
+def build_param_groups(model, lr: float, backbone_lr_mult: float = 1.0, layer_decay: float = 1.0,
+                       weight_decay: float = 0.0):
     """The optimizer groups of the model's current plan, as trainer/optim.py builds them."""
     return LearningRates(lr, backbone_lr_mult, layer_decay, weight_decay).groups(model, trainable_stage_names(model))
 
 
-def add_missing_groups(model, optimizer, lr: float, backbone_lr_mult: float = 1.0, layer_decay: float = 1.0, weight_decay: float = 0.0):
+def add_missing_groups(model, optimizer, lr: float, backbone_lr_mult: float = 1.0, layer_decay: float = 1.0,
+                       weight_decay: float = 0.0):
     return LearningRates(lr, backbone_lr_mult, layer_decay, weight_decay).add_unfrozen(model, optimizer)
 
 RESNET_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
@@ -265,16 +266,19 @@ def test_heavy_backbones_stage_sets_by_name():
 
 # Every stage of every pretrained backbone, written out by module name from torchvision's own layout, never
 # read from the registry: a registry entry that merges, splits or misplaces a stage fails here.
-_VGG_CONVS = {"block1": (0, 2), "block2": (5, 7), "block3": (10, 12, 14), "block4": (17, 19, 21), "block5": (24, 26, 28)}
+_VGG_CONVS = {"block1": (0, 2), "block2": (5, 7), "block3": (10, 12, 14), "block4": (17, 19, 21),
+              "block5": (24, 26, 28)}
 STAGE_MODULES = {
     "resnet50": {"stem": ("conv1", "bn1"), **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)}, "head": ("fc",)},
     "vgg16": {**{block: tuple(f"features.{i}" for i in convs) for block, convs in _VGG_CONVS.items()},
               "fc6": ("classifier.0",), "fc7": ("classifier.3",), "head": ("classifier.6",)},
     "inception_v3": {"stem": ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3"),
-                     **{f"mixed_{b}": (f"Mixed_{b}",) for b in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c")},
+                     **{f"mixed_{b}": (f"Mixed_{b}",)
+                        for b in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c")},
                      "head": ("fc",)},
     "googlenet": {"stem": ("conv1", "conv2", "conv3"),
-                  **{f"inception{b}": (f"inception{b}",) for b in ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")},
+                  **{f"inception{b}": (f"inception{b}",)
+                     for b in ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")},
                   "head": ("fc",)},
     "efficientnet_v2_s": {"stem": ("features.0",), **{f"stage{i}": (f"features.{i}",) for i in range(1, 7)},
                           "top_conv": ("features.7",), "head": ("classifier.1",)},
@@ -285,7 +289,8 @@ STAGE_MODULES = {
                            "top_conv": ("features.12",), "pre_logits": ("classifier.0",), "head": ("classifier.3",)},
 }
 # An auxiliary head trains from the k that first trains the stage feeding it.
-AUX_MODULES = {"inception_v3": {"mixed_6e": ("AuxLogits",)}, "googlenet": {"inception4a": ("aux1",), "inception4d": ("aux2",)}}
+AUX_MODULES = {"inception_v3": {"mixed_6e": ("AuxLogits",)},
+               "googlenet": {"inception4a": ("aux1",), "inception4d": ("aux2",)}}
 
 
 def under(modules: tuple[str, ...], names: set[str]) -> set[str]:
@@ -506,7 +511,8 @@ def test_sgd_uses_nesterov_momentum():
 
     model = build("resnet18")
     model.apply_plan(plan(model, "full"))
-    optimizer = build_optimizer(model, parse_run_config({"model": "resnet18", "optimizer": "sgd", "momentum": 0.9, "strategy": "full"}))
+    optimizer = build_optimizer(
+        model, parse_run_config({"model": "resnet18", "optimizer": "sgd", "momentum": 0.9, "strategy": "full"}))
     assert all(g["nesterov"] and g["momentum"] == 0.9 for g in optimizer.param_groups)
 
 
@@ -575,11 +581,13 @@ def test_equivalent_strategies_fold_into_one_config_by_the_parameters_they_train
     for values in asked:
         raw = {"model": name, "epochs": 4, **values}
         config = parse_run_config(raw)
-        raw_config = parse_run_config(raw).replace(**{k: v for k, v in values.items()})  # the asked strategy and options
+        # the asked strategy and options
+        raw_config = parse_run_config(raw).replace(**{k: v for k, v in values.items()})
         assert _trained_per_epoch(model, config) == _trained_per_epoch(model, raw_config), (values, config.strategy)
         by_training.setdefault(tuple(_trained_per_epoch(model, config)), set()).add(config_hash(config))
     assert all(len(hashes) == 1 for hashes in by_training.values())  # same parameters trained: one config
-    assert parse_run_config({"model": name, "strategy": "fraction", "freeze_fraction": 0.5, "epochs": 4}).strategy != "fraction"
+    assert parse_run_config({"model": name, "strategy": "fraction", "freeze_fraction": 0.5,
+                             "epochs": 4}).strategy != "fraction"
 
 
 def test_which_configs_fold_and_which_stay_apart():
@@ -588,13 +596,19 @@ def test_which_configs_fold_and_which_stay_apart():
     def same(a: dict, b: dict) -> bool:
         return config_hash(parse_run_config(a)) == config_hash(parse_run_config(b))
 
-    assert same({"strategy": "fraction", "freeze_fraction": 0.5}, {"strategy": "last_k", "k_layers": 2})  # ResNet-50: 3 of 5 frozen
-    assert same({"strategy": "last_k", "k_layers": 5}, {"strategy": "full"}) and same({"strategy": "last_k", "k_layers": 0}, {"strategy": "head_only"})
-    assert same({"model": "vgg16", "strategy": "norm_and_head"}, {"model": "vgg16", "strategy": "head_only"})  # no norm layer
-    assert not same({"model": "vit_b_16", "strategy": "norm_and_head"}, {"model": "vit_b_16", "strategy": "head_only"})  # LayerNorms
+    # ResNet-50: 3 of 5 frozen
+    assert same({"strategy": "fraction", "freeze_fraction": 0.5}, {"strategy": "last_k", "k_layers": 2})
+    assert same({"strategy": "last_k", "k_layers": 5}, {"strategy": "full"}) and same(
+        {"strategy": "last_k", "k_layers": 0}, {"strategy": "head_only"})
+    # no norm layer
+    assert same({"model": "vgg16", "strategy": "norm_and_head"}, {"model": "vgg16", "strategy": "head_only"})
+    # LayerNorms
+    assert not same({"model": "vit_b_16", "strategy": "norm_and_head"}, {"model": "vit_b_16", "strategy": "head_only"})
     assert not same({"strategy": "norm_and_head"}, {"strategy": "head_only"})  # ResNet-50's BatchNorms train
-    assert same({"strategy": "gradual", "unfreeze_every_epochs": 10, "epochs": 10}, {"strategy": "head_only", "epochs": 10})
-    assert not same({"strategy": "gradual", "unfreeze_every_epochs": 3, "epochs": 10}, {"strategy": "head_only", "epochs": 10})
+    assert same({"strategy": "gradual", "unfreeze_every_epochs": 10, "epochs": 10},
+                {"strategy": "head_only", "epochs": 10})
+    assert not same({"strategy": "gradual", "unfreeze_every_epochs": 3, "epochs": 10},
+                    {"strategy": "head_only", "epochs": 10})
 
 
 @pytest.mark.parametrize("name", [n for n in backbone_names() if n != "scratch_cnn"])
@@ -602,7 +616,8 @@ def test_the_registry_says_truly_whether_a_backbone_has_norm_layers(name, built_
     from models.staged import NORM_LAYERS
 
     model = built_models[name]
-    backbone = [m for stage in model.stage_names[:-1] for module in model.stage_modules(stage) for m in module.modules()]
+    backbone = [m for stage in model.stage_names[:-1] for module in model.stage_modules(stage)
+                for m in module.modules()]
     assert get_spec(name).norm_layers == any(isinstance(m, NORM_LAYERS) for m in backbone)
 
 
@@ -632,7 +647,8 @@ def test_a_new_strategy_is_one_registry_entry(monkeypatch):
 
     assert "last_k_plus_bn" in help_text() and "last_k_bn" in help_text() and "last_k_plus_bn" in reference_markdown()
     assert strategy_order().index("last_k_plus_bn") == strategy_order().index("last_k") + 1
-    assert strategy_sort_key("resnet50", "last_k") < strategy_sort_key("resnet50", "last_k_plus_bn") < strategy_sort_key("resnet50", "fraction")
+    assert (strategy_sort_key("resnet50", "last_k") < strategy_sort_key("resnet50", "last_k_plus_bn")
+            < strategy_sort_key("resnet50", "fraction"))
     config = parse_run_config({"model": "resnet18", "strategy": "last_k_bn", "k_layers": 2})
     assert (config.strategy, config.k_layers) == ("last_k_plus_bn", 2)  # an alias, and the option it uses, kept
     assert "last_k_plus_bn k_layers=2" in describe_model("resnet18")

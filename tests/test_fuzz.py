@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from common.errors import UserError
 
@@ -43,12 +41,16 @@ def holds(check, *args) -> None:
 # --- strategies -------------------------------------------------------------------------------------------
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-                    st.text(max_size=30), st.sampled_from(["true", "none", "1e400", "-1", "0x10", "nan", "2**64", "", "~", "~\x00x", "a\x00b", "\udcff", "../x"]))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                      max_leaves=12)
-YAML_PIECES = ["a", "lr", "seed", "method", "parameters", ":", ": ", "- ", "[", "]", "{", "}", ",", "&x ", "*x", "&y ", "*y",
-               "<<: ", "!!binary ", "!!set ", "!!python/object:os.system ", "'", '"', "#", "\n", "\n  ", "\n    ", "2024-02-31",
-               "1e5", "0b101", "yes", "~", "? ", "|", ">", "\t", "%YAML 1.1\n", "---\n", "...\n", "\\x00", "\udcff", "é"]
+                    st.text(max_size=30), st.sampled_from(["true", "none", "1e400", "-1", "0x10", "nan", "2**64", "",
+                                                           "~", "~\x00x", "a\x00b", "\udcff", "../x"]))
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                      | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+YAML_PIECES = ["a", "lr", "seed", "method", "parameters", ":", ": ", "- ", "[", "]", "{", "}", ",", "&x ", "*x", "&y ",
+               "*y",
+               "<<: ", "!!binary ", "!!set ", "!!python/object:os.system ", "'", '"', "#", "\n", "\n  ", "\n    ",
+               "2024-02-31",
+               "1e5", "0b101", "yes", "~", "? ", "|", ">", "\t", "%YAML 1.1\n", "---\n", "...\n", "\\x00", "\udcff",
+               "é"]
 yaml_texts = st.one_of(st.text(max_size=200), st.lists(st.sampled_from(YAML_PIECES), max_size=60).map("".join))
 
 
@@ -77,7 +79,8 @@ def test_any_command_line_or_mapping_of_parameters_parses_or_is_one_line(profile
     from trainer.config import parse_cli, parse_run_config
 
     arguments = st.lists(st.one_of(st.text(max_size=20), st.sampled_from(_field_names()).map(lambda n: f"--{n}"),
-                                   st.tuples(st.sampled_from(_field_names()), st.text(max_size=12)).map(lambda kv: f"--{kv[0]}={kv[1]}")),
+                                   st.tuples(st.sampled_from(_field_names()), st.text(max_size=12)).map(
+                                       lambda kv: f"--{kv[0]}={kv[1]}")),
                          max_size=6)
 
     @settings(settings.get_profile(profile))
@@ -113,10 +116,11 @@ def _sweep_definitions():
 
     spec = st.dictionaries(st.sampled_from([*SPEC_KEYS, "distribution", "parameters", "valeu"]),
                            st.one_of(scalars, st.lists(scalars, max_size=4),
-                                     st.sampled_from(["int_uniform", "uniform", "normal", "log_uniform", "q_uniform", "beta",
-                                                      "categorical", "log_uniform_values", "bogus"])),
+                                     st.sampled_from(["int_uniform", "uniform", "normal", "log_uniform", "q_uniform",
+                                                      "beta", "categorical", "log_uniform_values", "bogus"])),
                            max_size=4)
-    parameters = st.dictionaries(st.sampled_from(_field_names() + ["config", "lrr", "run_id"]), st.one_of(spec, scalars), max_size=4)
+    parameters = st.dictionaries(st.sampled_from(_field_names() + ["config", "lrr", "run_id"]),
+                                 st.one_of(spec, scalars), max_size=4)
     return st.fixed_dictionaries({}, optional={
         "method": st.sampled_from(["grid", "random", "bayes", "bayse", 3]),
         "metric": st.one_of(scalars, st.fixed_dictionaries({"name": st.sampled_from(["val_acc", "loss"]),
@@ -157,7 +161,8 @@ def _png(width: int, height: int, rows: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-def test_any_file_is_admitted_or_skipped_with_a_reason_and_none_past_the_limits_is_decoded(profile, tmp_path, monkeypatch):
+def test_any_file_is_admitted_or_skipped_with_a_reason_and_none_past_the_limits_is_decoded(profile, tmp_path,
+                                                                                           monkeypatch):
     from PIL import ImageFile
 
     from data.images import admission_problem, check_image
@@ -191,10 +196,12 @@ def test_any_tree_of_files_scans_into_an_index_or_one_line(profile, tmp_path):
 
     from data.scan import scan_folder
 
-    names = st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b and b"\x00" not in b and b not in (b".", b".."))
+    names = st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b and b"\x00" not in b
+                                                      and b not in (b".", b".."))
 
     @settings(settings.get_profile(profile))
-    @given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), names, st.binary(max_size=64), st.sampled_from(["file", "link", "dir"])),
+    @given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), names, st.binary(max_size=64),
+                              st.sampled_from(["file", "link", "dir"])),
                     max_size=8), st.integers(0, 2**16))
     def check(entries, seed):
         root = tmp_path / f"tree{seed}"
@@ -218,7 +225,8 @@ def test_any_tree_of_files_scans_into_an_index_or_one_line(profile, tmp_path):
 # --- the run-record and table readers ---------------------------------------------------------------------
 
 records = st.one_of(st.binary(max_size=200), values.map(lambda v: json.dumps(v, default=str).encode()),
-                    st.lists(values.map(lambda v: json.dumps(v, default=str)), max_size=4).map(lambda rows: "\n".join(rows).encode()))
+                    st.lists(values.map(lambda v: json.dumps(v, default=str)), max_size=4).map(
+                        lambda rows: "\n".join(rows).encode()))
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -248,7 +256,8 @@ def test_any_trial_table_reads_or_is_one_line(profile, tmp_path):
 
     row = st.fixed_dictionaries({"run_id": st.one_of(st.text(max_size=10), st.just("t-001-abcd"), scalars),
                                  "state": st.sampled_from(["finished", "running", "duplicate", "exploded", 1]),
-                                 "config": values, "config_hash": scalars, "suggested": values}, optional={"fixed": values, "exit_code": scalars})
+                                 "config": values, "config_hash": scalars, "suggested": values},
+                                optional={"fixed": values, "exit_code": scalars})
     tables = st.one_of(records, st.lists(row.map(json.dumps), max_size=4).map(lambda rows: "\n".join(rows).encode()))
 
     @settings(settings.get_profile(profile))

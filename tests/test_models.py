@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.models.vgg import cfgs as vgg_configs, make_layers as vgg_layers
 
 from common.errors import UserError
+from model_helpers import NUM_CLASSES, build, each_backbone, every_backbone, images
 from models import (
     AuxHead,
     BackboneSpec,
@@ -33,8 +34,6 @@ from models import (
 from models.freezing import FreezeOptions, plan_for_epoch, resolve_strategy
 from models.weights import IMAGENET_MEAN, IMAGENET_STD
 from scratch_cnn import ScratchCNNConfig, build_scratch_cnn
-
-from model_helpers import NUM_CLASSES, build, each_backbone, every_backbone, images  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -396,7 +395,8 @@ def test_a_warm_start_from_a_run_checkpoint_sees_images_as_that_run_did(tmp_path
     assert preprocessing_for("resnet50", v1_run).resize_size == 256
     default_run = saved("default.pt", {"model": {}, "config": {"model": "resnet50", "weights": "imagenet"}})
     assert preprocessing_for("resnet50", default_run).resize_size == 232
-    lean = saved("lean.pt", {"model": {}, "frozen_base": {"weights": "ViT_B_16_Weights.IMAGENET1K_SWAG_LINEAR_V1", "keys": []}})
+    lean = saved("lean.pt",
+                 {"model": {}, "frozen_base": {"weights": "ViT_B_16_Weights.IMAGENET1K_SWAG_LINEAR_V1", "keys": []}})
     pre = preprocessing_for("vit_b_16", lean)  # no config: the frozen stages' weights say where it started
     assert (pre.resize_size, pre.interpolation) == (224, "bicubic")
     # A warm start of a warm start: its config names only a file, but its run recorded what it saw.
@@ -405,7 +405,9 @@ def test_a_warm_start_from_a_run_checkpoint_sees_images_as_that_run_did(tmp_path
                                    "identity": {"model": "resnet50", "preprocessing": v1_pre.as_record()}})
     assert preprocessing_for("resnet50", chained) == v1_pre
     # Files that do not say: another model's run, a plain state_dict: the default weights' metadata.
-    assert preprocessing_for("resnet50", saved("r18.pt", {"model": {}, "config": {"model": "resnet18", "weights": "IMAGENET1K_V1"}})).resize_size == 232
+    assert preprocessing_for("resnet50", saved("r18.pt", {"model": {}, "config": {"model": "resnet18",
+                                                                                  "weights": "IMAGENET1K_V1"}})
+                             ).resize_size == 232
     assert preprocessing_for("resnet50", saved("plain.pt", {"fc.weight": torch.zeros(2, 2)})).resize_size == 232
 
 
@@ -414,7 +416,8 @@ def test_a_checkpoint_of_another_models_run_does_not_lend_its_recorded_preproces
     from common.preprocessing import Preprocessing
 
     small = Preprocessing(64, 73, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    torch.save({"model": {}, "identity": {"model": "resnet18", "preprocessing": small.as_record()}}, tmp_path / "r18.pt")
+    torch.save({"model": {}, "identity": {"model": "resnet18", "preprocessing": small.as_record()}},
+               tmp_path / "r18.pt")
     assert preprocessing_for("resnet50", str(tmp_path / "r18.pt")).resize_size == 232
     assert preprocessing_for("resnet18", str(tmp_path / "r18.pt")) == small
 
@@ -567,7 +570,8 @@ def test_scratch_cnn_defaults_are_the_run_defaults_so_agent_models_describes_wha
 
     defaults = ScratchCNNConfig()
     run = parse_run_config({"model": "scratch_cnn"})  # input_size is every model's: its scratch default is filled in
-    assert {f.name: getattr(defaults, f.name) for f in fields(ScratchCNNConfig)} == {n: FIELDS[n].default for n in SCRATCH_FIELDS} | {"input_size": run.input_size}
+    assert ({f.name: getattr(defaults, f.name) for f in fields(ScratchCNNConfig)}
+            == {n: FIELDS[n].default for n in SCRATCH_FIELDS} | {"input_size": run.input_size})
     total = sum(p.numel() for p in build_scratch_cnn(defaults, 10).parameters())
     assert f"trains all {total:,} parameters" in describe_models(["scratch_cnn"])
     assert total > 7_000_000  # the default doubles its filters per block: 32 .. 512
@@ -636,7 +640,8 @@ def test_scratch_config_rejects_bad_values(field, value, expected):
 def test_describe_models_shows_weights_preprocessing_stages_and_strategies():
     text = describe_models(["resnet18", "scratch_cnn"])
     assert "ResNet18_Weights.IMAGENET1K_V1" in text and "crop 224 px" in text and "256 px" in text
-    assert "layer4" in text and "last_k k_layers=2" in text and "freeze_fraction=0.8 (4 of 5 frozen)" in text  # as runs record it
+    # as runs record it
+    assert "layer4" in text and "last_k k_layers=2" in text and "freeze_fraction=0.8 (4 of 5 frozen)" in text
     assert "10,498,570 / 11,181,642" in text  # resnet18 k_layers=2 for 10 classes: layer3 + layer4 + fc
     assert "scratch_cnn" in text and "every strategy trains all" in text
     # every k from 0 (the head alone: 512*10+10) to all 5 backbone stages is listed
@@ -665,20 +670,23 @@ def test_what_the_config_and_check_accept_is_what_the_scratch_cnn_builds(tmp_pat
     config and `agent.py check` and refused only after the dataset scan, is now refused when the config is read."""
     import yaml
 
+    from scratch_cnn.config import FIELDS as RULES
     from sweeper.local import check_sweep
     from trainer.config import FIELDS, SCRATCH_FIELDS, parse_run_config
-    from scratch_cnn.config import FIELDS as RULES
 
     with pytest.raises(UserError, match="kernel_size=4 must be odd"):
         parse_run_config({"model": "scratch_cnn", "kernel_size": 4})
     sweep = tmp_path / "s.yaml"
-    sweep.write_text(yaml.safe_dump({"name": "s", "program": "agent.py", "method": "grid", "metric": {"name": "val_acc", "goal": "maximize"},
-                                     "parameters": {"model": {"value": "scratch_cnn"}, "kernel_size": {"values": [3, 4]}}}))
+    sweep.write_text(yaml.safe_dump({"name": "s", "program": "agent.py", "method": "grid",
+                                     "metric": {"name": "val_acc", "goal": "maximize"},
+                                     "parameters": {"model": {"value": "scratch_cnn"},
+                                                    "kernel_size": {"values": [3, 4]}}}))
     with pytest.raises(UserError, match="kernel_size=4 must be odd"):
         check_sweep(sweep)
     for name in SCRATCH_FIELDS:  # one declaration: the run config's field is the rule's
         meta, rule = FIELDS[name].metadata, RULES[name]
-        assert (meta["default"], meta["help"], meta["choices"], meta["low"], meta["high"]) == (rule.default, rule.help, rule.choices, rule.low, rule.high)
+        assert (meta["default"], meta["help"], meta["choices"], meta["low"], meta["high"]) == (
+            rule.default, rule.help, rule.choices, rule.low, rule.high)
     for name, rule in RULES.items():  # and every value the config accepts at the bounds builds
         for value in [v for v in (rule.low, rule.high) if v is not None and rule.check is None] or [rule.default]:
             ScratchCNNConfig(**{name: value})

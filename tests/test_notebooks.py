@@ -24,7 +24,8 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SMOKE = {"SMOKE_TEST": True}
 # What a run of a notebook writes into its copy of the repository, and what a checkout may hold that it does not need.
 NOT_COPIED = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", ".hypothesis", "runs", "sweep_runs",
-                                    "reports", "datasets", "demo_data", "demo_source", "wandb", "build", "dist", ".cache")
+                                    "reports", "datasets", "demo_data", "demo_source", "wandb", "build", "dist",
+                                    ".cache", ".ruff_cache")
 
 
 class CellFailed(AssertionError):

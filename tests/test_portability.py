@@ -67,7 +67,8 @@ def _a_run_folder(folder: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text("model: scratch_cnn\nstrategy: full\nlr: 0.001\nepochs: 2\n")
     (folder / "summary.json").write_text(json.dumps({"state": "finished", "best_val_acc": 0.5, "best_epoch": 2}))
-    (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val_acc": 0.5, "train_loss": 1.0}) + "\n" for e in (1, 2)))
+    (folder / "metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": e, "val_acc": 0.5, "train_loss": 1.0}) + "\n" for e in (1, 2)))
     return folder
 
 
@@ -76,6 +77,8 @@ def test_help_check_and_report_start_without_importing_torch(tmp_path):
     for argv in (["--help"], ["sweep", "--help"], ["check", str(ROOT / "sweeps" / "tiny.yaml")],
                  ["report", str(run.parent), "--out", str(tmp_path / "report")]):
         script = WHICH_MODULES.format(root=str(ROOT), argv=argv)
-        result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=120)
         assert result.returncode == 0, result.stderr[-2000:]
-        assert json.loads(result.stdout.strip().splitlines()[-1]) == {"code": 0, "torch": False, "torchvision": False}, argv
+        assert (json.loads(result.stdout.strip().splitlines()[-1])
+                == {"code": 0, "torch": False, "torchvision": False}), argv

@@ -39,10 +39,13 @@ def protocol_files(tmp_path):
     """A protocol of two arms (MobileNetV3-Small from 'ImageNet' weights, the scratch CNN) at 32 px, tiny budgets."""
     recipes = tmp_path / "compare"
     backbone = sweep_yaml(tmp_path / "tune_backbone.yaml", "tune-backbone", {
-        "model": {"value": "mobilenet_v3_small"}, "strategy": {"values": ["head_only", "last_k"]}, "k_layers": {"value": 1},
-        "lr": {"values": [0.01, 0.003]}, "input_size": {"value": 32}, "batch_size": {"value": 8}, "augment": {"value": "none"}})
+        "model": {"value": "mobilenet_v3_small"}, "strategy": {"values": ["head_only", "last_k"]},
+        "k_layers": {"value": 1},
+        "lr": {"values": [0.01, 0.003]}, "input_size": {"value": 32}, "batch_size": {"value": 8},
+        "augment": {"value": "none"}})
     scratch = sweep_yaml(tmp_path / "tune_scratch.yaml", "tune-scratch", {
-        "model": {"value": "scratch_cnn"}, "lr": {"values": [0.01, 0.003]}, "input_size": {"value": 32}, "batch_size": {"value": 16},
+        "model": {"value": "scratch_cnn"}, "lr": {"values": [0.01, 0.003]}, "input_size": {"value": 32},
+        "batch_size": {"value": 16},
         "augment": {"value": "none"}, **TINY_SCRATCH})
     final = {"config": {"values": [str(recipes / "mobilenet_v3_small.yaml"), str(recipes / "scratch_cnn.yaml")]},
              "seed": {"values": [100, 101]}, "split_seed": {"values": [1, 2]}, "stage": {"value": "compare"}}
@@ -58,8 +61,9 @@ def protocol_files(tmp_path):
 
 @pytest.fixture
 def imagenet_stand_in(tmp_path, monkeypatch):
-    """MobileNetV3-Small's ImageNet file in an empty torch hub cache (random values: nothing is downloaded here). The
-    hub loads a cached file without checking it, so trials in subprocesses fine-tune from it as from ImageNet weights."""
+    """MobileNetV3-Small's ImageNet file in an empty torch hub cache (random values:
+    nothing is downloaded here). The hub loads a cached file without checking it, so
+    trials in subprocesses fine-tune from it as from ImageNet weights."""
     import torchvision.models as tvm
 
     home = tmp_path / "torch_home"
@@ -74,9 +78,11 @@ def imagenet_stand_in(tmp_path, monkeypatch):
 def test_a_protocol_file_is_read_with_its_budgets_and_arms(protocol_files):
     protocol = P.load_protocol(protocol_files)
     assert [a.model for a in protocol.arms] == ["mobilenet_v3_small", "scratch_cnn"]
-    assert [protocol.budget(a) for a in protocol.arms] == [P.Budget(2, 1), P.Budget(3, 2)]  # random init: the larger budget
+    # random init: the larger budget
+    assert [protocol.budget(a) for a in protocol.arms] == [P.Budget(2, 1), P.Budget(3, 2)]
     fixed = P.tune_fixed(protocol, protocol.arms[1], {"data_dir": "d"})
-    assert fixed == {"data_dir": "d", "model": "scratch_cnn", "epochs": "3", "patience": "2", "seed": "0", "split_seed": "0", "stage": "tune"}
+    assert fixed == {"data_dir": "d", "model": "scratch_cnn", "epochs": "3", "patience": "2", "seed": "0",
+                     "split_seed": "0", "stage": "tune"}
     default = P.load_protocol(P.PROTOCOL_FILE)  # the repository's own protocol reads, and its compare.yaml is fair
     assert {a.model for a in default.arms} >= {"resnet50", "scratch_cnn"}
     assert P.final_problems(default, default.compare, {0}, "compare") == []
@@ -116,31 +122,38 @@ def test_the_final_stage_refuses_tuning_seeds_one_split_and_a_missing_recipe(pro
 def test_the_wandb_tuning_sweeps_carry_the_arm_and_the_count_set_once(protocol_files):
     protocol = P.load_protocol(protocol_files)
     config = P.wandb_tune_config(protocol, protocol.arms[0], {}, "finetune-sweeps")
-    assert config["run_cap"] == 2 and config["project"] == "finetune-sweeps" and config["name"] == "fair-tune-mobilenet_v3_small"
+    assert (config["run_cap"], config["project"]) == (2, "finetune-sweeps")
+    assert config["name"] == "fair-tune-mobilenet_v3_small"
     assert {k: config["parameters"][k] for k in ("model", "epochs", "patience", "seed", "stage")} == {
-        "model": {"value": "mobilenet_v3_small"}, "epochs": {"value": 2}, "patience": {"value": 1}, "seed": {"value": 0},
+        "model": {"value": "mobilenet_v3_small"}, "epochs": {"value": 2}, "patience": {"value": 1},
+        "seed": {"value": 0},
         "stage": {"value": "tune"}}
 
 
 # --- the report's numbers, by hand -------------------------------------------------------------------
 
-def write_run(runs: Path, run_id: str, config: dict, state: str = metrics.FINISHED, val: float = 0.5, test: float | None = None,
-              epochs: tuple[int, int] = (2, 3), num_train: int = 30) -> None:
+def write_run(runs: Path, run_id: str, config: dict, state: str = metrics.FINISHED, val: float = 0.5,
+              test: float | None = None, epochs: tuple[int, int] = (2, 3), num_train: int = 30) -> None:
     folder = runs / run_id
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump({"epochs": 3, "patience": 2, "batch_size": 8, **config}))
     best, done = epochs
     (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val_acc": val if e == best else val - 0.1,
-                                                              "images_per_second": 100.0}) + "\n" for e in range(1, done + 1)))
-    summary = {metrics.STATE: state, metrics.BEST_VAL_ACC: val, metrics.BEST_EPOCH: best, metrics.EPOCHS_COMPLETED: done,
-               "num_train": num_train, "classes": ["a", "b", "c"], metrics.WEIGHTS_VERSION: "none" if config["model"] == "scratch_cnn"
-               else "MobileNet_V3_Small_Weights.IMAGENET1K_V1", metrics.SPLIT_HASH: f"split-{config.get('split_seed', 0)}"}
+                                                              "images_per_second": 100.0}) + "\n"
+                                                  for e in range(1, done + 1)))
+    summary = {metrics.STATE: state, metrics.BEST_VAL_ACC: val, metrics.BEST_EPOCH: best,
+               metrics.EPOCHS_COMPLETED: done,
+               "num_train": num_train, "classes": ["a", "b", "c"],
+               metrics.WEIGHTS_VERSION: "none" if config["model"] == "scratch_cnn"
+               else "MobileNet_V3_Small_Weights.IMAGENET1K_V1",
+               metrics.SPLIT_HASH: f"split-{config.get('split_seed', 0)}"}
     if state != metrics.FINISHED:
         summary[metrics.REASON] = "train_loss is nan at epoch 2"
     (folder / "summary.json").write_text(json.dumps(summary))
     if test is not None:
         (folder / "test").mkdir()
-        (folder / "test" / "test.json").write_text(json.dumps({"test_acc": test, "num_images": 100, "best_epoch": best}))
+        (folder / "test" / "test.json").write_text(
+            json.dumps({"test_acc": test, "num_images": 100, "best_epoch": best}))
 
 
 MOBILE = {"model": "mobilenet_v3_small", "strategy": "last_k", "k_layers": 1, "lr": 0.01, "input_size": 32}
@@ -151,9 +164,12 @@ def crafted_protocol(root: Path) -> dict[str, list[float]]:
     """Tuning (validation only), then the compare stage on seeds 100/101 x split seeds 1/2, tested; one lost seed."""
     tests = {"mobilenet_v3_small": [0.80, 0.84, 0.78, 0.82], "scratch_cnn": [0.60, 0.66, 0.58]}
     for i, lr in enumerate((0.01, 0.003)):
-        write_run(root / "tune" / "mobilenet_v3_small" / "runs", f"t-m{i}", {**MOBILE, "lr": lr, "seed": 0, "stage": "tune"}, val=0.7 + i / 10)
-        write_run(root / "tune" / "scratch_cnn" / "runs", f"t-s{i}", {**SCRATCH, "lr": lr, "seed": 0, "stage": "tune"}, val=0.5, epochs=(3, 3))
-    write_run(root / "tune" / "scratch_cnn" / "runs", "t-s2", {**SCRATCH, "lr": 0.001, "seed": 0, "stage": "tune"}, val=0.4)
+        write_run(root / "tune" / "mobilenet_v3_small" / "runs", f"t-m{i}",
+                  {**MOBILE, "lr": lr, "seed": 0, "stage": "tune"}, val=0.7 + i / 10)
+        write_run(root / "tune" / "scratch_cnn" / "runs", f"t-s{i}", {**SCRATCH, "lr": lr, "seed": 0, "stage": "tune"},
+                  val=0.5, epochs=(3, 3))
+    write_run(root / "tune" / "scratch_cnn" / "runs", "t-s2", {**SCRATCH, "lr": 0.001, "seed": 0, "stage": "tune"},
+              val=0.4)
     for folder in (root / "tune" / "mobilenet_v3_small", root / "tune" / "scratch_cnn", root / "compare"):
         folder.mkdir(parents=True, exist_ok=True)
         sweep_yaml(folder / "sweep.yaml", folder.name, {"lr": {"value": 0.01}})
@@ -161,7 +177,8 @@ def crafted_protocol(root: Path) -> dict[str, list[float]]:
     for arm, config in (("mobilenet_v3_small", MOBILE), ("scratch_cnn", SCRATCH)):
         for n, (seed, split) in enumerate(cells):
             lost = arm == "scratch_cnn" and n == 3
-            write_run(root / "compare" / "runs", f"c-{arm[:5]}-{n}", {**config, "seed": seed, "split_seed": split, "stage": "compare"},
+            write_run(root / "compare" / "runs", f"c-{arm[:5]}-{n}",
+                      {**config, "seed": seed, "split_seed": split, "stage": "compare"},
                       state=metrics.DIVERGED if lost else metrics.FINISHED, test=None if lost else tests[arm][n])
     return tests
 
@@ -176,27 +193,32 @@ def test_the_report_aggregates_the_compare_stage_on_the_test_set_per_arm(tmp_pat
     tests = crafted_protocol(tmp_path / "fair")
     summary = summarise(load_table(str(tmp_path / "fair")))
     protocol = summary.protocol
-    assert protocol.tuning_trials == {"mobilenet_v3_small": 2, "scratch_cnn": 3} and protocol.short_arms == ["mobilenet_v3_small"]
+    assert protocol.tuning_trials == {"mobilenet_v3_small": 2, "scratch_cnn": 3}
+    assert protocol.short_arms == ["mobilenet_v3_small"]
     mobile, scratch = protocol.compare
     assert (mobile.arm, scratch.arm) == ("mobilenet_v3_small", "scratch_cnn") and mobile.metric == metrics.TEST_ACC
-    # By hand: a Student t interval over the runs (seed x split seed) that finished; the diverged one is n/k, not a value.
+    # By hand: a Student t interval over the runs (seed x split
+    # seed) that finished; the diverged one is n/k, not a value.
     values = tests["mobilenet_v3_small"]
     half = stats.t.ppf(0.975, 3) * np.std(values, ddof=1) / 2
     assert mobile.ci.mean == pytest.approx(np.mean(values)) and mobile.ci.half_width == pytest.approx(half)
     assert (len(scratch.runs), scratch.planned, [r.run_id for r in scratch.lost]) == (3, 4, ["c-scrat-3"])
     assert scratch.values == tests["scratch_cnn"] and mobile.splits == 2
     gap, half_gap = welch(values, tests["scratch_cnn"])
-    assert protocol.gaps[0].difference == pytest.approx(gap) and protocol.gaps[0].ci.half_width == pytest.approx(half_gap)
+    assert protocol.gaps[0].difference == pytest.approx(gap)
+    assert protocol.gaps[0].ci.half_width == pytest.approx(half_gap)
     text = render(summary, {}, {})
     headline = text[text.index("## 1."):text.index("## 2.")]
-    assert "### Final comparison (compare stage)" in headline and "evaluated **once** on the held-out test set" in headline
+    assert "### Final comparison (compare stage)" in headline
+    assert "evaluated **once** on the held-out test set" in headline
     assert f"| mobilenet_v3_small | {np.mean(values) * 100:.2f}% ± {half * 100:.2f}" in headline
     assert "| 3/4 | 2 | test | `c-scrat-3` (diverged" in headline
     assert f"**mobilenet_v3_small minus scratch_cnn: {gap * 100:+.2f} points**" in headline
     assert "### Tuning (tune stage, validation split: what the recipes were selected on)" in headline
     # Every seed of one recipe per arm was tested: that is no selection, and no warning says it is; nor are the split
     # seeds the compare stage varies on purpose "different splits" (each split seed has one).
-    assert not any("evaluated on the test set" in w or "different data splits" in w for w in summary.provenance.warnings)
+    assert not any("evaluated on the test set" in w or "different data splits" in w
+                   for w in summary.provenance.warnings)
     budgets = text[text.index("## 9."):]
     assert "| mobilenet_v3_small | 2 | at most 3 epochs, patience 2 | **fewer trials than another arm** |" in budgets
     assert "**Still improving at their last epoch** (2 finished run(s)): `t-s0`" in budgets
@@ -208,10 +230,12 @@ def test_recipes_carry_every_value_the_winner_trained_with(tmp_path, protocol_fi
     crafted_protocol(root)
     # The scratch arm's winner ran out of memory once and trained at half its batch size: the recipe says 8, not 16.
     summary = json.loads((root / "tune" / "scratch_cnn" / "runs" / "t-s0" / "summary.json").read_text())
-    (root / "tune" / "scratch_cnn" / "runs" / "t-s0" / "summary.json").write_text(json.dumps({**summary, metrics.BEST_VAL_ACC: 0.9, "batch_size": 4}))
+    (root / "tune" / "scratch_cnn" / "runs" / "t-s0" / "summary.json").write_text(
+        json.dumps({**summary, metrics.BEST_VAL_ACC: 0.9, "batch_size": 4}))
     written = P.write_recipes(protocol, root)
     mobile, scratch = (yaml.safe_load(path.read_text()) for path in written)
-    assert mobile["lr"] == 0.003 and mobile["input_size"] == 32 and mobile["batch_size"] == 8  # t-m1, the better val_acc
+    # t-m1, the better val_acc
+    assert mobile["lr"] == 0.003 and mobile["input_size"] == 32 and mobile["batch_size"] == 8
     assert scratch["batch_size"] == 4 and scratch["input_size"] == 32 and scratch["filters"] == 8
     assert not {"seed", "split_seed", "stage", "data_dir"} & (set(mobile) | set(scratch))
     assert "run t-m1, best val_acc 0.8000" in written[0].read_text()
@@ -226,7 +250,8 @@ def test_recipes_from_wandb_name_an_unreachable_sweep_in_one_line(tmp_path, prot
     (tmp_path / "fair").mkdir()
     with pytest.raises(UserError, match="has no W&B tuning sweep"):
         P.write_recipes(protocol, tmp_path / "fair", wandb=True)
-    (tmp_path / "fair" / P.WANDB_FILE).write_text(json.dumps({"mobilenet_v3_small": "me/proj/gone123", "scratch_cnn": "me/proj/x"}))
+    (tmp_path / "fair" / P.WANDB_FILE).write_text(
+        json.dumps({"mobilenet_v3_small": "me/proj/gone123", "scratch_cnn": "me/proj/x"}))
     import wandb
 
     class Unreachable:
@@ -250,13 +275,17 @@ def test_the_crossover_is_the_size_below_which_fine_tuning_wins_by_more_than_the
 
         return CurvePoint(arm, start, size / 100, size, values, mean_ci(values), 0)
 
-    points = [point("resnet50", "imagenet", 5, [0.60, 0.62, 0.61]), point("scratch_cnn", "scratch", 5, [0.30, 0.33, 0.31]),
-              point("resnet50", "imagenet", 20, [0.70, 0.72, 0.71]), point("scratch_cnn", "scratch", 20, [0.55, 0.58, 0.56]),
-              point("resnet50", "imagenet", 80, [0.80, 0.70, 0.90]), point("scratch_cnn", "scratch", 80, [0.79, 0.75, 0.83])]
+    points = [point("resnet50", "imagenet", 5, [0.60, 0.62, 0.61]),
+              point("scratch_cnn", "scratch", 5, [0.30, 0.33, 0.31]),
+              point("resnet50", "imagenet", 20, [0.70, 0.72, 0.71]),
+              point("scratch_cnn", "scratch", 20, [0.55, 0.58, 0.56]),
+              point("resnet50", "imagenet", 80, [0.80, 0.70, 0.90]),
+              point("scratch_cnn", "scratch", 80, [0.79, 0.75, 0.83])]
     (crossover,) = crossovers(points)
     assert crossover.sizes == [5, 20, 80] and crossover.wins == [True, True, False] and crossover.below == 20
     assert "up to 20 images per class; from 80 on, the interval of the gap holds 0" in crossover.statement()
-    assert Crossover("vit", [5, 20], [True, True], 20).statement().endswith("at every size measured (up to 20 images per class)")
+    assert Crossover("vit", [5, 20], [True, True], 20).statement().endswith(
+        "at every size measured (up to 20 images per class)")
     assert "no single crossover" in Crossover("vit", [5, 20], [False, True], None).statement()
 
 
@@ -269,7 +298,8 @@ def test_the_curve_stage_is_reported_with_its_points_and_plot(tmp_path):
         for seed in (100, 101, 102):
             for arm, config, level in (("m", MOBILE, 0.8), ("s", SCRATCH, 0.4 + fraction * 0.4)):
                 write_run(root / "curve" / "runs", f"{arm}-{fraction}-{seed}", {**config, "seed": seed, "split_seed": 1,
-                                                                                "subset_fraction": fraction, "stage": "curve"},
+                                                                                "subset_fraction": fraction,
+                                                                                "stage": "curve"},
                           test=level + rng.normal(0, 0.01), num_train=per_class * 3)
     from report.build import build_report
 
@@ -285,12 +315,13 @@ def test_the_curve_stage_is_reported_with_its_points_and_plot(tmp_path):
 
 @pytest.mark.slow
 def test_the_whole_protocol_end_to_end(protocol_files, imagenet_stand_in, nature_dir, tmp_path, monkeypatch, capsys):
-    """Tune both arms with the same count, write the recipes, compare them on fresh seeds and two split seeds, test every
-    final run once, and report: the numbers recomputed by hand from the runs' own test results."""
+    """Tune both arms with the same count, write the recipes, compare them on fresh seeds and two split seeds, test
+    every final run once, and report: the numbers recomputed by hand from the runs' own test results."""
     import agent
 
     monkeypatch.chdir(tmp_path)
-    common = [f"--data_dir={nature_dir}", f"--cache_dir={tmp_path / 'cache'}", "--num_workers=0", "--wandb_mode=disabled"]
+    common = [f"--data_dir={nature_dir}", f"--cache_dir={tmp_path / 'cache'}", "--num_workers=0",
+              "--wandb_mode=disabled"]
     folder = ["--protocol_dir", str(tmp_path / "fair")]
     assert agent.main(["protocol", "tune", str(protocol_files), *folder, "--workers", "2", *common]) == 0
     table = load_table(str(tmp_path / "fair"))
@@ -302,7 +333,8 @@ def test_the_whole_protocol_end_to_end(protocol_files, imagenet_stand_in, nature
     assert agent.main(["protocol", "test", str(protocol_files), *folder, f"--data_dir={nature_dir}"]) == 0
     summary = summarise(load_table(str(tmp_path / "fair")))
     final = [r for r in summary.table.records if r.config.get("stage") == "compare"]
-    assert len(final) == 8 and {r.config["seed"] for r in final} == {100, 101} and {r.config["split_seed"] for r in final} == {1, 2}
+    assert len(final) == 8 and {r.config["seed"] for r in final} == {100, 101}
+    assert {r.config["split_seed"] for r in final} == {1, 2}
     assert all(r.test_acc is not None for r in final if r.is_complete)
     recipe = yaml.safe_load((tmp_path / "compare" / "scratch_cnn.yaml").read_text())
     assert all(r.config["batch_size"] == recipe["batch_size"] == 16 for r in final if r.model == "scratch_cnn")
@@ -310,7 +342,8 @@ def test_the_whole_protocol_end_to_end(protocol_files, imagenet_stand_in, nature
     for arm in ("mobilenet_v3_small", "scratch_cnn"):
         values = sorted(r.test_acc for r in final if r.model == arm and r.is_complete)
         assert sorted(by_arm[arm].values) == values and by_arm[arm].ci.mean == pytest.approx(np.mean(values))
-    assert summary.protocol.tuning_trials == {"mobilenet_v3_small": 2, "scratch_cnn": 2} and not summary.protocol.short_arms
+    assert summary.protocol.tuning_trials == {"mobilenet_v3_small": 2, "scratch_cnn": 2}
+    assert not summary.protocol.short_arms
     assert by_arm["mobilenet_v3_small"].start == "imagenet"  # the cached ImageNet file: fine-tuned, not a warm start
     text = render(summary, {}, {})
     assert "### Final comparison (compare stage)" in text and "mobilenet_v3_small minus scratch_cnn" in text
@@ -325,26 +358,32 @@ def test_recipes_are_written_from_the_wandb_tuning_sweeps_faked_at_the_network(t
     pytest.importorskip("wandb")
     from wandb.apis.public.service_api import ServiceApi
 
-    from test_report import FakeWandbServer
+    from report_helpers import FakeWandbServer
 
     def run(model: str, lr: float, best: float, state: str = "finished", **config) -> tuple:
-        config = {**(MOBILE if model == "mobilenet_v3_small" else SCRATCH), "lr": lr, "seed": 0, "split_seed": 0, "stage": "tune",
-                  "epochs": 3, "patience": 2, "batch_size": 8, **config}
-        summary = {metrics.STATE: state if state != "crashed" else metrics.RUNNING, metrics.BEST_VAL_ACC: best, metrics.BEST_EPOCH: 2,
-                   metrics.EPOCHS_COMPLETED: 3, metrics.EPOCH_HISTORY: [{"epoch": 1, "val_acc": best - 0.1}, {"epoch": 2, "val_acc": best}]}
+        config = {**(MOBILE if model == "mobilenet_v3_small" else SCRATCH), "lr": lr, "seed": 0, "split_seed": 0,
+                  "stage": "tune", "epochs": 3, "patience": 2, "batch_size": 8, **config}
+        summary = {metrics.STATE: state if state != "crashed" else metrics.RUNNING, metrics.BEST_VAL_ACC: best,
+                   metrics.BEST_EPOCH: 2,
+                   metrics.EPOCHS_COMPLETED: 3,
+                   metrics.EPOCH_HISTORY: [{"epoch": 1, "val_acc": best - 0.1}, {"epoch": 2, "val_acc": best}]}
         return (state, {**config, "effective": config}, summary)
 
-    server = FakeWandbServer({"m1": run("mobilenet_v3_small", 0.01, 0.70), "m2": run("mobilenet_v3_small", 0.003, 0.78, input_size=64),
+    server = FakeWandbServer({"m1": run("mobilenet_v3_small", 0.01, 0.70),
+                              "m2": run("mobilenet_v3_small", 0.003, 0.78, input_size=64),
                               "m3": run("mobilenet_v3_small", 0.1, 0.95, "crashed"),  # never finished: not a recipe
                               "s1": run("scratch_cnn", 0.003, 0.55, batch_size=32)})
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
     monkeypatch.setenv("WANDB_MODE", "online")
-    monkeypatch.setattr(ServiceApi, "send_api_request", lambda self, request, timeout=None: server.send_api_request(self, request, timeout))
+    monkeypatch.setattr(ServiceApi, "send_api_request", lambda self, request,
+                        timeout=None: server.send_api_request(self, request, timeout))
     monkeypatch.setattr(ServiceApi, "finalize", lambda self, obj, cleanup: (lambda: None))
     protocol = P.load_protocol(protocol_files)
     (tmp_path / "fair").mkdir()
-    (tmp_path / "fair" / P.WANDB_FILE).write_text(json.dumps({"mobilenet_v3_small": "team/project/abc123", "scratch_cnn": "team/project/abc123"}))
-    mobile, scratch = (yaml.safe_load(path.read_text()) for path in P.write_recipes(protocol, tmp_path / "fair", wandb=True))
+    (tmp_path / "fair" / P.WANDB_FILE).write_text(
+        json.dumps({"mobilenet_v3_small": "team/project/abc123", "scratch_cnn": "team/project/abc123"}))
+    mobile, scratch = (yaml.safe_load(path.read_text())
+                       for path in P.write_recipes(protocol, tmp_path / "fair", wandb=True))
     assert (mobile["lr"], mobile["input_size"], mobile["batch_size"]) == (0.003, 64, 8)
     assert (scratch["lr"], scratch["batch_size"], scratch["model"]) == (0.003, 32, "scratch_cnn")
     assert "stage" not in mobile and "seed" not in scratch
@@ -353,14 +392,17 @@ def test_recipes_are_written_from_the_wandb_tuning_sweeps_faked_at_the_network(t
 # --- what the review of the protocol's report found ---------------------------------------------------
 
 def test_final_stage_runs_never_enter_the_tuning_sections(tmp_path):
-    """A lucky compare run is no tuning trial: the tuning headline, the leaderboard and the groups hold the tune stage."""
+    """A lucky compare run is no tuning trial: the tuning headline,
+    the leaderboard and the groups hold the tune stage."""
     root = tmp_path / "fair"
     crafted_protocol(root)
     summary = json.loads((root / "compare" / "runs" / "c-mobil-0" / "summary.json").read_text())
-    (root / "compare" / "runs" / "c-mobil-0" / "summary.json").write_text(json.dumps({**summary, metrics.BEST_VAL_ACC: 0.99}))
+    (root / "compare" / "runs" / "c-mobil-0" / "summary.json").write_text(
+        json.dumps({**summary, metrics.BEST_VAL_ACC: 0.99}))
     report = summarise(load_table(str(root)))
     assert report.best_fine_tuned.run_id == "t-m1" and {r.config["stage"] for r in report.leaderboard} == {"tune"}
-    assert all(r.config["stage"] == "tune" for g in report.groups for r in report.successful if r.model_label == g.model)
+    assert all(r.config["stage"] == "tune" for g in report.groups for r in report.successful
+               if r.model_label == g.model)
     assert sum(g.stats.count for g in report.groups) == 5  # the 5 tuning runs, none of the 8 final ones
 
 
@@ -373,14 +415,16 @@ def test_no_gap_between_a_tested_arm_and_one_on_validation(tmp_path):
     assert report.protocol.gaps == []
     text = render(report, {}, {})
     final = text[text.index("### Final comparison"):text.index("### Tuning")]
-    assert "Not every arm is tested yet" in final and "minus scratch_cnn" not in final and "evaluated **once**" not in final
+    assert "Not every arm is tested yet" in final
+    assert "minus scratch_cnn" not in final and "evaluated **once**" not in final
 
 
 def test_a_preempted_or_running_final_run_is_in_its_arms_n_over_k(tmp_path):
     root = tmp_path / "fair"
     crafted_protocol(root)
     summary = json.loads((root / "compare" / "runs" / "c-mobil-3" / "summary.json").read_text())
-    (root / "compare" / "runs" / "c-mobil-3" / "summary.json").write_text(json.dumps({**summary, metrics.STATE: metrics.PREEMPTED}))
+    (root / "compare" / "runs" / "c-mobil-3" / "summary.json").write_text(
+        json.dumps({**summary, metrics.STATE: metrics.PREEMPTED}))
     mobile = next(a for a in summarise(load_table(str(root))).protocol.compare if a.arm == "mobilenet_v3_small")
     assert (len(mobile.runs), mobile.planned, [r.run_id for r in mobile.unfinished]) == (3, 4, ["c-mobil-3"])
     assert "| 3/4 |" in render(summarise(load_table(str(root))), {}, {})
@@ -410,7 +454,8 @@ def test_the_final_stage_refuses_a_fixed_seed_or_too_few_seeds(protocol_files, t
     definition = yaml.safe_load(protocol.compare.read_text())
     definition["parameters"]["seed"] = {"value": 100}
     protocol.compare.write_text(yaml.safe_dump(definition))
-    assert any("lists 1 seed(s): list two or more" in p for p in P.final_problems(protocol, protocol.compare, {0}, "compare"))
+    assert any("lists 1 seed(s): list two or more" in p
+               for p in P.final_problems(protocol, protocol.compare, {0}, "compare"))
     with pytest.raises(UserError, match="--seed would override the compare sweep's own seeds"):
         P.run_final(protocol, "compare", tmp_path / "fair", 1, {"seed": "0"})
 
@@ -430,9 +475,9 @@ def test_more_protocol_file_mistakes_are_one_line(protocol_files, change, messag
 
 
 def test_a_recipe_leaves_out_what_normalisation_derives(tmp_path, protocol_files):
-    """eval_size equal to input_size, InceptionV3's aux loss switched off below 299 px: written into a recipe, they would
-    stay behind when its input_size is changed or swept on top of it."""
-    assert P._without_derived({"model": "inception_v3", "input_size": 224, "eval_size": 224, "aux_loss_weight": 0.0, "lr": 0.01}) == \
-        {"model": "inception_v3", "input_size": 224, "lr": 0.01}
+    """eval_size equal to input_size, InceptionV3's aux loss switched off below 299 px: written into a recipe, they
+    would stay behind when its input_size is changed or swept on top of it."""
+    derived = {"model": "inception_v3", "input_size": 224, "eval_size": 224, "aux_loss_weight": 0.0, "lr": 0.01}
+    assert P._without_derived(derived) == {"model": "inception_v3", "input_size": 224, "lr": 0.01}
     kept = P._without_derived({"model": "resnet50", "input_size": 224, "eval_size": 288, "lr": 0.01})
     assert kept["eval_size"] == 288  # FixRes: a value of its own

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torchvision.models as tvm
@@ -19,7 +17,6 @@ from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
 
 from common.errors import UserError
-from common.preprocessing import Preprocessing
 from model_helpers import each_backbone
 from models import backbone_names, build_model, get_spec, preprocessing_for
 from models.backbones import _vit_patch_embed, _vit_resize
@@ -45,7 +42,8 @@ def test_every_backbone_trains_a_step_at_a_size_other_than_its_default(name):
     assert config.input_size == size and config.eval_size == size
     from trainer.run import scratch_config
 
-    model = build_model(name, NUM_CLASSES, "none", config.aux_loss_weight, scratch=scratch_config(config), input_size=size)
+    model = build_model(name, NUM_CLASSES, "none", config.aux_loss_weight, scratch=scratch_config(config),
+                        input_size=size)
     model.train()
     before = {key: value.clone() for key, value in model.state_dict().items() if value.is_floating_point()}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -55,7 +53,8 @@ def test_every_backbone_trains_a_step_at_a_size_other_than_its_default(name):
     loss = sum(nn.functional.cross_entropy(o, torch.tensor([0, 1])) for o in (logits, *aux))
     loss.backward()
     optimizer.step()
-    changed = [key for key, value in model.state_dict().items() if key in before and not torch.equal(value, before[key])]
+    changed = [key for key,
+               value in model.state_dict().items() if key in before and not torch.equal(value, before[key])]
     assert any(key.startswith(f"net.{get_spec(name).head_linear}") for key in changed)  # the head trained
     assert len(changed) > 2  # and the backbone with it (every stage trains before a plan is applied)
 
@@ -91,8 +90,10 @@ def test_each_backbone_minimum_size_is_exact(name):
     ({"model": "vit_b_16", "input_size": 300}, "not a multiple of vit_b_16's 16 px patch: use 288 or 304"),
     ({"model": "vit_b_16", "eval_size": 250}, "eval_size=250 is not a multiple"),
     ({"model": "inception_v3", "input_size": 64}, "below inception_v3's minimum of 75 px"),
-    ({"model": "inception_v3", "input_size": 224, "aux_loss_weight": 0.4}, "below the 299 px that inception_v3's auxiliary classifier needs"),
-    ({"model": "vgg16", "eval_size": 24}, "below vgg16's minimum of 32 px (its feature maps vanish): use eval_size>=32"),
+    ({"model": "inception_v3", "input_size": 224, "aux_loss_weight": 0.4},
+     "below the 299 px that inception_v3's auxiliary classifier needs"),
+    ({"model": "vgg16", "eval_size": 24},
+     "below vgg16's minimum of 32 px (its feature maps vanish): use eval_size>=32"),
     ({"model": "vgg16", "eval_size": 8}, "out of range [16, 1024]"),  # the config's floor first
     ({"model": "scratch_cnn", "input_size": 64, "eval_size": 96}, "dense layer is built for its input size"),
     ({"model": "resnet50", "input_size": 2000}, "out of range [16, 1024]"),
@@ -124,7 +125,8 @@ def test_the_default_size_is_each_weights_own_preprocessing_exactly(name):
         preset = member.transforms()
         config = parse_run_config({"model": name, "weights": member.name})
         pre = preprocessing_for(name, config.weights, size=config.input_size)
-        assert (pre.crop_size, pre.resize_size, pre.interpolation) == (preset.crop_size[0], preset.resize_size[0], preset.interpolation.value)
+        assert (pre.crop_size, pre.resize_size, pre.interpolation) == (preset.crop_size[0], preset.resize_size[0],
+                                                                       preset.interpolation.value)
         assert config.input_size == config.eval_size == preset.crop_size[0]
         assert pre.mean == tuple(preset.mean) and pre.std == tuple(preset.std)
 
@@ -141,7 +143,8 @@ def test_the_registrys_native_sizes_are_the_weights_own(name):
 
 def test_an_explicit_default_size_is_the_same_config_and_other_sizes_keep_the_weights_ratio():
     default = parse_run_config({"model": "resnet50"})
-    assert config_hash(default) == config_hash(parse_run_config({"model": "resnet50", "input_size": 224, "eval_size": 224}))
+    assert config_hash(default) == config_hash(
+        parse_run_config({"model": "resnet50", "input_size": 224, "eval_size": 224}))
     assert config_hash(parse_run_config({"model": "resnet50", "input_size": 288})) != config_hash(default)
     v2 = preprocessing_for("resnet50", "imagenet", size=352)  # V2: 232/224
     assert (v2.crop_size, v2.resize_size) == (352, round(352 * 232 / 224)) == (352, 365)
@@ -154,7 +157,8 @@ def test_an_explicit_default_size_is_the_same_config_and_other_sizes_keep_the_we
 
 
 def small_vit(image_size: int = 32) -> VisionTransformer:
-    return VisionTransformer(image_size=image_size, patch_size=16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=8, num_classes=3)
+    return VisionTransformer(image_size=image_size, patch_size=16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=8,
+                             num_classes=3)
 
 
 def test_vit_position_embeddings_are_torchvisions_interpolation_and_the_staged_input_matches_torchvision():
@@ -175,7 +179,8 @@ def test_vit_position_embeddings_are_torchvisions_interpolation_and_the_staged_i
     resized.load_state_dict(net.state_dict())
     _vit_resize(resized, 96)
     resized.eval()
-    assert torch.allclose(_vit_patch_embed(net, torch.ones(1, 3, 96, 96)), _vit_patch_embed(resized, torch.ones(1, 3, 96, 96)))
+    assert torch.allclose(_vit_patch_embed(net, torch.ones(1, 3, 96, 96)),
+                          _vit_patch_embed(resized, torch.ones(1, 3, 96, 96)))
 
 
 @pytest.mark.slow
@@ -203,14 +208,18 @@ def test_image_and_feature_caches_key_on_the_size(nature_dir, tmp_path):
     from trainer.run import run_training
 
     base = {"data_dir": str(nature_dir), "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "runs"),
-            "wandb_mode": "disabled", "num_workers": 0, "checkpoint_store": "local", "model": "resnet18", "weights": "none",
+            "wandb_mode": "disabled", "num_workers": 0, "checkpoint_store": "local", "model": "resnet18",
+            "weights": "none",
             "strategy": "head_only", "augment": "none", "epochs": 1, "batch_size": 8}
-    summaries = {size: run_training(parse_run_config({**base, "input_size": size, "run_id": f"s{size}"})).summary for size in (32, 48)}
-    assert {s[M.STATE] for s in summaries.values()} == {M.FINISHED} and all(s["feature_cache_depth"] > 0 for s in summaries.values())
+    summaries = {size: run_training(parse_run_config({**base, "input_size": size, "run_id": f"s{size}"})).summary
+                 for size in (32, 48)}
+    assert {s[M.STATE] for s in summaries.values()} == {M.FINISHED} and all(s["feature_cache_depth"] > 0
+                                                                            for s in summaries.values())
     cache = Path(base["cache_dir"])
     images, features = sorted(cache.glob("images-*.u8")), sorted(cache.glob("features-*.f16"))
     assert len(images) == 2 and len(features) == 2  # a size never reads another size's pixels or features
-    assert {json.loads(p.with_suffix(".json").read_text())["size"] for p in images} == {round(32 * 256 / 224), round(48 * 256 / 224)}
+    assert {json.loads(p.with_suffix(".json").read_text())["size"] for p in images} == {round(32 * 256 / 224),
+                                                                                        round(48 * 256 / 224)}
     # Evaluating at another size than training: validation gets its own images and features at that size.
     fixres = run_training(parse_run_config({**base, "input_size": 32, "eval_size": 48, "run_id": "fixres"})).summary
     assert fixres[M.STATE] == M.FINISHED and (fixres[M.INPUT_SIZE], fixres[M.EVAL_SIZE]) == (32, 48)
@@ -252,7 +261,8 @@ def test_a_torchvision_weights_file_given_by_path_is_its_version(torchvision_fil
     assert input_geometry("resnet18", str(torchvision_file)).start == "imagenet"  # and its own preprocessing
 
 
-def test_a_renamed_or_altered_torchvision_file_is_a_warm_start_with_both_hashes_named(torchvision_file, tmp_path, capsys):
+def test_a_renamed_or_altered_torchvision_file_is_a_warm_start_with_both_hashes_named(torchvision_file, tmp_path,
+                                                                                      capsys):
     spec = get_spec("resnet18")
     renamed = tmp_path / "my_resnet18.pth"
     renamed.write_bytes(torchvision_file.read_bytes())
@@ -270,13 +280,16 @@ def test_a_renamed_or_altered_torchvision_file_is_a_warm_start_with_both_hashes_
     assert f"starts {sha256(torchvision_file)[:8]}, not {expected_prefix}" in warning
 
 
-def test_an_offline_run_from_an_attached_torchvision_file_records_its_version_and_tests_without_the_hub(torchvision_file, nature_dir, tmp_path):
+def test_an_offline_run_from_an_attached_torchvision_file_records_its_version_and_tests_without_the_hub(
+        torchvision_file, nature_dir, tmp_path):
     from trainer import metrics as M
     from trainer.evaluate import evaluate_on_test_set
     from trainer.run import run_training
 
-    config = parse_run_config({"data_dir": str(nature_dir), "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "runs"),
-                               "wandb_mode": "disabled", "num_workers": 0, "checkpoint_store": "local", "model": "resnet18",
+    config = parse_run_config({"data_dir": str(nature_dir), "cache_dir": str(tmp_path / "cache"),
+                               "output_dir": str(tmp_path / "runs"),
+                               "wandb_mode": "disabled", "num_workers": 0, "checkpoint_store": "local",
+                               "model": "resnet18",
                                "weights": str(torchvision_file), "strategy": "head_only", "input_size": 32, "epochs": 1,
                                "batch_size": 8, "run_id": "attached"})
     outcome = run_training(config)
@@ -297,8 +310,10 @@ def test_a_warm_start_uses_the_normalisation_given_or_its_sidecar_and_says_which
     config = parse_run_config({"model": "resnet18", "weights": str(path)})
     train, _ = run_preprocessing(config)
     assert train.mean == (0.485, 0.456, 0.406) and config.input_size == 224  # the architecture's ImageNet metadata
-    assert "the architecture's ImageNet metadata; pass --mean/--std or a mine.pt.json" in normalisation_note(config, train)
-    (tmp_path / "mine.pt.json").write_text(json.dumps({"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "input_size": 64}))
+    note = normalisation_note(config, train)
+    assert "the architecture's ImageNet metadata; pass --mean/--std or a mine.pt.json" in note
+    (tmp_path / "mine.pt.json").write_text(
+        json.dumps({"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "input_size": 64}))
     config = parse_run_config({"model": "resnet18", "weights": str(path)})
     train, evaluation = run_preprocessing(config)
     assert (train.mean, train.std, config.input_size, evaluation.crop_size) == ((0.5,) * 3, (0.25,) * 3, 64, 64)
@@ -325,7 +340,8 @@ BEFORE = {
 }
 RUNS = {
     "scratch": {"model": "scratch_cnn", "filters": 8, "dense_units": 16, "input_size": 64},
-    "r18none": {"model": "resnet18", "weights": "none", "strategy": "head_only", "augment": "none"},  # the feature cache
+    # the feature cache
+    "r18none": {"model": "resnet18", "weights": "none", "strategy": "head_only", "augment": "none"},
     # Random resized crops at 224 px. backbone_lr_mult as the default was then: random init now defaults to 1.
     "r18": {"model": "resnet18", "weights": "none", "strategy": "last_k", "k_layers": 1, "backbone_lr_mult": 0.1},
 }
@@ -335,7 +351,8 @@ RUNS = {
 def before_data(tmp_path_factory):
     from data.synthetic import make_image_folder
 
-    return make_image_folder(tmp_path_factory.mktemp("before"), classes=3, train_per_class=20, test_per_class=2, workers=1)
+    return make_image_folder(tmp_path_factory.mktemp("before"), classes=3, train_per_class=20, test_per_class=2,
+                             workers=1)
 
 
 @pytest.mark.parametrize("run_id", [pytest.param(r, marks=pytest.mark.slow if r == "r18" else ()) for r in RUNS])
@@ -354,7 +371,8 @@ def test_a_run_at_the_default_size_trains_metric_for_metric_what_it_trained_befo
     assert len(rows) == len(BEFORE[run_id])
     for row, (train_loss, val_loss, val_acc) in zip(rows, BEFORE[run_id]):
         # 1e-5: another CPU's kernels may round otherwise; a pixel or a schedule that changed moves these by far more.
-        assert row["train_loss"] == pytest.approx(train_loss, abs=1e-5) and row["val_loss"] == pytest.approx(val_loss, abs=1e-5)
+        assert row["train_loss"] == pytest.approx(train_loss, abs=1e-5) and row["val_loss"] == pytest.approx(val_loss,
+                                                                                                             abs=1e-5)
         assert row["val_acc"] == pytest.approx(val_acc)
 
 
@@ -381,7 +399,8 @@ def test_a_warm_start_keeps_a_head_only_for_the_classes_it_was_trained_on(tmp_pa
     torch.manual_seed(0)
     source = build_model("resnet18", 3, "none")
     run_file = tmp_path / "run.pt"
-    torch.save({"model": source.state_dict(), "identity": {"model": "resnet18", "classes": ["ant", "bee", "cat"]}}, run_file)
+    torch.save({"model": source.state_dict(), "identity": {"model": "resnet18", "classes": ["ant", "bee", "cat"]}},
+               run_file)
     same = build_model("resnet18", 3, str(run_file), classes=("ant", "bee", "cat"))
     assert torch.equal(same.net.fc.weight, source.net.fc.weight) and capsys.readouterr().out == ""
     other = build_model("resnet18", 3, str(run_file), classes=("dog", "eel", "fox"))
@@ -398,7 +417,8 @@ def test_a_warm_start_keeps_a_head_only_for_the_classes_it_was_trained_on(tmp_pa
 
 
 def test_random_init_trains_its_backbone_at_the_heads_rate_by_default():
-    """Discriminative rates protect pretrained weights; random init has none to protect, so its backbone learns at lr."""
+    """Discriminative rates protect pretrained weights; random
+    init has none to protect, so its backbone learns at lr."""
     assert parse_run_config({"model": "resnet18", "weights": "none", "strategy": "full"}).backbone_lr_mult == 1.0
     assert parse_run_config({"model": "resnet18", "strategy": "full"}).backbone_lr_mult == 0.1
     assert parse_run_config({"model": "resnet18", "weights": "none", "backbone_lr_mult": 0.3}).backbone_lr_mult == 0.3

@@ -34,7 +34,8 @@ def config(nature_dir, machine: Path, **overrides):
 
 
 def rows(outcome):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in (outcome.folder / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (outcome.folder / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture
@@ -107,25 +108,30 @@ def test_a_fresh_start_on_a_new_machine_sets_the_stores_copies_of_the_earlier_mo
     """The run id trained again with another config, the earlier run folder gone with its session: the store's
     last.pt and best.pt are that model's only copies, and the new run's first checkpoint must not replace them."""
     store = tmp_path / "drive"
-    earlier = run_training(config(nature_dir, tmp_path / "machine_a", run_id="trial-3", epochs=1, checkpoint_store=str(store)))
+    earlier = run_training(
+        config(nature_dir, tmp_path / "machine_a", run_id="trial-3", epochs=1, checkpoint_store=str(store)))
     kept = {name: (store / "trial-3" / name).read_bytes() for name in ("last.pt", "best.pt")}
     shutil.rmtree(earlier.folder)
-    again = run_training(config(nature_dir, tmp_path / "machine_b", run_id="trial-3", epochs=1, lr=0.01, checkpoint_store=str(store)))
+    again = run_training(
+        config(nature_dir, tmp_path / "machine_b", run_id="trial-3", epochs=1, lr=0.01, checkpoint_store=str(store)))
     assert again.state == M.FINISHED and "was trained with lr=0.001 (now 0.01)" in again.summary["resume_refused"]
     assert (store / "trial-3" / "last.refused.pt").read_bytes() == kept["last.pt"]
     assert (store / "trial-3" / "best.previous.pt").read_bytes() == kept["best.pt"]
-    assert (again.folder / "best.previous.pt").read_bytes() == kept["best.pt"]  # and in the run folder, as for a local one
+    # and in the run folder, as for a local one
+    assert (again.folder / "best.previous.pt").read_bytes() == kept["best.pt"]
     assert (store / "trial-3" / "last.pt").read_bytes() != kept["last.pt"]  # the new run's own checkpoints
 
 
-def test_resume_by_run_id_on_a_new_machine_takes_the_config_the_store_checkpoint_was_trained_with(nature_dir, tmp_path, sigterm_at_step):
+def test_resume_by_run_id_on_a_new_machine_takes_the_config_the_store_checkpoint_was_trained_with(nature_dir, tmp_path,
+                                                                                                  sigterm_at_step):
     """`--resume --run_id=ID` with only the store left: the run's config from there, not the defaults (resnet50);
     with the store's config.yaml gone too, the effective config inside its last.pt."""
     import agent
 
     store = tmp_path / "drive"
     disarm = sigterm_at_step(5)
-    cut = run_training(config(nature_dir, tmp_path / "machine_a", run_id="t9", lr=3e-3, checkpoint_store=str(store), wandb_project="birds"))
+    cut = run_training(config(nature_dir, tmp_path / "machine_a", run_id="t9", lr=3e-3, checkpoint_store=str(store),
+                              wandb_project="birds"))
     assert cut.state == M.PREEMPTED
     disarm()
     shutil.rmtree(tmp_path / "machine_a")
@@ -134,7 +140,8 @@ def test_resume_by_run_id_on_a_new_machine_takes_the_config_the_store_checkpoint
         "--resume", "--run_id=t9", f"--checkpoint_store={store}", f"--output_dir={machine_b / 'runs'}",
         f"--data_dir={nature_dir}", f"--cache_dir={machine_b / 'cache'}", "--wandb_mode=disabled"])
     assert (resumed_config.model, resumed_config.lr, resumed_config.filters) == ("scratch_cnn", 3e-3, 8)
-    assert resumed_config.wandb_project == "birds"  # the whole config (the store keeps config.yaml), not only what trains
+    # the whole config (the store keeps config.yaml), not only what trains
+    assert resumed_config.wandb_project == "birds"
     resumed = run_training(resumed_config)
     assert resumed.state == M.FINISHED and resumed.summary.get("resumed_from_epoch") == 1
     (store / "t9" / "config.yaml").unlink()
@@ -151,7 +158,8 @@ def test_a_config_that_never_trained_is_no_earlier_run(nature_dir, tmp_path, cap
         run_training(config(nature_dir, tmp_path, run_id="r1", epochs=1, filters=16, resume=True))
     fresh = tmp_path / "runs" / "r2"
     fresh.mkdir()
-    (fresh / "config.yaml").write_text((finished.folder / "config.yaml").read_text().replace("filters: 8", "filters: 16"))
+    (fresh / "config.yaml").write_text(
+        (finished.folder / "config.yaml").read_text().replace("filters: 8", "filters: 16"))
     capsys.readouterr()
     outcome = run_training(config(nature_dir, tmp_path, run_id="r2", epochs=1))
     assert outcome.state == M.FINISHED and "trained before" not in capsys.readouterr().out
@@ -160,7 +168,8 @@ def test_a_config_that_never_trained_is_no_earlier_run(nature_dir, tmp_path, cap
     # Beside a checkpoint, the checkpoint says what trained: another config refused before training (a mistyped
     # --data_dir) rewrote config.yaml, and r1 still resumes with its own settings.
     with pytest.raises(UserError, match="no dataset found"):
-        run_training(config(nature_dir, tmp_path, run_id="r1", epochs=1, filters=16, data_dir=str(tmp_path / "datsets"), download=False))
+        run_training(config(nature_dir, tmp_path, run_id="r1", epochs=1, filters=16, data_dir=str(tmp_path / "datsets"),
+                            download=False))
     capsys.readouterr()
     again = run_training(config(nature_dir, tmp_path, run_id="r1", epochs=1, resume=True))
     assert again.state == M.FINISHED and "nothing to train" in capsys.readouterr().out
@@ -294,7 +303,8 @@ def test_a_checkpoint_store_on_a_drive_not_mounted_is_refused_before_training(na
     assert not (tmp_path / "content").exists()
     folder = tmp_path / "machine" / "runs" / "no-drive"
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary[M.STATE] == M.FAILED and "drive not mounted" in summary[M.REASON] and not (folder / "last.pt").exists()
+    assert (summary[M.STATE] == M.FAILED and "drive not mounted" in summary[M.REASON]
+            and not (folder / "last.pt").exists())
     # A new folder in a folder that exists is a store like any other: created, and used.
     outcome = run_training(config(nature_dir, tmp_path / "machine", run_id="new-store", epochs=1,
                                   checkpoint_store=str(tmp_path / "ckpts")))
@@ -329,11 +339,13 @@ def imagenet_hub(tmp_path, monkeypatch):
     return folder
 
 
-def test_checkpoints_leave_out_stages_frozen_all_run_and_still_resume_exactly(nature_dir, tmp_path, imagenet_hub, sigterm_at_step):
+def test_checkpoints_leave_out_stages_frozen_all_run_and_still_resume_exactly(nature_dir, tmp_path, imagenet_hub,
+                                                                              sigterm_at_step):
     settings = {"model": "resnet18", "weights": "imagenet", "strategy": "last_k", "k_layers": 1, "augment": "standard",
                 "epochs": 2, "lr": 0.01}
     lean = run_training(config(nature_dir, tmp_path / "ref", run_id="lean", **settings))
-    whole = run_training(config(nature_dir, tmp_path / "ref", run_id="whole", checkpoint_frozen_stages=True, **settings))
+    whole = run_training(
+        config(nature_dir, tmp_path / "ref", run_id="whole", checkpoint_frozen_stages=True, **settings))
     assert rows(lean) == rows(whole)  # what is written does not change what is trained
 
     payload = torch.load(lean.folder / "last.pt", weights_only=True)
@@ -349,17 +361,20 @@ def test_checkpoints_leave_out_stages_frozen_all_run_and_still_resume_exactly(na
     # Preempted on machine A; machine B, holding only the store, rebuilds the frozen stages from the weights.
     store = tmp_path / "drive"
     disarm = sigterm_at_step(3)
-    cut = run_training(config(nature_dir, tmp_path / "machine_a", run_id="lean-cut", checkpoint_store=str(store), **settings))
+    cut = run_training(
+        config(nature_dir, tmp_path / "machine_a", run_id="lean-cut", checkpoint_store=str(store), **settings))
     assert cut.state == M.PREEMPTED
     shutil.rmtree(tmp_path / "machine_a")
     disarm()
-    resumed = run_training(config(nature_dir, tmp_path / "machine_b", run_id="lean-cut", checkpoint_store=str(store), **settings))
+    resumed = run_training(
+        config(nature_dir, tmp_path / "machine_b", run_id="lean-cut", checkpoint_store=str(store), **settings))
     assert resumed.state == M.FINISHED and resumed.summary.get("resumed_from_epoch") is not None
     assert rows(resumed) == rows(lean)
 
     # `agent.py test` and warm starts load best.pt: the same network as the self-contained file gives.
     classes = len(lean.summary["classes"])
-    a, b = build_model("resnet18", classes, str(lean.folder / "best.pt")), build_model("resnet18", classes, str(whole.folder / "best.pt"))
+    a, b = build_model("resnet18", classes, str(lean.folder / "best.pt")), build_model("resnet18", classes,
+                                                                                       str(whole.folder / "best.pt"))
     assert a.state_dict().keys() == b.state_dict().keys()
     assert all(torch.equal(value, b.state_dict()[key]) for key, value in a.state_dict().items())
 
@@ -395,7 +410,8 @@ def test_a_lean_checkpoint_refuses_other_values_under_the_weights_name(nature_di
     with pytest.raises(UserError, match="other ResNet18_Weights.IMAGENET1K_V1 values"):
         build_model("resnet18", classes, str(first.folder / "best.pt"))
     again = run_training(config(nature_dir, tmp_path, run_id="lean", **settings))  # finished: it would resume
-    assert again.state == M.FINISHED and "other ResNet18_Weights.IMAGENET1K_V1 values" in again.summary["resume_refused"]
+    assert (again.state == M.FINISHED
+            and "other ResNet18_Weights.IMAGENET1K_V1 values" in again.summary["resume_refused"])
 
 
 def _drop_a_group(optimizer: dict) -> None:
@@ -503,7 +519,8 @@ def test_a_checkpoint_without_an_identity_is_refused_with_a_reason(tmp_path):
         load_checkpoint(path, {"config_hash": "0123456789abcdef"})
 
 
-def test_an_epoch_resumed_at_its_end_reports_the_whole_epochs_time_and_throughput(nature_dir, tmp_path, sigterm_at_step, monkeypatch):
+def test_an_epoch_resumed_at_its_end_reports_the_whole_epochs_time_and_throughput(nature_dir, tmp_path, sigterm_at_step,
+                                                                                  monkeypatch):
     import trainer.loop
 
     def epoch_images(outcome):  # images trained in the epoch, from its row
@@ -512,9 +529,11 @@ def test_an_epoch_resumed_at_its_end_reports_the_whole_epochs_time_and_throughpu
 
     original_progress = trainer.loop.EpochProgress
     batches = []
-    monkeypatch.setattr(trainer.loop, "EpochProgress", lambda *a, **k: batches.append(a[1]) or original_progress(*a, **k))
+    monkeypatch.setattr(trainer.loop, "EpochProgress",
+                        lambda *a, **k: batches.append(a[1]) or original_progress(*a, **k))
     straight = run_training(config(nature_dir, tmp_path / "straight", run_id="straight", epochs=1))
-    disarm = sigterm_at_step(batches[0])  # the epoch's last batch: the checkpoint holds all of it, its validation still to come
+    # the epoch's last batch: the checkpoint holds all of it, its validation still to come
+    disarm = sigterm_at_step(batches[0])
     cut = run_training(config(nature_dir, tmp_path, run_id="cut", epochs=1))
     assert cut.state == M.PREEMPTED and rows(cut) == []  # no epoch logged yet
     disarm()
@@ -585,7 +604,8 @@ def test_an_epoch_recorded_again_replaces_that_epoch_and_every_later_one(tmp_pat
     assert RunRecord.read_history(record.folder) == [{M.EPOCH: 1, M.VAL_ACC: 0.4}, {M.EPOCH: 2, M.VAL_ACC: 0.7}]
 
 
-def test_a_mid_epoch_checkpoint_of_an_older_version_counts_only_the_resumed_sessions_images(nature_dir, tmp_path, sigterm_at_step):
+def test_a_mid_epoch_checkpoint_of_an_older_version_counts_only_the_resumed_sessions_images(nature_dir, tmp_path,
+                                                                                            sigterm_at_step):
     """Its epoch's earlier time was never saved: dividing all the epoch's images by this session's time would
     overstate images/s."""
     disarm = sigterm_at_step(2)  # half the epoch's 4 batches
@@ -600,4 +620,5 @@ def test_a_mid_epoch_checkpoint_of_an_older_version_counts_only_the_resumed_sess
     seen_before, epoch_images = payload["loop"]["seen"], resumed.summary["num_train"] // 8 * 8  # full batches only
     measured = row[M.IMAGES_PER_SECOND] * row[M.EPOCH_SECONDS]
     assert 0 < seen_before < epoch_images
-    assert abs(measured - (epoch_images - seen_before)) < abs(measured - epoch_images)  # this session's images, not the epoch's
+    # this session's images, not the epoch's
+    assert abs(measured - (epoch_images - seen_before)) < abs(measured - epoch_images)

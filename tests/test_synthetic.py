@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import data.synthetic
 from data.layout import locate_dataset
 from data.scan import scan_folder
-import data.synthetic
 from data.synthetic import MARKER, PENDING, class_names, main, make_image_folder
 
 SMALL = dict(classes=3, train_per_class=3, test_per_class=1, min_size=(40, 30), max_size=(64, 48))
@@ -76,7 +76,8 @@ def test_a_call_cut_off_mid_write_is_cleaned_up_by_the_next_one(tmp_path, monkey
     assert not (tmp_path / MARKER).exists() and (tmp_path / PENDING).exists()
     monkeypatch.setattr(data.synthetic, "_write_one", write_one)
 
-    make_image_folder(tmp_path, workers=1, **{**SMALL, "classes": 2, "train_per_class": 1})  # asked smaller: nothing left over
+    # asked smaller: nothing left over
+    make_image_folder(tmp_path, workers=1, **{**SMALL, "classes": 2, "train_per_class": 1})
     train = tmp_path / "inaturalist_12K/train"
     assert sorted(p.name for p in train.iterdir()) == sorted(class_names(2))
     assert len(list(train.rglob("*.jpg"))) == 2 and not (tmp_path / PENDING).exists()
@@ -91,7 +92,8 @@ def test_val_images_are_new_images_not_copies_of_training_images(synthetic_root)
 
 
 def test_a_fixed_size_request_gives_exactly_that_width_and_height(tmp_path):
-    root = make_image_folder(tmp_path, classes=1, train_per_class=2, test_per_class=1, min_size=(48, 36), max_size=(48, 36), workers=1)
+    root = make_image_folder(tmp_path, classes=1, train_per_class=2, test_per_class=1, min_size=(48, 36),
+                             max_size=(48, 36), workers=1)
     for path in root.rglob("*.jpg"):
         with Image.open(path) as image:
             assert image.size == (48, 36)  # (width, height), both bounds inclusive
@@ -104,7 +106,8 @@ def mean_colour(path) -> np.ndarray:
 
 def test_classes_differ_in_colour_far_more_than_images_within_a_class(tmp_path):
     """What makes the demo learnable: each class has its own colours, so class means sit far apart."""
-    root = make_image_folder(tmp_path, classes=4, train_per_class=4, test_per_class=0, min_size=(64, 48), max_size=(64, 48), workers=1)
+    root = make_image_folder(tmp_path, classes=4, train_per_class=4, test_per_class=0, min_size=(64, 48),
+                             max_size=(64, 48), workers=1)
     means = {}
     for class_dir in sorted((root / "inaturalist_12K/train").iterdir()):
         means[class_dir.name] = [mean_colour(path) for path in sorted(class_dir.iterdir())]

@@ -42,7 +42,8 @@ SEED = 0
 
 # Measured while designing, with this code (test accuracy on 150 images, chance 20 %; 3 pretrainings, each on its own
 # 16 glyphs; 4 sets of 5 target glyphs; 2 training seeds): head_only 60-93 %, the scratch CNN 17-34 % (lr 1e-3 or 3e-3,
-# or augment=standard), head_only at 224 px 12-25 %; the smallest gap over the scratch CNN was 27 points, over 224 px 39.
+# or augment=standard), head_only at 224 px 12-25 %; the smallest
+# gap over the scratch CNN was 27 points, over 224 px 39.
 # This test's own draw: 87 %, 17 % and 24 %.
 MARGIN_OVER_SCRATCH = 0.2
 MARGIN_OVER_FORCED_SIZE = 0.3
@@ -95,8 +96,8 @@ def write_glyphs(folder: Path, labels, per_class: int, seed: int) -> None:
 
 def run_settings(root: Path) -> dict:
     """What every run here shares: offline, in the test's folder, no augmentation, every epoch trained."""
-    return {"cache_dir": str(root / "cache"), "output_dir": str(root / "runs"), "wandb_mode": "disabled", "num_workers": 0,
-            "checkpoint_store": "local", "augment": "none", "patience": 0, "seed": SEED}
+    return {"cache_dir": str(root / "cache"), "output_dir": str(root / "runs"), "wandb_mode": "disabled",
+            "num_workers": 0, "checkpoint_store": "local", "augment": "none", "patience": 0, "seed": SEED}
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,8 @@ def glyph_weights(root) -> Path:
     torchvision state dict (its 16-class head included), with a sidecar FILE.json naming its size and normalisation."""
     write_glyphs(root / "source" / "train", SOURCE_GLYPHS, SOURCE_IMAGES, seed=1)
     outcome = run_training(parse_run_config(run_settings(root), {
-        "data_dir": str(root / "source"), "run_id": "source", "model": "resnet18", "weights": "none", "strategy": "full",
+        "data_dir": str(root / "source"), "run_id": "source", "model": "resnet18", "weights": "none",
+        "strategy": "full",
         "backbone_lr_mult": 1.0,  # from random init every layer learns at the same rate
         "input_size": SIZE, "epochs": 5, "lr": 1e-3, "batch_size": 32, "val_fraction": 0.15,
         "mean": NORMALISATION["mean"], "std": NORMALISATION["std"]}))
@@ -148,19 +150,25 @@ def fine_tuned(root, target_dir, glyph_weights) -> tuple[dict, float]:
                                                            "strategy": "head_only", "lr": 1e-2})
 
 
-def test_a_backbone_pretrained_on_other_glyphs_fine_tunes_far_past_the_scratch_cnn(root, target_dir, glyph_weights, fine_tuned):
+def test_a_backbone_pretrained_on_other_glyphs_fine_tunes_far_past_the_scratch_cnn(root, target_dir, glyph_weights,
+                                                                                   fine_tuned):
     summary, fine_tuned_acc = fine_tuned
     assert summary[M.WEIGHTS_VERSION] == f"file:{glyph_weights}"  # a warm start, named as one
     assert summary[M.INPUT_SIZE] == SIZE and summary["preprocessing"]["mean"] == NORMALISATION["mean"]  # the sidecar's
-    _, scratch_acc = train_and_test(root, target_dir, "scratch", {"model": "scratch_cnn", "input_size": SIZE, "lr": 1e-3,
-                                                                  "mean": NORMALISATION["mean"], "std": NORMALISATION["std"]})
+    _, scratch_acc = train_and_test(root, target_dir, "scratch",
+                                    {"model": "scratch_cnn", "input_size": SIZE, "lr": 1e-3,
+                                                                  "mean": NORMALISATION["mean"],
+                                     "std": NORMALISATION["std"]})
     assert fine_tuned_acc >= scratch_acc + MARGIN_OVER_SCRATCH, (fine_tuned_acc, scratch_acc)
 
 
-def test_the_same_backbone_forced_to_its_metadata_size_loses_what_the_right_size_wins(root, target_dir, glyph_weights, fine_tuned):
+def test_the_same_backbone_forced_to_its_metadata_size_loses_what_the_right_size_wins(root, target_dir, glyph_weights,
+                                                                                      fine_tuned):
     """The issue's premise: at 224 px the glyphs are seven times the size the features were learned at."""
     _, right_size_acc = fine_tuned
-    summary, forced_acc = train_and_test(root, target_dir, "forced_224", {"model": "resnet18", "weights": str(glyph_weights),
-                                                                         "strategy": "head_only", "lr": 1e-2, "input_size": 224})
+    summary, forced_acc = train_and_test(root, target_dir, "forced_224",
+                                         {"model": "resnet18", "weights": str(glyph_weights),
+                                                                         "strategy": "head_only", "lr": 1e-2,
+                                          "input_size": 224})
     assert summary[M.INPUT_SIZE] == 224
     assert right_size_acc >= forced_acc + MARGIN_OVER_FORCED_SIZE, (right_size_acc, forced_acc)

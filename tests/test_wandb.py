@@ -20,14 +20,13 @@ import pytest
 import torch
 import yaml
 
+import wandb_records
 from trainer import metrics as M
 from trainer.config import FIELDS, parse_run_config
 from trainer.evaluate import evaluate_on_test_set
 from trainer.run import run_training
 from trainer.store import ArtifactStore, LocalStore
 from trainer.wandb_log import FAILED_RESULT_EXIT_CODE, RunLogger, start_logger
-
-import wandb_records
 
 wandb = pytest.importorskip("wandb")
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,31 +47,38 @@ def scratch(nature_dir: Path, tmp_path: Path, **overrides):
 
 def test_every_sweep_yaml_files_its_runs_under_the_project_of_single_runs():
     project = FIELDS["wandb_project"].metadata["default"]
-    for path in sorted(p for p in (ROOT / "sweeps").glob("*.yaml") if p.name != "protocol.yaml"):  # no sweep: its stages' are
+    # no sweep: its stages' are
+    for path in sorted(p for p in (ROOT / "sweeps").glob("*.yaml") if p.name != "protocol.yaml"):
         assert yaml.safe_load(path.read_text()).get("project") == project, path.name
 
 
-def test_a_run_files_under_its_project_its_console_reaches_the_logs_tab_and_the_test_logs_its_media(nature_dir, tmp_path, offline):
+def test_a_run_files_under_its_project_its_console_reaches_the_logs_tab_and_the_test_logs_its_media(nature_dir,
+                                                                                                    tmp_path, offline):
     # A process of its own, as users run it: W&B captures a process's console once, which pytest's capture defeats.
     config = scratch(nature_dir, tmp_path, run_id="seen")
     arguments = [f"--{key}={config_value}" for key, config_value in (
-        ("data_dir", nature_dir), ("cache_dir", tmp_path / "cache"), ("output_dir", tmp_path / "runs"), ("wandb_mode", "offline"),
-        ("model", "scratch_cnn"), ("input_size", 32), ("filters", 8), ("dense_units", 16), ("batch_size", 8), ("epochs", 1),
+        ("data_dir", nature_dir), ("cache_dir", tmp_path / "cache"), ("output_dir", tmp_path / "runs"),
+        ("wandb_mode", "offline"),
+        ("model", "scratch_cnn"), ("input_size", 32), ("filters", 8), ("dense_units", 16), ("batch_size", 8),
+        ("epochs", 1),
         ("run_id", "seen"))]
-    process = subprocess.run([sys.executable, str(ROOT / "agent.py"), *arguments], cwd=tmp_path, capture_output=True, text=True,
-                             timeout=300, env={k: v for k, v in os.environ.items() if k != "WANDB_SILENT"})
+    process = subprocess.run([sys.executable, str(ROOT / "agent.py"), *arguments], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "WANDB_SILENT"})
     assert process.returncode == 0, process.stderr[-2000:]
     outcome_folder = Path(config.output_dir) / "seen"
     trained = wandb_records.run_file(outcome_folder.parent, "seen")
-    assert [line for line in (process.stdout + process.stderr).splitlines() if "W&B" in line or line.startswith("wandb")] == [
+    assert [line for line in (process.stdout + process.stderr).splitlines()
+            if "W&B" in line or line.startswith("wandb")] == [
         f"W&B offline: sync with `wandb sync {trained.parent}`"]  # one line, not W&B's banner
     [run] = wandb_records.of_kind(trained, "run")
     assert run.project == "finetune-sweeps"
     console = "".join(line.line for line in wandb_records.of_kind(trained, "output_raw"))
     assert "epoch 1/1  train_loss" in console and "model: scratch_cnn" in console  # the Logs tab
     assert [exit.exit_code for exit in wandb_records.of_kind(trained, "exit")] == [0]
-    summary = {update.key or update.nested_key[0]: update.value_json for s in wandb_records.of_kind(trained, "summary") for update in s.update}
-    assert [row[M.EPOCH] for row in json.loads(summary[M.EPOCH_HISTORY])] == [1]  # a W&B report reads the curve from there
+    summary = {update.key or update.nested_key[0]: update.value_json for s in wandb_records.of_kind(trained, "summary")
+               for update in s.update}
+    # a W&B report reads the curve from there
+    assert [row[M.EPOCH] for row in json.loads(summary[M.EPOCH_HISTORY])] == [1]
 
     result = evaluate_on_test_set(outcome_folder)  # `agent.py test`: resumes the run's W&B record by its id
     tested = wandb_records.run_file(outcome_folder.parent, "seen")
@@ -82,17 +88,21 @@ def test_a_run_files_under_its_project_its_console_reaches_the_logs_tab_and_the_
     assert "test/confusion_matrix_table" in media
     tables = {artifact.name.split("-")[2]: artifact for artifact in wandb_records.of_kind(tested, "artifact")}
     grid = tables["testpredictions"]
-    assert sum(entry.path.startswith("media/images/") for entry in grid.manifest.contents) == result[M.NUM_IMAGES]  # 12 < 30
+    # 12 < 30
+    assert sum(entry.path.startswith("media/images/") for entry in grid.manifest.contents) == result[M.NUM_IMAGES]
     assert "testconfusion_matrix_table" in tables
     charts = [update for config in wandb_records.of_kind(tested, "config") for update in config.update]
-    assert any(list(update.nested_key) == ["_wandb", "visualize", "test/confusion_matrix"] and "confusion_matrix" in update.value_json
+    assert any(list(update.nested_key) == ["_wandb", "visualize", "test/confusion_matrix"]
+               and "confusion_matrix" in update.value_json
                for update in charts)
-    summary = {update.key or update.nested_key[0]: update.value_json for s in wandb_records.of_kind(tested, "summary") for update in s.update}
+    summary = {update.key or update.nested_key[0]: update.value_json for s in wandb_records.of_kind(tested, "summary")
+               for update in s.update}
     assert float(summary[M.TEST_ACC]) == result[M.TEST_ACC]
     assert [exit.exit_code for exit in wandb_records.of_kind(tested, "exit")] == [0]
 
 
-def test_a_diverged_or_out_of_memory_run_is_failed_on_wandb_and_exits_0_for_the_agent(nature_dir, tmp_path, offline, monkeypatch):
+def test_a_diverged_or_out_of_memory_run_is_failed_on_wandb_and_exits_0_for_the_agent(nature_dir, tmp_path, offline,
+                                                                                      monkeypatch):
     import trainer.loop
     import trainer.run
 
@@ -112,7 +122,8 @@ def test_a_diverged_or_out_of_memory_run_is_failed_on_wandb_and_exits_0_for_the_
         assert [exit.exit_code for exit in wandb_records.of_kind(recorded, "exit")] == [FAILED_RESULT_EXIT_CODE]
 
 
-def test_the_best_checkpoint_of_a_finished_run_becomes_a_model_artifact_online(nature_dir, tmp_path, offline, monkeypatch):
+def test_the_best_checkpoint_of_a_finished_run_becomes_a_model_artifact_online(nature_dir, tmp_path, offline,
+                                                                               monkeypatch):
     import trainer.run
 
     logged = []
@@ -178,7 +189,8 @@ def test_uploads_still_waiting_at_the_deadline_are_left_to_the_run_folder(tmp_pa
 
 
 @pytest.mark.parametrize("signum, state", [(signal.SIGUSR1, M.EARLY_STOPPED), (signal.SIGTERM, M.PREEMPTED)])
-def test_a_stopped_run_waits_for_its_uploads_only_within_the_agents_kill_delay(nature_dir, tmp_path, monkeypatch, signum, state):
+def test_a_stopped_run_waits_for_its_uploads_only_within_the_agents_kill_delay(nature_dir, tmp_path, monkeypatch,
+                                                                               signum, state):
     import trainer.loop
     import trainer.run
     from trainer.signals import UPLOADS_AFTER_SIGNAL_SECONDS
@@ -192,7 +204,8 @@ def test_a_stopped_run_waits_for_its_uploads_only_within_the_agents_kill_delay(n
     class StopAtStep(trainer.loop.EpochProgress):
         def update(self, *args, **kwargs):
             super().update(*args, **kwargs)
-            os.kill(os.getpid(), signum)  # hyperband's stop (SIGUSR1 here, SIGTERM under `wandb agent`) or the platform's
+            # hyperband's stop (SIGUSR1 here, SIGTERM under `wandb agent`) or the platform's
+            os.kill(os.getpid(), signum)
 
     monkeypatch.setattr(trainer.run, "make_store", lambda *a: Recording())
     monkeypatch.setattr(trainer.loop, "EpochProgress", StopAtStep)

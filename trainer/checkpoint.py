@@ -69,7 +69,8 @@ def checkpoint_payload(*, model, optimizer, scaler, state: LoopState, identity: 
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
         "epoch": state.epoch,
         "loop": asdict(state),
-        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "torch_threads": torch.get_num_threads(),  # CPU sums round by how they are split: a resume under others says so
         "identity": identity,
         "config": config,
@@ -112,7 +113,8 @@ def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     except Exception as exc:
         full = disk_cause(exc)  # however torch reports it: an OSError, or a RuntimeError raised while handling one
         if full is not None and full.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"the disk of {path.parent} filled up while writing {what}: free some space or pass {option} on a bigger disk") from None
+            raise UserError(f"the disk of {path.parent} filled up while writing {what}: free some space or pass "
+                            f"{option} on a bigger disk") from None
         ensure_space(path.parent, needed, what, option)  # another process filled it meanwhile: say so
         raise
 
@@ -169,9 +171,13 @@ def load_checkpoint(path: Path, identity: dict[str, Any], config: dict[str, Any]
         saved = _as_written_today(payload["config"])
         changed = [f"{k}={saved[k]!r} (now {v!r})" for k, v in config.items() if k in saved and saved[k] != v]
         if changed:
-            raise CheckpointRefused(f"checkpoint {path} was trained with {', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}; starting fresh")
+            raise CheckpointRefused(
+                f"checkpoint {path} was trained with "
+                f"{', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}; starting fresh")
     if key:
-        raise CheckpointRefused(f"checkpoint {path} was written for {key}={(payload.get('identity') or {}).get(key)!r}, this run has {identity[key]!r}; starting fresh")
+        raise CheckpointRefused(
+            f"checkpoint {path} was written for {key}={(payload.get('identity') or {}).get(key)!r}, "
+            f"this run has {identity[key]!r}; starting fresh")
     return payload
 
 
@@ -192,9 +198,9 @@ def check_frozen_base(payload: dict[str, Any], frozen_base: dict[str, Any] | Non
     if not frozen_base or set(saved.get("keys", [])) != set(frozen_base["keys"]):
         raise CheckpointRefused(f"checkpoint {path} left out stages this run trains or keeps; starting fresh")
     if saved.get("fingerprint") and saved["fingerprint"] != frozen_base.get("fingerprint"):
-        raise CheckpointRefused(f"checkpoint {path} was trained on other {saved.get('weights')} values than this machine's "
-                                f"file in the torch hub cache; starting fresh (to resume instead: put the original file "
-                                f"there and rename last.refused.pt back to last.pt)")
+        raise CheckpointRefused(f"checkpoint {path} was trained on other {saved.get('weights')} values than this "
+                                "machine's file in the torch hub cache; starting fresh (to resume instead: put the "
+                                "original file there and rename last.refused.pt back to last.pt)")
 
 
 def restore(payload: dict[str, Any], *, model, optimizer, scaler) -> LoopState:
@@ -203,19 +209,25 @@ def restore(payload: dict[str, Any], *, model, optimizer, scaler) -> LoopState:
     try:
         optimizer.load_state_dict(payload["optimizer"])  # before the model: the caller rebuilds only the optimizer
     except ValueError as exc:
-        raise CheckpointRefused(f"checkpoint's optimizer state does not fit this run ({str(exc).splitlines()[0]}); starting fresh") from None
+        raise CheckpointRefused("checkpoint's optimizer state does not fit this run "
+                                f"({str(exc).splitlines()[0]}); starting fresh") from None
     for param, slots in optimizer.state.items():  # groups of equal sizes can still hold other parameters
         if any(torch.is_tensor(v) and v.dim() > 0 and v.shape != param.shape for v in slots.values()):
-            raise CheckpointRefused("checkpoint's optimizer state does not fit this run (a state of another shape); starting fresh")
+            raise CheckpointRefused(
+                "checkpoint's optimizer state does not fit this run (a state of another shape); starting fresh")
     left_out = set((payload.get(FROZEN_BASE) or {}).get("keys", []))
     missing, unexpected = model.load_state_dict(payload["model"], strict=False)
-    # BatchNorm never reports num_batches_tracked as missing (it keeps its own), so: nothing missing but what was left out.
+    # BatchNorm never reports num_batches_tracked as missing (it
+    # keeps its own), so: nothing missing but what was left out.
     if unexpected or not set(missing) <= left_out:  # the identity check makes this unreachable short of a bug
-        raise RuntimeError(f"checkpoint does not fit the model: missing {sorted(set(missing) - left_out)[:3]}, unexpected {unexpected[:3]}")
+        raise RuntimeError(
+            "checkpoint does not fit the model: missing "
+            f"{sorted(set(missing) - left_out)[:3]}, unexpected {unexpected[:3]}")
     if scaler is not None and scaler.is_enabled() and payload["scaler"]:
         scaler.load_state_dict(payload["scaler"])
     torch.set_rng_state(payload["rng"]["torch"])
-    if payload["rng"]["cuda"] and torch.cuda.is_available() and len(payload["rng"]["cuda"]) == torch.cuda.device_count():
+    if (payload["rng"]["cuda"] and torch.cuda.is_available()
+            and len(payload["rng"]["cuda"]) == torch.cuda.device_count()):
         torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
     names = {f.name for f in fields(LoopState)}
     return LoopState(**{k: v for k, v in payload["loop"].items() if k in names})

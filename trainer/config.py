@@ -14,7 +14,7 @@ The config stops at `trainer.run`: below it, functions take the typed values the
   lr: sweeps/*.yaml -> trainer/config.py (RunConfig.lr) -> trainer/run.py (LearningRates.of) -> trainer/optim.py (stage_lr, lr_factor)
   strategy/k_layers: sweeps/*.yaml -> trainer/config.py (freezing_of, folded) -> trainer/optim.py (LearningRates.advance) -> models/freezing.py (Freezing.plan: _top)
   augment: sweeps/*.yaml -> trainer/config.py (RunConfig.augment) -> trainer/run.py (InputSettings.of) -> trainer/inputs.py -> data/augment.py (_Policy)
-"""
+"""  # noqa: E501  (the map of the code: one walk a line)
 
 from __future__ import annotations
 
@@ -27,26 +27,26 @@ import os
 import re
 import sys
 import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from common.errors import UserError
-from models.freezing import Freezing, strategy_help
-from scratch_cnn.config import FIELDS as SCRATCH_RULES
-from scratch_cnn.config import INPUT_SIZE as SCRATCH_INPUT
 from common.parsing import nearest, parse_bool
 from common.yamlfile import read_yaml
 from data.seeds import SEED_MAX
+from models.freezing import Freezing, strategy_help
+from scratch_cnn.config import FIELDS as SCRATCH_RULES, INPUT_SIZE as SCRATCH_INPUT
 
 GROUPS = ("data", "model", "freezing", "scratch_cnn", "optimization", "runtime", "record")
 
 
-def _opt(default, help: str | Callable[[], str], group: str, choices: tuple | None = None, low=None, high=None, effective: bool = True, env: str | None = None,
-         check: Callable[[Any], str | None] | None = None):
+def _opt(default, help: str | Callable[[], str], group: str, choices: tuple | None = None, low=None, high=None,
+         effective: bool = True, env: str | None = None, check: Callable[[Any], str | None] | None = None):
     """A config field; `effective` is False for fields that cannot change the trained result (paths, logging)."""
-    meta = {"help": help, "group": group, "choices": choices, "low": low, "high": high, "effective": effective, "env": env, "default": default,
-            "check": check}
+    meta = {"help": help, "group": group, "choices": choices, "low": low, "high": high, "effective": effective,
+            "env": env, "default": default, "check": check}
     if env:
         return field(default_factory=lambda: os.environ.get(env, default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -55,7 +55,8 @@ def _opt(default, help: str | Callable[[], str], group: str, choices: tuple | No
 def _scratch(name: str):
     """A scratch_cnn field of the run config, as scratch_cnn/config.py declares it (default, help, allowed values)."""
     rule = SCRATCH_RULES[name]
-    return _opt(rule.default, rule.help, "scratch_cnn", choices=rule.choices, low=rule.low, high=rule.high, check=rule.check)
+    return _opt(rule.default, rule.help, "scratch_cnn", choices=rule.choices, low=rule.low, high=rule.high,
+                check=rule.check)
 
 
 _DEFAULT_CACHE = str(Path("~/.cache/finetune-sweeps").expanduser())
@@ -64,30 +65,61 @@ _DEFAULT_CACHE = str(Path("~/.cache/finetune-sweeps").expanduser())
 @dataclass(frozen=True)
 class RunConfig:
     # data
-    data_dir: str = _opt("datasets/nature_12K", "dataset folder: nature_12K (inaturalist_12K/train, val) or any folder with train/ and val/ or test/ class sub-folders", "data", effective=False, env="FINETUNE_DATA_DIR")
-    download: bool = _opt(True, "download nature_12K.zip into data_dir when no dataset is found there", "data", effective=False)
+    data_dir: str = _opt("datasets/nature_12K",
+                         "dataset folder: nature_12K (inaturalist_12K/train, val) or any folder with train/ and val/ "
+                         "or test/ class sub-folders", "data", effective=False, env="FINETUNE_DATA_DIR")
+    download: bool = _opt(True, "download nature_12K.zip into data_dir when no dataset is found there", "data",
+                          effective=False)
     val_fraction: float = _opt(0.2, "fraction of train/ held out for validation, per class", "data", low=0.01, high=0.9)
-    split_seed: int = _opt(0, "seed of the train/validation split; keep it fixed across a sweep", "data", low=0, high=2**32 - 1)
-    subset_fraction: float = _opt(1.0, "stratified fraction of the training part to use (nested: 0.25 is inside 0.5)", "data", low=0.001, high=1.0)
-    augment: str = _opt("standard", "train augmentation: none, standard (random resized crop + flip), strong (+ rotation, colour jitter)", "data", choices=("none", "standard", "strong"))
-    cache_dir: str = _opt(_DEFAULT_CACHE, "where decoded images and frozen-layer features are cached, shared by all runs", "data", effective=False, env="FINETUNE_CACHE_DIR")
-    image_cache: bool = _opt(True, "decode each image once into a memory-mapped cache instead of every epoch", "data", effective=False)
-    feature_cache: bool = _opt(True, "with augment=none, compute frozen leading stages once and train only the rest", "data", effective=False)
-    num_workers: int = _opt(-1, "data loader worker processes; -1 picks from the CPU count, and more than its cores start one per core", "data", low=-1, high=64, effective=False)
+    split_seed: int = _opt(0, "seed of the train/validation split; keep it fixed across a sweep", "data", low=0,
+                           high=2**32 - 1)
+    subset_fraction: float = _opt(1.0, "stratified fraction of the training part to use (nested: 0.25 is inside 0.5)",
+                                  "data", low=0.001, high=1.0)
+    augment: str = _opt("standard",
+                        "train augmentation: none, standard (random resized crop + flip), strong (+ rotation, colour "
+                        "jitter)", "data", choices=("none", "standard", "strong"))
+    cache_dir: str = _opt(_DEFAULT_CACHE,
+                          "where decoded images and frozen-layer features are cached, shared by all runs", "data",
+                          effective=False, env="FINETUNE_CACHE_DIR")
+    image_cache: bool = _opt(True, "decode each image once into a memory-mapped cache instead of every epoch", "data",
+                             effective=False)
+    feature_cache: bool = _opt(True, "with augment=none, compute frozen leading stages once and train only the rest",
+                               "data", effective=False)
+    num_workers: int = _opt(
+        -1, "data loader worker processes; -1 picks from the CPU count, and more than its cores start one per core",
+        "data", low=-1, high=64, effective=False)
     # model
     model: str = _opt("resnet50", "backbone name (python agent.py models lists them) or scratch_cnn", "model")
-    weights: str = _opt("imagenet", "imagenet (the registry's explicit version), a version name like IMAGENET1K_V1, none, or a checkpoint path", "model")
-    aux_loss_weight: float | None = _opt(None, "weight of InceptionV3/GoogLeNet auxiliary losses; empty = the architecture's default (0 for inception_v3 below the 299 px its aux head needs), 0 disables", "model", low=0.0, high=1.0)
-    input_size: int | None = _opt(None, "training crop size in px, any model; empty = the weights' own (224; inception_v3 299, efficientnet_v2_s 384; a warm start's recorded size; scratch_cnn 224). Images are resized in the weights' resize/crop ratio (256/224 style)", "model", low=16, high=1024)
-    eval_size: int | None = _opt(None, "validation and test crop size in px; empty = input_size. Larger than input_size evaluates at a higher resolution than training (train 224, test 288: the FixRes effect)", "model", low=16, high=1024)
-    mean: tuple[float, float, float] | None = _opt(None, "input normalisation mean (r,g,b in 0..1) of a warm start, random init or scratch_cnn; empty = the start's own (a run checkpoint's record, FILE.json beside a weights FILE, else ImageNet's)", "model", low=0.0, high=1.0)
-    std: tuple[float, float, float] | None = _opt(None, "input normalisation std (r,g,b), as mean", "model", low=1e-6, high=10.0)
+    weights: str = _opt("imagenet",
+                        "imagenet (the registry's explicit version), a version "
+                        "name like IMAGENET1K_V1, none, or a checkpoint path", "model")
+    aux_loss_weight: float | None = _opt(
+        None, "weight of InceptionV3/GoogLeNet auxiliary losses; empty = the architecture's default (0 for "
+              "inception_v3 below the 299 px its aux head needs), 0 disables", "model", low=0.0, high=1.0)
+    input_size: int | None = _opt(
+        None, "training crop size in px, any model; empty = the weights' own (224; inception_v3 299, efficientnet_v2_s "
+              "384; a warm start's recorded size; scratch_cnn 224). Images are resized in the weights' resize/crop "
+              "ratio (256/224 style)", "model", low=16, high=1024)
+    eval_size: int | None = _opt(
+        None, "validation and test crop size in px; empty = input_size. Larger than input_size evaluates at a higher "
+              "resolution than training (train 224, test 288: the FixRes effect)", "model", low=16, high=1024)
+    mean: tuple[float, float, float] | None = _opt(
+        None, "input normalisation mean (r,g,b in 0..1) of a warm start, random init or scratch_cnn; empty = the "
+              "start's own (a run checkpoint's record, FILE.json beside a weights FILE, else ImageNet's)", "model",
+        low=0.0, high=1.0)
+    std: tuple[float, float, float] | None = _opt(None, "input normalisation std (r,g,b), as mean", "model", low=1e-6,
+                                                  high=10.0)
     # freezing
-    strategy: str = _opt("last_k", strategy_help, "freezing")  # read from the registry when shown: a new entry is listed
-    k_layers: int | None = _opt(1, "last_k: number of trailing backbone stages trained with the head", "freezing", low=0)
-    freeze_fraction: float | None = _opt(0.5, "fraction: share of leading backbone stages kept frozen", "freezing", low=0.0, high=1.0)
+    # read from the registry when shown: a new entry is listed
+    strategy: str = _opt("last_k", strategy_help, "freezing")
+    k_layers: int | None = _opt(1, "last_k: number of trailing backbone stages trained with the head", "freezing",
+                                low=0)
+    freeze_fraction: float | None = _opt(0.5, "fraction: share of leading backbone stages kept frozen", "freezing",
+                                         low=0.0, high=1.0)
     unfreeze_every_epochs: int | None = _opt(1, "gradual: epochs between unfreezing one more stage", "freezing", low=1)
-    bn_mode: str = _opt("freeze", "BatchNorm in frozen stages: freeze (eval mode, statistics fixed) or adapt (statistics follow the data)", "freezing", choices=("freeze", "adapt"))
+    bn_mode: str = _opt("freeze",
+                        "BatchNorm in frozen stages: freeze (eval mode, statistics fixed) or adapt (statistics follow "
+                        "the data)", "freezing", choices=("freeze", "adapt"))
     # scratch_cnn: declared once, in scratch_cnn/config.py (what a run accepts is what the model builds)
     filters: int | None = _scratch("filters")
     filter_organization: str | None = _scratch("filter_organization")
@@ -98,39 +130,69 @@ class RunConfig:
     dense_units: int | None = _scratch("dense_units")
     # optimization
     optimizer: str = _opt("adamw", "optimizer", "optimization", choices=("adamw", "sgd"))
-    lr: float = _opt(1e-3, "learning rate of the head (and of every layer of scratch_cnn)", "optimization", low=1e-7, high=10.0)
-    backbone_lr_mult: float | None = _opt(None, "backbone learning rate = lr x this (discriminative learning rates); empty = 0.1 for pretrained weights (ImageNet or a file), 1 for random init, which has nothing to keep", "optimization", low=0.0, high=10.0)
-    layer_decay: float | None = _opt(1.0, "extra factor per stage further from the head (layer-wise lr decay; 1 = off)", "optimization", low=0.01, high=1.0)
-    weight_decay: float = _opt(0.01, "weight decay (not applied to biases and norm layers)", "optimization", low=0.0, high=1.0)
+    lr: float = _opt(1e-3, "learning rate of the head (and of every layer of scratch_cnn)", "optimization", low=1e-7,
+                     high=10.0)
+    backbone_lr_mult: float | None = _opt(
+        None, "backbone learning rate = lr x this (discriminative learning rates); empty = 0.1 for pretrained weights "
+              "(ImageNet or a file), 1 for random init, which has nothing to keep", "optimization", low=0.0, high=10.0)
+    layer_decay: float | None = _opt(1.0, "extra factor per stage further from the head (layer-wise lr decay; 1 = off)",
+                                     "optimization", low=0.01, high=1.0)
+    weight_decay: float = _opt(0.01, "weight decay (not applied to biases and norm layers)", "optimization", low=0.0,
+                               high=1.0)
     momentum: float | None = _opt(0.9, "sgd momentum", "optimization", low=0.0, high=0.999)
-    schedule: str = _opt("cosine", "learning-rate schedule after warmup, stepped per batch", "optimization", choices=("cosine", "onecycle", "constant"))
-    warmup_epochs: float | None = _opt(1.0, "linear warmup length in epochs (fractions allowed), at most half the run; empty under schedule=onecycle, which warms up over its own first 30%", "optimization", low=0.0, high=100.0)
+    schedule: str = _opt("cosine", "learning-rate schedule after warmup, stepped per batch", "optimization",
+                         choices=("cosine", "onecycle", "constant"))
+    warmup_epochs: float | None = _opt(
+        1.0, "linear warmup length in epochs (fractions allowed), at most half the run; empty under schedule=onecycle, "
+             "which warms up over its own first 30%", "optimization", low=0.0, high=100.0)
     epochs: int = _opt(10, "training epochs", "optimization", low=1, high=10_000)
     batch_size: int = _opt(32, "images per batch", "optimization", low=1, high=65_536)
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss", "optimization", low=0.0, high=0.5)
     grad_clip: float = _opt(1.0, "clip the gradient norm to this; 0 = off", "optimization", low=0.0)
-    patience: int = _opt(5, "early stopping: epochs without a better val_acc before stopping; 0 = off", "optimization", low=0)
-    seed: int = _opt(0, "seed of weight init, data order, augmentation and dropout", "optimization", low=0, high=SEED_MAX)
+    patience: int = _opt(5, "early stopping: epochs without a better val_acc before stopping; 0 = off", "optimization",
+                         low=0)
+    seed: int = _opt(0, "seed of weight init, data order, augmentation and dropout", "optimization", low=0,
+                     high=SEED_MAX)
     # runtime
     device: str = _opt("auto", "auto (CUDA when available), cpu, cuda or cuda:N", "runtime", effective=False)
-    precision: str = _opt("auto", "auto (bf16 on GPUs that support it, else fp16 with a grad scaler; fp32 on CPU), fp32, bf16, fp16", "runtime", choices=("auto", "fp32", "bf16", "fp16"), effective=False)
-    channels_last: bool = _opt(True, "channels_last memory format (faster convolutions on GPUs, and for depthwise ones on CPUs)", "runtime", effective=False)
+    precision: str = _opt(
+        "auto", "auto (bf16 on GPUs that support it, else fp16 with a grad scaler; fp32 on CPU), fp32, bf16, fp16",
+        "runtime", choices=("auto", "fp32", "bf16", "fp16"), effective=False)
+    channels_last: bool = _opt(
+        True, "channels_last memory format (faster convolutions on GPUs, and for depthwise ones on CPUs)", "runtime",
+        effective=False)
     compile: bool = _opt(False, "torch.compile the model (CUDA; slower first epoch)", "runtime", effective=False)
     oom_retry: bool = _opt(True, "on CUDA out-of-memory, retry once at half the batch size", "runtime", effective=False)
-    checkpoint_minutes: float = _opt(10.0, "also checkpoint every N minutes inside long epochs; 0 = only at epoch ends", "runtime", low=0.0, effective=False)
-    checkpoint_frozen_stages: bool = _opt(False, "also write stages frozen for the whole run into checkpoints (self-contained files; by default they are left out and loaded from the ImageNet weights they are)", "runtime", effective=False)
+    checkpoint_minutes: float = _opt(10.0, "also checkpoint every N minutes inside long epochs; 0 = only at epoch ends",
+                                     "runtime", low=0.0, effective=False)
+    checkpoint_frozen_stages: bool = _opt(
+        False, "also write stages frozen for the whole run into checkpoints (self-contained files; by default they are "
+               "left out and loaded from the ImageNet weights they are)", "runtime", effective=False)
     # record
     output_dir: str = _opt("runs", "folder of run folders", "record", effective=False, env="FINETUNE_OUTPUT_DIR")
-    run_id: str = _opt("", "run folder name; empty = WANDB_RUN_ID when set, else a new id. A run id whose run was interrupted resumes it", "record", effective=False)
-    resume: bool = _opt(False, "require resuming run_id (or the latest unfinished run in output_dir) from its last checkpoint", "record", effective=False)
-    checkpoint_store: str = _opt("auto", "where checkpoints also go, to survive the machine: auto (W&B artifacts when the run is online), local (run folder only), wandb, or a folder (e.g. on Google Drive)", "record", effective=False)
-    wandb_mode: str = _opt("auto", "auto (online when logged in, else offline), online, offline, disabled", "record", choices=("auto", "online", "offline", "disabled"), effective=False)
+    run_id: str = _opt(
+        "", "run folder name; empty = WANDB_RUN_ID when set, else a new id. "
+            "A run id whose run was interrupted resumes it", "record", effective=False)
+    resume: bool = _opt(
+        False, "require resuming run_id (or the latest unfinished run in output_dir) from its last checkpoint",
+        "record", effective=False)
+    checkpoint_store: str = _opt(
+        "auto", "where checkpoints also go, to survive the machine: auto (W&B artifacts when the run is online), local "
+                "(run folder only), wandb, or a folder (e.g. on Google Drive)", "record", effective=False)
+    wandb_mode: str = _opt("auto", "auto (online when logged in, else offline), online, offline, disabled", "record",
+                           choices=("auto", "online", "offline", "disabled"), effective=False)
     wandb_project: str = _opt("finetune-sweeps", "W&B project", "record", effective=False, env="WANDB_PROJECT")
-    wandb_entity: str = _opt("", "W&B entity (team or user); empty = your default", "record", effective=False, env="WANDB_ENTITY")
-    stage: str = _opt("", "the protocol stage this run belongs to (tune, compare, curve): set by `agent.py protocol` and the protocol's sweep YAMLs, read by the report; empty = none", "record", choices=("", "tune", "compare", "curve"), effective=False)
-    verbose: bool = _opt(False, "print W&B's own start banner and end-of-run summary; by default a run prints one W&B line, its URL or the `wandb sync` command", "record", effective=False)
+    wandb_entity: str = _opt("", "W&B entity (team or user); empty = your default", "record", effective=False,
+                             env="WANDB_ENTITY")
+    stage: str = _opt(
+        "", "the protocol stage this run belongs to (tune, compare, curve): set by `agent.py protocol` and the "
+            "protocol's sweep YAMLs, read by the report; empty = none", "record",
+        choices=("", "tune", "compare", "curve"), effective=False)
+    verbose: bool = _opt(
+        False, "print W&B's own start banner and end-of-run summary; by default a run prints one W&B line, its URL or "
+               "the `wandb sync` command", "record", effective=False)
 
-    def replace(self, **changes) -> "RunConfig":
+    def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -161,8 +223,8 @@ def run_id_problem(run_id: str) -> str | None:
     for every run id: --run_id, WANDB_RUN_ID and the ids a sweep makes."""
     if RUN_ID_CHARACTERS.fullmatch(run_id) and run_id not in (".", ".."):
         return None
-    return (f"{run_id!r} is not a run id: a run id names a folder inside --output_dir, so it uses letters, digits, '-', '_' "
-            f"and '.' only (at most 128 of them, and not '.' or '..')")
+    return (f"{run_id!r} is not a run id: a run id names a folder inside --output_dir, so it uses letters, digits, "
+            "'-', '_' and '.' only (at most 128 of them, and not '.' or '..')")
 
 
 def parse_value(name: str, raw: Any) -> Any:
@@ -183,7 +245,8 @@ def parse_value(name: str, raw: Any) -> Any:
             value = _parse_triple(raw)
             low, high = meta["low"], meta["high"]
             if not all(low <= v <= high for v in value):
-                raise UserError(f"{name}={_plain(value)} is out of range: each of its three numbers in [{low:g}, {high:g}]")
+                raise UserError(
+                    f"{name}={_plain(value)} is out of range: each of its three numbers in [{low:g}, {high:g}]")
             return value
         if kind is bool:
             value = parse_bool(raw, name)
@@ -283,17 +346,21 @@ def load_yaml_values(path: Path | str) -> dict[str, Any]:
         for name, spec in data["parameters"].items():  # a typo of `value` is no search space
             unknown = [k for k in spec if k not in SPEC_KEYS] if isinstance(spec, dict) else []
             if unknown:
-                raise UserError(f"config file {path}: parameter {name!r} has the key {unknown[0]!r}{nearest(str(unknown[0]), SPEC_KEYS)}; "
+                raise UserError(f"config file {path}: parameter {name!r} has the key "
+                                f"{unknown[0]!r}{nearest(str(unknown[0]), SPEC_KEYS)}; "
                                 f"write {name}: {{value: ...}} for a fixed value")
         searched = [k for k, v in data["parameters"].items() if not (isinstance(v, dict) and "value" in v)]
         if searched:  # one run cannot take a search space: it would silently train the defaults instead
-            raise UserError(f"config file {path} is a sweep whose {', '.join(searched[:3])}{' ...' if len(searched) > 3 else ''} "
-                            f"{'is' if len(searched) == 1 else 'are'} searched; run it with `python agent.py sweep {path} --count N`, "
-                            f"or give --config a file of fixed values")
+            raise UserError(f"config file {path} is a sweep whose "
+                            f"{', '.join(searched[:3])}{' ...' if len(searched) > 3 else ''} "
+                            f"{'is' if len(searched) == 1 else 'are'} searched; run it with `python agent.py sweep "
+                            f"{path} --count N`, or give --config a file of fixed values")
         data = {k: v["value"] for k, v in data["parameters"].items()}
     for key, value in data.items():
         if str(key).replace("-", "_") not in FIELDS:
-            raise UserError(f"config file {path}: unknown parameter {key!r}{nearest(str(key), FIELDS)}; `python agent.py --help` lists them")
+            raise UserError(
+                f"config file {path}: unknown parameter "
+                f"{key!r}{nearest(str(key), FIELDS)}; `python agent.py --help` lists them")
         try:
             parse_value(str(key).replace("-", "_"), value)  # type and range, named with the file that holds it
         except UserError as exc:
@@ -301,12 +368,12 @@ def load_yaml_values(path: Path | str) -> dict[str, Any]:
     return data
 
 
-def parse_run_config(*sources: Mapping[str, Any]) -> "RunConfig":
+def parse_run_config(*sources: Mapping[str, Any]) -> RunConfig:
     """Defaults, then each mapping in order (later wins); validated, normalised and frozen."""
     return parse_run_config_explained(*sources)[0]
 
 
-def parse_run_config_explained(*sources: Mapping[str, Any]) -> tuple["RunConfig", dict[str, str]]:
+def parse_run_config_explained(*sources: Mapping[str, Any]) -> tuple[RunConfig, dict[str, str]]:
     """`parse_run_config`, and why normalising nulled each parameter it nulled (see `normalise_explained`)."""
     values: dict[str, Any] = {}
     for source in sources:
@@ -339,7 +406,8 @@ def normalise_explained(config: RunConfig) -> tuple[RunConfig, dict[str, str]]:
         if config.weights.lower() in ("imagenet",) or config.weights.upper().startswith("IMAGENET"):
             changes["weights"] = "none"
         changes.update(strategy="full", bn_mode="freeze")
-        drop(("aux_loss_weight", "backbone_lr_mult", "layer_decay", *FREEZE_OPTION_FIELDS), "scratch_cnn trains every layer alike")
+        drop(("aux_loss_weight", "backbone_lr_mult", "layer_decay", *FREEZE_OPTION_FIELDS),
+             "scratch_cnn trains every layer alike")
         for name in SCRATCH_FIELDS:
             if getattr(config, name) is None:
                 changes[name] = FIELDS[name].default
@@ -358,7 +426,8 @@ def normalise_explained(config: RunConfig) -> tuple[RunConfig, dict[str, str]]:
             drop(("backbone_lr_mult", "layer_decay"), "head_only trains no backbone layer")
         else:
             random_init = config.weights.lower() == "none"  # nothing pretrained to keep: the backbone learns at lr
-            changes["backbone_lr_mult"] = (1.0 if random_init else 0.1) if config.backbone_lr_mult is None else config.backbone_lr_mult
+            default = 1.0 if random_init else 0.1
+            changes["backbone_lr_mult"] = default if config.backbone_lr_mult is None else config.backbone_lr_mult
             changes["layer_decay"] = 1.0 if config.layer_decay is None else config.layer_decay
         changes.update(_fold_bn_mode(spec, freezing))
         if config.weights == spec.default_weights:  # the explicit name of what "imagenet" means
@@ -366,7 +435,8 @@ def normalise_explained(config: RunConfig) -> tuple[RunConfig, dict[str, str]]:
     sizes = _input_sizes(spec, dataclasses.replace(config, **changes))
     changes.update(sizes)
     if any(sizes.get(name, "kept") is None for name in NORMALISATION_FIELDS):
-        why.update({name: f"the ImageNet weights of {spec.name} bring their own normalisation" for name in NORMALISATION_FIELDS})
+        why.update({name: f"the ImageNet weights of {spec.name} bring their own normalisation"
+                    for name in NORMALISATION_FIELDS})
     if config.schedule == "onecycle":  # onecycle warms up over its own first 30%
         drop(("warmup_epochs",), "the onecycle schedule warms up by itself")
     elif config.warmup_epochs is None:
@@ -381,7 +451,8 @@ def normalise_explained(config: RunConfig) -> tuple[RunConfig, dict[str, str]]:
     if config.weights.lower() == "none":
         changes.setdefault("weights", "none")
     # Recorded absolute (config.yaml, W&B): `agent.py test RUN` from another folder finds the run's data and caches.
-    changes.update({name: os.path.abspath(os.path.expanduser(getattr(config, name))) for name in ("data_dir", "cache_dir")})
+    changes.update(
+        {name: os.path.abspath(os.path.expanduser(getattr(config, name))) for name in ("data_dir", "cache_dir")})
     return dataclasses.replace(config, **changes), why
 
 
@@ -394,7 +465,8 @@ def _input_sizes(spec, config: RunConfig) -> dict[str, Any]:
         size = config.input_size if config.input_size is not None else SCRATCH_INPUT.default
         changes["input_size"] = size
     else:
-        native = spec.native_size(config.weights)  # ImageNet weights or random init: no file to read, no torch to import
+        # ImageNet weights or random init: no file to read, no torch to import
+        native = spec.native_size(config.weights)
         if native is not None:
             default, imagenet = native, config.weights != "none"
         else:  # a file: torchvision's own file of a version, or a warm start with a size recorded or in its sidecar
@@ -413,8 +485,8 @@ def _input_sizes(spec, config: RunConfig) -> dict[str, Any]:
     if problem is None and config.eval_size is not None:
         problem = spec.input_size_problem(config.eval_size, "eval_size")
         if problem is None and spec.sized_by_input and config.eval_size != size:
-            problem = (f"eval_size={config.eval_size} differs from input_size={size}, but {spec.name}'s dense layer is built "
-                       f"for its input size: leave eval_size empty (or equal to input_size)")
+            problem = (f"eval_size={config.eval_size} differs from input_size={size}, but {spec.name}'s dense layer is "
+                       "built for its input size: leave eval_size empty (or equal to input_size)")
     if problem:
         raise UserError(problem)
     changes["eval_size"] = config.eval_size if config.eval_size is not None else size
@@ -424,7 +496,8 @@ def _input_sizes(spec, config: RunConfig) -> dict[str, Any]:
 def freezing_of(config: RunConfig) -> Freezing:
     """The run's strategy with the options it uses: the one place a RunConfig becomes a `Freezing`."""
     strategy = Freezing.of(config.strategy).strategy
-    return Freezing.of(config.strategy, **{name: getattr(config, name) for name in FREEZE_OPTION_FIELDS if name in strategy.uses})
+    return Freezing.of(
+        config.strategy, **{name: getattr(config, name) for name in FREEZE_OPTION_FIELDS if name in strategy.uses})
 
 
 def _canonical_freezing(spec, freezing: Freezing, epochs: int) -> Freezing:
@@ -515,7 +588,8 @@ def _documented_fields():
             if meta["choices"]:
                 allowed = ", ".join(meta["choices"])
             elif meta["low"] is not None or meta["high"] is not None:
-                allowed = f"{'' if meta['low'] is None else meta['low']}..{'' if meta['high'] is None else meta['high']}"
+                low, high = ("" if bound is None else bound for bound in (meta["low"], meta["high"]))
+                allowed = f"{low}..{high}"
             else:
                 allowed = ""
             yield group, name, "" if default is None else default, allowed, meta["env"], help_of(name)
@@ -534,13 +608,15 @@ def help_text() -> str:
 
 
 def reference_markdown() -> str:
-    """The configuration table of docs/configuration.md, generated so it cannot drift from the code (`python -m trainer.config`)."""
+    """The configuration table of docs/configuration.md, generated so
+    it cannot drift from the code (`python -m trainer.config`)."""
     rows, current = ["| parameter | default | allowed | meaning |", "|---|---|---|---|"], None
     for group, name, default, allowed, env, text in _documented_fields():
         if group != current:
             rows.append(f"| **{group}** | | | |")
             current = group
-        rows.append(f"| `{name}` | `{default}` | {allowed} | {text.replace('|', '/')}{f' (env `{env}`)' if env else ''} |")
+        rows.append(
+            f"| `{name}` | `{default}` | {allowed} | {text.replace('|', '/')}{f' (env `{env}`)' if env else ''} |")
     return "\n".join(rows)
 
 

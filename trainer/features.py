@@ -64,9 +64,11 @@ class FeatureCache:
 
 
 @torch.inference_mode()
-def build_or_open_features(model, depth: int, image_store, indices: np.ndarray, labels: np.ndarray, to_input, device, autocast, cache_dir: Path, key: str, batch_size: int = 64) -> FeatureCache:
+def build_or_open_features(model, depth: int, image_store, indices: np.ndarray, labels: np.ndarray, to_input, device,
+                           autocast, cache_dir: Path, key: str, batch_size: int = 64) -> FeatureCache:
     rows = np.unique(indices)
-    stem = f"features-v{FEATURE_FORMAT_VERSION}.{DECODE_VERSION}-{model.spec.name}-d{depth}-{prefix_fingerprint(model, depth)}-{key}"
+    stem = (f"features-v{FEATURE_FORMAT_VERSION}.{DECODE_VERSION}-{model.spec.name}-d{depth}-"
+            f"{prefix_fingerprint(model, depth)}-{key}")
     path, meta_path = Path(cache_dir) / f"{stem}.f16", Path(cache_dir) / f"{stem}.json"
     with file_lock(Path(cache_dir) / f"{stem}.lock"):
         if not (path.exists() and meta_path.exists()):
@@ -83,7 +85,8 @@ def build_or_open_features(model, depth: int, image_store, indices: np.ndarray, 
                         features = model.forward_range(to_input(images), 0, depth)
                     if out is None:  # the first batch gives the size: check the disk before the file can outgrow it
                         needed = len(rows) * int(np.prod(features.shape[1:])) * 2
-                        reserve(tmp, needed, f"the frozen-stage feature cache ({len(rows)} images, depth {depth})", CACHE_OPTION)
+                        reserve(tmp, needed, f"the frozen-stage feature cache ({len(rows)} images, depth {depth})",
+                                CACHE_OPTION)
                         out = np.memmap(tmp, dtype=np.float16, mode="r+", shape=(len(rows), *features.shape[1:]))
                     out[written : written + len(features)] = features.float().cpu().numpy().astype(np.float16)
                     written += len(features)
@@ -94,8 +97,11 @@ def build_or_open_features(model, depth: int, image_store, indices: np.ndarray, 
             except BaseException:
                 tmp.unlink(missing_ok=True)  # never leave a disk filled by half a cache
                 raise
-            write_json(meta_path, {"rows": len(rows), "shape": list(shape), "seconds": round(time.perf_counter() - started, 2)})
+            write_json(meta_path,
+                       {"rows": len(rows), "shape": list(shape), "seconds": round(time.perf_counter() - started, 2)})
             model.train(was_training)
-            print(f"cached frozen-stage features of {len(rows)} images (depth {depth}, shape {tuple(shape)}) in {time.perf_counter() - started:.1f}s")
+            print(
+                f"cached frozen-stage features of {len(rows)} images (depth {depth}, shape {tuple(shape)}) in "
+                f"{time.perf_counter() - started:.1f}s")
     meta = json.loads(meta_path.read_text())
     return FeatureCache(path, rows, tuple(meta["shape"]))

@@ -13,10 +13,10 @@ from a training run.
 from __future__ import annotations
 
 import hashlib
-
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ class InputSettings:
     seed: int = 0  # of the data order and the augmentation
 
     @classmethod
-    def of(cls, config: RunConfig) -> "InputSettings":
+    def of(cls, config: RunConfig) -> InputSettings:
         return cls(config.data_dir, config.cache_dir, config.download, config.val_fraction, config.split_seed,
                    config.subset_fraction, config.augment, config.image_cache, config.feature_cache, config.num_workers,
                    config.channels_last, config.seed)
@@ -74,8 +74,9 @@ def load_split(config: InputSettings) -> DataSplit:
     cache_dir = ensure_writable(config.cache_dir, "cache_dir", CACHE_OPTION)
     index = scan_folder(layout.train_dir, cache_dir=cache_dir)
     if layout.test_dir is None:  # fine for training and sweeps; say it now, not when the user wants a test result
-        print(f"note: {layout.root} has train/ but no val/ or test/ folder: training and validation (a split of train/) go on; "
-              f"`agent.py test` will need the held-out images (--data_dir with train/ and val/ or test/)", flush=True)
+        print(f"note: {layout.root} has train/ but no val/ or test/ folder: training and validation (a split of "
+              "train/) go on; `agent.py test` will need the held-out images (--data_dir with train/ and val/ or test/)",
+              flush=True)
     warn_if_test_classes_differ(layout.test_dir, index.classes)
     return DataSplit(index, stratified_split(index, config.val_fraction, config.split_seed, config.subset_fraction))
 
@@ -88,8 +89,9 @@ def warn_if_test_classes_differ(test_dir: Path | None, classes: tuple[str, ...])
     names = {p.name for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
     missing, extra = sorted(set(classes) - names), sorted(names - set(classes))
     if missing or extra:
-        print(f"warning: the class folders of {test_dir} differ from train/'s (missing {missing or 'none'}, extra {extra or 'none'}): "
-              f"`agent.py test` will refuse that folder until both have the same classes", flush=True)
+        print(f"warning: the class folders of {test_dir} differ from train/'s (missing {missing or 'none'}, extra "
+              f"{extra or 'none'}): `agent.py test` will refuse that folder until both have the same classes",
+              flush=True)
 
 
 @dataclass
@@ -103,11 +105,13 @@ class RunInputs:
 
 def image_store(index: ImageIndex, pre: Preprocessing, cache_dir: Path, use_cache: bool):
     if use_cache:
-        return DecodedImageCache.build_or_open(index, pre.resize_size, pre.interpolation, cache_dir, crop_size=pre.crop_size)
+        return DecodedImageCache.build_or_open(index, pre.resize_size, pre.interpolation, cache_dir,
+                                               crop_size=pre.crop_size)
     return DecodingStore(index, pre.resize_size, pre.interpolation, pre.crop_size)
 
 
-def build_inputs(config: InputSettings, data: DataSplit, pre: Preprocessing, model, frozen_depth: int, device: torch.device, autocast, batch_size: int,
+def build_inputs(config: InputSettings, data: DataSplit, pre: Preprocessing, model, frozen_depth: int,
+                 device: torch.device, autocast, batch_size: int,
                  dtype: torch.dtype | None = None, eval_pre: Preprocessing | None = None) -> RunInputs:
     """`autocast` runs the model at `dtype` (None: fp32). `pre` is the training preprocessing, `eval_pre` the
     validation one (default: the same); at another size validation reads its own cache of images or features.
@@ -130,15 +134,21 @@ def build_inputs(config: InputSettings, data: DataSplit, pre: Preprocessing, mod
     def to_device(batch: torch.Tensor) -> torch.Tensor:
         return batch.to(device, non_blocking=True)
 
-    train_input = lambda images, epoch, b: train_transform(to_device(images), batch_generator(config.seed, epoch, b))  # noqa: E731
-    eval_input = lambda images: eval_transform(to_device(images))  # noqa: E731
+    def train_input(images: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
+        return train_transform(to_device(images), batch_generator(config.seed, epoch, b))
+
+    def eval_input(images: torch.Tensor) -> torch.Tensor:
+        return eval_transform(to_device(images))
+
     start_stage = 0
     if feature_depth > 0:
         def features(store, preprocessing: Preprocessing, indices: np.ndarray, part: str):
             # Every setting that changes what the prefix computes: the pixels it sees and the precision it runs at
             # (bf16 or fp16 autocast, or fp32); its weights are in the fingerprint.
-            pixels = hashlib.sha256(repr((preprocessing.interpolation, tuple(preprocessing.mean), tuple(preprocessing.std), str(dtype))).encode()).hexdigest()[:8]
-            key = f"{preprocessing.crop_size}-{preprocessing.resize_size}-{pixels}-{data.index.fingerprint}-{data.split.hash}{part}"
+            seen = (preprocessing.interpolation, tuple(preprocessing.mean), tuple(preprocessing.std), str(dtype))
+            pixels = hashlib.sha256(repr(seen).encode()).hexdigest()[:8]
+            sizes = f"{preprocessing.crop_size}-{preprocessing.resize_size}"
+            key = f"{sizes}-{pixels}-{data.index.fingerprint}-{data.split.hash}{part}"
             as_input = EvalTransform(preprocessing, channels_last)  # augment=none: training sees the centre crop too
             return build_or_open_features(model, feature_depth, store, indices, data.index.labels,
                                           lambda images: as_input(to_device(images)), device, autocast, cache_dir, key)
@@ -153,6 +163,7 @@ def build_inputs(config: InputSettings, data: DataSplit, pre: Preprocessing, mod
         eval_input = lambda features: to_device(features).float()  # noqa: E731
         start_stage = feature_depth
     common = dict(num_workers=workers, pin_memory=cuda, persistent_workers=cuda)
-    train_loader = BatchLoader(train_store, data.split.train, data.index.labels, batch_size, seed=config.seed, shuffle=True, drop_last=True, **common)
+    train_loader = BatchLoader(train_store, data.split.train, data.index.labels, batch_size, seed=config.seed,
+                               shuffle=True, drop_last=True, **common)
     val_loader = BatchLoader(val_store, data.split.val, data.index.labels, batch_size * 2, **common)
     return RunInputs(train_loader, val_loader, train_input, eval_input, start_stage)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,7 @@ class TrainSettings:
     checkpoint_minutes: float = 0.0  # also checkpoint inside long epochs; 0 = at epoch ends only
 
     @classmethod
-    def of(cls, config: RunConfig) -> "TrainSettings":
+    def of(cls, config: RunConfig) -> TrainSettings:
         return cls(config.epochs, config.patience, config.label_smoothing, config.grad_clip, config.checkpoint_minutes)
 
 
@@ -86,7 +87,8 @@ def split_output(output) -> tuple[torch.Tensor, list[torch.Tensor]]:
     return (output[0], list(output[1])) if isinstance(output, tuple) else (output, [])
 
 
-def train_step(loop: Loop, x: torch.Tensor, y: torch.Tensor, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def train_step(loop: Loop, x: torch.Tensor, y: torch.Tensor,
+               params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimisation step: (the objective, the main head's plain cross-entropy for the record, the logits)."""
     settings = loop.settings
     with loop.autocast():
@@ -96,7 +98,8 @@ def train_step(loop: Loop, x: torch.Tensor, y: torch.Tensor, params: list[torch.
         # are part of the objective, not of the number compared across models and against val_loss.
         logged = loss.detach() if not settings.label_smoothing else F.cross_entropy(logits.detach().float(), y)
         for aux in aux_logits:
-            loss = loss + (loop.model.aux_loss_weight or 0.0) * F.cross_entropy(aux, y, label_smoothing=settings.label_smoothing)
+            loss = loss + (loop.model.aux_loss_weight or 0.0) * F.cross_entropy(
+                aux, y, label_smoothing=settings.label_smoothing)
     loop.optimizer.zero_grad(set_to_none=True)
     loop.scaler.scale(loss).backward()
     if settings.grad_clip > 0:
@@ -117,7 +120,8 @@ def evaluate(loop: Loop, loader) -> tuple[float, float]:
     for images, labels in loader.epoch(0):
         x, y = loop.inputs.eval_input(images), labels.to(loop.device, non_blocking=True)
         with loop.autocast():
-            logits, _ = split_output(loop.model(x, start=loop.inputs.start_stage) if loop.inputs.start_stage else loop.model(x))
+            logits, _ = split_output(loop.model(x, start=loop.inputs.start_stage) if loop.inputs.start_stage
+                                     else loop.model(x))
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
@@ -164,11 +168,13 @@ def train(loop: Loop, state: LoopState) -> str:
             state.seen += len(y)
             progress.update(loss=loss, lr=lr)
             if state.step % NAN_CHECK_EVERY_STEPS == 0 and not torch.isfinite(loss_sum):
-                raise Diverged(f"training loss became {loss_sum.item()} in epoch {epoch + 1} (step {state.step}); lower lr")
+                raise Diverged(
+                    f"training loss became {loss_sum.item()} in epoch {epoch + 1} (step {state.step}); lower lr")
             minutes = settings.checkpoint_minutes
             if loop.stop or (minutes and time.monotonic() - last_checkpoint > 60 * minutes):
                 state.loss_sum, state.correct = loss_sum.item(), int(correct.item())
-                state.train_seconds, state.epoch_seconds = add_elapsed_seconds(started, state.train_seconds, state.epoch_seconds)
+                state.train_seconds, state.epoch_seconds = add_elapsed_seconds(started, state.train_seconds,
+                                                                               state.epoch_seconds)
                 started = time.perf_counter()
                 loop.checkpoint(state, False)
                 last_checkpoint = time.monotonic()
@@ -200,24 +206,29 @@ def train(loop: Loop, state: LoopState) -> str:
             state.best_val_acc, state.best_epoch, state.stale_epochs = val_acc, epoch + 1, 0
         else:
             state.stale_epochs += 1
-        state.epoch, state.batch, state.loss_sum, state.correct, state.seen, state.epoch_seconds = epoch + 1, 0, 0.0, 0, 0, 0.0
+        state.epoch, state.batch = epoch + 1, 0
+        state.loss_sum, state.correct, state.seen, state.epoch_seconds = 0.0, 0, 0, 0.0
         print(
-            f"epoch {epoch + 1}/{settings.epochs}  train_loss {row[M.TRAIN_LOSS]:.4f}  train_acc {row[M.TRAIN_ACC]:.4f}  "
-            f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  {row[M.IMAGES_PER_SECOND]:.0f} img/s  {epoch_seconds:.1f}s",
+            f"epoch {epoch + 1}/{settings.epochs}  train_loss {row[M.TRAIN_LOSS]:.4f}  "
+            f"train_acc {row[M.TRAIN_ACC]:.4f}  val_loss {val_loss:.4f}  val_acc "
+            f"{val_acc:.4f}  {row[M.IMAGES_PER_SECOND]:.0f} img/s  {epoch_seconds:.1f}s",
             flush=True,
         )
         # Log before checkpointing: a kill in between replays this epoch on resume, never skips it.
         loop.record.append_epoch(row)
         loop.logger.log(row, step=state.log_step_offset + epoch + 1)
-        summary = {M.BEST_VAL_ACC: state.best_val_acc, M.BEST_EPOCH: state.best_epoch, M.EPOCHS_COMPLETED: state.epoch, M.TRAIN_SECONDS: round(state.train_seconds, 3)}
+        summary = {M.BEST_VAL_ACC: state.best_val_acc, M.BEST_EPOCH: state.best_epoch, M.EPOCHS_COMPLETED: state.epoch,
+                   M.TRAIN_SECONDS: round(state.train_seconds, 3)}
         loop.record.update_summary(**summary)
-        # The sweep optimises the best, not the last; the epochs ride along for a report read from W&B (report/sources.py).
+        # The sweep optimises the best, not the last; the epochs
+        # ride along for a report read from W&B (report/sources.py).
         loop.logger.summary({**summary, M.VAL_ACC: state.best_val_acc, M.EPOCH_HISTORY: loop.record.history})
         loop.checkpoint(state, improved)
         last_checkpoint = time.monotonic()
         if patience_spent(settings, state):  # before a stop request: this run is done, not to be resumed
             if state.epoch < settings.epochs:  # on the last epoch, patience cut nothing
-                note = f"val_acc did not improve for {settings.patience} epochs (patience): stopped after epoch {state.epoch} of {settings.epochs}"
+                note = (f"val_acc did not improve for {settings.patience} epochs (patience): "
+                        f"stopped after epoch {state.epoch} of {settings.epochs}")
                 print(f"early stopping: {note}")
                 loop.record.update_summary(stopped_by_patience=note)
             break

@@ -20,15 +20,18 @@ TOTAL_PARAMS = "total_params"
 TRAIN_SECONDS = "train_seconds"
 CACHE_SECONDS = "cache_seconds"  # building (or opening) the decoded-image and feature caches, shared by a sweep
 WEIGHTS_VERSION = "weights_version"
-WEIGHTS_SHA256 = "weights_sha256"  # the content hash of a weights file given by path (a warm start, or torchvision's file)
+# the content hash of a weights file given by path (a warm start, or torchvision's file)
+WEIGHTS_SHA256 = "weights_sha256"
 INPUT_SIZE = "input_size"  # the training crop in px (the config's, written as a number)
 EVAL_SIZE = "eval_size"  # the validation and test crop in px
 PEAK_GPU_MEMORY = "peak_gpu_memory_gb"  # torch.cuda.max_memory_allocated over the run, in GiB (CUDA runs only)
 SPLIT_HASH = "split_hash"
-DATA_HASH = "data_hash"  # the split's files by name and size: same split_hash on other files (a resized copy) differs here
+# the split's files by name and size: same split_hash on other files (a resized copy) differs here
+DATA_HASH = "data_hash"
 CODE_VERSION = "code_version"  # the commit of the code that trained the run (+dirty.<hash> with local changes)
 DEVICE = "device"
-PRECISION = "precision"  # the autocast dtype a run trained with (bfloat16, float16) or fp32; its config may say only `auto`
+# the autocast dtype a run trained with (bfloat16, float16) or fp32; its config may say only `auto`
+PRECISION = "precision"
 REASON = "reason"
 EXIT_CODE = "exit_code"  # the process exit status; 2 = refused before training (a setting or file to fix)
 EPOCHS_COMPLETED = "epochs_completed"

@@ -11,8 +11,9 @@ trainer/optim.py (`stage_lr`: a group's base rate; `lr_factor`: warmup and sched
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -39,7 +40,7 @@ class LearningRates:
     epochs: int = 1
 
     @classmethod
-    def of(cls, config: RunConfig) -> "LearningRates":
+    def of(cls, config: RunConfig) -> LearningRates:
         """From a RunConfig; options it normalised away (null) mean 1, and a 0 multiplier stays 0."""
         return cls(
             lr=config.lr, backbone_lr_mult=1.0 if config.backbone_lr_mult is None else config.backbone_lr_mult,
@@ -57,7 +58,8 @@ class LearningRates:
 
     def groups(self, model: StagedModel, stages: Iterable[str], exclude: frozenset[int] = frozenset()) -> list[dict]:
         """The optimizer groups of these stages' trainable parameters, with their base rates and weight decay."""
-        return [{"params": group["params"], "lr": self.stage_lr(model, group["stage"]), "initial_lr": self.stage_lr(model, group["stage"]),
+        return [{"params": group["params"], "lr": self.stage_lr(model, group["stage"]),
+                 "initial_lr": self.stage_lr(model, group["stage"]),
                  "weight_decay": self.weight_decay if group["decay"] else 0.0, "name": group["name"]}
                 for group in parameter_groups(model, stages, exclude)]
 
@@ -80,12 +82,15 @@ class LearningRates:
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         trainable = {id(p) for p in model.parameters() if p.requires_grad}
         if held != trainable:
-            raise RuntimeError(f"optimizer holds {len(held - trainable)} frozen and lacks {len(trainable - held)} trainable parameters")
+            raise RuntimeError(
+                f"optimizer holds {len(held - trainable)} frozen and lacks {len(trainable - held)} trainable "
+                f"parameters")
         return [group["name"] for group in groups]
 
     # --- gradual unfreezing ------------------------------------------------------------------------
 
-    def advance(self, model: StagedModel, optimizer: torch.optim.Optimizer | None, freezing: Freezing, epoch: int) -> torch.optim.Optimizer:
+    def advance(self, model: StagedModel, optimizer: torch.optim.Optimizer | None, freezing: Freezing,
+                epoch: int) -> torch.optim.Optimizer:
         """Apply epoch `epoch`'s plan; what starts training joins the optimizer at its base rate (gradual unfreezing).
         Without an optimizer yet, the plan's own is built. Returns the optimizer."""
         model.apply_plan(freezing.plan(model.stage_names, epoch))
@@ -106,7 +111,8 @@ class LearningRates:
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int, steps_per_epoch: int) -> float:
         """Set every group's lr for global step `step`; returns the head's (the first group's) for logging."""
-        factor = lr_factor(step, steps_per_epoch * self.epochs, round(self.warmup_epochs * steps_per_epoch), self.schedule)
+        factor = lr_factor(step, steps_per_epoch * self.epochs, round(self.warmup_epochs * steps_per_epoch),
+                           self.schedule)
         return set_learning_rates(optimizer, factor)
 
 

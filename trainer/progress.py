@@ -15,7 +15,8 @@ def precision_name(dtype) -> str:
     return names.get(str(dtype), "fp32") if dtype is not None else "fp32"
 
 
-def run_header(requested_device: str, device, dtype, model: str, weights: str, crop_size: int, trainable: int, total: int) -> str:
+def run_header(requested_device: str, device, dtype, model: str, weights: str, crop_size: int, trainable: int,
+               total: int) -> str:
     """A run's first lines: where it trains and at what precision (a warning when `auto` found no GPU, the mistake of
     a notebook whose GPU runtime was forgotten), then the model, its input size and what share of it trains (a
     warning when stages stay frozen at random init)."""
@@ -25,13 +26,16 @@ def run_header(requested_device: str, device, dtype, model: str, weights: str, c
 
         where = f"device: {device} ({torch.cuda.get_device_name(device)}), precision {precision}"
     elif requested_device == "auto":
-        where = f"{CPU_WARNING}; training on the CPU in {precision}, which is slow for anything but tiny models ({GPU_HINT})"
+        where = (f"{CPU_WARNING}; training on the CPU in {precision}, which is slow for anything but tiny models "
+                 f"({GPU_HINT})")
     else:
         where = f"device: {device}, precision {precision}"
-    lines = [where, f"model: {model} (weights {weights}) at {crop_size} px: {trainable:,} of {total:,} parameters trainable"]
-    if weights == "none" and trainable < total:  # frozen stages of random init: features of nothing, accuracy near chance
-        lines.append(f"warning: frozen stages at random init (--weights=none): this trains a head on random features and ends "
-                     f"near chance; use --strategy=full to train them, or ImageNet weights")
+    lines = [
+        where, f"model: {model} (weights {weights}) at {crop_size} px: {trainable:,} of {total:,} parameters trainable"]
+    # frozen stages of random init: features of nothing, accuracy near chance
+    if weights == "none" and trainable < total:
+        lines.append("warning: frozen stages at random init (--weights=none): this trains a head on random features "
+                     "and ends near chance; use --strategy=full to train them, or ImageNet weights")
     return "\n".join(lines)
 
 POSTFIX_EVERY_STEPS = 20  # reading the loss value syncs the GPU; do it rarely

@@ -19,8 +19,8 @@ import yaml
 
 from common.atomic import write_json, write_text
 from common.errors import UserError
-from common.yamlfile import read_yaml
 from common.locks import try_lock, unlock
+from common.yamlfile import read_yaml
 from trainer import metrics as M
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.jsonl", "summary.json"
@@ -95,7 +95,7 @@ class RunRecord:
         path = Path(folder) / ".lock"
         if not path.exists():
             return None
-        with open(path, "r") as handle:
+        with open(path) as handle:
             if not try_lock(handle, shared=True):
                 return _read_holder(handle)
             unlock(handle)
@@ -127,8 +127,8 @@ class RunRecord:
         path = Path(folder) / CONFIG_FILE
         if not path.exists():
             return None
-        fix = (f"delete it and run the command again: the run's {LAST_CHECKPOINT} and {BEST_CHECKPOINT} keep the settings it "
-               f"trained with (give its paths, such as --data_dir, again)")
+        fix = (f"delete it and run the command again: the run's {LAST_CHECKPOINT} and {BEST_CHECKPOINT} keep the "
+               "settings it trained with (give its paths, such as --data_dir, again)")
         try:
             saved = read_yaml(path, "run config")
         except UserError as exc:
@@ -187,7 +187,8 @@ class RunRecord:
         earlier = self.set_aside_test() or best.exists() or M.BEST_VAL_ACC in self.summary
         if best.exists():
             best.replace(self.folder / PREVIOUS_BEST)
-        self.drop_summary(M.TEST_ACC, M.BEST_VAL_ACC, M.BEST_EPOCH, M.EPOCHS_COMPLETED, "resumed_from_epoch", "stopped_by_patience")
+        self.drop_summary(M.TEST_ACC, M.BEST_VAL_ACC, M.BEST_EPOCH, M.EPOCHS_COMPLETED, "resumed_from_epoch",
+                          "stopped_by_patience")
         return earlier
 
     def keep_previous_record(self) -> list[str]:
@@ -223,15 +224,16 @@ class RunRecord:
         return data if isinstance(data, dict) else {}
 
     @staticmethod
-    def settle(folder: Path, state: str = M.PREEMPTED, reason: str | None = None, exit_code: int | None = None) -> dict[str, Any]:
+    def settle(folder: Path, state: str = M.PREEMPTED, reason: str | None = None,
+               exit_code: int | None = None) -> dict[str, Any]:
         """The run's summary, where one that still says running while no process trains the run (it died before it
         could record how it ended: a full disk, a kill) becomes `state` with `reason`, in summary.json too when the
         folder can be written. An unheld lock is the proof: the trainer holds it for the whole run."""
         summary = RunRecord.read_summary(folder)
         if summary.get(M.STATE) != M.RUNNING or RunRecord.in_training(folder):
             return summary
-        reason = reason or (f"its process ended before it could record how (a full disk or a kill, most often); relaunched "
-                            f"with run_id={Path(folder).name} it resumes from its checkpoint")
+        reason = reason or ("its process ended before it could record how (a full disk or a kill, most often); "
+                            f"relaunched with run_id={Path(folder).name} it resumes from its checkpoint")
         summary.update({M.STATE: state, M.REASON: reason, M.EXIT_CODE: exit_code})
         try:
             write_json(Path(folder) / SUMMARY_FILE, summary)

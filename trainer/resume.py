@@ -9,15 +9,24 @@ model and trains nothing: the caller hands it the built pieces and gets back a `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from common.errors import UserError
 from trainer import metrics as M
-from trainer.checkpoint import CheckpointRefused, LoopState, check_frozen_base, identity_mismatch, keep_as, load_checkpoint, restore
+from trainer.checkpoint import (
+    CheckpointRefused,
+    LoopState,
+    check_frozen_base,
+    identity_mismatch,
+    keep_as,
+    load_checkpoint,
+    restore,
+)
 from trainer.loop import TrainSettings, nothing_left
 from trainer.record import BEST_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_BEST, REFUSED_LAST, RunRecord
 
@@ -38,7 +47,8 @@ class ResumeRequest:
 
     identity: dict[str, Any]  # what a checkpoint must have been written for (trainer.checkpoint.identity_mismatch)
     effective_config: dict[str, Any]  # names the settings that differ when a checkpoint is another config's
-    frozen_base: dict[str, Any] | None  # the frozen stages this run would leave out of its checkpoints, and their weights
+    # the frozen stages this run would leave out of its checkpoints, and their weights
+    frozen_base: dict[str, Any] | None
     batch_size: int
     settings: TrainSettings
     required: bool = False
@@ -64,11 +74,13 @@ def resume_or_start(request: ResumeRequest, record: RunRecord, store, logger, mo
     if payload:
         _fetch_best(store, best_path, last_path, request.identity, state)
         batch_size = state.batch_size or batch_size
-        record.update_summary(**{M.BEST_VAL_ACC: state.best_val_acc, M.BEST_EPOCH: state.best_epoch, M.EPOCHS_COMPLETED: state.epoch},
+        record.update_summary(**{M.BEST_VAL_ACC: state.best_val_acc, M.BEST_EPOCH: state.best_epoch,
+                                 M.EPOCHS_COMPLETED: state.epoch},
                               resumed_from_epoch=state.epoch)
         _say_resumed(run_id, state, request.settings, payload.get("torch_threads"), model)
     elif request.required:
-        raise UserError(f"--resume: run {run_id} has no checkpoint in {record.folder} or its store; drop --resume to start it fresh")
+        raise UserError(f"--resume: run {run_id} has no checkpoint in {record.folder} or its store; "
+                        "drop --resume to start it fresh")
     elif record.set_aside_previous_model():  # W&B's summary too: the sweep reads val_acc from there
         logger.summary({key: None for key in (M.VAL_ACC, M.BEST_VAL_ACC, M.BEST_EPOCH, M.EPOCHS_COMPLETED, M.TEST_ACC)})
     state.batch_size = batch_size
@@ -78,7 +90,8 @@ def resume_or_start(request: ResumeRequest, record: RunRecord, store, logger, mo
     return Start(state, optimizer, bool(payload))
 
 
-def _this_runs_checkpoint(request: ResumeRequest, record: RunRecord, store, last_path: Path, best_path: Path) -> dict | None:
+def _this_runs_checkpoint(request: ResumeRequest, record: RunRecord, store, last_path: Path,
+                          best_path: Path) -> dict | None:
     """last.pt (fetched from the store when the run folder has none) if it is this run's; else None, set aside."""
     if not store.fetch(last_path):
         return None
@@ -96,7 +109,8 @@ def _plan_epoch(payload: dict | None) -> int:
     return 0 if not payload else max(0, payload["loop"]["epoch"] - (payload["loop"]["batch"] == 0))
 
 
-def _set_aside(refused: CheckpointRefused, request: ResumeRequest, record: RunRecord, store, last_path: Path, best_path: Path) -> None:
+def _set_aside(refused: CheckpointRefused, request: ResumeRequest, record: RunRecord, store, last_path: Path,
+               best_path: Path) -> None:
     if request.required:
         raise UserError(str(refused).replace("starting fresh", "drop --resume to start the run fresh", 1)) from None
     print(f"warning: {refused}")
@@ -118,9 +132,9 @@ def _say_resumed(run_id: str, state: LoopState, settings: TrainSettings, threads
     print(f"resuming run {run_id} from epoch {state.epoch + 1}, batch {state.batch} ({best})")
     on_cpu = next(model.parameters()).device.type == "cpu"
     if on_cpu and isinstance(threads, int) and threads != torch.get_num_threads():
-        print(f"note: run {run_id} trained with {threads} torch threads and resumes with {torch.get_num_threads()}: CPU sums "
-              f"are then added up in another order, so its losses may differ from an uninterrupted run's by about 1e-5 "
-              f"(OMP_NUM_THREADS={threads} gives identical numbers)")
+        print(f"note: run {run_id} trained with {threads} torch threads and resumes with {torch.get_num_threads()}: "
+              "CPU sums are then added up in another order, so its losses may differ from an uninterrupted run's by "
+              f"about 1e-5 (OMP_NUM_THREADS={threads} gives identical numbers)")
 
 
 def _fetch_best(store, best_path: Path, last_path: Path, identity: dict, state: LoopState) -> None:
@@ -142,7 +156,9 @@ def _fetch_best(store, best_path: Path, last_path: Path, identity: dict, state: 
         # last.pt is the best epoch itself: the run stopped between writing it and keeping it as best.pt.
         keep_as(last_path, best_path)
         store.save(best_path)
-        print(f"note: {best_path} of epoch {best_epoch} was not kept before the run stopped; made again from {last_path.name}")
+        print(
+            f"note: {best_path} of epoch {best_epoch} was not kept before the "
+            f"run stopped; made again from {last_path.name}")
     elif best_path.exists():
         print(f"warning: {best_path} is not this run's epoch {best_epoch}; set aside as {PREVIOUS_BEST}")
         best_path.replace(best_path.with_name(PREVIOUS_BEST))

@@ -46,8 +46,10 @@ from trainer.wandb_log import resolve_mode, start_logger
 from trainer.writer import CheckpointWriter
 
 EXIT_OK, EXIT_FAILED = 0, 1
-MODEL_METADATA = ("run_id", M.BEST_VAL_ACC, M.BEST_EPOCH, M.WEIGHTS_VERSION, M.TRAINABLE_PARAMS, M.TOTAL_PARAMS, "config_hash",
-                  M.SPLIT_HASH, M.DATA_HASH, "classes", "preprocessing", M.CODE_VERSION)  # what a model artifact says of itself
+MODEL_METADATA = ("run_id", M.BEST_VAL_ACC, M.BEST_EPOCH, M.WEIGHTS_VERSION, M.TRAINABLE_PARAMS, M.TOTAL_PARAMS,
+                  "config_hash",
+                  # what a model artifact says of itself
+                  M.SPLIT_HASH, M.DATA_HASH, "classes", "preprocessing", M.CODE_VERSION)
 SKIPPED_FILES = "skipped_files.txt"  # unreadable files the scan left out: relative path, tab, reason
 
 
@@ -72,7 +74,9 @@ def resolve_run_id(config: RunConfig) -> str:
     if config.resume:
         latest = latest_unfinished_run(Path(config.output_dir).expanduser())
         if latest is None:
-            raise UserError(f"--resume: no unfinished run with a checkpoint in {config.output_dir}; pass --run_id=ID of the run to resume")
+            raise UserError(
+                "--resume: no unfinished run with a checkpoint in "
+                f"{config.output_dir}; pass --run_id=ID of the run to resume")
         return latest
     from_wandb = os.environ.get("WANDB_RUN_ID")
     if from_wandb and run_id_problem(from_wandb):
@@ -105,7 +109,8 @@ def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
     if choice == "fp32" or (choice == "auto" and device.type != "cuda"):
         return None
     if choice == "auto":
-        # Native bf16 needs compute capability 8 (A100, H100); is_bf16_supported() also counts slow emulation (T4, P100).
+        # Native bf16 needs compute capability 8 (A100, H100);
+        # is_bf16_supported() also counts slow emulation (T4, P100).
         return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     if choice == "fp16" and device.type != "cuda":
         raise UserError("precision=fp16 needs a CUDA GPU: use --precision=bf16 or fp32 on a CPU")
@@ -122,7 +127,8 @@ def scratch_config(config: RunConfig) -> ScratchCNNConfig | None:
     )
 
 
-def run_preprocessing(config: RunConfig, scratch: ScratchCNNConfig | None = None) -> tuple[Preprocessing, Preprocessing]:
+def run_preprocessing(config: RunConfig,
+                      scratch: ScratchCNNConfig | None = None) -> tuple[Preprocessing, Preprocessing]:
     """(training, evaluation) preprocessing of a run: its start's metadata at its input_size and eval_size."""
     scratch = scratch or scratch_config(config)
     train = preprocessing_for(config.model, config.weights, scratch, config.input_size, config.mean, config.std)
@@ -179,7 +185,8 @@ def _frozen_base(model, frozen_depth: int, config: RunConfig) -> dict | None:
 
 
 def _run_facts(model, data, identity: dict, pre: Preprocessing, eval_pre: Preprocessing, device: torch.device,
-               dtype: torch.dtype | None, batch_size: int, asked: int, feature_depth: int, cache_seconds: float) -> dict:
+               dtype: torch.dtype | None, batch_size: int, asked: int, feature_depth: int,
+               cache_seconds: float) -> dict:
     """What the summary and W&B record of a run that starts training: what it is, on what data, on what machine."""
     trainable, total = count_parameters(model)
     return {
@@ -209,8 +216,10 @@ def _checkpointer(record: RunRecord, store, logger, writer: CheckpointWriter, mo
                   f"run `agent.py test {record.folder}` again once training ends")
             logger.summary({M.TEST_ACC: None})
         # The loop waits for the host-memory snapshot only; the file, best.pt and the store follow in the background.
-        payload = checkpoint_payload(model=model, optimizer=optimizer, scaler=scaler, state=loop_state, identity=identity,
-                                     history=record.history, frozen_base=frozen_base, config=config, copy=writer.background)
+        payload = checkpoint_payload(model=model, optimizer=optimizer, scaler=scaler, state=loop_state,
+                                     identity=identity,
+                                     history=record.history, frozen_base=frozen_base, config=config,
+                                     copy=writer.background)
 
         def write() -> None:
             write_checkpoint(last_path, payload)
@@ -224,7 +233,8 @@ def _checkpointer(record: RunRecord, store, logger, writer: CheckpointWriter, mo
     return checkpoint
 
 
-def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, batch_size: int, stop, fresh: bool = False) -> tuple[str, LoopState, dict]:
+def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, batch_size: int, stop,
+             fresh: bool = False) -> tuple[str, LoopState, dict]:
     """The recipe of a run: data, model, where it starts, inputs, then the loop. Returns (state, loop state, summary
     facts); raises on failure. `fresh` (a retry after running out of memory) ignores every checkpoint."""
     torch.manual_seed(config.seed)
@@ -233,8 +243,8 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     data = load_split(settings_in)
     _list_skipped(record, data.index.skipped)
     scratch = scratch_config(config)
-    model = build_model(config.model, len(data.classes), config.weights, config.aux_loss_weight, config.bn_mode, scratch,
-                        config.input_size, data.classes)
+    model = build_model(config.model, len(data.classes), config.weights, config.aux_loss_weight, config.bn_mode,
+                        scratch, config.input_size, data.classes)
     pre, eval_pre = run_preprocessing(config, scratch)
     note = normalisation_note(config, pre)
     if note:
@@ -253,15 +263,19 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    request = ResumeRequest(identity, effective_config(config), lean, batch_size, settings, required=config.resume, fresh=fresh)
-    start = resume_or_start(request, record, store, logger, model, scaler, lambda epoch: rates.optimizer_after(model, freezing, epoch))
+    request = ResumeRequest(identity, effective_config(config), lean, batch_size, settings, required=config.resume,
+                            fresh=fresh)
+    start = resume_or_start(request, record, store, logger, model, scaler,
+                            lambda epoch: rates.optimizer_after(model, freezing, epoch))
     state, optimizer, batch_size = start.state, start.optimizer, start.state.batch_size
-    print(run_header(config.device, device, dtype, model.spec.name, model.weights_version, pre.crop_size, *count_parameters(model)), flush=True)
+    print(
+        run_header(config.device, device, dtype, model.spec.name, model.weights_version, pre.crop_size,
+                   *count_parameters(model)), flush=True)
 
     autocast, started = autocast_factory(device, dtype), time.perf_counter()
     inputs = build_inputs(settings_in, data, pre, model, frozen_depth, device, autocast, batch_size, dtype, eval_pre)
-    facts = _run_facts(model, data, identity, pre, eval_pre, device, dtype, batch_size, config.batch_size, inputs.start_stage,
-                       round(time.perf_counter() - started, 3))
+    facts = _run_facts(model, data, identity, pre, eval_pre, device, dtype, batch_size, config.batch_size,
+                       inputs.start_stage, round(time.perf_counter() - started, 3))
     record.update_summary(**facts, **{M.STATE: M.RUNNING, M.REASON: None})
     logger.summary(facts)
     writer = CheckpointWriter(background=device.type == "cuda")  # a CPU's cores are busy training
@@ -269,9 +283,11 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
                                None if config.checkpoint_frozen_stages else lean, effective_config(config))
     try:
         if fresh:  # the retry's starting point replaces the failed attempt's checkpoint in the store, so a preemption
-            checkpoint(state, is_best=False)  # before the retry's first real checkpoint resumes the retry at its batch size
+            # before the retry's first real checkpoint resumes the retry at its batch size
+            checkpoint(state, is_best=False)
             writer.flush()
-        loop = Loop(settings, rates, freezing, model, optimizer, scaler, inputs, device, autocast, record, logger, checkpoint,
+        loop = Loop(settings, rates, freezing, model, optimizer, scaler, inputs, device, autocast, record, logger,
+                    checkpoint,
                     stop=stop, inference_prefix=0 if inputs.start_stage else frozen_depth, writes_done=writer.flush,
                     forward_fn=torch.compile(model) if (config.compile and device.type == "cuda") else None)
         final_state = train(loop, state)
@@ -289,13 +305,17 @@ def _attempt(config: RunConfig, run_id: str, record: RunRecord, logger, store, b
 def run_training(config: RunConfig) -> RunOutcome:
     run_id = resolve_run_id(config)
     folder = Path(config.output_dir).expanduser() / run_id  # `--output_dir=~/runs`: the shell leaves ~ as it is
-    in_wandb = config.checkpoint_store == "wandb" or (config.checkpoint_store == "auto" and resolve_mode(config.wandb_mode) == "online")
+    in_wandb = config.checkpoint_store == "wandb" or (config.checkpoint_store == "auto"
+                                                      and resolve_mode(config.wandb_mode) == "online")
     if config.resume and not folder.is_dir() and not in_wandb:
         # Nothing local, and a store on disk (or none) can be looked at now: a mistyped run id leaves no run folder.
-        kept = Path(config.checkpoint_store).expanduser() / run_id / LAST_CHECKPOINT if config.checkpoint_store not in STORE_CHOICES else None
+        kept = None
+        if config.checkpoint_store not in STORE_CHOICES:
+            kept = Path(config.checkpoint_store).expanduser() / run_id / LAST_CHECKPOINT
         if kept is None or not kept.exists():
-            raise UserError(f"--resume: there is no run {run_id!r} in {config.output_dir}{f' or {kept.parent.parent}' if kept else ''}; "
-                            f"check --run_id (or drop it to resume the latest unfinished run)")
+            raise UserError(f"--resume: there is no run {run_id!r} in "
+                            f"{config.output_dir}{f' or {kept.parent.parent}' if kept else ''}; check --run_id (or "
+                            "drop it to resume the latest unfinished run)")
     ensure_writable(config.output_dir, "output_dir", "--output_dir")
     record = RunRecord(folder)
     with record.exclusive():
@@ -319,18 +339,22 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
         if changed and rehash(saved) != config_hash(config):  # not merely written otherwise by older code
             key, value = next(iter(changed.items()))
             if config.resume:
-                raise UserError(f"--resume: run {run_id} was trained with {key}={saved[key]!r}, not {value!r}; resume with the same settings or start a new run")
+                raise UserError(
+                    f"--resume: run {run_id} was trained with {key}={saved[key]!r}, not {value!r}; resume with the "
+                    "same settings or start a new run")
             # Another config under this run id: it trains afresh (its checkpoint will be refused); keep what it had.
-            was = ", ".join(f"{k}={saved.get(k)!r} (now {v!r})" for k, v in list(changed.items())[:4]) + (" ..." if len(changed) > 4 else "")
+            was = ", ".join(f"{k}={saved.get(k)!r} (now {v!r})" for k, v in list(changed.items())[:4])
+            was += " ..." if len(changed) > 4 else ""
             kept = record.keep_previous_record()
             print(f"note: run {run_id} was trained before with {was}: it starts afresh; its earlier record is kept as "
                   f"{', '.join(kept)} (and its model, if any, as {PREVIOUS_BEST})", flush=True)
     record.write_config(config_dict)
     # With config.yaml, at once: a rerun that fails before training must not leave the old hash beside a new config.
     started = {M.STATE: M.RUNNING, M.REASON: None, M.EXIT_CODE: None}  # nothing of an earlier process of this run id
-    record.update_summary(run_id=run_id, config_hash=config_hash(config), **started, started_at=datetime.datetime.now().isoformat(timespec="seconds"))
-    logger = start_logger(config.wandb_mode, config.wandb_project, config.wandb_entity, run_id, config_dict, folder.parent, effective_config(config),
-                          verbose=config.verbose)
+    record.update_summary(run_id=run_id, config_hash=config_hash(config), **started,
+                          started_at=datetime.datetime.now().isoformat(timespec="seconds"))
+    logger = start_logger(config.wandb_mode, config.wandb_project, config.wandb_entity, run_id, config_dict,
+                          folder.parent, effective_config(config), verbose=config.verbose)
     # W&B too: a resumed W&B run that had finished, then killed before its end, must not still read finished.
     logger.summary(started)
     print(f"run {run_id}: {config.model} strategy={config.strategy} -> {folder}")
@@ -346,7 +370,8 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
         while True:
             retry_at_half = False
             try:
-                state_name, loop_state, facts = _attempt(config, run_id, record, logger, store, batch_size, stop, fresh=retried_oom)
+                state_name, loop_state, facts = _attempt(config, run_id, record, logger, store, batch_size, stop,
+                                                         fresh=retried_oom)
                 exit_code = EXIT_OK
                 if state_name == M.PREEMPTED:
                     if logger.stop_requested_by_sweep():
@@ -354,25 +379,30 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
                     else:
                         # Marked before anything slow: the agent or the platform sends SIGKILL seconds later.
                         logger.mark_preempting()
-                        reason = f"interrupted by signal {stop.signum}; resumes from its checkpoint when relaunched with run_id={run_id}"
+                        reason = (f"interrupted by signal {stop.signum}; resumes from its checkpoint when "
+                                  f"relaunched with run_id={run_id}")
                         exit_code = 128 + (stop.signum or 15)
-                        record.update_summary(**facts, **{M.STATE: state_name, M.REASON: reason, M.EXIT_CODE: exit_code})
+                        record.update_summary(
+                            **facts, **{M.STATE: state_name, M.REASON: reason, M.EXIT_CODE: exit_code})
                 break
             except Diverged as exc:
                 state_name, reason, exit_code = M.DIVERGED, str(exc), EXIT_OK
                 break
             except KeyboardInterrupt:  # Ctrl-C pressed twice: out now, but the record still says what happened
                 state_name, exit_code = M.PREEMPTED, 128 + signal.SIGINT
-                reason = f"interrupted twice (Ctrl-C) before its checkpoint; relaunched with run_id={run_id} it resumes from the last one"
+                reason = (f"interrupted twice (Ctrl-C) before its checkpoint; relaunched with run_id={run_id} it "
+                          f"resumes from the last one")
                 break
             except torch.cuda.OutOfMemoryError as exc:
                 if config.oom_retry and batch_size > 1 and not retried_oom:
                     retried_oom, batch_size, retry_at_half = True, batch_size // 2, True
-                    print(f"warning: CUDA out of memory at batch_size={batch_size * 2}, input_size={config.input_size}; "
-                          f"retrying from scratch at batch_size={batch_size}")
+                    print(f"warning: CUDA out of memory at batch_size={batch_size * 2}, "
+                          f"input_size={config.input_size}; retrying from scratch at batch_size={batch_size}")
                 else:
-                    state_name, reason, exit_code = M.OOM, (f"CUDA out of memory at batch_size={batch_size}, input_size={config.input_size} "
-                                                            f"(eval_size={config.eval_size}): {str(exc).splitlines()[0]}"), EXIT_OK
+                    state_name, reason, exit_code = M.OOM, (f"CUDA out of memory at batch_size={batch_size}, "
+                                                            f"input_size={config.input_size} "
+                                                            f"(eval_size={config.eval_size}): "
+                                                            f"{str(exc).splitlines()[0]}"), EXIT_OK
                     break
             except UserError as exc:
                 state_name, reason, exit_code = M.FAILED, str(exc), EXIT_USER_ERROR
@@ -393,8 +423,10 @@ def _run(config: RunConfig, run_id: str, record: RunRecord) -> RunOutcome:
                 for stale in (LAST_CHECKPOINT, BEST_CHECKPOINT):
                     (folder / stale).unlink(missing_ok=True)
                 record.truncate_history(0)
-        # Still inside the handlers: a signal arriving while W&B finishes cannot kill the run before its record says why.
-        store.close(timeout=stop.seconds_left(UPLOADS_AFTER_SIGNAL_SECONDS) if stop else 600)  # a signal: the kill follows
+        # Still inside the handlers: a signal arriving while W&B
+        # finishes cannot kill the run before its record says why.
+        # a signal: the kill follows
+        store.close(timeout=stop.seconds_left(UPLOADS_AFTER_SIGNAL_SECONDS) if stop else 600)
         summary = _finish(record, logger, state_name, reason, exit_code, facts, loop_state)
     return RunOutcome(run_id, folder, state_name, exit_code, summary)
 
@@ -407,9 +439,9 @@ def refuse_idle_backbone(config: RunConfig, stage_names: tuple[str, ...], freezi
         return
     for epoch, plan in enumerate(freezing.plans(stage_names, config.epochs, config.model)):
         if plan.train_norm_layers or set(plan.trainable_stages) - {stage_names[-1]}:
-            raise UserError(f"backbone_lr_mult=0 with strategy={freezing.name} trains backbone stages at lr 0 (from epoch "
-                            f"{epoch + 1}): they still cost their backward pass and their BatchNorm statistics still move; "
-                            f"use --strategy=head_only to train the head alone, or a multiplier above 0")
+            raise UserError(f"backbone_lr_mult=0 with strategy={freezing.name} trains backbone stages at lr 0 (from "
+                            f"epoch {epoch + 1}): they still cost their backward pass and their BatchNorm statistics "
+                            "still move; use --strategy=head_only to train the head alone, or a multiplier above 0")
 
 
 def _disk_hint(config: RunConfig, exc: BaseException) -> str:
@@ -437,7 +469,8 @@ def _free_cuda() -> None:
         torch.cuda.empty_cache()
 
 
-def _finish(record: RunRecord, logger, state: str, reason: str | None, exit_code: int, facts: dict, loop_state: LoopState) -> dict:
+def _finish(record: RunRecord, logger, state: str, reason: str | None, exit_code: int, facts: dict,
+            loop_state: LoopState) -> dict:
     summary = record.update_summary(
         **facts, **{M.STATE: state, M.REASON: reason, M.EXIT_CODE: exit_code},
         finished_at=datetime.datetime.now().isoformat(timespec="seconds"),
@@ -447,5 +480,8 @@ def _finish(record: RunRecord, logger, state: str, reason: str | None, exit_code
         logger.log_model(record.folder / BEST_CHECKPOINT, {key: summary.get(key) for key in MODEL_METADATA})
     logger.finish(exit_code, state)  # diverged, oom: failed on W&B, so its search scores them as failures
     best = summary.get(M.BEST_VAL_ACC)
-    print(f"run {record.folder.name}: {state}" + (f", best val_acc {best:.4f} at epoch {summary.get(M.BEST_EPOCH)}" if best is not None and best >= 0 else "") + (f" ({reason})" if reason else ""))
+    print(
+        f"run {record.folder.name}: {state}"
+        + (f", best val_acc {best:.4f} at epoch {summary.get(M.BEST_EPOCH)}" if best is not None and best >= 0 else "")
+        + (f" ({reason})" if reason else ""))
     return summary

@@ -58,7 +58,8 @@ class GracefulStop:
         self.flag.request(EARLY_STOP, signum)
 
     def __enter__(self) -> StopFlag:
-        handlers = {signal.SIGTERM: self._on_preempt, signal.SIGINT: self._on_preempt, EARLY_STOP_SIGNAL: self._on_early_stop}
+        handlers = {signal.SIGTERM: self._on_preempt, signal.SIGINT: self._on_preempt,
+                    EARLY_STOP_SIGNAL: self._on_early_stop}
         for signum, handler in handlers.items():
             if signum is None:
                 continue

@@ -51,8 +51,8 @@ class FolderStore(LocalStore):
         # Checked before training, not after its first epoch. A missing parent is a drive not mounted (Colab's
         # /content/drive/MyDrive): creating the tree would put the "safe" copies on the disk that goes away.
         if not root.exists() and not root.parent.is_dir():
-            raise UserError(f"checkpoint store {root}: {root.parent} does not exist (a drive not mounted?); mount it or "
-                            f"create the folder, then run again")
+            raise UserError(f"checkpoint store {root}: {root.parent} does not exist (a drive not mounted?); mount it "
+                            "or create the folder, then run again")
         ensure_writable(root, "checkpoint store", "--checkpoint_store")
         self.folder = root / run_id
 
@@ -164,11 +164,14 @@ class ArtifactStore(LocalStore):
 
     def _upload(self, filename: str, snapshot: Path) -> None:
         try:
-            self.logger.log_artifact_file(snapshot, self.artifact_name(filename), self.KIND, ["latest"], filename=filename)
+            self.logger.log_artifact_file(snapshot, self.artifact_name(filename), self.KIND, ["latest"],
+                                          filename=filename)
         except Exception as exc:
             if not self._warned:
                 self._warned = True
-                print(f"warning: checkpoint upload to W&B failed ({type(exc).__name__}: {exc}); local checkpoints are kept", file=sys.stderr)
+                print(
+                    "warning: checkpoint upload to W&B failed "
+                    f"({type(exc).__name__}: {exc}); local checkpoints are kept", file=sys.stderr)
             return
         finally:
             snapshot.unlink(missing_ok=True)
@@ -196,8 +199,8 @@ class ArtifactStore(LocalStore):
         return self.logger.download_artifact_file(self.artifact_name(dest.name), dest.name, dest)
 
     def close(self, timeout: float | None = 600) -> None:
-        """Wait for queued uploads, at most `timeout` seconds (a stopped run: its kill follows). Uploads not begun by then
-        are dropped: the run folder keeps the checkpoint, and the store's previous version is already safe."""
+        """Wait for queued uploads, at most `timeout` seconds (a stopped run: its kill follows). Uploads not begun by
+        then are dropped: the run folder keeps the checkpoint, and the store's previous version is already safe."""
         with self._lock:
             self._closing = True
         self._wake.set()
@@ -208,7 +211,8 @@ class ArtifactStore(LocalStore):
                 left, self._pending = self._pending, {}
             for snapshot in left.values():
                 snapshot.unlink(missing_ok=True)
-            print(f"note: checkpoint upload to W&B not finished within {timeout:.0f} s; left to the run folder's own copy", flush=True)
+            print(f"note: checkpoint upload to W&B not finished within {timeout:.0f} s; left to the run folder's own "
+                  "copy", flush=True)
 
 
 def make_store(choice: str, logger, run_id: str) -> LocalStore:
@@ -216,6 +220,7 @@ def make_store(choice: str, logger, run_id: str) -> LocalStore:
         return LocalStore()
     if choice in ("auto", "wandb"):
         if choice == "wandb" and logger.mode == "disabled":
-            raise UserError("checkpoint_store=wandb needs W&B logging: drop --wandb_mode=disabled or use --checkpoint_store=local")
+            raise UserError(
+                "checkpoint_store=wandb needs W&B logging: drop --wandb_mode=disabled or use --checkpoint_store=local")
         return ArtifactStore(logger, run_id)
     return FolderStore(choice, run_id)

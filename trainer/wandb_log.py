@@ -64,7 +64,8 @@ class RunLogger:
     def mark_preempting(self) -> None: ...
     def stop_requested_by_sweep(self) -> bool:
         return False
-    def log_artifact_file(self, path: Path, name: str, kind: str, aliases: list[str], filename: str | None = None) -> None: ...
+    def log_artifact_file(self, path: Path, name: str, kind: str, aliases: list[str],
+                          filename: str | None = None) -> None: ...
     def download_artifact_file(self, name: str, filename: str, dest: Path) -> bool:
         return False
     def log_model(self, path: Path, metadata: dict[str, Any]) -> None: ...
@@ -105,8 +106,8 @@ def _online_reachable() -> bool:
     server = _server()
     if server is None or server_reachable(*server):
         return True
-    print(f"note: W&B server {server[0]} cannot be reached; logging offline (`wandb sync <output_dir>/wandb/offline-run-*` "
-          f"uploads it later)", flush=True)
+    print(f"note: W&B server {server[0]} cannot be reached; logging offline (`wandb sync "
+          "<output_dir>/wandb/offline-run-*` uploads it later)", flush=True)
     return False
 
 
@@ -140,7 +141,8 @@ def _has_api_key() -> bool:
     except ImportError:  # older wandb: wandb.api is the way, and is not deprecated there
         return bool(wandb.api.api_key)
     settings = wandb_setup.singleton().settings
-    return bool(wbauth.session_credentials(host=settings.base_url) or wbauth.read_netrc_auth(host=settings.base_url) or settings.api_key)
+    return bool(wbauth.session_credentials(host=settings.base_url) or wbauth.read_netrc_auth(host=settings.base_url)
+                or settings.api_key)
 
 
 class WandbLogger(RunLogger):
@@ -230,8 +232,9 @@ class WandbLogger(RunLogger):
         try:
             import wandb
 
-            artifact = wandb.Artifact(f"model-{self.run.id}", type="model", metadata=metadata,
-                                      description="best.pt of the run: load with `--weights=best.pt` or `agent.py test`")
+            artifact = wandb.Artifact(
+                f"model-{self.run.id}", type="model", metadata=metadata,
+                description="best.pt of the run: load with `--weights=best.pt` or `agent.py test`")
             artifact.add_file(str(path), name=Path(path).name)
             self.run.log_artifact(artifact, aliases=["best", "latest"])
         except Exception as exc:
@@ -283,14 +286,15 @@ def start_logger(mode: str, project: str, entity: str, run_id: str, config: dict
     logger = _start(wandb, mode, project, entity, run_id, config, folder, effective, quiet=fallback, verbose=verbose)
     if logger is None and fallback:  # the server refused or timed out
         print("note: W&B could not start online; logging offline (`wandb sync` uploads it later)", flush=True)
-        logger = _start(wandb, "offline", project, entity, run_id, config, folder, effective, quiet=False, verbose=verbose)
+        logger = _start(wandb, "offline", project, entity, run_id, config, folder, effective, quiet=False,
+                        verbose=verbose)
     if logger is not None:
         print(logger.where(), flush=True)
     return logger or RunLogger()
 
 
 def _start(wandb, mode: str, project: str, entity: str, run_id: str, config: dict[str, Any], folder: Path,
-           effective: dict[str, Any] | None, quiet: bool, verbose: bool = False) -> "WandbLogger | None":
+           effective: dict[str, Any] | None, quiet: bool, verbose: bool = False) -> WandbLogger | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

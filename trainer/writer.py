@@ -22,7 +22,7 @@ benchmarks/checkpoint.py. A CPU run therefore writes in the loop, without the ho
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 
 class CheckpointWriter:
