@@ -18,7 +18,10 @@ from trainer_helpers import SMALL, FixedImages, _to_input, history, tiny_cnn, wi
 
 
 def test_cached_and_uncached_training_agree(base, small_inputs):
-    common = {**base, "model": "resnet18", "strategy": "last_k", "k_layers": 1, "augment": "none", "epochs": 2}
+    # backbone_lr_mult as random init's default was when the tolerance below was set (now 1): fp16 rounding in the
+    # prefix moves a layer trained 10x faster further, and this test is about the cache, not the learning rate.
+    common = {**base, "model": "resnet18", "strategy": "last_k", "k_layers": 1, "augment": "none", "epochs": 2,
+              "backbone_lr_mult": 0.1}
     cached = run_training(parse_run_config({**common, "run_id": "cached"}))
     plain = run_training(parse_run_config({**common, "run_id": "plain", "image_cache": False, "feature_cache": False}))
     images_only = run_training(parse_run_config({**common, "run_id": "images", "feature_cache": False}))
