@@ -16,6 +16,7 @@ A user's mistake ends with one line `error: ...` and exit status 2, never a trac
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -323,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         _say_error(exc)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # `agent.py --help | head`: the reader has all it wanted; no traceback at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # a read-only or full disk, wherever it struck (a run records its own first)
         problem = disk_problem(exc, WRITE_HINTS.get(command, "choose a folder you can write to"), permissions=True)
         if problem is None:
