@@ -72,8 +72,11 @@ STRATEGIES = ("head_only", "last_k", "full")
 AUGMENT = {"head_only": "none", "last_k": "none", "full": "standard"}  # as a sweep would run them
 SWEEP = [(s, lr) for lr in (1e-3, 3e-3) for s in STRATEGIES]  # 6 runs: 2 head-only, 2 last-1, 2 full
 LABEL_SMOOTHING = 0.1  # the harness default, used by the naive loop too
-TARGETS = {"head_only_speedup": 8.0, "sweep_speedup": 4.0, "pipeline_efficiency": 0.9,
-           "gpu_full_images_per_second": 2500.0}
+TARGETS = {"head_only_speedup": 8.0, "sweep_speedup": 4.0, "pipeline_efficiency": 0.9}
+# On a GPU (H100-class figures): every strategy's pipeline efficiency, ResNet-50 full fine-tuning end to end at
+# 224 px (2,500 img/s was the first step, 5,000 the goal), and head-only's epochs against full fine-tuning's.
+GPU_TARGETS = {"pipeline_efficiency": 0.95, "full_images_per_second_first_step": 2500.0,
+               "full_images_per_second": 5000.0, "head_only_over_full": 10.0}
 
 
 @dataclass
@@ -223,12 +226,12 @@ def harness_config(w: Workload, strategy: str, lr: float, cache_dir: Path, outpu
     })
 
 
-def stand_in_imagenet_weights(w: Workload) -> None:
+def stand_in_imagenet_weights(model: str, work_dir: Path) -> None:
     """weights=imagenet as users run it (checkpoints then leave out the frozen stages), with no download: a
     private hub folder holds random values under the weights file's name. Time does not depend on the values."""
-    spec = get_spec(w.model)
+    spec = get_spec(model)
     member = spec.weights_enum[spec.default_weights]
-    hub = w.work_dir / "torch-hub"
+    hub = work_dir / "torch-hub"
     torch.hub.set_dir(str(hub))
     path = hub / "checkpoints" / os.path.basename(urlparse(member.url).path)
     if not path.exists():
@@ -500,6 +503,12 @@ def summarise(w: Workload, results: dict) -> dict:
         "sweep_harness_seconds": median(sweeps["harness"]),
         "sweep_speedup": median(sweeps["naive"]) / median(sweeps["harness"]),
         "pipeline_efficiency": full["harness_train_images_per_second"] / full["model_alone_step_images_per_second"],
+        "pipeline_efficiency_by_strategy": {
+            s: rows[s]["harness_train_images_per_second"] / rows[s]["model_alone_step_images_per_second"]
+            for s in STRATEGIES},
+        # later runs' training-loop img/s, the epochs after a first run's cache building
+        "head_only_over_full": rows["head_only"]["harness_train_images_per_second"]
+        / full["harness_train_images_per_second"],
     }
 
 
@@ -508,12 +517,19 @@ def targets(w: Workload, summary: dict) -> list[tuple[str, float, float, bool]]:
         (f"head-only {w.epochs}-epoch run, harness first run vs naive (x)",
          summary["rows"]["head_only"]["speedup_first"], TARGETS["head_only_speedup"]),
         ("6-run mixed sweep, harness vs naive (x)", summary["sweep_speedup"], TARGETS["sweep_speedup"]),
-        ("pipeline efficiency, full fine-tuning (harness / model alone)", summary["pipeline_efficiency"],
-         TARGETS["pipeline_efficiency"]),
     ]
-    if w.device.type == "cuda":
-        checks.append(("full fine-tuning train img/s", summary["rows"]["full"]["harness_train_images_per_second"],
-                       TARGETS["gpu_full_images_per_second"]))
+    if w.device.type != "cuda":
+        checks.append(("pipeline efficiency, full fine-tuning (harness / model alone)",
+                       summary["pipeline_efficiency"], TARGETS["pipeline_efficiency"]))
+        return [(name, value, target, value >= target) for name, value, target in checks]
+    for strategy in STRATEGIES:
+        checks.append((f"pipeline efficiency, {strategy} (harness / model alone)",
+                       summary["pipeline_efficiency_by_strategy"][strategy], GPU_TARGETS["pipeline_efficiency"]))
+    full = summary["rows"]["full"]["harness_train_images_per_second"]
+    checks += [("full fine-tuning train img/s, first step", full, GPU_TARGETS["full_images_per_second_first_step"]),
+               ("full fine-tuning train img/s", full, GPU_TARGETS["full_images_per_second"]),
+               ("head-only train img/s / full fine-tuning's, later runs (x)", summary["head_only_over_full"],
+                GPU_TARGETS["head_only_over_full"])]
     return [(name, value, target, value >= target) for name, value, target in checks]
 
 
@@ -561,8 +577,8 @@ def render(w: Workload, args, summary: dict, command: str, elapsed: float) -> st
         "of the frozen prefix over all images (when the feature cache applies); *limit / harness* is the share of a "
         "harness run that is model work. *train img/s*: median over epochs of training images per second of the "
         "training loop (no validation); for the model alone, of its train step (on cached features when the feature "
-        "cache applies). Pipeline efficiency = full fine-tuning's harness train img/s / model-alone train img/s, the "
-        "latter measured next to each full run.", "",
+        "cache applies). Pipeline efficiency = a strategy's harness train img/s / its model-alone train img/s (for "
+        "full fine-tuning measured next to each full run); the CPU target is full fine-tuning's.", "",
         "| where a harness run's time goes (s) | " + " | ".join(f"{s} first | {s} later" for s in STRATEGIES) + " |",
         "|---|" + "---:|" * (2 * len(STRATEGIES)),
     ]
@@ -599,7 +615,7 @@ def main(argv=None) -> None:
                                                           for a in (argv if argv is not None else sys.argv[1:]))
     print(f"device {device_name(args.device)}; writing the synthetic dataset (not timed) ...", flush=True)
     w = workload(args)
-    stand_in_imagenet_weights(w)
+    stand_in_imagenet_weights(w.model, w.work_dir)
     print(f"{w.model} at {w.pre.crop_size} px (resize {w.pre.resize_size}); {len(w.train_rel)} train / "
           f"{len(w.val_rel)} validation images; {w.epochs} epochs; batch {w.batch_size}; "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}", flush=True)

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "benchmarks") not in sys.path:
     sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import each other as top-level modules
 
+import backbones as backbones_bench  # noqa: E402
 import checkpoint as checkpoint_bench  # noqa: E402
 import decode as decode_bench  # noqa: E402
 import pipeline as pipeline_bench  # noqa: E402
@@ -149,6 +150,9 @@ def test_summary_ratios_are_naive_over_harness_and_harness_over_model_alone(tmp_
     assert last["model_alone_step_images_per_second"] == 1 / 0.002 and head["later_parts"] == {"scan": 0.5}
     assert summary["sweep_speedup"] == 70 / 15
     assert summary["pipeline_efficiency"] == 160 / 250  # full: harness train img/s / model-alone step img/s
+    assert summary["pipeline_efficiency_by_strategy"] == {"head_only": 400 / 1000, "last_k": 200 / 500,
+                                                          "full": 160 / 250}
+    assert summary["head_only_over_full"] == 400 / 160  # later runs' training-loop img/s
     assert full["samples"] == {"naive": 2, "first": 1, "later": 2, "limit": 1}
 
 
@@ -164,7 +168,12 @@ def test_targets_pass_at_or_above_their_value_and_the_table_says_so(tmp_path):
     assert "| 6-run mixed sweep, harness vs naive (x) | 4.67 | 4 | PASS |" in text
     assert "| pipeline efficiency, full fine-tuning (harness / model alone) | 0.64 | 0.9 | FAIL |" in text
     gpu = pipeline_bench.targets(dataclasses.replace(w, device=torch.device("cuda")), summary)
-    assert gpu[-1] == ("full fine-tuning train img/s", 160, 2500.0, False)
+    assert [(name.split(" (")[0], value, target, ok) for name, value, target, ok in gpu[2:]] == [
+        ("pipeline efficiency, head_only", 0.4, 0.95, False), ("pipeline efficiency, last_k", 0.4, 0.95, False),
+        ("pipeline efficiency, full", 0.64, 0.95, False),
+        ("full fine-tuning train img/s, first step", 160, 2500, False),
+        ("full fine-tuning train img/s", 160, 5000, False),
+        ("head-only train img/s / full fine-tuning's, later runs", 2.5, 10, False)]
 
 
 def test_schedule_interleaves_the_sweep_and_files_each_run_as_first_or_later(tmp_path, monkeypatch):
@@ -239,3 +248,64 @@ def test_decode_table_ratios_are_scan_over_cache_and_naive_over_cache():
     ms = {"scan": 1.0, "cache 232": 4.0, "naive 232": 10.0}
     text = decode_bench.render(ms, {232: ("resnet50",)}, 5, "python benchmarks/decode.py", SimpleNamespace(repeats=1))
     assert "| 232 | resnet50 | 1.00 | 4.00 | 10.00 | 0.25 | 2.5x |" in text
+
+
+def test_backbones_benchmark_runs_every_asked_backbone_and_writes_its_section(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## kept section\n\nfrom another device\n")
+    command = [sys.executable, str(ROOT / "benchmarks" / "backbones.py"), "--models", "resnet18", "scratch_cnn",
+               "--classes", "2", "--images_per_class", "4", "--epochs", "2", "--batch_size", "2", "--sizes", "32",
+               "--device", "cpu", "--work_dir", str(tmp_path / "work"), "--out", str(results)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    text = results.read_text()
+    assert "## kept section" in text and "## Backbones · CPU" in text
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| backbone |")]
+    assert [(r[1].strip(), r[2].strip(), r[3].strip(), r[4].strip()) for r in rows] == [
+        ("resnet18", "last_k", "32", "finished"), ("resnet18", "full", "32", "finished"),
+        ("scratch_cnn", "full", "32", "finished")]  # the scratch CNN has one strategy: all of it trains
+    assert "Crashed or failed runs: 0." in text and "compile" not in text.split("## Backbones")[1]  # GPU only
+
+
+def test_backbones_plan_covers_the_registry_at_two_sizes_and_the_gpu_extras():
+    args = backbones_bench.parse_args(["--device", "cpu"])
+    runs = backbones_bench.plan(args)
+    models = {model for _, model, _, _, _ in runs}
+    assert models == set(backbones_bench.backbone_names())
+    sizes = {(model, size) for _, model, _, size, _ in runs}
+    # 1.25x the own crop, rounded up to 32: 224 -> 288, 299 -> 384 (373.75), 384 -> 480; ViT stays on its 16 px grid
+    for model, own, larger in [("resnet50", 224, 288), ("inception_v3", 299, 384), ("efficientnet_v2_s", 384, 480),
+                               ("vit_b_16", 224, 288), ("scratch_cnn", 224, 288)]:
+        assert {(model, own), (model, larger)} <= sizes
+    assert len(runs) == 4 * (len(models) - 1) + 2  # last_k and full at two sizes; the scratch CNN full only
+    args.device = torch.device("cuda")
+    extras = backbones_bench.plan(args)[len(runs):]
+    assert [(what, overrides) for what, *_, overrides in extras] == [
+        ("compile off", {"compile": False}), ("compile on", {"compile": True}),
+        ("forced OOM", {"batch_size": backbones_bench.OOM_BATCH})]
+
+
+def test_backbones_render_judges_the_forced_oom_and_names_crashes():
+    args = SimpleNamespace(device=torch.device("cpu"), classes=2, images_per_class=4, epochs=2, batch_size=2)
+    Row = backbones_bench.Row
+    rows = [Row("backbone", "resnet18", "full", 32, "crashed", reason="RuntimeError: cuDNN error"),
+            Row("compile off", "resnet50", "full", 224, "finished", images_per_second=100.0, first_epoch_seconds=2.0),
+            Row("compile on", "resnet50", "full", 224, "finished", images_per_second=150.0, first_epoch_seconds=40.0),
+            Row("forced OOM", "resnet50", "full", 1024, "finished", batch="128 (asked 256)")]
+    text = backbones_bench.render(args, rows, "python benchmarks/backbones.py", 60.0)
+    assert "1.50x the train img/s of eager" in text and "first epoch 40.0 s compiled vs 2.0 s eager" in text
+    assert "batch 256): finished, PASS" in text  # retried at half the batch
+    assert "Crashed or failed runs: 1 (resnet18 full 32;" in text
+    rows[-1] = Row("forced OOM", "resnet50", "full", 1024, "crashed")
+    assert "batch 256): crashed, FAIL" in backbones_bench.render(args, rows, "cmd", 1.0)
+
+
+def test_backbones_benchmark_exits_1_when_a_run_crashes(tmp_path, monkeypatch):
+    monkeypatch.setattr(backbones_bench, "run_training", lambda config: 1 / 0)
+    monkeypatch.setattr(backbones_bench, "make_image_folder", lambda root, **kw: root)
+    code = backbones_bench.main(["--models", "scratch_cnn", "--sizes", "32", "--device", "cpu",
+                                 "--work_dir", str(tmp_path), "--out", str(tmp_path / "R.md")])
+    assert code == 1
+    assert "| backbone | scratch_cnn | full | 32 | crashed |" in (tmp_path / "R.md").read_text()
+    assert "ZeroDivisionError" in (tmp_path / "crashes.log").read_text()
