@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision.models as tvm
@@ -17,6 +18,7 @@ from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
 
 from common.errors import UserError
+from common.preprocessing import Preprocessing
 from model_helpers import each_backbone
 from models import backbone_names, build_model, get_spec, preprocessing_for
 from models.backbones import _vit_patch_embed, _vit_resize
@@ -225,6 +227,92 @@ def test_image_and_feature_caches_key_on_the_size(nature_dir, tmp_path):
     assert fixres[M.STATE] == M.FINISHED and (fixres[M.INPUT_SIZE], fixres[M.EVAL_SIZE]) == (32, 48)
     assert fixres["eval_preprocessing"]["crop_size"] == 48 and fixres["preprocessing"]["crop_size"] == 32
     assert len(list(cache.glob("features-*-train.f16"))) == 1 and len(list(cache.glob("features-*-val.f16"))) == 1
+    # ... of the validation images only: the 48 px run's whole-folder cache is not it, nor does it hold a train image.
+    counts = {json.loads(p.with_suffix(".json").read_text())["count"] for p in cache.glob("images-*-55-c48-*.u8")}
+    assert counts == {fixres["num_train"] + fixres["num_val"], fixres["num_val"]}
+
+
+def build_eval_size_inputs(data_dir: Path, cache_dir: Path, split_seed: int = 0, eval_crop: int = 48):
+    """build_inputs of a run at 32 px validated at `eval_crop` px, images cached, no model (no feature cache)."""
+    from contextlib import nullcontext
+
+    from trainer.inputs import InputSettings, build_inputs, load_split
+
+    settings = InputSettings(str(data_dir), str(cache_dir), split_seed=split_seed, feature_cache=False, num_workers=0)
+    data = load_split(settings)
+    pre = Preprocessing(32, 37, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    eval_pre = Preprocessing(eval_crop, eval_crop * 37 // 32, pre.mean, pre.std)  # 32 px: `pre` itself
+    inputs = build_inputs(settings, data, pre, None, 0, torch.device("cpu"), nullcontext, 8, eval_pre=eval_pre)
+    return data, eval_pre, inputs
+
+
+@pytest.fixture
+def decoded(monkeypatch) -> list[tuple[str, int]]:
+    """(file name, resize size) of every image decoded into an image cache."""
+    import data.cache
+
+    seen, real = [], data.cache.decode_working
+    monkeypatch.setattr(data.cache, "decode_working",
+                        lambda path, size, *a, **k: seen.append((Path(path).name, size)) or real(path, size, *a, **k))
+    return seen
+
+
+def test_validation_at_its_own_size_caches_the_validation_images_only_and_serves_the_same_pixels(
+        nature_dir, tmp_path, decoded):
+    """FixRes: nothing but the validation rows is read at the eval size, so nothing else is decoded or stored there
+    (on iNaturalist-12K 2,000 images, not 10,000); the pixels served are those of a whole-folder cache."""
+    from data.cache import DecodedImageCache
+
+    cache_dir = tmp_path / "cache"
+    data, eval_pre, inputs = build_eval_size_inputs(nature_dir, cache_dir)
+    val_names = sorted(Path(data.index.paths[i]).name for i in data.split.val)
+    assert sorted(name for name, size in decoded if size == eval_pre.resize_size) == val_names
+    (eval_cache,) = cache_dir.glob(f"images-*-{eval_pre.resize_size}-c48-*.u8")
+    assert json.loads(eval_cache.with_suffix(".json").read_text())["count"] == len(data.split.val)
+    assert eval_cache.stat().st_size == len(data.split.val) * eval_pre.resize_size ** 2 * 3  # what the disk holds
+
+    served = [(images, labels) for images, labels in inputs.val_loader.epoch(0)]
+    whole = DecodedImageCache.build_or_open(data.index, eval_pre.resize_size, eval_pre.interpolation,
+                                            tmp_path / "whole", progress=False, crop_size=eval_pre.crop_size)
+    assert torch.equal(torch.cat([images for images, _ in served]), torch.from_numpy(whole.read(data.split.val)))
+    assert torch.equal(torch.cat([labels for _, labels in served]), torch.from_numpy(data.index.labels[data.split.val]))
+
+    # The next run of the sweep with this split reuses it; a run with another split builds its own.
+    decoded.clear()
+    build_eval_size_inputs(nature_dir, cache_dir)
+    assert decoded == [] and len(list(cache_dir.glob(f"images-*-{eval_pre.resize_size}-c48-*.u8"))) == 1
+    other, _, other_inputs = build_eval_size_inputs(nature_dir, cache_dir, split_seed=1)
+    assert not np.array_equal(other.split.val, data.split.val)
+    assert sorted(name for name, size in decoded if size == eval_pre.resize_size) == sorted(
+        Path(other.index.paths[i]).name for i in other.split.val)
+    assert len(list(cache_dir.glob(f"images-*-{eval_pre.resize_size}-c48-*.u8"))) == 2
+    assert torch.equal(torch.cat([images for images, _ in other_inputs.val_loader.epoch(0)]),
+                       torch.from_numpy(whole.read(other.split.val)))
+
+
+def test_at_one_size_training_and_validation_share_one_store_of_the_whole_folder(nature_dir, tmp_path, decoded):
+    data, eval_pre, inputs = build_eval_size_inputs(nature_dir, tmp_path / "cache", eval_crop=32)
+    assert inputs.val_loader.loader.dataset.store is inputs.train_loader.loader.dataset.store
+    (cache,) = (tmp_path / "cache").glob("images-*.u8")
+    assert json.loads(cache.with_suffix(".json").read_text())["count"] == len(data.index) == len(decoded)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_store_of_some_rows_serves_them_and_refuses_any_other_image(nature_dir, tmp_path, use_cache):
+    import pickle
+
+    from data.loading import DecodingStore
+    from data.scan import scan_folder
+    from trainer.inputs import image_store
+
+    index = scan_folder(nature_dir / "inaturalist_12K" / "train", verbose=False)
+    pre, rows = Preprocessing(16, 18, (0.5,) * 3, (0.25,) * 3), np.array([1, 4, 5, 9, 20])
+    store = pickle.loads(pickle.dumps(image_store(index, pre, tmp_path, use_cache, rows=rows)))  # as workers get it
+    asked = np.array([20, 1, 9, 9, 4])
+    assert np.array_equal(store.read(asked), DecodingStore(index, 18, crop_size=16).read(asked))
+    for outside in ([2], [1, 21], [len(index) + 3]):
+        with pytest.raises(IndexError):
+            store.read(np.array(outside))
 
 
 # --- weights named truthfully ---------------------------------------------------------------------
