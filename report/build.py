@@ -48,24 +48,27 @@ def build_report(source: str, out_dir: Path, top_n: int = 10, allow_lost_seeds: 
 
 
 def _write_figures(summary: Summary, out_dir: Path) -> dict[str, str]:
+    has_data = {  # an empty figure says less than no figure
+        "by_strategy": bool(summary.successful),
+        "cost": bool(summary.successful),
+        "curves": any(r.history for r in summary.best_per_strategy),
+        "importance": bool(summary.importance),
+        "data_efficiency": bool(summary.protocol and summary.protocol.curve),
+    }
+    roles = [role for role, drawn in has_data.items() if drawn]
+    if not roles:  # no figure to draw: matplotlib, a third of a second to import, is not loaded
+        return {}
     try:
         from report import plots
     except ImportError as error:  # the numbers stand without their figures: report.md and runs.csv still written
         print(f"warning: report without figures ({error}): pip install matplotlib to draw them", flush=True)
         return {}
-    drawers = {
-        "by_strategy": (plots.plot_val_acc_by_strategy, bool(summary.successful)),
-        "cost": (plots.plot_cost, bool(summary.successful)),
-        "curves": (plots.plot_learning_curves, any(r.history for r in summary.best_per_strategy)),
-        "importance": (plots.plot_importance, bool(summary.importance)),
-        "data_efficiency": (plots.plot_data_efficiency, bool(summary.protocol and summary.protocol.curve)),
-    }
-    images = {}
-    for role, (draw, has_data) in drawers.items():
-        if has_data:  # an empty figure says less than no figure
-            draw(summary, out_dir / FIGURES[role])
-            images[role] = FIGURES[role]
-    return images
+    drawers = {"by_strategy": plots.plot_val_acc_by_strategy, "cost": plots.plot_cost,
+               "curves": plots.plot_learning_curves, "importance": plots.plot_importance,
+               "data_efficiency": plots.plot_data_efficiency}
+    for role in roles:
+        drawers[role](summary, out_dir / FIGURES[role])
+    return {role: FIGURES[role] for role in roles}
 
 
 def _copy_test_figures(summary: Summary, out_dir: Path) -> dict[str, list[tuple[str, str]]]:

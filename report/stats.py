@@ -80,10 +80,10 @@ class MeanCI:
 
 def mean_ci(values: list[float], confidence: float = CONFIDENCE) -> MeanCI | None:
     """Student-t interval of the mean: few seeds, unknown variance. None below two values."""
-    from scipy import stats
-
     if len(values) < 2:
         return None
+    from scipy import stats  # here, past the early return: scipy.stats takes half a second to import
+
     array = np.asarray(values, dtype=float)
     sem = array.std(ddof=1) / math.sqrt(len(array))
     t = stats.t.ppf(0.5 + confidence / 2, df=len(array) - 1)
@@ -113,8 +113,6 @@ class DifferenceCI:
 def difference_ci(first: list[float], second: list[float], confidence: float = CONFIDENCE) -> DifferenceCI | None:
     """Welch t interval of mean(first) - mean(second): few seeds a side, variances not assumed equal.
     None below two values a side."""
-    from scipy import stats
-
     if len(first) < 2 or len(second) < 2:
         return None
     a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
@@ -123,6 +121,8 @@ def difference_ci(first: list[float], second: list[float], confidence: float = C
     if var_a + var_b == 0:  # every seed agreed on both sides: no spread to scale a t by
         return DifferenceCI(difference, 0.0, float(len(a) + len(b) - 2), confidence)
     df = (var_a + var_b) ** 2 / (var_a ** 2 / (len(a) - 1) + var_b ** 2 / (len(b) - 1))
+    from scipy import stats  # here, past the early returns: scipy.stats takes half a second to import
+
     t = stats.t.ppf(0.5 + confidence / 2, df=df)
     return DifferenceCI(difference, float(t * math.sqrt(var_a + var_b)), float(df), confidence)
 
@@ -183,11 +183,12 @@ def parameter_importance(records: list[RunRecord]) -> list[Importance] | None:
     Rank correlation, not Pearson: learning rates span decades, and a linear correlation on raw lr is
     decided by its largest values.
     """
+    if len(records) < MIN_RUNS_FOR_IMPORTANCE:
+        return None
+    # Here, past the early return: scipy.stats and scikit-learn take most of a second to import.
     from scipy import stats
     from sklearn.ensemble import RandomForestRegressor
 
-    if len(records) < MIN_RUNS_FOR_IMPORTANCE:
-        return None
     target = np.array([r.best_val_acc for r in records], dtype=float)
     configs = [r.effective_config for r in records]
     parameters = _varying_parameters(configs)
