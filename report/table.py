@@ -265,11 +265,13 @@ class RunRecord:
 
     # --- what the run achieved ---------------------------------------------------------------------
     def _history_best(self) -> tuple[float | None, int | None]:
-        best, best_epoch = None, None
+        """The training loop's rule (trainer/loop.py is_better): highest val_acc, ties to the lower val_loss."""
+        best, best_loss, best_epoch = None, math.inf, None
         for position, row in enumerate(self.history, start=1):
-            value = finite(row.get(metrics.VAL_ACC))
-            if value is not None and (best is None or value > best):
-                best, best_epoch = value, int(row.get(metrics.EPOCH, position))
+            value, loss = finite(row.get(metrics.VAL_ACC)), finite(row.get(metrics.VAL_LOSS))
+            loss = math.inf if loss is None else loss
+            if value is not None and (best is None or value > best or (value == best and loss < best_loss)):
+                best, best_loss, best_epoch = value, loss, int(row.get(metrics.EPOCH, position))
         return best, best_epoch
 
     @property

@@ -182,6 +182,32 @@ def test_a_tie_is_no_improvement_the_first_best_epoch_stays_best(base, monkeypat
     assert torch.load(outcome.folder / "best.pt", weights_only=True)["loop"]["epoch"] == 2
 
 
+def test_a_tie_in_val_acc_goes_to_the_lower_val_loss_everywhere(base, monkeypatch):
+    """On a small validation set accuracy moves in steps: epochs 2-4 tie at 0.8, epoch 3 has the lowest loss."""
+    import trainer.loop
+
+    results = iter([(1.0, 0.5), (0.9, 0.8), (0.7, 0.8), (0.8, 0.8), (0.75, 0.8), (0.7, 0.8)])
+    monkeypatch.setattr(trainer.loop, "evaluate", lambda loop, loader: next(results))
+    outcome = run_training(scratch(base, run_id="tie-loss", epochs=6, patience=3))
+    assert (outcome.summary[M.BEST_EPOCH], outcome.summary[M.BEST_VAL_ACC]) == (3, 0.8)
+    assert torch.load(outcome.folder / "best.pt", weights_only=True)["loop"]["epoch"] == 3
+    assert outcome.summary[M.EPOCHS_COMPLETED] == 6  # patience counts from epoch 3: 4, 5 and 6 did not beat it
+
+
+def test_a_checkpoint_from_before_the_tie_rule_takes_its_best_loss_from_its_history():
+    from trainer.checkpoint import LoopState, restore
+
+    model = tiny_cnn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": {},
+               "rng": {"torch": torch.get_rng_state(), "cuda": []},
+               "loop": {"epoch": 3, "best_val_acc": 0.8, "best_epoch": 2, "stale_epochs": 1},
+               "history": [{"epoch": e, "val_loss": v} for e, v in ((1, 1.0), (2, 0.6), (3, 0.9))]}
+    assert restore(payload, model=model, optimizer=optimizer, scaler=None).best_val_loss == 0.6
+    payload["history"] = []
+    assert restore(payload, model=model, optimizer=optimizer, scaler=None).best_val_loss == LoopState().best_val_loss
+
+
 def test_a_training_loss_that_is_not_finite_ends_the_run_as_diverged_even_when_validation_is(base, monkeypatch):
     """As when fp16 overflows and the grad scaler skips the steps: the weights stay finite, the loss does not."""
     training_losses(monkeypatch, add=float("nan"))

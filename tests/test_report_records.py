@@ -65,13 +65,20 @@ def test_a_test_result_of_an_earlier_best_epoch_is_left_out(tmp_path, sweep_dir,
     assert "tested epoch 1, but the run's best epoch is now 2" in capsys.readouterr().out
 
 
-def test_tied_epochs_give_the_first_as_the_best_epoch(tmp_path):
+def test_tied_epochs_go_to_the_lower_val_loss_then_to_the_first(tmp_path):
+    """The training loop's rule (trainer/loop.py is_better), read back from a history without a summary best."""
     (tmp_path / "runs").mkdir()
     no_best = without(make_summary("r01"), metrics.BEST_VAL_ACC, metrics.BEST_EPOCH)
-    add_run(tmp_path / "runs", "r16", "r01", [0.6, 0.8, 0.8], no_best)
+    add_run(tmp_path / "runs", "r16", "r01", [0.6, 0.8, 0.8], no_best)  # equal val_loss at the tie (1.2 - acc)
     summary, text = report_of(tmp_path / "runs")
     assert summary.leaderboard[0].best_epoch == 2  # the checkpoint kept is the first to reach 80 %
     assert f"| {percent(0.8)} | 2/3 |" in section(text, 2)
+    metrics_file = tmp_path / "runs" / "r16" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    rows[2][metrics.VAL_LOSS] = rows[1][metrics.VAL_LOSS] - 0.1  # epoch 3 ties on accuracy with a lower loss
+    metrics_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary, text = report_of(tmp_path / "runs")
+    assert summary.leaderboard[0].best_epoch == 3 and f"| {percent(0.8)} | 3/3 |" in section(text, 2)
 
 
 def test_the_summarys_best_epoch_stands_without_a_history(tmp_path):

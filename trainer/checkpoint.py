@@ -10,6 +10,7 @@ stay frozen for the whole run on ImageNet weights are left out (`frozen_base` na
 from __future__ import annotations
 
 import errno
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass, fields
@@ -36,8 +37,9 @@ class LoopState:
     batch: int = 0  # batches of the current epoch already trained (a mid-epoch checkpoint)
     step: int = 0  # optimizer steps in total
     best_val_acc: float = -1.0
+    best_val_loss: float = math.inf  # the best epoch's; a later epoch with equal val_acc and a lower loss is better
     best_epoch: int = 0
-    stale_epochs: int = 0  # epochs since val_acc last improved
+    stale_epochs: int = 0  # epochs since the best epoch
     train_seconds: float = 0.0
     epoch_seconds: float = 0.0  # seconds the current epoch trained before the last checkpoint, in any session
     loss_sum: float = 0.0  # running sums of the current epoch
@@ -230,4 +232,8 @@ def restore(payload: dict[str, Any], *, model, optimizer, scaler) -> LoopState:
             and len(payload["rng"]["cuda"]) == torch.cuda.device_count()):
         torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
     names = {f.name for f in fields(LoopState)}
-    return LoopState(**{k: v for k, v in payload["loop"].items() if k in names})
+    loop = {k: v for k, v in payload["loop"].items() if k in names}
+    if "best_val_loss" not in loop:  # written before ties went to the lower loss: the best epoch's, from the history
+        loop["best_val_loss"] = next((row["val_loss"] for row in payload.get("history") or []
+                                      if row.get("epoch") == loop.get("best_epoch") and "val_loss" in row), math.inf)
+    return LoopState(**loop)

@@ -149,8 +149,8 @@ class RunConfig:
     batch_size: int = _opt(32, "images per batch", "optimization", low=1, high=65_536)
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss", "optimization", low=0.0, high=0.5)
     grad_clip: float = _opt(1.0, "clip the gradient norm to this; 0 = off", "optimization", low=0.0)
-    patience: int = _opt(5, "early stopping: epochs without a better val_acc before stopping; 0 = off", "optimization",
-                         low=0)
+    patience: int = _opt(5, "early stopping: epochs without a better epoch (val_acc; ties: lower val_loss) before "
+                            "stopping; 0 = off", "optimization", low=0)
     seed: int = _opt(0, "seed of weight init, data order, augmentation and dropout", "optimization", low=0,
                      high=SEED_MAX)
     # runtime

@@ -43,7 +43,7 @@ class TrainSettings:
     """What the loop itself reads of a run's settings: how long to train, when to stop, the loss, the checkpoints."""
 
     epochs: int
-    patience: int = 0  # epochs without a better val_acc before stopping; 0 = off
+    patience: int = 0  # epochs without a better epoch (is_better) before stopping; 0 = off
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # 0 = off
     checkpoint_minutes: float = 0.0  # also checkpoint inside long epochs; 0 = at epoch ends only
@@ -201,9 +201,10 @@ def train(loop: Loop, state: LoopState) -> str:
             M.EPOCH_SECONDS: round(epoch_seconds, 3),
             M.IMAGES_PER_SECOND: round((state.seen - uncounted_images) / max(epoch_seconds, 1e-9), 1),
         }
-        improved = val_acc > state.best_val_acc
+        improved = is_better(val_acc, val_loss, state)
         if improved:
-            state.best_val_acc, state.best_epoch, state.stale_epochs = val_acc, epoch + 1, 0
+            state.best_val_acc, state.best_val_loss, state.best_epoch, state.stale_epochs = (
+                val_acc, val_loss, epoch + 1, 0)
         else:
             state.stale_epochs += 1
         state.epoch, state.batch = epoch + 1, 0
@@ -235,6 +236,13 @@ def train(loop: Loop, state: LoopState) -> str:
         if loop.stop and state.epoch < settings.epochs:  # a stop during the last validation finds the run done
             return M.EARLY_STOPPED if loop.stop.reason == EARLY_STOP else M.PREEMPTED
     return M.FINISHED
+
+
+def is_better(val_acc: float, val_loss: float, state: LoopState) -> bool:
+    """Is this epoch the run's best so far? Higher val_acc; at equal val_acc (frequent on a small validation set,
+    where accuracy moves in steps of 1/images), lower val_loss. best.pt, the patience count and the sweep's
+    best_val_acc follow this rule; the report's reading of a history (report/table.py) is the same."""
+    return val_acc > state.best_val_acc or (val_acc == state.best_val_acc and val_loss < state.best_val_loss)
 
 
 def add_elapsed_seconds(started: float, *totals: float) -> tuple[float, ...]:
