@@ -6,15 +6,16 @@ For each backbone of the registry (the scratch CNN included, which has one strat
 batch augmentation runs on the device) at the weights' own crop and at one larger size (1.25x, rounded up to a
 multiple of 32 and of the model's patch), on one synthetic dataset of JPEGs. Each run is `trainer.run.run_training`
 as a user's trial runs it, with `weights=imagenet` loaded from a private hub folder that holds random values under
-the weights file's name (timing does not depend on the values; no download). Then, on a GPU:
-- `torch.compile` off and on for ResNet-50 full fine-tuning, side by side;
+the weights file's name (timing does not depend on the values; no download). On a GPU, first:
+- `torch.compile` off and on for ResNet-50 full fine-tuning, side by side, on a larger dataset of its own;
 - an out-of-memory error forced by a huge batch at a huge size, which must end as a run retried at half the
   batch or as state `oom`, never a crash.
-It prints and writes one section into benchmarks/RESULTS.md per device: state, precision, batch, train img/s
-(median over the epochs after the first), peak GPU memory, seconds. A run that crashes (state `failed`, or an
-exception out of run_training) makes the script exit 1; slow figures never do: they are measurements.
+It prints and writes one section into benchmarks/RESULTS.md per device (and selection): state, precision, batch,
+train img/s (median over the epochs after the first), peak GPU memory, seconds; rewritten after every run. A run
+that crashes (state `failed`, or an exception out of run_training) makes the script exit 1; slow figures never
+do: they are measurements. SIGTERM ends the current run as `preempted` and the script there, with exit 124.
 
-    python benchmarks/backbones.py                       # a GPU: every backbone, compile, OOM (about 4 minutes)
+    python benchmarks/backbones.py                       # a GPU: compile, OOM, every backbone (estimate: 4 min)
     python benchmarks/backbones.py --models resnet18 --device cpu --images_per_class 4 --epochs 1 --sizes 64
 """
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import math
 import shlex
 import shutil
@@ -47,6 +47,7 @@ from data.synthetic import make_image_folder  # noqa: E402
 from models import backbone_names, get_spec  # noqa: E402
 from trainer import metrics as M  # noqa: E402
 from trainer.config import parse_run_config  # noqa: E402
+from trainer.record import RunRecord  # noqa: E402
 from trainer.run import resolve_device, run_training  # noqa: E402
 
 AUGMENT = {"last_k": "none", "full": "standard"}  # last_k from cached features; full with batch augmentation
@@ -113,8 +114,7 @@ def run_one(args, data_root: Path, work_dir: Path, what: str, model: str, strate
         return Row(what, model, strategy, size, "crashed", reason=f"{type(exc).__name__}: {exc}".splitlines()[0],
                    seconds=time.perf_counter() - started)
     summary = outcome.summary
-    history = [json.loads(line) for line in (outcome.folder / "metrics.jsonl").read_text().splitlines()
-               if line.strip()]
+    history = RunRecord.read_history(outcome.folder)  # none when the run ended before its first epoch
     rates = [r[M.IMAGES_PER_SECOND] for r in history[1:] or history]
     asked, used = summary.get(M.BATCH_SIZE_ASKED, args.batch_size), summary.get(M.BATCH_SIZE, "-")
     row = Row(what, model, strategy, size, outcome.state, precision=str(summary.get(M.PRECISION, "-")),
@@ -128,15 +128,17 @@ def run_one(args, data_root: Path, work_dir: Path, what: str, model: str, strate
 
 
 def plan(args) -> list[tuple[str, str, str, int, dict]]:
-    """(what, model, strategy, size, overrides) of every run, in the order they run."""
-    runs = [("backbone", model, strategy, size, {})
-            for model in args.models for size in sizes_for(model, args.sizes)
-            for strategy in strategies_for(model, args.strategies)]
+    """(what, model, strategy, size, overrides) of every run, in the order they run. On a GPU the compile pair
+    and the forced OOM come first: a time limit cuts the end of the plan, and the backbones' rows stand alone."""
+    runs = []
     if args.device.type == "cuda" and not args.skip_gpu_only:
         native = own_size("resnet50")
         runs += [("compile off", "resnet50", "full", native, {"compile": False}),
                  ("compile on", "resnet50", "full", native, {"compile": True}),
                  ("forced OOM", "resnet50", "full", OOM_SIZE, {"batch_size": OOM_BATCH})]
+    runs += [("backbone", model, strategy, size, {})
+             for model in args.models for size in sizes_for(model, args.sizes)
+             for strategy in strategies_for(model, args.strategies)]
     return runs
 
 
@@ -144,16 +146,27 @@ def fmt(value: float, digits: int = 0) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def chosen(args) -> str:
+    """The section title's part naming a partial selection: a rerun of some models keeps the full run's section."""
+    if list(args.models) == list(backbone_names()) and args.sizes is None and args.strategies == ["last_k", "full"]:
+        return ""
+    return f" · {' '.join(args.models)}" + (f" · {' '.join(map(str, args.sizes))} px" if args.sizes else "") + (
+        f" · {' '.join(args.strategies)}" if args.strategies != ["last_k", "full"] else "")
+
+
 def render(args, rows: list[Row], command: str, elapsed: float, planned: int | None = None) -> str:
+    compile_data = (f"; the compile pair trains on {args.compile_images_per_class} images per class"
+                    if any(r.what.startswith("compile") for r in rows) else "")
     lines = [
-        f"## Backbones · {device_name(args.device)}", "",
+        f"## Backbones · {device_name(args.device)}{chosen(args)}", "",
         f"`{command}`", "",
         f"{datetime.date.today().isoformat()}; torch {torch.__version__}; {args.classes} classes x "
         f"{args.images_per_class} synthetic JPEGs (500x375 to 1000x750), 80/20 train/validation split, "
         f"{args.epochs} epochs, batch {args.batch_size}, precision `auto`, random values in each ImageNet weights "
         f"file's place (loaded as `weights=imagenet`); last_k is k_layers=1 with augment none (frozen-prefix feature "
         f"cache), full is augment standard; whole script {elapsed / 60:.1f} min"
-        f"{'' if planned in (None, len(rows)) else f' (stopped after {len(rows)} of {planned} runs)'}.", "",
+        f"{'' if planned in (None, len(rows)) else f' (stopped after {len(rows)} of {planned} runs)'}"
+        f"{compile_data}.", "",
         "| run | model | strategy | px | state | precision | batch | train img/s (epochs 2+) | first epoch s | "
         "peak GPU GiB | run s | reason |",
         "|---|---|---|---:|---|---|---|---:|---:|---:|---:|---|",
@@ -188,6 +201,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="crop sizes in px (default: each model's own, and 1.25x it rounded up to 32)")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--images_per_class", type=int, default=40)
+    parser.add_argument("--compile_images_per_class", type=int, default=200,
+                        help="the compile pair's dataset (enough steps an epoch that the epoch is not its overhead)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -212,17 +227,24 @@ def main(argv=None) -> int:
     for stale in ("runs.log", "crashes.log"):
         (work_dir / stale).unlink(missing_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
-    print(f"device {device_name(args.device)}; writing the synthetic dataset (not timed) ...", flush=True)
-    data_root = make_image_folder(work_dir / f"data-{args.classes}x{args.images_per_class}", classes=args.classes,
-                                  train_per_class=args.images_per_class, test_per_class=1)
-    for model in args.models:
+    print(f"device {device_name(args.device)}; writing the synthetic datasets (not timed) ...", flush=True)
+    runs = plan(args)
+
+    def dataset(per_class: int) -> Path:
+        return make_image_folder(work_dir / f"data-{args.classes}x{per_class}", classes=args.classes,
+                                 train_per_class=per_class, test_per_class=1)
+
+    data = {"": dataset(args.images_per_class)}
+    if any(what.startswith("compile") for what, *_ in runs):
+        data["compile"] = dataset(args.compile_images_per_class)
+    for model in sorted({model for _, model, *_ in runs}):  # the GPU-only runs' ResNet-50 too
         if not get_spec(model).is_scratch:
             stand_in_imagenet_weights(model, work_dir)
-    rows = []
-    runs = plan(args)
+    rows, section, out_of_time = [], "", False
     for i, (what, model, strategy, size, overrides) in enumerate(runs, 1):
         print(f"[{i}/{len(runs)}] {what:11s} {model:18s} {strategy:7s} {size:4d} px ...", end="", flush=True)
-        row = run_one(args, data_root, work_dir, what, model, strategy, size, **overrides)
+        root = data["compile"] if what.startswith("compile") else data[""]
+        row = run_one(args, root, work_dir, what, model, strategy, size, **overrides)
         print(f" {row.state:9s} {fmt(row.images_per_second):>6s} img/s  peak {fmt(row.peak_gpu_memory_gb, 2)} GiB  "
               f"{row.seconds:.1f} s {row.reason[:100]}", flush=True)
         rows.append(row)
@@ -231,8 +253,14 @@ def main(argv=None) -> int:
         write_section(Path(args.out), section)
         if args.device.type == "cuda":
             torch.cuda.empty_cache()
+        if row.state == M.PREEMPTED:  # SIGTERM (a time limit): the run stopped as a user's would; so does the plan
+            out_of_time = True
+            break
     print("\n" + section)
     print(f"wrote {args.out}; run logs in {work_dir / 'runs.log'}")
+    if out_of_time:
+        print("stopped by a signal: the section holds the runs done so far")
+        return 124
     return 1 if any(r.crashed for r in rows) else 0
 
 

@@ -27,6 +27,7 @@ import pipeline as pipeline_bench  # noqa: E402
 
 from common.preprocessing import Preprocessing  # noqa: E402
 from models import FreezeOptions, build_model, plan_for_epoch, resolve_strategy  # noqa: E402
+from trainer import metrics as M  # noqa: E402
 
 
 def test_pipeline_benchmark_runs_and_writes_its_section(tmp_path):
@@ -280,20 +281,23 @@ def test_backbones_plan_covers_the_registry_at_two_sizes_and_the_gpu_extras():
         assert {(model, own), (model, larger)} <= sizes
     assert len(runs) == 4 * (len(models) - 1) + 2  # last_k and full at two sizes; the scratch CNN full only
     args.device = torch.device("cuda")
-    extras = backbones_bench.plan(args)[len(runs):]
+    on_gpu = backbones_bench.plan(args)
+    extras = on_gpu[:-len(runs)]  # first: a time limit cuts the end of the plan
+    assert on_gpu[len(extras):] == runs
     assert [(what, overrides) for what, *_, overrides in extras] == [
         ("compile off", {"compile": False}), ("compile on", {"compile": True}),
         ("forced OOM", {"batch_size": backbones_bench.OOM_BATCH})]
 
 
 def test_backbones_render_judges_the_forced_oom_and_names_crashes():
-    args = SimpleNamespace(device=torch.device("cpu"), classes=2, images_per_class=4, epochs=2, batch_size=2)
+    args = backbones_bench.parse_args(["--device", "cpu"])
     Row = backbones_bench.Row
     rows = [Row("backbone", "resnet18", "full", 32, "crashed", reason="RuntimeError: cuDNN error"),
             Row("compile off", "resnet50", "full", 224, "finished", images_per_second=100.0, first_epoch_seconds=2.0),
             Row("compile on", "resnet50", "full", 224, "finished", images_per_second=150.0, first_epoch_seconds=40.0),
             Row("forced OOM", "resnet50", "full", 1024, "finished", batch="128 (asked 256)")]
     text = backbones_bench.render(args, rows, "python benchmarks/backbones.py", 60.0)
+    assert "the compile pair trains on 200 images per class" in text and "## Backbones · CPU" in text
     assert "1.50x the train img/s of eager" in text and "first epoch 40.0 s compiled vs 2.0 s eager" in text
     assert "batch 256): finished, PASS" in text  # retried at half the batch
     assert "Crashed or failed runs: 1 (resnet18 full 32;" in text
@@ -309,3 +313,25 @@ def test_backbones_benchmark_exits_1_when_a_run_crashes(tmp_path, monkeypatch):
     assert code == 1
     assert "| backbone | scratch_cnn | full | 32 | crashed |" in (tmp_path / "R.md").read_text()
     assert "ZeroDivisionError" in (tmp_path / "crashes.log").read_text()
+
+
+def test_backbones_benchmark_stops_at_a_preempted_run_and_records_a_run_that_failed_before_its_first_epoch(
+        tmp_path, monkeypatch):
+    """SIGTERM from a time limit ends the run as preempted: the plan stops there (exit 124), its rows kept. A run
+    that failed before any epoch has no metrics.jsonl and is a row, not a crash of the script."""
+    states = iter([M.FAILED, M.PREEMPTED, M.FINISHED])
+
+    def fake_run(config):
+        folder = tmp_path / "runs" / config.run_id
+        folder.mkdir(parents=True)
+        state = next(states)
+        return SimpleNamespace(state=state, folder=folder, summary={M.REASON: f"{state} here"})
+
+    monkeypatch.setattr(backbones_bench, "run_training", fake_run)
+    monkeypatch.setattr(backbones_bench, "make_image_folder", lambda root, **kw: root)
+    code = backbones_bench.main(["--models", "scratch_cnn", "--sizes", "32", "64", "96", "--device", "cpu",
+                                 "--work_dir", str(tmp_path), "--out", str(tmp_path / "R.md")])
+    text = (tmp_path / "R.md").read_text()
+    assert code == 124 and "(stopped after 2 of 3 runs)" in text
+    assert "| backbone | scratch_cnn | full | 32 | failed |" in text and "| 64 | preempted |" in text
+    assert "| 96 |" not in text and "## Backbones · CPU" in text and "scratch_cnn · 32 64 96 px" in text

@@ -233,7 +233,8 @@ def restore(payload: dict[str, Any], *, model, optimizer, scaler) -> LoopState:
         torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
     names = {f.name for f in fields(LoopState)}
     loop = {k: v for k, v in payload["loop"].items() if k in names}
-    if "best_val_loss" not in loop:  # written before ties went to the lower loss: the best epoch's, from the history
+    if "best_val_loss" not in loop:  # written before ties went to the lower loss: the best epoch's, from the history;
+        # unknown, -inf keeps the rule it was written under (a tie is no improvement)
         loop["best_val_loss"] = next((row["val_loss"] for row in payload.get("history") or []
-                                      if row.get("epoch") == loop.get("best_epoch") and "val_loss" in row), math.inf)
+                                      if row.get("epoch") == loop.get("best_epoch") and "val_loss" in row), -math.inf)
     return LoopState(**loop)
