@@ -94,11 +94,14 @@ DROPPED_DIR = "dropped"  # run folders of trials a corrected first call dropped
 def check_sweep(sweep_yaml: Path, fixed: dict[str, str] | None = None) -> str:
     """Every check a local sweep makes of its YAML and fixed arguments before its first trial, with nothing run:
     for a definition headed to `wandb sweep`, whose server checks none of them. Returns what the sweep will do."""
+    from sweeper.protocol import check_stage_sweep  # the fair protocol's refusals, for its compare and curve sweeps
+
     definition = load_definition(sweep_yaml)
     fixed = check_fixed(fixed or {})
     unrunnable = unrunnable_values(definition.parameters, fixed)
     if unrunnable:
         raise problems_error(sweep_yaml, unrunnable, "; remove that value from the YAML, or change the argument")
+    check_stage_sweep(sweep_yaml, fixed)
     searched = [name for name in definition.searched() if name not in fixed]
     metric = definition.config["metric"]
     return (f"sweep file {sweep_yaml} is fine: method {definition.config['method']}, metric {metric['name']} "
@@ -115,6 +118,9 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
     unrunnable = unrunnable_values(definition.parameters, fixed)
     if unrunnable:  # with the fixed arguments: --model=resnet18 makes k_layers=7 unrunnable
         raise problems_error(sweep_yaml, unrunnable, "; remove that value from the YAML, or change the argument")
+    from sweeper.protocol import check_stage_sweep
+
+    check_stage_sweep(sweep_yaml, fixed)  # the protocol's compare or curve sweep, run as a plain sweep
     sweep_dir = (Path(sweep_dir) if sweep_dir else Path("sweep_runs") / Path(sweep_yaml).stem).resolve()
     existed = sweep_dir.exists()
     if not existed:

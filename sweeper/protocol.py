@@ -195,6 +195,9 @@ def write_recipes(protocol: Protocol, protocol_dir: Path | None, wandb: bool = F
         write_text(path, header + yaml.safe_dump(values, sort_keys=False))
         print(f"recipe {path}: {arm.model} from {winner.run_id} (val_acc {winner.best_val_acc:.4f})", flush=True)
         written.append(path)
+    compare = protocol.compare
+    print(f"then: python agent.py check {compare} && wandb sweep {compare}" if wandb
+          else f"then: python agent.py protocol compare {protocol.path} --data_dir=DIR", flush=True)
     return written
 
 
@@ -274,6 +277,29 @@ def final_problems(protocol: Protocol, sweep_yaml: Path, tuned_seeds: set, stage
     return problems
 
 
+def refuse(stage: str, problems: list[str]) -> None:
+    if problems:
+        more = f" (also: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
+        raise UserError(f"{stage} stage: {problems[0]}{more}")
+
+
+def check_stage_sweep(sweep_yaml: Path, fixed: Mapping[str, str], protocol_path: Path = PROTOCOL_FILE) -> None:
+    """The protocol's checks of a compare or curve sweep started outside `agent.py protocol` (`wandb sweep` after
+    `agent.py check`, or `agent.py sweep`), when the protocol file names `sweep_yaml` as that stage's sweep: the
+    same refusals as `agent.py protocol compare`. Any other sweep, or no protocol file: nothing to check."""
+    stage = (load_definition(sweep_yaml).parameters.get("stage") or {}).get("value")
+    if stage not in ("compare", "curve") or not Path(protocol_path).is_file():
+        return
+    protocol = load_protocol(protocol_path)
+    named = protocol.compare if stage == "compare" else protocol.curve
+    if named is None or Path(named).resolve() != Path(sweep_yaml).resolve():
+        return
+    problems = final_problems(protocol, Path(sweep_yaml), tuned_seeds(protocol, None), stage)
+    problems += [f"--{key} would override the {stage} sweep's own {key}s: the final runs vary it; drop the argument"
+                 for key in VARIED_BY_STAGES if key in fixed]
+    refuse(stage, problems)
+
+
 def tuned_seeds(protocol: Protocol, protocol_dir: Path | None) -> set:
     """The seeds the tuning trials trained with: the protocol's, and any a tuning run's config records."""
     seeds = {protocol.tune_seed}
@@ -298,9 +324,7 @@ def run_final(protocol: Protocol, stage: str, protocol_dir: Path | None, workers
     problems = final_problems(protocol, sweep_yaml, tuned_seeds(protocol, protocol_dir), stage)
     problems += [f"--{key} would override the {stage} sweep's own {key}s: the final runs vary it; drop the argument"
                  for key in VARIED_BY_STAGES if key in user_fixed]
-    if problems:
-        more = f" (also: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
-        raise UserError(f"{stage} stage: {problems[0]}{more}")
+    refuse(stage, problems)
     count = grid_size(load_definition(sweep_yaml).parameters)
     folder = protocol.folder(protocol_dir) / stage
     print(f"== {stage}: {count} runs of {sweep_yaml} -> {folder}", flush=True)

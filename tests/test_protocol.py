@@ -119,6 +119,33 @@ def test_the_final_stage_refuses_tuning_seeds_one_split_and_a_missing_recipe(pro
         P.run_final(protocol, "compare", tmp_path / "fair", 1, {})
 
 
+def test_a_compare_sweep_checked_or_run_outside_the_protocol_meets_the_same_refusals(protocol_files, tmp_path,
+                                                                                     monkeypatch):
+    """`agent.py check sweeps/compare.yaml` before `wandb sweep`, or `agent.py sweep sweeps/compare.yaml`: the
+    protocol file that names it as its compare sweep refuses it as `agent.py protocol compare` would."""
+    from sweeper.local import check_sweep, run_local_sweep
+
+    protocol = P.load_protocol(protocol_files)
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "protocol.yaml").write_text(protocol_files.read_text())  # the default protocol file
+    monkeypatch.chdir(tmp_path)
+    definition = yaml.safe_load(protocol.compare.read_text())
+    for arm in protocol.arms:  # the recipes exist, as after `protocol recipes`
+        protocol.recipe_path(arm).parent.mkdir(parents=True, exist_ok=True)
+        protocol.recipe_path(arm).write_text(yaml.safe_dump({"model": arm.model, "input_size": 32}))
+    assert "is fine" in check_sweep(protocol.compare)
+    definition["parameters"]["seed"] = {"values": [0, 100]}  # 0: the tuning seed
+    protocol.compare.write_text(yaml.safe_dump(definition))
+    with pytest.raises(UserError, match=r"compare stage: .*seed\(s\) \[0\] that tuning used"):
+        check_sweep(protocol.compare)
+    with pytest.raises(UserError, match="compare stage: "):
+        run_local_sweep(protocol.compare, count=1, sweep_dir=tmp_path / "plain")
+    assert not (tmp_path / "plain").exists()  # refused before anything was made
+    elsewhere = tmp_path / "mine.yaml"  # a compare sweep of the user's own, which no protocol names: not checked
+    elsewhere.write_text(protocol.compare.read_text())
+    assert "is fine" in check_sweep(elsewhere)
+
+
 def test_the_wandb_tuning_sweeps_carry_the_arm_and_the_count_set_once(protocol_files):
     protocol = P.load_protocol(protocol_files)
     config = P.wandb_tune_config(protocol, protocol.arms[0], {}, "finetune-sweeps")
