@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
+
+import numpy as np
 
 from report.stats import MIN_RUNS_FOR_IMPORTANCE, DifferenceCI, MeanCI, SeedGroup, Summary, strategy_order
-from report.table import CHECKPOINT, NUM_IMAGES, PER_CLASS_ACC, SCRATCH_MODEL, RunRecord, failure_reason
+from report.table import (
+    CHECKPOINT,
+    IMAGENET,
+    NUM_IMAGES,
+    PER_CLASS_ACC,
+    SCRATCH,
+    SCRATCH_MODEL,
+    RunRecord,
+    failure_reason,
+)
 from trainer import metrics
 
 # Keys a reader looks at first when a config is spelled out; the rest follow alphabetically.
@@ -31,13 +44,24 @@ def _bound(value: float, floor: float, ceiling: float, sign: str = "") -> str:
 
 
 def ci_text(ci: MeanCI) -> str:
+    if ci.no_spread:
+        return f"{ci.mean * 100:.2f}% (all {ci.n} runs equal: no spread, so no interval)"
     return (f"{ci.mean * 100:.2f}% ± {ci.half_width * 100:.2f} ({ci.confidence:.0%} CI "
             f"[{_bound(ci.low * 100, 0, 100)}, {_bound(ci.high * 100, 0, 100)}], t with n={ci.n})")
 
 
 def difference_ci_text(ci: DifferenceCI) -> str:
+    if ci.no_spread:
+        return "every run on both sides equal: no spread, so no interval"
     return (f"{ci.confidence:.0%} CI [{_bound(ci.low * 100, -100, 100, '+')}, "
             f"{_bound(ci.high * 100, -100, 100, '+')}], Welch t with {ci.df:.1f} df")
+
+
+def no_claim(gap: DifferenceCI, what: str) -> str:
+    """Why a gap is not called a difference: its interval holds 0, or it has none."""
+    if gap.no_spread:
+        return f": **how sure this gap is cannot be said from these {what}**."
+    return f", an interval that holds 0: **not distinguishable with these {what}**."
 
 
 def _value(value) -> str:
@@ -147,8 +171,8 @@ def _headline(s: Summary) -> list[str]:
     if gap and gap.excludes_zero:
         out.append(f"- Gap between these seed means: **{points(gap.difference * 100)}** ({difference_ci_text(gap)}).")
     elif gap:
-        out.append(f"- Gap between these seed means: {points(gap.difference * 100)} ({difference_ci_text(gap)}), an "
-                   "interval that holds 0: **not distinguishable with these seeds**.")
+        out.append(f"- Gap between these seed means: {points(gap.difference * 100)} ({difference_ci_text(gap)})"
+                   + no_claim(gap, "seeds"))
     out.append("")
     return out
 
@@ -182,22 +206,32 @@ def _final(s: Summary) -> list[str]:
     p = s.protocol
     if p is None or not p.compare:
         return []
-    tested = all(arm.metric == metrics.TEST_ACC for arm in p.compare)
+    waiting = [arm for arm in p.compare if arm.untested]
     out = ["### Final comparison (compare stage)", "",
            "Each arm's recipe, chosen on the validation split in the tune stage, trained again on fresh seeds and "
            "split seeds. Nothing here was selected. "
            + ("Every run that finished was evaluated **once** on the held-out test set."
-                                                    if tested
+                                                    if not waiting
               else "**Not every arm is tested yet**: an arm on validation is not compared with one on the test set; "
                    "run `python agent.py protocol test`."), ""]
     rows = []
     for arm in p.compare:
-        metric = "test" if arm.metric == metrics.TEST_ACC else "validation (not tested yet)"
-        value = ci_text(arm.ci) if arm.ci else (percent(arm.values[0]) + " (one run)" if arm.values else "–")
-        missing = _lost_text([*arm.lost, *arm.unfinished]) if arm.lost or arm.unfinished else "–"
-        rows.append([_value(arm.arm), value, f"{len(arm.runs)}/{arm.planned}", arm.splits, metric, missing])
-    out += [table(["arm", "mean accuracy (95% CI)", "runs counted / planned", "split seeds", "on",
-                   "lost or not finished (in n/k, not in the mean)"], rows), ""]
+        metric = {metrics.TEST_ACC: "test", None: "–"}.get(arm.metric, "validation (not tested yet)")
+        value = ci_text(arm.ci) if arm.ci else (percent(arm.values[0]) + " (one run)" if arm.values else
+                                                "**no result**")
+        missing = [_lost_text([*arm.lost, *arm.unfinished])] if arm.lost or arm.unfinished else []
+        missing += [f"never run: {'; '.join(arm.missing)}"] if arm.missing else []
+        splits = f"{arm.splits} of {arm.planned_splits}" if arm.splits < arm.planned_splits else arm.splits
+        rows.append([_value(arm.arm), value, f"{len(arm.runs)}/{arm.planned}", splits, metric,
+                     "; ".join(missing) or "–"])
+    out += [table(["arm", "mean accuracy (95% CI)", "runs counted / planned", "split seeds counted", "on",
+                   "lost, not finished or never run (in n/k, not in the mean)"], rows), ""]
+    if not p.grid_known:
+        out.append("- *planned* is the runs this source holds: the stage's grid was not read (a W&B source, or a "
+                   "folder without its sweep.yaml), so a cell never started is not counted.")
+    if p.absent_recipes:
+        out.append(f"- **No run at all of {len(p.absent_recipes)} recipe(s) of the compare grid**: "
+                   f"{', '.join(p.absent_recipes)}; run the compare stage's command again.")
     unfinished = [r for arm in p.compare for r in arm.unfinished]
     if unfinished:
         out.append(f"- **{len(unfinished)} final run(s) have not finished** "
@@ -207,12 +241,40 @@ def _final(s: Summary) -> list[str]:
         if gap.ci is None:
             out.append(
                 f"- **{gap.arm} minus {SCRATCH_MODEL}: {points(gap.difference * 100)}** "
-                "(two runs a side are needed for an interval).")
+                f"({gap.counts}; two runs a side are needed for an interval).")
+        elif gap.ci.excludes_zero:
+            out.append(f"- **{gap.arm} minus {SCRATCH_MODEL}: {points(gap.difference * 100)}** "
+                       f"({difference_ci_text(gap.ci)}; {gap.counts}).")
         else:
-            verdict = "" if gap.ci.excludes_zero else ": the interval holds 0, **not distinguishable with these runs**"
-            out.append(
-                f"- **{gap.arm} minus {SCRATCH_MODEL}: {points(gap.difference * 100)}** "
-                f"({difference_ci_text(gap.ci)}){verdict}.")
+            out.append(f"- {gap.arm} minus {SCRATCH_MODEL}: {points(gap.difference * 100)} "
+                       f"({difference_ci_text(gap.ci)}; {gap.counts})" + no_claim(gap.ci, "runs"))
+    scratch = [arm for arm in p.compare if arm.start == SCRATCH]
+    if not scratch:
+        out.append(f"- **No gap**: the compare stage has no {SCRATCH_MODEL} run to measure fine-tuning against.")
+    elif not scratch[0].values:
+        out.append(f"- **No gap**: {SCRATCH_MODEL} has no finished compare run ({len(scratch[0].lost)} lost, "
+                   f"{len(scratch[0].unfinished)} not finished).")
+    for arm in p.compare:
+        if arm.start == IMAGENET and not arm.values:
+            out.append(f"- **No gap for {arm.arm}**: it has no finished compare run ({len(arm.lost)} lost, "
+                       f"{len(arm.unfinished)} not finished).")
+    short = [arm for arm in p.compare if arm.values and arm.splits < arm.planned_splits]
+    for arm in short:
+        out.append(f"- **Warning:** {arm.arm}'s counted runs cover {arm.splits} of its {arm.planned_splits} split "
+                   "seeds (the others lost or never run): its mean leaves a split out, and a gap to it compares "
+                   "different splits.")
+    improving = [r for arm in p.compare for r in arm.still_improving]
+    if improving:
+        out.append(f"- **Still improving at their last epoch: {len(improving)} final run(s)** "
+                   f"({', '.join(f'`{r.run_id}`' for r in improving[:6])}{' ...' if len(improving) > 6 else ''}): "
+                   "their best epoch was their last, so their numbers are lower bounds; the arm's budget may be "
+                   "too short for it.")
+    if p.test_images and not waiting and any(arm.values for arm in p.compare):
+        accuracy = float(np.mean([v for arm in p.compare for v in arm.values]))
+        margin = 1.96 * math.sqrt(accuracy * (1 - accuracy) / p.test_images) * 100
+        out.append(f"- The intervals are over seeds and split seeds, tested on one fixed test set of {p.test_images} "
+                   f"images: they leave out that set's own sampling error (binomial, about ±{margin:.1f} points at "
+                   f"{accuracy:.0%}).")
     untested = [r for arm in p.compare for r in arm.untested]
     if untested:
         out.append(f"- {len(untested)} finished run(s) have no test result yet "
@@ -440,17 +502,36 @@ def _curve(s: Summary, image: str | None) -> list[str]:
            f"Each arm's recipe trained on nested subsets of the training images (curve stage), {metric} over seeds, "
            "against images per class.", "",
            table(["arm", "subset_fraction", "images per class", "mean (95% CI)", "runs", "lost"], rows), ""]
-    out += [f"- **{c.statement()}**." for c in p.crossovers] + [""]
+    out += [f"- **{c.statement()}**." for c in p.crossovers]
+    if p.curve_still_improving:
+        runs = p.curve_still_improving
+        out.append(f"- **Still improving at their last epoch: {len(runs)} curve run(s)** "
+                   f"({', '.join(f'`{r.run_id}`' for r in runs[:6])}{' ...' if len(runs) > 6 else ''}): a smaller "
+                   "subset trains fewer steps in the same epochs, so its point may be a lower bound.")
+    out.append("")
     if image:
         out += [f"![data-efficiency curve]({image})", ""]
     return out
 
 
+def _opening(s: Summary) -> str:
+    """The report's first line: how many runs, and on which split and stage its numbers are."""
+    runs = s.table.records
+    text = f"{len(runs)} run{'s' * (len(runs) != 1)}"
+    stages = Counter(r.stage for r in runs if r.stage)
+    if not stages or set(stages) == {"tune"}:
+        return (f"{text}, {len(s.successful)} successful; accuracies are the best epoch's {metrics.VAL_ACC} on the "
+                "validation split.")
+    by_stage = ", ".join(f"{stage} {stages[stage]}" for stage in ("tune", "compare", "curve") if stages[stage])
+    final = sum(r.is_successful for r in runs if r.in_final_stage)
+    return (f"{text} ({by_stage}), {len(s.successful) + final} successful ({len(s.successful)} outside the final "
+            f"stages); the final comparison and the curve are on the test set once tested, as their tables say; every "
+            f"other accuracy is the best epoch's {metrics.VAL_ACC} on the validation split.")
+
+
 def render(summary: Summary, images: dict[str, str], test_images: dict[str, list[tuple[str, str]]]) -> str:
     """`images` maps a figure's role (by_strategy, cost, curves, importance) to its relative path."""
-    lines = [f"# Sweep report: {summary.provenance.sweep_name}", "",
-             f"{len(summary.table.records)} run{'s' * (len(summary.table.records) != 1)}, {len(summary.successful)} "
-             f"successful; accuracies are the best epoch's {metrics.VAL_ACC} on the validation split.", ""]
+    lines = [f"# Sweep report: {summary.provenance.sweep_name}", "", _opening(summary), ""]
     lines += _warnings(summary)
     lines += _headline(summary)
     if images.get("curves"):

@@ -8,13 +8,14 @@ the scratch CNN, or one backbone (its model label: `resnet50`, `resnet50 (random
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from report.stats import CONFIDENCE, DifferenceCI, MeanCI, difference_ci, mean_ci
-from report.table import COMPARE, CURVE, IMAGENET, SCRATCH, SEED_KEYS, TUNE, RunRecord, RunTable
+from report.table import COMPARE, CURVE, IMAGENET, NUM_IMAGES, RECIPE, SCRATCH, SEED_KEYS, TUNE, RunRecord, RunTable
 from trainer import metrics
 
 
@@ -28,7 +29,7 @@ class ArmResult:
 
     arm: str
     start: str
-    metric: str  # "test_acc" when every counted run was tested, else "best val_acc"
+    metric: str | None  # "test_acc" when every counted run was tested, "best val_acc" when not; None: no result
     values: list[float]
     ci: MeanCI | None
     runs: list[RunRecord]  # counted
@@ -36,11 +37,14 @@ class ArmResult:
     unfinished: list[RunRecord]  # preempted, running or stopped early: planned, not (yet) a result; in n/k too
     untested: list[RunRecord]  # finished but without a test result yet
     configs: int  # distinct recipes among its runs (seeds aside): 1 in a protocol
-    splits: int  # distinct split seeds
+    splits: int  # distinct split seeds of the counted runs (what its mean is over)
+    planned_splits: int  # distinct split seeds it was to run: its runs' and the stage's grid's
+    missing: list[str] = field(default_factory=list)  # grid cells ("seed 101, split_seed 2") with no run at all
+    still_improving: list[RunRecord] = field(default_factory=list)  # counted runs whose last epoch was their best
 
     @property
     def planned(self) -> int:
-        return len(self.runs) + len(self.lost) + len(self.unfinished)
+        return len(self.runs) + len(self.lost) + len(self.unfinished) + len(self.missing)
 
     @property
     def mean(self) -> float | None:
@@ -52,6 +56,7 @@ class Gap:
     arm: str  # a fine-tuned arm, against the scratch CNN
     difference: float  # mean(arm) - mean(scratch)
     ci: DifferenceCI | None
+    counts: str = ""  # n/k of both sides: "4/6 vs 2/6"
 
 
 @dataclass
@@ -68,28 +73,38 @@ class CurvePoint:
 @dataclass
 class Crossover:
     arm: str
-    sizes: list[float]  # images per class where both arms have points, ascending
-    wins: list[bool]  # fine-tuning ahead by more than the interval at each size
+    sizes: list[float]  # images per class of the arm's points, ascending
+    # fine-tuning ahead by more than the interval at each size; None: undetermined (fewer than two runs a side, no
+    # scratch point at that size, or no spread to give an interval)
+    wins: list[bool | None]
     below: float | None  # the largest size up to which it wins at every size; None when it does not at the smallest
 
     def statement(self) -> str:
         interval = f"by more than the {CONFIDENCE:.0%} interval"
-        if not self.sizes:
-            return f"{self.arm}: no data size where both it and the scratch CNN have two or more runs"
-        if all(self.wins):
-            return (f"{self.arm} beats the scratch CNN {interval} at every size measured "
-                    f"(up to {self.sizes[-1]:g} images per class)")
-        winning = [size for size, win in zip(self.sizes, self.wins) if win]
+        known = [(size, win) for size, win in zip(self.sizes, self.wins) if win is not None]
+        unknown = [size for size, win in zip(self.sizes, self.wins) if win is None]
+        undetermined = (f"; undetermined at {_sizes(unknown)} images per class (fewer than two runs a side there, "
+                        "or no spread)" if unknown else "")
+        if not known:
+            return f"{self.arm}: no data size where both it and the scratch CNN have two or more runs{undetermined}"
+        winning = [size for size, win in known if win]
+        if all(win for _, win in known):
+            where = "at every size measured" if not unknown else "at every size where the gap has an interval"
+            return f"{self.arm} beats the scratch CNN {interval} {where} (up to {known[-1][0]:g} images per class)" + (
+                undetermined)
         if not winning:
             return (f"{self.arm} beats the scratch CNN {interval} at no size measured "
-                    f"({_sizes(self.sizes)} images per class)")
-        first_loss = next(size for size, win in zip(self.sizes, self.wins) if not win)
-        if self.below is not None and not any(win for size, win in zip(self.sizes, self.wins) if size > first_loss):
+                    f"({_sizes([size for size, _ in known])} images per class){undetermined}")
+        first_other = next(size for size, win in zip(self.sizes, self.wins) if win is not True)
+        if self.below is not None and not any(win for size, win in known if size > first_other):
+            after = ("the interval of the gap holds 0 or favours the scratch CNN" if first_other not in unknown
+                     else "it is undetermined, then not ahead")
             return (f"{self.arm} beats the scratch CNN {interval} up to {self.below:g} images per class; from "
-                    f"{first_loss:g} on, the interval of the gap holds 0 or favours the scratch CNN")
-        # Wins that are no prefix of the sizes: no single crossover to state, only where it wins.
+                    f"{first_other:g} on, {after}{undetermined}")
+        # Wins that are no prefix of the sizes: no size below which it always wins, only where it does.
         return (f"{self.arm} beats the scratch CNN {interval} at {_sizes(winning)} images per class but not at "
-                f"{_sizes([size for size, win in zip(self.sizes, self.wins) if not win])}: no single crossover")
+                f"{_sizes([size for size, win in known if not win])}: no size below which it always wins"
+                f"{undetermined}")
 
 
 def _sizes(sizes: list[float]) -> str:
@@ -110,6 +125,10 @@ class ProtocolSummary:
     curve_metric: str = metrics.TEST_ACC
     allow_lost_seeds: bool = False
     notes: list[str] = field(default_factory=list)
+    grid_known: bool = False  # the compare stage's grid was read (a local sweep folder): cells never run count in n/k
+    absent_recipes: list[str] = field(default_factory=list)  # recipes of the compare grid without any run
+    test_images: int | None = None  # images in the test set the compare runs were tested on
+    curve_still_improving: list[RunRecord] = field(default_factory=list)
 
     @property
     def staged(self) -> bool:
@@ -124,11 +143,52 @@ def _by_id(records) -> list[RunRecord]:
     return sorted(records, key=lambda r: r.run_id)
 
 
-def _arm_results(records: list[RunRecord]) -> list[ArmResult]:
+def _listed(parameters: dict, name: str) -> list:
+    spec = parameters.get(name)
+    if not isinstance(spec, dict):
+        return []
+    return list(spec["values"]) if isinstance(spec.get("values"), list) else (
+        [spec["value"]] if "value" in spec else [])
+
+
+def _cell(values: dict) -> tuple[str, ...]:
+    return tuple(str(values.get(key)) for key in SEED_KEYS)
+
+
+def _cell_text(cell: tuple[str, ...]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in zip(SEED_KEYS, cell))
+
+
+def _recipe_arms(grid: dict) -> dict[str, RunRecord]:
+    """The arms a final grid plans, each as a record of its recipe's values (recipe path -> record); a recipe that
+    cannot be read is its path."""
+    from common.errors import UserError
+    from common.yamlfile import read_yaml
+
+    arms = {}
+    for path in _listed(grid, RECIPE):
+        try:
+            values = read_yaml(str(path), "recipe")
+        except (UserError, OSError):
+            values = None
+        arms[str(path)] = RunRecord(str(path), "planned", values if isinstance(values, dict) else {})
+    return arms
+
+
+def _arm_results(records: list[RunRecord], grid: dict | None = None) -> tuple[list[ArmResult], list[str]]:
+    """Each arm's final numbers, and the recipes of the stage's grid (when known) that have no run at all."""
     by_arm: dict[str, list[RunRecord]] = defaultdict(list)
     for record in records:
         if not record.refused_before_training:  # a setting to fix, retried by the same command: no seed of the arm
             by_arm[arm_of(record)].append(record)
+    planned_cells = [cell for cell in itertools.product(*(map(str, _listed(grid or {}, key)) for key in SEED_KEYS))]
+    absent = []
+    if grid:
+        for path, recipe in _recipe_arms(grid).items():
+            if not recipe.config.get("model"):
+                absent.append(path)  # unreadable: its arm is unknown
+            elif arm_of(recipe) not in by_arm:
+                absent.append(f"{path} ({arm_of(recipe)})")
     results = []
     for arm, members in by_arm.items():
         counted = [r for r in members if r.is_complete]
@@ -136,14 +196,20 @@ def _arm_results(records: list[RunRecord]) -> list[ArmResult]:
         unfinished = [r for r in members if r not in counted and r not in lost]
         tested = bool(counted) and all(r.test_acc is not None for r in counted)
         values = [v for v in (_value(r, tested) for r in counted) if v is not None]
+        ran = {_cell(r.config) for r in members}
+        missing = [_cell_text(cell) for cell in planned_cells if cell not in ran]
         results.append(ArmResult(
-            arm, members[0].start, metrics.TEST_ACC if tested else f"best {metrics.VAL_ACC}", values, mean_ci(values),
+            arm, members[0].start,
+            (metrics.TEST_ACC if tested else f"best {metrics.VAL_ACC}") if counted else None, values, mean_ci(values),
             _by_id(counted), _by_id(lost), _by_id(unfinished), _by_id(r for r in counted if r.test_acc is None),
             len({r.config_key_as_asked(without=SEED_KEYS) for r in members} or {""}),
-            len({str(r.config.get("split_seed")) for r in members})))
+            len({str(r.config.get("split_seed")) for r in counted}),
+            len({str(r.config.get("split_seed")) for r in members} | {cell[1] for cell in planned_cells}),
+            missing, _by_id(r for r in counted if r.still_improving)))
     # Fine-tuned arms by their mean, then the others; the scratch CNN last, the baseline the gaps are taken to.
     order = {IMAGENET: 0, SCRATCH: 2}
-    return sorted(results, key=lambda a: (order.get(a.start, 1), -(a.mean if a.mean is not None else -1), a.arm))
+    results.sort(key=lambda a: (order.get(a.start, 1), -(a.mean if a.mean is not None else -1), a.arm))
+    return results, absent
 
 
 def _gaps(results: list[ArmResult]) -> list[Gap]:
@@ -152,7 +218,8 @@ def _gaps(results: list[ArmResult]) -> list[Gap]:
     scratch = next((a for a in results if a.start == SCRATCH and a.values), None)
     if scratch is None:
         return []
-    return [Gap(a.arm, a.mean - scratch.mean, difference_ci(a.values, scratch.values))
+    return [Gap(a.arm, a.mean - scratch.mean, difference_ci(a.values, scratch.values),
+                f"{len(a.runs)}/{a.planned} vs {len(scratch.runs)}/{scratch.planned} runs")
             for a in results if a.start == IMAGENET and a.values and a.metric == scratch.metric]
 
 
@@ -178,18 +245,16 @@ def crossovers(points: list[CurvePoint]) -> list[Crossover]:
     scratch = {p.subset_fraction: p for p in points if p.start == SCRATCH}
     out = []
     for arm in sorted({p.arm for p in points if p.start == IMAGENET}):
-        mine = sorted((p for p in points if p.arm == arm and p.subset_fraction in scratch),
-                      key=lambda p: p.images_per_class)
+        mine = sorted((p for p in points if p.arm == arm), key=lambda p: p.images_per_class)
         sizes, wins = [], []
-        for point in mine:
-            gap = difference_ci(point.values, scratch[point.subset_fraction].values)
-            if gap is None:
-                continue
+        for point in mine:  # every size the arm has: one the gap cannot be judged at is undetermined, never skipped
+            other = scratch.get(point.subset_fraction)
+            gap = difference_ci(point.values, other.values) if other else None
             sizes.append(point.images_per_class)
-            wins.append(gap.low > 0)
+            wins.append(None if gap is None or gap.no_spread else gap.low > 0)
         below = None
         for size, win in zip(sizes, wins):
-            if not win:
+            if win is not True:
                 break
             below = size
         out.append(Crossover(arm, sizes, wins, below))
@@ -215,7 +280,8 @@ def summarise_protocol(table: RunTable, allow_lost_seeds: bool = False) -> Proto
         epochs, patience = record.config.get("epochs"), record.config.get("patience")
         budgets[arm_of(record)].add(
             f"at most {epochs} epochs" + (f", patience {patience}" if patience else ", no early stopping"))
-    compare = _arm_results(staged[COMPARE])
+    grid = table.grids.get(COMPARE)
+    compare, absent = _arm_results(staged[COMPARE], grid)
     tuned_seeds = defaultdict(set)
     for record in tuning:
         tuned_seeds[arm_of(record)].add(record.config.get("seed"))
@@ -228,7 +294,11 @@ def summarise_protocol(table: RunTable, allow_lost_seeds: bool = False) -> Proto
         tuning_trials=dict(sorted(trials.items())), short_arms=short,
         budgets={arm: "; ".join(sorted(rules)) for arm, rules in sorted(budgets.items())},
         compare=compare, gaps=_gaps(compare), reused_seeds=reused,
-        single_split=bool(staged[COMPARE]) and len({str(r.config.get("split_seed")) for r in staged[COMPARE]}) < 2,
+        single_split=bool(compare) and max(a.planned_splits for a in compare) < 2,
         curve=curve, crossovers=crossovers(curve),
         curve_metric=metrics.TEST_ACC if curve_tested else f"best {metrics.VAL_ACC}", allow_lost_seeds=allow_lost_seeds,
+        grid_known=grid is not None, absent_recipes=absent,
+        test_images=max((int(n) for r in staged[COMPARE] if r.test and isinstance(n := r.test.get(NUM_IMAGES), int)
+                         and not isinstance(n, bool)), default=None),
+        curve_still_improving=_by_id(r for r in curve_runs if r.still_improving),
     )

@@ -17,6 +17,8 @@ from common.errors import UserError
 from common.yamlfile import read_yaml
 from report.table import (
     CHECKPOINT,
+    COMPARE,
+    CURVE,
     DUPLICATE,
     NUM_IMAGES,
     PER_CLASS_ACC,
@@ -92,7 +94,8 @@ def _load_local(path: Path) -> RunTable:
         tables = [_load_local(folder) for folder in _sweep_folders(path)]
         return RunTable(records=[r for t in tables for r in t.records], name=path.resolve().name, source=str(path),
                         metric_name=tables[0].metric_name, metric_goal=tables[0].metric_goal,
-                        duplicates=[d for t in tables for d in t.duplicates])
+                        duplicates=[d for t in tables for d in t.duplicates],
+                        grids={stage: grid for t in tables for stage, grid in t.grids.items()})
     if _is_run_folder(path):  # one run folder: a table of one, no sweep around it
         run_folders, sweep_dir = [path], None
     elif (path / RUNS_DIR).is_dir():  # a sweep folder
@@ -147,7 +150,15 @@ def _load_local(path: Path) -> RunTable:
                 records[i] = dataclasses.replace(records[i], config=dict(row["config"]))
     return RunTable(records=records, name=str(sweep.get("name") or (sweep_dir or path).resolve().name),
                     source=str(path), metric_name=metric.get("name"), metric_goal=metric.get("goal"),
-                    duplicates=duplicates)
+                    duplicates=duplicates, grids=_final_stage_grid(sweep))
+
+
+def _final_stage_grid(sweep: dict) -> dict[str, dict]:
+    """{stage: parameters} for a compare or curve sweep (its `stage` fixed in the YAML): the grid it planned."""
+    parameters = sweep.get("parameters") if isinstance(sweep.get("parameters"), dict) else {}
+    stage = parameters.get("stage")
+    stage = stage.get("value") if isinstance(stage, dict) else None
+    return {stage: parameters} if stage in (COMPARE, CURVE) else {}
 
 
 def _is_trial_row(row: dict) -> bool:

@@ -74,6 +74,11 @@ class MeanCI:
         return self.mean - self.half_width
 
     @property
+    def no_spread(self) -> bool:
+        """Every value equal: a zero-width interval, which says nothing of how sure the mean is."""
+        return self.half_width == 0
+
+    @property
     def high(self) -> float:
         return self.mean + self.half_width
 
@@ -85,6 +90,8 @@ def mean_ci(values: list[float], confidence: float = CONFIDENCE) -> MeanCI | Non
     from scipy import stats  # here, past the early return: scipy.stats takes half a second to import
 
     array = np.asarray(values, dtype=float)
+    if np.ptp(array) == 0:  # every value equal (std may still round to 1e-16): no spread, no interval
+        return MeanCI(float(array[0]), 0.0, len(array), confidence)
     sem = array.std(ddof=1) / math.sqrt(len(array))
     t = stats.t.ppf(0.5 + confidence / 2, df=len(array) - 1)
     return MeanCI(float(array.mean()), float(t * sem), len(array), confidence)
@@ -106,8 +113,13 @@ class DifferenceCI:
         return self.difference + self.half_width
 
     @property
+    def no_spread(self) -> bool:
+        """Every run equal on both sides: no spread to scale a t by, so no interval and no claim."""
+        return self.half_width == 0
+
+    @property
     def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
+        return not self.no_spread and (self.low > 0 or self.high < 0)
 
 
 def difference_ci(first: list[float], second: list[float], confidence: float = CONFIDENCE) -> DifferenceCI | None:
@@ -118,7 +130,7 @@ def difference_ci(first: list[float], second: list[float], confidence: float = C
     a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
     var_a, var_b = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)  # squared standard errors of the two means
     difference = float(a.mean() - b.mean())
-    if var_a + var_b == 0:  # every seed agreed on both sides: no spread to scale a t by
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # every seed agreed on both sides: no spread to scale a t by
         return DifferenceCI(difference, 0.0, float(len(a) + len(b) - 2), confidence)
     df = (var_a + var_b) ** 2 / (var_a ** 2 / (len(a) - 1) + var_b ** 2 / (len(b) - 1))
     from scipy import stats  # here, past the early returns: scipy.stats takes half a second to import
@@ -392,8 +404,7 @@ def summarise(table: RunTable, top_n: int = 10, allow_lost_seeds: bool = False) 
         pareto_memory=pareto_front(_points(successful, lambda r: r.peak_gpu_memory)),
         importance=parameter_importance(successful),
         not_counted=[(s, sorted(not_counted_groups[s], key=lambda r: r.run_id)) for s in ordered_states],
-        still_improving=sorted((r for r in complete if r.best_epoch is not None and r.best_epoch == r.epochs_completed
-                                and not r.summary.get("stopped_by_patience")), key=lambda r: r.run_id),
+        still_improving=sorted((r for r in complete if r.still_improving), key=lambda r: r.run_id),
         unstable=dict(unstable), ineligible=ineligible,
         duplicates=list(table.duplicates),
         tested=sorted((r for r in table.records if r.test), key=lambda r: r.run_id),

@@ -35,6 +35,9 @@ SEED = "seed"
 TUNE, COMPARE, CURVE = "tune", "compare", "curve"
 FINAL_STAGES = (COMPARE, CURVE)
 SEED_KEYS = ("seed", "split_seed")  # what the final stages vary: the rest of a config is its recipe
+# A sweep parameter whose values are YAML files of fixed run values, one recipe each (the final stages' arms): a
+# trial reads its file first, as `agent.py --config FILE` does, then the trial's other values.
+RECIPE = "config"
 LOST_STATES = (metrics.FAILED, metrics.DIVERGED, metrics.OOM)  # a seed that trained to no result
 
 # What a run started from (RunRecord.start), in the headline's order.
@@ -168,6 +171,13 @@ class RunRecord:
     @property
     def in_final_stage(self) -> bool:
         return self.stage in FINAL_STAGES
+
+    @property
+    def still_improving(self) -> bool:
+        """Finished with its best epoch its last, not cut by patience: the budget may have been too short, and its
+        number is a lower bound."""
+        return (self.is_complete and self.best_epoch is not None and self.best_epoch == self.epochs_completed
+                and not self.summary.get("stopped_by_patience"))
 
     @property
     def is_lost(self) -> bool:
@@ -364,6 +374,9 @@ class RunTable:
     metric_name: str | None = None
     metric_goal: str | None = None
     duplicates: list[SkippedDuplicate] = field(default_factory=list)
+    # The parameters of the final stages' sweeps (stage -> the sweep's `parameters`), as their folders pinned them:
+    # the grid a stage planned, so cells never started count in n/k. Local sweep folders only.
+    grids: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         versions: dict[str | None, set[str]] = defaultdict(set)

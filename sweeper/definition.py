@@ -23,6 +23,7 @@ from common.atomic import write_text
 from common.errors import UserError
 from common.parsing import nearest
 from common.yamlfile import read_yaml
+from report.table import RECIPE  # the recipes parameter: its one home beside the final stages' other keys
 from sweeper.table import TABLE_FILE
 from trainer.config import FIELDS, SPEC_KEYS, load_yaml_values, parse_run_config, parse_value
 from trainer.metrics import VAL_ACC
@@ -31,9 +32,6 @@ SWEEP_FILE = "sweep.yaml"
 FIXED_FILE = "fixed.yaml"  # the fixed --key=value arguments that change what is trained
 # Set by the driver for every trial: where its run folder goes and which run it is.
 DRIVER_OWNED = ("output_dir", "run_id", "resume")
-# A parameter whose values are YAML files of fixed run values, one recipe each (the winners of a search per model,
-# say): a trial reads its file first, as `agent.py --config FILE` does, then the trial's other values.
-RECIPE = "config"
 # Parameters whose every value meets every listed model in some trial: a size one model cannot take fails its trials.
 PAIRED_WITH_EVERY_MODEL = ("input_size", "eval_size")
 

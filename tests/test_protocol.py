@@ -313,7 +313,7 @@ def test_the_crossover_is_the_size_below_which_fine_tuning_wins_by_more_than_the
     assert "up to 20 images per class; from 80 on, the interval of the gap holds 0" in crossover.statement()
     assert Crossover("vit", [5, 20], [True, True], 20).statement().endswith(
         "at every size measured (up to 20 images per class)")
-    assert "no single crossover" in Crossover("vit", [5, 20], [False, True], None).statement()
+    assert "no size below which it always wins" in Crossover("vit", [5, 20], [False, True], None).statement()
 
 
 def test_the_curve_stage_is_reported_with_its_points_and_plot(tmp_path):
@@ -471,9 +471,10 @@ def test_a_seed_lost_after_an_out_of_memory_retry_counts_against_the_config_it_w
 
 def test_wins_that_are_no_prefix_of_the_sizes_state_no_single_crossover():
     statement = Crossover("resnet50", [5, 20, 80], [True, False, True], 5).statement()
-    assert "at 5, 80 images per class but not at 20: no single crossover" in statement and "from 20 on" not in statement
+    assert "at 5, 80 images per class but not at 20: no size below which it always wins" in statement
+    assert "from 20 on" not in statement
     assert "at no size measured" in Crossover("vit", [5, 20], [False, False], None).statement()
-    assert "no single crossover" in Crossover("vit", [5, 20], [False, True], None).statement()
+    assert "no size below which it always wins" in Crossover("vit", [5, 20], [False, True], None).statement()
 
 
 def test_the_final_stage_refuses_a_fixed_seed_or_too_few_seeds(protocol_files, tmp_path):
@@ -508,3 +509,120 @@ def test_a_recipe_leaves_out_what_normalisation_derives(tmp_path, protocol_files
     assert P._without_derived(derived) == {"model": "inception_v3", "input_size": 224, "lr": 0.01}
     kept = P._without_derived({"model": "resnet50", "input_size": 224, "eval_size": 288, "lr": 0.01})
     assert kept["eval_size"] == 288  # FixRes: a value of its own
+
+
+# --- the second review of the protocol's report: nothing hidden in n/k, the crossover or an interval --------------
+
+def final_section(text: str) -> str:
+    return text[text.index("### Final comparison"):text.index("### Tuning")]
+
+
+def edit_summary(root: Path, run_id: str, **values) -> None:
+    path = root / "compare" / "runs" / run_id / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
+def test_a_final_run_whose_best_epoch_was_its_last_is_flagged_as_a_lower_bound(tmp_path):
+    root = tmp_path / "fair"
+    crafted_protocol(root)
+    edit_summary(root, "c-mobil-0", **{metrics.BEST_EPOCH: 3, metrics.EPOCHS_COMPLETED: 3})
+    report = summarise(load_table(str(root)))
+    assert [r.run_id for a in report.protocol.compare for r in a.still_improving] == ["c-mobil-0"]
+    assert "Still improving at their last epoch: 1 final run(s)** (`c-mobil-0`)" in final_section(
+        render(report, {}, {}))
+
+
+def test_an_arm_whose_counted_runs_miss_a_split_says_so_and_the_gap_gives_both_sides_n_over_k(tmp_path):
+    root = tmp_path / "fair"
+    crafted_protocol(root)  # scratch lost seed 101 on split 2; now seed 100 on split 2 too
+    edit_summary(root, "c-scrat-1", **{metrics.STATE: metrics.DIVERGED, metrics.REASON: "loss nan"})
+    report = summarise(load_table(str(root)))
+    mobile, scratch = report.protocol.compare
+    assert (mobile.splits, mobile.planned_splits, scratch.splits, scratch.planned_splits) == (2, 2, 1, 2)
+    final = final_section(render(report, {}, {}))
+    assert "| scratch_cnn | " in final and "| 2/4 | 1 of 2 | test |" in final
+    assert "scratch_cnn's counted runs cover 1 of its 2 split seeds" in final
+    assert "; 4/4 vs 2/4 runs)" in final  # the gap line carries both sides' n/k
+    assert not report.protocol.single_split  # two split seeds were planned: the per-arm warning is the one to give
+
+
+def test_cells_of_the_compare_grid_never_run_count_in_n_over_k_and_are_named(tmp_path):
+    root = tmp_path / "fair"
+    crafted_protocol(root)
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    for name, values in (("mobile", MOBILE), ("scratch", SCRATCH), ("resnet", {"model": "resnet18"})):
+        (recipes / f"{name}.yaml").write_text(yaml.safe_dump(values))
+    sweep_yaml(root / "compare" / "sweep.yaml", "compare", {
+        "config": {"values": [str(recipes / f"{n}.yaml") for n in ("mobile", "scratch", "resnet")]},
+        "seed": {"values": [100, 101, 102]}, "split_seed": {"values": [1, 2]}, "stage": {"value": "compare"}}, "grid")
+    report = summarise(load_table(str(root)))
+    mobile, scratch = report.protocol.compare
+    assert report.protocol.grid_known and (len(mobile.runs), mobile.planned) == (4, 6)
+    assert mobile.missing == ["seed 102, split_seed 1", "seed 102, split_seed 2"] and scratch.planned == 6
+    assert report.protocol.absent_recipes == [f"{recipes / 'resnet.yaml'} (resnet18)"]
+    final = final_section(render(report, {}, {}))
+    assert "| 4/6 |" in final and "never run: seed 102, split_seed 1; seed 102, split_seed 2" in final
+    assert "No run at all of 1 recipe(s) of the compare grid" in final and "is the runs this source holds" not in final
+    sweep_yaml(root / "compare" / "sweep.yaml", "compare", {"lr": {"value": 0.01}})  # no grid: n/k says what it counts
+    assert "*planned* is the runs this source holds" in final_section(render(summarise(load_table(str(root))), {}, {}))
+
+
+def test_an_arm_without_a_finished_run_has_no_result_and_no_gap_with_the_reason(tmp_path):
+    root = tmp_path / "fair"
+    crafted_protocol(root)
+    for n in range(3):
+        edit_summary(root, f"c-scrat-{n}", **{metrics.STATE: metrics.DIVERGED, metrics.REASON: "loss nan"})
+    report = summarise(load_table(str(root)))
+    scratch = report.protocol.compare[-1]
+    assert scratch.metric is None and scratch.values == [] and report.protocol.gaps == []
+    final = final_section(render(report, {}, {}))
+    assert "| scratch_cnn | **no result** | 0/4 |" in final
+    assert "**No gap**: scratch_cnn has no finished compare run (4 lost, 0 not finished)" in final
+    assert "Not every arm is tested yet" not in final and "evaluated **once**" in final
+
+
+def test_the_opening_line_counts_each_stage_and_says_where_the_final_numbers_are_from(tmp_path):
+    root = tmp_path / "fair"
+    crafted_protocol(root)
+    text = render(summarise(load_table(str(root))), {}, {})
+    assert text.splitlines()[2].startswith(
+        "13 runs (tune 5, compare 8), 12 successful (5 outside the final stages); the final comparison")
+
+
+def test_the_test_sets_own_sampling_error_is_stated_beside_the_intervals(tmp_path):
+    tests = crafted_protocol(tmp_path / "fair")
+    final = final_section(render(summarise(load_table(str(tmp_path / "fair"))), {}, {}))
+    accuracy = np.mean(tests["mobilenet_v3_small"] + tests["scratch_cnn"])  # 5.08 / 7 = 0.7257
+    margin = 1.96 * math.sqrt(accuracy * (1 - accuracy) / 100) * 100  # 100 test images: 8.7 points
+    assert "one fixed test set of 100 images" in final and f"about ±{margin:.1f} points at 73%" in final
+
+
+def test_equal_runs_give_no_interval_and_no_claim():
+    from report.markdown import ci_text, difference_ci_text
+    from report.stats import difference_ci, mean_ci
+
+    gap = difference_ci([0.80] * 4, [0.79] * 4)
+    assert gap.no_spread and not gap.excludes_zero and "no spread, so no interval" in difference_ci_text(gap)
+    assert "all 3 runs equal: no spread, so no interval" in ci_text(mean_ci([0.7] * 3))
+    assert not difference_ci([0.80, 0.81], [0.79, 0.79]).no_spread  # spread on one side is enough for an interval
+
+
+def test_a_curve_size_the_gap_cannot_be_judged_at_is_undetermined_never_skipped():
+    def point(arm: str, start: str, size: float, values: list[float]) -> CurvePoint:
+        from report.stats import mean_ci
+
+        return CurvePoint(arm, start, size / 100, size, values, mean_ci(values), 0)
+
+    points = [point("resnet50", "imagenet", 5, [0.60, 0.62, 0.61]), point("scratch_cnn", "scratch", 5, [0.30, 0.33]),
+              point("resnet50", "imagenet", 50, [0.70, 0.72, 0.71]), point("scratch_cnn", "scratch", 50, [0.80]),
+              point("resnet50", "imagenet", 100, [0.90, 0.92]), point("scratch_cnn", "scratch", 100, [0.50, 0.52])]
+    (crossover,) = crossovers(points)
+    assert crossover.sizes == [5, 50, 100] and crossover.wins == [True, None, True] and crossover.below == 5
+    statement = crossover.statement()
+    assert "at every size measured" not in statement and "undetermined at 50 images per class" in statement
+    assert "at every size where the gap has an interval (up to 100 images per class)" in statement
+    no_scratch = crossovers([point("resnet50", "imagenet", 5, [0.6, 0.7])])[0]  # no scratch point at all
+    assert no_scratch.wins == [None] and "no data size where both" in no_scratch.statement()
+    flat = crossovers([point("vit", "imagenet", 5, [0.6] * 3), point("scratch_cnn", "scratch", 5, [0.3] * 3)])[0]
+    assert flat.wins == [None]  # no spread: no interval to judge by
