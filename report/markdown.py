@@ -473,11 +473,11 @@ def _protocol(s: Summary) -> list[str]:
     out = ["## 9. Budgets and tuning", ""]
     if p is not None and p.tuning_trials:
         rows = [[arm, count, p.budgets.get(arm, "–"),
-                 "**fewer trials than another arm**" if arm in p.short_arms else ""]
+                 "**fewer trials than another arm**" if arm in p.short_arms else "–"]
                 for arm, count in p.tuning_trials.items()]
         out += ["Tuning trials per arm (tune stage) and the training rule each arm's runs followed. Every arm should "
                 "get the same number of trials: an arm tuned more often wins by search, not by its start.", "",
-                table(["arm", "tuning trials", "training rule", ""], rows), ""]
+                table(["arm", "tuning trials", "training rule", "note"], rows), ""]
     if s.still_improving:
         ids = ", ".join(f"`{r.run_id}` ({_value(r.model_label)}, epoch {r.best_epoch})" for r in s.still_improving[:12])
         out += [f"**Still improving at their last epoch** ({len(s.still_improving)} finished run(s)): "

@@ -539,6 +539,13 @@ def _provenance(table: RunTable, successful: list[RunRecord]) -> Provenance:
         warnings.append(f"{sum(warm.values())} run(s) started from weights files that are not "
                         f"torchvision's ImageNet files ({_counts(warm)}): warm starts, reported "
                         "on a line of their own and never counted as ImageNet fine-tuning")
+    at_chance = [r for r in successful if r.at_chance]
+    if at_chance:
+        ids = ", ".join(f"`{r.run_id}`" for r in at_chance[:8]) + (" ..." if len(at_chance) > 8 else "")
+        warnings.append(f"{len(at_chance)} successful run(s) never beat chance on validation (best {metrics.VAL_ACC} "
+                        f"at or below 1/classes: {ids}): they learned nothing validation can see (lr too high, or a "
+                        "frozen backbone whose features do not fit the task), so their numbers say little of their "
+                        "recipe")
     random_init = Counter(str(r.model) for r in successful if r.is_random_init)
     if random_init:
         warnings.append(f"{sum(random_init.values())} run(s) of pretrained architectures used weights=none "

@@ -173,6 +173,13 @@ class RunRecord:
         return self.stage in FINAL_STAGES
 
     @property
+    def at_chance(self) -> bool:
+        """Its best val_acc is no better than guessing one class: 1/classes (the classes its summary lists)."""
+        classes = self.summary.get("classes")
+        best = self.best_val_acc
+        return isinstance(classes, list) and len(classes) > 1 and best is not None and best <= 1 / len(classes) + 1e-9
+
+    @property
     def still_improving(self) -> bool:
         """Finished with its best epoch its last, not cut by patience: the budget may have been too short, and its
         number is a lower bound."""

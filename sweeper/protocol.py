@@ -338,12 +338,14 @@ def run_tests(protocol: Protocol, protocol_dir: Path | None, data_dir: str | Non
     test set, once: runs tested before are not read again."""
     from trainer import metrics as M
     from trainer.evaluate import evaluate_on_test_set
-    from trainer.record import BEST_CHECKPOINT, RunRecord
+    from trainer.record import BEST_CHECKPOINT, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, RunRecord
 
     folder = protocol.folder(protocol_dir)
     results = []
     for stage in ("compare", "curve"):
-        runs = sorted((folder / stage / "runs").glob("*/"))
+        # Run folders only, as the report reads them: W&B's offline `wandb/` folder sits beside them.
+        runs = sorted(run for run in (folder / stage / "runs").glob("*/")
+                      if any((run / name).exists() for name in (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE)))
         for run in runs:
             summary = RunRecord.read_summary(run)
             if summary.get(M.STATE) != M.FINISHED or not (run / BEST_CHECKPOINT).exists():

@@ -211,6 +211,19 @@ def test_a_checkpoint_from_before_the_tie_rule_takes_its_best_loss_from_its_hist
     assert state.best_val_loss == -math.inf and not is_better(0.8, 0.1, state) and is_better(0.81, 5.0, state)
 
 
+def test_a_run_that_never_beats_chance_says_so_when_it_ends(base, monkeypatch, capsys):
+    import trainer.loop
+
+    monkeypatch.setattr(trainer.loop, "evaluate", lambda loop, loader: (9.0, 0.0))
+    outcome = run_training(scratch(base, run_id="chance", epochs=1))
+    classes = len(outcome.summary["classes"])
+    assert outcome.state == M.FINISHED
+    assert f"never beat chance on validation (best val_acc 0.0000, chance 1/{classes}" in capsys.readouterr().out
+    monkeypatch.setattr(trainer.loop, "evaluate", lambda loop, loader: (0.1, 1 / classes + 0.01))
+    run_training(scratch(base, run_id="learned", epochs=1))
+    assert "never beat chance" not in capsys.readouterr().out
+
+
 def test_a_training_loss_that_is_not_finite_ends_the_run_as_diverged_even_when_validation_is(base, monkeypatch):
     """As when fp16 overflows and the grad scaler skips the steps: the weights stay finite, the loss does not."""
     training_losses(monkeypatch, add=float("nan"))

@@ -626,3 +626,11 @@ def test_a_curve_size_the_gap_cannot_be_judged_at_is_undetermined_never_skipped(
     assert no_scratch.wins == [None] and "no data size where both" in no_scratch.statement()
     flat = crossovers([point("vit", "imagenet", 5, [0.6] * 3), point("scratch_cnn", "scratch", 5, [0.3] * 3)])[0]
     assert flat.wins == [None]  # no spread: no interval to judge by
+
+
+def test_protocol_test_reads_run_folders_only_never_wandbs_own_folder_beside_them(protocol_files, tmp_path, capsys):
+    crafted_protocol(tmp_path / "fair")
+    (tmp_path / "fair" / "compare" / "runs" / "wandb" / "offline-run-1").mkdir(parents=True)  # W&B offline sync files
+    P.run_tests(P.load_protocol(protocol_files), tmp_path / "fair", None, "cpu")
+    out = capsys.readouterr().out
+    assert "compare run c-scrat-3: not tested (diverged" in out and "run wandb" not in out

@@ -172,3 +172,18 @@ def test_runs_csv_records_the_weights_version_the_run_loaded(tmp_path):
     add_run(tmp_path / "runs", "r16", "r01", [0.6, 0.72, 0.7], loaded, weights="imagenet")
     rows = list(csv.DictReader(runs_csv(load_table(str(tmp_path / "runs"))).splitlines()))
     assert (rows[0]["weights"], rows[0][metrics.WEIGHTS_VERSION]) == ("imagenet", "ResNet50_Weights.IMAGENET1K_V2")
+
+
+def test_a_run_no_better_than_chance_is_named_in_the_warnings(tmp_path):
+    from report.stats import _provenance
+    from report.table import RunRecord, RunTable
+
+    def run(run_id: str, best: float) -> RunRecord:
+        return RunRecord(run_id, metrics.FINISHED, {"model": "scratch_cnn"},
+                         {metrics.STATE: metrics.FINISHED, metrics.BEST_VAL_ACC: best, "classes": ["a", "b", "c"]})
+
+    chance, learned = run("r1", 1 / 3), run("r2", 0.34)
+    assert chance.at_chance and not learned.at_chance
+    warnings = _provenance(RunTable([chance, learned], "s", "s"), [chance, learned]).warnings
+    assert any(w.startswith("1 successful run(s) never beat chance") and "`r1`" in w and "`r2`" not in w
+               for w in warnings)
