@@ -47,9 +47,11 @@ def locate_dataset(data_dir: Path | str, download: bool = True, url: str | None 
     `offer_download=False` is for commands that never download (testing a run): their error does not suggest it."""
     data_dir = Path(data_dir).expanduser()
     if data_dir.exists() and not data_dir.is_dir():
+        unzip = (f"; unzip it first (unzip -q {data_dir} -d {data_dir.with_suffix('')}) and pass that folder"
+                 if data_dir.suffix.lower() == ".zip" else "")
         raise UserError(
             f"--data_dir={data_dir} is a file, not a folder: pass the folder "
-            "that holds train/ (or the unzipped nature_12K)")
+            f"that holds train/ (or the unzipped nature_12K){unzip}")
     layout = find_layout(data_dir) if data_dir.exists() else None
     if layout is None and not data_dir.exists():
         _refuse_a_typo(data_dir)

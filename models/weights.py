@@ -353,8 +353,9 @@ def _load_imagenet(spec: BackboneSpec, net: nn.Module, member, given: str | None
             raise UserError(f"cannot read the cached ImageNet weights {cached} ({_first_line(error)}); "
                             f"delete it so it downloads again, or use --weights=none or --weights=PATH") from None
         raise UserError(f"ImageNet weights {filename} for {spec.name} are not in {folder} and could not be "
-                        f"downloaded ({_first_line(error)}); put the file there (from {member.url}), "
-                        f"or use --weights=none or --weights=PATH") from None
+                        f"downloaded ({_first_line(error)}); put the file there (from {member.url}), or use "
+                        f"--weights=PATH to weights of your own (offline, sweeps/demo_offline.yaml shows how); "
+                        f"--weights=none is random initialisation, for --strategy=full only") from None
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -23,9 +23,10 @@ from common.atomic import write_text
 from common.errors import UserError
 from common.parsing import nearest
 from common.yamlfile import read_yaml
+from models.registry import get_spec
 from report.table import RECIPE  # the recipes parameter: its one home beside the final stages' other keys
 from sweeper.table import TABLE_FILE
-from trainer.config import FIELDS, SPEC_KEYS, load_yaml_values, parse_run_config, parse_value
+from trainer.config import FIELDS, SPEC_KEYS, load_yaml_values, parse_run_config, parse_value, suggest_parameter
 from trainer.metrics import VAL_ACC
 
 SWEEP_FILE = "sweep.yaml"
@@ -85,7 +86,7 @@ def definition_problems(config: Any) -> list[str]:
         elif name == RECIPE:
             problems.extend(_recipe_problems(spec))
         elif name not in FIELDS:
-            problems.append(f"parameter {name!r} is not a run parameter{nearest(name, FIELDS)}; "
+            problems.append(f"parameter {name!r} is not a run parameter{suggest_parameter(name)}; "
                             "`python agent.py --help` lists them")
         elif not isinstance(spec, dict):
             problems.append(
@@ -97,7 +98,10 @@ def definition_problems(config: Any) -> list[str]:
             if config.get("method") == "bayes":
                 problems.extend(_value_problems(name, spec))
     try:
-        problems.extend(schema_violations_from_proposed_config(config))
+        violations = schema_violations_from_proposed_config(config)
+        if config.get("method") not in METHODS:  # named above with the fix; the schema's restatement is noise
+            violations = [v for v in violations if f"{config.get('method')!r} is not one of" not in v]
+        problems.extend(violations)
     except ValueError as exc:
         # the schema raises some violations (a parameter that is not a mapping) rather than list them
         problems.append(str(exc))
@@ -230,6 +234,28 @@ def _value_problems(name: str, spec: dict) -> list[str]:
             f"parameter {name!r} lists {falsy!r} after the first value; put "
             "it first: the engine reads it as the first value")
     return problems
+
+
+def frozen_random_init(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -> list[str]:
+    """The (model, strategy) pairs of this sweep that would freeze stages of a randomly initialised backbone
+    (weights=none and a strategy other than full): heads trained on random features, ending near chance."""
+    axes = [[fixed[name]] if name in fixed else listed_values(parameters.get(name)) or [None]
+            for name in ("model", "strategy", "weights")]
+    try:
+        recipes = [load_yaml_values(str(path)) for path in listed_values(parameters.get(RECIPE))] or [{}]
+    except UserError:
+        recipes = [{}]
+    found = []
+    for recipe, *values in itertools.product(recipes, *axes):
+        chosen = {k: v for k, v in zip(("model", "strategy", "weights"), values) if v is not None}
+        try:
+            config = parse_run_config(recipe, {**fixed, **chosen})
+        except UserError:
+            continue  # unrunnable: unrunnable_values names it
+        pair = f"{config.model} {config.strategy}"
+        if config.weights == "none" and config.strategy != "full" and not get_spec(config.model).is_scratch:
+            found += [pair] if pair not in found else []
+    return found
 
 
 def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -> list[str]:

@@ -45,6 +45,7 @@ from sweeper.definition import (
     RECIPE,
     SweepDefinition,
     engine_config,
+    frozen_random_init,
     load_definition,
     pin_definition,
     pin_fixed,
@@ -104,8 +105,14 @@ def check_sweep(sweep_yaml: Path, fixed: dict[str, str] | None = None) -> str:
     check_stage_sweep(sweep_yaml, fixed)
     searched = [name for name in definition.searched() if name not in fixed]
     metric = definition.config["metric"]
+    frozen = frozen_random_init(definition.parameters, fixed)
+    warning = (f"\nwarning: weights=none with a frozen strategy ({', '.join(frozen[:6])}"
+               f"{', ...' if len(frozen) > 6 else ''}): those trials train a head on random features and end near "
+               "chance; search strategy full only, or use ImageNet weights or a warm start (--weights=PATH)"
+               if frozen else "")
     return (f"sweep file {sweep_yaml} is fine: method {definition.config['method']}, metric {metric['name']} "
-            f"({metric['goal']}), searching {len(searched)} parameter(s) ({', '.join(searched) or 'none'})")
+            f"({metric['goal']}), searching {len(searched)} parameter(s) ({', '.join(searched) or 'none'})"
+            f"{warning}")
 
 
 def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: Path | None = None,

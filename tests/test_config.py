@@ -10,7 +10,7 @@ import yaml
 
 from common.errors import UserError
 from trainer import metrics as M
-from trainer.config import FIELDS, config_hash, help_text, parse_cli, parse_run_config
+from trainer.config import FIELDS, config_hash, help_text, load_yaml_values, parse_cli, parse_run_config
 from trainer.evaluate import evaluate_on_test_set
 from trainer.run import run_training
 from trainer_helpers import scratch
@@ -37,6 +37,20 @@ def test_a_warmup_longer_than_half_the_run_is_capped_with_a_note(capsys):
     assert agent.run_config_from_args(["--epochs=1"]).warmup_epochs == 0.5  # the default, capped, needs no note
     assert agent.run_config_from_args(["--epochs=3", "--warmup_epochs=1.5"]).warmup_epochs == 1.5
     assert capsys.readouterr().out == ""
+
+
+def test_another_tools_name_for_a_parameter_is_answered_with_ours(tmp_path):
+    """learning_rate is no typo of lr: spelling alone finds nothing, the table of other tools' names does."""
+    from trainer.config import OTHER_NAMES
+
+    assert set(OTHER_NAMES.values()) <= set(FIELDS) and not set(OTHER_NAMES) & set(FIELDS)
+    for given, ours in (("learning_rate", "lr"), ("img_size", "input_size"), ("num_epochs", "epochs")):
+        with pytest.raises(UserError, match=f"unknown parameter '{given}' \\(did you mean '{ours}'\\?\\)"):
+            parse_run_config({given: 1})
+    config = tmp_path / "run.yaml"
+    config.write_text("learning_rate: 0.1\n")
+    with pytest.raises(UserError, match="run.yaml: unknown parameter 'learning_rate' \\(did you mean 'lr'"):
+        load_yaml_values(str(config))
 
 
 def test_unknown_key_suggests_the_nearest():

@@ -481,3 +481,17 @@ def test_extraction_is_refused_before_anything_is_written_when_its_files_do_not_
     _free_space(monkeypatch, 2 * _unpacked(dataset_zip))
     safe_extract(zip_path, tmp_path)
     assert all((tmp_path / name).read_bytes() == data for name, data in _tree_files().items())
+
+
+def test_a_zip_given_as_the_data_folder_is_told_how_to_unzip_it(tmp_path):
+    from data.layout import locate_dataset
+
+    archive = tmp_path / "nature_12K.zip"
+    archive.write_bytes(b"PK\x03\x04")
+    with pytest.raises(UserError, match=rf"is a file, not a folder: .*unzip it first \(unzip -q {archive} -d "
+                                        rf"{tmp_path / 'nature_12K'}\) and pass that folder"):
+        locate_dataset(archive)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserError) as caught:
+        locate_dataset(tmp_path / "notes.txt")
+    assert "unzip it first" not in str(caught.value)

@@ -161,8 +161,23 @@ def test_testing_a_run_that_never_finished_an_epoch_says_so(base, monkeypatch):
 
     monkeypatch.setattr(trainer.run, "train", interrupted)
     folder = run_training(scratch(base, run_id="early", epochs=1)).folder  # preempted before any epoch ended
-    with pytest.raises(UserError, match=r"run early has no best.pt: it ended before its first epoch did \(\w+"):
+    with pytest.raises(UserError, match=r"run early has no best.pt: it ended before its first epoch did \(preempted.*"
+                                         r"train it further \(python agent.py --resume --run_id=early"):
         evaluate_on_test_set(folder)
+
+
+def test_testing_a_run_that_failed_before_an_epoch_says_to_fix_it_not_to_resume_it(base, monkeypatch):
+    import trainer.run
+
+    def broken(loop, state):
+        raise RuntimeError("a bug in the first step")
+
+    monkeypatch.setattr(trainer.run, "train", broken)
+    folder = run_training(scratch(base, run_id="broken", epochs=1)).folder
+    with pytest.raises(UserError, match=r"\(failed: RuntimeError: a bug in the first step\); fix what its reason says"
+                                         r" and train it again, or test another run") as caught:
+        evaluate_on_test_set(folder)
+    assert "--resume" not in str(caught.value)
 
 
 def test_a_rerun_that_fails_before_training_leaves_no_stale_model_for_the_test_command(base, tmp_path):

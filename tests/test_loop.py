@@ -224,6 +224,14 @@ def test_a_run_that_never_beats_chance_says_so_when_it_ends(base, monkeypatch, c
     assert "never beat chance" not in capsys.readouterr().out
 
 
+def test_a_batch_larger_than_the_training_set_is_one_step_an_epoch_and_says_so(base, capsys):
+    outcome = run_training(scratch(base, run_id="big-batch", epochs=1, batch_size=4096))
+    train = outcome.summary["num_train"]
+    assert outcome.state == M.FINISHED and history(outcome)[0][M.EPOCH] == 1
+    assert f"note: batch_size=4096 is more than the {train} training images: each epoch is a single step" in (
+        capsys.readouterr().out)
+
+
 def test_a_training_loss_that_is_not_finite_ends_the_run_as_diverged_even_when_validation_is(base, monkeypatch):
     """As when fp16 overflows and the grad scaler skips the steps: the weights stay finite, the loss does not."""
     training_losses(monkeypatch, add=float("nan"))

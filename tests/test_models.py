@@ -461,7 +461,9 @@ def test_imagenet_weights_not_cached_offline_name_the_file_and_folder(empty_hub)
         build_model("resnet18", NUM_CLASSES)
     message = str(error.value)
     assert "resnet18-f37072fd.pth" in message and str(empty_hub) in message
-    assert "--weights=none" in message and "--weights=PATH" in message and "\n" not in message
+    # The fix named is weights of one's own or the offline demo, never a frozen random backbone.
+    assert "--weights=PATH" in message and "sweeps/demo_offline.yaml" in message and "\n" not in message
+    assert "--weights=none is random initialisation, for --strategy=full only" in message
 
 
 def test_imagenet_weights_load_from_a_pre_placed_file_then_the_head_is_replaced(empty_hub):
@@ -690,3 +692,4 @@ def test_what_the_config_and_check_accept_is_what_the_scratch_cnn_builds(tmp_pat
     for name, rule in RULES.items():  # and every value the config accepts at the bounds builds
         for value in [v for v in (rule.low, rule.high) if v is not None and rule.check is None] or [rule.default]:
             ScratchCNNConfig(**{name: value})
+

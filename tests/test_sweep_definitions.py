@@ -86,6 +86,7 @@ def test_definition_problems_name_the_mistake(tmp_path):
     problems = definition_problems(typos)
     assert problems[0] == "method 'bayse' is not one of grid, random, bayes (did you mean 'bayes'?)"
     assert "has the key 'valuse' (did you mean 'values'?)" in problems[1]  # swapped letters, not a dropped one
+    assert not any("'bayse'" in problem for problem in problems[1:])  # the method is named once, with its fix
     with pytest.raises(UserError) as caught:  # the one-line error carries every problem, not "(and 1 more)"
         load_definition(write_yaml(tmp_path / "typos.yaml", typos))
     assert all(problem in str(caught.value) for problem in problems) and "\n" not in str(caught.value)
@@ -206,6 +207,23 @@ def test_check_names_every_mistake_of_a_yaml_headed_for_wandb_sweep(tmp_path, ca
     assert ("'k_layer' is not a run parameter (did you mean 'k_layers'?)" in err
             and "metric name is 'val_accuracy'" in err)
     assert err.count("\n") == 1
+
+
+def test_check_warns_of_frozen_stages_at_random_init_as_a_single_run_would(tmp_path, capsys):
+    """Offline, `--weights=none` on a freezing sweep: each trial would train a head on random features. The check,
+    an offline user's first stop, says so before any of them runs; with strategy full only, nothing to say."""
+    import agent
+
+    sweep = write_yaml(tmp_path / "freeze.yaml", {
+        "name": "freeze", "method": "grid", "metric": {"name": "val_acc", "goal": "maximize"},
+        "parameters": {"model": {"value": "resnet18"}, "strategy": {"values": ["head_only", "full"]},
+                       "lr": {"value": 1e-3}}})
+    assert agent.main(["check", str(sweep), "--weights=none"]) == 0
+    out = capsys.readouterr().out
+    assert "is fine" in out and "warning: weights=none with a frozen strategy (resnet18 head_only)" in out
+    assert agent.main(["check", str(sweep)]) == 0 and "warning" not in capsys.readouterr().out  # ImageNet weights
+    assert agent.main(["check", str(sweep), "--weights=none", "--strategy=full"]) == 0
+    assert "warning" not in capsys.readouterr().out
 
 
 def test_a_fixed_argument_takes_its_parameter_out_of_the_search(tmp_path):

@@ -227,10 +227,29 @@ def run_id_problem(run_id: str) -> str | None:
             "'-', '_' and '.' only (at most 128 of them, and not '.' or '..')")
 
 
+# What other tools call a parameter (timm, torchvision's reference scripts, Keras, fastai, PyTorch Lightning): an
+# unknown name found here is answered with ours, where spelling alone would not find it (learning_rate is not lr).
+OTHER_NAMES = {
+    "learning_rate": "lr", "base_lr": "lr", "num_epochs": "epochs", "n_epochs": "epochs", "max_epochs": "epochs",
+    "bs": "batch_size", "img_size": "input_size", "image_size": "input_size", "resolution": "input_size",
+    "crop_size": "input_size", "train_crop_size": "input_size", "val_crop_size": "eval_size", "test_size": "eval_size",
+    "arch": "model", "backbone": "model", "network": "model", "pretrained": "weights", "freeze": "strategy",
+    "freezing": "strategy", "wd": "weight_decay", "smoothing": "label_smoothing", "early_stopping": "patience",
+    "data": "data_dir", "data_path": "data_dir", "dataset": "data_dir", "workers": "num_workers", "amp": "precision",
+    "lr_scheduler": "schedule", "scheduler": "schedule", "sched": "schedule", "opt": "optimizer",
+}
+
+
+def suggest_parameter(name: str) -> str:
+    """The ` (did you mean X?)` suffix for an unknown run parameter: another tool's name for one of ours, or a typo."""
+    name = str(name).replace("-", "_")
+    return f" (did you mean {OTHER_NAMES[name]!r}?)" if name in OTHER_NAMES else nearest(name, FIELDS)
+
+
 def parse_value(name: str, raw: Any) -> Any:
     """One field's value from whatever form it arrived in (YAML scalar, CLI string, numpy scalar)."""
     if name not in FIELDS:
-        raise UserError(f"unknown parameter {name!r}{nearest(name, FIELDS)}; `python agent.py --help` lists them all")
+        raise UserError(f"unknown parameter {name!r}{suggest_parameter(name)}; `python agent.py --help` lists them all")
     kind, optional = _base_type(name)
     meta = FIELDS[name].metadata
     if hasattr(raw, "item") and not isinstance(raw, (str, bytes)):
@@ -360,7 +379,7 @@ def load_yaml_values(path: Path | str) -> dict[str, Any]:
         if str(key).replace("-", "_") not in FIELDS:
             raise UserError(
                 f"config file {path}: unknown parameter "
-                f"{key!r}{nearest(str(key), FIELDS)}; `python agent.py --help` lists them")
+                f"{key!r}{suggest_parameter(key)}; `python agent.py --help` lists them")
         try:
             parse_value(str(key).replace("-", "_"), value)  # type and range, named with the file that holds it
         except UserError as exc:

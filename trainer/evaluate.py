@@ -68,10 +68,15 @@ def evaluate_on_test_set(run_folder: Path, data_dir: str | None = None, device: 
                 f"run {run_folder.name} is in its first epoch, "
                 f"{RunRecord.held_by(run_folder)}: test it once it has finished")
         summary = RunRecord.read_summary(run_folder)
-        why = f"{summary.get(M.STATE, 'unfinished')}{': ' + summary[M.REASON] if summary.get(M.REASON) else ''}"
+        state = summary.get(M.STATE, "unfinished")
+        why = f"{state}{': ' + summary[M.REASON] if summary.get(M.REASON) else ''}"
+        if state == M.PREEMPTED or state == "unfinished":  # interrupted: resuming trains it
+            fix = (f"train it further (python agent.py --resume --run_id={run_folder.name} "
+                   f"--output_dir={run_folder.parent}, or the sweep command of a sweep trial) or test another run")
+        else:  # failed, diverged, out of memory: resuming would meet the same end
+            fix = "fix what its reason says and train it again, or test another run"
         raise UserError(f"run {run_folder.name} has no {BEST_CHECKPOINT}: it ended before its first epoch did ({why}); "
-                        f"train it further (python agent.py --resume --run_id={run_folder.name} "
-                        f"--output_dir={run_folder.parent}, or the sweep command of a sweep trial) or test another run")
+                        f"{fix}")
     if not saved:
         raise UserError(
             f"{run_folder} is not a finished run folder (needs config.yaml and "

@@ -196,6 +196,9 @@ def build_inputs(config: InputSettings, data: DataSplit, pre: Preprocessing, mod
         eval_input = lambda features: to_device(features).float()  # noqa: E731
         start_stage = feature_depth
     common = dict(num_workers=workers, pin_memory=cuda, persistent_workers=cuda)
+    if batch_size > len(data.split.train):  # drop_last keeps the one partial batch then (data/loading.batch_count)
+        print(f"note: batch_size={batch_size} is more than the {len(data.split.train)} training images: each epoch "
+              "is a single step over all of them; a smaller batch_size trains more steps per epoch")
     train_loader = BatchLoader(train_store, data.split.train, data.index.labels, batch_size, seed=config.seed,
                                shuffle=True, drop_last=True, **common)
     val_loader = BatchLoader(val_store, data.split.val, data.index.labels, batch_size * 2, **common)
