@@ -283,16 +283,21 @@ def refuse(stage: str, problems: list[str]) -> None:
         raise UserError(f"{stage} stage: {problems[0]}{more}")
 
 
-def check_stage_sweep(sweep_yaml: Path, fixed: Mapping[str, str], protocol_path: Path = PROTOCOL_FILE) -> None:
+def check_stage_sweep(sweep_yaml: Path, fixed: Mapping[str, str], protocol_path: Path | None = None) -> None:
     """The protocol's checks of a compare or curve sweep started outside `agent.py protocol` (`wandb sweep` after
-    `agent.py check`, or `agent.py sweep`), when the protocol file names `sweep_yaml` as that stage's sweep: the
-    same refusals as `agent.py protocol compare`. Any other sweep, or no protocol file: nothing to check."""
+    `agent.py check`, or `agent.py sweep`), when a protocol file names `sweep_yaml` as that stage's sweep (the
+    default one, or a protocol.yaml beside the sweep: sweeps/tiny/): the same refusals as `agent.py protocol
+    compare`. Any other sweep, or no such protocol file: nothing to check."""
     stage = (load_definition(sweep_yaml).parameters.get("stage") or {}).get("value")
-    if stage not in ("compare", "curve") or not Path(protocol_path).is_file():
+    if stage not in ("compare", "curve"):
         return
-    protocol = load_protocol(protocol_path)
-    named = protocol.compare if stage == "compare" else protocol.curve
-    if named is None or Path(named).resolve() != Path(sweep_yaml).resolve():
+    candidates = [Path(protocol_path)] if protocol_path else [PROTOCOL_FILE, Path(sweep_yaml).parent / "protocol.yaml"]
+    for path in dict.fromkeys(p for p in candidates if p.is_file()):
+        protocol = load_protocol(path)
+        named = protocol.compare if stage == "compare" else protocol.curve
+        if named is not None and Path(named).resolve() == Path(sweep_yaml).resolve():
+            break
+    else:
         return
     problems = final_problems(protocol, Path(sweep_yaml), tuned_seeds(protocol, None), stage)
     problems += [f"--{key} would override the {stage} sweep's own {key}s: the final runs vary it; drop the argument"

@@ -87,6 +87,9 @@ def test_a_protocol_file_is_read_with_its_budgets_and_arms(protocol_files):
     assert {a.model for a in default.arms} >= {"resnet50", "scratch_cnn"}
     assert P.final_problems(default, default.compare, {0}, "compare") == []
     assert P.final_problems(default, default.curve, {0}, "curve") == []
+    tiny = P.load_protocol("sweeps/tiny/protocol.yaml")  # the one to try first: two arms, 4 trials each, at 160 px
+    assert [a.model for a in tiny.arms] == ["mobilenet_v3_small", "scratch_cnn"] and tiny.trials_per_arm == 4
+    assert P.final_problems(tiny, tiny.compare, {0}, "compare") == [] and tiny.curve is None
 
 
 @pytest.mark.parametrize("change, message", [
@@ -144,6 +147,14 @@ def test_a_compare_sweep_checked_or_run_outside_the_protocol_meets_the_same_refu
     elsewhere = tmp_path / "mine.yaml"  # a compare sweep of the user's own, which no protocol names: not checked
     elsewhere.write_text(protocol.compare.read_text())
     assert "is fine" in check_sweep(elsewhere)
+    (tmp_path / "sweeps" / "protocol.yaml").unlink()  # a protocol.yaml beside the sweep names it (sweeps/tiny/)
+    own = tmp_path / "exp"
+    own.mkdir()
+    (own / "compare.yaml").write_text(protocol.compare.read_text())
+    (own / "protocol.yaml").write_text(protocol_files.read_text().replace(str(protocol.compare),
+                                                                          str(own / "compare.yaml")))
+    with pytest.raises(UserError, match=r"compare stage: .*seed\(s\) \[0\] that tuning used"):
+        check_sweep(own / "compare.yaml")
 
 
 def test_the_wandb_tuning_sweeps_carry_the_arm_and_the_count_set_once(protocol_files):

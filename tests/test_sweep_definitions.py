@@ -16,8 +16,9 @@ from sweeper.table import Trial
 from trainer import metrics as M
 from trainer.config import FIELDS, load_yaml_values, parse_run_config
 
-# the protocol file is no sweep
-YAMLS = sorted(p for p in (ROOT / "sweeps").glob("*.yaml") if p.name != "protocol.yaml")
+# the protocol files are no sweeps; sweeps/tiny/ is the small protocol's own folder
+YAMLS = sorted(p for pattern in ("*.yaml", "tiny/*.yaml") for p in (ROOT / "sweeps").glob(pattern)
+               if p.name != "protocol.yaml")
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
