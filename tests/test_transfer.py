@@ -2,15 +2,16 @@
 the harness far past the scratch CNN on other classes at the resolution it was pretrained at, and loses that lead
 when it is forced to its weights' metadata size (224 px).
 
-The task is built so that what the source teaches is what the target needs, and what a few images cannot teach.
-Each class is a glyph, two random pen strokes fixed per class (a letter of an unknown alphabet), drawn in every image
-with ink and paper of random colours (either one the lighter), a random pose and stroke width, and pixel noise:
-colour says nothing about the class, shape says everything. Pretrained on 16 glyphs of 100 images, resnet18 learns
-stroke detectors that ignore colour, and 5 unseen glyphs with 5 training images each are then a linear problem on its
-features (`head_only`). The scratch CNN has 25 images to learn that invariance from and fits their colours instead;
-given 90 images per glyph it learns the same target to 96-100 %, so its loss here is the data, not the task. The
-images are 37 px (32 px crops at resnet18's 256/224 resize ratio): far from 224 px, and cheap enough to pretrain in
-under a minute on two CPU cores. Slow: it trains resnet18 from random init. `pytest -m slow tests/test_transfer.py`.
+The task (data/glyphs.py, the offline demo's too) is built so that what the source teaches is what the target needs, and
+what a few images cannot teach. Each class is a glyph, two random pen strokes fixed per class (a letter of an unknown
+alphabet), drawn in every image with ink and paper of random colours (either one the lighter), a random pose and stroke
+width, and pixel noise: colour says nothing about the class, shape says everything. Pretrained on 16 glyphs of 100
+images, resnet18 learns stroke detectors that ignore colour, and 5 unseen glyphs with 5 training images each are then a
+linear problem on its features (`head_only`). The scratch CNN has 25 images to learn that invariance from and fits their
+colours instead; given 90 images per glyph it learns the same target to 96-100 %, so its loss here is the data, not the
+task. The images are 37 px (32 px crops at resnet18's 256/224 resize ratio): far from 224 px, and cheap enough to
+pretrain in under a minute on two CPU cores. Slow: it trains resnet18 from random init. `pytest -m slow
+tests/test_transfer.py`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
+from data.glyphs import write_glyphs
 from trainer import metrics as M
 from trainer.config import parse_run_config
 from trainer.evaluate import evaluate_on_test_set
@@ -31,8 +31,6 @@ from trainer.run import run_training
 pytestmark = pytest.mark.slow
 
 SIZE = 32  # the training crop of both tasks, and the input_size the weights file's sidecar records
-IMAGE_SIZE = round(SIZE * 256 / 224)  # 37: resized by nothing, then centre-cropped to SIZE as resnet18's metadata does
-SUPERSAMPLE = 4  # strokes drawn at 4x and box-filtered down: anti-aliased edges, as a camera sees them
 NORMALISATION = {"mean": [0.5] * 3, "std": [0.25] * 3}  # uniform random colours: mean 0.5, spread about 0.25-0.3
 SOURCE_GLYPHS, SOURCE_IMAGES = range(16), 100
 TARGET_GLYPHS, TARGET_IMAGES, TARGET_TEST_IMAGES = range(100, 105), 8, 30
@@ -47,51 +45,6 @@ SEED = 0
 # This test's own draw: 87 %, 17 % and 24 %.
 MARGIN_OVER_SCRATCH = 0.2
 MARGIN_OVER_FORCED_SIZE = 0.3
-
-
-def glyph(label: int) -> list[np.ndarray]:
-    """The class: two strokes of 2-3 points each, in a square of side 1.6 around the origin."""
-    rng = np.random.default_rng([91, label])
-    return [rng.uniform(-0.8, 0.8, size=(int(rng.integers(2, 4)), 2)) for _ in range(2)]
-
-
-def luminance(colour: np.ndarray) -> float:
-    return float(colour @ (0.299, 0.587, 0.114))
-
-
-def draw(label: int, rng: np.random.Generator) -> Image.Image:
-    """One image of glyph `label`: everything but the strokes' shape drawn at random from `rng`."""
-    while True:  # ink and paper at least 70 grey levels apart, so the glyph is visible whichever is lighter
-        paper, ink = rng.uniform(0, 255, size=(2, 3))
-        if abs(luminance(paper) - luminance(ink)) > 70:
-            break
-    side = IMAGE_SIZE * SUPERSAMPLE
-    image = Image.new("RGB", (side, side), tuple(int(c) for c in paper))
-    pen = ImageDraw.Draw(image)
-    angle = np.deg2rad(rng.uniform(-20, 20))
-    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    scale = rng.uniform(0.7, 0.95) * 0.4 * side  # the glyph stays inside the centre crop
-    centre = side / 2 + rng.uniform(-0.1, 0.1, size=2) * side
-    width = int(rng.uniform(0.08, 0.12) * side)
-    colour = tuple(int(c) for c in ink)
-    for stroke in glyph(label):
-        points = (stroke + rng.normal(0, 0.06, stroke.shape)) @ rotation.T * scale + centre  # a hand's wobble
-        points = [tuple(p) for p in points]
-        pen.line(points, fill=colour, width=width, joint="curve")
-        for x, y in (points[0], points[-1]):  # round pen tips
-            pen.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), fill=colour)
-    pixels = np.asarray(image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX), dtype=np.float32)
-    pixels += rng.normal(0, 12, pixels.shape)
-    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB")
-
-
-def write_glyphs(folder: Path, labels, per_class: int, seed: int) -> None:
-    """folder/glyph_<label>/<index>.png; each image from its own seed (split seed, label, index)."""
-    for label in labels:
-        class_dir = folder / f"glyph_{label:03d}"
-        class_dir.mkdir(parents=True, exist_ok=True)
-        for index in range(per_class):
-            draw(label, np.random.default_rng([seed, label, index])).save(class_dir / f"{index:03d}.png")
 
 
 def run_settings(root: Path) -> dict:
