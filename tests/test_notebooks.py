@@ -2,8 +2,8 @@
 a smoke run (a tiny synthetic dataset, offline, on the CPU). Shell lines (`!cmd`, with `{expr}` filled in as IPython
 does) run as subprocesses that must succeed; IPython's display is stood in for, and records what a reader would see.
 
-The smoke run is the README's offline demo, tiny: a ResNet-18 trained on other synthetic classes, warm-started against
-the scratch CNN in a sweep of four trials, the report, and the test set of the best run."""
+The smoke run is the README's offline demo, tiny: a ResNet-18 trained on 16 synthetic glyphs for one epoch, warm-started
+on 5 unseen glyphs against the scratch CNN in a sweep of four trials, the report, and the test set of the best run."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SMOKE = {"SMOKE_TEST": True}
 # What a run of a notebook writes into its copy of the repository, and what a checkout may hold that it does not need.
 NOT_COPIED = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", ".hypothesis", "runs", "sweep_runs",
-                                    "reports", "datasets", "demo_data", "demo_source", "wandb", "build", "dist",
-                                    ".cache", ".ruff_cache")
+                                    "reports", "datasets", "demo_data", "demo_source", "demo_glyphs", "wandb", "build",
+                                    "dist", ".cache", ".ruff_cache")
 
 
 class CellFailed(AssertionError):
