@@ -202,8 +202,12 @@ def command_sweep(args: list[str]) -> int:
         raise UserError(
             "--count N is required: the sweep's size, its trials in all (run the same command again to finish it)")
     count_value, worker_value = _integer("count", count), _integer("workers", workers)
+    fixed = parse_cli(args[1:])
+    from sweeper.protocol import check_stage_sweep
+
+    check_stage_sweep(Path(args[0]), fixed)  # a protocol's compare or curve sweep run as a plain one: its refusals
     summary = run_local_sweep(Path(args[0]), count=count_value, workers=worker_value,
-                              sweep_dir=Path(sweep_dir) if sweep_dir else None, fixed=parse_cli(args[1:]))
+                              sweep_dir=Path(sweep_dir) if sweep_dir else None, fixed=fixed)
     return 0 if summary is not None else 130  # None: the sweep was interrupted; rerun the command to continue
 
 

@@ -230,8 +230,9 @@ def _final(s: Summary) -> list[str]:
         out.append("- *planned* is the runs this source holds: the stage's grid was not read (a W&B source, or a "
                    "folder without its sweep.yaml), so a cell never started is not counted.")
     if p.absent_recipes:
-        out.append(f"- **No run at all of {len(p.absent_recipes)} recipe(s) of the compare grid**: "
-                   f"{', '.join(p.absent_recipes)}; run the compare stage's command again.")
+        out.append(f"- **No run at all of {p.absent_recipes} recipe(s) of the compare grid**: it lists "
+                   f"{p.absent_recipes + len(p.compare)}, and {len(p.compare)} arm(s) have runs here; run the compare "
+                   "stage's command again.")
     unfinished = [r for arm in p.compare for r in arm.unfinished]
     if unfinished:
         out.append(f"- **{len(unfinished)} final run(s) have not finished** "

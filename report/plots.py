@@ -158,8 +158,8 @@ def plot_data_efficiency(summary: Summary, path: Path) -> Path:
         axis.errorbar(x, y, yerr=[low, high], color=colors[arm], marker="o", capsize=3, linewidth=1.5,
                       linestyle="--" if arm == SCRATCH_MODEL else "-", label=arm)
     for crossover in protocol.crossovers:
-        if crossover.below is not None and crossover.below < max(crossover.sizes):
-            axis.axvline(crossover.below, color="grey", linewidth=0.8, linestyle=":")
+        if crossover.line_at is not None:
+            axis.axvline(crossover.line_at, color="grey", linewidth=0.8, linestyle=":")
     axis.set_xscale("log")
     axis.set_xlabel("training images per class (log)")
     axis.set_ylabel(

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from report.stats import CONFIDENCE, DifferenceCI, MeanCI, difference_ci, mean_ci
-from report.table import COMPARE, CURVE, IMAGENET, NUM_IMAGES, RECIPE, SCRATCH, SEED_KEYS, TUNE, RunRecord, RunTable
+from report.table import COMPARE, CURVE, IMAGENET, NUM_IMAGES, SCRATCH, SEED_KEYS, TUNE, RunRecord, RunTable
 from trainer import metrics
+from trainer.config import RECIPE
 
 
 def arm_of(record: RunRecord) -> str:
@@ -79,6 +80,13 @@ class Crossover:
     wins: list[bool | None]
     below: float | None  # the largest size up to which it wins at every size; None when it does not at the smallest
 
+    @property
+    def line_at(self) -> float | None:
+        """Where a plot may draw the crossover: the size up to which it wins, when every size after it is judged
+        and none is a win (the statement's "up to X; from Y on"). None otherwise."""
+        after = [win for size, win in zip(self.sizes, self.wins) if self.below is not None and size > self.below]
+        return self.below if after and None not in after and not any(after) else None
+
     def statement(self) -> str:
         interval = f"by more than the {CONFIDENCE:.0%} interval"
         known = [(size, win) for size, win in zip(self.sizes, self.wins) if win is not None]
@@ -126,7 +134,7 @@ class ProtocolSummary:
     allow_lost_seeds: bool = False
     notes: list[str] = field(default_factory=list)
     grid_known: bool = False  # the compare stage's grid was read (a local sweep folder): cells never run count in n/k
-    absent_recipes: list[str] = field(default_factory=list)  # recipes of the compare grid without any run
+    absent_recipes: int = 0  # recipes of the compare grid without any run (the grid lists more than have runs)
     test_images: int | None = None  # images in the test set the compare runs were tested on
     curve_still_improving: list[RunRecord] = field(default_factory=list)
 
@@ -159,36 +167,15 @@ def _cell_text(cell: tuple[str, ...]) -> str:
     return ", ".join(f"{key} {value}" for key, value in zip(SEED_KEYS, cell))
 
 
-def _recipe_arms(grid: dict) -> dict[str, RunRecord]:
-    """The arms a final grid plans, each as a record of its recipe's values (recipe path -> record); a recipe that
-    cannot be read is its path."""
-    from common.errors import UserError
-    from common.yamlfile import read_yaml
-
-    arms = {}
-    for path in _listed(grid, RECIPE):
-        try:
-            values = read_yaml(str(path), "recipe")
-        except (UserError, OSError):
-            values = None
-        arms[str(path)] = RunRecord(str(path), "planned", values if isinstance(values, dict) else {})
-    return arms
-
-
-def _arm_results(records: list[RunRecord], grid: dict | None = None) -> tuple[list[ArmResult], list[str]]:
-    """Each arm's final numbers, and the recipes of the stage's grid (when known) that have no run at all."""
+def _arm_results(records: list[RunRecord], grid: dict | None = None) -> tuple[list[ArmResult], int]:
+    """Each arm's final numbers, and how many recipes of the stage's grid (when known) have no run at all. Counted,
+    not matched by name: the grid names recipe files, relative to where the sweep ran, that the report may not see."""
     by_arm: dict[str, list[RunRecord]] = defaultdict(list)
     for record in records:
         if not record.refused_before_training:  # a setting to fix, retried by the same command: no seed of the arm
             by_arm[arm_of(record)].append(record)
     planned_cells = [cell for cell in itertools.product(*(map(str, _listed(grid or {}, key)) for key in SEED_KEYS))]
-    absent = []
-    if grid:
-        for path, recipe in _recipe_arms(grid).items():
-            if not recipe.config.get("model"):
-                absent.append(path)  # unreadable: its arm is unknown
-            elif arm_of(recipe) not in by_arm:
-                absent.append(f"{path} ({arm_of(recipe)})")
+    absent = max(0, len(_listed(grid or {}, RECIPE)) - len(by_arm))
     results = []
     for arm, members in by_arm.items():
         counted = [r for r in members if r.is_complete]

@@ -95,7 +95,7 @@ def _load_local(path: Path) -> RunTable:
         return RunTable(records=[r for t in tables for r in t.records], name=path.resolve().name, source=str(path),
                         metric_name=tables[0].metric_name, metric_goal=tables[0].metric_goal,
                         duplicates=[d for t in tables for d in t.duplicates],
-                        grids={stage: grid for t in tables for stage, grid in t.grids.items()})
+                        grids=_one_grid_per_stage(tables))
     if _is_run_folder(path):  # one run folder: a table of one, no sweep around it
         run_folders, sweep_dir = [path], None
     elif (path / RUNS_DIR).is_dir():  # a sweep folder
@@ -151,6 +151,15 @@ def _load_local(path: Path) -> RunTable:
     return RunTable(records=records, name=str(sweep.get("name") or (sweep_dir or path).resolve().name),
                     source=str(path), metric_name=metric.get("name"), metric_goal=metric.get("goal"),
                     duplicates=duplicates, grids=_final_stage_grid(sweep))
+
+
+def _one_grid_per_stage(tables: list[RunTable]) -> dict[str, dict]:
+    """The stages' grids of a folder of sweeps; a stage with two (a folder holding two protocols) has none known."""
+    found: dict[str, list[dict]] = {}
+    for table in tables:
+        for stage, grid in table.grids.items():
+            found.setdefault(stage, []).append(grid)
+    return {stage: grids[0] for stage, grids in found.items() if len(grids) == 1}
 
 
 def _final_stage_grid(sweep: dict) -> dict[str, dict]:

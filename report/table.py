@@ -35,9 +35,6 @@ SEED = "seed"
 TUNE, COMPARE, CURVE = "tune", "compare", "curve"
 FINAL_STAGES = (COMPARE, CURVE)
 SEED_KEYS = ("seed", "split_seed")  # what the final stages vary: the rest of a config is its recipe
-# A sweep parameter whose values are YAML files of fixed run values, one recipe each (the final stages' arms): a
-# trial reads its file first, as `agent.py --config FILE` does, then the trial's other values.
-RECIPE = "config"
 LOST_STATES = (metrics.FAILED, metrics.DIVERGED, metrics.OOM)  # a seed that trained to no result
 
 # What a run started from (RunRecord.start), in the headline's order.

@@ -24,9 +24,16 @@ from common.errors import UserError
 from common.parsing import nearest
 from common.yamlfile import read_yaml
 from models.registry import get_spec
-from report.table import RECIPE  # the recipes parameter: its one home beside the final stages' other keys
 from sweeper.table import TABLE_FILE
-from trainer.config import FIELDS, SPEC_KEYS, load_yaml_values, parse_run_config, parse_value, suggest_parameter
+from trainer.config import (
+    FIELDS,
+    RECIPE,
+    SPEC_KEYS,
+    load_yaml_values,
+    parse_run_config,
+    parse_value,
+    suggest_parameter,
+)
 from trainer.metrics import VAL_ACC
 
 SWEEP_FILE = "sweep.yaml"

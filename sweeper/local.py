@@ -125,9 +125,6 @@ def run_local_sweep(sweep_yaml: Path, count: int, workers: int = 1, sweep_dir: P
     unrunnable = unrunnable_values(definition.parameters, fixed)
     if unrunnable:  # with the fixed arguments: --model=resnet18 makes k_layers=7 unrunnable
         raise problems_error(sweep_yaml, unrunnable, "; remove that value from the YAML, or change the argument")
-    from sweeper.protocol import check_stage_sweep
-
-    check_stage_sweep(sweep_yaml, fixed)  # the protocol's compare or curve sweep, run as a plain sweep
     sweep_dir = (Path(sweep_dir) if sweep_dir else Path("sweep_runs") / Path(sweep_yaml).stem).resolve()
     existed = sweep_dir.exists()
     if not existed:

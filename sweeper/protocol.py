@@ -288,14 +288,17 @@ def check_stage_sweep(sweep_yaml: Path, fixed: Mapping[str, str], protocol_path:
     `agent.py check`, or `agent.py sweep`), when a protocol file names `sweep_yaml` as that stage's sweep (the
     default one, or a protocol.yaml beside the sweep: sweeps/tiny/): the same refusals as `agent.py protocol
     compare`. Any other sweep, or no such protocol file: nothing to check."""
-    stage = (load_definition(sweep_yaml).parameters.get("stage") or {}).get("value")
-    if stage not in ("compare", "curve"):
-        return
+    target = Path(sweep_yaml).resolve()
     candidates = [Path(protocol_path)] if protocol_path else [PROTOCOL_FILE, Path(sweep_yaml).parent / "protocol.yaml"]
     for path in dict.fromkeys(p for p in candidates if p.is_file()):
-        protocol = load_protocol(path)
-        named = protocol.compare if stage == "compare" else protocol.curve
-        if named is not None and Path(named).resolve() == Path(sweep_yaml).resolve():
+        try:  # which sweeps it names, read before the rest: a protocol that names others is not this sweep's to judge
+            raw = read_yaml(path, "protocol file")
+        except UserError:
+            continue
+        named = {stage: raw.get(stage) for stage in ("compare", "curve")} if isinstance(raw, dict) else {}
+        stage = next((s for s, p in named.items() if isinstance(p, str) and Path(p).resolve() == target), None)
+        if stage is not None:
+            protocol = load_protocol(path)  # this one names the sweep: a mistake in it is the user's to fix now
             break
     else:
         return

@@ -164,6 +164,10 @@ def test_testing_a_run_that_never_finished_an_epoch_says_so(base, monkeypatch):
     with pytest.raises(UserError, match=r"run early has no best.pt: it ended before its first epoch did \(preempted.*"
                                          r"train it further \(python agent.py --resume --run_id=early"):
         evaluate_on_test_set(folder)
+    summary = json.loads((folder / "summary.json").read_text())  # killed outright: its summary still says running
+    (folder / "summary.json").write_text(json.dumps({**summary, M.STATE: M.RUNNING, M.REASON: None}))
+    with pytest.raises(UserError, match=r"\(running\); train it further \(python agent.py --resume"):
+        evaluate_on_test_set(folder)
 
 
 def test_testing_a_run_that_failed_before_an_epoch_says_to_fix_it_not_to_resume_it(base, monkeypatch):

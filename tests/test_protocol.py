@@ -126,7 +126,8 @@ def test_a_compare_sweep_checked_or_run_outside_the_protocol_meets_the_same_refu
                                                                                      monkeypatch):
     """`agent.py check sweeps/compare.yaml` before `wandb sweep`, or `agent.py sweep sweeps/compare.yaml`: the
     protocol file that names it as its compare sweep refuses it as `agent.py protocol compare` would."""
-    from sweeper.local import check_sweep, run_local_sweep
+    import agent
+    from sweeper.local import check_sweep
 
     protocol = P.load_protocol(protocol_files)
     (tmp_path / "sweeps").mkdir()
@@ -141,8 +142,7 @@ def test_a_compare_sweep_checked_or_run_outside_the_protocol_meets_the_same_refu
     protocol.compare.write_text(yaml.safe_dump(definition))
     with pytest.raises(UserError, match=r"compare stage: .*seed\(s\) \[0\] that tuning used"):
         check_sweep(protocol.compare)
-    with pytest.raises(UserError, match="compare stage: "):
-        run_local_sweep(protocol.compare, count=1, sweep_dir=tmp_path / "plain")
+    assert agent.main(["sweep", str(protocol.compare), "--count", "1", "--sweep_dir", str(tmp_path / "plain")]) == 2
     assert not (tmp_path / "plain").exists()  # refused before anything was made
     elsewhere = tmp_path / "mine.yaml"  # a compare sweep of the user's own, which no protocol names: not checked
     elsewhere.write_text(protocol.compare.read_text())
@@ -155,6 +155,17 @@ def test_a_compare_sweep_checked_or_run_outside_the_protocol_meets_the_same_refu
                                                                           str(own / "compare.yaml")))
     with pytest.raises(UserError, match=r"compare stage: .*seed\(s\) \[0\] that tuning used"):
         check_sweep(own / "compare.yaml")
+    nameless = yaml.safe_load((own / "compare.yaml").read_text())  # named as its compare: checked, stage or none
+    nameless["parameters"].pop("stage")
+    (own / "compare.yaml").write_text(yaml.safe_dump(nameless))
+    with pytest.raises(UserError, match=r"must fix stage: \{value: compare\}"):
+        check_sweep(own / "compare.yaml")
+    broken = yaml.safe_load((own / "protocol.yaml").read_text())  # a broken protocol that names another sweep
+    broken["tune"]["trials_per_arm"] = 0
+    broken["compare"] = str(tmp_path / "other.yaml")
+    (own / "protocol.yaml").write_text(yaml.safe_dump(broken))
+    (own / "mine.yaml").write_text(protocol.compare.read_text())
+    assert "is fine" in check_sweep(own / "mine.yaml")  # a protocol judges only the sweeps it names
 
 
 def test_the_wandb_tuning_sweeps_carry_the_arm_and_the_count_set_once(protocol_files):
@@ -321,6 +332,7 @@ def test_the_crossover_is_the_size_below_which_fine_tuning_wins_by_more_than_the
               point("scratch_cnn", "scratch", 80, [0.79, 0.75, 0.83])]
     (crossover,) = crossovers(points)
     assert crossover.sizes == [5, 20, 80] and crossover.wins == [True, True, False] and crossover.below == 20
+    assert crossover.line_at == 20
     assert "up to 20 images per class; from 80 on, the interval of the gap holds 0" in crossover.statement()
     assert Crossover("vit", [5, 20], [True, True], 20).statement().endswith(
         "at every size measured (up to 20 images per class)")
@@ -571,10 +583,16 @@ def test_cells_of_the_compare_grid_never_run_count_in_n_over_k_and_are_named(tmp
     mobile, scratch = report.protocol.compare
     assert report.protocol.grid_known and (len(mobile.runs), mobile.planned) == (4, 6)
     assert mobile.missing == ["seed 102, split_seed 1", "seed 102, split_seed 2"] and scratch.planned == 6
-    assert report.protocol.absent_recipes == [f"{recipes / 'resnet.yaml'} (resnet18)"]
+    assert report.protocol.absent_recipes == 1  # three recipes listed, two arms ran
     final = final_section(render(report, {}, {}))
     assert "| 4/6 |" in final and "never run: seed 102, split_seed 1; seed 102, split_seed 2" in final
-    assert "No run at all of 1 recipe(s) of the compare grid" in final and "is the runs this source holds" not in final
+    assert "No run at all of 1 recipe(s) of the compare grid**: it lists 3, and 2 arm(s) have runs here" in final
+    assert "is the runs this source holds" not in final
+    import shutil
+
+    shutil.copytree(root, tmp_path / "second")  # a folder of two protocols: whose grid is whose is not known
+    both = summarise(load_table(str(tmp_path)))
+    assert not both.protocol.grid_known and all(not arm.missing for arm in both.protocol.compare)
     sweep_yaml(root / "compare" / "sweep.yaml", "compare", {"lr": {"value": 0.01}})  # no grid: n/k says what it counts
     assert "*planned* is the runs this source holds" in final_section(render(summarise(load_table(str(root))), {}, {}))
 
@@ -630,6 +648,7 @@ def test_a_curve_size_the_gap_cannot_be_judged_at_is_undetermined_never_skipped(
               point("resnet50", "imagenet", 100, [0.90, 0.92]), point("scratch_cnn", "scratch", 100, [0.50, 0.52])]
     (crossover,) = crossovers(points)
     assert crossover.sizes == [5, 50, 100] and crossover.wins == [True, None, True] and crossover.below == 5
+    assert crossover.line_at is None  # no crossover for the plot to draw where the text claims none
     statement = crossover.statement()
     assert "at every size measured" not in statement and "undetermined at 50 images per class" in statement
     assert "at every size where the gap has an interval (up to 100 images per class)" in statement
@@ -645,3 +664,31 @@ def test_protocol_test_reads_run_folders_only_never_wandbs_own_folder_beside_the
     P.run_tests(P.load_protocol(protocol_files), tmp_path / "fair", None, "cpu")
     out = capsys.readouterr().out
     assert "compare run c-scrat-3: not tested (diverged" in out and "run wandb" not in out
+
+
+def test_the_protocols_own_compare_stage_judges_seeds_by_its_own_folder_not_the_default_one(protocol_files, tmp_path,
+                                                                                          monkeypatch):
+    """`protocol compare --protocol_dir=NEW` beside an old experiment in the default folder whose tuning used seed
+    100: NEW's tuning did not, so its compare stage runs (it used to be refused by a second check of the default)."""
+    import sweeper.local
+
+    protocol = P.load_protocol(protocol_files)
+    for arm in protocol.arms:
+        protocol.recipe_path(arm).parent.mkdir(parents=True, exist_ok=True)
+        protocol.recipe_path(arm).write_text(yaml.safe_dump({"model": arm.model, "input_size": 32}))
+    monkeypatch.chdir(tmp_path)
+    write_run(tmp_path / "sweep_runs" / "fair" / "tune" / "old" / "runs", "t-old", {**MOBILE, "seed": 100})
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "protocol.yaml").write_text(protocol_files.read_text())
+
+    class Reached(Exception):
+        pass
+
+    def reached(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(sweeper.local, "prepare_dataset", reached)  # past every check: the sweep would start here
+    with pytest.raises(Reached):
+        P.run_final(protocol, "compare", tmp_path / "new", 1, {})
+    with pytest.raises(UserError, match=r"seed\(s\) \[100\] that tuning used"):  # the default folder's own stage
+        P.run_final(protocol, "compare", None, 1, {})

@@ -232,7 +232,9 @@ def run_id_problem(run_id: str) -> str | None:
 OTHER_NAMES = {
     "learning_rate": "lr", "base_lr": "lr", "num_epochs": "epochs", "n_epochs": "epochs", "max_epochs": "epochs",
     "bs": "batch_size", "img_size": "input_size", "image_size": "input_size", "resolution": "input_size",
-    "crop_size": "input_size", "train_crop_size": "input_size", "val_crop_size": "eval_size", "test_size": "eval_size",
+    "crop_size": "input_size", "train_crop_size": "input_size", "val_crop_size": "eval_size",
+    "test_size": "val_fraction", "val_size": "val_fraction", "val_split": "val_fraction",
+    "validation_split": "val_fraction",
     "arch": "model", "backbone": "model", "network": "model", "pretrained": "weights", "freeze": "strategy",
     "freezing": "strategy", "wd": "weight_decay", "smoothing": "label_smoothing", "early_stopping": "patience",
     "data": "data_dir", "data_path": "data_dir", "dataset": "data_dir", "workers": "num_workers", "amp": "precision",
@@ -353,6 +355,11 @@ def parse_cli(args: Iterable[str]) -> dict[str, str]:
 
 # The keys of a parameter in a W&B sweep definition (`value` fixes it; the others define a search space).
 SPEC_KEYS = ("value", "values", "distribution", "min", "max", "mu", "sigma", "q", "probabilities", "a", "b")
+
+
+# `agent.py --config FILE`, and the sweep parameter of the same name whose values are such files, one recipe each
+# (the protocol's final stages): the file's fixed run values first, then the trial's or the command line's.
+RECIPE = "config"
 
 
 def load_yaml_values(path: Path | str) -> dict[str, Any]:

@@ -70,7 +70,7 @@ def evaluate_on_test_set(run_folder: Path, data_dir: str | None = None, device: 
         summary = RunRecord.read_summary(run_folder)
         state = summary.get(M.STATE, "unfinished")
         why = f"{state}{': ' + summary[M.REASON] if summary.get(M.REASON) else ''}"
-        if state == M.PREEMPTED or state == "unfinished":  # interrupted: resuming trains it
+        if state in (M.PREEMPTED, M.RUNNING, "unfinished"):  # interrupted (or killed while running): resume it
             fix = (f"train it further (python agent.py --resume --run_id={run_folder.name} "
                    f"--output_dir={run_folder.parent}, or the sweep command of a sweep trial) or test another run")
         else:  # failed, diverged, out of memory: resuming would meet the same end
