@@ -266,6 +266,9 @@ def final_problems(protocol: Protocol, sweep_yaml: Path, tuned_seeds: set, stage
     reused = sorted(set(_listed(parameters, "seed")) & tuned_seeds, key=str)
     if reused:
         problems.append(f"{sweep_yaml} lists seed(s) {reused} that tuning used: the final runs need fresh seeds")
+    if protocol.tune_split_seed in _listed(parameters, "split_seed"):  # its validation images chose the recipes
+        problems.append(f"{sweep_yaml} lists split_seed {protocol.tune_split_seed}, the split tuning selected on: the "
+                        "final runs need other splits, so no number of theirs sits on the selection split")
     if stage == "compare" and len(_listed(parameters, "split_seed")) < 2:
         problems.append(f"{sweep_yaml} lists {len(_listed(parameters, 'split_seed'))} split_seed(s): list two or more, "
                         f"so the intervals include the variance of the split")

@@ -120,6 +120,10 @@ def test_the_final_stage_refuses_tuning_seeds_one_split_and_a_missing_recipe(pro
     assert any("lists 1 split_seed(s): list two or more" in p for p in problems)
     with pytest.raises(UserError, match="compare stage: "):
         P.run_final(protocol, "compare", tmp_path / "fair", 1, {})
+    definition["parameters"]["split_seed"] = {"values": [0, 1]}  # 0: the split whose validation images chose
+    protocol.compare.write_text(yaml.safe_dump(definition))
+    assert any("lists split_seed 0, the split tuning selected on" in p
+               for p in P.final_problems(protocol, protocol.compare, {0}, "compare"))
 
 
 def test_a_compare_sweep_checked_or_run_outside_the_protocol_meets_the_same_refusals(protocol_files, tmp_path,
