@@ -17,7 +17,7 @@ import numpy as np
 from report.stats import CONFIDENCE, DifferenceCI, MeanCI, difference_ci, mean_ci
 from report.table import COMPARE, CURVE, IMAGENET, NUM_IMAGES, SCRATCH, SEED_KEYS, TUNE, RunRecord, RunTable
 from trainer import metrics
-from trainer.config import RECIPE
+from trainer.config import RECIPE, listed_values
 
 
 def arm_of(record: RunRecord) -> str:
@@ -151,14 +151,6 @@ def _by_id(records) -> list[RunRecord]:
     return sorted(records, key=lambda r: r.run_id)
 
 
-def _listed(parameters: dict, name: str) -> list:
-    spec = parameters.get(name)
-    if not isinstance(spec, dict):
-        return []
-    return list(spec["values"]) if isinstance(spec.get("values"), list) else (
-        [spec["value"]] if "value" in spec else [])
-
-
 def _cell(values: dict) -> tuple[str, ...]:
     return tuple(str(values.get(key)) for key in SEED_KEYS)
 
@@ -174,8 +166,9 @@ def _arm_results(records: list[RunRecord], grid: dict | None = None) -> tuple[li
     for record in records:
         if not record.refused_before_training:  # a setting to fix, retried by the same command: no seed of the arm
             by_arm[arm_of(record)].append(record)
-    planned_cells = [cell for cell in itertools.product(*(map(str, _listed(grid or {}, key)) for key in SEED_KEYS))]
-    absent = max(0, len(_listed(grid or {}, RECIPE)) - len(by_arm))
+    grid = grid or {}
+    planned_cells = list(itertools.product(*(map(str, listed_values(grid.get(key))) for key in SEED_KEYS)))
+    absent = max(0, len(listed_values(grid.get(RECIPE))) - len(by_arm))
     results = []
     for arm, members in by_arm.items():
         counted = [r for r in members if r.is_complete]

@@ -173,8 +173,7 @@ class RunRecord:
     def at_chance(self) -> bool:
         """Its best val_acc is no better than guessing one class: 1/classes (the classes its summary lists)."""
         classes = self.summary.get("classes")
-        best = self.best_val_acc
-        return isinstance(classes, list) and len(classes) > 1 and best is not None and best <= 1 / len(classes) + 1e-9
+        return isinstance(classes, list) and metrics.at_chance(self.best_val_acc, len(classes))
 
     @property
     def still_improving(self) -> bool:

@@ -29,6 +29,7 @@ from trainer.config import (
     FIELDS,
     RECIPE,
     SPEC_KEYS,
+    listed_values,
     load_yaml_values,
     parse_run_config,
     parse_value,
@@ -129,13 +130,6 @@ METHODS = ("grid", "random", "bayes")  # the engine's search methods this driver
 # Distributions whose min/max are values of the parameter itself (log_uniform's are exponents, normal's unbounded).
 _BOUNDED_BY_VALUES = ("int_uniform", "uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values",
                       "inv_log_uniform_values")
-
-
-def listed_values(spec: Any) -> list[Any]:
-    """The values a parameter lists (`value` or `values`); [] for a distribution."""
-    if not isinstance(spec, dict):
-        return []
-    return [spec["value"]] if "value" in spec else list(spec["values"]) if isinstance(spec.get("values"), list) else []
 
 
 def _spec_problems(name: str, spec: dict) -> list[str]:
@@ -243,15 +237,23 @@ def _value_problems(name: str, spec: dict) -> list[str]:
     return problems
 
 
+def _axes(parameters: Mapping[str, Any], fixed: Mapping[str, Any], names: tuple[str, ...]) -> list[list]:
+    """Each named parameter's values in this sweep: the fixed one, the listed ones, or [None] (its default)."""
+    return [[fixed[name]] if name in fixed else listed_values(parameters.get(name)) or [None] for name in names]
+
+
+def _recipes(parameters: Mapping[str, Any]) -> list[dict]:
+    """The recipe files' values ([{}] without recipes); unreadable ones are definition_problems' to name."""
+    try:
+        return [load_yaml_values(str(path)) for path in listed_values(parameters.get(RECIPE))] or [{}]
+    except UserError:
+        return [{}]
+
+
 def frozen_random_init(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -> list[str]:
     """The (model, strategy) pairs of this sweep that would freeze stages of a randomly initialised backbone
     (weights=none and a strategy other than full): heads trained on random features, ending near chance."""
-    axes = [[fixed[name]] if name in fixed else listed_values(parameters.get(name)) or [None]
-            for name in ("model", "strategy", "weights")]
-    try:
-        recipes = [load_yaml_values(str(path)) for path in listed_values(parameters.get(RECIPE))] or [{}]
-    except UserError:
-        recipes = [{}]
+    axes, recipes = _axes(parameters, fixed, ("model", "strategy", "weights")), _recipes(parameters)
     found = []
     for recipe, *values in itertools.product(recipes, *axes):
         chosen = {k: v for k, v in zip(("model", "strategy", "weights"), values) if v is not None}
@@ -268,12 +270,7 @@ def frozen_random_init(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) 
 def unrunnable_values(parameters: Mapping[str, Any], fixed: Mapping[str, Any]) -> list[str]:
     """Listed values that no trial of this sweep could train with, under any listed model and strategy (k_layers=7
     when the only model has 5 stages): each suggestion of one would be a failed trial."""
-    axes = [[fixed[name]] if name in fixed else listed_values(parameters.get(name)) or [None]
-            for name in ("model", "strategy")]
-    try:  # unreadable recipe files are definition_problems' to name
-        recipes = [load_yaml_values(str(path)) for path in listed_values(parameters.get(RECIPE))] or [{}]
-    except UserError:
-        recipes = [{}]
+    axes, recipes = _axes(parameters, fixed, ("model", "strategy")), _recipes(parameters)
 
     def fits(name: str, value: Any) -> str | None:
         """None when some recipe, listed model and strategy trains

@@ -31,7 +31,7 @@ from common.yamlfile import read_yaml
 from models.registry import get_spec
 from report.table import SEED_KEYS
 from sweeper.definition import RECIPE, load_definition
-from trainer.config import FIELDS
+from trainer.config import FIELDS, listed_values
 
 PROTOCOL_FILE = Path("sweeps/protocol.yaml")
 STAGES = ("tune", "recipes", "compare", "test", "curve", "wandb")
@@ -236,13 +236,6 @@ def grid_size(parameters: Mapping[str, Any]) -> int:
                      and isinstance(spec.get("values"), list))
 
 
-def _listed(parameters: Mapping[str, Any], name: str) -> list:
-    spec = parameters.get(name)
-    if not isinstance(spec, dict):
-        return []
-    return [spec["value"]] if "value" in spec else list(spec.get("values") or [])
-
-
 def final_problems(protocol: Protocol, sweep_yaml: Path, tuned_seeds: set, stage: str) -> list[str]:
     """Why a final sweep would not be a fair comparison: an arm without its recipe, a seed tuning used, one split."""
     # as it is: its recipes may not exist yet, one of the problems to name
@@ -253,31 +246,38 @@ def final_problems(protocol: Protocol, sweep_yaml: Path, tuned_seeds: set, stage
     problems = []
     if raw.get("method") != "grid":
         problems.append(f"{sweep_yaml} must be a grid (method: grid): every recipe gets every seed, none is chosen")
-    listed = {Path(str(p)).resolve() for p in _listed(parameters, RECIPE)}
+    listed = {Path(str(p)).resolve() for p in listed_values(parameters.get(RECIPE))}
+    seeds, splits = listed_values(parameters.get("seed")), listed_values(parameters.get("split_seed"))
     for arm in protocol.arms:
         if protocol.recipe_path(arm).resolve() not in listed:
             problems.append(f"arm {arm.model} has no recipe in {sweep_yaml} (expected {protocol.recipe_path(arm)})")
         elif not protocol.recipe_path(arm).is_file():
             problems.append(
                 f"recipe {protocol.recipe_path(arm)} does not exist: run `python agent.py protocol recipes` first")
-    if len(_listed(parameters, "seed")) < 2:
-        problems.append(f"{sweep_yaml} lists {len(_listed(parameters, 'seed'))} seed(s): list two or more fresh ones "
+    if len(seeds) < 2:
+        problems.append(f"{sweep_yaml} lists {len(seeds)} seed(s): list two or more fresh ones "
                         "(none of the tuning seeds), so each arm's mean has an interval")
-    reused = sorted(set(_listed(parameters, "seed")) & tuned_seeds, key=str)
+    reused = sorted(set(seeds) & tuned_seeds, key=str)
     if reused:
         problems.append(f"{sweep_yaml} lists seed(s) {reused} that tuning used: the final runs need fresh seeds")
-    if protocol.tune_split_seed in _listed(parameters, "split_seed"):  # its validation images chose the recipes
+    if protocol.tune_split_seed in splits:  # its validation images chose the recipes
         problems.append(f"{sweep_yaml} lists split_seed {protocol.tune_split_seed}, the split tuning selected on: the "
                         "final runs need other splits, so no number of theirs sits on the selection split")
-    if stage == "compare" and len(_listed(parameters, "split_seed")) < 2:
-        problems.append(f"{sweep_yaml} lists {len(_listed(parameters, 'split_seed'))} split_seed(s): list two or more, "
+    if stage == "compare" and len(splits) < 2:
+        problems.append(f"{sweep_yaml} lists {len(splits)} split_seed(s): list two or more, "
                         f"so the intervals include the variance of the split")
-    if _listed(parameters, "stage") != [stage]:
+    if listed_values(parameters.get("stage")) != [stage]:
         problems.append(
             f"{sweep_yaml} must fix stage: {{value: {stage}}}, so its runs are reported as the {stage} stage")
     if not problems:
         load_definition(sweep_yaml)  # every check a sweep makes, now that its recipes exist
     return problems
+
+
+def _overridden(stage: str, fixed: Mapping[str, str]) -> list[str]:
+    """Command-line values that would fix what a final stage varies."""
+    return [f"--{key} would override the {stage} sweep's own {key}s: the final runs vary it; drop the argument"
+            for key in VARIED_BY_STAGES if key in fixed]
 
 
 def refuse(stage: str, problems: list[str]) -> None:
@@ -305,10 +305,8 @@ def check_stage_sweep(sweep_yaml: Path, fixed: Mapping[str, str], protocol_path:
             break
     else:
         return
-    problems = final_problems(protocol, Path(sweep_yaml), tuned_seeds(protocol, None), stage)
-    problems += [f"--{key} would override the {stage} sweep's own {key}s: the final runs vary it; drop the argument"
-                 for key in VARIED_BY_STAGES if key in fixed]
-    refuse(stage, problems)
+    refuse(stage, final_problems(protocol, Path(sweep_yaml), tuned_seeds(protocol, None), stage)
+           + _overridden(stage, fixed))
 
 
 def tuned_seeds(protocol: Protocol, protocol_dir: Path | None) -> set:
@@ -332,10 +330,8 @@ def run_final(protocol: Protocol, stage: str, protocol_dir: Path | None, workers
     sweep_yaml = protocol.compare if stage == "compare" else protocol.curve
     if sweep_yaml is None:
         raise UserError(f"protocol file {protocol.path} names no {stage} sweep: add `{stage}: sweeps/{stage}.yaml`")
-    problems = final_problems(protocol, sweep_yaml, tuned_seeds(protocol, protocol_dir), stage)
-    problems += [f"--{key} would override the {stage} sweep's own {key}s: the final runs vary it; drop the argument"
-                 for key in VARIED_BY_STAGES if key in user_fixed]
-    refuse(stage, problems)
+    refuse(stage, final_problems(protocol, sweep_yaml, tuned_seeds(protocol, protocol_dir), stage)
+           + _overridden(stage, user_fixed))
     count = grid_size(load_definition(sweep_yaml).parameters)
     folder = protocol.folder(protocol_dir) / stage
     print(f"== {stage}: {count} runs of {sweep_yaml} -> {folder}", flush=True)

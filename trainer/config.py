@@ -357,6 +357,13 @@ def parse_cli(args: Iterable[str]) -> dict[str, str]:
 SPEC_KEYS = ("value", "values", "distribution", "min", "max", "mu", "sigma", "q", "probabilities", "a", "b")
 
 
+def listed_values(spec: Any) -> list[Any]:
+    """The values a sweep parameter lists (`value` or `values`); [] for a distribution or anything else."""
+    if not isinstance(spec, dict):
+        return []
+    return [spec["value"]] if "value" in spec else list(spec["values"]) if isinstance(spec.get("values"), list) else []
+
+
 # `agent.py --config FILE`, and the sweep parameter of the same name whose values are such files, one recipe each
 # (the protocol's final stages): the file's fixed run values first, then the trial's or the command line's.
 RECIPE = "config"

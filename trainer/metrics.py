@@ -62,3 +62,9 @@ TEST_ACC = "test_acc"
 PER_CLASS_ACC = "per_class_acc"
 NUM_IMAGES = "num_images"
 CHECKPOINT = "checkpoint"
+
+
+def at_chance(best_val_acc: float | None, classes: int) -> bool:
+    """No better than guessing one class (1/classes): the run learned nothing validation can see. The trainer's
+    end-of-run warning and the report's both ask this."""
+    return classes > 1 and best_val_acc is not None and 0 <= best_val_acc <= 1 / classes + 1e-9

@@ -485,7 +485,7 @@ def _finish(record: RunRecord, logger, state: str, reason: str | None, exit_code
         + (f", best val_acc {best:.4f} at epoch {summary.get(M.BEST_EPOCH)}" if best is not None and best >= 0 else "")
         + (f" ({reason})" if reason else ""))
     classes = len(summary.get("classes") or ())
-    if state == M.FINISHED and classes > 1 and best is not None and 0 <= best <= 1 / classes + 1e-9:
+    if state == M.FINISHED and M.at_chance(best, classes):
         print(f"warning: run {record.folder.name} never beat chance on validation (best val_acc {best:.4f}, chance "
               f"1/{classes} = {1 / classes:.4f}): it learned nothing validation can see; lower lr, or, with a frozen "
               "strategy, use weights whose features fit the task (ImageNet's, a warm start trained on related images)")
