@@ -335,3 +335,19 @@ def test_backbones_benchmark_stops_at_a_preempted_run_and_records_a_run_that_fai
     assert code == 124 and "(stopped after 2 of 3 runs)" in text
     assert "| backbone | scratch_cnn | full | 32 | failed |" in text and "| 64 | preempted |" in text
     assert "| 96 |" not in text and "## Backbones · CPU" in text and "scratch_cnn · 32 64 96 px" in text
+
+
+def test_startup_benchmark_times_every_command_and_writes_its_section(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## kept section\n\nfrom another device\n")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "startup.py"), "--repeats", "1",
+                           "--out", str(results)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = results.read_text()
+    assert "## kept section" in text and "## Startup · CPU" in text
+    assert "`python benchmarks/startup.py --repeats 1" in text
+    rows = {line.split("|")[1].strip(): line.split("|")[4].strip() for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| command")}
+    assert set(rows) >= {"python -c pass", "agent.py --help", "agent.py report SWEEP_DIR",
+                         "agent.py report (3 failed runs)"}
+    assert rows["agent.py report (3 failed runs)"] == "no" and rows["agent.py --help"] == "no"  # no torch imported
